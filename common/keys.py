@@ -1,0 +1,47 @@
+"""Public key records as the relay stores them and clients fetch them.
+
+Pure data: the crypto core signs and checks them, the relay stores and hands them out
+without trusting or interpreting them (the relay's say-so never binds a key to a user;
+the Ed25519 signature and the safety number do). `version` lets a later bundle format
+(PQXDH: a KEM prekey) be added without breaking older clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BUNDLE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityPublic:
+    """A user's long-term public identity: Ed25519 key, DH key, and the signature."""
+
+    group: str  # DH group name, e.g. "x25519" or "ffdhe3072"
+    sign_key: bytes  # Ed25519 public key, 32 bytes
+    dh_key: bytes  # identity DH public value, encoded by the group
+    dh_sig: bytes  # Ed25519 signature by sign_key over the DH key (see crypto.identity)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPrekey:
+    id: int
+    key: bytes
+    sig: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OneTimePrekey:
+    id: int
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrekeyBundle:
+    """What `fetch_bundle` returns: enough for an X3DH initiator."""
+
+    user: str
+    identity: IdentityPublic
+    signed_prekey: SignedPrekey
+    one_time_prekey: OneTimePrekey | None
+    version: int = BUNDLE_VERSION
