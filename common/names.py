@@ -17,10 +17,9 @@ def is_valid_username(name: object) -> bool:
 
 def check_username(name: object) -> str:
     """Return `name` if valid, else raise a BAD_REQUEST error that explains the rule."""
-    if not is_valid_username(name):
-        raise RequestError(
-            ErrorCode.BAD_REQUEST,
-            f"invalid username {name!r}: 1-32 characters, a-z first, then a-z 0-9 _ . -",
-        )
-    assert isinstance(name, str)
-    return name
+    if isinstance(name, str) and _NAME.fullmatch(name):
+        return name
+    raise RequestError(
+        ErrorCode.BAD_REQUEST,
+        f"invalid username {name!r}: 1-32 characters, a-z first, then a-z 0-9 _ . -",
+    )
