@@ -1,0 +1,377 @@
+"""Every message of the wire protocol, as frozen dataclasses.
+
+Grammar (docs/protocol.md is the full specification):
+
+    client -> relay   requests, each with an `id` chosen by the client
+        hello login publish_keys fetch_bundle prekey_count send ack who ping
+    relay -> client   exactly one reply per request, echoing its `id`
+        ok (fields depend on the request)   error {code, message, retry_after?}
+    relay -> client   pushes, without `id`
+        deliver key_changed presence
+
+A message's wire form is a msgpack map: `t` (its type) plus its fields under their own
+names. Binary fields stay binary. Decoding validates every field's type from the
+dataclass annotations, so a handler only ever sees well-typed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from common.errors import ErrorCode, MalformedFrame
+from common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+_MAX_INT = 2**63 - 1
+
+
+class Message:
+    """Base of all messages; `TYPE` is the wire `t`."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"t": self.TYPE}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            out[f.name] = _to_wire(getattr(self, f.name))
+        return out
+
+
+class Request(Message):
+    """A client request; the relay answers with exactly one `REPLY` or an `Error`."""
+
+    __slots__ = ()
+    REPLY: ClassVar[type[Reply]]
+    id: int
+
+
+class Reply(Message):
+    __slots__ = ()
+    TYPE = "ok"
+    id: int
+
+
+class Push(Message):
+    """Sent by the relay on its own initiative; carries no request id."""
+
+    __slots__ = ()
+
+
+# --- replies -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloOk(Reply):
+    id: int
+    version: int
+    relay: str
+    group: str  # the DH group every user of this relay uses, e.g. "x25519"
+    group_params: str | None  # PEM DH parameters for a custom finite-field group
+    max_frame: int
+    idle_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoginOk(Reply):
+    id: int
+    user: str
+    prekeys_left: int
+    has_identity: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOk(Reply):
+    id: int
+    prekeys_left: int
+
+
+@dataclass(frozen=True, slots=True)
+class BundleOk(Reply):
+    id: int
+    bundle: PrekeyBundle
+
+
+@dataclass(frozen=True, slots=True)
+class CountOk(Reply):
+    id: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendOk(Reply):
+    id: int
+    mids: tuple[int, ...]
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckOk(Reply):
+    id: int
+    deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    user: str
+    online: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WhoOk(Reply):
+    id: int
+    users: tuple[Presence, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Reply):
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """A refused request (with its `id`) or a fatal connection error (`id` None)."""
+
+    TYPE = "error"
+    id: int | None
+    code: str
+    message: str
+    retry_after: float | None = None
+
+    @property
+    def error_code(self) -> ErrorCode | None:
+        try:
+            return ErrorCode(self.code)
+        except ValueError:
+            return None
+
+
+# --- requests ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Request):
+    TYPE = "hello"
+    REPLY = HelloOk
+    id: int
+    versions: tuple[int, ...]
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class Login(Request):
+    TYPE = "login"
+    REPLY = LoginOk
+    id: int
+    user: str
+    token: str
+
+    def __repr__(self) -> str:  # never let a token reach a log line
+        return f"Login(id={self.id}, user={self.user!r}, token=<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishKeys(Request):
+    TYPE = "publish_keys"
+    REPLY = PublishOk
+    id: int
+    identity: IdentityPublic | None
+    signed_prekey: SignedPrekey | None
+    one_time_prekeys: tuple[OneTimePrekey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchBundle(Request):
+    TYPE = "fetch_bundle"
+    REPLY = BundleOk
+    id: int
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrekeyCount(Request):
+    TYPE = "prekey_count"
+    REPLY = CountOk
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send(Request):
+    TYPE = "send"
+    REPLY = SendOk
+    id: int
+    to: tuple[str, ...]
+    body: bytes
+
+    def __repr__(self) -> str:
+        return f"Send(id={self.id}, to={self.to!r}, body=<{len(self.body)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Request):
+    TYPE = "ack"
+    REPLY = AckOk
+    id: int
+    mids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Who(Request):
+    TYPE = "who"
+    REPLY = WhoOk
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Request):
+    TYPE = "ping"
+    REPLY = Pong
+    id: int
+
+
+# --- pushes --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver(Push):
+    TYPE = "deliver"
+    mid: int  # the relay's mailbox id: what the recipient acks
+    sender: str
+    ts: int  # when the relay committed it (unix ms)
+    body: bytes
+
+    def __repr__(self) -> str:
+        return f"Deliver(mid={self.mid}, sender={self.sender!r}, body=<{len(self.body)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChanged(Push):
+    TYPE = "key_changed"
+    user: str
+    identity: IdentityPublic
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged(Push):
+    TYPE = "presence"
+    user: str
+    online: bool
+
+
+REQUESTS: dict[str, type[Request]] = {
+    c.TYPE: c for c in (Hello, Login, PublishKeys, FetchBundle, PrekeyCount, Send, Ack, Who, Ping)
+}
+PUSHES: dict[str, type[Push]] = {c.TYPE: c for c in (Deliver, KeyChanged, PresenceChanged)}
+
+
+# --- decoding ------------------------------------------------------------------------
+
+
+def decode_request(obj: Mapping[str, Any]) -> Request:
+    """Relay side: a raw frame map to a typed request (MalformedFrame if it is not one)."""
+    cls = REQUESTS.get(obj["t"])
+    if cls is None:
+        raise MalformedFrame(f"unknown request type {obj['t']!r}")
+    return _from_wire(cls, obj, obj["t"])
+
+
+def decode_from_relay(
+    obj: Mapping[str, Any], expected: Mapping[int, type[Reply]]
+) -> Reply | Error | Push:
+    """Client side: `expected` maps outstanding request ids to their reply classes."""
+    t = obj["t"]
+    if t == Error.TYPE:
+        return _from_wire(Error, obj, t)
+    if t == Reply.TYPE:
+        rid = obj.get("id")
+        cls = expected.get(rid) if isinstance(rid, int) else None
+        if cls is None:
+            raise MalformedFrame(f"reply to unknown request id {rid!r}")
+        return _from_wire(cls, obj, t)
+    push = PUSHES.get(t)
+    if push is None:
+        raise MalformedFrame(f"unknown message type {t!r}")
+    return _from_wire(push, obj, t)
+
+
+def request_id(obj: Mapping[str, Any]) -> int | None:
+    """The `id` of a raw map if it has a usable one, so even a bad request gets its reply."""
+    rid = obj.get("id")
+    return rid if isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0 else None
+
+
+# --- the field codec, driven by annotations ------------------------------------------
+
+
+def _to_wire(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_to_wire(v) for v in value]
+    return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        all_hints = typing.get_type_hints(cls)
+        hints = {f.name: all_hints[f.name] for f in dataclasses.fields(cls)}
+        _HINTS[cls] = hints
+    return hints
+
+
+def _from_wire(cls: type, obj: Any, path: str) -> Any:
+    if not isinstance(obj, Mapping):
+        raise MalformedFrame(f"{path}: expected a map")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in obj:
+            kwargs[f.name] = _convert(obj[f.name], _hints(cls)[f.name], f"{path}.{f.name}")
+        elif f.default is not dataclasses.MISSING:
+            kwargs[f.name] = f.default
+        else:
+            raise MalformedFrame(f"{path}: missing field {f.name!r}")
+    return cls(**kwargs)
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, path)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise MalformedFrame(f"{path}: expected an array")
+        (inner, _ellipsis) = typing.get_args(tp)
+        return tuple(_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise MalformedFrame(f"{path}: expected a boolean")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT:
+            raise MalformedFrame(f"{path}: expected a non-negative integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MalformedFrame(f"{path}: expected a number")
+        return float(value)
+    if tp is str or tp is bytes:
+        if not isinstance(value, tp):
+            raise MalformedFrame(f"{path}: expected {'a string' if tp is str else 'binary'}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _from_wire(tp, value, path)
+    raise TypeError(f"no wire codec for {tp!r}")  # a bug in this module, not the peer
