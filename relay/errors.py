@@ -1,0 +1,67 @@
+"""Errors of the relay package: storage, schema, accounts and TLS material.
+
+    common.errors.HushwireError
+    └── RelayError                 root of this module; never crosses the wire as-is
+        ├── StoreError             the database failed or the store is closed (internal)
+        ├── SchemaError            the db schema and this code do not match
+        │   ├── SchemaTooNew       the db was migrated by a newer hushwire: refuse
+        │   ├── SchemaOutdated     the db needs `hushwire-admin migrate` first
+        │   └── NotHushwireDb      the file is some other SQLite database (or not SQLite)
+        ├── UserExists             add-user for a name that is taken
+        ├── UnknownUser            an admin command names a user that does not exist
+        └── TlsMaterialError       certificate/key files missing, half-present or unusable
+
+Wire-level refusals (unknown recipient, full mailbox, bad keys) stay
+`common.errors.RequestError` with their wire code, because handlers send them to
+clients unchanged. Everything here is for operators and the relay itself.
+"""
+
+from __future__ import annotations
+
+from common.errors import ErrorCode, HushwireError
+
+
+class RelayError(HushwireError):
+    """A relay-side failure that is not a refusal of a client request."""
+
+    code = ErrorCode.INTERNAL
+
+
+class StoreError(RelayError):
+    """The database failed (or the store was closed); nothing was reported as stored."""
+
+    code = ErrorCode.INTERNAL
+
+
+class SchemaError(RelayError):
+    """The database schema does not match what this version of hushwire expects."""
+
+    code = ErrorCode.INTERNAL
+
+
+class SchemaTooNew(SchemaError):
+    """The db was written by a newer hushwire; running older code on it could corrupt it."""
+
+
+class SchemaOutdated(SchemaError):
+    """The db is at an older schema version; run `hushwire-admin migrate`."""
+
+
+class NotHushwireDb(SchemaError):
+    """The file is not a hushwire database."""
+
+
+class UserExists(RelayError):
+    """A user with this name already exists."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
+class UnknownUser(RelayError):
+    """No user with this name exists."""
+
+    code = ErrorCode.UNKNOWN_USER
+
+
+class TlsMaterialError(RelayError):
+    """Certificate or key files are missing, inconsistent or unreadable."""
