@@ -9,6 +9,8 @@
     └── CryptoError               anything that must never be shown as a valid message
         ├── InvalidKey            bad group element, low-order point, wrong length
         ├── InvalidSignature      a signature that does not verify
+        ├── UnknownPrekey         an initial message names a prekey we do not hold
+        ├── MalformedEnvelope     envelope bytes that do not parse (a DecryptionError)
         ├── DecryptionError       AEAD failure: tampered, wrong key, wrong recipient
         ├── ReplayError           a message key already used (or skipped and consumed)
         └── TooManySkipped        a jump past MAX_SKIP, or the skipped-key store full
@@ -122,3 +124,11 @@ class ReplayError(DecryptionError):
 
 class TooManySkipped(DecryptionError):
     """The message would need more skipped keys than the bound allows."""
+
+
+class UnknownPrekey(CryptoError):
+    """An initial message names a prekey we do not hold (used up, rotated, never ours)."""
+
+
+class MalformedEnvelope(DecryptionError):
+    """Envelope bytes that do not parse strictly; handled exactly like a tampered one."""

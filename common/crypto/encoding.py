@@ -1,0 +1,70 @@
+"""Byte encodings shared by the crypto modules: length prefixes and strict msgpack.
+
+Everything signed, hashed or used as associated data is built with `fields()`, so two
+different field lists can never produce the same bytes. Persisted and wire structures
+use msgpack, decoded strictly: a byte string is accepted only if re-encoding the decoded
+value gives back exactly the same bytes, so one value has one encoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+_MAX_FIELD = 0xFFFF
+
+
+def fields(*parts: bytes) -> bytes:
+    """Concatenate byte strings, each behind a 2-byte big-endian length (injective)."""
+    out = bytearray()
+    for part in parts:
+        if len(part) > _MAX_FIELD:
+            raise ValueError("field too long to encode")
+        out += len(part).to_bytes(2, "big")
+        out += part
+    return bytes(out)
+
+
+def pack(value: Any) -> bytes:
+    """msgpack with bin for bytes and str for text (use_bin_type)."""
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack_canonical(data: bytes) -> Any:
+    """Decode msgpack strictly; ValueError unless `data` is the canonical encoding."""
+    if not isinstance(data, bytes):
+        raise ValueError("expected bytes")
+    try:
+        value = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
+        raise ValueError(f"not valid msgpack: {type(exc).__name__}") from None
+    if pack(value) != data:
+        raise ValueError("non-canonical msgpack encoding")
+    return value
+
+
+def expect_list(value: Any, length: int) -> list[Any]:
+    """`value` if it is a list of exactly `length` items, else ValueError."""
+    if not isinstance(value, list) or len(value) != length:
+        raise ValueError(f"expected a list of {length} items")
+    return value
+
+
+def expect_bytes(value: Any, length: int | None = None) -> bytes:
+    if not isinstance(value, bytes) or (length is not None and len(value) != length):
+        raise ValueError("expected bytes" + (f" of length {length}" if length else ""))
+    return value
+
+
+def expect_int(value: Any, low: int, high: int) -> int:
+    """An int (not bool) with low <= value <= high, else ValueError."""
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"expected an integer in [{low}, {high}]")
+    return value
+
+
+def expect_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
