@@ -1,0 +1,187 @@
+"""Relay settings: one frozen object, from defaults < TOML file < command-line flags.
+
+Every setting is declared once below, with its help text; the argument parser and the
+TOML loader are both generated from that list, so `--help` cannot drift from the file
+format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import HushwireError
+from common.frames import DEFAULT_MAX_FRAME
+from relay.ratelimit import Rate
+
+
+class ConfigError(HushwireError):
+    """The configuration file or a flag has an invalid value."""
+
+
+def _opt(default: Any, help: str, *, metavar: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "metavar": metavar})
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    db: Path = _opt(Path("users.db"), "SQLite database (created and migrated if absent)")
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(7443, "TCP port to listen on (0 picks a free one)")
+    cert: Path | None = _opt(None, "TLS certificate (default: relay-cert.pem beside the db, "
+                             "created self-signed on first start)")
+    key: Path | None = _opt(None, "TLS private key (default: relay-key.pem beside the db)")
+    client_ca: Path | None = _opt(None, "require client certificates signed by this CA file")
+    dh_params: Path | None = _opt(None, "PEM DH parameters (hushwire-admin dhparams) to make "
+                                  "clients use that finite-field group instead of X25519")
+    dh_group: str = _opt("x25519", "built-in DH group: x25519 or ffdhe3072 (ignored with "
+                         "dh_params)")
+    max_frame: int = _opt(DEFAULT_MAX_FRAME, "largest frame accepted, in bytes")
+    max_mailbox: int = _opt(10_000, "envelopes queued per recipient before sends are refused")
+    retention_days: float = _opt(30.0, "undelivered envelopes older than this are purged")
+    idle_timeout: float = _opt(120.0, "seconds without a frame before a client is dropped "
+                               "(clients ping at half this)")
+    handshake_timeout: float = _opt(10.0, "seconds allowed for TLS + hello + login")
+    send_rate: float = _opt(60.0, "envelopes per second per sender (sustained)")
+    send_burst: float = _opt(120.0, "envelopes a sender may send at once")
+    login_failures: float = _opt(5.0, "failed logins allowed at once per user and per address")
+    login_failure_period: float = _opt(60.0, "seconds for one more failed login to be allowed")
+    fetch_burst: float = _opt(20.0, "prekey bundles a user may fetch at once")
+    fetch_period: float = _opt(3.0, "seconds for one more bundle fetch to be allowed")
+    publish_burst: float = _opt(10.0, "key uploads a user may make at once")
+    publish_period: float = _opt(60.0, "seconds for one more key upload to be allowed")
+    delivery_window: int = _opt(256, "envelopes pushed to a client and not yet acked")
+    max_connections: int = _opt(20_000, "concurrent connections accepted")
+    synchronous: str = _opt("NORMAL", "SQLite synchronous mode: NORMAL survives any crash of "
+                            "the process, FULL also a power loss")
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def send_limit(self) -> Rate:
+        return Rate(self.send_burst, self.send_rate)
+
+    @property
+    def login_limit(self) -> Rate:
+        return Rate(self.login_failures, 1.0 / self.login_failure_period)
+
+    @property
+    def fetch_limit(self) -> Rate:
+        return Rate(self.fetch_burst, 1.0 / self.fetch_period)
+
+    @property
+    def publish_limit(self) -> Rate:
+        return Rate(self.publish_burst, 1.0 / self.publish_period)
+
+    @property
+    def cert_path(self) -> Path:
+        return self.cert or self.db.parent / "relay-cert.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.key or self.db.parent / "relay-key.pem"
+
+    def validate(self) -> RelayConfig:
+        positive = (
+            "max_frame max_mailbox retention_days idle_timeout handshake_timeout send_rate "
+            "send_burst login_failures login_failure_period fetch_burst fetch_period "
+            "publish_burst publish_period delivery_window max_connections"
+        ).split()
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("port must be between 0 and 65535")
+        if self.synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ConfigError("synchronous must be NORMAL or FULL")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        if self.max_frame < 1024:
+            raise ConfigError("max_frame must be at least 1024 bytes")
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RelayConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if "Path" in kind:
+            return None if value is None else Path(str(value))
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except ValueError:
+        raise ConfigError(f"{name}: expected {kind}, got {value!r}") from None
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a config file; unknown keys are errors so typos are never silently ignored."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: {exc}") from None
+    section = data.get("relay", data)
+    unknown = sorted(set(section) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"config {path}: unknown setting(s) {', '.join(unknown)}")
+    base = path.parent
+    out = {}
+    for name, value in section.items():
+        coerced = _coerce(name, value)
+        if isinstance(coerced, Path) and not coerced.is_absolute():
+            coerced = base / coerced  # paths in a file are relative to the file
+        out[name] = coerced
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings = "\n".join(
+        f"  {name:<22} {f.metadata['help']} (default: {f.default})"
+        for name, f in _FIELDS.items()
+    )
+    parser = argparse.ArgumentParser(
+        prog="hushwire-relay",
+        description="Relay for end-to-end encrypted hushwire chat. It stores users and their "
+        "public prekeys in SQLite and forwards sealed envelopes it cannot read.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every flag can also be set in the TOML file given by --config, by its name "
+        "with underscores, at top level or under [relay]; flags win over the file.\n"
+        "Relative paths in the file are relative to the file.\n\nSettings:\n" + settings
+        + "\n\nOn SIGTERM or SIGINT the relay stops accepting, finishes in-flight commits "
+        "and exits 0.",
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
+    for name, f in _FIELDS.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=f.metadata["metavar"] or name.upper(),
+            help=f.metadata["help"],
+        )
+    return parser
+
+
+def from_args(argv: list[str] | None = None) -> RelayConfig:
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = load_toml(args.config) if args.config else {}
+    for name in _FIELDS:
+        flag = getattr(args, name)
+        if flag is not None:
+            values[name] = _coerce(name, flag)
+    return RelayConfig(**values).validate()

@@ -1,0 +1,334 @@
+"""The relay's domain logic: what each request does, independent of sockets.
+
+A `Relay` knows the store, the limits and who is online. Connections (relay/connection.py)
+call `handle()` with a typed request and the current time, and implement `Peer` so the
+relay can push to them. Tests can drive this with any `Peer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from common.errors import ErrorCode, RequestError
+from common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from common.messages import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    Ack,
+    AckOk,
+    BundleOk,
+    CountOk,
+    Deliver,
+    FetchBundle,
+    Hello,
+    HelloOk,
+    KeyChanged,
+    Login,
+    LoginOk,
+    Message,
+    Ping,
+    Pong,
+    PrekeyCount,
+    Presence,
+    PresenceChanged,
+    PublishKeys,
+    PublishOk,
+    Reply,
+    Request,
+    Send,
+    SendOk,
+    Who,
+    WhoOk,
+)
+from common.names import check_username, is_valid_username
+from relay.config import RelayConfig
+from relay.ratelimit import RateLimiter
+from relay.store import Store
+from relay.tokens import DUMMY, verify_token
+
+log = logging.getLogger("hushwire.relay")
+
+RELAY_NAME = "hushwire-relay/0.1"
+MAX_RECIPIENTS = 50
+MAX_PREKEYS_PER_UPLOAD = 200
+ED25519_KEY = 32
+ED25519_SIG = 64
+
+
+class Peer(Protocol):
+    """What the relay needs from a connection."""
+
+    peer_address: str
+    user: str | None
+    token_hash: bytes | None
+    wants_presence: bool
+
+    def push(self, message: Message) -> None: ...
+    def offer(self, delivery: Deliver) -> None: ...
+    def acked(self, mids: Iterable[int]) -> None: ...
+    def kick(self, code: ErrorCode, message: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """The DH group this relay's users share, as announced in `hello`."""
+
+    name: str
+    public_size: int  # encoded length of a public value, to reject junk uploads
+    params_pem: str | None = None
+
+
+class Relay:
+    def __init__(self, config: RelayConfig, store: Store, group: GroupInfo) -> None:
+        self.config = config
+        self.store = store
+        self.group = group
+        self.online: dict[str, Peer] = {}
+        self._login_by_user = RateLimiter(config.login_limit)
+        self._login_by_addr = RateLimiter(config.login_limit)
+        self._sends = RateLimiter(config.send_limit)
+        self._fetches = RateLimiter(config.fetch_limit)
+        self._publishes = RateLimiter(config.publish_limit)
+        self._dispatch: dict[type[Request], Callable[[Peer, Request, float], Awaitable[Reply]]] = {
+            Hello: self._hello,  # type: ignore[dict-item]
+            Login: self._login,  # type: ignore[dict-item]
+            PublishKeys: self._publish,  # type: ignore[dict-item]
+            FetchBundle: self._fetch,  # type: ignore[dict-item]
+            PrekeyCount: self._count,  # type: ignore[dict-item]
+            Send: self._send,  # type: ignore[dict-item]
+            Ack: self._ack,  # type: ignore[dict-item]
+            Who: self._who,  # type: ignore[dict-item]
+            Ping: self._ping,  # type: ignore[dict-item]
+        }
+
+    async def handle(self, peer: Peer, request: Request, now: float) -> Reply:
+        """Answer one request (the connection has already checked the state table)."""
+        return await self._dispatch[type(request)](peer, request, now)
+
+    def disconnected(self, peer: Peer) -> None:
+        user = peer.user
+        if user is not None and self.online.get(user) is peer:
+            del self.online[user]
+            self._announce(user, online=False)
+
+    # --- handshake ---------------------------------------------------------------
+
+    async def _hello(self, peer: Peer, req: Hello, now: float) -> HelloOk:
+        if PROTOCOL_VERSION not in req.versions:
+            raise RequestError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"this relay speaks protocol version(s) {list(SUPPORTED_VERSIONS)}",
+            )
+        return HelloOk(
+            id=req.id,
+            version=PROTOCOL_VERSION,
+            relay=RELAY_NAME,
+            group=self.group.name,
+            group_params=self.group.params_pem,
+            max_frame=self.config.max_frame,
+            idle_timeout=self.config.idle_timeout,
+        )
+
+    async def _login(self, peer: Peer, req: Login, now: float) -> LoginOk:
+        wait = max(
+            self._login_by_user.retry_after(req.user, now),
+            self._login_by_addr.retry_after(peer.peer_address, now),
+        )
+        if wait:
+            raise RequestError(
+                ErrorCode.RATE_LIMITED,
+                f"too many failed logins; retry in {math.ceil(wait)} s",
+                retry_after=wait,
+            )
+        record = await self.store.get_user(req.user) if is_valid_username(req.user) else None
+        # Hash even for an unknown user, so timing does not reveal which names exist.
+        salt, expected = (record.token_salt, record.token_hash) if record else DUMMY
+        if not verify_token(req.token, salt, expected) or record is None:
+            self._login_by_user.consume(req.user, now)
+            self._login_by_addr.consume(peer.peer_address, now)
+            log.info("failed login for %r from %s", req.user, peer.peer_address)
+            raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
+        if record.disabled:
+            raise RequestError(ErrorCode.USER_DISABLED, f"user {req.user} is disabled")
+        previous = self.online.get(req.user)
+        if previous is not None and previous is not peer:
+            # One live session per user: the newest login wins, as a reconnecting client
+            # must not be locked out by its own half-dead earlier connection.
+            previous.kick(ErrorCode.SESSION_REPLACED, "logged in from another connection")
+        peer.user = req.user
+        peer.token_hash = record.token_hash
+        self.online[req.user] = peer
+        await self.store.record_login(req.user, now=int(now))
+        left = await self.store.prekey_count(req.user)
+        has_identity = await self.store.has_identity(req.user)
+        log.info("login %s from %s", req.user, peer.peer_address)
+        self._announce(req.user, online=True)
+        return LoginOk(id=req.id, user=req.user, prekeys_left=left, has_identity=has_identity)
+
+    # --- key directory -----------------------------------------------------------
+
+    def _check_identity(self, identity: IdentityPublic) -> None:
+        if identity.group != self.group.name:
+            raise RequestError(
+                ErrorCode.BAD_KEYS,
+                f"keys are for group {identity.group!r}; this relay uses {self.group.name!r}",
+            )
+        if len(identity.sign_key) != ED25519_KEY or len(identity.dh_sig) != ED25519_SIG:
+            raise RequestError(ErrorCode.BAD_KEYS, "malformed identity signing key or signature")
+        self._check_public(identity.dh_key, "identity key")
+
+    def _check_public(self, key: bytes, what: str) -> None:
+        if len(key) != self.group.public_size:
+            raise RequestError(
+                ErrorCode.BAD_KEYS,
+                f"{what} must be {self.group.public_size} bytes for {self.group.name}",
+            )
+
+    async def _publish(self, peer: Peer, req: PublishKeys, now: float) -> PublishOk:
+        user = self._user(peer)
+        if req.identity is not None:
+            self._check_identity(req.identity)
+        spk: SignedPrekey | None = req.signed_prekey
+        if spk is not None:
+            self._check_public(spk.key, "signed prekey")
+            if len(spk.sig) != ED25519_SIG:
+                raise RequestError(ErrorCode.BAD_KEYS, "malformed signed prekey signature")
+        one_time: tuple[OneTimePrekey, ...] = req.one_time_prekeys
+        if len(one_time) > MAX_PREKEYS_PER_UPLOAD:
+            raise RequestError(
+                ErrorCode.BAD_KEYS, f"at most {MAX_PREKEYS_PER_UPLOAD} one-time prekeys per upload"
+            )
+        for otpk in one_time:
+            self._check_public(otpk.key, "one-time prekey")
+        self._limit(self._publishes, user, now, "key uploads")
+        result = await self.store.publish_keys(
+            user, identity=req.identity, signed_prekey=spk, one_time=one_time, now=int(now)
+        )
+        if result.identity_changed and req.identity is not None:
+            log.info("identity key of %s changed; notifying %d watcher(s)", user,
+                     len(result.watchers))
+            push = KeyChanged(user=user, identity=req.identity)
+            for watcher in result.watchers:
+                online = self.online.get(watcher)
+                if online is not None:
+                    online.push(push)
+        return PublishOk(id=req.id, prekeys_left=result.prekeys_left)
+
+    async def _fetch(self, peer: Peer, req: FetchBundle, now: float) -> BundleOk:
+        user = self._user(peer)
+        target = check_username(req.user)
+        # X3DH 4.7: a client could drain a victim's one-time prekeys; bound the rate.
+        self._limit(self._fetches, user, now, "prekey bundle fetches")
+        if not await self.store.user_exists(target):
+            raise RequestError(ErrorCode.UNKNOWN_USER, f"no user {target}")
+        bundle = await self.store.fetch_bundle(user, target)
+        if bundle is None:
+            raise RequestError(ErrorCode.NO_KEYS, f"{target} has not published keys yet")
+        return BundleOk(id=req.id, bundle=bundle)
+
+    async def _count(self, peer: Peer, req: PrekeyCount, now: float) -> CountOk:
+        return CountOk(id=req.id, count=await self.store.prekey_count(self._user(peer)))
+
+    # --- mailbox -----------------------------------------------------------------
+
+    async def _send(self, peer: Peer, req: Send, now: float) -> SendOk:
+        user = self._user(peer)
+        recipients = tuple(dict.fromkeys(check_username(r) for r in req.to))
+        if not recipients or len(recipients) > MAX_RECIPIENTS:
+            raise RequestError(
+                ErrorCode.BAD_REQUEST, f"send needs 1 to {MAX_RECIPIENTS} distinct recipients"
+            )
+        if not req.body:
+            raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
+        self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
+        ts = int(now)
+        # Nothing may await before enqueue: the store takes sends in call order, which
+        # keeps one sender's envelopes in order even when they are pipelined.
+        mids = await self.store.enqueue(user, recipients, req.body, now=ts)
+        for recipient, mid in zip(recipients, mids, strict=True):
+            online = self.online.get(recipient)
+            if online is not None:
+                online.offer(Deliver(mid=mid, sender=user, ts=ts, body=req.body))
+        return SendOk(id=req.id, mids=tuple(mids), ts=ts)
+
+    async def _ack(self, peer: Peer, req: Ack, now: float) -> AckOk:
+        user = self._user(peer)
+        deleted = await self.store.ack(user, req.mids)
+        peer.acked(req.mids)
+        return AckOk(id=req.id, deleted=deleted)
+
+    # --- presence ----------------------------------------------------------------
+
+    async def _who(self, peer: Peer, req: Who, now: float) -> WhoOk:
+        self._user(peer)
+        peer.wants_presence = True
+        users = await self.store.list_users()
+        return WhoOk(
+            id=req.id,
+            users=tuple(
+                Presence(user=u.name, online=u.name in self.online)
+                for u in users
+                if not u.disabled
+            ),
+        )
+
+    async def _ping(self, peer: Peer, req: Ping, now: float) -> Pong:
+        return Pong(id=req.id)
+
+    def _announce(self, user: str, *, online: bool) -> None:
+        """Presence goes only to clients that asked `who`, so logins stay O(interested)."""
+        push = PresenceChanged(user=user, online=online)
+        for other in self.online.values():
+            if other.wants_presence and other.user != user:
+                other.push(push)
+
+    # --- admin changes made while running ------------------------------------------
+
+    async def enforce_accounts(self) -> int:
+        """Drop sessions of users disabled, removed or re-tokened since they logged in."""
+        if not self.online:
+            return 0
+        records = {u.name: u for u in await self.store.list_users()}
+        dropped = 0
+        for name, peer in list(self.online.items()):
+            record = records.get(name)
+            if record is None:
+                reason = "account removed"
+            elif record.disabled:
+                reason = "account disabled"
+            elif peer.token_hash is not None and record.token_hash != peer.token_hash:
+                reason = "token reset"
+            else:
+                continue
+            code = ErrorCode.USER_DISABLED if record and record.disabled else ErrorCode.AUTH_FAILED
+            log.info("disconnecting %s: %s", name, reason)
+            peer.kick(code, reason)
+            self.disconnected(peer)
+            dropped += 1
+        return dropped
+
+    # --- helpers -------------------------------------------------------------------
+
+    @staticmethod
+    def _user(peer: Peer) -> str:
+        if peer.user is None:  # the state table makes this unreachable; keep it typed
+            raise RequestError(ErrorCode.OUT_OF_ORDER, "log in first")
+        return peer.user
+
+    @staticmethod
+    def _limit(
+        limiter: RateLimiter, key: str, now: float, what: str, *, cost: float = 1.0
+    ) -> None:
+        if cost > limiter.rate.burst:
+            raise RequestError(ErrorCode.RATE_LIMITED, f"too many {what} in one request")
+        wait = limiter.consume(key, now, cost)
+        if wait:
+            raise RequestError(
+                ErrorCode.RATE_LIMITED,
+                f"too many {what}; retry in {wait:.1f} s",
+                retry_after=wait,
+            )

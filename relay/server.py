@@ -1,0 +1,188 @@
+"""The relay daemon's lifecycle: open the store, listen with TLS, serve, shut down.
+
+`RelayServer.close()` is idempotent (as in python-websockets): stop accepting, let each
+connection finish the requests it took (a send waiting for its commit gets its `ok`),
+then close the store, which flushes any pending group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+
+from common.crypto.dhparams import load_pem, to_pem
+from common.crypto.groups import group_by_name
+from common.errors import InvalidKey
+from relay.config import ConfigError, RelayConfig
+from relay.connection import Connection
+from relay.handlers import GroupInfo, Relay
+from relay.store import Store
+from relay.tls import ensure_server_cert, fingerprint, server_context
+
+log = logging.getLogger("hushwire.relay")
+
+ACCOUNT_POLL = 1.0  # seconds between checks for admin changes (disable, remove, reset)
+CHECKPOINT_EVERY = 30.0  # WAL checkpoints run here, off the per-message path
+PURGE_EVERY = 3600.0
+
+
+def load_group(config: RelayConfig) -> GroupInfo:
+    if config.dh_params is not None:
+        try:
+            text = config.dh_params.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read DH parameters {config.dh_params}: {exc}") from None
+        group = load_pem(text)
+        return GroupInfo(group.name, group.public_size, to_pem(group))
+    try:
+        builtin = group_by_name(config.dh_group)
+    except InvalidKey:
+        raise ConfigError(f"unknown dh_group {config.dh_group!r}") from None
+    return GroupInfo(builtin.name, builtin.public_size, None)
+
+
+def tls_context(config: RelayConfig) -> tuple[ssl.SSLContext, str]:
+    """The server context and the certificate's SHA-256 fingerprint."""
+    created = ensure_server_cert(config.cert_path, config.key_path, [config.host])
+    if created:
+        log.info("created a self-signed certificate at %s", config.cert_path)
+    return server_context(config.cert_path, config.key_path, config.client_ca), fingerprint(
+        config.cert_path
+    )
+
+
+class RelayServer:
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.connections: set[Connection] = set()
+        self.fingerprint = ""
+        self.port = config.port
+        self._server: asyncio.Server | None = None
+        self._store: Store | None = None
+        self._relay: Relay | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
+        self._closing = False
+
+    @property
+    def relay(self) -> Relay:
+        if self._relay is None:
+            raise RuntimeError("the relay has not started")
+        return self._relay
+
+    async def start(self) -> None:
+        config = self.config
+        group = load_group(config)
+        context, self.fingerprint = tls_context(config)
+        self._store = await Store.open(
+            config.db, synchronous=config.synchronous, max_mailbox=config.max_mailbox
+        )
+        self._relay = Relay(config, self._store, group)
+        self._server = await asyncio.start_server(
+            self._on_connect,
+            config.host,
+            config.port,
+            ssl=context,
+            ssl_handshake_timeout=config.handshake_timeout,
+            limit=config.max_frame + 8,
+            backlog=1024,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        for loop_fn in (self._watch_accounts, self._maintain):
+            task = asyncio.create_task(loop_fn())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        log.info("certificate SHA-256 fingerprint %s", self.fingerprint)
+        log.info("DH group %s", group.name)
+        log.info("listening on %s:%d", config.host, self.port)
+
+    async def _on_connect(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if self._closing or len(self.connections) >= self.config.max_connections:
+            writer.transport.abort()
+            return
+        conn = Connection(self.relay, reader, writer)
+        self.connections.add(conn)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _watch_accounts(self) -> None:
+        store = self.relay.store
+        seq = await store.latest_event()
+        while True:
+            await asyncio.sleep(ACCOUNT_POLL)
+            latest = await store.latest_event()
+            if latest != seq:
+                seq = latest
+                await self.relay.enforce_accounts()
+
+    async def _maintain(self) -> None:
+        store = self.relay.store
+        last_purge = 0.0
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY)
+            await store.checkpoint()
+            now = time.time()
+            if now - last_purge >= PURGE_EVERY:
+                last_purge = now
+                cutoff = int(now - self.config.retention_days * 86400)
+                purged = await store.purge(older_than=cutoff)
+                if purged:
+                    log.info("purged %d envelope(s) past retention", purged)
+
+    async def close(self) -> None:
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            if self._server is not None:
+                self._server.close()
+            for task in list(self._background):
+                task.cancel()
+            for conn in list(self.connections):
+                conn.shutdown()
+            if self._handlers:
+                await asyncio.wait(self._handlers, timeout=self.config.handshake_timeout * 3)
+            if self._store is not None:
+                await self._store.close()
+            log.info("relay stopped")
+        finally:
+            self._closed.set()
+
+    async def serve(self, stop: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run until `stop` returns (default: SIGINT or SIGTERM), then close."""
+        await self.start()
+        try:
+            await (stop or _signal_trigger)()
+        finally:
+            await self.close()
+
+
+async def _signal_trigger() -> None:
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, event.set)
+    try:
+        await event.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        log.info("signal received: shutting down")
+

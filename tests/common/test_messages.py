@@ -1,0 +1,121 @@
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common import messages as m
+from common.errors import ErrorCode, LocalProtocolError, MalformedFrame, RemoteProtocolError
+from common.frames import FrameDecoder, encode_frame
+from common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+from common.states import ConnState, advance, check
+
+ALL = [*m.REQUESTS.values(), *m.PUSHES.values(),
+       *{c.REPLY for c in m.REQUESTS.values()}, m.Error]
+
+uint = st.integers(min_value=0, max_value=2**63 - 1)
+names = st.from_regex(r"[a-z][a-z0-9_.-]{0,31}", fullmatch=True)
+identity = st.builds(IdentityPublic, st.sampled_from(["x25519", "ffdhe3072"]),
+                     st.binary(min_size=32, max_size=32), st.binary(max_size=64),
+                     st.binary(min_size=64, max_size=64))
+spk = st.builds(SignedPrekey, uint, st.binary(max_size=64), st.binary(max_size=64))
+otpk = st.builds(OneTimePrekey, uint, st.binary(max_size=64))
+
+for cls, strat in {
+    IdentityPublic: identity, SignedPrekey: spk, OneTimePrekey: otpk,
+    PrekeyBundle: st.builds(PrekeyBundle, names, identity, spk, st.none() | otpk, uint),
+    int: uint, str: st.text(max_size=40), bytes: st.binary(max_size=200),
+}.items():
+    st.register_type_strategy(cls, strat)
+
+
+def wire_round_trip(msg):
+    (raw,) = FrameDecoder().feed(encode_frame(msg.to_wire()))
+    if isinstance(msg, m.Request):
+        return m.decode_request(raw)
+    expected = {msg.id: type(msg)} if isinstance(msg, m.Reply) else {}
+    return m.decode_from_relay(raw, expected)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_every_message_round_trips(cls, data):
+    msg = data.draw(st.builds(cls))
+    assert wire_round_trip(msg) == msg
+
+
+def test_registry_is_complete():
+    assert set(m.REQUESTS) == {"hello", "login", "publish_keys", "fetch_bundle",
+                               "prekey_count", "send", "ack", "who", "ping"}
+    assert set(m.PUSHES) == {"deliver", "key_changed", "presence"}
+    for cls in ALL:
+        assert dataclasses.is_dataclass(cls)
+        assert cls.__dataclass_params__.frozen
+
+
+def test_instances_have_no_dict():
+    assert not hasattr(m.Ping(id=1), "__dict__")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"t": "nope", "id": 1},
+        {"t": "login", "id": 1, "user": "a"},  # missing token
+        {"t": "login", "id": 1, "user": 5, "token": "x"},
+        {"t": "ack", "id": 1, "mids": [1, -2]},
+        {"t": "ack", "id": 1, "mids": [True]},
+        {"t": "ack", "id": 1, "mids": "12"},
+        {"t": "send", "id": 1, "to": ["bob"], "body": "text, not bytes"},
+        {"t": "ping", "id": 2**64},
+        {"t": "publish_keys", "id": 1, "identity": [1], "signed_prekey": None,
+         "one_time_prekeys": []},
+        {"t": "publish_keys", "id": 1, "identity": None, "signed_prekey": None,
+         "one_time_prekeys": [{"id": 1}]},
+    ],
+)
+def test_bad_requests_are_typed_errors(raw):
+    with pytest.raises(MalformedFrame) as exc:
+        m.decode_request(raw)
+    assert exc.value.code == ErrorCode.BAD_FRAME
+
+
+def test_request_id_is_recovered_from_a_bad_request():
+    assert m.request_id({"t": "login", "id": 7}) == 7
+    assert m.request_id({"t": "login", "id": True}) is None
+    assert m.request_id({"t": "login", "id": -1}) is None
+
+
+def test_reply_to_unknown_request_is_rejected():
+    with pytest.raises(MalformedFrame):
+        m.decode_from_relay(m.Pong(id=3).to_wire(), {4: m.Pong})
+
+
+def test_secrets_are_redacted_from_reprs():
+    assert "s3cret" not in repr(m.Login(id=1, user="alice", token="s3cret"))
+    assert "PLAINTEXT" not in repr(m.Send(id=1, to=("bob",), body=b"PLAINTEXT"))
+    assert "PLAINTEXT" not in repr(m.Deliver(mid=1, sender="a", ts=0, body=b"PLAINTEXT"))
+
+
+def test_error_code_lookup():
+    assert m.Error(id=None, code="mailbox_full", message="").error_code is ErrorCode.MAILBOX_FULL
+    assert m.Error(id=None, code="from_the_future", message="").error_code is None
+
+
+def test_state_table():
+    hello = m.Hello(id=1, versions=(1,), client="t")
+    login = m.Login(id=2, user="a", token="t")
+    send = m.Send(id=3, to=("b",), body=b"x")
+    check(ConnState.AWAIT_HELLO, hello, remote=True)
+    with pytest.raises(RemoteProtocolError) as exc:
+        check(ConnState.AWAIT_HELLO, send, remote=True)
+    assert exc.value.code == ErrorCode.OUT_OF_ORDER
+    assert "await_hello" in exc.value.message and "send" in exc.value.message
+    with pytest.raises(LocalProtocolError):
+        check(ConnState.AWAIT_LOGIN, send, remote=False)
+    with pytest.raises(RemoteProtocolError):
+        check(ConnState.READY, login, remote=True)  # login twice
+    assert advance(ConnState.AWAIT_HELLO, hello) is ConnState.AWAIT_LOGIN
+    assert advance(ConnState.AWAIT_LOGIN, login) is ConnState.READY
+    assert advance(ConnState.READY, send) is ConnState.READY
