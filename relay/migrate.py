@@ -69,8 +69,7 @@ def version_of(conn: sqlite3.Connection) -> int:
     """Schema version of an open db: 0 for an empty db; raises for a foreign one."""
     try:
         tables = {
-            row[0]
-            for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
     except sqlite3.DatabaseError as exc:
         raise NotHushwireDb(f"not a SQLite database: {exc}") from exc
@@ -136,9 +135,7 @@ def _apply(conn: sqlite3.Connection, mig: Migration) -> None:
             broken = conn.execute("PRAGMA foreign_key_check").fetchall()
             if broken:
                 raise SchemaError(f"{mig.name} leaves broken foreign keys: {broken[:3]}")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
-            )
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (mig.version,))
             conn.execute("COMMIT")

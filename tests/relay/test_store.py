@@ -1,0 +1,585 @@
+"""Store: accounts, key directory, mailbox and group commit, on real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from common.errors import ErrorCode, RequestError
+from common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from relay import migrate as mg
+from relay.errors import SchemaOutdated, SchemaTooNew, StoreError, UnknownUser, UserExists
+from relay.store import MAX_ONE_TIME_PREKEYS, Store, UserEventKind
+
+NOW = 1_700_000_000
+
+
+def ident(tag: int) -> IdentityPublic:
+    return IdentityPublic("x25519", bytes([tag]) * 32, bytes([tag + 1]) * 32, bytes([tag]) * 64)
+
+
+def otks(ids: range, tag: int = 7) -> list[OneTimePrekey]:
+    return [OneTimePrekey(i, bytes([tag]) * 30 + i.to_bytes(2, "big")) for i in ids]
+
+
+SPK = SignedPrekey(1, b"\x05" * 32, b"\x06" * 64)
+
+
+async def open_store(path: Path, **kw: object) -> Store:
+    return await Store.open(path, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "users.db"
+
+
+@pytest.fixture
+async def store(db: Path):
+    s = await open_store(db)
+    for name in ("alice", "bob", "carol"):
+        await s.add_user(name, b"h" * 32, b"s" * 16, now=NOW)
+    yield s
+    await s.close()
+
+
+# ---------------------------------------------------------------- users
+
+
+async def test_add_get_list_users(store: Store) -> None:
+    rec = await store.get_user("alice")
+    assert rec is not None
+    assert (rec.name, rec.token_hash, rec.token_salt) == ("alice", b"h" * 32, b"s" * 16)
+    assert not rec.disabled and rec.created_at == NOW and rec.last_login_at is None
+    assert await store.get_user("nobody") is None
+    assert [u.name for u in await store.list_users()] == ["alice", "bob", "carol"]
+    assert await store.user_exists("bob") and not await store.user_exists("dave")
+
+
+async def test_duplicate_and_invalid_names_are_refused(store: Store) -> None:
+    with pytest.raises(UserExists):
+        await store.add_user("alice", b"x", b"y", now=NOW)
+    with pytest.raises(RequestError) as info:
+        await store.add_user("Bad Name", b"x", b"y", now=NOW)
+    assert info.value.code is ErrorCode.BAD_REQUEST
+    assert len(await store.list_users()) == 3
+
+
+async def test_disable_enable_and_token_reset(store: Store) -> None:
+    await store.set_disabled("bob", True, now=NOW + 1)
+    assert (await store.get_user("bob")).disabled  # type: ignore[union-attr]
+    await store.set_disabled("bob", False, now=NOW + 2)
+    assert not (await store.get_user("bob")).disabled  # type: ignore[union-attr]
+    await store.set_token("bob", b"n" * 32, b"t" * 16, now=NOW + 3)
+    rec = await store.get_user("bob")
+    assert rec is not None and (rec.token_hash, rec.token_salt) == (b"n" * 32, b"t" * 16)
+    with pytest.raises(UnknownUser):
+        await store.set_disabled("dave", True, now=NOW)
+    with pytest.raises(UnknownUser):
+        await store.set_token("dave", b"n", b"t", now=NOW)
+    with pytest.raises(UnknownUser):
+        await store.remove_user("dave")
+
+
+async def test_record_login_is_persisted(db: Path, store: Store) -> None:
+    await store.record_login("alice", now=NOW + 50)
+    await store.close()
+    s2 = await open_store(db)
+    try:
+        assert (await s2.get_user("alice")).last_login_at == NOW + 50  # type: ignore[union-attr]
+    finally:
+        await s2.close()
+
+
+async def test_remove_user_takes_keys_watchers_and_mailbox(store: Store) -> None:
+    await store.publish_keys(
+        "bob", identity=ident(1), signed_prekey=SPK, one_time=otks(range(3)), now=NOW
+    )
+    await store.publish_keys("alice", identity=ident(9), signed_prekey=SPK, one_time=[], now=NOW)
+    await store.fetch_bundle("bob", "alice")
+    await store.enqueue("alice", ["bob"], b"hi", now=NOW)
+    await store.remove_user("bob")
+    assert await store.get_user("bob") is None
+    assert await store.fetch_bundle("alice", "bob") is None
+    assert await store.pending("bob") == []
+    assert await store.mailbox_count("bob") == 0
+    stats = await store.stats()
+    assert stats["users"] == 2 and stats["queued"] == 0
+    # bob's watch on alice went with him: a new alice identity notifies nobody.
+    res = await store.publish_keys(
+        "alice", identity=ident(20), signed_prekey=None, one_time=[], now=NOW
+    )
+    assert res.identity_changed and res.watchers == []
+
+
+async def test_stats(store: Store) -> None:
+    await store.set_disabled("carol", True, now=NOW)
+    await store.enqueue("alice", ["bob", "carol"], b"x" * 100, now=NOW)
+    stats = await store.stats()
+    assert stats["users"] == 3 and stats["disabled"] == 1 and stats["queued"] == 2
+    assert stats["db_bytes"] > 4096
+
+
+async def test_user_events_log_every_account_change(store: Store) -> None:
+    start = await store.last_user_event()
+    await store.set_disabled("bob", True, now=NOW)
+    await store.set_disabled("bob", True, now=NOW)  # no change, no event
+    await store.set_disabled("bob", False, now=NOW)
+    await store.set_token("carol", b"n", b"t", now=NOW)
+    await store.record_login("alice", now=NOW)  # not an account change
+    await store.remove_user("carol")
+    await store.add_user("dave", b"h", b"s", now=NOW)
+    events = await store.user_events(start)
+    assert [(e.name, e.kind) for e in events] == [
+        ("bob", UserEventKind.DISABLED),
+        ("bob", UserEventKind.ENABLED),
+        ("carol", UserEventKind.TOKEN_RESET),
+        ("carol", UserEventKind.REMOVED),
+        ("dave", UserEventKind.ADDED),
+    ]
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+    assert await store.user_events(events[-1].seq) == []
+    assert await store.last_user_event() == events[-1].seq
+
+
+async def test_user_events_see_changes_made_by_another_process(db: Path, store: Store) -> None:
+    start = await store.last_user_event()
+    other = sqlite3.connect(db)
+    other.execute("UPDATE users SET disabled = 1 WHERE name = 'alice'")
+    other.commit()
+    other.close()
+    assert [(e.name, e.kind) for e in await store.user_events(start)] == [
+        ("alice", UserEventKind.DISABLED)
+    ]
+
+
+# ---------------------------------------------------------------- key directory
+
+
+async def test_prekeys_before_identity_are_refused(store: Store) -> None:
+    with pytest.raises(RequestError) as info:
+        await store.publish_keys("alice", identity=None, signed_prekey=SPK, one_time=[], now=NOW)
+    assert info.value.code is ErrorCode.NO_KEYS
+    with pytest.raises(RequestError) as info:
+        await store.publish_keys(
+            "alice", identity=None, signed_prekey=None, one_time=otks(range(2)), now=NOW
+        )
+    assert info.value.code is ErrorCode.NO_KEYS
+    with pytest.raises(RequestError) as info:
+        await store.publish_keys(
+            "dave", identity=ident(1), signed_prekey=None, one_time=[], now=NOW
+        )
+    assert info.value.code is ErrorCode.UNKNOWN_USER
+
+
+async def test_publish_and_fetch_consumes_lowest_one_time_prekey(store: Store) -> None:
+    res = await store.publish_keys(
+        "alice", identity=ident(1), signed_prekey=SPK, one_time=otks(range(5, 8)), now=NOW
+    )
+    assert (res.identity_changed, res.watchers, res.prekeys_left) == (False, [], 3)
+    b1 = await store.fetch_bundle("bob", "alice")
+    assert b1 is not None
+    assert b1.user == "alice" and b1.identity == ident(1) and b1.signed_prekey == SPK
+    assert b1.one_time_prekey == otks(range(5, 6))[0]
+    assert b1.version == 1
+    assert await store.prekey_count("alice") == 2
+    await store.fetch_bundle("bob", "alice")
+    await store.fetch_bundle("bob", "alice")
+    empty = await store.fetch_bundle("bob", "alice")
+    assert empty is not None and empty.one_time_prekey is None
+    assert await store.prekey_count("alice") == 0
+    assert await store.prekey_count("nobody") == 0
+
+
+async def test_fetch_without_complete_bundle_is_none(store: Store) -> None:
+    assert await store.fetch_bundle("bob", "alice") is None
+    assert await store.fetch_bundle("bob", "nobody") is None
+    await store.publish_keys(
+        "alice", identity=ident(1), signed_prekey=None, one_time=otks(range(2)), now=NOW
+    )
+    assert await store.fetch_bundle("bob", "alice") is None
+    assert await store.prekey_count("alice") == 2  # nothing consumed by a failed fetch
+
+
+async def test_concurrent_fetches_never_share_a_one_time_prekey(store: Store) -> None:
+    await store.publish_keys(
+        "alice", identity=ident(1), signed_prekey=SPK, one_time=otks(range(40)), now=NOW
+    )
+    bundles = await asyncio.gather(*(store.fetch_bundle("bob", "alice") for _ in range(50)))
+    ids = [b.one_time_prekey.id for b in bundles if b and b.one_time_prekey]
+    assert sorted(ids) == list(range(40))
+    assert sum(1 for b in bundles if b and b.one_time_prekey is None) == 10
+
+
+async def test_duplicate_one_time_ids_replace(store: Store) -> None:
+    await store.publish_keys(
+        "alice", identity=ident(1), signed_prekey=SPK, one_time=otks(range(3), tag=1), now=NOW
+    )
+    res = await store.publish_keys(
+        "alice", identity=None, signed_prekey=None, one_time=otks(range(2, 4), tag=2), now=NOW
+    )
+    assert res.prekeys_left == 4
+    got = [(await store.fetch_bundle("bob", "alice")).one_time_prekey for _ in range(4)]  # type: ignore[union-attr]
+    assert got[2] == otks(range(2, 3), tag=2)[0]
+
+
+async def test_one_time_prekey_cap_rolls_back_whole_upload(store: Store) -> None:
+    await store.publish_keys(
+        "alice",
+        identity=ident(1),
+        signed_prekey=SPK,
+        one_time=otks(range(MAX_ONE_TIME_PREKEYS - 1)),
+        now=NOW,
+    )
+    with pytest.raises(RequestError) as info:
+        await store.publish_keys(
+            "alice",
+            identity=None,
+            signed_prekey=SignedPrekey(2, b"k" * 32, b"s" * 64),
+            one_time=[OneTimePrekey(100_000 + i, b"k") for i in range(2)],
+            now=NOW,
+        )
+    assert info.value.code is ErrorCode.BAD_KEYS
+    assert await store.prekey_count("alice") == MAX_ONE_TIME_PREKEYS - 1
+    bundle = await store.fetch_bundle("bob", "alice")
+    assert bundle is not None and bundle.signed_prekey == SPK  # the new SPK was rolled back
+    with pytest.raises(RequestError) as info:
+        await store.publish_keys(
+            "bob",
+            identity=ident(1),
+            signed_prekey=None,
+            one_time=otks(range(MAX_ONE_TIME_PREKEYS + 1)),
+            now=NOW,
+        )
+    assert info.value.code is ErrorCode.BAD_KEYS
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"identity": IdentityPublic("x25519", b"", b"d" * 32, b"s" * 64)},
+        {"identity": IdentityPublic("x25519", b"k" * 5000, b"d" * 32, b"s" * 64)},
+        {"identity": IdentityPublic("", b"k" * 32, b"d" * 32, b"s" * 64)},
+        {"signed_prekey": SignedPrekey(-1, b"k" * 32, b"s" * 64)},
+        {"signed_prekey": SignedPrekey(2**31, b"k" * 32, b"s" * 64)},
+        {"one_time": [OneTimePrekey(True, b"k")]},  # type: ignore[arg-type]
+        {"one_time": [OneTimePrekey(1, "text")]},  # type: ignore[arg-type]
+    ],
+)
+async def test_malformed_keys_are_bad_keys(store: Store, kwargs: dict[str, object]) -> None:
+    args: dict[str, object] = {"identity": ident(1), "signed_prekey": SPK, "one_time": []}
+    args.update(kwargs)
+    with pytest.raises(RequestError) as info:
+        await store.publish_keys("alice", now=NOW, **args)  # type: ignore[arg-type]
+    assert info.value.code is ErrorCode.BAD_KEYS
+    assert await store.fetch_bundle("bob", "alice") is None
+
+
+async def test_identity_change_returns_watchers_and_clears_old_prekeys(store: Store) -> None:
+    await store.publish_keys(
+        "alice", identity=ident(1), signed_prekey=SPK, one_time=otks(range(5)), now=NOW
+    )
+    await store.fetch_bundle("bob", "alice")
+    await store.fetch_bundle("bob", "alice")
+    await store.fetch_bundle("alice", "alice")  # fetching yourself does not make you a watcher
+    same = await store.publish_keys(
+        "alice", identity=ident(1), signed_prekey=None, one_time=[], now=NOW
+    )
+    assert not same.identity_changed and same.watchers == [] and same.prekeys_left == 2
+    new = await store.publish_keys(
+        "alice", identity=ident(50), signed_prekey=None, one_time=[], now=NOW
+    )
+    assert new.identity_changed and new.watchers == ["bob"] and new.prekeys_left == 0
+    # Old signed prekey is gone with the old identity: no bundle until a new one arrives.
+    assert await store.fetch_bundle("carol", "alice") is None
+    await store.publish_keys("alice", identity=None, signed_prekey=SPK, one_time=[], now=NOW)
+    bundle = await store.fetch_bundle("carol", "alice")
+    assert bundle is not None and bundle.identity == ident(50)
+    again = await store.publish_keys(
+        "alice", identity=ident(60), signed_prekey=None, one_time=[], now=NOW
+    )
+    assert again.watchers == ["bob", "carol"]
+
+
+async def test_group_change_alone_is_an_identity_change(store: Store) -> None:
+    await store.publish_keys("alice", identity=ident(1), signed_prekey=SPK, one_time=[], now=NOW)
+    await store.fetch_bundle("bob", "alice")
+    i = ident(1)
+    res = await store.publish_keys(
+        "alice",
+        identity=IdentityPublic("ffdhe3072", i.sign_key, i.dh_key, i.dh_sig),
+        signed_prekey=None,
+        one_time=[],
+        now=NOW,
+    )
+    assert res.identity_changed and res.watchers == ["bob"]
+
+
+# ---------------------------------------------------------------- mailbox
+
+
+async def test_pending_in_order_and_after(store: Store) -> None:
+    mids = [(await store.enqueue("alice", ["bob"], bytes([i]), now=NOW + i))[0] for i in range(5)]
+    assert mids == sorted(mids) and len(set(mids)) == 5
+    got = await store.pending("bob")
+    assert [e.mid for e in got] == mids
+    assert [e.body for e in got] == [bytes([i]) for i in range(5)]
+    assert got[0].sender == "alice" and got[3].created_at == NOW + 3
+    assert [e.mid for e in await store.pending("bob", after=mids[1], limit=2)] == mids[2:4]
+    assert await store.pending("carol") == []
+    assert await store.pending("nobody") == []
+
+
+async def test_multi_recipient_send_gets_one_mid_each(store: Store) -> None:
+    mids = await store.enqueue("alice", ["bob", "carol"], b"group", now=NOW)
+    assert len(mids) == 2 and mids[0] != mids[1]
+    assert [e.mid for e in await store.pending("bob")] == [mids[0]]
+    assert [e.mid for e in await store.pending("carol")] == [mids[1]]
+
+
+async def test_ack_deletes_only_own_rows(store: Store) -> None:
+    to_bob = await store.enqueue("alice", ["bob"], b"1", now=NOW)
+    to_carol = await store.enqueue("alice", ["carol"], b"2", now=NOW)
+    assert await store.ack("bob", to_carol) == 0
+    assert [e.mid for e in await store.pending("carol")] == to_carol
+    assert await store.ack("bob", [*to_bob, *to_bob, 999_999, -1, 2**70]) == 1
+    assert await store.pending("bob") == []
+    assert await store.ack("bob", to_bob) == 0
+    assert await store.ack("nobody", to_carol) == 0
+    assert await store.ack("carol", []) == 0
+    assert await store.mailbox_count("bob") == 0
+    assert await store.mailbox_count("carol") == 1
+
+
+async def test_unknown_recipient_refuses_whole_send(store: Store) -> None:
+    with pytest.raises(RequestError) as info:
+        await store.enqueue("alice", ["bob", "mallory"], b"x", now=NOW)
+    assert info.value.code is ErrorCode.UNKNOWN_USER
+    assert "mallory" in info.value.message
+    assert await store.pending("bob") == []
+    assert await store.mailbox_count("bob") == 0
+
+
+@pytest.mark.parametrize("recipients", [[], ["bob", "bob"]])
+async def test_bad_recipient_lists(store: Store, recipients: list[str]) -> None:
+    with pytest.raises(RequestError) as info:
+        await store.enqueue("alice", recipients, b"x", now=NOW)
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+async def test_mailbox_limit_is_all_or_nothing(db: Path) -> None:
+    s = await open_store(db, max_mailbox=3)
+    try:
+        for name in ("alice", "bob", "carol"):
+            await s.add_user(name, b"h", b"s", now=NOW)
+        await asyncio.gather(*(s.enqueue("alice", ["bob"], b"x", now=NOW) for _ in range(3)))
+        with pytest.raises(RequestError) as info:
+            await s.enqueue("alice", ["carol", "bob"], b"y", now=NOW)
+        assert info.value.code is ErrorCode.MAILBOX_FULL
+        assert "bob" in info.value.message
+        assert await s.pending("carol") == []
+        assert await s.mailbox_count("bob") == 3
+        first = (await s.pending("bob"))[0].mid
+        assert await s.ack("bob", [first]) == 1
+        await s.enqueue("alice", ["carol", "bob"], b"y", now=NOW)
+        assert await s.mailbox_count("bob") == 3
+    finally:
+        await s.close()
+
+
+async def test_mailbox_count_survives_restart(db: Path, store: Store) -> None:
+    await store.enqueue("alice", ["bob"], b"1", now=NOW)
+    await store.enqueue("alice", ["bob"], b"2", now=NOW)
+    await store.close()
+    s = await open_store(db, max_mailbox=2)
+    try:
+        with pytest.raises(RequestError) as info:
+            await s.enqueue("alice", ["bob"], b"3", now=NOW)
+        assert info.value.code is ErrorCode.MAILBOX_FULL
+    finally:
+        await s.close()
+
+
+async def test_purge_deletes_old_envelopes_and_frees_room(store: Store) -> None:
+    await store.enqueue("alice", ["bob"], b"old", now=NOW - 100)
+    await store.enqueue("alice", ["bob", "carol"], b"older", now=NOW - 200)
+    keep = await store.enqueue("alice", ["bob"], b"new", now=NOW)
+    assert await store.purge(older_than=NOW - 50) == 3
+    assert [e.mid for e in await store.pending("bob")] == keep
+    assert await store.mailbox_count("bob") == 1
+    assert await store.mailbox_count("carol") == 0
+    assert await store.purge(older_than=NOW - 50) == 0
+
+
+async def test_group_commit_batches_concurrent_enqueues(db: Path, store: Store) -> None:
+    before = store.group_commits
+    results = await asyncio.gather(
+        *(store.enqueue("alice", ["bob"], i.to_bytes(2, "big"), now=NOW) for i in range(500))
+    )
+    commits = store.group_commits - before
+    assert 1 <= commits <= 5, commits
+    mids = [m for r in results for m in r]
+    assert len(set(mids)) == 500
+    await store.close()
+    s = await open_store(db)
+    try:
+        got = await s.pending("bob", limit=1000)
+        assert len(got) == 500
+        assert sorted(int.from_bytes(e.body, "big") for e in got) == list(range(500))
+        assert [e.mid for e in got] == sorted(mids)
+    finally:
+        await s.close()
+
+
+async def test_group_commit_batches_acks(store: Store) -> None:
+    mids = [
+        m
+        for r in await asyncio.gather(
+            *(store.enqueue("alice", ["bob"], b"x", now=NOW) for _ in range(200))
+        )
+        for m in r
+    ]
+    before = store.group_commits
+    counts = await asyncio.gather(*(store.ack("bob", [m]) for m in mids))
+    assert counts == [1] * 200
+    assert store.group_commits - before <= 3
+    assert await store.pending("bob") == []
+
+
+async def test_mids_are_never_reused_after_ack_and_restart(db: Path, store: Store) -> None:
+    mids = await store.enqueue("alice", ["bob"], b"x", now=NOW)
+    await store.ack("bob", mids)
+    await store.close()
+    s = await open_store(db)
+    try:
+        again = await s.enqueue("alice", ["bob"], b"y", now=NOW)
+        assert again[0] > mids[0]
+    finally:
+        await s.close()
+
+
+async def test_close_flushes_pending_enqueues(db: Path, store: Store) -> None:
+    await store.enqueue("alice", ["carol"], b"warm", now=NOW)  # carol's id is cached
+    tasks = [
+        asyncio.create_task(store.enqueue("alice", ["carol"], b"z", now=NOW)) for _ in range(20)
+    ]
+    await asyncio.sleep(0)  # let every task queue its work
+    await store.close()
+    await store.close()  # idempotent
+    mids = [m for t in tasks for m in t.result()]
+    with pytest.raises(StoreError):
+        await store.enqueue("alice", ["carol"], b"late", now=NOW)
+    with pytest.raises(StoreError):
+        await store.get_user("alice")
+    s = await open_store(db)
+    try:
+        assert [e.mid for e in await s.pending("carol")][1:] == sorted(mids)
+    finally:
+        await s.close()
+
+
+async def test_failed_batch_fails_every_waiter(db: Path) -> None:
+    s = await open_store(db, busy_timeout_ms=50)
+    try:
+        for name in ("alice", "bob"):
+            await s.add_user(name, b"h", b"s", now=NOW)
+        await s.enqueue("alice", ["bob"], b"warm", now=NOW)  # ids and counts cached
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: commits fail
+        try:
+            results = await asyncio.gather(
+                *(s.enqueue("alice", ["bob"], b"lost", now=NOW) for _ in range(10)),
+                s.ack("bob", [1]),
+                return_exceptions=True,
+            )
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert all(isinstance(r, StoreError) for r in results), results
+        assert await s.mailbox_count("bob") == 1  # reservations released
+        ok = await s.enqueue("alice", ["bob"], b"after", now=NOW)
+        assert [e.body for e in await s.pending("bob")] == [b"warm", b"after"]
+        assert (await s.pending("bob"))[-1].mid == ok[0]
+    finally:
+        await s.close()
+
+
+async def test_recipient_removed_by_another_process_fails_only_that_send(
+    db: Path, store: Store
+) -> None:
+    await store.enqueue("alice", ["bob", "carol"], b"warm", now=NOW)  # ids cached
+    other = sqlite3.connect(db)
+    other.execute("PRAGMA foreign_keys = ON")
+    other.execute("DELETE FROM users WHERE name = 'carol'")
+    other.commit()
+    other.close()
+    before = store.group_commits
+    ok, gone = await asyncio.gather(
+        store.enqueue("alice", ["bob"], b"fine", now=NOW),
+        store.enqueue("alice", ["carol"], b"lost", now=NOW),
+        return_exceptions=True,
+    )
+    assert store.group_commits - before == 1
+    assert isinstance(ok, list)
+    assert isinstance(gone, RequestError) and gone.code is ErrorCode.UNKNOWN_USER
+    assert [e.body for e in await store.pending("bob")] == [b"warm", b"fine"]
+    with pytest.raises(RequestError):  # the stale cache entry was dropped
+        await store.enqueue("alice", ["carol"], b"again", now=NOW)
+
+
+async def test_checkpoint_moves_wal_into_main_file(db: Path, store: Store) -> None:
+    await store.enqueue("alice", ["bob"], b"durable", now=NOW)
+    await store.checkpoint()
+    # immutable=1 reads the main file only, ignoring the WAL.
+    raw = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+    try:
+        assert raw.execute("SELECT body FROM mailbox").fetchall() == [(b"durable",)]
+    finally:
+        raw.close()
+
+
+# ---------------------------------------------------------------- opening
+
+
+async def test_open_settings(db: Path) -> None:
+    s = await open_store(db, synchronous="full")
+    try:
+        pragmas = await s._run(
+            lambda c: [
+                c.execute(f"PRAGMA {p}").fetchone()[0]
+                for p in ("synchronous", "journal_mode", "foreign_keys")
+            ]
+        )
+        assert pragmas == [2, "wal", 1]
+    finally:
+        await s.close()
+    with pytest.raises(ValueError, match="synchronous"):
+        await open_store(db, synchronous="OFF")
+
+
+async def test_open_without_migrate_refuses_missing_or_outdated(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    with pytest.raises(SchemaOutdated):
+        await open_store(missing, migrate=False)
+    assert not missing.exists()
+    old = tmp_path / "old.db"
+    mg.migrate(old, target=1)
+    with pytest.raises(SchemaOutdated, match="migrate"):
+        await open_store(old, migrate=False)
+    s = await open_store(old)  # migrate=True upgrades it
+    await s.close()
+    assert mg.current_version(old) == mg.latest_version()
+
+
+async def test_open_refuses_too_new(db: Path) -> None:
+    mg.migrate(db)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE schema_version SET version = version + 1")
+    conn.commit()
+    conn.close()
+    for migrate in (True, False):
+        with pytest.raises(SchemaTooNew):
+            await open_store(db, migrate=migrate)
