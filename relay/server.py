@@ -15,7 +15,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 
-from common.crypto.dhparams import load_pem, to_pem
 from common.crypto.groups import group_by_name
 from common.errors import InvalidKey
 from relay.config import ConfigError, RelayConfig
@@ -33,6 +32,8 @@ PURGE_EVERY = 3600.0
 
 def load_group(config: RelayConfig) -> GroupInfo:
     if config.dh_params is not None:
+        from common.crypto.dhparams import load_pem, to_pem  # sympy: only when needed
+
         try:
             text = config.dh_params.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
@@ -122,10 +123,10 @@ class RelayServer:
 
     async def _watch_accounts(self) -> None:
         store = self.relay.store
-        seq = await store.latest_event()
+        seq = await store.last_user_event()
         while True:
             await asyncio.sleep(ACCOUNT_POLL)
-            latest = await store.latest_event()
+            latest = await store.last_user_event()
             if latest != seq:
                 seq = latest
                 await self.relay.enforce_accounts()

@@ -1,0 +1,248 @@
+"""One TLS connection from a client to the relay: requests, replies and pushes.
+
+The byte-level protocol is `common/`; this shell owns the socket. Each request gets an
+id and a future; the reader task resolves futures from replies and queues pushes. The
+relay's certificate is checked against a pinned SHA-256 fingerprint (trust on first use,
+like SSH's known_hosts) or against a CA file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from common.errors import (
+    ErrorCode,
+    HushwireError,
+    RemoteProtocolError,
+    RequestError,
+)
+from common.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from common.messages import (
+    SUPPORTED_VERSIONS,
+    Error,
+    Hello,
+    HelloOk,
+    Login,
+    LoginOk,
+    Push,
+    Reply,
+    Request,
+    decode_from_relay,
+)
+from common.states import ConnState, advance, check
+
+log = logging.getLogger("hushwire.client")
+
+R = TypeVar("R", bound=Reply)
+CLIENT_NAME = "hushwire/0.1"
+
+
+class ConnectionClosed(HushwireError):
+    """The connection to the relay is gone; `reason` is the relay's error if it sent one."""
+
+    code = ErrorCode.CONNECTION
+
+    def __init__(self, message: str, reason: Error | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class CertificateMismatch(HushwireError):
+    """The relay presented a certificate other than the pinned one."""
+
+    code = ErrorCode.CONNECTION
+
+
+def cert_fingerprint(der: bytes) -> str:
+    """SHA-256 of a DER certificate as colon-separated upper-case hex (as OpenSSL shows)."""
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """How to trust the relay: a pinned fingerprint (None: learn it), or a CA file."""
+
+    pin: str | None = None
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        if self.ca_file is not None:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        else:
+            # Pinning replaces CA validation: the fingerprint check after the handshake
+            # is what authenticates the relay.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.client_cert is not None:
+            ctx.load_cert_chain(self.client_cert, self.client_key)
+        return ctx
+
+
+class RelayConnection:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.fingerprint = ""
+        self.state = ConnState.AWAIT_HELLO
+        self.hello: HelloOk | None = None
+        self.max_frame = max_frame
+        self.pushes: asyncio.Queue[Push] = asyncio.Queue()
+        self.closed_reason: Error | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[type[Reply], asyncio.Future[Any]]] = {}
+        self._expected: dict[int, type[Reply]] = {}
+        self._closed = asyncio.Event()
+        self._read_task = asyncio.create_task(self._read_loop())
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        tls: TlsSettings,
+        *,
+        timeout: float = 15.0,
+    ) -> RelayConnection:
+        """Open TLS and check the relay's certificate; the caller then says hello."""
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=tls.context(), server_hostname=host if tls.ca_file else None,
+                    limit=DEFAULT_MAX_FRAME * 2,
+                )
+        except TimeoutError:
+            raise ConnectionClosed(f"timed out connecting to {host}:{port}") from None
+        except ssl.SSLError as exc:
+            raise ConnectionClosed(f"TLS with {host}:{port} failed: {exc.reason}") from None
+        except OSError as exc:
+            raise ConnectionClosed(f"cannot connect to {host}:{port}: {exc.strerror}") from None
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        conn = cls(reader, writer)
+        conn.fingerprint = cert_fingerprint(der)
+        if tls.pin is not None and conn.fingerprint != tls.pin:
+            await conn.close()
+            raise CertificateMismatch(
+                f"the relay at {host}:{port} presented a different certificate than the one "
+                f"pinned for it.\n  pinned:    {tls.pin}\n  presented: {conn.fingerprint}\n"
+                "Someone may be intercepting the connection. If the operator really replaced "
+                "the certificate, remove the pin (`hushwire login` again) after checking the "
+                "new fingerprint with them."
+            )
+        return conn
+
+    async def handshake(self, user: str, token: str) -> LoginOk:
+        """hello then login; raises RequestError (auth_failed, rate_limited...) on refusal."""
+        self.hello = await self.request(Hello, versions=SUPPORTED_VERSIONS, client=CLIENT_NAME)
+        self.max_frame = self.hello.max_frame
+        return await self.request(Login, user=user, token=token)
+
+    async def request(self, cls: type[Request], **fields: Any) -> Any:
+        """Send `cls(**fields)` with a fresh id and wait for its reply."""
+        rid = next(self._ids)
+        req = cls(id=rid, **fields)  # type: ignore[call-arg]
+        check(self.state, req, remote=False)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (cls.REPLY, fut)
+        self._expected[rid] = cls.REPLY
+        try:
+            self._send(req)
+            reply = await fut
+        finally:
+            self._pending.pop(rid, None)
+            self._expected.pop(rid, None)
+        self.state = advance(self.state, req)
+        return reply
+
+    def _send(self, req: Request) -> None:
+        if self._closed.is_set():
+            raise ConnectionClosed("the connection to the relay is closed", self.closed_reason)
+        self._writer.write(encode_frame(req.to_wire(), max_size=self.max_frame))
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    async def _read_loop(self) -> None:
+        decoder = FrameDecoder(max(self.max_frame, DEFAULT_MAX_FRAME) + 1024)
+        message = "the relay closed the connection"
+        try:
+            while True:
+                data = await self._reader.read(65536)
+                if not data:
+                    break
+                for raw in decoder.feed(data):
+                    self._dispatch(decode_from_relay(raw, self._expected))
+        except RemoteProtocolError as exc:
+            message = f"the relay sent a bad frame: {exc.message}"
+            log.warning("%s", message)
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            message = f"connection to the relay lost: {exc}"
+        finally:
+            if self.closed_reason is not None:
+                message = f"{self.closed_reason.message} ({self.closed_reason.code})"
+            self._fail_all(ConnectionClosed(message, self.closed_reason))
+            self._closed.set()
+
+    def _dispatch(self, msg: Reply | Error | Push) -> None:
+        if isinstance(msg, Push):
+            self.pushes.put_nowait(msg)
+            return
+        if msg.id is None:  # a fatal error: the relay closes next
+            self.closed_reason = msg  # type: ignore[assignment]
+            return
+        entry = self._pending.get(msg.id)
+        if entry is None or entry[1].done():
+            return
+        if isinstance(msg, Error):
+            entry[1].set_exception(
+                RequestError(_code(msg.code), msg.message, retry_after=msg.retry_after)
+            )
+        else:
+            entry[1].set_result(msg)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for _, fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        """Idempotent."""
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+        self._read_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._read_task
+        self._closed.set()
+
+
+def _code(code: str) -> ErrorCode:
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.INTERNAL
