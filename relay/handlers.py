@@ -163,8 +163,7 @@ class Relay:
         peer.token_hash = record.token_hash
         self.online[req.user] = peer
         await self.store.record_login(req.user, now=int(now))
-        left = await self.store.prekey_count(req.user)
-        has_identity = await self.store.has_identity(req.user)
+        has_identity, left = await self.store.key_status(req.user)
         log.info("login %s from %s", req.user, peer.peer_address)
         self._announce(req.user, online=True)
         return LoginOk(id=req.id, user=req.user, prekeys_left=left, has_identity=has_identity)

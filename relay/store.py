@@ -614,6 +614,20 @@ class Store:
 
         return await self._run(run)
 
+    async def key_status(self, user: str) -> tuple[bool, int]:
+        """(has an identity, one-time prekeys left): what a client needs at login."""
+
+        def run(conn: sqlite3.Connection) -> tuple[bool, int]:
+            uid = _user_id(conn, user)
+            if uid is None:
+                return False, 0
+            row = conn.execute(
+                "SELECT 1 FROM identity_keys WHERE user_id = ?", (uid,)
+            ).fetchone()
+            return row is not None, _prekey_count(conn, uid)
+
+        return await self._run(run)
+
     # ------------------------------------------------------------------ mailbox
 
     async def enqueue(

@@ -288,7 +288,10 @@ async def test_delivery_window_bounds_unacked_pushes(relay_factory):
     await bob.request(Ping)
     assert not _drain(bob)  # nothing past the window until acks
     await bob.request(Ack, mids=tuple(d.mid for d in first))
-    rest = [await next_push(bob) for _ in range(6)]
+    rest = []
+    for _ in range(6):
+        rest.append(await next_push(bob))
+        await bob.request(Ack, mids=(rest[-1].mid,))
     assert [d.body[0] for d in first + rest] == list(range(10))
 
 
