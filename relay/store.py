@@ -621,9 +621,7 @@ class Store:
             uid = _user_id(conn, user)
             if uid is None:
                 return False, 0
-            row = conn.execute(
-                "SELECT 1 FROM identity_keys WHERE user_id = ?", (uid,)
-            ).fetchone()
+            row = conn.execute("SELECT 1 FROM identity_keys WHERE user_id = ?", (uid,)).fetchone()
             return row is not None, _prekey_count(conn, uid)
 
         return await self._run(run)

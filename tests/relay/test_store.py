@@ -583,3 +583,13 @@ async def test_open_refuses_too_new(db: Path) -> None:
     for migrate in (True, False):
         with pytest.raises(SchemaTooNew):
             await open_store(db, migrate=migrate)
+
+
+async def test_key_status(store: Store) -> None:
+    assert await store.key_status("alice") == (False, 0)
+    assert await store.key_status("nobody") == (False, 0)
+    await store.publish_keys(
+        "alice", identity=ident(1), signed_prekey=SPK, one_time=otks(range(4)), now=NOW
+    )
+    await store.fetch_bundle("bob", "alice")
+    assert await store.key_status("alice") == (True, 3)

@@ -1,0 +1,356 @@
+"""hushwire-admin, run in-process through main() and once as the console script."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay import admin, tls
+from relay import migrate as mg
+from relay.admin import main
+from relay.make_example_db import DEMO_TOKENS, build
+from relay.store import Store, UserEventKind
+from relay.tokens import verify_token
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "users.db"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def add(capsys: pytest.CaptureFixture[str], db: Path, name: str) -> str:
+    code, out, _ = run(capsys, "--db", str(db), "add-user", name, "--json")
+    assert code == 0
+    return json.loads(out)["token"]
+
+
+def stored(db: Path, name: str) -> tuple[bytes, bytes, int]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(
+            "SELECT token_salt, token_hash, disabled FROM users WHERE name = ?", (name,)
+        ).fetchone()
+    finally:
+        conn.close()
+
+
+def assert_one_line_error(err: str, fragment: str) -> None:
+    assert err.count("\n") == 1 and err.startswith("hushwire-admin"), err
+    assert "error: " in err
+    assert fragment in err
+    assert "Traceback" not in err
+
+
+def test_add_user_prints_token_once_and_stores_only_its_hash(
+    capsys: pytest.CaptureFixture[str], db: Path
+) -> None:
+    code, out, err = run(capsys, "--db", str(db), "add-user", "alice")
+    assert code == 0 and err == ""
+    token = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("token:"))
+    assert token.startswith("hw_")
+    assert "will not be shown again" in out
+    salt, digest, disabled = stored(db, "alice")
+    assert verify_token(token, salt, digest) and disabled == 0
+    assert token.encode() not in db.read_bytes()
+    assert mg.current_version(db) == mg.latest_version()  # add-user created the db
+
+
+def test_add_user_json_is_exactly_one_object(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    code, out, _ = run(capsys, "--db", str(db), "add-user", "bob", "--json")
+    assert code == 0
+    obj = json.loads(out)
+    assert set(obj) == {"user", "token"} and obj["user"] == "bob"
+    salt, digest, _ = stored(db, "bob")
+    assert verify_token(obj["token"], salt, digest)
+
+
+def test_add_user_errors(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    add(capsys, db, "alice")
+    code, out, err = run(capsys, "--db", str(db), "add-user", "alice")
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "already exists")
+    code, out, err = run(capsys, "--db", str(db), "add-user", "Not Valid")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "invalid username")
+
+
+def test_list_users_table_and_json(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    add(capsys, db, "bob")
+    add(capsys, db, "alice")
+    run(capsys, "--db", str(db), "disable-user", "bob")
+    code, out, _ = run(capsys, "--db", str(db), "list-users")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "CREATED", "LAST", "LOGIN"]
+    assert lines[1].split()[:2] == ["alice", "active"] and lines[1].endswith("never")
+    assert lines[2].split()[:2] == ["bob", "disabled"]
+    assert lines[-1] == "2 user(s)"
+    code, out, _ = run(capsys, "--db", str(db), "list-users", "--json")
+    users = json.loads(out)
+    assert [(u["user"], u["disabled"]) for u in users] == [("alice", False), ("bob", True)]
+    assert all(set(u) == {"user", "disabled", "created_at", "last_login_at"} for u in users)
+
+
+def test_disable_enable(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    add(capsys, db, "alice")
+    code, out, _ = run(capsys, "--db", str(db), "disable-user", "alice")
+    assert code == 0 and "disabled alice" in out
+    assert stored(db, "alice")[2] == 1
+    code, out, _ = run(capsys, "--db", str(db), "enable-user", "alice")
+    assert code == 0 and stored(db, "alice")[2] == 0
+
+
+def test_reset_token(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    old = add(capsys, db, "alice")
+    code, out, _ = run(capsys, "--db", str(db), "reset-token", "alice", "--json")
+    assert code == 0
+    new = json.loads(out)["token"]
+    salt, digest, _ = stored(db, "alice")
+    assert verify_token(new, salt, digest) and not verify_token(old, salt, digest)
+    code, out, _ = run(capsys, "--db", str(db), "reset-token", "alice")
+    assert code == 0 and "will not be shown again" in out and "old token no longer works" in out
+
+
+def test_remove_user_takes_mailbox(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    add(capsys, db, "alice")
+    add(capsys, db, "bob")
+
+    async def send() -> None:
+        async with await Store.open(db) as s:
+            await s.enqueue("alice", ["bob"], b"x", now=1)
+            await s.enqueue("alice", ["bob"], b"y", now=1)
+
+    asyncio.run(send())
+    code, out, _ = run(capsys, "--db", str(db), "remove-user", "bob")
+    assert code == 0 and "2 queued envelope(s)" in out
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM mailbox").fetchone() == (0,)
+    assert conn.execute("SELECT name FROM users").fetchall() == [("alice",)]
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["disable-user", "ghost"],
+        ["enable-user", "ghost"],
+        ["reset-token", "ghost"],
+        ["remove-user", "ghost"],
+        ["issue-client-cert", "ghost", "--out", "certs"],
+    ],
+)
+def test_unknown_user_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], db: Path, argv: list[str]
+) -> None:
+    add(capsys, db, "alice")
+    code, out, err = run(capsys, "--db", str(db), *argv)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "ghost")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list-users"],
+        ["stats"],
+        ["disable-user", "alice"],
+        ["enable-user", "alice"],
+        ["reset-token", "alice"],
+        ["remove-user", "alice"],
+        ["issue-client-cert", "alice", "--out", "certs"],
+    ],
+)
+def test_missing_db_is_an_error_and_not_created(
+    capsys: pytest.CaptureFixture[str], db: Path, argv: list[str]
+) -> None:
+    code, out, err = run(capsys, "--db", str(db), *argv)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "no database")
+    assert not db.exists()
+
+
+def test_outdated_too_new_and_foreign_dbs(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    mg.migrate(db, target=1)
+    code, _, err = run(capsys, "--db", str(db), "list-users")
+    assert code == 1
+    assert_one_line_error(err, "hushwire-admin migrate")
+    assert mg.current_version(db) == 1  # never migrated behind the operator's back
+    code, _, err = run(capsys, "--db", str(db), "add-user", "alice")
+    assert code == 1
+    code, out, _ = run(capsys, "--db", str(db), "migrate")
+    assert code == 0 and f"v1 -> v{mg.latest_version()}" in out and "backup" in out
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    for argv in (["migrate"], ["stats"]):
+        code, _, err = run(capsys, "--db", str(db), *argv)
+        assert code == 1
+        assert_one_line_error(err, "version 99")
+    junk = db.with_name("junk.db")
+    junk.write_bytes(b"definitely not sqlite " * 200)
+    code, _, err = run(capsys, "--db", str(junk), "stats")
+    assert code == 1
+    assert_one_line_error(err, "not")
+
+
+def test_migrate_creates_then_reports_up_to_date(
+    capsys: pytest.CaptureFixture[str], db: Path
+) -> None:
+    code, out, _ = run(capsys, "--db", str(db), "migrate")
+    assert code == 0 and f"v0 -> v{mg.latest_version()}" in out
+    code, out, _ = run(capsys, "--db", str(db), "migrate")
+    assert code == 0 and "up to date" in out
+
+
+def test_stats(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    add(capsys, db, "alice")
+    add(capsys, db, "bob")
+    run(capsys, "--db", str(db), "disable-user", "bob")
+    code, out, _ = run(capsys, "--db", str(db), "stats", "--json")
+    stats = json.loads(out)
+    assert code == 0
+    assert (stats["users"], stats["disabled"], stats["queued"]) == (2, 1, 0)
+    assert stats["db_bytes"] > 0
+    code, out, _ = run(capsys, "--db", str(db), "stats")
+    assert "users:    2 (1 disabled)" in out and "queued:   0" in out
+
+
+def test_issue_client_cert(capsys: pytest.CaptureFixture[str], db: Path, tmp_path: Path) -> None:
+    add(capsys, db, "alice")
+    out_dir = tmp_path / "certs"
+    code, out, _ = run(capsys, "--db", str(db), "issue-client-cert", "alice", "--out", str(out_dir))
+    assert code == 0 and "alice-cert.pem" in out
+    assert (out_dir / "alice-cert.pem").exists() and (out_dir / "alice-key.pem").exists()
+    assert (tmp_path / tls.CA_CERT).exists()  # the CA lives next to the db by default
+    code, _, err = run(capsys, "--db", str(db), "issue-client-cert", "alice", "--out", str(out_dir))
+    assert code == 1
+    assert_one_line_error(err, "already exists")
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in ([], ["frobnicate"], ["add-user"], ["issue-client-cert", "alice"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == ""
+        assert err.count("\n") == 1 and "error" in err
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "add-user" in out and "insecure" not in out
+
+
+async def test_disable_reaches_a_running_relay(
+    capsys: pytest.CaptureFixture[str], db: Path
+) -> None:
+    """The relay's open Store sees admin changes via user_events (WAL, two processes)."""
+    async with await Store.open(db) as relay_store:
+        await relay_store.add_user("alice", b"h", b"s", now=1)
+        cursor = await relay_store.last_user_event()
+        code = await asyncio.to_thread(main, ["--db", str(db), "disable-user", "alice"])
+        assert code == 0
+        events = await relay_store.user_events(cursor)
+        assert [(e.name, e.kind) for e in events] == [("alice", UserEventKind.DISABLED)]
+        # The relay keeps working on the same db meanwhile.
+        await relay_store.add_user("bob", b"h", b"s", now=1)
+        assert await relay_store.enqueue("bob", ["alice"], b"x", now=1)
+
+
+def test_dhparams_refuses_small_groups(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "group.pem"
+    code, _, err = run(capsys, "dhparams", "--bits", "1024", "--out", str(out))
+    assert code == 2 and "at least 2048" in err
+    assert not out.exists()
+
+
+def test_dhparams_writes_a_valid_group(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    dhparams = pytest.importorskip("common.crypto.dhparams")
+    out = tmp_path / "group.pem"
+    argv = ["dhparams", "--bits", "256", "--out", str(out), "--workers", "1"]
+    code, stdout, err = run(capsys, *argv, "--insecure-test-bits")
+    assert code == 0, err
+    assert "wrote a 256-bit" in stdout
+    assert "\r[" in err and "candidates" in err  # the progress bar
+    group = dhparams.load_pem(out.read_text(), min_bits=256)
+    assert group.p.bit_length() == 256
+    code, _, err = run(capsys, *argv, "--insecure-test-bits")
+    assert code == 1
+    assert_one_line_error(err, "already exists")
+
+
+def test_console_script(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "hushwire-admin"
+    if not exe.exists():
+        exe = Path(shutil.which("hushwire-admin") or "hushwire-admin")
+    db = tmp_path / "users.db"
+    ok = subprocess.run(
+        [str(exe), "--db", str(db), "add-user", "alice", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["user"] == "alice"
+    bad = subprocess.run(
+        [str(exe), "--db", str(db), "remove-user", "ghost"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "ghost" in bad.stderr
+
+
+# ---------------------------------------------------------------- users.db.example
+
+
+def test_example_db_is_current_and_demo_tokens_verify(tmp_path: Path) -> None:
+    example = REPO / "users.db.example"
+    assert not any(Path(f"{example}{s}").exists() for s in ("-wal", "-shm", "-journal"))
+    assert example.read_bytes()[18:20] == b"\x01\x01"  # rollback journal, not WAL
+    conn = sqlite3.connect(f"file:{example}?mode=ro", uri=True)
+    try:
+        assert mg.version_of(conn) == mg.latest_version()
+        rows = dict(
+            (n, (s, h))
+            for n, s, h in conn.execute("SELECT name, token_salt, token_hash FROM users")
+        )
+    finally:
+        conn.close()
+    assert set(rows) == set(DEMO_TOKENS) == {"alice", "bob", "carol"}
+    for name, token in DEMO_TOKENS.items():
+        assert token.startswith(f"hw_demo_{name}_") and len(token) >= 40
+        salt, digest = rows[name]
+        assert verify_token(token, salt, digest)
+        assert not verify_token(DEMO_TOKENS["alice" if name != "alice" else "bob"], salt, digest)
+
+
+def test_example_db_rebuild_is_reproducible(tmp_path: Path) -> None:
+    rebuilt = build(tmp_path / "example.db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["example.db"]
+
+    def dump(path: Path) -> list[str]:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return list(conn.iterdump())
+        finally:
+            conn.close()
+
+    assert dump(rebuilt) == dump(REPO / "users.db.example")
+
+
+def test_admin_module_has_no_stray_defaults() -> None:
+    assert admin.DEFAULT_DB == "users.db" and admin.MIN_DH_BITS == 2048
