@@ -188,6 +188,11 @@ class Store:
         self._ids: dict[str, int] = {}  # name -> users.id, filled on demand
         self._counts: dict[int, int] = {}  # users.id -> rows committed or in flight
         self._next_mid = 1
+        self._events_seen = 0  # newest user_events seq whose cache effects are applied
+        # Enqueues waiting for a recipient lookup, in call order (see _resolve_in_turn).
+        self._lookup_queue: list[tuple[Sequence[str], asyncio.Future[list[int]]]] = []
+        self._lookup_task: asyncio.Task[None] | None = None
+        self._lookup_waiters = 0  # queued or woken but not yet resumed
         self._pending: list[_Op] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -227,7 +232,7 @@ class Store:
         db = await aiosqlite.connect(str(path), isolation_level=None)
         store = cls(db, path, max_mailbox)
 
-        def init(conn: sqlite3.Connection) -> int:
+        def init(conn: sqlite3.Connection) -> tuple[int, int]:
             version = migrations.version_of(conn)
             migrations.check_not_too_new(version, path)
             if version < migrations.latest_version():
@@ -246,10 +251,11 @@ class Store:
                 "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'),"
                 " 0), COALESCE((SELECT MAX(id) FROM mailbox), 0))"
             ).fetchone()
-            return int(row[0]) + 1
+            (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM user_events").fetchone()
+            return int(row[0]) + 1, int(seq)
 
         try:
-            store._next_mid = await store._run(init)
+            store._next_mid, store._events_seen = await store._run(init)
         except BaseException:
             await db.close()
             raise
@@ -433,13 +439,30 @@ class Store:
         return events
 
     async def last_user_event(self) -> int:
-        """The newest event seq: where a starting relay begins polling."""
+        """The newest event seq: where a starting relay begins polling.
 
-        def run(conn: sqlite3.Connection) -> int:
+        Polling this alone is enough to keep the store's name -> id cache right: when
+        the log moved, the names of added or removed users are fetched in the same call
+        and dropped from the cache, so a user removed and re-added by the admin CLI is
+        never addressed by a stale id.
+        """
+        seen = self._events_seen
+
+        def run(conn: sqlite3.Connection) -> tuple[int, list[str]]:
             (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM user_events").fetchone()
-            return int(seq)
+            if seq <= seen:
+                return int(seq), []
+            rows = conn.execute(
+                "SELECT name FROM user_events WHERE seq > ? AND kind IN ('added', 'removed')",
+                (seen,),
+            ).fetchall()
+            return int(seq), [r[0] for r in rows]
 
-        return await self._run(run)
+        seq, names = await self._run(run)
+        for name in names:
+            self._forget(name)
+        self._events_seen = max(self._events_seen, seq)
+        return seq
 
     def _forget(self, name: str) -> None:
         rid = self._ids.pop(name, None)
@@ -643,8 +666,11 @@ class Store:
             raise RequestError(ErrorCode.BAD_REQUEST, "a recipient is named twice")
         if not isinstance(body, bytes | bytearray | memoryview):
             raise RequestError(ErrorCode.BAD_REQUEST, "envelope body must be bytes")
-        rids = await self._resolve(recipients)
-        self._check_open()  # close() may have begun while we resolved names
+        if self._lookup_waiters == 0 and all(self._ids.get(n) in self._counts for n in recipients):
+            rids = [self._ids[n] for n in recipients]  # fast path: no await at all
+        else:
+            rids = await self._resolve_in_turn(recipients)
+            self._check_open()  # close() may have begun while we resolved names
         # No await between the check and the reservation: the count cannot change.
         for name, rid in zip(recipients, rids, strict=True):
             if self._counts[rid] >= self._max_mailbox:
@@ -749,6 +775,46 @@ class Store:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
         await self._run(run)
+
+    async def _resolve_in_turn(self, names: Sequence[str]) -> list[int]:
+        """`_resolve`, but never overtaking an earlier enqueue that had to look up.
+
+        Mailbox ids are reserved in call order only if no enqueue overtakes another
+        while one awaits a lookup; otherwise one sender's pipelined envelopes could be
+        reordered (A to [carol, bob] looks carol up, B to [bob] must not pass it). So
+        waiters queue in call order, one task looks up every missing name of everyone
+        queued in a single db call, and wakes the waiters in order in one loop
+        iteration; the fast path stays closed until all of them have resumed. A cold
+        cache under a burst thus costs one lookup, not one per enqueue.
+        """
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._lookup_queue.append((names, fut))
+        self._lookup_waiters += 1
+        if self._lookup_task is None:
+            self._lookup_task = asyncio.create_task(self._lookup_worker())
+        try:
+            return await fut
+        finally:
+            self._lookup_waiters -= 1
+
+    async def _lookup_worker(self) -> None:
+        try:
+            while self._lookup_queue:
+                batch, self._lookup_queue = self._lookup_queue, []
+                wanted = list(dict.fromkeys(n for names, _ in batch for n in names))
+                try:
+                    await self._load(wanted)
+                except Exception as exc:
+                    for _, fut in batch:
+                        _fail(fut, exc)
+                    continue
+                for names, fut in batch:
+                    try:
+                        _resolve(fut, self._cached_ids(names))
+                    except RequestError as exc:
+                        _fail(fut, exc)
+        finally:
+            self._lookup_task = None
 
     async def _resolve(self, names: Sequence[str]) -> list[int]:
         """users.id for each name (cached), loading mailbox counts for new ones."""

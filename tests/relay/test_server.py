@@ -409,7 +409,7 @@ async def test_a_client_that_never_reads_cannot_make_the_relay_buffer_without_bo
     relay_factory,
 ):
     relay = await relay_factory(delivery_window=64, send_burst=10_000, send_rate=10_000)
-    reader, writer = await raw_tls(relay)  # bob, who will never read again
+    _reader, writer = await raw_tls(relay)  # bob, who will never read again
     writer.write(encode_frame(Hello(id=1, versions=(1,), client="x").to_wire()))
     writer.write(encode_frame(Login(id=2, user="bob", token=relay.tokens["bob"]).to_wire()))
     await writer.drain()
