@@ -818,36 +818,42 @@ class Store:
 
     async def _resolve(self, names: Sequence[str]) -> list[int]:
         """users.id for each name (cached), loading mailbox counts for new ones."""
+        await self._load(names)
+        return self._cached_ids(names)
+
+    async def _load(self, names: Sequence[str]) -> None:
+        """Cache id and mailbox count of each name not cached yet, in one db call."""
         missing = [n for n in names if self._ids.get(n) not in self._counts]
-        if missing:
+        if not missing:
+            return
 
-            def run(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-                found: dict[str, tuple[int, int]] = {}
-                for name in missing:
-                    rid = _user_id(conn, name)
-                    if rid is not None:
-                        (count,) = conn.execute(
-                            "SELECT COUNT(*) FROM mailbox WHERE recipient_id = ?", (rid,)
-                        ).fetchone()
-                        found[name] = (rid, int(count))
-                return found
+        def run(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+            found: dict[str, tuple[int, int]] = {}
+            for name in missing:
+                rid = _user_id(conn, name)
+                if rid is not None:
+                    (count,) = conn.execute(
+                        "SELECT COUNT(*) FROM mailbox WHERE recipient_id = ?", (rid,)
+                    ).fetchone()
+                    found[name] = (rid, int(count))
+            return found
 
-            found = await self._run(run)
-            unknown = [n for n in missing if n not in found]
-            if unknown:
-                raise RequestError(
-                    ErrorCode.UNKNOWN_USER, f"no such user: {', '.join(sorted(unknown))}"
-                )
-            for name, (rid, count) in found.items():
-                self._ids[name] = rid
-                # setdefault: a count loaded earlier already includes in-flight rows.
-                self._counts.setdefault(rid, count)
+        for name, (rid, count) in (await self._run(run)).items():
+            self._ids[name] = rid
+            # setdefault: a count loaded earlier already includes in-flight rows.
+            self._counts.setdefault(rid, count)
+
+    def _cached_ids(self, names: Sequence[str]) -> list[int]:
+        """Cached ids for `names`; UNKNOWN_USER naming every name that is not there."""
         rids = [self._ids.get(n) for n in names]
-        resolved = [r for r in rids if r is not None and r in self._counts]
-        if len(resolved) != len(names):
-            # Forgotten (user_events said removed) while we waited: treat as unknown.
-            raise RequestError(ErrorCode.UNKNOWN_USER, "a recipient was just removed")
-        return resolved
+        unknown = [
+            n for n, r in zip(names, rids, strict=True) if r is None or r not in self._counts
+        ]
+        if unknown:
+            raise RequestError(
+                ErrorCode.UNKNOWN_USER, f"no such user: {', '.join(sorted(unknown))}"
+            )
+        return [r for r in rids if r is not None]
 
     # ------------------------------------------------------------------ group commit
 

@@ -593,3 +593,44 @@ async def test_key_status(store: Store) -> None:
     )
     await store.fetch_bundle("bob", "alice")
     assert await store.key_status("alice") == (True, 3)
+
+
+async def test_polling_last_user_event_drops_stale_ids(db: Path, store: Store) -> None:
+    await store.enqueue("alice", ["carol"], b"warm", now=NOW)  # carol's id is cached
+    other = sqlite3.connect(db)
+    other.execute("PRAGMA foreign_keys = ON")
+    other.execute("DELETE FROM users WHERE name = 'carol'")
+    other.execute(
+        "INSERT INTO users (name, token_hash, token_salt, created_at, updated_at)"
+        " VALUES ('carol', x'00', x'00', 1, 1)"
+    )
+    other.commit()
+    other.close()
+    await store.last_user_event()  # what the relay polls
+    mids = await store.enqueue("alice", ["carol"], b"to the new carol", now=NOW)
+    assert [e.mid for e in await store.pending("carol")] == mids
+    assert await store.mailbox_count("carol") == 1
+    assert await store.ack("carol", mids) == 1
+
+
+async def test_a_lookup_never_lets_a_later_send_overtake(store: Store) -> None:
+    await store.enqueue("alice", ["bob"], b"warm", now=NOW)  # bob cached, carol not
+    first = asyncio.create_task(store.enqueue("alice", ["carol", "bob"], b"A", now=NOW))
+    await asyncio.sleep(0)  # A is now waiting for carol's lookup
+    second = asyncio.create_task(store.enqueue("alice", ["bob"], b"B", now=NOW))
+    await asyncio.gather(first, second)
+    assert first.result()[1] < second.result()[0]
+    assert [e.body for e in await store.pending("bob")] == [b"warm", b"A", b"B"]
+
+
+async def test_cold_cache_burst_keeps_call_order(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.enqueue("alice", ["bob"], b"x", now=NOW) for _ in range(50)),
+        store.enqueue("alice", ["nobody"], b"x", now=NOW),
+        return_exceptions=True,
+    )
+    *ok, bad = results
+    assert isinstance(bad, RequestError) and bad.code is ErrorCode.UNKNOWN_USER
+    mids = [r[0] for r in ok]  # type: ignore[index]
+    assert mids == sorted(mids)  # call order kept through the lookup
+    assert await store.mailbox_count("bob") == 50
