@@ -33,6 +33,7 @@ from common.messages import (
 )
 from common.states import ConnState, advance, check
 from relay.handlers import Relay
+from relay.tls import peer_name
 
 log = logging.getLogger("hushwire.relay.connection")
 
@@ -54,6 +55,9 @@ class Connection:
         self._writer = writer
         peer = writer.get_extra_info("peername")
         self.peer_address: str = str(peer[0]) if peer else "unknown"
+        ssl_object = writer.get_extra_info("ssl_object")
+        # With --client-ca, the verified certificate's CN names the only user it may be.
+        self.cert_name: str | None = peer_name(ssl_object) if ssl_object is not None else None
         self.state = ConnState.AWAIT_HELLO
         self.user: str | None = None
         self.token_hash: bytes | None = None

@@ -63,6 +63,7 @@ class Peer(Protocol):
     """What the relay needs from a connection."""
 
     peer_address: str
+    cert_name: str | None
     user: str | None
     token_hash: bytes | None
     wants_presence: bool
@@ -154,6 +155,11 @@ class Relay:
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
         if record.disabled:
             raise RequestError(ErrorCode.USER_DISABLED, f"user {req.user} is disabled")
+        if self.config.client_ca is not None and peer.cert_name != req.user:
+            # Mutual TLS: a token alone is not enough; it must come with that user's cert.
+            raise RequestError(
+                ErrorCode.AUTH_FAILED, f"the client certificate is not for user {req.user}"
+            )
         previous = self.online.get(req.user)
         if previous is not None and previous is not peer:
             # One live session per user: the newest login wins, as a reconnecting client

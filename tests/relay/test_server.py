@@ -438,3 +438,41 @@ async def test_frames_after_close_are_not_read(relay):
     frames = await read_frames_until_eof(reader)
     assert len(frames) == 1
     assert msgpack.packb(frames[0])  # a single error frame, then EOF
+
+
+# --- mutual TLS --------------------------------------------------------------------
+
+
+async def test_mutual_tls_requires_a_certificate_for_that_user(relay_factory, tmp_path):
+    from relay.tls import ensure_ca, issue_client_cert
+
+    ca_dir = tmp_path / "ca"
+    ca_cert, _ = ensure_ca(ca_dir)
+    alice_cert, alice_key = issue_client_cert(ca_dir, "alice", tmp_path / "certs")
+    relay = await relay_factory(client_ca=ca_cert)
+    pin = relay.server.fingerprint
+
+    with pytest.raises(ConnectionClosed):  # no client certificate: the handshake fails
+        conn = await RelayConnection.connect("127.0.0.1", relay.port, TlsSettings(pin=pin))
+        await conn.handshake("alice", relay.tokens["alice"])
+
+    tls = TlsSettings(pin=pin, client_cert=alice_cert, client_key=alice_key)
+    conn = await RelayConnection.connect("127.0.0.1", relay.port, tls)
+    assert (await conn.handshake("alice", relay.tokens["alice"])).user == "alice"
+    await conn.close()
+
+    conn = await RelayConnection.connect("127.0.0.1", relay.port, tls)
+    err = await expect_error(ErrorCode.AUTH_FAILED, conn.handshake("bob", relay.tokens["bob"]))
+    assert "certificate" in err.message
+    await conn.close()
+
+
+async def test_given_certificate_is_used(relay_factory, tmp_path):
+    from relay.tls import ensure_server_cert, fingerprint
+
+    cert, key = tmp_path / "mine-cert.pem", tmp_path / "mine-key.pem"
+    ensure_server_cert(cert, key, ["relay.example"])
+    relay = await relay_factory(cert=cert, key=key)
+    assert relay.server.fingerprint == fingerprint(cert)
+    conn = await relay.connect()
+    assert conn.fingerprint == fingerprint(cert)
