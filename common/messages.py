@@ -367,6 +367,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise MalformedFrame(f"{path}: expected a number")
+        if not 0.0 <= value < float("inf"):  # also false for NaN
+            raise MalformedFrame(f"{path}: expected a finite non-negative number")
         return float(value)
     if tp is str or tp is bytes:
         if not isinstance(value, tp):

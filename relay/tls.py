@@ -13,7 +13,6 @@ identifiers.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import os
 import ssl
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.fingerprint import cert_fingerprint
 from common.names import check_username
 from relay.errors import TlsMaterialError
 
@@ -155,7 +155,7 @@ def fingerprint(cert: str | Path | bytes) -> str:
             )
         except (OSError, ValueError) as exc:
             raise TlsMaterialError(f"cannot read certificate {cert}: {exc}") from exc
-    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    return cert_fingerprint(der)
 
 
 def server_context(

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DEMO_USERS, Harness, add_users
 
 from relay.config import RelayConfig
 from relay.server import RelayServer
+from tests.support import DEMO_USERS, Harness, add_users
 
 RelayFactory = Callable[..., Awaitable[Harness]]
 

@@ -25,6 +25,7 @@ for cls, strat in {
     IdentityPublic: identity, SignedPrekey: spk, OneTimePrekey: otpk,
     PrekeyBundle: st.builds(PrekeyBundle, names, identity, spk, st.none() | otpk, uint),
     int: uint, str: st.text(max_size=40), bytes: st.binary(max_size=200),
+    float: st.floats(min_value=0, allow_nan=False, allow_infinity=False),
 }.items():
     st.register_type_strategy(cls, strat)
 
@@ -69,6 +70,8 @@ def test_instances_have_no_dict():
         {"t": "ack", "id": 1, "mids": "12"},
         {"t": "send", "id": 1, "to": ["bob"], "body": "text, not bytes"},
         {"t": "ping", "id": 2**64},
+        {"t": "error", "id": 1, "code": "x", "message": "m", "retry_after": float("nan")},
+        {"t": "error", "id": 1, "code": "x", "message": "m", "retry_after": -1.0},
         {"t": "publish_keys", "id": 1, "identity": [1], "signed_prekey": None,
          "one_time_prekeys": []},
         {"t": "publish_keys", "id": 1, "identity": None, "signed_prekey": None,
@@ -77,7 +80,10 @@ def test_instances_have_no_dict():
 )
 def test_bad_requests_are_typed_errors(raw):
     with pytest.raises(MalformedFrame) as exc:
-        m.decode_request(raw)
+        if raw["t"] == "error":
+            m.decode_from_relay(raw, {})
+        else:
+            m.decode_request(raw)
     assert exc.value.code == ErrorCode.BAD_FRAME
 
 

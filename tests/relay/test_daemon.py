@@ -11,11 +11,11 @@ import subprocess
 import sys
 
 import pytest
-from support import add_users
 
 from client.connection import ConnectionClosed, RelayConnection, TlsSettings
 from common.errors import RequestError
 from common.messages import Ack, Deliver, Send
+from tests.support import add_users
 
 WAIT = 20.0
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
