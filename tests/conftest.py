@@ -11,7 +11,7 @@ import pytest
 
 from relay.config import RelayConfig
 from relay.server import RelayServer
-from tests.support import DEMO_USERS, Harness, add_users
+from tests.support import DEMO_USERS, Daemon, Harness, add_users
 
 RelayFactory = Callable[..., Awaitable[Harness]]
 
@@ -40,3 +40,19 @@ async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
 @pytest.fixture
 async def relay(relay_factory: RelayFactory) -> Harness:
     return await relay_factory()
+
+
+@pytest.fixture
+async def daemons():
+    started: list[Daemon] = []
+
+    async def start(db, *extra):
+        d = await Daemon(db, *extra).start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.returncode is None:
+            d.proc.kill()
+            await d.proc.wait()

@@ -5,84 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
 
-import pytest
-
-from client.connection import ConnectionClosed, RelayConnection, TlsSettings
+from client.connection import ConnectionClosed, RelayConnection
 from common.errors import RequestError
 from common.messages import Ack, Deliver, Send
-from tests.support import add_users
-
-WAIT = 20.0
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
-FINGERPRINT = re.compile(r"fingerprint ([0-9A-F:]{95})")
-
-
-class Daemon:
-    def __init__(self, db, *extra: str) -> None:
-        self.db = db
-        self.extra = extra
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self.fingerprint = ""
-        self.log: list[str] = []
-        self._pump: asyncio.Task | None = None
-
-    async def start(self) -> Daemon:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay.cli", "--db", str(self.db), "--port", "0",
-            *self.extra, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        while not self.port:
-            line = await asyncio.wait_for(self.proc.stderr.readline(), WAIT)
-            if not line:
-                raise AssertionError("relay exited:\n" + "".join(self.log))
-            text = line.decode()
-            self.log.append(text)
-            if m := FINGERPRINT.search(text):
-                self.fingerprint = m.group(1)
-            if m := LISTENING.search(text):
-                self.port = int(m.group(1))
-        self._pump = asyncio.create_task(self._read_rest())
-        return self
-
-    async def _read_rest(self) -> None:
-        async for line in self.proc.stderr:
-            self.log.append(line.decode())
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        rc = await asyncio.wait_for(self.proc.wait(), WAIT)
-        await asyncio.wait_for(self._pump, WAIT)
-        return rc
-
-    async def login(self, user: str, token: str) -> RelayConnection:
-        conn = await RelayConnection.connect(
-            "127.0.0.1", self.port, TlsSettings(pin=self.fingerprint)
-        )
-        await conn.handshake(user, token)
-        return conn
-
-
-@pytest.fixture
-async def daemons():
-    started: list[Daemon] = []
-
-    async def start(db, *extra):
-        d = await Daemon(db, *extra).start()
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.returncode is None:
-            d.proc.kill()
-            await d.proc.wait()
+from tests.support import WAIT, add_users
 
 
 async def collect(conn: RelayConnection, n: int) -> list[Deliver]:
