@@ -1,0 +1,538 @@
+"""Sessions, contacts, key changes, prekeys and the outbox: the client's protocol logic.
+
+No sockets here: `SessionManager` works on the profile store and takes the one network
+operation it needs (fetching a bundle) as a callable, so every rule below is tested
+without a relay (tests/client/test_session.py).
+
+Rules it enforces:
+
+* Trust on first use: the first identity seen for a contact (from a verified bundle or
+  an initial message) is pinned. A different identity later (a `key_changed` push, a
+  bundle, an initial message) is never adopted silently: it is kept as `pending`, the
+  contact shows as changed, and outgoing messages are held (status `held`) until the
+  user accepts it with `trust`; held messages then go out under a fresh session.
+* One current ratchet session per contact, plus a few archived ones: when both sides
+  start a session at the same time, each side receives the other's initial message;
+  trying the archived sessions too (as libsignal does) lets both converge instead of
+  failing to decrypt.
+* A received envelope is committed (ratchet state, message, seen envelope id, used
+  one-time prekey deleted) in one transaction; only then may the caller ack it.
+  Duplicates (same authenticated envelope id) are dropped; anything that does not
+  authenticate is reported, never stored as a message.
+* An outgoing message is encrypted and committed (advanced ratchet and envelope) before
+  it is sent, so a crash can never reuse a message key; after a reconnect the stored
+  envelope is sent again as it is (the peer drops the duplicate by id).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import msgpack
+
+from client.errors import BadBundle, MessageHeld, ProfileCorrupt, UnknownContact
+from client.store import Contact, ProfileStore, StoredMessage
+from client.text import decode_text, encode_text
+from common.crypto.envelope import Envelope, EnvelopeType, Session
+from common.crypto.groups import DHGroup
+from common.crypto.identity import (
+    MAX_PREKEY_ID,
+    IdentityKeyPair,
+    OneTimePrekeyPair,
+    SignedPrekeyPair,
+    generate_one_time_prekeys,
+    verify_bundle,
+    verify_identity,
+)
+from common.crypto.ratchet import RatchetConfig, RatchetHeader
+from common.crypto.safety import SafetyNumber, safety_number
+from common.crypto.x3dh import InitialHeader
+from common.errors import (
+    CryptoError,
+    DecryptionError,
+    InvalidKey,
+    InvalidSignature,
+    LocalProtocolError,
+    MalformedEnvelope,
+    ReplayError,
+    TooManySkipped,
+    UnknownPrekey,
+)
+from common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+from common.messages import Deliver, Send
+
+DAY_MS: Final = 86_400_000
+SIGNED_PREKEY_ROTATE_MS: Final = 7 * DAY_MS
+# Keep a retired signed prekey's private key past the relay's 30-day retention, so an
+# initial message that waited in a mailbox that long still decrypts.
+SIGNED_PREKEY_GRACE_MS: Final = 35 * DAY_MS
+PREKEY_TARGET: Final = 100  # one-time prekeys the relay should hold
+PREKEY_LOW: Final = 20  # top up below this
+MAX_ARCHIVED_SESSIONS: Final = 3
+
+Fetch = Callable[[str], Awaitable[PrekeyBundle]]
+
+
+def same_identity(a: IdentityPublic, b: IdentityPublic) -> bool:
+    """Equal keys (the signature is implied by them; Ed25519 signing is deterministic)."""
+    return (a.group, a.sign_key, a.dh_key) == (b.group, b.sign_key, b.dh_key)
+
+
+def max_text_bytes(max_frame: int, group: DHGroup, sender: str, recipient: str) -> int:
+    """The longest UTF-8 text that fits one `send` frame under the relay's `max_frame`.
+
+    Measured on a worst case envelope (initial, largest counters and ids) with a body
+    large enough that every msgpack length prefix has its widest form, so the bound
+    holds for every text up to it.
+    """
+    big = 70_000
+    size = group.public_size
+    ident = IdentityPublic(group.name, bytes(32), bytes(size), bytes(64))
+    envelope = Envelope(
+        type=EnvelopeType.INITIAL,
+        sender=sender,
+        recipient=recipient,
+        envelope_id=bytes(16),
+        sent_at_ms=2**63 - 1,
+        header=RatchetHeader(bytes(size), 2**32 - 1, 2**32 - 1),
+        x3dh=InitialHeader(ident, bytes(size), MAX_PREKEY_ID, MAX_PREKEY_ID),
+        ciphertext=bytes(len(encode_text("")) + big + 16),
+    )
+    frame = Send(id=2**63 - 1, to=(recipient,), body=envelope.to_bytes()).to_wire()
+    overhead = len(msgpack.packb(frame, use_bin_type=True)) - big
+    return max(0, max_frame - overhead)
+
+
+# --- results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message that authenticated and is now stored: safe to ack."""
+
+    contact: str
+    uid: str
+    envelope_id: bytes
+    sent_at_ms: int
+    text: str
+    key_changed: bool  # this message came with an identity other than the pinned one
+    used_one_time_prekey: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """Already stored once (a redelivery): ack it again, show nothing."""
+
+    contact: str
+    envelope_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Not shown: malformed, tampered, replayed, not for us. Ack it so it stops coming."""
+
+    contact: str
+    reason: str
+
+
+Outcome = Received | Duplicate | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An encrypted, committed message ready for `send`."""
+
+    uid: str
+    contact: str
+    envelope: bytes
+    envelope_id: bytes
+    sent_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUpload:
+    """What to publish now (fields of `publish_keys`); `upload_done` after the relay's ok."""
+
+    identity: IdentityPublic | None
+    signed_prekey: SignedPrekey | None
+    one_time_prekeys: tuple[OneTimePrekey, ...]
+
+
+def describe(exc: CryptoError) -> str:
+    """A short reason for a rejected envelope (never contains key material)."""
+    if isinstance(exc, ReplayError):
+        return f"replayed message (its key was already used): {exc.message}"
+    if isinstance(exc, TooManySkipped):
+        return f"too many skipped messages: {exc.message}"
+    if isinstance(exc, MalformedEnvelope):
+        return f"malformed envelope: {exc.message}"
+    if isinstance(exc, UnknownPrekey):
+        return f"initial message for a prekey we do not hold: {exc.message}"
+    if isinstance(exc, InvalidSignature | InvalidKey):
+        return f"invalid sender keys: {exc.message}"
+    if isinstance(exc, DecryptionError):
+        return f"message failed authentication (tampered or not for us): {exc.message}"
+    return f"undecryptable message: {exc.message}"
+
+
+class _Prekeys:
+    """The responder's private prekeys by id (X3DH PrekeyLookup) for one envelope."""
+
+    def __init__(
+        self, signed: dict[int, SignedPrekeyPair], one_time: dict[int, OneTimePrekeyPair]
+    ) -> None:
+        self._signed = signed
+        self._one_time = one_time
+
+    def signed_prekey(self, prekey_id: int) -> SignedPrekeyPair | None:
+        return self._signed.get(prekey_id)
+
+    def one_time_prekey(self, prekey_id: int) -> OneTimePrekeyPair | None:
+        return self._one_time.get(prekey_id)
+
+
+async def load_or_create_identity(
+    store: ProfileStore, group: DHGroup, now_ms: int
+) -> IdentityKeyPair:
+    """The profile's identity key pair, generated in `group` on first use."""
+    secret = await store.load_identity()
+    if secret is None:
+        identity = IdentityKeyPair.generate(group)
+        await store.save_identity(identity.to_bytes(), now_ms)
+        return identity
+    try:
+        return IdentityKeyPair.from_bytes(secret, group)
+    except CryptoError as exc:
+        raise ProfileCorrupt(f"stored identity key is unusable: {exc.message}") from None
+
+
+class SessionManager:
+    """Contacts, sessions, prekeys and outbox of one profile; no network."""
+
+    def __init__(
+        self,
+        store: ProfileStore,
+        user: str,
+        identity: IdentityKeyPair,
+        group: DHGroup,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.user = user
+        self.identity = identity
+        self.group = group
+        self.config = RatchetConfig(groups=(group,))
+        self._clock = clock
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _load_session(self, data: bytes) -> Session:
+        try:
+            return Session.from_bytes(data, self.config)
+        except CryptoError as exc:
+            raise ProfileCorrupt(f"stored session is unusable: {exc.message}") from None
+
+    # --- our keys ---------------------------------------------------------------------
+
+    async def plan_upload(self, *, relay_has_identity: bool, prekeys_left: int) -> KeyUpload | None:
+        """What to publish after login: everything on first login, else a top-up/rotation.
+
+        New private keys are committed before they are published, so a peer can never
+        use a key we do not hold.
+        """
+        now = self.now_ms()
+        first = not (relay_has_identity and await self.store.get_setting("published"))
+        current_id = await self.store.get_setting("signed_prekey_id")
+        current = {pid: created for pid, _, created, _ in await self.store.signed_prekeys()}
+        spk = None
+        due = current_id not in current or now - current[current_id] >= SIGNED_PREKEY_ROTATE_MS
+        if first or due:
+            pid = await self.store.next_prekey_ids(1)
+            pair = SignedPrekeyPair.generate(self.identity, self.group, pid)
+            await self.store.add_signed_prekey(pid, pair.to_bytes(), now)
+            spk = pair.public()
+        left = 0 if first else prekeys_left
+        one_time: tuple[OneTimePrekey, ...] = ()
+        if first or left < PREKEY_LOW:
+            count = PREKEY_TARGET - left
+            first_id = await self.store.next_prekey_ids(count)
+            pairs = generate_one_time_prekeys(self.group, first_id, count)
+            await self.store.add_one_time_prekeys([(p.id, p.to_bytes()) for p in pairs], now)
+            one_time = tuple(p.public() for p in pairs)
+        if not first and spk is None and not one_time:
+            return None
+        return KeyUpload(self.identity.public() if first else None, spk, one_time)
+
+    async def upload_done(self, upload: KeyUpload) -> None:
+        """The relay accepted `upload`: remember it; retire older signed prekeys."""
+        now = self.now_ms()
+        async with self.store.transaction():
+            await self.store.set_setting("published", True)
+            if upload.signed_prekey is not None:
+                pid = upload.signed_prekey.id
+                await self.store.set_setting("signed_prekey_id", pid)
+                await self.store.retire_signed_prekeys(pid, now, now - SIGNED_PREKEY_GRACE_MS)
+
+    async def _prekeys_for(self, header: InitialHeader) -> _Prekeys:
+        signed = {
+            pid: SignedPrekeyPair.from_bytes(secret, self.group)
+            for pid, secret, _, _ in await self.store.signed_prekeys()
+        }
+        one_time = {}
+        if header.one_time_prekey_id is not None:
+            secret = await self.store.one_time_prekey(header.one_time_prekey_id)
+            if secret is not None:
+                pair = OneTimePrekeyPair.from_bytes(secret, self.group)
+                one_time[pair.id] = pair
+        return _Prekeys(signed, one_time)
+
+    # --- receiving --------------------------------------------------------------------
+
+    async def receive(self, deliver: Deliver) -> Outcome:
+        """Open and store one delivered envelope; the caller acks it afterwards."""
+        sender = deliver.sender
+        try:
+            env = Envelope.from_bytes(deliver.body)
+        except MalformedEnvelope as exc:
+            return Rejected(sender, describe(exc))
+        if env.recipient != self.user:
+            return Rejected(sender, f"envelope is addressed to {env.recipient}, not to us")
+        if env.sender != sender:
+            return Rejected(sender, f"envelope claims to be from {env.sender}")
+        async with self.store.transaction():
+            if await self.store.seen(env.envelope_id):
+                return Duplicate(sender, env.envelope_id)
+            contact = await self.store.get_contact(sender)
+            blobs = await self.store.load_sessions(sender) if contact else []
+            sessions = [self._load_session(b) for b in blobs]
+            message, used_otpk, chosen = None, None, -1
+            error: CryptoError | None = None
+            for i, session in enumerate(sessions):
+                try:
+                    message = session.decrypt(env)
+                except CryptoError as exc:
+                    error = error or exc
+                    continue
+                chosen = i
+                break
+            if (
+                message is None
+                and env.type is EnvelopeType.INITIAL
+                and env.x3dh is not None
+                # A repeat of an initial message we already answered must never start a
+                # second session (X3DH 4.2: without a one-time prekey it could be replayed).
+                and not any(s.x3dh == env.x3dh for s in sessions)
+            ):
+                try:
+                    prekeys = await self._prekeys_for(env.x3dh)
+                    session, message, used_otpk = Session.respond(
+                        self.identity, self.user, prekeys, env, config=self.config
+                    )
+                    sessions.insert(0, session)
+                    chosen = 0
+                except CryptoError as exc:
+                    error = exc
+            if message is None:
+                return Rejected(sender, describe(error or DecryptionError("no session")))
+            sessions.insert(0, sessions.pop(chosen))
+            del sessions[1 + MAX_ARCHIVED_SESSIONS :]
+            now = self.now_ms()
+            peer = sessions[0].peer_identity
+            key_changed = False
+            if contact is None:
+                await self.store.add_contact(sender, peer, now)  # trust on first use
+            elif not same_identity(peer, contact.identity):
+                key_changed = True
+                if contact.pending is None or not same_identity(peer, contact.pending):
+                    await self.store.set_pending_identity(sender, peer, now)
+            await self.store.save_sessions(sender, [s.to_bytes() for s in sessions], now)
+            await self.store.mark_seen(env.envelope_id, now)
+            if used_otpk is not None:
+                await self.store.delete_one_time_prekey(used_otpk)
+            try:
+                text = decode_text(message.plaintext)
+            except ValueError:
+                # Authentic but unreadable: keep the ratchet step, show nothing.
+                return Rejected(sender, "message in an unknown format or not UTF-8")
+            uid = await self.store.add_message(
+                contact=sender,
+                direction="in",
+                status="received",
+                sent_at_ms=message.sent_at_ms,
+                now_ms=now,
+                text=text,
+                envelope_id=message.envelope_id,
+            )
+        return Received(
+            sender, uid, message.envelope_id, message.sent_at_ms, text, key_changed,
+            used_otpk is not None,
+        )
+
+    async def on_key_changed(self, user: str, identity: IdentityPublic) -> bool:
+        """A `key_changed` push: True if `user` is a contact whose key now counts as changed.
+
+        The relay's word binds nothing: an identity whose own signature fails is ignored.
+        """
+        try:
+            verify_identity(identity, self.group)
+        except CryptoError:
+            return False
+        async with self.store.transaction():
+            contact = await self.store.get_contact(user)
+            if contact is None or same_identity(identity, contact.identity):
+                return False
+            if contact.pending is not None and same_identity(identity, contact.pending):
+                return False
+            await self.store.set_pending_identity(user, identity, self.now_ms())
+        return True
+
+    # --- sending ----------------------------------------------------------------------
+
+    async def _needs_bundle(self, name: str) -> bool:
+        contact = await self.store.get_contact(name)
+        if contact is None:
+            return True
+        if contact.pending is not None:
+            return False  # the message will be held; fetching would only consume a prekey
+        return not await self.store.load_sessions(name)
+
+    async def _fetch_verified(self, name: str, fetch: Fetch) -> PrekeyBundle:
+        bundle = await fetch(name)
+        if bundle.user != name:
+            raise BadBundle(f"the relay answered a request for {name}'s keys with {bundle.user}'s")
+        try:
+            # X3DH 3.3 / 4.5: both signatures before anything else; the relay is not trusted.
+            verify_bundle(bundle, self.group)
+        except CryptoError as exc:
+            raise BadBundle(
+                f"the relay served keys for {name} that do not verify ({exc.message}); "
+                "nothing was sent"
+            ) from None
+        return bundle
+
+    async def queue(self, name: str, text: str) -> str:
+        """Store a message to encrypt and send once connected; returns its uid."""
+        now = self.now_ms()
+        return await self.store.add_message(
+            contact=name, direction="out", status="queued", sent_at_ms=now, now_ms=now, text=text
+        )
+
+    async def prepare_send(
+        self, name: str, text: str, fetch: Fetch, *, uid: str | None = None
+    ) -> Outgoing:
+        """Encrypt `text` for `name` and commit it as `pending`; raises MessageHeld.
+
+        `uid` re-uses an outbox row (queued or held) instead of adding a new one. A held
+        message is committed before MessageHeld is raised.
+        """
+        plaintext = encode_text(text)
+        for _ in range(3):
+            bundle = None
+            if await self._needs_bundle(name):
+                bundle = await self._fetch_verified(name, fetch)
+            held = False
+            async with self.store.transaction():
+                now = self.now_ms()
+                contact = await self.store.get_contact(name)
+                if contact is None:
+                    if bundle is None:
+                        continue
+                    await self.store.add_contact(name, bundle.identity, now)  # TOFU
+                elif bundle is not None and not same_identity(bundle.identity, contact.identity):
+                    known = contact.pending is not None and same_identity(
+                        bundle.identity, contact.pending
+                    )
+                    if not known:
+                        await self.store.set_pending_identity(name, bundle.identity, now)
+                    held = True
+                elif contact.pending is not None:
+                    held = True
+                if held:
+                    if uid is None:
+                        uid = await self.store.add_message(
+                            contact=name, direction="out", status="held", sent_at_ms=now,
+                            now_ms=now, text=text,
+                        )
+                    else:
+                        await self.store.update_outgoing(uid, "held")
+                else:
+                    blobs = await self.store.load_sessions(name)
+                    sessions = [self._load_session(b) for b in blobs]
+                    if sessions:
+                        envelope = sessions[0].encrypt(plaintext, now)
+                    elif bundle is not None:
+                        session, envelope = Session.initiate(
+                            self.identity, self.user, bundle, self.group, now, plaintext,
+                            config=self.config,
+                        )
+                        sessions = [session]
+                    else:
+                        continue  # the session vanished meanwhile: fetch and try again
+                    envelope_id = Envelope.from_bytes(envelope).envelope_id
+                    await self.store.save_sessions(name, [s.to_bytes() for s in sessions], now)
+                    if uid is None:
+                        uid = await self.store.add_message(
+                            contact=name, direction="out", status="pending", sent_at_ms=now,
+                            now_ms=now, text=text, envelope_id=envelope_id, envelope=envelope,
+                        )
+                    else:
+                        await self.store.update_outgoing(
+                            uid, "pending", text=text, envelope_id=envelope_id,
+                            envelope=envelope, sent_at_ms=now,
+                        )
+            if held:
+                raise MessageHeld(name)
+            return Outgoing(uid, name, envelope, envelope_id, now)
+        raise LocalProtocolError(f"could not start a session with {name}")
+
+    async def mark_sent(self, uid: str) -> None:
+        await self.store.update_outgoing(uid, "sent")
+
+    async def mark_failed(self, uid: str) -> None:
+        await self.store.update_outgoing(uid, "failed")
+
+    async def pending(self) -> list[StoredMessage]:
+        """Encrypted messages whose relay `ok` never came: resend as they are."""
+        return await self.store.messages_with_status(("pending",))
+
+    async def queued(self) -> list[StoredMessage]:
+        return await self.store.messages_with_status(("queued",))
+
+    # --- trust and verification ------------------------------------------------------
+
+    async def contact(self, name: str) -> Contact:
+        """The stored contact; UnknownContact if nothing was ever exchanged with `name`."""
+        contact = await self.store.get_contact(name)
+        if contact is None:
+            raise UnknownContact(f"no contact named {name}: no message has been exchanged yet")
+        return contact
+
+    async def trust(self, name: str) -> list[StoredMessage]:
+        """Accept `name`'s changed identity; returns the held messages to send now."""
+        view = await self.contact(name)
+        async with self.store.transaction():
+            if view.pending is not None:
+                await self.store.accept_identity(name, view.pending, self.now_ms())
+            held = await self.store.messages_with_status(("held",), name)
+        return held
+
+    async def mark_verified(self, name: str) -> None:
+        await self.contact(name)
+        await self.store.set_verified(name, True, self.now_ms())
+
+    async def reset_session(self, name: str) -> None:
+        """Forget the sessions with `name`; the next message starts a fresh one (X3DH)."""
+        await self.contact(name)
+        await self.store.save_sessions(name, [], self.now_ms())
+
+    async def safety_number(self, name: str, *, pending: bool = False) -> SafetyNumber:
+        """For the pinned identity, or (`pending`) for the changed one awaiting `trust`."""
+        view = await self.contact(name)
+        peer = view.pending if pending and view.pending is not None else view.identity
+        return safety_number(self.user, self.identity.public(), name, peer)
+

@@ -1,0 +1,55 @@
+"""Received text made safe to print on a terminal, and the text codec of a message.
+
+A peer controls every byte of what we display, so before display we neutralise what a
+terminal would interpret instead of showing: escape sequences (colours, cursor moves,
+window titles, OSC 52 clipboard writes, hyperlinks), C0 controls except newline and tab
+(a carriage return could overwrite a line), DEL, C1 controls (0x9B is a one-byte CSI on
+some terminals) and the bidi overrides/isolates that reorder what follows them (the
+"Trojan Source" trick, CVE-2021-42574). The TUI and the CLI use this one function.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+REPLACEMENT: Final = "\ufffd"
+
+# Strings (OSC, DCS, SOS, PM, APC) run to a terminator; CSI has parameters then a final
+# byte; anything else after ESC is a two-character escape. The C1 forms start with
+# 0x9B (CSI), 0x9D (OSC), 0x90 (DCS), 0x98 (SOS), 0x9E (PM), 0x9F (APC).
+_ESCAPES: Final = re.compile(
+    r"(?:\x1b[\]PX^_]|[\x9d\x90\x98\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|$)"
+    r"|(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|\x1b[ -~]?",
+    re.DOTALL,
+)
+_CONTROLS: Final = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
+)
+
+TEXT_VERSION: Final = 1  # first byte of a message plaintext: the format of what follows
+
+
+def safe_for_terminal(text: str) -> str:
+    """`text` with escape sequences removed and other control characters replaced.
+
+    Newlines and tabs are kept; every other C0 control, DEL, C1 control and bidi
+    override/isolate becomes U+FFFD, so tampering is visible rather than silent.
+    """
+    return _CONTROLS.sub(REPLACEMENT, _ESCAPES.sub("", text))
+
+
+def encode_text(text: str) -> bytes:
+    """The plaintext of a chat message: a format byte, then UTF-8.
+
+    The format byte leaves room for other kinds of content later without guessing.
+    """
+    return bytes([TEXT_VERSION]) + text.encode("utf-8")
+
+
+def decode_text(plaintext: bytes) -> str:
+    """Inverse of `encode_text`; ValueError for an unknown format or invalid UTF-8."""
+    if not plaintext or plaintext[0] != TEXT_VERSION:
+        raise ValueError("unknown message format")
+    return plaintext[1:].decode("utf-8")
