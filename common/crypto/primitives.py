@@ -23,6 +23,7 @@ AEAD_NONCE_LEN = 12  # 96-bit GCM nonce (NIST SP 800-38D 5.2.1.1 recommended len
 AEAD_TAG_LEN = 16  # full 128-bit tag (Double Ratchet 6.6: never truncate below 64 bits)
 ED25519_KEY_LEN = 32
 ED25519_SIG_LEN = 64
+ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493  # L, RFC 8032 5.1
 
 
 def hkdf_sha256(ikm: bytes, length: int, *, salt: bytes | None, info: bytes) -> bytes:
@@ -104,13 +105,26 @@ def ed25519_sign(seed: bytes, message: bytes) -> bytes:
 
 
 def ed25519_check_public(public: bytes) -> None:
-    """InvalidKey unless `public` decodes to a point on Ed25519 (RFC 8032 5.1.3)."""
-    if len(public) != ED25519_KEY_LEN:
+    """InvalidKey unless `public` is a canonical Ed25519 point of prime order L.
+
+    RFC 8032 5.1.3 decoding, plus two checks it leaves to the application: the bytes
+    must re-encode identically (one key, one encoding), and [L]A must be the identity,
+    which rejects small-order and mixed-order keys (Wycheproof's "acceptable" cases).
+    An honest key (RFC 8032 5.1.5, [s]B) always passes; a torsioned one lets a signature
+    verify under more than one key, so an identity key must never be one.
+    """
+    if not isinstance(public, bytes) or len(public) != ED25519_KEY_LEN:
         raise InvalidKey("Ed25519 public key must be 32 bytes")
     try:
-        eddsa.import_public_key(public)
+        key = eddsa.import_public_key(public)
     except ValueError:
         raise InvalidKey("not an Ed25519 public key") from None
+    point = key.pointQ
+    in_subgroup = (point * ED25519_ORDER).is_point_at_infinity()
+    if not in_subgroup or (point * 8).is_point_at_infinity():
+        raise InvalidKey("Ed25519 public key is not in the prime-order subgroup")
+    if key.export_key(format="raw") != public:
+        raise InvalidKey("non-canonical Ed25519 public key")
 
 
 def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> None:

