@@ -13,6 +13,7 @@ from relay.config import RelayConfig
 from relay.server import RelayServer
 from tests.support import DEMO_USERS, Daemon, Harness, add_users
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hushwire")
     group.addoption("--slow", action="store_true",

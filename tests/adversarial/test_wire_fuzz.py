@@ -18,17 +18,9 @@ import time
 
 from common.frames import encode_frame
 from common.messages import REQUESTS, Ack, Deliver, Hello, Login, Send
-from tests.support import WAIT, add_users
+from tests.support import WAIT, add_users, rss_kib
 
 USERS = ("alice", "bob", "mallory")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def _junk(rng: random.Random, depth: int = 0) -> object:
