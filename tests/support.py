@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import signal
 import subprocess
@@ -58,6 +59,14 @@ class Harness:
         for conn in self.conns:
             await conn.close()
         await self.server.close()
+
+    async def restart(self, **overrides: object) -> None:
+        """Stop the relay and start a new one on the same db and port (e.g. another cert)."""
+        await self.server.close()
+        config = dataclasses.replace(self.config, port=self.port, **overrides).validate()
+        server = RelayServer(config)
+        await server.start()
+        self.server, self.config = server, config
 
 
 WAIT = 20.0

@@ -1,0 +1,34 @@
+"""End-to-end helpers: real profiles in tmp dirs talking through a real relay."""
+
+from __future__ import annotations
+
+import asyncio
+
+from client.service import (
+    Backoff,
+    ClientEvent,
+    HushwireClient,
+    RelaySettings,
+)
+from client.store import KdfParams
+from tests.support import Harness
+
+WAIT = 15.0  # generous: tests wait on events; this only bounds a failure
+PASSPHRASE = "correct horse battery staple"
+FAST_KDF = KdfParams(n=2**10)  # the CLI tests use the real default
+FAST_BACKOFF = Backoff(initial=0.05, maximum=0.5)
+
+
+def settings_for(relay: Harness, user: str) -> RelaySettings:
+    return RelaySettings(host="127.0.0.1", port=relay.port, user=user, token=relay.tokens[user])
+
+
+async def next_event(client: HushwireClient, kind: type, pred=None) -> ClientEvent:
+    """The next event of `kind` (matching `pred`), skipping others."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            event = await client.events.get()
+            if isinstance(event, kind) and (pred is None or pred(event)):
+                return event
+
+
