@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import msgpack
+
 from client.connection import RelayConnection, TlsSettings
 from client.errors import (
     CertificateMismatch,
@@ -550,13 +552,16 @@ class HushwireClient:
                 self.events.put_nowait(Notice(f"could not upload keys: {exc.message}"))
 
     async def _publish(self, conn: RelayConnection, upload: KeyUpload) -> None:
-        await conn.request(
-            wire.PublishKeys,
-            identity=upload.identity,
-            signed_prekey=upload.signed_prekey,
-            one_time_prekeys=upload.one_time_prekeys,
-        )
-        await self.sessions.upload_done(upload)
+        """Publish in as many frames as the relay's max_frame needs (identity first)."""
+        for i, part in enumerate(_split_upload(upload, conn.max_frame)):
+            await conn.request(
+                wire.PublishKeys,
+                identity=part.identity,
+                signed_prekey=part.signed_prekey,
+                one_time_prekeys=part.one_time_prekeys,
+            )
+            if i == 0:
+                await self.sessions.upload_done(upload)
 
     async def _maintain_keys(self, conn: RelayConnection) -> None:
         """Top up one-time prekeys and rotate the signed prekey when due."""
@@ -686,6 +691,9 @@ class HushwireClient:
             return SendResult(name, uid, "", _utc(self.sessions.now_ms()), queued=True)
         try:
             out = await self.sessions.prepare_send(name, text, self._fetcher(conn))
+        except MessageHeld:
+            self.events.put_nowait(KeyChanged(name))
+            raise
         except ConnectionClosed:
             if not queue_if_offline:
                 raise
@@ -828,6 +836,33 @@ class HushwireClient:
         if released:
             self.events.put_nowait(MessagesReleased(contact, released))
         return released
+
+
+MAX_PREKEYS_PER_UPLOAD: Final = 200  # protocol.md publish_keys
+
+
+def _split_upload(upload: KeyUpload, max_frame: int) -> list[KeyUpload]:
+    """Cut an upload into parts whose `publish_keys` frames fit under `max_frame`."""
+
+    def size(part: KeyUpload) -> int:
+        frame = wire.PublishKeys(
+            id=2**63 - 1, identity=part.identity, signed_prekey=part.signed_prekey,
+            one_time_prekeys=part.one_time_prekeys,
+        ).to_wire()
+        return len(msgpack.packb(frame, use_bin_type=True))
+
+    parts: list[KeyUpload] = []
+    current = KeyUpload(upload.identity, upload.signed_prekey, ())
+    for key in upload.one_time_prekeys:
+        grown = KeyUpload(current.identity, current.signed_prekey,
+                          (*current.one_time_prekeys, key))
+        if len(grown.one_time_prekeys) > MAX_PREKEYS_PER_UPLOAD or size(grown) > max_frame:
+            parts.append(current)
+            current = KeyUpload(None, None, (key,))
+        else:
+            current = grown
+    parts.append(current)
+    return parts
 
 
 def _remove_profile_files(profile_dir: Path) -> None:
