@@ -1,0 +1,248 @@
+"""Envelopes and Sessions: what a client does, including every way it can go wrong."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.crypto.envelope import Envelope, EnvelopeType, Session
+from common.crypto.groups import X25519
+from common.crypto.x3dh import PrekeySet
+from common.errors import (
+    CryptoError,
+    DecryptionError,
+    LocalProtocolError,
+    MalformedEnvelope,
+    ReplayError,
+    UnknownPrekey,
+)
+
+from .conftest import make_user
+
+NOW = 1_700_000_000_000
+
+
+def flip(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def start(alice, bob, *, with_one_time=True):
+    session, env = Session.initiate(
+        alice.identity, "alice", bob.bundle(with_one_time=with_one_time), alice.group, NOW, b"hi"
+    )
+    return session, env
+
+
+def test_full_conversation(alice, bob, group):
+    a, env = start(alice, bob)
+    parsed = Envelope.from_bytes(env)
+    assert parsed.type is EnvelopeType.INITIAL and parsed.x3dh is not None
+    assert (parsed.sender, parsed.recipient, parsed.sent_at_ms) == ("alice", "bob", NOW)
+    b, msg, used = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    assert msg.plaintext == b"hi" and msg.sender == "alice" and msg.sent_at_ms == NOW
+    assert msg.envelope_id == parsed.envelope_id and len(msg.envelope_id) == 16
+    assert used == bob.one_time[0].id
+    assert b.peer_identity == alice.identity.public()
+    reply = b.encrypt(b"hello alice", NOW + 1)
+    assert Envelope.from_bytes(reply).type is EnvelopeType.MESSAGE
+    assert a.decrypt(reply).plaintext == b"hello alice"
+    assert not a.awaiting_reply
+    follow = a.encrypt(b"after the reply", NOW + 2)
+    assert Envelope.from_bytes(follow).type is EnvelopeType.MESSAGE
+    assert b.decrypt(follow).plaintext == b"after the reply"
+
+
+def test_initiator_keeps_sending_initial_until_answered(alice, bob, group):
+    a, first = start(alice, bob)
+    second = a.encrypt(b"second", NOW + 1)
+    assert Envelope.from_bytes(second).type is EnvelopeType.INITIAL
+    # The second arrives first: it alone can start the session.
+    b, msg, _ = Session.respond(bob.identity, "bob", bob.prekeys(), second)
+    assert msg.plaintext == b"second"
+    assert b.decrypt(first).plaintext == b"hi"
+
+
+def test_x3dh_without_one_time_prekey(alice, bob, group):
+    a, env = start(alice, bob, with_one_time=False)
+    b, msg, used = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    assert used is None and msg.plaintext == b"hi"
+    assert a.decrypt(b.encrypt(b"ok", NOW)).plaintext == b"ok"
+
+
+def test_failed_first_decryption_does_not_consume_the_one_time_prekey(alice, bob, group):
+    _a, env = start(alice, bob)
+    prekeys = bob.prekeys()
+    tampered = env[:-1] + bytes([env[-1] ^ 1])  # last byte of the GCM tag
+    with pytest.raises(DecryptionError):
+        Session.respond(bob.identity, "bob", prekeys, tampered)
+    assert bob.one_time[0].id in prekeys.one_time  # still there
+    _, msg, used = Session.respond(bob.identity, "bob", prekeys, env)
+    assert msg.plaintext == b"hi" and used == bob.one_time[0].id
+
+
+def test_wrong_recipient_is_rejected(alice, bob, group):
+    carol = make_user("carol", group)
+    _, env = start(alice, bob)
+    with pytest.raises(DecryptionError):
+        Session.respond(carol.identity, "carol", carol.prekeys(), env)
+    # Even with Bob's keys, claiming to be carol fails the recipient check.
+    with pytest.raises(DecryptionError):
+        Session.respond(bob.identity, "carol", bob.prekeys(), env)
+
+
+def test_recipient_field_is_authenticated(alice, bob, group):
+    a, env = start(alice, bob)
+    b, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    reply = Envelope.from_bytes(b.encrypt(b"x", NOW))
+    import dataclasses
+
+    moved = dataclasses.replace(reply, recipient="carol", sender="bob").to_bytes()
+    a.my_username = "carol"  # a mis-addressed copy cannot be opened by pretending
+    with pytest.raises(DecryptionError):
+        a.decrypt(moved)
+
+
+def test_unknown_signed_prekey(alice, bob, group):
+    _, env = start(alice, bob)
+    with pytest.raises(UnknownPrekey):
+        Session.respond(bob.identity, "bob", PrekeySet.of([], bob.one_time), env)
+
+
+def test_replayed_envelope_is_rejected(alice, bob, group):
+    a, env = start(alice, bob)
+    b, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    before = b.to_bytes()
+    with pytest.raises(ReplayError):
+        b.decrypt(env)
+    assert b.to_bytes() == before
+    reply = b.encrypt(b"r", NOW)
+    a.decrypt(reply)
+    with pytest.raises(ReplayError):
+        a.decrypt(reply)
+
+
+def test_initial_envelope_of_another_session_is_refused(alice, bob, group):
+    _, env1 = start(alice, bob)
+    _, env2 = start(alice, bob)
+    b, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env1)
+    with pytest.raises(DecryptionError):
+        b.decrypt(env2)
+
+
+def test_envelope_from_another_sender_is_refused(alice, bob, group):
+    carol = make_user("carol", group)
+    _, env = start(alice, bob)
+    b, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    _, from_carol = start(carol, bob)
+    with pytest.raises(DecryptionError):
+        b.decrypt(from_carol)
+
+
+def test_session_round_trip(alice, bob, group):
+    a, env = start(alice, bob)
+    a = Session.from_bytes(a.to_bytes())
+    b, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    b = Session.from_bytes(b.to_bytes())
+    assert a.decrypt(b.encrypt(b"1", NOW)).plaintext == b"1"
+    blob = a.to_bytes()
+    assert blob[0] == 1 and Session.from_bytes(blob).to_bytes() == blob
+    with pytest.raises(CryptoError):
+        Session.from_bytes(b"\x07" + blob[1:])
+    with pytest.raises(CryptoError):
+        Session.from_bytes(blob[:-3])
+
+
+def test_responder_session_cannot_be_asked_to_respond_to_a_message(alice, bob, group):
+    a, env = start(alice, bob)
+    b, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    a.decrypt(b.encrypt(b"x", NOW))
+    message = a.encrypt(b"y", NOW)
+    with pytest.raises(DecryptionError):
+        Session.respond(bob.identity, "bob", bob.prekeys(), message)
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [b"", b"\x90", b"\xc1", b"\x99\x02", b"not msgpack at all", b"\x91\x01"],
+)
+def test_garbage_is_malformed(blob):
+    with pytest.raises(MalformedEnvelope):
+        Envelope.from_bytes(blob)
+
+
+def test_non_canonical_encoding_is_malformed(alice, bob, group):
+    _, env = start(alice, bob)
+    # 0x01 as a positive fixint -> as uint8 (0xcc 0x01): same value, different bytes.
+    assert env[1] == 0x01
+    with pytest.raises(MalformedEnvelope):
+        Envelope.from_bytes(env[:1] + b"\xcc\x01" + env[2:])
+
+
+def test_bad_timestamp_refused(alice, bob, group):
+    a, _ = start(alice, bob)
+    with pytest.raises(ValueError):
+        a.encrypt(b"x", -1)
+
+
+def test_responder_cannot_encrypt_before_it_exists():
+    # Bob's ratchet alone cannot send: Session.respond always decrypts first.
+    from common.crypto.ratchet import RatchetState
+
+    group = X25519
+    state = RatchetState.init_bob(bytes(32), group.generate(), b"", group)
+    with pytest.raises(LocalProtocolError):
+        state.encrypt(b"x")
+
+
+# --- every single-bit flip ------------------------------------------------------------
+
+_X = {}
+
+
+def _x25519_pair():
+    if not _X:
+        _X["alice"], _X["bob"] = make_user("alice", X25519), make_user("bob", X25519)
+    return _X["alice"], _X["bob"]
+
+
+def test_every_bit_flip_of_an_initial_envelope_is_rejected():
+    alice, bob = _x25519_pair()
+    _, env = start(alice, bob)
+    prekeys = bob.prekeys()
+    for bit in range(len(env) * 8):
+        with pytest.raises(CryptoError):
+            Session.respond(bob.identity, "bob", prekeys, flip(env, bit))
+    _, msg, _ = Session.respond(bob.identity, "bob", prekeys, env)
+    assert msg.plaintext == b"hi"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_bit_flip_of_a_message_is_rejected_and_changes_nothing(data):
+    alice, bob = _x25519_pair()
+    a, env = start(alice, bob)
+    b, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    message = b.encrypt(b"payload", NOW)
+    bit = data.draw(st.integers(min_value=0, max_value=len(message) * 8 - 1))
+    before = a.to_bytes()
+    with pytest.raises(CryptoError):
+        a.decrypt(flip(message, bit))
+    assert a.to_bytes() == before
+    assert a.decrypt(message).plaintext == b"payload"
+
+
+def test_every_bit_flip_of_an_ffdhe_message_is_rejected(alice, bob, group):
+    a, env = start(alice, bob)
+    b, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    message = b.encrypt(b"p", NOW)
+    before = a.to_bytes()
+    # Every bit outside the ratchet key (whose flips each cost a DH for big groups),
+    # plus a sample of bits inside it.
+    for bit in range(0, len(message) * 8, 1 if group is X25519 else 5):
+        with pytest.raises(CryptoError):
+            a.decrypt(flip(message, bit))
+    assert a.to_bytes() == before
+    assert a.decrypt(message).plaintext == b"p"
