@@ -1,0 +1,170 @@
+"""Start the three servers as subprocesses pinned to one core, on 127.0.0.1.
+
+hushwire: `python -m relay.cli` on a temp db with N users (created through relay.store
+and relay.tokens), benchmark flags lifting the per-sender limits.
+mosquitto: the Debian package (installed with apt-get if missing), own config, TLS with
+the same certificate, persistence off.
+floor: `python -m bench.floor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from relay.store import Store
+from relay.tls import ensure_server_cert, fingerprint
+from relay.tokens import hash_token, new_salt, new_token
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+START_WAIT = 30.0
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# Benchmark flags: the defaults (60 envelopes/s per sender, 10k mailbox) are for real
+# users; a load generator is one user sending thousands per second.
+RELAY_FLAGS = (
+    "--send-rate", "1000000000", "--send-burst", "1000000000",
+    "--max-mailbox", "10000000", "--max-connections", "30000",
+    "--idle-timeout", "3600", "--handshake-timeout", "60",
+)
+
+
+def user_name(i: int) -> str:
+    return f"u{i}"
+
+
+async def make_db(db: Path, n: int) -> str:
+    """A fresh relay db with users u0..u{n-1}, all with one token (bench only)."""
+    token = new_token()
+    async with await Store.open(db) as store:
+        for i in range(n):
+            salt = new_salt()
+            await store.add_user(user_name(i), hash_token(token, salt), salt, now=0)
+    return token
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], log: Path, core: int,
+                 port: int | None = None) -> None:
+        self.name = name
+        self.argv = ["taskset", "-c", str(core), *argv]
+        self.log_path = log
+        self.fixed_port = port
+        self.port = port or 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        self.port = self.fixed_port or 0
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + START_WAIT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log_path.read_text()}")
+            if self.port:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                    return self
+                except OSError:
+                    pass
+            else:
+                m = LISTENING.search(self.log_path.read_text(errors="replace"))
+                if m:
+                    self.port = int(m.group(1))
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not start within {START_WAIT} s")
+
+    def cpu(self) -> float:
+        """User + system CPU seconds of the server process (all threads)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def rss(self) -> int:
+        assert self.proc is not None
+        pages = int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1])
+        return pages * PAGE
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def tls_material(workdir: Path) -> tuple[Path, Path, str]:
+    cert, key = workdir / "relay-cert.pem", workdir / "relay-key.pem"
+    ensure_server_cert(cert, key, ["127.0.0.1"])
+    return cert, key, fingerprint(cert)
+
+
+def hushwire(workdir: Path, core: int, extra: tuple[str, ...] = ()) -> Server:
+    argv = [sys.executable, "-m", "relay.cli", "--db", str(workdir / "relay.db"),
+            "--port", "0", *RELAY_FLAGS, *extra]
+    return Server("hushwire", argv, workdir / "relay.log", core)
+
+
+def floor(workdir: Path, core: int) -> Server:
+    argv = [sys.executable, "-m", "bench.floor", "--cert", str(workdir / "relay-cert.pem"),
+            "--key", str(workdir / "relay-key.pem")]
+    return Server("floor", argv, workdir / "floor.log", core)
+
+
+def ensure_mosquitto() -> str:
+    path = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if Path(path).exists():
+        return path
+    print("mosquitto missing: installing the Debian package", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "mosquitto"], check=True, env=env,
+                   timeout=600)
+    return "/usr/sbin/mosquitto"
+
+
+def mosquitto(workdir: Path, core: int) -> Server:
+    binary = ensure_mosquitto()
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    # The same certificate as the relay; persistence off; TCP_NODELAY like asyncio's;
+    # in-flight window like hushwire's delivery_window; no queue cap (offline shape).
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        f"certfile {workdir / 'relay-cert.pem'}\n"
+        f"keyfile {workdir / 'relay-key.pem'}\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        "set_tcp_nodelay true\n"
+        "max_inflight_messages 256\n"
+        "max_queued_messages 0\n"
+        "user root\n"
+        "log_type error\n"
+    )
+    return Server("mosquitto", [binary, "-c", str(conf)], workdir / "mosquitto.log", core,
+                  port=port)
+
+
+async def wait_quiet(server: Server, seconds: float = 0.5) -> None:
+    await asyncio.sleep(seconds)
