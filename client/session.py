@@ -72,6 +72,11 @@ SIGNED_PREKEY_GRACE_MS: Final = 35 * DAY_MS
 PREKEY_TARGET: Final = 100  # one-time prekeys the relay should hold
 PREKEY_LOW: Final = 20  # top up below this
 MAX_ARCHIVED_SESSIONS: Final = 3
+# The relay pushes key_changed only to watchers that are online at that moment, so a
+# client that was offline would keep encrypting to a replaced identity. Before sending,
+# re-fetch a contact's bundle when the pinned identity was last confirmed longer ago
+# than this (it costs the contact one one-time prekey per interval).
+IDENTITY_RECHECK_MS: Final = DAY_MS
 
 Fetch = Callable[[str], Awaitable[PrekeyBundle]]
 
@@ -399,6 +404,8 @@ class SessionManager:
             return True
         if contact.pending is not None:
             return False  # the message will be held; fetching would only consume a prekey
+        if self.now_ms() - contact.checked_at >= IDENTITY_RECHECK_MS:
+            return True
         return not await self.store.load_sessions(name)
 
     async def _fetch_verified(self, name: str, fetch: Fetch) -> PrekeyBundle:
@@ -452,6 +459,8 @@ class SessionManager:
                     held = True
                 elif contact.pending is not None:
                     held = True
+                elif bundle is not None:
+                    await self.store.set_checked(name, now)
                 if held:
                     if uid is None:
                         uid = await self.store.add_message(

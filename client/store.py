@@ -97,6 +97,7 @@ class Contact:
     verified: bool
     created_at: int
     updated_at: int
+    checked_at: int = 0  # when a fetched bundle last confirmed the pinned identity
 
     @property
     def key_changed(self) -> bool:
@@ -519,11 +520,11 @@ class ProfileStore:
             pending = decode_identity_record(
                 self.vault.open("contacts.pending", name, bytes(row[2]))
             )
-        return Contact(name, identity, pending, bool(row[3]), row[4], row[5])
+        return Contact(name, identity, pending, bool(row[3]), row[4], row[5], row[6])
 
     async def get_contact(self, name: str) -> Contact | None:
         row = await self._one(
-            "SELECT name, identity, pending, verified, created_at, updated_at "
+            "SELECT name, identity, pending, verified, created_at, updated_at, checked_at "
             "FROM contacts WHERE name = ?",
             (name,),
         )
@@ -531,7 +532,7 @@ class ProfileStore:
 
     async def list_contacts(self) -> list[Contact]:
         rows = await self._all(
-            "SELECT name, identity, pending, verified, created_at, updated_at "
+            "SELECT name, identity, pending, verified, created_at, updated_at, checked_at "
             "FROM contacts ORDER BY name"
         )
         return [self._contact(r) for r in rows]
@@ -540,8 +541,9 @@ class ProfileStore:
         """Pin `identity` for a new contact (trust on first use)."""
         blob = self.vault.seal("contacts.identity", name, encode_identity_record(identity))
         await self._write(
-            "INSERT INTO contacts (name, identity, created_at, updated_at) VALUES (?, ?, ?, ?)",
-            (name, blob, now_ms, now_ms),
+            "INSERT INTO contacts (name, identity, created_at, updated_at, checked_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (name, blob, now_ms, now_ms, now_ms),
         )
 
     async def set_pending_identity(
@@ -560,9 +562,12 @@ class ProfileStore:
         blob = self.vault.seal("contacts.identity", name, encode_identity_record(identity))
         await self._write(
             "UPDATE contacts SET identity = ?, pending = NULL, verified = 0, sessions = NULL, "
-            "updated_at = ? WHERE name = ?",
+            "updated_at = ?, checked_at = 0 WHERE name = ?",
             (blob, now_ms, name),
         )
+
+    async def set_checked(self, name: str, now_ms: int) -> None:
+        await self._write("UPDATE contacts SET checked_at = ? WHERE name = ?", (now_ms, name))
 
     async def set_verified(self, name: str, verified: bool, now_ms: int) -> None:
         await self._write(

@@ -48,6 +48,7 @@ CREATE TABLE contacts (
     pending    BLOB,
     verified   INTEGER NOT NULL DEFAULT 0 CHECK (verified IN (0, 1)),
     sessions   BLOB,
+    checked_at INTEGER NOT NULL DEFAULT 0,  -- last time a fetched bundle showed this identity
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
