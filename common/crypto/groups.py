@@ -199,9 +199,12 @@ class FiniteFieldGroup(DHGroup):
         if not 1 < g < p - 1 or pow(g, (p - 1) // 2, p) != 1:
             raise InvalidKey("g does not generate the subgroup of order (p-1)/2")
         expected = custom_group_name(p, g)
-        if name is not None and name != expected and name not in _BUILTIN_FF:
+        builtin = _BUILTIN.get(name or "")
+        if isinstance(builtin, FiniteFieldGroup) and (builtin.p, builtin.g) == (p, g):
+            expected = builtin.name
+        if name is not None and name != expected:
             raise InvalidKey(f"group name {name!r} does not match its parameters")
-        return cls(name or expected, p, g)
+        return cls(expected, p, g)
 
     def generate(self) -> DHKeyPair:
         # Uniform in [2, 2^N): a short exponent as RFC 7919 5.2 allows; N >= 2 * 128.
@@ -279,7 +282,6 @@ FFDHE3072: Final = FiniteFieldGroup("ffdhe3072", _FFDHE3072_P, 2)
 DEFAULT_GROUP: Final = X25519
 
 _BUILTIN: Final[dict[str, DHGroup]] = {X25519.name: X25519, FFDHE3072.name: FFDHE3072}
-_BUILTIN_FF: Final = {FFDHE3072.name}
 _CUSTOM: dict[str, FiniteFieldGroup] = {}
 
 

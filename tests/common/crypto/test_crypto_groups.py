@@ -157,6 +157,8 @@ def test_custom_group_validation():
         FiniteFieldGroup.from_params(small, small - 2, min_bits=256)
     with pytest.raises(InvalidKey):
         FiniteFieldGroup.from_params(small, 2, name="ffdhe3072-fake", min_bits=256)
+    with pytest.raises(InvalidKey):  # a built-in name cannot be borrowed
+        FiniteFieldGroup.from_params(small, 2, name="ffdhe3072", min_bits=256)
     a, b = ok.generate(), ok.generate()
     assert ok.agree(a.private, b.public) == ok.agree(b.private, a.public)
 
