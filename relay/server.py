@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from common.crypto.groups import group_by_name
-from common.errors import InvalidKey
+from common.errors import HushwireError, InvalidKey
 from relay.config import ConfigError, RelayConfig
 from relay.connection import Connection
 from relay.handlers import GroupInfo, Relay
@@ -38,7 +38,10 @@ def load_group(config: RelayConfig) -> GroupInfo:
             text = config.dh_params.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read DH parameters {config.dh_params}: {exc}") from None
-        group = load_pem(text)
+        try:
+            group = load_pem(text)
+        except HushwireError as exc:
+            raise ConfigError(f"DH parameters {config.dh_params}: {exc.message}") from None
         return GroupInfo(group.name, group.public_size, to_pem(group))
     try:
         builtin = group_by_name(config.dh_group)

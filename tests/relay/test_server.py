@@ -476,3 +476,39 @@ async def test_given_certificate_is_used(relay_factory, tmp_path):
     assert relay.server.fingerprint == fingerprint(cert)
     conn = await relay.connect()
     assert conn.fingerprint == fingerprint(cert)
+
+
+async def test_custom_dh_group_is_announced_and_enforced(relay_factory):
+    from pathlib import Path
+
+    from common.crypto.dhparams import load_pem
+
+    pem_file = Path(__file__).parents[1] / "common" / "crypto" / "data" / "dh2048.pem"
+    relay = await relay_factory(dh_params=pem_file)
+    conn = await relay.connect()
+    ok = await conn.request(Hello, versions=(1,), client="t")
+    group = load_pem(ok.group_params)  # validated by the client, as protocol.md says
+    assert ok.group == group.name and ok.group.startswith("ffdh2048-")
+    await conn.request(Login, user="bob", token=relay.tokens["bob"])
+    x25519_sized = IdentityPublic(ok.group, b"k" * 32, b"d" * 32, b"s" * 64)
+    await expect_error(ErrorCode.BAD_KEYS, conn.request(
+        PublishKeys, identity=x25519_sized, signed_prekey=None, one_time_prekeys=()))
+    right = IdentityPublic(ok.group, b"k" * 32, b"d" * group.public_size, b"s" * 64)
+    await conn.request(PublishKeys, identity=right, signed_prekey=None, one_time_prekeys=())
+
+
+async def test_ffdhe3072_relay(relay_factory):
+    relay = await relay_factory(dh_group="ffdhe3072")
+    ok = await (await relay.connect()).request(Hello, versions=(1,), client="t")
+    assert (ok.group, ok.group_params) == ("ffdhe3072", None)
+
+
+async def test_unknown_dh_group_is_a_config_error(relay_factory, tmp_path):
+    from relay.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown dh_group"):
+        await relay_factory(dh_group="curve9000")
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN DH PARAMETERS-----\nAAAA\n-----END DH PARAMETERS-----\n")
+    with pytest.raises(ConfigError, match=r"bad\.pem"):
+        await relay_factory(dh_params=bad, db=tmp_path / "other.db")
