@@ -54,7 +54,7 @@ from client.session import (
 from client.store import KdfParams, ProfileStore, StoredMessage
 from common import messages as wire
 from common.crypto.groups import DHGroup, group_by_name
-from common.errors import CryptoError, ErrorCode, RequestError
+from common.errors import CryptoError, ErrorCode, HushwireError, RequestError
 from common.frames import DEFAULT_MAX_FRAME
 from common.keys import PrekeyBundle
 from common.names import check_username
@@ -471,6 +471,8 @@ class HushwireClient:
             await self.flush_outbox()
         except ConnectionClosed:
             pass  # the run loop notices and reconnects
+        except RequestError as exc:
+            self.events.put_nowait(Notice(f"after login: {relay_error_text(exc)}"))
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -534,6 +536,8 @@ class HushwireClient:
                 await self._maintain_keys(conn)
             except ConnectionClosed:
                 return
+            except RequestError as exc:
+                self.events.put_nowait(Notice(f"key upkeep: {relay_error_text(exc)}"))
 
     # --- keys -----------------------------------------------------------------------
 
@@ -587,6 +591,11 @@ class HushwireClient:
             self._taken += 1
             try:
                 await self._handle_push(conn, getter.result())
+            except ConnectionClosed:
+                pass  # unacked deliveries come again after the next login
+            except HushwireError as exc:
+                # One bad push must not stop the receive loop; the user hears of it.
+                self.events.put_nowait(Notice(f"could not handle a push: {exc.message}"))
             finally:
                 async with self._progress:
                     self._handled += 1
