@@ -18,6 +18,7 @@ from client.service import (
     KeyChanged,
     MessageReceived,
     MessageRejected,
+    MessageSent,
     MessagesReleased,
 )
 from common.crypto.groups import X25519
@@ -333,3 +334,28 @@ async def test_mutual_tls_with_a_client_certificate(relay_factory, login, tmp_pa
                                         kdf=FAST_KDF)
     assert client.state == "connected"
     await client.close()
+
+
+async def test_start_without_waiting_retries_until_the_relay_is_back(relay, login, reopen):
+    bob = await login(relay, "bob")
+    await bob.close()
+    alice = await login(relay, "alice")
+    await alice.close()
+    await relay.server.close()
+    alice = await reopen("alice")
+    await alice.start(wait=False)
+    await next_event(alice, ConnectionState, lambda e: e.state == "reconnecting")
+    result = await alice.send("bob", "queued while the relay was down")
+    assert result.queued and result.envelope_id == ""
+    await relay.restart()
+    sent = await next_event(alice, MessageSent)
+    assert sent.uid == result.uid
+    bob = await login(relay, "bob", profile=None)
+    assert (await next_event(bob, MessageReceived)).text == "queued while the relay was down"
+
+
+async def test_a_second_login_elsewhere_disconnects_without_a_fight(relay, login, tmp_path):
+    alice = await login(relay, "alice")
+    await login(relay, "alice", profile=tmp_path / "alice-elsewhere")
+    gone = await next_event(alice, ConnectionState, lambda e: e.state == "disconnected")
+    assert "session_replaced" in gone.detail
