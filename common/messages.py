@@ -29,6 +29,8 @@ from common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPreke
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 _MAX_INT = 2**63 - 1
+_SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 class Message:
@@ -38,9 +40,17 @@ class Message:
     TYPE: ClassVar[str]
 
     def to_wire(self) -> dict[str, Any]:
+        cls = type(self)
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = tuple(
+                f.name for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            )
         out: dict[str, Any] = {"t": self.TYPE}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            out[f.name] = _to_wire(getattr(self, f.name))
+        for name in names:
+            value = getattr(self, name)
+            # Scalars (int, str, bytes, None) go as they are; only records need walking.
+            out[name] = value if type(value) in _SCALARS else _to_wire(value)
         return out
 
 
@@ -329,17 +339,42 @@ def _hints(cls: type) -> dict[str, Any]:
     return hints
 
 
+_Field = tuple[str, Any, Any]  # name, annotation, default (MISSING if required)
+_PLANS: dict[type, tuple[_Field, ...]] = {}
+
+
+def _plan(cls: type) -> tuple[_Field, ...]:
+    """Each field's name, type and default, computed once per class (the hot path)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = _hints(cls)
+        plan = _PLANS[cls] = tuple(
+            (f.name, hints[f.name], f.default) for f in dataclasses.fields(cls)
+        )
+    return plan
+
+
 def _from_wire(cls: type, obj: Any, path: str) -> Any:
     if not isinstance(obj, Mapping):
         raise MalformedFrame(f"{path}: expected a map")
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in obj:
-            kwargs[f.name] = _convert(obj[f.name], _hints(cls)[f.name], f"{path}.{f.name}")
-        elif f.default is not dataclasses.MISSING:
-            kwargs[f.name] = f.default
+    for name, tp, default in _plan(cls):
+        if name in obj:
+            value = obj[name]
+            # Fast path for the common scalar fields; everything else takes _convert.
+            if tp is int:
+                if type(value) is not int or not 0 <= value <= _MAX_INT:
+                    raise MalformedFrame(f"{path}.{name}: expected a non-negative integer")
+            elif tp is bytes or tp is str:
+                if type(value) is not tp:
+                    value = _convert(value, tp, f"{path}.{name}")
+            else:
+                value = _convert(value, tp, f"{path}.{name}")
+            kwargs[name] = value
+        elif default is not dataclasses.MISSING:
+            kwargs[name] = default
         else:
-            raise MalformedFrame(f"{path}: missing field {f.name!r}")
+            raise MalformedFrame(f"{path}: missing field {name!r}")
     return cls(**kwargs)
 
 
@@ -355,6 +390,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise MalformedFrame(f"{path}: expected an array")
         (inner, _ellipsis) = typing.get_args(tp)
+        if inner is str or inner is bytes:
+            # `send.to`: a list of names; one type check per item, no recursion.
+            if all(type(v) is inner for v in value):
+                return tuple(value)
+        elif inner is int and all(
+            type(v) is int and 0 <= v <= _MAX_INT for v in value
+        ):
+            return tuple(value)  # `ack.mids`
         return tuple(_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):

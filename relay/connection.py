@@ -63,6 +63,10 @@ class Connection:
         self.token_hash: bytes | None = None
         self.wants_presence = False
         self._decoder = FrameDecoder(self.config.max_frame)
+        self._loop = asyncio.get_running_loop()
+        self._flush_scheduled = False
+        self._last_read = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._wake = asyncio.Event()
@@ -79,27 +83,49 @@ class Connection:
         self._backlog = False
         self._reading_mailbox = False
         self._cursor = 0
+        # Ids offered before their commit but refused (not caught up): until they are
+        # committed and offered again, later envelopes must not overtake them.
+        self._held: set[int] = set()
 
     # --- Peer interface used by the Relay -------------------------------------------
 
     def push(self, message: Message) -> None:
         if self._closing:
             return
-        if isinstance(message, PresenceChanged) and self._out_bytes > OUT_HIGH_WATER:
+        if isinstance(message, PresenceChanged) and self._backed_up():
             return  # advisory; a client can always ask `who` again
         self._queue(message)
 
-    def offer(self, delivery: Deliver) -> None:
+    def offer_early(self, delivery: Deliver) -> bool:
+        """Before its commit: push now if caught up (True), else hold its place (False)."""
         full = len(self._inflight) + len(self._live) >= self.config.delivery_window
-        if self._backlog or self._reading_mailbox or full:
-            self._backlog = True  # it is committed: the writer will read it in order
+        if (self._held or self._backlog or self._reading_mailbox or full or self._closing
+                or self.state is not ConnState.READY):
+            self._held.add(delivery.mid)
+            return False
+        self._live.append(delivery)
+        self._schedule_flush()
+        return True
+
+    def unhold(self, mid: int) -> None:
+        self._held.discard(mid)
+
+    def offer(self, delivery: Deliver) -> None:
+        """After its commit (or for one held by offer_early)."""
+        self._held.discard(delivery.mid)
+        full = len(self._inflight) + len(self._live) >= self.config.delivery_window
+        if (self._backlog or self._reading_mailbox or full
+                or self.state is not ConnState.READY):
+            # It is committed: the writer will read it in order. (Before READY, login
+            # has not yet asked for the backlog; that read will include it.)
+            self._backlog = True
         else:
             self._live.append(delivery)
-        self._wake.set()
+        self._schedule_flush()
 
     def acked(self, mids: Iterable[int]) -> None:
         self._inflight.difference_update(mids)
-        self._wake.set()
+        self._schedule_flush()
 
     def kick(self, code: ErrorCode, message: str) -> None:
         """Tell the client why, flush, and close."""
@@ -114,10 +140,13 @@ class Connection:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.config.handshake_timeout, self._handshake_expired)
+        self._last_read = loop.time()
+        self._idle_timer = loop.call_later(self.config.idle_timeout, self._idle_check)
         writer_task = asyncio.create_task(self._write_loop())
         self._reader_task = asyncio.create_task(self._read_loop())
         await asyncio.wait([self._reader_task])
         timer.cancel()
+        self._idle_timer.cancel()
         if not self._reader_task.cancelled() and self._reader_task.exception() is not None:
             exc = self._reader_task.exception()
             if not isinstance(exc, ConnectionError | ssl.SSLError | OSError):
@@ -143,6 +172,16 @@ class Connection:
         if self._reader_task is not None:
             self._reader_task.cancel()
 
+    def _idle_check(self) -> None:
+        # One timer per connection, re-armed lazily, instead of a timeout per read.
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_read
+        if quiet >= self.config.idle_timeout:
+            self.kick(ErrorCode.IDLE_TIMEOUT, "no frame within the idle timeout")
+        else:
+            self._idle_timer = loop.call_later(self.config.idle_timeout - quiet,
+                                               self._idle_check)
+
     def _handshake_expired(self) -> None:
         if self.state is not ConnState.READY:
             log.info("handshake timeout for %s", self.peer_address)
@@ -152,16 +191,13 @@ class Connection:
 
     async def _read_loop(self) -> None:
         while not self._closing:
-            if self._out_bytes > OUT_HIGH_WATER:
+            if self._backed_up():
                 self._room.clear()
+                self._wake.set()  # the writer drains, then sets _room
                 await self._room.wait()
                 continue
-            try:
-                async with asyncio.timeout(self.config.idle_timeout):
-                    data = await self._reader.read(READ_CHUNK)
-            except TimeoutError:
-                self.kick(ErrorCode.IDLE_TIMEOUT, "no frame within the idle timeout")
-                return
+            data = await self._reader.read(READ_CHUNK)
+            self._last_read = self._loop.time()
             if self._closing:
                 return
             if not data:
@@ -220,7 +256,40 @@ class Connection:
         frame = encode_frame(message.to_wire(), max_size=self.config.max_frame + 1024)
         self._out.append(frame)
         self._out_bytes += len(frame)
-        self._wake.set()
+        self._schedule_flush()
+
+    def _backed_up(self) -> bool:
+        """Too much output waiting (ours or the transport's): stop reading requests."""
+        return self._out_bytes + self._writer.transport.get_write_buffer_size() > OUT_HIGH_WATER
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Once per loop iteration: push live deliveries, then ONE TLS write of it all.
+
+        Only what needs awaiting goes to the writer task: a mailbox read, a drain when
+        the transport is backed up, and closing.
+        """
+        self._flush_scheduled = False
+        if self._closing:
+            self._wake.set()
+            return
+        if self.user is not None:
+            room = self._pump_live()
+            if self._backlog and not self._live and room > 0:
+                self._wake.set()
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._out_bytes = 0
+            if self._writer.transport.is_closing():
+                return
+            self._writer.write(data)
+            if self._backed_up():
+                self._wake.set()
 
     async def _write_loop(self) -> None:
         try:
@@ -234,9 +303,10 @@ class Connection:
                     self._out.clear()
                     self._out_bytes = 0
                     self._writer.write(data)
+                if self._writer.transport.get_write_buffer_size() > 0:
                     async with asyncio.timeout(self.config.idle_timeout):
                         await self._writer.drain()
-                    self._room.set()
+                self._room.set()
                 if self._closing and not self._out:
                     break
         except TimeoutError:
@@ -250,13 +320,18 @@ class Connection:
             # Closing ends the reader too (EOF), if it is still waiting for data.
             self._writer.close()
 
-    async def _pump_deliveries(self) -> None:
+    def _pump_live(self) -> int:
+        """Deliver queued live envelopes while the window has room; return the room left."""
         room = self.config.delivery_window - len(self._inflight)
         while self._live and room > 0:
             d = self._live.popleft()
             if d.mid > self._cursor:
                 self._deliver(d)
                 room -= 1
+        return room
+
+    async def _pump_deliveries(self) -> None:
+        room = self._pump_live()
         if self._backlog and not self._live and room > 0 and self.user is not None:
             self._backlog = False
             self._reading_mailbox = True

@@ -69,6 +69,8 @@ class Peer(Protocol):
     wants_presence: bool
 
     def push(self, message: Message) -> None: ...
+    def offer_early(self, delivery: Deliver) -> bool: ...
+    def unhold(self, mid: int) -> None: ...
     def offer(self, delivery: Deliver) -> None: ...
     def acked(self, mids: Iterable[int]) -> None: ...
     def kick(self, code: ErrorCode, message: str) -> None: ...
@@ -251,13 +253,37 @@ class Relay:
             raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
         self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
         ts = int(now)
+        body = req.body
+        early: dict[int, tuple[Peer, bool]] = {}  # mid -> (peer offered to, taken?)
+
+        def push_early(mids: list[int]) -> None:
+            # Runs when the ids are reserved, before the commit: an online recipient
+            # that is caught up gets the envelope at once, and if it acks before the
+            # commit the store never writes the row. The sender still hears `ok` only
+            # once the envelope is committed or acked (docs/protocol.md, send).
+            for recipient, mid in zip(recipients, mids, strict=True):
+                online = self.online.get(recipient)
+                if online is not None:
+                    d = Deliver(mid=mid, sender=user, ts=ts, body=body)
+                    early[mid] = (online, online.offer_early(d))
+
         # Nothing may await before enqueue: the store takes sends in call order, which
         # keeps one sender's envelopes in order even when they are pipelined.
-        mids = await self.store.enqueue(user, recipients, req.body, now=ts)
+        try:
+            mids = await self.store.enqueue(user, recipients, body, now=ts,
+                                            on_reserved=push_early)
+        except BaseException:
+            for mid, (peer, taken) in early.items():
+                if not taken:
+                    peer.unhold(mid)
+            raise
         for recipient, mid in zip(recipients, mids, strict=True):
+            peer, taken = early.get(mid, (None, False))
             online = self.online.get(recipient)
-            if online is not None:
-                online.offer(Deliver(mid=mid, sender=user, ts=ts, body=req.body))
+            if peer is not None and not taken and peer is not online:
+                peer.unhold(mid)  # that session is gone; its successor gets it below
+            if online is not None and not (taken and online is peer):
+                online.offer(Deliver(mid=mid, sender=user, ts=ts, body=body))
         return SendOk(id=req.id, mids=tuple(mids), ts=ts)
 
     async def _ack(self, peer: Peer, req: Ack, now: float) -> AckOk:

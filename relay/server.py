@@ -164,6 +164,8 @@ class RelayServer:
                 await asyncio.wait(self._handlers, timeout=self.config.handshake_timeout * 3)
             if self._store is not None:
                 await self._store.close()
+                log.info("%d group commits; %d envelopes acked before their commit (not "
+                         "written)", self._store.group_commits, self._store.elided)
             log.info("relay stopped")
         finally:
             self._closed.set()

@@ -59,6 +59,16 @@ _MAX_ROWID = 2**63 - 1
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 # user_events rows kept: a relay polling every second is never this far behind.
 USER_EVENTS_KEPT = 10_000
+# Envelope ids skipped at every open. A recipient may see an id before its commit
+# (`enqueue(on_reserved=...)`); if the relay dies before that commit, the id must never
+# name a different envelope later (a stale ack would delete it). Every batch persists the
+# highest id it reserved, so only batches in flight at a crash can be lost: far fewer
+# than 2**32 ids. 2**63 / 2**32 leaves room for 2**31 restarts.
+MID_GAP = 2**32
+# Seconds the writer waits before taking a batch that holds envelopes already pushed to
+# online recipients: acks that arrive meanwhile elide the insert and the delete. It delays
+# only the sender's `ok`, never the delivery.
+COMMIT_DELAY = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +128,7 @@ class _Enqueue:
     body: bytes
     now: int
     fut: asyncio.Future[list[int]]
+    elided: set[int] | None = None  # mids the recipient acked before this was written
 
 
 @dataclass(slots=True)
@@ -194,6 +205,11 @@ class Store:
         self._lookup_task: asyncio.Task[None] | None = None
         self._lookup_waiters = 0  # queued or woken but not yet resumed
         self._pending: list[_Op] = []
+        # mid -> its enqueue, for enqueues in _pending (not yet handed to the writer):
+        # an ack of one of these drops the row from the batch instead of deleting it.
+        self._unwritten: dict[int, _Enqueue] = {}
+        self.elided = 0  # rows never written because the recipient acked first
+        self.commit_delay = COMMIT_DELAY
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -252,7 +268,7 @@ class Store:
                 " 0), COALESCE((SELECT MAX(id) FROM mailbox), 0))"
             ).fetchone()
             (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM user_events").fetchone()
-            return int(row[0]) + 1, int(seq)
+            return int(row[0]) + 1 + MID_GAP, int(seq)
 
         try:
             store._next_mid, store._events_seen = await store._run(init)
@@ -652,12 +668,23 @@ class Store:
     # ------------------------------------------------------------------ mailbox
 
     async def enqueue(
-        self, sender: str, recipients: Sequence[str], body: bytes, *, now: int
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        body: bytes,
+        *,
+        now: int,
+        on_reserved: Callable[[list[int]], None] | None = None,
     ) -> list[int]:
         """Store one envelope per recipient; return their ids once committed.
 
         All or nothing: an unknown recipient (UNKNOWN_USER) or a full mailbox
         (MAILBOX_FULL) refuses the whole send before anything is written.
+
+        `on_reserved(mids)` runs as soon as the ids are reserved, before the commit (the
+        relay pushes to online recipients then). If a recipient acks its envelope before
+        the commit, that row is never written and, once every row of the send is acked
+        or committed, `enqueue` returns: the envelope is then safe with the recipient.
         """
         self._check_open()
         if not recipients:
@@ -684,7 +711,12 @@ class Store:
         self._next_mid += len(rids)
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         mids = list(range(first, first + len(rids)))
-        self._submit(_Enqueue(sender, list(recipients), rids, mids, bytes(body), now, fut))
+        op = _Enqueue(sender, list(recipients), rids, mids, bytes(body), now, fut)
+        self._submit(op)
+        for mid in mids:
+            self._unwritten[mid] = op
+        if on_reserved is not None:
+            on_reserved(mids)
         return await fut
 
     async def pending(
@@ -724,9 +756,32 @@ class Store:
                 (rid,) = await self._resolve([recipient])
             except RequestError:
                 return 0
+        elided = self._elide(rid, wanted) if self._unwritten else ()
+        if elided:
+            wanted = [m for m in wanted if m not in elided]
+            if not wanted:
+                return len(elided)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._submit(_Ack(rid, wanted, fut))
-        return await fut
+        return len(elided) + await fut
+
+    def _elide(self, rid: int, mids: list[int]) -> set[int]:
+        """Drop not-yet-written rows of `rid` among `mids` from the pending batch."""
+        elided: set[int] = set()
+        for mid in mids:
+            op = self._unwritten.get(mid)
+            if op is None or op.rids[op.mids.index(mid)] != rid:
+                continue
+            del self._unwritten[mid]
+            if op.elided is None:
+                op.elided = set()
+            op.elided.add(mid)
+            elided.add(mid)
+            self._counts[rid] -= 1
+            self.elided += 1
+            if len(op.elided) == len(op.mids):
+                _resolve(op.fut, op.mids)  # every copy is with its recipient
+        return elided
 
     async def mailbox_count(self, recipient: str) -> int:
         """Envelopes queued for `recipient`, including ones whose commit is in flight."""
@@ -870,8 +925,13 @@ class Store:
         """The single writer: commit whatever accumulated, as one transaction."""
         while True:
             await self._wakeup.wait()
+            if self._unwritten and not self._closing and self.commit_delay > 0:
+                # Envelopes are already with online recipients; give their acks a moment
+                # to arrive so those rows are never written (see `ack`).
+                await asyncio.sleep(self.commit_delay)
             self._wakeup.clear()
             batch, self._pending = self._pending, []
+            self._unwritten = {}
             if batch:
                 await self._commit(batch)
             if self._closing and not self._pending:
@@ -893,8 +953,8 @@ class Store:
     def _settle(self, op: _Op, outcome: object) -> None:
         if isinstance(op, _Enqueue):
             if isinstance(outcome, _Failed):
-                for rid in op.rids:
-                    if rid in self._counts:
+                for mid, rid in zip(op.mids, op.rids, strict=True):
+                    if rid in self._counts and not (op.elided and mid in op.elided):
                         self._counts[rid] -= 1
                 if outcome.error.code is ErrorCode.UNKNOWN_USER:
                     for name in op.names:
@@ -965,15 +1025,31 @@ def _write_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[object]:
 
 
 def _envelope_rows(op: _Enqueue) -> list[tuple[int, int, str, int, bytes]]:
+    elided = op.elided or ()
     return [
-        (mid, rid, op.sender, op.now, op.body) for mid, rid in zip(op.mids, op.rids, strict=True)
+        (mid, rid, op.sender, op.now, op.body)
+        for mid, rid in zip(op.mids, op.rids, strict=True)
+        if mid not in elided
     ]
+
+
+_SEQ_RAISE = "UPDATE sqlite_sequence SET seq = ? WHERE name = 'mailbox' AND seq < ?"
+_SEQ_CREATE = (
+    "INSERT INTO sqlite_sequence (name, seq) SELECT 'mailbox', ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'mailbox')"
+)
 
 
 def _apply_fast(conn: sqlite3.Connection, batch: list[_Op]) -> list[object]:
     rows = [row for op in batch if isinstance(op, _Enqueue) for row in _envelope_rows(op)]
     if rows:
         conn.executemany(_INSERT_ENVELOPE, rows)
+    elided = [max(op.mids) for op in batch if isinstance(op, _Enqueue) and op.elided]
+    if elided:
+        # Rows acked before their commit are never inserted; keep their ids used anyway.
+        top = max(elided)
+        conn.execute(_SEQ_RAISE, (top, top))
+        conn.execute(_SEQ_CREATE, (top,))
     logins = [(op.now, op.name) for op in batch if isinstance(op, _Login)]
     if logins:
         conn.executemany(_STAMP_LOGIN, logins)
