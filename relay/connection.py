@@ -28,6 +28,7 @@ from common.messages import (
     Message,
     PresenceChanged,
     Request,
+    Send,
     decode_request,
     request_id,
 )
@@ -76,6 +77,7 @@ class Connection:
         self._stopping = False
         self._reader_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: set[asyncio.Future[Message]] = set()  # sends taken without a task
         self._slots = asyncio.Semaphore(MAX_PIPELINE)
         # Deliveries (see the module docstring).
         self._inflight: set[int] = set()
@@ -152,9 +154,10 @@ class Connection:
             if not isinstance(exc, ConnectionError | ssl.SSLError | OSError):
                 log.error("reader for %s failed: %r", self.peer_address, exc)
         self.relay.disconnected(self)
-        if self._tasks:
+        if self._tasks or self._waiting:
             # Requests already taken (a send waiting for its commit) finish and reply.
-            await asyncio.wait(self._tasks, timeout=self.config.handshake_timeout)
+            await asyncio.wait(self._tasks | self._waiting,
+                               timeout=self.config.handshake_timeout)
         if self._stopping:
             self.kick(ErrorCode.SHUTTING_DOWN, "the relay is shutting down")
         self._closing = True
@@ -225,11 +228,49 @@ class Connection:
             return
         if self.state is ConnState.READY:
             await self._slots.acquire()
+            if type(request) is Send and self._send_nowait(request):
+                return
             task = asyncio.create_task(self._serve(request))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
             await self._serve(request, pipelined=False)
+
+    def _send_nowait(self, request: Send) -> bool:
+        """The hot path: a send answered from a future callback, no task (True if taken)."""
+        try:
+            fut = self.relay.send_nowait(self, request, time.time())
+        except Exception as exc:
+            self._slots.release()
+            self._queue(self._error_reply(request, exc))
+            return True
+        if fut is None:
+            return False  # a recipient needs a lookup: take the task path
+        self._waiting.add(fut)
+        fut.add_done_callback(lambda f: self._sent(request, f))
+        return True
+
+    def _sent(self, request: Send, fut: asyncio.Future[Message]) -> None:
+        self._waiting.discard(fut)
+        self._slots.release()
+        if fut.cancelled():
+            reply: Message = Error(id=request.id, code=ErrorCode.INTERNAL,
+                                   message="internal error")
+        elif (exc := fut.exception()) is not None:
+            reply = self._error_reply(request, exc)
+        else:
+            reply = fut.result()
+        self._queue(reply)
+
+    @staticmethod
+    def _error_reply(request: Request, exc: BaseException) -> Error:
+        if isinstance(exc, RequestError):
+            return Error(id=request.id, code=exc.code, message=exc.message,
+                         retry_after=exc.retry_after)
+        if isinstance(exc, HushwireError):
+            return Error(id=request.id, code=exc.code, message=exc.message)
+        log.error("internal error handling %s", request.TYPE, exc_info=exc)
+        return Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
 
     async def _serve(self, request: Request, *, pipelined: bool = True) -> None:
         try:
@@ -237,14 +278,8 @@ class Connection:
             self.state = advance(self.state, request)
             if self.state is ConnState.READY and self.user is not None and not pipelined:
                 self._backlog = True  # just logged in: deliver what waited
-        except RequestError as exc:
-            reply = Error(id=request.id, code=exc.code, message=exc.message,
-                          retry_after=exc.retry_after)
-        except HushwireError as exc:
-            reply = Error(id=request.id, code=exc.code, message=exc.message)
-        except Exception:
-            log.exception("internal error handling %s", request.TYPE)
-            reply = Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
+        except Exception as exc:
+            reply = self._error_reply(request, exc)
         finally:
             if pipelined:
                 self._slots.release()

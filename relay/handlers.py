@@ -7,6 +7,7 @@ relay can push to them. Tests can drive this with any `Peer`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
@@ -242,7 +243,7 @@ class Relay:
 
     # --- mailbox -----------------------------------------------------------------
 
-    async def _send(self, peer: Peer, req: Send, now: float) -> SendOk:
+    def _send_checks(self, peer: Peer, req: Send) -> tuple[str, tuple[str, ...]]:
         user = self._user(peer)
         recipients = tuple(dict.fromkeys(check_username(r) for r in req.to))
         if not recipients or len(recipients) > MAX_RECIPIENTS:
@@ -251,32 +252,84 @@ class Relay:
             )
         if not req.body:
             raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
+        return user, recipients
+
+    def send_nowait(self, peer: Peer, req: Send, now: float) -> asyncio.Future[SendOk] | None:
+        """`send` without a task or coroutine: the hot path, when every recipient's id is
+        cached in the store. None means "not now": await `handle()` instead (nothing was
+        consumed). Raises RequestError at once for a refused send.
+        """
+        user, recipients = self._send_checks(peer, req)
+        if not self.store.cached(recipients):
+            return None
         self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
         ts = int(now)
         body = req.body
-        early: dict[int, tuple[Peer, bool]] = {}  # mid -> (peer offered to, taken?)
+        early: dict[int, tuple[Peer, bool]] = {}
+        committed = self.store.enqueue_nowait(
+            user, recipients, body, now=ts,
+            on_reserved=lambda mids: self._push_early(early, user, recipients, ts, body, mids),
+        )
+        out: asyncio.Future[SendOk] = asyncio.get_running_loop().create_future()
 
-        def push_early(mids: list[int]) -> None:
-            # Runs when the ids are reserved, before the commit: an online recipient
-            # that is caught up gets the envelope at once, and if it acks before the
-            # commit the store never writes the row. The sender still hears `ok` only
-            # once the envelope is committed or acked (docs/protocol.md, send).
-            for recipient, mid in zip(recipients, mids, strict=True):
-                online = self.online.get(recipient)
-                if online is not None:
-                    d = Deliver(mid=mid, sender=user, ts=ts, body=body)
-                    early[mid] = (online, online.offer_early(d))
+        def done(f: asyncio.Future[list[int]]) -> None:
+            if out.done():
+                return
+            if f.cancelled():
+                self._unhold(early)
+                out.cancel()
+            elif (exc := f.exception()) is not None:
+                self._unhold(early)
+                out.set_exception(exc)
+            else:
+                mids = f.result()
+                self._offer_committed(early, user, recipients, ts, body, mids)
+                out.set_result(SendOk(id=req.id, mids=tuple(mids), ts=ts))
 
+        committed.add_done_callback(done)
+        return out
+
+    async def _send(self, peer: Peer, req: Send, now: float) -> SendOk:
+        user, recipients = self._send_checks(peer, req)
+        self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
+        ts = int(now)
+        body = req.body
+        early: dict[int, tuple[Peer, bool]] = {}
         # Nothing may await before enqueue: the store takes sends in call order, which
         # keeps one sender's envelopes in order even when they are pipelined.
         try:
-            mids = await self.store.enqueue(user, recipients, body, now=ts,
-                                            on_reserved=push_early)
+            mids = await self.store.enqueue(
+                user, recipients, body, now=ts,
+                on_reserved=lambda m: self._push_early(early, user, recipients, ts, body, m),
+            )
         except BaseException:
-            for mid, (peer, taken) in early.items():
-                if not taken:
-                    peer.unhold(mid)
+            self._unhold(early)
             raise
+        self._offer_committed(early, user, recipients, ts, body, mids)
+        return SendOk(id=req.id, mids=tuple(mids), ts=ts)
+
+    def _push_early(self, early: dict[int, tuple[Peer, bool]], user: str,
+                    recipients: tuple[str, ...], ts: int, body: bytes, mids: list[int]) -> None:
+        """Runs when the ids are reserved, before the commit: an online recipient that is
+        caught up gets the envelope at once, and if it acks before the commit the store
+        never writes the row. The sender still hears `ok` only once the envelope is
+        committed or acked (docs/protocol.md, send)."""
+        for recipient, mid in zip(recipients, mids, strict=True):
+            online = self.online.get(recipient)
+            if online is not None:
+                d = Deliver(mid=mid, sender=user, ts=ts, body=body)
+                early[mid] = (online, online.offer_early(d))
+
+    @staticmethod
+    def _unhold(early: dict[int, tuple[Peer, bool]]) -> None:
+        for mid, (peer, taken) in early.items():
+            if not taken:
+                peer.unhold(mid)
+
+    def _offer_committed(self, early: dict[int, tuple[Peer, bool]], user: str,
+                         recipients: tuple[str, ...], ts: int, body: bytes,
+                         mids: list[int]) -> None:
+        """After the commit: offer what the early push did not deliver."""
         for recipient, mid in zip(recipients, mids, strict=True):
             peer, taken = early.get(mid, (None, False))
             online = self.online.get(recipient)
@@ -284,7 +337,6 @@ class Relay:
                 peer.unhold(mid)  # that session is gone; its successor gets it below
             if online is not None and not (taken and online is peer):
                 online.offer(Deliver(mid=mid, sender=user, ts=ts, body=body))
-        return SendOk(id=req.id, mids=tuple(mids), ts=ts)
 
     async def _ack(self, peer: Peer, req: Ack, now: float) -> AckOk:
         user = self._user(peer)

@@ -686,6 +686,40 @@ class Store:
         the commit, that row is never written and, once every row of the send is acked
         or committed, `enqueue` returns: the envelope is then safe with the recipient.
         """
+        self._check_recipients(recipients, body)
+        if self.cached(recipients):
+            rids = [self._ids[n] for n in recipients]  # fast path: no await at all
+        else:
+            rids = await self._resolve_in_turn(recipients)
+            self._check_open()  # close() may have begun while we resolved names
+        return await self._reserve(sender, recipients, rids, body, now, on_reserved)
+
+    def cached(self, recipients: Sequence[str]) -> bool:
+        """True if `enqueue_nowait` can take a send to `recipients` (ids cached)."""
+        return self._lookup_waiters == 0 and all(
+            self._ids.get(n) in self._counts for n in recipients
+        )
+
+    def enqueue_nowait(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        body: bytes,
+        *,
+        now: int,
+        on_reserved: Callable[[list[int]], None] | None = None,
+    ) -> asyncio.Future[list[int]]:
+        """`enqueue` without a coroutine, for callers that checked `cached(recipients)`.
+
+        Raises at once for a refused send; the future resolves like `enqueue` returns.
+        """
+        self._check_recipients(recipients, body)
+        if not self.cached(recipients):
+            raise RuntimeError("enqueue_nowait needs cached recipients; await enqueue")
+        return self._reserve(sender, recipients, [self._ids[n] for n in recipients], body,
+                             now, on_reserved)
+
+    def _check_recipients(self, recipients: Sequence[str], body: bytes) -> None:
         self._check_open()
         if not recipients:
             raise RequestError(ErrorCode.BAD_REQUEST, "no recipients")
@@ -693,11 +727,16 @@ class Store:
             raise RequestError(ErrorCode.BAD_REQUEST, "a recipient is named twice")
         if not isinstance(body, bytes | bytearray | memoryview):
             raise RequestError(ErrorCode.BAD_REQUEST, "envelope body must be bytes")
-        if self._lookup_waiters == 0 and all(self._ids.get(n) in self._counts for n in recipients):
-            rids = [self._ids[n] for n in recipients]  # fast path: no await at all
-        else:
-            rids = await self._resolve_in_turn(recipients)
-            self._check_open()  # close() may have begun while we resolved names
+
+    def _reserve(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        rids: list[int],
+        body: bytes,
+        now: int,
+        on_reserved: Callable[[list[int]], None] | None,
+    ) -> asyncio.Future[list[int]]:
         # No await between the check and the reservation: the count cannot change.
         for name, rid in zip(recipients, rids, strict=True):
             if self._counts[rid] >= self._max_mailbox:
@@ -717,7 +756,7 @@ class Store:
             self._unwritten[mid] = op
         if on_reserved is not None:
             on_reserved(mids)
-        return await fut
+        return fut
 
     async def pending(
         self, recipient: str, *, after: int = 0, limit: int = 100
