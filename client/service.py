@@ -692,12 +692,25 @@ class HushwireClient:
         size, limit = len(text.encode("utf-8")), self.max_text_bytes(name)
         if size > limit:
             raise MessageTooLong(size, limit)
+        # One lock for everything that leaves this client, so a new message never
+        # overtakes one still waiting in the outbox: each contact sees them in order.
+        async with self._flush_lock:
+            return await self._send_locked(name, text, queue_if_offline=queue_if_offline)
+
+    async def _send_locked(self, name: str, text: str, *, queue_if_offline: bool) -> SendResult:
         conn = self._conn
         if conn is None or conn.is_closed:
             if not queue_if_offline:
                 raise ConnectionClosed(f"not connected to the relay at {self.relay}")
             uid = await self.sessions.queue(name, text)
             return SendResult(name, uid, "", _utc(self.sessions.now_ms()), queued=True)
+        if await self.sessions.pending() or await self.sessions.queued():
+            # Connected, but the outbox has not gone out yet: join the queue behind it.
+            uid = await self.sessions.queue(name, text)
+            with contextlib.suppress(ConnectionClosed):  # then it stays queued: reported
+                await self._flush_locked(conn)
+            return SendResult(name, uid, "", _utc(self.sessions.now_ms()),
+                              queued=await self.sessions.is_waiting(uid))
         try:
             out = await self.sessions.prepare_send(name, text, self._fetcher(conn))
         except MessageHeld:
@@ -730,31 +743,34 @@ class HushwireClient:
         """Send what waited for a connection: unconfirmed envelopes as they are, then
         queued messages (encrypted now). Returns how many the relay accepted."""
         conn = self._require_conn()
-        sent = 0
         async with self._flush_lock:
-            for m in await self.sessions.pending():
-                if m.envelope is None:
-                    await self.sessions.mark_failed(m.uid)
-                    continue
-                out = Outgoing(m.uid, m.contact, m.envelope, m.envelope_id, m.sent_at_ms)
-                sent += await self._flush_one(conn, out)
-            for m in await self.sessions.queued():
-                try:
-                    out = await self.sessions.prepare_send(
-                        m.contact, m.text, self._fetcher(conn), uid=m.uid
-                    )
-                except MessageHeld:
-                    self.events.put_nowait(KeyChanged(m.contact))
-                    continue
-                except ConnectionClosed:
-                    raise
-                except (RequestError, ClientError, CryptoError) as exc:
-                    await self.sessions.mark_failed(m.uid)
-                    self.events.put_nowait(
-                        Notice(f"could not send a queued message to {m.contact}: {exc.message}")
-                    )
-                    continue
-                sent += await self._flush_one(conn, out)
+            return await self._flush_locked(conn)
+
+    async def _flush_locked(self, conn: RelayConnection) -> int:
+        sent = 0
+        for m in await self.sessions.pending():
+            if m.envelope is None:
+                await self.sessions.mark_failed(m.uid)
+                continue
+            out = Outgoing(m.uid, m.contact, m.envelope, m.envelope_id, m.sent_at_ms)
+            sent += await self._flush_one(conn, out)
+        for m in await self.sessions.queued():
+            try:
+                out = await self.sessions.prepare_send(
+                    m.contact, m.text, self._fetcher(conn), uid=m.uid
+                )
+            except MessageHeld:
+                self.events.put_nowait(KeyChanged(m.contact))
+                continue
+            except ConnectionClosed:
+                raise
+            except (RequestError, ClientError, CryptoError) as exc:
+                await self.sessions.mark_failed(m.uid)
+                self.events.put_nowait(
+                    Notice(f"could not send a queued message to {m.contact}: {exc.message}")
+                )
+                continue
+            sent += await self._flush_one(conn, out)
         return sent
 
     async def _flush_one(self, conn: RelayConnection, out: Outgoing) -> int:
