@@ -173,6 +173,10 @@ class Relay:
         self.online[req.user] = peer
         await self.store.record_login(req.user, now=int(now))
         has_identity, left = await self.store.key_status(req.user)
+        # Key changes that happened while this user was offline: tell them now (again at
+        # every login until they fetch the new bundle).
+        for target, identity in await self.store.changed_identities(req.user):
+            peer.push(KeyChanged(user=target, identity=identity))
         log.info("login %s from %s", req.user, peer.peer_address)
         self._announce(req.user, online=True)
         return LoginOk(id=req.id, user=req.user, prekeys_left=left, has_identity=has_identity)

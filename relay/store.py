@@ -546,6 +546,9 @@ class Store:
                     changed = True
                     conn.execute("DELETE FROM signed_prekeys WHERE user_id = ?", (uid,))
                     conn.execute("DELETE FROM one_time_prekeys WHERE user_id = ?", (uid,))
+                    conn.execute(
+                        "UPDATE identity_watchers SET stale = 1 WHERE target_id = ?", (uid,)
+                    )
                     watchers = [
                         r[0]
                         for r in conn.execute(
@@ -628,8 +631,10 @@ class Store:
             ).fetchone()
             fid = _user_id(conn, fetcher)
             if fid is not None and fid != tid:
+                # The fetcher now knows the current identity: fresh (again).
                 conn.execute(
-                    "INSERT OR IGNORE INTO identity_watchers (watcher_id, target_id) VALUES (?, ?)",
+                    "INSERT INTO identity_watchers (watcher_id, target_id, stale) VALUES (?, ?, 0)"
+                    " ON CONFLICT DO UPDATE SET stale = 0",
                     (fid, tid),
                 )
             return PrekeyBundle(
@@ -641,6 +646,22 @@ class Store:
                 one_time_prekey=None if otk is None else OneTimePrekey(int(otk[0]), otk[1]),
                 version=int(ident[0]),
             )
+
+        return await self._run(run)
+
+    async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]:
+        """Identities that changed since `watcher` last fetched them (for key_changed at login)."""
+
+        def run(conn: sqlite3.Connection) -> list[tuple[str, IdentityPublic]]:
+            rows = conn.execute(
+                "SELECT u.name, k.grp, k.sign_key, k.dh_key, k.dh_sig"
+                " FROM identity_watchers w JOIN users u ON u.id = w.target_id"
+                " JOIN identity_keys k ON k.user_id = w.target_id"
+                " JOIN users me ON me.id = w.watcher_id"
+                " WHERE me.name = ? AND w.stale = 1 ORDER BY u.name",
+                (watcher,),
+            ).fetchall()
+            return [(r[0], IdentityPublic(r[1], r[2], r[3], r[4])) for r in rows]
 
         return await self._run(run)
 

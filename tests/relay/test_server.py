@@ -512,3 +512,25 @@ async def test_unknown_dh_group_is_a_config_error(relay_factory, tmp_path):
     bad.write_text("-----BEGIN DH PARAMETERS-----\nAAAA\n-----END DH PARAMETERS-----\n")
     with pytest.raises(ConfigError, match=r"bad\.pem"):
         await relay_factory(dh_params=bad, db=tmp_path / "other.db")
+
+
+async def test_a_watcher_offline_during_a_key_change_hears_of_it_at_login(relay):
+    bob = await relay.login("bob")
+    await bob.request(PublishKeys, identity=identity(2), signed_prekey=spk(2),
+                      one_time_prekeys=otpks(1, 3))
+    alice = await relay.login("alice")
+    await alice.request(FetchBundle, user="bob")
+    await alice.close()
+    await bob.request(PublishKeys, identity=identity(7), signed_prekey=spk(7),
+                      one_time_prekeys=otpks(1, 3))
+    for _ in range(2):  # at every login, until alice looks at bob's new keys
+        alice = await relay.login("alice")
+        push = await next_push(alice, KeyChanged)
+        assert (push.user, push.identity) == ("bob", identity(7))
+        await alice.close()
+    alice = await relay.login("alice")
+    await alice.request(FetchBundle, user="bob")
+    await alice.close()
+    alice = await relay.login("alice")
+    await alice.request(Ping)
+    assert not any(isinstance(p, KeyChanged) for p in _drain(alice))
