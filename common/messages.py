@@ -253,7 +253,7 @@ class Deliver(Push):
     TYPE = "deliver"
     mid: int  # the relay's mailbox id: what the recipient acks
     sender: str
-    ts: int  # when the relay committed it (unix ms)
+    ts: int  # when the relay took it (Unix seconds); the sealed envelope has the sender's
     body: bytes
 
     def __repr__(self) -> str:
