@@ -290,7 +290,8 @@ async def test_typing_sends_and_incoming_shows_while_typing(relay, chat, login):
     assert "psst" not in screen.pane
     # Shown in the current conversation = read; carol's is still unread in the profile.
     assert await screen.chat.client.store.unread_counts() == {"carol": 1}
-    await screen.run("/to carol", "carol: psst")
+    await screen.run("/to carol", "1 earlier message(s)")  # reported after mark_read
+    assert "carol: psst" in screen.pane
     assert "(1)" not in screen.chat.list_text()
     assert await screen.chat.client.store.unread_counts() == {}
 
