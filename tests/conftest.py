@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from client.service import HushwireClient
 from relay.config import RelayConfig
 from relay.server import RelayServer
+from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, settings_for
 from tests.support import DEMO_USERS, Daemon, Harness, add_users
 
 
@@ -76,3 +78,42 @@ async def daemons():
         if d.proc.returncode is None:
             d.proc.kill()
             await d.proc.wait()
+
+
+Login = Callable[..., Awaitable[HushwireClient]]
+
+
+@pytest.fixture
+async def login(tmp_path: Path) -> AsyncIterator[Login]:
+    """login(relay, user, profile=None) -> a started client with its own profile."""
+    clients: list[HushwireClient] = []
+
+    async def make(relay: Harness, user: str, profile: Path | None = None,
+                   **kwargs) -> HushwireClient:
+        client = await HushwireClient.login(
+            profile or tmp_path / f"profile-{user}", PASSPHRASE, settings_for(relay, user),
+            kdf=FAST_KDF, backoff=FAST_BACKOFF, **kwargs,
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        await c.close()
+
+
+@pytest.fixture
+async def reopen(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[HushwireClient]]]:
+    """reopen(user) -> open an existing profile again (not started)."""
+    clients: list[HushwireClient] = []
+
+    async def make(user: str, profile: Path | None = None, **kwargs) -> HushwireClient:
+        client = await HushwireClient.open(
+            profile or tmp_path / f"profile-{user}", PASSPHRASE, backoff=FAST_BACKOFF, **kwargs
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        await c.close()
