@@ -212,30 +212,11 @@ class Screen:
         return await asyncio.wait_for(self.task, WAIT)
 
 
-Login = Callable[..., Awaitable[HushwireClient]]
-
-
 @pytest.fixture
 async def relay(relay_factory) -> Harness:
+    """A small frame limit keeps the long-message test quick. `login` (tests/conftest.py)
+    starts library clients: the other side of each chat."""
     return await relay_factory(max_frame=4096)
-
-
-@pytest.fixture
-async def login(tmp_path: Path) -> AsyncIterator[Login]:
-    """A started library client with its own profile (the other side of a chat)."""
-    clients: list[HushwireClient] = []
-
-    async def make(relay: Harness, user: str, profile: Path | None = None) -> HushwireClient:
-        client = await HushwireClient.login(
-            profile or tmp_path / f"lib-{user}", PASSPHRASE, settings_for(relay, user),
-            kdf=FAST_KDF, backoff=FAST_BACKOFF,
-        )
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        await c.close()
 
 
 async def make_profile(relay: Harness, user: str, profile: Path) -> None:
