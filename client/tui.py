@@ -188,9 +188,12 @@ class ChatModel:
         return conv
 
     def add(self, name: str | None, line: Line) -> bool:
-        """Append to `name`'s conversation (None: the one shown). Incoming messages to a
-        conversation not on screen count as unread."""
-        conv = self.shown if name is None else self.conversation(name)
+        """Append to `name`'s conversation (None: the one shown; "": the console).
+        Incoming messages to a conversation not on screen count as unread."""
+        if name is None:
+            conv = self.shown
+        else:
+            conv = self.conversation(name) if name else self.console
         if not conv.add(line):
             return False
         if line.kind == "in" and conv is not self.shown:
@@ -394,11 +397,12 @@ class ChatController:
             conv = self.model.conversation(c.name)
             conv.unread = c.unread
             conv.key_changed = c.key_changed
+        # To the console by name: the user may already have typed `/to NAME`.
         self.model.info(f"hushwire: {self.model.user}@{self.model.relay}. /to NAME starts a "
-                        "conversation, /who lists users, /help lists commands.")
+                        "conversation, /who lists users, /help lists commands.", name="")
         waiting = [e.name for e in self.model.listing() if e.unread]
         if waiting:
-            self.model.info("unread messages from: " + ", ".join(waiting))
+            self.model.info("unread messages from: " + ", ".join(waiting), name="")
 
     # --- input -----------------------------------------------------------------
 
@@ -858,10 +862,10 @@ class ChatApp:
                 await self.controller.handle_event(event)
             except HushwireError as exc:
                 self.model.info(error_text(exc), "error")
-            except Exception:  # the receive display must outlive one bad event
+            except Exception as exc:  # the receive display must outlive one bad event
                 log.exception("event handling failed")
-                self.model.info("internal error while showing an event (see the log)",
-                                "error")
+                self.model.info(f"internal error while showing an event "
+                                f"({type(exc).__name__})", "error")
             self.app.invalidate()
 
     async def _input_worker(self) -> None:
@@ -869,10 +873,10 @@ class ChatApp:
             text = await self._lines.get()
             try:
                 await self.controller.handle_input(text)
-            except Exception:  # one bad line must not end all later input
+            except Exception as exc:  # one bad line must not end all later input
                 log.exception("command failed")
-                self.model.info("internal error while handling that line (see the log)",
-                                "error")
+                self.model.info(f"internal error while handling that line "
+                                f"({type(exc).__name__})", "error")
             self.app.invalidate()
 
     def _pre_run(self) -> None:

@@ -116,6 +116,9 @@ def test_unread_counts_and_switching():
     assert appended == ["bob:seen"]  # only the conversation on screen reaches the pane
     model.select("carol")
     assert model.conversation("carol").unread == 0
+    model.info("for the console", name="")
+    assert [line.text for line in model.console.lines] == ["for the console"]
+    assert "" not in model.conversations
     model.online.update({"alice": True, "dave": False})
     assert model.names() == ["bob", "carol", "dave"]
 
