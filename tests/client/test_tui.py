@@ -462,6 +462,8 @@ async def test_ctrl_d_with_text_does_not_quit(relay, chat):
     screen = await chat(relay)
     screen.type("abc\x01\x04")  # Ctrl-A to the start, Ctrl-D deletes the next character
     await screen.until(lambda: screen.typed == "bc", "a deleted character")
+    screen.type("x")  # still running: the next key is handled
+    await screen.until(lambda: screen.typed == "xbc", "more input")
     assert not screen.task.done()
 
 
