@@ -7,7 +7,6 @@ messages to each recipient must appear in the order they were sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import signal
@@ -29,7 +28,7 @@ def free_port() -> int:
 
 
 async def test_sigkill_storm_loses_nothing_and_shows_nothing_twice(tmp_path, figures,
-                                                                     pytestconfig):
+                                                                     pytestconfig, daemons):
     n_total = 5000 if not pytestconfig.getoption("--slow") else 50_000
     db = tmp_path / "relay.db"
     tokens = await add_users(db, USERS)
@@ -39,10 +38,18 @@ async def test_sigkill_storm_loses_nothing_and_shows_nothing_twice(tmp_path, fig
 
     async def start_relay() -> Daemon:
         # A fixed port (the later --port wins): clients reconnect to the same address.
-        return await Daemon(db, *flags).start()
+        return await daemons(db, *flags)  # the fixture kills whatever is left
 
     relay = await start_relay()
     clients: dict[str, HushwireClient] = {}
+    try:
+        await _storm(tmp_path, figures, n_total, port, relay, start_relay, tokens, clients)
+    finally:
+        for client in clients.values():
+            await client.close()
+
+
+async def _storm(tmp_path, figures, n_total, port, relay, start_relay, tokens, clients):
     for user in USERS:
         settings = RelaySettings("127.0.0.1", port, user, tokens[user], pin=relay.fingerprint)
         clients[user] = await HushwireClient.login(
@@ -118,9 +125,4 @@ async def test_sigkill_storm_loses_nothing_and_shows_nothing_twice(tmp_path, fig
         f"{sum(len(v) for v in received.values())}; lost 0, duplicates shown 0, pairs out of "
         "order 0",
     )
-    for client in clients.values():
-        await client.close()
-    relay.proc.kill()
-    with contextlib.suppress(ProcessLookupError):
-        await relay.proc.wait()
 
