@@ -26,6 +26,26 @@ async def collect(conn: RelayConnection, n: int) -> list[Deliver]:
     return got
 
 
+async def burst(conn: RelayConnection, *, total: int, wait_for: int):
+    """Pipeline `total` sends to bob; return once `wait_for` of them got their `ok`.
+
+    Returns the list the acknowledged bodies keep being appended to, and the tasks.
+    """
+    acked: list[bytes] = []
+    enough = asyncio.Event()
+
+    async def send(i: int) -> None:
+        with contextlib.suppress(ConnectionClosed, RequestError):
+            await conn.request(Send, to=("bob",), body=b"m%d" % i)
+            acked.append(b"m%d" % i)
+            if len(acked) >= wait_for:
+                enough.set()
+
+    tasks = [asyncio.create_task(send(i)) for i in range(total)]
+    await asyncio.wait_for(enough.wait(), WAIT)
+    return acked, tasks
+
+
 async def test_sigterm_with_mail_queued_then_restart_delivers_everything(tmp_path, daemons):
     db = tmp_path / "relay.db"
     tokens = await add_users(db, ("alice", "bob"))
@@ -56,19 +76,7 @@ async def test_sigterm_during_a_burst_keeps_every_acknowledged_send(tmp_path, da
     tokens = await add_users(db, ("alice", "bob"))
     relay = await daemons(db, "--send-burst", "100000", "--send-rate", "100000")
     alice = await relay.login("alice", tokens["alice"])
-    acked: list[bytes] = []
-    enough = asyncio.Event()
-
-    async def send(i: int) -> None:
-        body = f"m{i}".encode()
-        with contextlib.suppress(ConnectionClosed, RequestError):
-            await alice.request(Send, to=("bob",), body=body)
-            acked.append(body)
-            if len(acked) >= 200:
-                enough.set()
-
-    tasks = [asyncio.create_task(send(i)) for i in range(2000)]
-    await asyncio.wait_for(enough.wait(), WAIT)
+    acked, tasks = await burst(alice, total=2000, wait_for=200)
     assert await relay.stop(signal.SIGTERM) == 0
     await asyncio.gather(*tasks)
     await alice.close()
@@ -84,18 +92,7 @@ async def test_sigkill_loses_no_acknowledged_envelope(tmp_path, daemons):
     tokens = await add_users(db, ("alice", "bob"))
     relay = await daemons(db, "--send-burst", "100000", "--send-rate", "100000")
     alice = await relay.login("alice", tokens["alice"])
-    acked: list[bytes] = []
-    enough = asyncio.Event()
-
-    async def send(i: int) -> None:
-        with contextlib.suppress(ConnectionClosed, RequestError):
-            await alice.request(Send, to=("bob",), body=b"k%d" % i)
-            acked.append(b"k%d" % i)
-            if len(acked) >= 300:
-                enough.set()
-
-    tasks = [asyncio.create_task(send(i)) for i in range(3000)]
-    await asyncio.wait_for(enough.wait(), WAIT)
+    acked, tasks = await burst(alice, total=3000, wait_for=300)
     os.kill(relay.proc.pid, signal.SIGKILL)
     await relay.proc.wait()
     await asyncio.gather(*tasks)
