@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import msgpack
@@ -86,7 +87,7 @@ class Stats:
             entry[1].inflight -= 1
 
 
-class Client(asyncio.Protocol):
+class Client(asyncio.Protocol, ABC):
     """Buffered writes (one per tick), a closed-loop sender, subclass parses and frames."""
 
     events = 2
@@ -118,8 +119,9 @@ class Client(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Begin the protocol's handshake once TLS is up."""
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
@@ -134,8 +136,9 @@ class Client(asyncio.Protocol):
             t.write(b"".join(self.out))
         self.out.clear()
 
+    @abstractmethod
     def send_msg(self, dest: int, seq: int, size: int) -> None:
-        raise NotImplementedError
+        """Send one pre-built message of `size` bytes to client `dest`."""
 
     def refill(self) -> None:
         st = self.stats
