@@ -296,7 +296,8 @@ def print_table(res: Results, label: str, unit: str, extra: tuple[str, ...] = ()
     if not systems:
         return
     print(f"\n### {label}\n")
-    head = ["system", f"{unit} median (min-max)", *extra, "gen CPU max", "server CPU"]
+    head = ["system", f"{unit} median (min-max)", *extra, "gen CPU max", "server CPU",
+            "server us/msg"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, runs in systems.items():
@@ -307,11 +308,15 @@ def print_table(res: Results, label: str, unit: str, extra: tuple[str, ...] = ()
         cols.append(f"{gen:.0%}{flag}" if gen == gen else "-")
         srv = [r["srv_cpu"] for r in runs if "srv_cpu" in r]
         cols.append(f"{statistics.median(srv):.0%}" if srv else "-")
+        # Server CPU per message: what a CPU-bound server's throughput is the inverse of.
+        per_msg = [r["srv_cpu"] / r["rate"] * 1e6 for r in runs
+                   if "srv_cpu" in r and r["rate"] > 0]
+        cols.append(spread(per_msg) if per_msg else "-")
         print("| " + " | ".join(cols) + " |")
     base = systems.get("hushwire")
     if not base:
         return
-    for other in ("mosquitto-qos1", "floor"):
+    for other in ("hushwire-baseline", "mosquitto-qos1", "floor"):
         runs = systems.get(other)
         if not runs:
             continue
@@ -343,14 +348,18 @@ async def main_async(args: argparse.Namespace) -> None:
                servers.mosquitto(work, SERVER_CORE).start(),
                servers.floor(work, SERVER_CORE).start()]
     hw, mq, fl = started
-    systems = [
-        System("hushwire", hw, 2, hushwire_client),
+    systems = [System("hushwire", hw, 2, hushwire_client)]
+    if args.baseline is not None:
+        base = servers.hushwire(work, SERVER_CORE, tuple(args.relay_flag), args.baseline)
+        started.append(base.start())
+        systems.append(System("hushwire-baseline", base, 2, hushwire_client))
+    systems += [
         System("mosquitto-qos1", mq, 2, mqtt(1)),
         System("mosquitto-qos0", mq, 1, mqtt(0), stores=False),
         System("floor", fl, 1, lambda stats, index, **kw: FloorClient(stats, index),
                stores=False),
     ]
-    systems = [s for s in systems if s.name in args.systems]
+    systems = [s for s in systems if s.name in args.systems or s.name == "hushwire-baseline"]
     res = Results()
     try:
         for rnd in range(args.rounds):
@@ -433,6 +442,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offline", type=int, default=40000)
     p.add_argument("--offline-recipients", type=int, default=200)
     p.add_argument("--idle", type=int, nargs="+", default=[1000, 5000, 10000])
+    p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                   help="also run the relay of another checkout (e.g. a `git worktree` of "
+                   "an older commit) as system hushwire-baseline, interleaved")
     p.add_argument("--relay-flag", action="append", default=[],
                    help="extra hushwire-relay flag (repeatable): --relay-flag=--synchronous=FULL")
     if "--quick" in (sys.argv[1:] if argv is None else argv):

@@ -61,8 +61,9 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, name: str, argv: list[str], log: Path, core: int,
-                 port: int | None = None) -> None:
+                 port: int | None = None, cwd: Path = ROOT) -> None:
         self.name = name
+        self.cwd = cwd
         self.argv = ["taskset", "-c", str(core), *argv]
         self.log_path = log
         self.fixed_port = port
@@ -73,7 +74,7 @@ class Server:
         self.port = self.fixed_port or 0
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd)
         deadline = time.monotonic() + START_WAIT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -120,10 +121,18 @@ def tls_material(workdir: Path) -> tuple[Path, Path, str]:
     return cert, key, fingerprint(cert)
 
 
-def hushwire(workdir: Path, core: int, extra: tuple[str, ...] = ()) -> Server:
-    argv = [sys.executable, "-m", "relay.cli", "--db", str(workdir / "relay.db"),
+def hushwire(workdir: Path, core: int, extra: tuple[str, ...] = (),
+             checkout: Path | None = None) -> Server:
+    """This checkout's relay, or with `checkout` another one's (`python -m` runs it from
+    its cwd) on its own copy of the db, to compare two versions interleaved."""
+    if checkout is None:
+        name, db, cwd = "hushwire", workdir / "relay.db", ROOT
+    else:
+        name, db, cwd = "hushwire-baseline", workdir / "baseline.db", checkout
+        shutil.copyfile(workdir / "relay.db", db)
+    argv = [sys.executable, "-m", "relay.cli", "--db", str(db),
             "--port", "0", *RELAY_FLAGS, *extra]
-    return Server("hushwire", argv, workdir / "relay.log", core)
+    return Server(name, argv, workdir / f"{name}.log", core, cwd=cwd)
 
 
 def floor(workdir: Path, core: int) -> Server:

@@ -1,28 +1,40 @@
-"""One client connection: the asyncio shell around the sans-I/O protocol.
+"""One client connection: an `asyncio.Protocol` around the sans-I/O frame codec.
 
-Two tasks per connection. The reader feeds bytes to the FrameDecoder, checks each
-request against the state table and hands it to the Relay; once logged in, requests run
-concurrently (pipelining), up to a bound. The writer coalesces everything queued into one
-TLS write per wakeup and pushes deliveries, at most `delivery_window` unacked at a time:
+No task per connection. `data_received` feeds the FrameDecoder and takes each request
+at once: `send` and `ack` are answered from future callbacks when the store needs no
+lookup (the hot path), other requests once logged in run as tasks, concurrently
+(pipelining) up to MAX_PIPELINE; `hello` and `login` run one at a time, in order.
+Everything queued for the client in one event-loop pass goes out as ONE
+`transport.write` (TLS records are the dominant per-write cost, PERF-NOTES), scheduled
+with `call_soon`. That flush also pushes deliveries, at most `delivery_window` unacked:
 live from the sender when the recipient is caught up, otherwise read from the mailbox in
-order. Memory per connection is bounded: a client that does not read stops being read
-from, and is dropped when a write stalls past the idle timeout.
+order (the only task a connection starts on its own).
+
+Memory per connection is bounded: reading pauses while more than OUT_HIGH_WATER of
+output waits or requests are held back (one read's worth of frames at most), and a
+client whose transport stays paused for writing past the idle timeout is dropped.
+
+Ending: stop reading, tell the Relay, let requests already taken finish and reply (a
+send waiting for its commit gets its `ok`; bounded by the handshake timeout), tell the
+client `shutting_down` if the relay is stopping, flush, close. `kick` writes its error
+and closes at once. The server learns the connection is gone through `on_finished`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from common.errors import ErrorCode, HushwireError, RemoteProtocolError, RequestError
 from common.frames import FrameDecoder, encode_frame
 from common.messages import (
+    Ack,
     Deliver,
     Error,
     Message,
@@ -38,47 +50,48 @@ from relay.tls import peer_name
 
 log = logging.getLogger("hushwire.relay.connection")
 
-READ_CHUNK = 64 * 1024
 OUT_HIGH_WATER = 1024 * 1024  # stop reading requests while this much output is queued
 MAX_PIPELINE = 256  # concurrent requests per logged-in connection
 
 
-class Connection:
+class Connection(asyncio.Protocol):
     def __init__(
         self,
         relay: Relay,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        *,
+        admit: Callable[[Connection], bool],
+        on_finished: Callable[[Connection], None],
     ) -> None:
         self.relay = relay
         self.config = relay.config
-        self._reader = reader
-        self._writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer_address: str = str(peer[0]) if peer else "unknown"
-        ssl_object = writer.get_extra_info("ssl_object")
-        # With --client-ca, the verified certificate's CN names the only user it may be.
-        self.cert_name: str | None = peer_name(ssl_object) if ssl_object is not None else None
+        self._admit = admit
+        self._on_finished = on_finished
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.peer_address = "unknown"
+        self.cert_name: str | None = None
         self.state = ConnState.AWAIT_HELLO
         self.user: str | None = None
         self.token_hash: bytes | None = None
         self.wants_presence = False
         self._decoder = FrameDecoder(self.config.max_frame)
         self._loop = asyncio.get_running_loop()
-        self._flush_scheduled = False
         self._last_read = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._closing = False
+        self._flush_scheduled = False
+        self._queued: list[dict[str, Any]] = []  # frames read but not yet taken
+        self._paused = False  # reading paused by us
+        self._handshaking = False  # a hello or login is being answered
+        self._ending = False  # no more requests taken
+        self._closing = False  # no more output; the transport is closing
+        self._settled = False  # requests taken have finished (or their grace ran out)
+        self._lost = False
+        self._done = False  # on_finished was called
         self._stopping = False
-        self._reader_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiting: set[asyncio.Future[Message]] = set()  # sends taken without a task
-        self._slots = asyncio.Semaphore(MAX_PIPELINE)
+        self._waiting: set[asyncio.Future[Message]] = set()  # requests taken without a task
+        self._mailbox_task: asyncio.Task[None] | None = None
         # Deliveries (see the module docstring).
         self._inflight: set[int] = set()
         self._live: deque[Deliver] = deque()
@@ -118,8 +131,8 @@ class Connection:
         full = len(self._inflight) + len(self._live) >= self.config.delivery_window
         if (self._backlog or self._reading_mailbox or full
                 or self.state is not ConnState.READY):
-            # It is committed: the writer will read it in order. (Before READY, login
-            # has not yet asked for the backlog; that read will include it.)
+            # It is committed: the mailbox read will take it in order. (Before READY,
+            # login has not yet asked for the backlog; that read will include it.)
             self._backlog = True
         else:
             self._live.append(delivery)
@@ -134,125 +147,206 @@ class Connection:
         if self._closing:
             return
         self._queue(Error(id=None, code=code, message=message))
-        self._closing = True
-        self._wake.set()
+        self._shut()
+        self._end()
 
     # --- lifecycle -----------------------------------------------------------------
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.config.handshake_timeout, self._handshake_expired)
-        self._last_read = loop.time()
-        self._idle_timer = loop.call_later(self.config.idle_timeout, self._idle_check)
-        writer_task = asyncio.create_task(self._write_loop())
-        self._reader_task = asyncio.create_task(self._read_loop())
-        await asyncio.wait([self._reader_task])
-        timer.cancel()
-        self._idle_timer.cancel()
-        if not self._reader_task.cancelled() and self._reader_task.exception() is not None:
-            exc = self._reader_task.exception()
-            if not isinstance(exc, ConnectionError | ssl.SSLError | OSError):
-                log.error("reader for %s failed: %r", self.peer_address, exc)
-        self.relay.disconnected(self)
-        if self._tasks or self._waiting:
-            # Requests already taken (a send waiting for its commit) finish and reply.
-            await asyncio.wait(self._tasks | self._waiting,
-                               timeout=self.config.handshake_timeout)
-        if self._stopping:
-            self.kick(ErrorCode.SHUTTING_DOWN, "the relay is shutting down")
-        self._closing = True
-        self._wake.set()
-        done, _ = await asyncio.wait([writer_task], timeout=self.config.handshake_timeout)
-        if not done:
-            writer_task.cancel()
-            self._writer.transport.abort()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer_address = str(peer[0]) if peer else "unknown"
+        ssl_object = transport.get_extra_info("ssl_object")
+        # With --client-ca, the verified certificate's CN names the only user it may be.
+        self.cert_name = peer_name(ssl_object) if ssl_object is not None else None
+        if not self._admit(self):
+            self._ending = self._closing = self._settled = self._done = True
+            transport.abort()
+            return
+        self._last_read = self._loop.time()
+        self._arm("handshake", self.config.handshake_timeout, self._handshake_expired)
+        self._arm("idle", self.config.idle_timeout, self._idle_check)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._cancel("stall")
+        self._cancel("abort")
+        if exc is not None and not isinstance(exc, ConnectionError | ssl.SSLError | OSError):
+            log.error("connection of %s failed: %r", self.peer_address, exc)
+        self._end()
+        self._maybe_finished()
+
+    def eof_received(self) -> bool:
+        if self._decoder.buffered:
+            log.info("%s disconnected mid-frame", self.peer_address)
+        self._end()
+        return False  # TLS cannot stay half-open; replies still pending are lost
 
     def shutdown(self) -> None:
-        """Relay shutdown: stop reading; `run` finishes the requests it took, then closes."""
+        """Relay shutdown: stop reading, finish the requests taken, say why, close."""
         self._stopping = True
-        if self._reader_task is not None:
-            self._reader_task.cancel()
+        self._end()
+
+    def _end(self) -> None:
+        """Take no more requests; close once those taken have replied (or timed out)."""
+        if self._ending:
+            return
+        self._ending = True
+        self._queued = []
+        self._cancel("handshake")
+        self._cancel("idle")
+        if not self._lost and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.relay.disconnected(self)
+        if self._tasks or self._waiting:
+            self._arm("grace", self.config.handshake_timeout, self._close)
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        self._cancel("grace")
+        if self._stopping:
+            self.kick(ErrorCode.SHUTTING_DOWN, "the relay is shutting down")
+        else:
+            self._shut()
+        self._settled = True
+        self._maybe_finished()
+
+    def _shut(self) -> None:
+        """Write what is queued, then close (abort if the client does not take it)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._write_out()
+        if not self._lost:
+            self.transport.close()
+            self._arm("abort", self.config.handshake_timeout, self.transport.abort)
+
+    def _maybe_finished(self) -> None:
+        if self._done or not (self._lost and self._settled) or self._mailbox_task is not None:
+            return
+        self._done = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._on_finished(self)
+
+    def _arm(self, name: str, delay: float, callback: Callable[[], object]) -> None:
+        self._cancel(name)
+        self._timers[name] = self._loop.call_later(delay, callback)
+
+    def _cancel(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
 
     def _idle_check(self) -> None:
         # One timer per connection, re-armed lazily, instead of a timeout per read.
-        loop = asyncio.get_running_loop()
-        quiet = loop.time() - self._last_read
+        quiet = self._loop.time() - self._last_read
         if quiet >= self.config.idle_timeout:
             self.kick(ErrorCode.IDLE_TIMEOUT, "no frame within the idle timeout")
         else:
-            self._idle_timer = loop.call_later(self.config.idle_timeout - quiet,
-                                               self._idle_check)
+            self._arm("idle", self.config.idle_timeout - quiet, self._idle_check)
 
     def _handshake_expired(self) -> None:
+        self._timers.pop("handshake", None)
         if self.state is not ConnState.READY:
             log.info("handshake timeout for %s", self.peer_address)
             self.kick(ErrorCode.HANDSHAKE_TIMEOUT, "hello and login took too long")
 
     # --- reading -------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        while not self._closing:
-            if self._backed_up():
-                self._room.clear()
-                self._wake.set()  # the writer drains, then sets _room
-                await self._room.wait()
-                continue
-            data = await self._reader.read(READ_CHUNK)
-            self._last_read = self._loop.time()
-            if self._closing:
-                return
-            if not data:
-                if self._decoder.buffered:
-                    log.info("%s disconnected mid-frame", self.peer_address)
-                return
-            try:
-                frames = self._decoder.feed(data)
-            except RemoteProtocolError as exc:
-                log.info("bad frame from %s: %s", self.peer_address, exc.message)
-                self.kick(exc.code, exc.message)
-                return
-            for raw in frames:
-                await self._take(raw)
-                if self._closing:
-                    return
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self._loop.time()
+        if self._ending:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except RemoteProtocolError as exc:
+            log.info("bad frame from %s: %s", self.peer_address, exc.message)
+            self.kick(exc.code, exc.message)
+            return
+        if self._queued:
+            frames = self._queued + frames
+            self._queued = []
+        self._take_all(frames)
 
-    async def _take(self, raw: dict[str, Any]) -> None:
-        rid = request_id(raw)
+    def _take_all(self, frames: list[dict[str, Any]]) -> None:
+        """Take frames in order while allowed; keep the rest and stop reading."""
+        if frames and self._backed_up():
+            self._queued = frames
+        else:
+            for i, raw in enumerate(frames):
+                if self._ending:
+                    return
+                if self._handshaking or (
+                    len(self._tasks) + len(self._waiting) >= MAX_PIPELINE
+                    and self.state is ConnState.READY
+                ):
+                    self._queued = frames[i:]
+                    break
+                self._take(raw)
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._ending:
+            return
+        pause = bool(self._queued) or self._backed_up()
+        if pause is not self._paused:
+            self._paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def _resume(self) -> None:
+        """Something that held requests back went away: take what waits, maybe read."""
+        if self._ending:
+            return
+        frames, self._queued = self._queued, []
+        self._take_all(frames)
+
+    def _take(self, raw: dict[str, Any]) -> None:
         try:
             request = decode_request(raw)
             check(self.state, request, remote=True)
         except HushwireError as exc:
-            self._queue(Error(id=rid, code=exc.code, message=exc.message))
+            self._queue(Error(id=request_id(raw), code=exc.code, message=exc.message))
             return
-        if self.state is ConnState.READY:
-            await self._slots.acquire()
-            if type(request) is Send and self._send_nowait(request):
-                return
-            task = asyncio.create_task(self._serve(request))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
-            await self._serve(request, pipelined=False)
-
-    def _send_nowait(self, request: Send) -> bool:
-        """The hot path: a send answered from a future callback, no task (True if taken)."""
+        if self.state is not ConnState.READY:
+            self._handshaking = True
+            self._start(self._serve(request, handshake=True))
+            return
+        kind = type(request)
+        result: Message | asyncio.Future[Any] | None = None
         try:
-            fut = self.relay.send_nowait(self, request, time.time())
+            if kind is Send:
+                result = self.relay.send_nowait(self, request, time.time())  # type: ignore[arg-type]
+            elif kind is Ack:
+                result = self.relay.ack_nowait(self, request)  # type: ignore[arg-type]
         except Exception as exc:
-            self._slots.release()
             self._queue(self._error_reply(request, exc))
-            return True
-        if fut is None:
-            return False  # a recipient needs a lookup: take the task path
-        self._waiting.add(fut)
-        fut.add_done_callback(lambda f: self._sent(request, f))
-        return True
+            return
+        if result is None:  # not send/ack, or the store needs a lookup: take a task
+            self._start(self._serve(request))
+        elif isinstance(result, Message):
+            self._queue(result)
+        else:
+            self._waiting.add(result)
+            result.add_done_callback(partial(self._replied, request))
 
-    def _sent(self, request: Send, fut: asyncio.Future[Message]) -> None:
+    def _start(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._handshaking = False  # hello and login run alone, so this was it if any
+        self._request_done()
+
+    def _replied(self, request: Request, fut: asyncio.Future[Message]) -> None:
         self._waiting.discard(fut)
-        self._slots.release()
         if fut.cancelled():
             reply: Message = Error(id=request.id, code=ErrorCode.INTERNAL,
                                    message="internal error")
@@ -261,6 +355,14 @@ class Connection:
         else:
             reply = fut.result()
         self._queue(reply)
+        self._request_done()
+
+    def _request_done(self) -> None:
+        if self._ending:
+            if not self._settled and not self._tasks and not self._waiting:
+                self._close()
+        elif self._queued:
+            self._resume()
 
     @staticmethod
     def _error_reply(request: Request, exc: BaseException) -> Error:
@@ -272,22 +374,21 @@ class Connection:
         log.error("internal error handling %s", request.TYPE, exc_info=exc)
         return Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
 
-    async def _serve(self, request: Request, *, pipelined: bool = True) -> None:
+    async def _serve(self, request: Request, *, handshake: bool = False) -> None:
         try:
             reply: Message = await self.relay.handle(self, request, time.time())
             self.state = advance(self.state, request)
-            if self.state is ConnState.READY and self.user is not None and not pipelined:
+            if self.state is ConnState.READY and self.user is not None and handshake:
                 self._backlog = True  # just logged in: deliver what waited
         except Exception as exc:
             reply = self._error_reply(request, exc)
-        finally:
-            if pipelined:
-                self._slots.release()
         self._queue(reply)
 
     # --- writing -------------------------------------------------------------------
 
     def _queue(self, message: Message) -> None:
+        if self._closing:
+            return
         frame = encode_frame(message.to_wire(), max_size=self.config.max_frame + 1024)
         self._out.append(frame)
         self._out_bytes += len(frame)
@@ -295,7 +396,7 @@ class Connection:
 
     def _backed_up(self) -> bool:
         """Too much output waiting (ours or the transport's): stop reading requests."""
-        return self._out_bytes + self._writer.transport.get_write_buffer_size() > OUT_HIGH_WATER
+        return self._out_bytes + self.transport.get_write_buffer_size() > OUT_HIGH_WATER
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -303,57 +404,41 @@ class Connection:
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Once per loop iteration: push live deliveries, then ONE TLS write of it all.
-
-        Only what needs awaiting goes to the writer task: a mailbox read, a drain when
-        the transport is backed up, and closing.
-        """
+        """Once per loop iteration: push live deliveries, then ONE write of it all."""
         self._flush_scheduled = False
         if self._closing:
-            self._wake.set()
             return
         if self.user is not None:
             room = self._pump_live()
-            if self._backlog and not self._live and room > 0:
-                self._wake.set()
-        if self._out:
-            data = b"".join(self._out)
-            self._out.clear()
-            self._out_bytes = 0
-            if self._writer.transport.is_closing():
-                return
-            self._writer.write(data)
-            if self._backed_up():
-                self._wake.set()
+            if self._backlog and not self._live and room > 0 and not self._reading_mailbox:
+                self._read_mailbox(self.user, room)
+        self._write_out()
+        if self._paused:
+            self._resume()
 
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                if self.user is not None and not self._closing:
-                    await self._pump_deliveries()
-                if self._out:
-                    data = b"".join(self._out)
-                    self._out.clear()
-                    self._out_bytes = 0
-                    self._writer.write(data)
-                if self._writer.transport.get_write_buffer_size() > 0:
-                    async with asyncio.timeout(self.config.idle_timeout):
-                        await self._writer.drain()
-                self._room.set()
-                if self._closing and not self._out:
-                    break
-        except TimeoutError:
-            log.info("%s stopped reading; dropping it", self.peer_address)
-            self._writer.transport.abort()
-        except (ConnectionError, ssl.SSLError, OSError):
-            self._writer.transport.abort()
-        finally:
-            self._closing = True
-            self._room.set()
-            # Closing ends the reader too (EOF), if it is still waiting for data.
-            self._writer.close()
+    def _write_out(self) -> None:
+        if not self._out:
+            return
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        self._out_bytes = 0
+        if not self._lost and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        # The client is not reading what we send: drop it if that lasts.
+        self._arm("stall", self.config.idle_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._cancel("stall")
+        if self._paused:
+            self._resume()
+
+    def _stalled(self) -> None:
+        log.info("%s stopped reading; dropping it", self.peer_address)
+        self.transport.abort()
+
+    # --- deliveries ----------------------------------------------------------------
 
     def _pump_live(self) -> int:
         """Deliver queued live envelopes while the window has room; return the room left."""
@@ -365,22 +450,33 @@ class Connection:
                 room -= 1
         return room
 
-    async def _pump_deliveries(self) -> None:
-        room = self._pump_live()
-        if self._backlog and not self._live and room > 0 and self.user is not None:
-            self._backlog = False
-            self._reading_mailbox = True
-            try:
-                rows = await self.relay.store.pending(self.user, after=self._cursor, limit=room)
-            finally:
-                self._reading_mailbox = False
-            for row in rows:
-                self._deliver(Deliver(mid=row.mid, sender=row.sender, ts=row.created_at,
-                                      body=row.body))
-            if len(rows) == room:
-                self._backlog = True  # there may be more once acks make room
-            if self._backlog and len(self._inflight) < self.config.delivery_window:
-                self._wake.set()
+    def _read_mailbox(self, user: str, limit: int) -> None:
+        self._backlog = False
+        self._reading_mailbox = True
+        self._mailbox_task = asyncio.create_task(self._deliver_backlog(user, limit))
+        self._mailbox_task.add_done_callback(self._mailbox_done)
+
+    async def _deliver_backlog(self, user: str, limit: int) -> None:
+        try:
+            rows = await self.relay.store.pending(user, after=self._cursor, limit=limit)
+        finally:
+            self._reading_mailbox = False
+        for row in rows:
+            self._deliver(Deliver(mid=row.mid, sender=row.sender, ts=row.created_at,
+                                  body=row.body))
+        if len(rows) == limit:
+            self._backlog = True  # there may be more once acks make room
+        if self._backlog:
+            self._schedule_flush()
+
+    def _mailbox_done(self, task: asyncio.Task[None]) -> None:
+        self._mailbox_task = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            if not self._closing:
+                log.error("mailbox read for %s failed: %r", self.peer_address, exc)
+            if not self._lost:
+                self.transport.abort()
+        self._maybe_finished()
 
     def _deliver(self, d: Deliver) -> None:
         self._inflight.add(d.mid)

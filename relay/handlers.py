@@ -342,6 +342,31 @@ class Relay:
             if online is not None and not (taken and online is peer):
                 online.offer(Deliver(mid=mid, sender=user, ts=ts, body=body))
 
+    def ack_nowait(self, peer: Peer, req: Ack) -> AckOk | asyncio.Future[AckOk] | None:
+        """`ack` without a task: the reply now (every row elided), or a future for it once
+        the deletes commit. None means "not now": await `handle()` instead.
+        """
+        user = self._user(peer)
+        deleted = self.store.ack_nowait(user, req.mids)
+        if deleted is None:
+            return None
+        if isinstance(deleted, int):
+            peer.acked(req.mids)
+            return AckOk(id=req.id, deleted=deleted)
+        out: asyncio.Future[AckOk] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[int]) -> None:
+            if f.cancelled():
+                out.cancel()
+            elif (exc := f.exception()) is not None:
+                out.set_exception(exc)
+            else:
+                peer.acked(req.mids)
+                out.set_result(AckOk(id=req.id, deleted=f.result()))
+
+        deleted.add_done_callback(done)
+        return out
+
     async def _ack(self, peer: Peer, req: Ack, now: float) -> AckOk:
         user = self._user(peer)
         deleted = await self.store.ack(user, req.mids)

@@ -70,7 +70,7 @@ class RelayServer:
         self._store: Store | None = None
         self._relay: Relay | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._all_finished = asyncio.Event()
         self._closed = asyncio.Event()
         self._closing = False
 
@@ -88,13 +88,12 @@ class RelayServer:
             config.db, synchronous=config.synchronous, max_mailbox=config.max_mailbox
         )
         self._relay = Relay(config, self._store, group)
-        self._server = await asyncio.start_server(
-            self._on_connect,
+        self._server = await asyncio.get_running_loop().create_server(
+            self._new_connection,
             config.host,
             config.port,
             ssl=context,
             ssl_handshake_timeout=config.handshake_timeout,
-            limit=config.max_frame + 8,
             backlog=1024,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -106,23 +105,20 @@ class RelayServer:
         log.info("DH group %s", group.name)
         log.info("listening on %s:%d", config.host, self.port)
 
-    async def _on_connect(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def _new_connection(self) -> Connection:
+        return Connection(self.relay, admit=self._admit, on_finished=self._finished)
+
+    def _admit(self, conn: Connection) -> bool:
+        """After the TLS handshake: refuse while closing or at the connection limit."""
         if self._closing or len(self.connections) >= self.config.max_connections:
-            writer.transport.abort()
-            return
-        conn = Connection(self.relay, reader, writer)
+            return False
         self.connections.add(conn)
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        try:
-            await conn.run()
-        finally:
-            self.connections.discard(conn)
-            if task is not None:
-                self._handlers.discard(task)
+        return True
+
+    def _finished(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if self._closing and not self.connections:
+            self._all_finished.set()
 
     async def _watch_accounts(self) -> None:
         store = self.relay.store
@@ -160,8 +156,10 @@ class RelayServer:
                 task.cancel()
             for conn in list(self.connections):
                 conn.shutdown()
-            if self._handlers:
-                await asyncio.wait(self._handlers, timeout=self.config.handshake_timeout * 3)
+            if self.connections:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._all_finished.wait(),
+                                           self.config.handshake_timeout * 3)
             if self._store is not None:
                 await self._store.close()
                 log.info("%d group commits; %d envelopes acked before their commit (not "

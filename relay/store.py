@@ -136,6 +136,7 @@ class _Ack:
     rid: int
     mids: list[int]
     fut: asyncio.Future[int]
+    elided: int = 0  # acked rows that were never written: counted in the result
 
 
 @dataclass(slots=True)
@@ -173,6 +174,13 @@ def _user_id(conn: sqlite3.Connection, name: str) -> int | None:
 def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+def _valid_mids(mids: Sequence[int]) -> list[int]:
+    """The distinct ids among `mids` that can name a row, sorted."""
+    return sorted(
+        {m for m in mids if isinstance(m, int) and not isinstance(m, bool) and 0 < m <= _MAX_ROWID}
+    )
 
 
 def _check_blob(value: object, what: str) -> bytes:
@@ -801,13 +809,7 @@ class Store:
     async def ack(self, recipient: str, mids: Sequence[int]) -> int:
         """Delete the recipient's own envelopes among `mids`; return how many went."""
         self._check_open()
-        wanted = sorted(
-            {
-                m
-                for m in mids
-                if isinstance(m, int) and not isinstance(m, bool) and 0 < m <= _MAX_ROWID
-            }
-        )
+        wanted = _valid_mids(mids)
         if not wanted:
             return 0
         rid = self._ids.get(recipient)
@@ -816,14 +818,32 @@ class Store:
                 (rid,) = await self._resolve([recipient])
             except RequestError:
                 return 0
+        deleted = self._ack_ids(rid, wanted)
+        return deleted if isinstance(deleted, int) else await deleted
+
+    def ack_nowait(self, recipient: str, mids: Sequence[int]) -> int | asyncio.Future[int] | None:
+        """`ack` without a coroutine: the count now, or a future for it once committed.
+
+        None means the recipient's id is not cached: await `ack` instead (nothing done).
+        """
+        self._check_open()
+        wanted = _valid_mids(mids)
+        if not wanted:
+            return 0
+        rid = self._ids.get(recipient)
+        if rid is None:
+            return None
+        return self._ack_ids(rid, wanted)
+
+    def _ack_ids(self, rid: int, wanted: list[int]) -> int | asyncio.Future[int]:
         elided = self._elide(rid, wanted) if self._unwritten else ()
         if elided:
             wanted = [m for m in wanted if m not in elided]
             if not wanted:
                 return len(elided)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._submit(_Ack(rid, wanted, fut))
-        return len(elided) + await fut
+        self._submit(_Ack(rid, wanted, fut, len(elided)))
+        return fut
 
     def _elide(self, rid: int, mids: list[int]) -> set[int]:
         """Drop not-yet-written rows of `rid` among `mids` from the pending batch."""
@@ -1029,7 +1049,7 @@ class Store:
                 deleted = int(outcome)  # type: ignore[call-overload]
                 if op.rid in self._counts:
                     self._counts[op.rid] -= deleted
-                _resolve(op.fut, deleted)
+                _resolve(op.fut, deleted + op.elided)
         elif isinstance(outcome, _Failed):
             _fail(op.fut, outcome.error)
         else:

@@ -240,7 +240,7 @@ async def test_a_client_that_never_reads_does_not_hurt_others(relay_factory, fig
     carol = await relay.login("carol")
     during = await round_trips(carol, alice, "alice", 20)
     (conn,) = [c for c in relay.server.connections if c.user == "mallory"]
-    buffered = conn._out_bytes + conn._writer.transport.get_write_buffer_size()
+    buffered = conn._out_bytes + conn.transport.get_write_buffer_size()
     assert buffered < 4 * 1024 * 1024
     figures.add("a logged-in client that never reads: 2000 pipelined requests + 500 "
                 "envelopes of 3 KB pushed at it",

@@ -61,13 +61,23 @@ async def test_no_plaintext_token_or_private_key_on_the_wire_or_at_the_relay(
     proxy = CapturingProxy(relay.port)
     port = await proxy.start()
     relay_view: list[bytes] = []
-    real_handle = relay.server.relay.handle
+    hub = relay.server.relay
+    real_handle, real_send, real_ack = hub.handle, hub.send_nowait, hub.ack_nowait
 
     async def recording_handle(peer, request, now):
         relay_view.append(msgpack.packb(request.to_wire()))
         return await real_handle(peer, request, now)
 
-    relay.server.relay.handle = recording_handle
+    # Sends and acks usually take these task-free paths instead of `handle`.
+    def recording_send(peer, request, now):
+        relay_view.append(msgpack.packb(request.to_wire()))
+        return real_send(peer, request, now)
+
+    def recording_ack(peer, request):
+        relay_view.append(msgpack.packb(request.to_wire()))
+        return real_ack(peer, request)
+
+    hub.handle, hub.send_nowait, hub.ack_nowait = recording_handle, recording_send, recording_ack
     clients = {}
     for user in ("alice", "bob"):
         settings = RelaySettings("127.0.0.1", port, user, relay.tokens[user],

@@ -418,7 +418,7 @@ async def test_a_client_that_never_reads_cannot_make_the_relay_buffer_without_bo
     for _ in range(50):
         await asyncio.gather(*[alice.request(Send, to=("bob",), body=body) for _ in range(20)])
     (bob_conn,) = [c for c in relay.server.connections if c.user == "bob"]
-    queued = bob_conn._out_bytes + bob_conn._writer.transport.get_write_buffer_size()
+    queued = bob_conn._out_bytes + bob_conn.transport.get_write_buffer_size()
     assert len(bob_conn._inflight) <= 64
     assert queued <= 64 * (len(body) + 200) + 1024 * 1024
     await alice.request(Ping)  # others unaffected
