@@ -91,6 +91,9 @@ class Connection(asyncio.Protocol):
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: set[asyncio.Future[Message]] = set()  # requests taken without a task
+        # Sends handed to a task that has not run yet: later sends must not take the
+        # task-free path before it, or they would reserve their ids first (reordering).
+        self._sends_starting = 0
         self._mailbox_task: asyncio.Task[None] | None = None
         # Deliveries (see the module docstring).
         self._inflight: set[int] = set()
@@ -320,7 +323,7 @@ class Connection(asyncio.Protocol):
         kind = type(request)
         result: Message | asyncio.Future[Any] | None = None
         try:
-            if kind is Send:
+            if kind is Send and not self._sends_starting:
                 result = self.relay.send_nowait(self, request, time.time())  # type: ignore[arg-type]
             elif kind is Ack:
                 result = self.relay.ack_nowait(self, request)  # type: ignore[arg-type]
@@ -328,6 +331,8 @@ class Connection(asyncio.Protocol):
             self._queue(self._error_reply(request, exc))
             return
         if result is None:  # not send/ack, or the store needs a lookup: take a task
+            if kind is Send:
+                self._sends_starting += 1
             self._start(self._serve(request))
         elif isinstance(result, Message):
             self._queue(result)
@@ -375,6 +380,8 @@ class Connection(asyncio.Protocol):
         return Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
 
     async def _serve(self, request: Request, *, handshake: bool = False) -> None:
+        if type(request) is Send:
+            self._sends_starting -= 1  # it reserves its ids in this step (Relay._send)
         try:
             reply: Message = await self.relay.handle(self, request, time.time())
             self.state = advance(self.state, request)

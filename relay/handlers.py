@@ -249,7 +249,11 @@ class Relay:
 
     def _send_checks(self, peer: Peer, req: Send) -> tuple[str, tuple[str, ...]]:
         user = self._user(peer)
-        recipients = tuple(dict.fromkeys(check_username(r) for r in req.to))
+        to = req.to
+        if len(to) == 1:  # the common case, without the generic dedupe
+            recipients: tuple[str, ...] = (check_username(to[0]),)
+        else:
+            recipients = tuple(dict.fromkeys(check_username(r) for r in to))
         if not recipients or len(recipients) > MAX_RECIPIENTS:
             raise RequestError(
                 ErrorCode.BAD_REQUEST, f"send needs 1 to {MAX_RECIPIENTS} distinct recipients"
