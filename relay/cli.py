@@ -26,9 +26,9 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 # The cyclic GC's default gen0 threshold (700 allocations) runs collections thousands of
 # times a second under load, and each older-generation pass walks every live object of
-# every connection: ~40% of the relay's CPU per message and most of its p99 latency in
-# the chat benchmark (docs/performance.md). Per-message objects are freed by reference
-# counting; cyclic garbage still gets collected, just in larger, rarer passes.
+# every connection: about a third of the relay's CPU per message and most of its p99
+# latency in the chat benchmark (docs/performance.md). Per-message objects are freed by
+# reference counting; cyclic garbage is still collected, in larger, rarer passes.
 GC_THRESHOLDS = (20_000, 20, 20)
 
 
