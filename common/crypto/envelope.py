@@ -66,34 +66,20 @@ class Envelope:
     ciphertext: bytes
     version: int = ENVELOPE_VERSION
 
+    def _head(self) -> list[object]:
+        """The fields before the ratchet header, shared by the wire form and the AD."""
+        return [self.version, int(self.type), self.sender, self.recipient, self.envelope_id,
+                self.sent_at_ms]
+
+    def _x3dh_wire(self) -> object:
+        return None if self.x3dh is None else self.x3dh.to_wire()
+
     def associated_data(self) -> bytes:
         """Every field except the ratchet header (already in the ratchet AD) and ciphertext."""
-        return pack(
-            [
-                self.version,
-                int(self.type),
-                self.sender,
-                self.recipient,
-                self.envelope_id,
-                self.sent_at_ms,
-                None if self.x3dh is None else self.x3dh.to_wire(),
-            ]
-        )
+        return pack([*self._head(), self._x3dh_wire()])
 
     def to_bytes(self) -> bytes:
-        return pack(
-            [
-                self.version,
-                int(self.type),
-                self.sender,
-                self.recipient,
-                self.envelope_id,
-                self.sent_at_ms,
-                self.header.to_bytes(),
-                None if self.x3dh is None else self.x3dh.to_wire(),
-                self.ciphertext,
-            ]
-        )
+        return pack([*self._head(), self.header.to_bytes(), self._x3dh_wire(), self.ciphertext])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
