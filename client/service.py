@@ -704,13 +704,13 @@ class HushwireClient:
                 raise ConnectionClosed(f"not connected to the relay at {self.relay}")
             uid = await self.sessions.queue(name, text)
             return SendResult(name, uid, "", _utc(self.sessions.now_ms()), queued=True)
-        if await self.sessions.pending() or await self.sessions.queued():
+        if await self.sessions.waiting():
             # Connected, but the outbox has not gone out yet: join the queue behind it.
             uid = await self.sessions.queue(name, text)
             with contextlib.suppress(ConnectionClosed):  # then it stays queued: reported
                 await self._flush_locked(conn)
             return SendResult(name, uid, "", _utc(self.sessions.now_ms()),
-                              queued=await self.sessions.is_waiting(uid))
+                              queued=any(m.uid == uid for m in await self.sessions.waiting()))
         try:
             out = await self.sessions.prepare_send(name, text, self._fetcher(conn))
         except MessageHeld:

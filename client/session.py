@@ -512,10 +512,9 @@ class SessionManager:
     async def queued(self) -> list[StoredMessage]:
         return await self.store.messages_with_status(("queued",))
 
-    async def is_waiting(self, uid: str) -> bool:
-        """True while an outgoing message is queued or unconfirmed (not yet at the relay)."""
-        return any(m.uid == uid for m in await self.store.messages_with_status(
-            ("queued", "pending")))
+    async def waiting(self) -> list[StoredMessage]:
+        """Outgoing messages not yet at the relay: queued or unconfirmed."""
+        return await self.store.messages_with_status(("queued", "pending"))
 
     # --- trust and verification ------------------------------------------------------
 

@@ -12,6 +12,9 @@ import secrets
 import signal
 import socket
 from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import pytest
 
 from client.service import HushwireClient, MessageReceived, RelaySettings
 from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE
@@ -27,8 +30,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_sigkill_storm_loses_nothing_and_shows_nothing_twice(tmp_path, figures,
-                                                                     pytestconfig, daemons):
+@pytest.fixture
+async def clients() -> AsyncIterator[dict[str, HushwireClient]]:
+    """Clients the test opens, closed at teardown even when the test fails."""
+    made: dict[str, HushwireClient] = {}
+    yield made
+    for client in made.values():
+        await client.close()
+
+
+async def test_sigkill_storm_loses_nothing_and_shows_nothing_twice(
+    tmp_path, figures, pytestconfig, daemons, clients
+):
     n_total = 5000 if not pytestconfig.getoption("--slow") else 50_000
     db = tmp_path / "relay.db"
     tokens = await add_users(db, USERS)
@@ -41,15 +54,6 @@ async def test_sigkill_storm_loses_nothing_and_shows_nothing_twice(tmp_path, fig
         return await daemons(db, *flags)  # the fixture kills whatever is left
 
     relay = await start_relay()
-    clients: dict[str, HushwireClient] = {}
-    try:
-        await _storm(tmp_path, figures, n_total, port, relay, start_relay, tokens, clients)
-    finally:
-        for client in clients.values():
-            await client.close()
-
-
-async def _storm(tmp_path, figures, n_total, port, relay, start_relay, tokens, clients):
     for user in USERS:
         settings = RelaySettings("127.0.0.1", port, user, tokens[user], pin=relay.fingerprint)
         clients[user] = await HushwireClient.login(
