@@ -130,6 +130,9 @@ class _Enqueue:
     fut: asyncio.Future[list[int]]
     elided: set[int] | None = None  # mids the recipient acked before this was written
 
+    def all_elided(self) -> bool:
+        return self.elided is not None and len(self.elided) == len(self.mids)
+
 
 @dataclass(slots=True)
 class _Ack:
@@ -219,6 +222,7 @@ class Store:
         self.elided = 0  # rows never written because the recipient acked first
         self.commit_delay = COMMIT_DELAY
         self._wakeup = asyncio.Event()
+        self._top_elided = 0  # highest mid in _unwritten elided: its id must stay used
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
@@ -853,13 +857,15 @@ class Store:
             if op is None or op.rids[op.mids.index(mid)] != rid:
                 continue
             del self._unwritten[mid]
+            if mid > self._top_elided:
+                self._top_elided = mid
             if op.elided is None:
                 op.elided = set()
             op.elided.add(mid)
             elided.add(mid)
             self._counts[rid] -= 1
             self.elided += 1
-            if len(op.elided) == len(op.mids):
+            if op.all_elided():
                 _resolve(op.fut, op.mids)  # every copy is with its recipient
         return elided
 
@@ -1011,15 +1017,18 @@ class Store:
                 await asyncio.sleep(self.commit_delay)
             self._wakeup.clear()
             batch, self._pending = self._pending, []
+            top, self._top_elided = self._top_elided, 0
             self._unwritten = {}
-            if batch:
-                await self._commit(batch)
+            # Enqueues whose every row was acked are already answered: nothing to write.
+            batch = [op for op in batch if type(op) is not _Enqueue or not op.all_elided()]
+            if batch or top:
+                await self._commit(batch, top)
             if self._closing and not self._pending:
                 return
 
-    async def _commit(self, batch: list[_Op]) -> None:
+    async def _commit(self, batch: list[_Op], top: int) -> None:
         try:
-            outcomes = await self._run(lambda conn: _write_batch(conn, batch))
+            outcomes = await self._run(lambda conn: _write_batch(conn, batch, top))
         except Exception as exc:
             # Nothing of this batch is committed: every waiter must hear so.
             err = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
@@ -1082,12 +1091,13 @@ _DELETE_ENVELOPE = "DELETE FROM mailbox WHERE id = ? AND recipient_id = ?"
 _STAMP_LOGIN = "UPDATE users SET last_login_at = ? WHERE name = ?"
 
 
-def _write_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[object]:
+def _write_batch(conn: sqlite3.Connection, batch: list[_Op], top: int) -> list[object]:
     """Write a whole batch in one transaction (runs on the db thread).
 
     Fast path: all inserts in one executemany. If a constraint fails (a recipient was
     removed by the admin CLI a moment ago), redo the batch with one savepoint per
-    operation so only the offending send fails and the rest still commit.
+    operation so only the offending send fails and the rest still commit. `top`, if
+    not 0, is the highest id of a row acked before it was written: it stays used.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -1097,6 +1107,9 @@ def _write_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[object]:
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             outcomes = _apply_each(conn, batch)
+        if top:
+            conn.execute(_SEQ_RAISE, (top, top))
+            conn.execute(_SEQ_CREATE, (top,))
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
@@ -1124,12 +1137,6 @@ def _apply_fast(conn: sqlite3.Connection, batch: list[_Op]) -> list[object]:
     rows = [row for op in batch if isinstance(op, _Enqueue) for row in _envelope_rows(op)]
     if rows:
         conn.executemany(_INSERT_ENVELOPE, rows)
-    elided = [max(op.mids) for op in batch if isinstance(op, _Enqueue) and op.elided]
-    if elided:
-        # Rows acked before their commit are never inserted; keep their ids used anyway.
-        top = max(elided)
-        conn.execute(_SEQ_RAISE, (top, top))
-        conn.execute(_SEQ_CREATE, (top,))
     logins = [(op.now, op.name) for op in batch if isinstance(op, _Login)]
     if logins:
         conn.executemany(_STAMP_LOGIN, logins)
