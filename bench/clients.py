@@ -23,6 +23,7 @@ import msgpack
 
 U32 = struct.Struct(">I")
 FLOOR_HEADER = struct.Struct(">II")
+FLOOR_ACK = 0xFFFFFFFE
 ACK_ID_BASE = 1 << 48  # request ids of acks; send ids are sequence numbers below this
 PAD = bytes(range(256)) * 64
 
@@ -89,8 +90,6 @@ class Stats:
 
 class Client(asyncio.Protocol, ABC):
     """Buffered writes (one per tick), a closed-loop sender, subclass parses and frames."""
-
-    events = 2
 
     def __init__(self, stats: Stats, index: int) -> None:
         self.loop = asyncio.get_running_loop()
@@ -165,8 +164,6 @@ def body_for(seq: int, size: int) -> bytes:
 
 class HushwireClient(Client):
     """hello + login, then pre-built `send` frames; acks every delivery (one ack per read)."""
-
-    events = 2
 
     def __init__(self, stats: Stats, index: int, user: str, token: str,
                  names: list[str]) -> None:
@@ -343,7 +340,11 @@ class MqttClient(Client):
 
 
 class FloorClient(Client):
-    events = 1
+    """The floor's framing; with `acks`, QoS 1's four frames (see bench/floor.py)."""
+
+    def __init__(self, stats: Stats, index: int, *, acks: bool = False) -> None:
+        super().__init__(stats, index)
+        self.acks = acks
 
     def start(self) -> None:
         self.write(FLOOR_HEADER.pack(4, self.index))
@@ -355,6 +356,7 @@ class FloorClient(Client):
         buf = self.buf + data if self.buf else data
         pos, n = 0, len(buf)
         st = self.stats
+        acked: list[bytes] = []
         while n - pos >= 8:
             length, dest = FLOOR_HEADER.unpack_from(buf, pos)
             end = pos + 4 + length
@@ -362,7 +364,13 @@ class FloorClient(Client):
                 break
             if dest == 0xFFFFFFFF:
                 self.ready.set_result(None)
+            elif dest == FLOOR_ACK:
+                st.server_ack(int.from_bytes(buf[pos + 8:pos + 16], "big"))
             else:
                 st.deliver(int.from_bytes(buf[pos + 8:pos + 16], "big"))
+                if self.acks:
+                    acked.append(buf[pos + 8:pos + 16])
             pos = end
         self.buf = buf[pos:]
+        if acked:  # one ack frame per read, like the hushwire generator's
+            self.write(FLOOR_HEADER.pack(4 + 8 * len(acked), FLOOR_ACK) + b"".join(acked))

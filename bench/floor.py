@@ -5,8 +5,13 @@ No auth, no storage, no msgpack. Framing (all integers big-endian uint32):
     client -> floor   first frame: [len=4][own id]; the floor answers [len=4][0xFFFFFFFF]
     client -> floor   [len][dest id][payload]     forwarded as-is to connection `dest id`
 
+With --acks the floor has MQTT QoS 1's four frames per message (still no storage):
+
+    floor -> sender     [len=12][0xFFFFFFFE][the payload's first 8 bytes]   (PUBACK)
+    recipient -> floor  [len][0xFFFFFFFE][8 bytes per delivery acked]     (consumed)
+
 Frames for one destination are coalesced per read (PERF-NOTES: the main lever with TLS).
-Run: python -m bench.floor --cert C --key K  (prints `listening on 127.0.0.1:PORT`).
+Run: python -m bench.floor --cert C --key K [--acks]  (prints `listening on 127.0.0.1:PORT`).
 """
 
 from __future__ import annotations
@@ -19,15 +24,18 @@ import sys
 
 HEADER = struct.Struct(">II")
 READY = struct.pack(">II", 4, 0xFFFFFFFF)
+ACK = 0xFFFFFFFE
+ACK_HEADER = struct.pack(">II", 12, ACK)
 MAX_FRAME = 1 << 20
 
 
 class Floor(asyncio.Protocol):
-    __slots__ = ("buf", "conns", "dirty", "ident", "out", "transport")
+    __slots__ = ("acks", "buf", "conns", "dirty", "ident", "out", "transport")
 
-    def __init__(self, conns: dict[int, Floor], dirty: list[Floor]) -> None:
+    def __init__(self, conns: dict[int, Floor], dirty: list[Floor], acks: bool) -> None:
         self.conns = conns
         self.dirty = dirty
+        self.acks = acks
         self.buf = b""
         self.out: list[bytes] = []
         self.ident: int | None = None
@@ -58,12 +66,16 @@ class Floor(asyncio.Protocol):
                 self.out.append(READY)
                 if not self.out[1:]:
                     dirty.append(self)
-            else:
+            elif dest != ACK:
                 peer = conns.get(dest)
                 if peer is not None:
                     if not peer.out:
                         dirty.append(peer)
                     peer.out.append(buf[pos:end])
+                if self.acks:
+                    if not self.out:
+                        dirty.append(self)
+                    self.out.append(ACK_HEADER + buf[pos + 8:pos + 16])
             pos = end
         self.buf = buf[pos:]
         for peer in dirty:
@@ -81,7 +93,7 @@ async def serve(args: argparse.Namespace) -> None:
     dirty: list[Floor] = []
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Floor(conns, dirty), "127.0.0.1", args.port, ssl=ctx, backlog=4096
+        lambda: Floor(conns, dirty, args.acks), "127.0.0.1", args.port, ssl=ctx, backlog=4096
     )
     port = server.sockets[0].getsockname()[1]
     print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
@@ -93,6 +105,7 @@ def main() -> None:
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--acks", action="store_true", help="QoS 1's acks (see above)")
     args = parser.parse_args()
     import uvloop
 

@@ -291,6 +291,17 @@ def spread(values: list[float]) -> str:
     return f"{fmt(med)} ({fmt(min(values))}-{fmt(max(values))})"
 
 
+# Ratios printed under each table. floor-acked / mosquitto-qos1 is what Python itself can
+# reach with QoS 1's four frames and nothing else: a ceiling for any relay written in it.
+RATIOS = (
+    ("hushwire", "hushwire-baseline"),
+    ("hushwire", "mosquitto-qos1"),
+    ("hushwire", "floor"),
+    ("hushwire", "floor-acked"),
+    ("floor-acked", "mosquitto-qos1"),
+)
+
+
 def print_table(res: Results, label: str, unit: str, extra: tuple[str, ...] = ()) -> None:
     systems = res.rows.get(label, {})
     if not systems:
@@ -313,16 +324,13 @@ def print_table(res: Results, label: str, unit: str, extra: tuple[str, ...] = ()
                    if "srv_cpu" in r and r["rate"] > 0]
         cols.append(spread(per_msg) if per_msg else "-")
         print("| " + " | ".join(cols) + " |")
-    base = systems.get("hushwire")
-    if not base:
-        return
-    for other in ("hushwire-baseline", "mosquitto-qos1", "floor"):
-        runs = systems.get(other)
-        if not runs:
+    for one, other in RATIOS:
+        base, runs = systems.get(one), systems.get(other)
+        if not base or not runs:
             continue
         ratios = [a["rate"] / b["rate"] for a, b in zip(base, runs, strict=False) if b["rate"]]
         per_round = ", ".join(f"{r:.2f}" for r in ratios)
-        print(f"\nhushwire / {other} per round: {per_round}; median {spread(ratios)}")
+        print(f"\n{one} / {other} per round: {per_round}; median {spread(ratios)}")
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -346,8 +354,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
     started = [servers.hushwire(work, SERVER_CORE, tuple(args.relay_flag)).start(),
                servers.mosquitto(work, SERVER_CORE).start(),
-               servers.floor(work, SERVER_CORE).start()]
-    hw, mq, fl = started
+               servers.floor(work, SERVER_CORE).start(),
+               servers.floor(work, SERVER_CORE, acks=True).start()]
+    hw, mq, fl, fla = started
     systems = [System("hushwire", hw, 2, hushwire_client)]
     if args.baseline is not None:
         base = servers.hushwire(work, SERVER_CORE, tuple(args.relay_flag), args.baseline)
@@ -358,6 +367,8 @@ async def main_async(args: argparse.Namespace) -> None:
         System("mosquitto-qos0", mq, 1, mqtt(0), stores=False),
         System("floor", fl, 1, lambda stats, index, **kw: FloorClient(stats, index),
                stores=False),
+        System("floor-acked", fla, 2,
+               lambda stats, index, **kw: FloorClient(stats, index, acks=True), stores=False),
     ]
     systems = [s for s in systems if s.name in args.systems or s.name == "hushwire-baseline"]
     res = Results()
@@ -434,7 +445,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shapes", nargs="+",
                    default=["chat", "bulk", "latency", "offline", "handshakes", "idle"])
     p.add_argument("--systems", nargs="+",
-                   default=["hushwire", "mosquitto-qos1", "mosquitto-qos0", "floor"])
+                   default=["hushwire", "mosquitto-qos1", "mosquitto-qos0", "floor",
+                            "floor-acked"])
     p.add_argument("--chat", type=int, nargs="+", default=[200, 1000])
     p.add_argument("--bulk", type=int, nargs="+", default=[100, 256, 1024, 4096])
     p.add_argument("--bulk-conns", type=int, default=20)

@@ -135,10 +135,11 @@ def hushwire(workdir: Path, core: int, extra: tuple[str, ...] = (),
     return Server(name, argv, workdir / f"{name}.log", core, cwd=cwd)
 
 
-def floor(workdir: Path, core: int) -> Server:
+def floor(workdir: Path, core: int, *, acks: bool = False) -> Server:
+    name = "floor-acked" if acks else "floor"
     argv = [sys.executable, "-m", "bench.floor", "--cert", str(workdir / "relay-cert.pem"),
-            "--key", str(workdir / "relay-key.pem")]
-    return Server("floor", argv, workdir / "floor.log", core)
+            "--key", str(workdir / "relay-key.pem"), *(["--acks"] if acks else [])]
+    return Server(name, argv, workdir / f"{name}.log", core)
 
 
 def ensure_mosquitto() -> str:

@@ -32,7 +32,7 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 GC_THRESHOLDS = (20_000, 20, 20)
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Objects alive after startup (modules, config) never need scanning again."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     server = RelayServer(config)
-    _tune_gc()
+    tune_gc()
     try:
         _run(server.serve())
     except HushwireError as exc:
