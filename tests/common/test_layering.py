@@ -2,6 +2,8 @@
 from `random` and no time from the clock (time is passed in; keys come from secrets)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,20 @@ def test_checker_catches_forbidden_imports():
     assert found & CRYPTO_EXTRA == {"random"}
     assert forbidden_for(COMMON / "crypto" / "x.py") >= {"random", "time", "asyncio"}
     assert "random" not in forbidden_for(COMMON / "frames.py")
+
+
+def test_sympy_is_imported_only_for_finite_field_groups():
+    """The relay and an x25519 client never load sympy (0.4 s, ~38 MB); checking a
+    finite-field public value (Jacobi symbol) or a custom group's primes does."""
+    code = (
+        "import sys, relay.server, relay.cli, client.service, client.cli\n"
+        "from common.crypto.groups import group_by_name\n"
+        "x = group_by_name('x25519')\n"
+        "x.agree(x.generate().private, x.generate().public)\n"
+        "assert 'sympy' not in sys.modules, 'loaded without a finite-field group'\n"
+        "ff = group_by_name('ffdhe3072')\n"
+        "ff.agree(ff.generate().private, ff.generate().public)\n"
+        "assert 'sympy' in sys.modules\n"
+    )
+    root = COMMON.parent
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=120)
