@@ -31,6 +31,10 @@ class ConnState(Enum):
     AWAIT_LOGIN = "await_login"
     READY = "ready"
 
+    # Members are singletons: hash by identity. Enum's own hashes the name in Python,
+    # and `check` looks a state up for every request the relay takes.
+    __hash__ = object.__hash__
+
 
 ALLOWED: dict[ConnState, frozenset[type[Request]]] = {
     ConnState.AWAIT_HELLO: frozenset({Hello}),

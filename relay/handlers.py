@@ -267,9 +267,13 @@ class Relay:
         cached in the store. None means "not now": await `handle()` instead (nothing was
         consumed). Raises RequestError at once for a refused send.
         """
-        user, recipients = self._send_checks(peer, req)
-        if not self.store.cached(recipients):
-            return None
+        recipients = req.to
+        if len(recipients) == 1 and req.body and self.store.cached(recipients):
+            user = self._user(peer)  # one known user: a valid name, nothing to dedupe
+        else:
+            user, recipients = self._send_checks(peer, req)
+            if not self.store.cached(recipients):
+                return None
         self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
         ts = int(now)
         body = req.body

@@ -55,10 +55,11 @@ class RateLimiter:
 
     def consume(self, key: object, now: float, cost: float = 1.0) -> float:
         """Take `cost` if available and return 0, else take nothing and return the wait."""
-        wait = self.retry_after(key, now, cost)
-        if wait == 0.0:
-            self._buckets[key].level -= cost
-        return wait
+        bucket = self._level(key, now)
+        if bucket.level >= cost:
+            bucket.level -= cost
+            return 0.0
+        return (cost - bucket.level) / self.rate.per_second
 
     def _forget_full(self, now: float) -> None:
         burst, per_second = self.rate.burst, self.rate.per_second

@@ -742,21 +742,22 @@ class Store:
         now: int,
         on_reserved: Callable[[list[int]], None] | None = None,
     ) -> asyncio.Future[list[int]]:
-        """`enqueue` without a coroutine, for callers that checked `cached(recipients)`.
+        """`enqueue` without a coroutine, for callers that found `cached(recipients)` true
+        in this same step (so it still is).
 
         Raises at once for a refused send; the future resolves like `enqueue` returns.
         """
         self._check_recipients(recipients, body)
-        if not self.cached(recipients):
-            raise RuntimeError("enqueue_nowait needs cached recipients; await enqueue")
-        return self._reserve(sender, recipients, [self._ids[n] for n in recipients], body,
-                             now, on_reserved)
+        ids = self._ids
+        return self._reserve(
+            sender, recipients, [ids[n] for n in recipients], body, now, on_reserved
+        )
 
     def _check_recipients(self, recipients: Sequence[str], body: bytes) -> None:
         self._check_open()
         if not recipients:
             raise RequestError(ErrorCode.BAD_REQUEST, "no recipients")
-        if len(set(recipients)) != len(recipients):
+        if len(recipients) > 1 and len(set(recipients)) != len(recipients):
             raise RequestError(ErrorCode.BAD_REQUEST, "a recipient is named twice")
         if not isinstance(body, bytes | bytearray | memoryview):
             raise RequestError(ErrorCode.BAD_REQUEST, "envelope body must be bytes")
