@@ -32,7 +32,7 @@ from bench.clients import HushwireClient, Stats
 from bench.servers import RELAY_FLAGS, make_db, user_name
 from relay.cli import tune_gc
 from relay.config import from_args
-from relay.connection import Connection
+from relay.connection import Connection, FlushQueue
 from relay.handlers import Relay
 from relay.server import load_group
 from relay.store import Store
@@ -97,9 +97,11 @@ async def run(users: int, messages: int, profile: bool) -> None:
     stats = Stats(2)
     clock = ClientClock()
     clients: list[HushwireClient] = []
+    flushes = FlushQueue(asyncio.get_running_loop())
     for i in range(users):
         client = HushwireClient(stats, i, names[i], token, names)
-        conn = Connection(relay, admit=lambda c: True, on_finished=lambda c: None)
+        conn = Connection(relay, flushes=flushes, admit=lambda c: True,
+                          on_finished=lambda c: None)
         client._flush = clock.wrap(client._flush)  # type: ignore[method-assign]
         conn.connection_made(Pipe(clock.wrap(client.data_received)))
         client.connection_made(Pipe(conn.data_received))

@@ -5,10 +5,11 @@ at once: `send` and `ack` are answered from future callbacks when the store need
 lookup (the hot path), other requests once logged in run as tasks, concurrently
 (pipelining) up to MAX_PIPELINE; `hello` and `login` run one at a time, in order.
 Everything queued for the client in one event-loop pass goes out as ONE
-`transport.write` (TLS records are the dominant per-write cost, PERF-NOTES), scheduled
-with `call_soon`. That flush also pushes deliveries, at most `delivery_window` unacked:
-live from the sender when the recipient is caught up, otherwise read from the mailbox in
-order (the only task a connection starts on its own).
+`transport.write` (TLS records are the dominant per-write cost, PERF-NOTES), from one
+`FlushQueue` callback per pass shared by all connections. That flush also pushes
+deliveries, at most `delivery_window` unacked: live from the sender when the recipient
+is caught up, otherwise read from the mailbox in order (the only task a connection
+starts on its own).
 
 Memory per connection is bounded: reading pauses while more than OUT_HIGH_WATER of
 output waits or requests are held back (one read's worth of frames at most), and a
@@ -54,16 +55,41 @@ OUT_HIGH_WATER = 1024 * 1024  # stop reading requests while this much output is 
 MAX_PIPELINE = 256  # concurrent requests per logged-in connection
 
 
+class FlushQueue:
+    """Connections with output due, flushed by ONE loop callback per pass: a callback per
+    connection per pass would cost more than most flushes do."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: list[Connection] = []
+
+    def add(self, conn: Connection) -> None:
+        if not self._due:
+            self._loop.call_soon(self._run)
+        self._due.append(conn)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for conn in due:
+            try:
+                conn._flush()
+            except Exception:  # one broken connection must not stall the others
+                log.exception("flushing %s failed", conn.peer_address)
+                conn.transport.abort()
+
+
 class Connection(asyncio.Protocol):
     def __init__(
         self,
         relay: Relay,
         *,
+        flushes: FlushQueue,
         admit: Callable[[Connection], bool],
         on_finished: Callable[[Connection], None],
     ) -> None:
         self.relay = relay
         self.config = relay.config
+        self._flushes = flushes
         self._admit = admit
         self._on_finished = on_finished
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -90,7 +116,7 @@ class Connection(asyncio.Protocol):
         self._done = False  # on_finished was called
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiting: set[asyncio.Future[Message]] = set()  # requests taken without a task
+        self._owed = 0  # requests taken without a task, not answered yet
         # Sends handed to a task that has not run yet: later sends must not take the
         # task-free path before it, or they would reserve their ids first (reordering).
         self._sends_starting = 0
@@ -201,7 +227,7 @@ class Connection(asyncio.Protocol):
         if not self._lost and not self.transport.is_closing():
             self.transport.pause_reading()
         self.relay.disconnected(self)
-        if self._tasks or self._waiting:
+        if self._tasks or self._owed:
             self._arm("grace", self.config.handshake_timeout, self._close)
         else:
             self._close()
@@ -283,7 +309,7 @@ class Connection(asyncio.Protocol):
                 if self._ending:
                     return
                 if self._handshaking or (
-                    len(self._tasks) + len(self._waiting) >= MAX_PIPELINE
+                    len(self._tasks) + self._owed >= MAX_PIPELINE
                     and self.state is ConnState.READY
                 ):
                     self._queued = frames[i:]
@@ -321,24 +347,24 @@ class Connection(asyncio.Protocol):
             self._start(self._serve(request, handshake=True))
             return
         kind = type(request)
-        result: Message | asyncio.Future[Any] | None = None
+        answer = partial(self._answer, request)
+        self._owed += 1
         try:
             if kind is Send and not self._sends_starting:
-                result = self.relay.send_nowait(self, request, time.time())  # type: ignore[arg-type]
+                taken = self.relay.send_nowait(self, request, time.time(), answer)  # type: ignore[arg-type]
             elif kind is Ack:
-                result = self.relay.ack_nowait(self, request)  # type: ignore[arg-type]
+                taken = self.relay.ack_nowait(self, request, answer)  # type: ignore[arg-type]
+            else:
+                taken = False
         except Exception as exc:
+            self._owed -= 1
             self._queue(self._error_reply(request, exc))
             return
-        if result is None:  # not send/ack, or the store needs a lookup: take a task
+        if not taken:  # not send/ack, or the store needs a lookup: take a task
+            self._owed -= 1
             if kind is Send:
                 self._sends_starting += 1
             self._start(self._serve(request))
-        elif isinstance(result, Message):
-            self._queue(result)
-        else:
-            self._waiting.add(result)
-            result.add_done_callback(partial(self._replied, request))
 
     def _start(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -350,24 +376,20 @@ class Connection(asyncio.Protocol):
         self._handshaking = False  # hello and login run alone, so this was it if any
         self._request_done()
 
-    def _replied(self, request: Request, fut: asyncio.Future[Message]) -> None:
-        self._waiting.discard(fut)
-        if fut.cancelled():
-            reply: Message = Error(id=request.id, code=ErrorCode.INTERNAL,
-                                   message="internal error")
-        elif (exc := fut.exception()) is not None:
-            reply = self._error_reply(request, exc)
-        else:
-            reply = fut.result()
-        self._queue(reply)
+    def _answer(self, request: Request, reply: Message | BaseException) -> None:
+        """A request taken without a task is answered. This may run inside another
+        connection's turn (its ack settled our send), so it only queues: frames held
+        back are taken by the next flush, never from here."""
+        self._owed -= 1
+        self._queue(reply if isinstance(reply, Message) else self._error_reply(request, reply))
         self._request_done()
 
     def _request_done(self) -> None:
         if self._ending:
-            if not self._settled and not self._tasks and not self._waiting:
+            if not self._settled and not self._tasks and not self._owed:
                 self._close()
         elif self._queued:
-            self._resume()
+            self._schedule_flush()  # the flush resumes reading (we are paused)
 
     @staticmethod
     def _error_reply(request: Request, exc: BaseException) -> Error:
@@ -408,7 +430,7 @@ class Connection(asyncio.Protocol):
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flushes.add(self)
 
     def _flush(self) -> None:
         """Once per loop iteration: push live deliveries, then ONE write of it all."""

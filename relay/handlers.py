@@ -47,6 +47,7 @@ from common.messages import (
 )
 from common.names import check_username, is_valid_username
 from relay.config import RelayConfig
+from relay.errors import StoreError
 from relay.ratelimit import RateLimiter
 from relay.store import Store
 from relay.tokens import DUMMY, verify_token
@@ -58,6 +59,10 @@ MAX_RECIPIENTS = 50
 MAX_PREKEYS_PER_UPLOAD = 200
 ED25519_KEY = 32
 ED25519_SIG = 64
+
+
+# How a request taken without a task is answered: its reply, or the error to send.
+Answer = Callable[[Message | BaseException], None]
 
 
 class Peer(Protocol):
@@ -262,10 +267,11 @@ class Relay:
             raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
         return user, recipients
 
-    def send_nowait(self, peer: Peer, req: Send, now: float) -> asyncio.Future[SendOk] | None:
+    def send_nowait(self, peer: Peer, req: Send, now: float, reply: Answer) -> bool:
         """`send` without a task or coroutine: the hot path, when every recipient's id is
-        cached in the store. None means "not now": await `handle()` instead (nothing was
-        consumed). Raises RequestError at once for a refused send.
+        cached in the store. Raises RequestError at once for a refused send; otherwise
+        `reply(SendOk or exception)` is called once, later. False means "not now": await
+        `handle()` instead (nothing was consumed).
         """
         recipients = req.to
         if len(recipients) == 1 and req.body and self.store.cached(recipients):
@@ -273,33 +279,25 @@ class Relay:
         else:
             user, recipients = self._send_checks(peer, req)
             if not self.store.cached(recipients):
-                return None
+                return False
         self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
         ts = int(now)
         body = req.body
         early: dict[int, tuple[Peer, bool]] = {}
-        committed = self.store.enqueue_nowait(
-            user, recipients, body, now=ts,
+
+        def done(mids: list[int] | None, exc: BaseException | None) -> None:
+            if exc is not None:
+                self._unhold(early)
+                reply(exc)
+            elif mids is not None:
+                self._offer_committed(early, user, recipients, ts, body, mids)
+                reply(SendOk(id=req.id, mids=tuple(mids), ts=ts))
+
+        self.store.enqueue_nowait(
+            user, recipients, body, now=ts, on_done=done,
             on_reserved=lambda mids: self._push_early(early, user, recipients, ts, body, mids),
         )
-        out: asyncio.Future[SendOk] = asyncio.get_running_loop().create_future()
-
-        def done(f: asyncio.Future[list[int]]) -> None:
-            if out.done():
-                return
-            if f.cancelled():
-                self._unhold(early)
-                out.cancel()
-            elif (exc := f.exception()) is not None:
-                self._unhold(early)
-                out.set_exception(exc)
-            else:
-                mids = f.result()
-                self._offer_committed(early, user, recipients, ts, body, mids)
-                out.set_result(SendOk(id=req.id, mids=tuple(mids), ts=ts))
-
-        committed.add_done_callback(done)
-        return out
+        return True
 
     async def _send(self, peer: Peer, req: Send, now: float) -> SendOk:
         user, recipients = self._send_checks(peer, req)
@@ -350,30 +348,30 @@ class Relay:
             if online is not None and not (taken and online is peer):
                 online.offer(Deliver(mid=mid, sender=user, ts=ts, body=body))
 
-    def ack_nowait(self, peer: Peer, req: Ack) -> AckOk | asyncio.Future[AckOk] | None:
-        """`ack` without a task: the reply now (every row elided), or a future for it once
-        the deletes commit. None means "not now": await `handle()` instead.
+    def ack_nowait(self, peer: Peer, req: Ack, reply: Answer) -> bool:
+        """`ack` without a task: `reply` is called now if every row was elided, else once
+        the deletes commit. False means "not now": await `handle()` instead.
         """
         user = self._user(peer)
         deleted = self.store.ack_nowait(user, req.mids)
         if deleted is None:
-            return None
+            return False
         if isinstance(deleted, int):
             peer.acked(req.mids)
-            return AckOk(id=req.id, deleted=deleted)
-        out: asyncio.Future[AckOk] = asyncio.get_running_loop().create_future()
+            reply(AckOk(id=req.id, deleted=deleted))
+            return True
 
         def done(f: asyncio.Future[int]) -> None:
             if f.cancelled():
-                out.cancel()
+                reply(StoreError("the store was closed"))
             elif (exc := f.exception()) is not None:
-                out.set_exception(exc)
+                reply(exc)
             else:
                 peer.acked(req.mids)
-                out.set_result(AckOk(id=req.id, deleted=f.result()))
+                reply(AckOk(id=req.id, deleted=f.result()))
 
         deleted.add_done_callback(done)
-        return out
+        return True
 
     async def _ack(self, peer: Peer, req: Ack, now: float) -> AckOk:
         user = self._user(peer)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from common.crypto.groups import group_by_name
 from common.errors import HushwireError, InvalidKey
 from relay.config import ConfigError, RelayConfig
-from relay.connection import Connection
+from relay.connection import Connection, FlushQueue
 from relay.handlers import GroupInfo, Relay
 from relay.store import Store
 from relay.tls import ensure_server_cert, fingerprint, server_context
@@ -88,6 +88,7 @@ class RelayServer:
             config.db, synchronous=config.synchronous, max_mailbox=config.max_mailbox
         )
         self._relay = Relay(config, self._store, group)
+        self._flushes = FlushQueue(asyncio.get_running_loop())
         self._server = await asyncio.get_running_loop().create_server(
             self._new_connection,
             config.host,
@@ -106,7 +107,9 @@ class RelayServer:
         log.info("listening on %s:%d", config.host, self.port)
 
     def _new_connection(self) -> Connection:
-        return Connection(self.relay, admit=self._admit, on_finished=self._finished)
+        return Connection(
+            self.relay, flushes=self._flushes, admit=self._admit, on_finished=self._finished
+        )
 
     def _admit(self, conn: Connection) -> bool:
         """After the TLS handshake: refuse while closing or at the connection limit."""

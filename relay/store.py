@@ -127,7 +127,7 @@ class _Enqueue:
     mids: list[int]
     body: bytes
     now: int
-    fut: asyncio.Future[list[int]]
+    fut: asyncio.Future[list[int]] | Waiter
     elided: set[int] | None = None  # mids the recipient acked before this was written
 
     def all_elided(self) -> bool:
@@ -159,12 +159,35 @@ class _Failed:
     error: HushwireError
 
 
-def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+class Waiter:
+    """The settling half of a future that calls back at once, not on the next loop pass:
+    the relay's hot path answers a send in the same pass as the ack or commit that
+    settles it, without a future and two loop callbacks per envelope."""
+
+    __slots__ = ("_callback", "_done")
+
+    def __init__(self, callback: Callable[[Any, BaseException | None], None]) -> None:
+        self._callback = callback
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self._done = True
+        self._callback(value, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._done = True
+        self._callback(None, exc)
+
+
+def _fail(fut: asyncio.Future[Any] | Waiter, exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
 
 
-def _resolve(fut: asyncio.Future[T], value: T) -> None:
+def _resolve(fut: asyncio.Future[T] | Waiter, value: T) -> None:
     if not fut.done():
         fut.set_result(value)
 
@@ -725,7 +748,9 @@ class Store:
         else:
             rids = await self._resolve_in_turn(recipients)
             self._check_open()  # close() may have begun while we resolved names
-        return await self._reserve(sender, recipients, rids, body, now, on_reserved)
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._reserve(sender, recipients, rids, body, now, on_reserved, fut)
+        return await fut
 
     def cached(self, recipients: Sequence[str]) -> bool:
         """True if `enqueue_nowait` can take a send to `recipients` (ids cached)."""
@@ -740,18 +765,20 @@ class Store:
         body: bytes,
         *,
         now: int,
+        on_done: Callable[[list[int] | None, BaseException | None], None],
         on_reserved: Callable[[list[int]], None] | None = None,
-    ) -> asyncio.Future[list[int]]:
+    ) -> None:
         """`enqueue` without a coroutine, for callers that found `cached(recipients)` true
         in this same step (so it still is).
 
-        Raises at once for a refused send; the future resolves like `enqueue` returns.
+        Raises at once for a refused send. Otherwise `on_done(mids, None)` or
+        `on_done(None, error)` is called once, when `enqueue` would return or raise, from
+        whatever settles it (the recipient's ack, or the commit).
         """
         self._check_recipients(recipients, body)
         ids = self._ids
-        return self._reserve(
-            sender, recipients, [ids[n] for n in recipients], body, now, on_reserved
-        )
+        rids = [ids[n] for n in recipients]
+        self._reserve(sender, recipients, rids, body, now, on_reserved, Waiter(on_done))
 
     def _check_recipients(self, recipients: Sequence[str], body: bytes) -> None:
         self._check_open()
@@ -770,7 +797,8 @@ class Store:
         body: bytes,
         now: int,
         on_reserved: Callable[[list[int]], None] | None,
-    ) -> asyncio.Future[list[int]]:
+        fut: asyncio.Future[list[int]] | Waiter,
+    ) -> None:
         # No await between the check and the reservation: the count cannot change.
         for name, rid in zip(recipients, rids, strict=True):
             if self._counts[rid] >= self._max_mailbox:
@@ -782,7 +810,6 @@ class Store:
             self._counts[rid] += 1
         first = self._next_mid
         self._next_mid += len(rids)
-        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         mids = list(range(first, first + len(rids)))
         op = _Enqueue(sender, list(recipients), rids, mids, bytes(body), now, fut)
         self._submit(op)
@@ -790,7 +817,6 @@ class Store:
             self._unwritten[mid] = op
         if on_reserved is not None:
             on_reserved(mids)
-        return fut
 
     async def pending(
         self, recipient: str, *, after: int = 0, limit: int = 100

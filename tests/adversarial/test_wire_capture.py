@@ -69,13 +69,13 @@ async def test_no_plaintext_token_or_private_key_on_the_wire_or_at_the_relay(
         return await real_handle(peer, request, now)
 
     # Sends and acks usually take these task-free paths instead of `handle`.
-    def recording_send(peer, request, now):
+    def recording_send(peer, request, now, answer):
         relay_view.append(msgpack.packb(request.to_wire()))
-        return real_send(peer, request, now)
+        return real_send(peer, request, now, answer)
 
-    def recording_ack(peer, request):
+    def recording_ack(peer, request, answer):
         relay_view.append(msgpack.packb(request.to_wire()))
-        return real_ack(peer, request)
+        return real_ack(peer, request, answer)
 
     hub.handle, hub.send_nowait, hub.ack_nowait = recording_handle, recording_send, recording_ack
     clients = {}

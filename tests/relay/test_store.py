@@ -531,6 +531,24 @@ async def test_recipient_removed_by_another_process_fails_only_that_send(
         await store.enqueue("alice", ["carol"], b"again", now=NOW)
 
 
+def enqueue_nowait(
+    store: Store, recipients: list[str], body: bytes, reserved: list[int]
+) -> asyncio.Future[list[int]]:
+    """alice's send through the relay's hot path; the future settles with its answer."""
+    fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+
+    def done(mids: list[int] | None, exc: BaseException | None) -> None:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(mids or [])
+
+    store.enqueue_nowait(
+        "alice", recipients, body, now=NOW, on_done=done, on_reserved=reserved.extend
+    )
+    return fut
+
+
 def mailbox_rows(db: Path) -> list[tuple[int, str]]:
     """What is on disk, read by a second connection (WAL included)."""
     raw = sqlite3.connect(db)
@@ -550,7 +568,7 @@ async def test_rows_acked_before_their_commit_are_never_written(db: Path, store:
     # Reserve and ack in one step, as the relay does when the recipient answers the early
     # push before the writer takes the batch.
     reserved: list[int] = []
-    sent = store.enqueue_nowait("alice", ["bob"], b"seen", now=NOW, on_reserved=reserved.extend)
+    sent = enqueue_nowait(store, ["bob"], b"seen", reserved)
     (mid,) = reserved
     assert store.ack_nowait("bob", [mid]) == 1  # answered at once: nothing to delete
     assert sent.done() and sent.result() == [mid]  # the sender's ok needs no commit
@@ -576,7 +594,7 @@ async def test_elided_id_stays_used_after_a_restart(
     (warm,) = await store.pending("bob")
     await store.ack("bob", [warm.mid])
     reserved: list[int] = []
-    sent = store.enqueue_nowait("alice", ["bob"], b"seen", now=NOW, on_reserved=reserved.extend)
+    sent = enqueue_nowait(store, ["bob"], b"seen", reserved)
     (mid,) = reserved
     assert store.ack_nowait("bob", [mid]) == 1
     await store.close()  # the only batch since held nothing but the elided row
@@ -594,9 +612,7 @@ async def test_partial_elision_writes_only_the_rows_not_acked(db: Path, store: S
     for name in ("bob", "carol"):
         await store.ack(name, [e.mid for e in await store.pending(name)])
     reserved: list[int] = []
-    sent = store.enqueue_nowait(
-        "alice", ["bob", "carol"], b"two", now=NOW, on_reserved=reserved.extend
-    )
+    sent = enqueue_nowait(store, ["bob", "carol"], b"two", reserved)
     to_bob, to_carol = reserved
     assert store.ack_nowait("bob", [to_bob]) == 1
     assert not sent.done()  # carol's copy still needs its commit
