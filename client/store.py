@@ -362,14 +362,18 @@ class ProfileStore:
         async with self._tx_lock:
             self._tx_owner = task
             try:
-                await self._db.execute("BEGIN IMMEDIATE")
+                # BEGIN and COMMIT are inside: a cancel (a dropped connection cancels the
+                # task storing a delivery) can land while either is queued on the db
+                # thread, which runs it anyway. The ROLLBACK queued behind it then leaves
+                # the connection outside any transaction ("no transaction" is fine).
                 try:
+                    await self._db.execute("BEGIN IMMEDIATE")
                     yield
+                    await self._db.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error, ValueError):
                         await self._db.execute("ROLLBACK")
                     raise
-                await self._db.execute("COMMIT")
             finally:
                 self._tx_owner = None
 

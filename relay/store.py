@@ -20,6 +20,7 @@ Time is always passed in (`now`, unix seconds); nothing here reads the clock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ from relay import migrate as migrations
 from relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
 
 T = TypeVar("T")
+log = logging.getLogger("hushwire.relay.store")
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 # One-time prekeys kept per user; more is a client bug or an attempt to fill the disk.
@@ -162,7 +164,9 @@ class _Failed:
 class Waiter:
     """The settling half of a future that calls back at once, not on the next loop pass:
     the relay's hot path answers a send in the same pass as the ack or commit that
-    settles it, without a future and two loop callbacks per envelope."""
+    settles it, without a future and two loop callbacks per envelope. Like a future's
+    callbacks, a failing one is logged and cannot break whatever settled it (an ack
+    being applied, or the writer's loop)."""
 
     __slots__ = ("_callback", "_done")
 
@@ -174,12 +178,17 @@ class Waiter:
         return self._done
 
     def set_result(self, value: Any) -> None:
-        self._done = True
-        self._callback(value, None)
+        self._settle(value, None)
 
     def set_exception(self, exc: BaseException) -> None:
+        self._settle(None, exc)
+
+    def _settle(self, value: Any, exc: BaseException | None) -> None:
         self._done = True
-        self._callback(None, exc)
+        try:
+            self._callback(value, exc)
+        except Exception:
+            log.exception("a store callback failed")
 
 
 def _fail(fut: asyncio.Future[Any] | Waiter, exc: BaseException) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 
 import pytest
@@ -116,6 +118,32 @@ async def test_a_failed_transaction_leaves_nothing(store):
             raise RuntimeError("crash before commit")
     assert await store.get_contact("bob") is None
     assert not await store.seen(b"e" * 16)
+
+
+@pytest.mark.parametrize("cancel_after_passes", [0, 1, 2, 3])
+async def test_a_transaction_cancelled_at_any_await_leaves_the_store_usable(
+    store, cancel_after_passes
+):
+    """A connection drop cancels the task that stores a delivery: wherever that lands
+    (BEGIN sent but not yet answered, inside the body, at COMMIT), the next transaction
+    must start cleanly, and the cancelled one must not be half-applied."""
+
+    async def body() -> None:
+        async with store.transaction():
+            await store.add_contact("bob", IDENT, 1)
+            await store.mark_seen(b"e" * 16, 1)
+
+    task = asyncio.create_task(body())
+    for _ in range(cancel_after_passes):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    async with store.transaction():
+        await store.mark_seen(b"f" * 16, 2)
+    assert await store.seen(b"f" * 16)
+    # All or nothing for the cancelled one.
+    assert (await store.get_contact("bob") is None) == (not await store.seen(b"e" * 16))
 
 
 async def test_secrets_and_history_are_not_in_the_file(store, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -620,6 +621,30 @@ async def test_partial_elision_writes_only_the_rows_not_acked(db: Path, store: S
     assert await sent == [to_bob, to_carol]
     assert mailbox_rows(db) == [(to_carol, "carol")]
     assert await store.mailbox_count("bob") == 0
+    assert await store.mailbox_count("carol") == 1
+
+
+async def test_a_failing_callback_neither_stops_the_writer_nor_the_ack(
+    db: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.enqueue("alice", ["bob", "carol"], b"warm", now=NOW)
+
+    def broken(mids: list[int] | None, exc: BaseException | None) -> None:
+        raise RuntimeError("handler bug")
+
+    committed: list[int] = []
+    elided: list[int] = []
+    with caplog.at_level(logging.ERROR, logger="hushwire.relay.store"):
+        store.enqueue_nowait(
+            "alice", ["bob"], b"a", now=NOW, on_done=broken, on_reserved=committed.extend
+        )
+        store.enqueue_nowait(
+            "alice", ["carol"], b"b", now=NOW, on_done=broken, on_reserved=elided.extend
+        )
+        assert store.ack_nowait("carol", elided) == 1  # settled inside the ack: still counted
+        later = await store.enqueue("alice", ["bob"], b"c", now=NOW)  # the writer lives on
+    assert caplog.text.count("a store callback failed") == 2
+    assert [e.mid for e in await store.pending("bob")][1:] == committed + later
     assert await store.mailbox_count("carol") == 1
 
 
