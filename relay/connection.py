@@ -3,8 +3,8 @@
 No task per connection. `data_received` feeds the FrameDecoder and takes each request
 at once: `send` and `ack` are answered by a callback from whatever settles them (the
 recipient's ack or the commit) when the store needs no lookup (the hot path); other
-requests once logged in run as tasks, concurrently
-(pipelining) up to MAX_PIPELINE; `hello` and `login` run one at a time, in order.
+requests once logged in run as tasks, concurrently (pipelining) up to MAX_PIPELINE;
+`hello` and `login` run one at a time, in order.
 Everything queued for the client in one event-loop pass goes out as ONE
 `transport.write` (TLS records are the dominant per-write cost, PERF-NOTES), from one
 `FlushQueue` callback per pass shared by all connections. That flush also pushes
