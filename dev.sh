@@ -23,6 +23,7 @@ test)
     shift
     setup
     "$venv/bin/ruff" check .
+    "$venv/bin/ruff" format --check .
     set +e
     "$venv/bin/python" -m pytest "$@"
     rc=$?

@@ -39,8 +39,11 @@ async def measure(group: str, messages: int, size: int) -> dict[str, float]:
             clients = []
             for i in range(2):
                 settings = RelaySettings("127.0.0.1", relay.port, user_name(i), token, pin=pin)
-                clients.append(await HushwireClient.login(
-                    work / f"profile{i}", "bench", settings, kdf=KdfParams(n=2**14)))
+                clients.append(
+                    await HushwireClient.login(
+                        work / f"profile{i}", "bench", settings, kdf=KdfParams(n=2**14)
+                    )
+                )
             send_ms, shown_ms = [], []
             text = "x" * size
             for n in range(messages + 1):
@@ -57,8 +60,12 @@ async def measure(group: str, messages: int, size: int) -> dict[str, float]:
                 await c.close()
         finally:
             relay.stop()
-    return {"send": statistics.median(send_ms), "send_p99": _p99(send_ms),
-            "shown": statistics.median(shown_ms), "shown_p99": _p99(shown_ms)}
+    return {
+        "send": statistics.median(send_ms),
+        "send_p99": _p99(send_ms),
+        "shown": statistics.median(shown_ms),
+        "shown_p99": _p99(shown_ms),
+    }
 
 
 async def _shown(client: HushwireClient) -> float:
@@ -76,13 +83,17 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--size", type=int, default=100, help="message text bytes")
     args = parser.parse_args()
-    print(f"client end-to-end cost per message, {args.size} B text, {args.messages} messages "
-          "alternating directions (ms; median / p99)")
+    print(
+        f"client end-to-end cost per message, {args.size} B text, {args.messages} messages "
+        "alternating directions (ms; median / p99)"
+    )
     print(f"{'group':<10} {'send (call to relay ok)':>24} {'shown (call to stored)':>24}")
     for group in ("x25519", "ffdhe3072"):
         r = asyncio.run(measure(group, args.messages, args.size))
-        print(f"{group:<10} {r['send']:>15.2f} / {r['send_p99']:<6.2f} "
-              f"{r['shown']:>15.2f} / {r['shown_p99']:<6.2f}")
+        print(
+            f"{group:<10} {r['send']:>15.2f} / {r['send_p99']:<6.2f} "
+            f"{r['shown']:>15.2f} / {r['shown_p99']:<6.2f}"
+        )
 
 
 if __name__ == "__main__":

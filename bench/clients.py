@@ -165,8 +165,7 @@ def body_for(seq: int, size: int) -> bytes:
 class HushwireClient(Client):
     """hello + login, then pre-built `send` frames; acks every delivery (one ack per read)."""
 
-    def __init__(self, stats: Stats, index: int, user: str, token: str,
-                 names: list[str]) -> None:
+    def __init__(self, stats: Stats, index: int, user: str, token: str, names: list[str]) -> None:
         super().__init__(stats, index)
         self.user = user
         self.token = token
@@ -182,8 +181,11 @@ class HushwireClient(Client):
         self.write(self.frame({"t": "hello", "id": 1, "versions": [1], "client": "bench"}))
 
     def send_msg(self, dest: int, seq: int, size: int) -> None:
-        self.write(self.frame({"t": "send", "id": seq, "to": [self.names[dest]],
-                               "body": body_for(seq, size)}))
+        self.write(
+            self.frame(
+                {"t": "send", "id": seq, "to": [self.names[dest]], "body": body_for(seq, size)}
+            )
+        )
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -196,7 +198,7 @@ class HushwireClient(Client):
             end = pos + 4 + length
             if end > n:
                 break
-            msg = unpackb(buf[pos + 4:end])
+            msg = unpackb(buf[pos + 4 : end])
             pos = end
             t = msg["t"]
             if t == "deliver":
@@ -208,8 +210,11 @@ class HushwireClient(Client):
                     if rid > 2 or self.ready.done():
                         st.server_ack(rid)
                     elif rid == 1:
-                        self.write(self.frame({"t": "login", "id": 2, "user": self.user,
-                                               "token": self.token}))
+                        self.write(
+                            self.frame(
+                                {"t": "login", "id": 2, "user": self.user, "token": self.token}
+                            )
+                        )
                     else:
                         self.ready.set_result(None)
             elif t == "error":
@@ -248,8 +253,9 @@ def _mqtt_str(s: bytes) -> bytes:
 class MqttClient(Client):
     """CONNECT (+ SUBSCRIBE to u/<index>), PUBLISH to u/<dest>; PUBACKs what it receives."""
 
-    def __init__(self, stats: Stats, index: int, qos: int, *, clean: bool = True,
-                 subscribe: bool = True) -> None:
+    def __init__(
+        self, stats: Stats, index: int, qos: int, *, clean: bool = True, subscribe: bool = True
+    ) -> None:
         super().__init__(stats, index)
         self.qos = qos
         self.clean = clean
@@ -305,14 +311,14 @@ class MqttClient(Client):
                 break
             ptype = kind >> 4
             if ptype == 3:  # PUBLISH
-                tlen = int.from_bytes(buf[i:i + 2], "big")
+                tlen = int.from_bytes(buf[i : i + 2], "big")
                 j = i + 2 + tlen
                 if kind & 0x06:
-                    acks.append(b"\x40\x02" + buf[j:j + 2])
+                    acks.append(b"\x40\x02" + buf[j : j + 2])
                     j += 2
-                st.deliver(int.from_bytes(buf[j:j + 8], "big"))
+                st.deliver(int.from_bytes(buf[j : j + 8], "big"))
             elif ptype == 4:  # PUBACK
-                seq = self.pids.pop(int.from_bytes(buf[i:i + 2], "big"), None)
+                seq = self.pids.pop(int.from_bytes(buf[i : i + 2], "big"), None)
                 if seq is not None:
                     st.server_ack(seq)
             elif ptype == 2:  # CONNACK
@@ -365,11 +371,11 @@ class FloorClient(Client):
             if dest == 0xFFFFFFFF:
                 self.ready.set_result(None)
             elif dest == FLOOR_ACK:
-                st.server_ack(int.from_bytes(buf[pos + 8:pos + 16], "big"))
+                st.server_ack(int.from_bytes(buf[pos + 8 : pos + 16], "big"))
             else:
-                st.deliver(int.from_bytes(buf[pos + 8:pos + 16], "big"))
+                st.deliver(int.from_bytes(buf[pos + 8 : pos + 16], "big"))
                 if self.acks:
-                    acked.append(buf[pos + 8:pos + 16])
+                    acked.append(buf[pos + 8 : pos + 16])
             pos = end
         self.buf = buf[pos:]
         if acked:  # one ack frame per read, like the hushwire generator's

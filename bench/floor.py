@@ -75,7 +75,7 @@ class Floor(asyncio.Protocol):
                 if self.acks:
                     if not self.out:
                         dirty.append(self)
-                    self.out.append(ACK_HEADER + buf[pos + 8:pos + 16])
+                    self.out.append(ACK_HEADER + buf[pos + 8 : pos + 16])
             pos = end
         self.buf = buf[pos:]
         for peer in dirty:

@@ -100,8 +100,7 @@ async def run(users: int, messages: int, profile: bool) -> None:
     flushes = FlushQueue(asyncio.get_running_loop())
     for i in range(users):
         client = HushwireClient(stats, i, names[i], token, names)
-        conn = Connection(relay, flushes=flushes, admit=lambda c: True,
-                          on_finished=lambda c: None)
+        conn = Connection(relay, flushes=flushes, admit=lambda c: True, on_finished=lambda c: None)
         client._flush = clock.wrap(client._flush)  # type: ignore[method-assign]
         conn.connection_made(Pipe(clock.wrap(client.data_received)))
         client.connection_made(Pipe(conn.data_received))
@@ -154,8 +153,9 @@ async def run(users: int, messages: int, profile: bool) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--users", type=int, default=200)
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--profile", action="store_true", help="print the cProfile top 30")

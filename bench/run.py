@@ -67,8 +67,7 @@ async def connect(system: System, stats: Stats, index: int, **kw: Any) -> Client
     return proto
 
 
-async def connect_many(system: System, stats: Stats, indexes: list[int], **kw: Any
-                       ) -> list[Client]:
+async def connect_many(system: System, stats: Stats, indexes: list[int], **kw: Any) -> list[Client]:
     sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def one(i: int) -> Client:
@@ -96,8 +95,11 @@ class Meter:
 
     def stop(self) -> dict[str, float]:
         wall = time.perf_counter() - self.wall
-        return {"wall": wall, "gen_cpu": (time.process_time() - self.cpu) / wall,
-                "srv_cpu": (self.server.cpu() - self.srv) / wall}
+        return {
+            "wall": wall,
+            "gen_cpu": (time.process_time() - self.cpu) / wall,
+            "srv_cpu": (self.server.cpu() - self.srv) / wall,
+        }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -110,8 +112,9 @@ def pct(values: list[float], q: float) -> float:
 # --- shapes -----------------------------------------------------------------------------
 
 
-async def closed_loop(system: System, nconns: int, window: int, size: int,
-                      duration: float, warmup: float) -> dict[str, float]:
+async def closed_loop(
+    system: System, nconns: int, window: int, size: int, duration: float, warmup: float
+) -> dict[str, float]:
     stats = Stats(system.events)
     conns = await connect_many(system, stats, list(range(nconns)))
     for i, c in enumerate(conns):
@@ -131,12 +134,18 @@ async def closed_loop(system: System, nconns: int, window: int, size: int,
         await asyncio.sleep(0.05)
     await close_all(conns)
     lat = stats.lat
-    return {"rate": stats.delivered / m["wall"], "p50": pct(lat, 0.5) * 1e3,
-            "p99": pct(lat, 0.99) * 1e3, "errors": stats.errors, **m}
+    return {
+        "rate": stats.delivered / m["wall"],
+        "p50": pct(lat, 0.5) * 1e3,
+        "p99": pct(lat, 0.99) * 1e3,
+        "errors": stats.errors,
+        **m,
+    }
 
 
-async def open_loop(system: System, rate: float, duration: float, size: int = 256,
-                    nconns: int = 20) -> dict[str, float]:
+async def open_loop(
+    system: System, rate: float, duration: float, size: int = 256, nconns: int = 20
+) -> dict[str, float]:
     """Offered load at `rate`, latency from each message's intended send time."""
     stats = Stats(system.events)
     conns = await connect_many(system, stats, list(range(nconns)))
@@ -172,13 +181,19 @@ async def open_loop(system: System, rate: float, duration: float, size: int = 25
     stats.measuring = False
     await close_all(conns)
     lat = stats.lat
-    return {"rate": stats.delivered / duration, "p50": pct(lat, 0.5) * 1e3,
-            "p99": pct(lat, 0.99) * 1e3, "p999": pct(lat, 0.999) * 1e3,
-            "lost": sent - stats.delivered, **m}
+    return {
+        "rate": stats.delivered / duration,
+        "p50": pct(lat, 0.5) * 1e3,
+        "p99": pct(lat, 0.99) * 1e3,
+        "p999": pct(lat, 0.999) * 1e3,
+        "lost": sent - stats.delivered,
+        **m,
+    }
 
 
-async def offline(system: System, total: int, nrecipients: int, nsenders: int = 20,
-                  window: int = 256) -> dict[str, float]:
+async def offline(
+    system: System, total: int, nrecipients: int, nsenders: int = 20, window: int = 256
+) -> dict[str, float]:
     """Enqueue `total` envelopes to offline recipients, then log them in and drain."""
     recipients = list(range(nsenders, nsenders + nrecipients))
     kw: dict[str, Any] = {}
@@ -213,14 +228,20 @@ async def offline(system: System, total: int, nrecipients: int, nsenders: int = 
         pass
     dr = meter.stop()
     await close_all(conns)
-    return {"rate": per * nsenders / enq["wall"], "gen_cpu": enq["gen_cpu"],
-            "srv_cpu": enq["srv_cpu"], "drain": drain.delivered_total / dr["wall"],
-            "drain_gen_cpu": dr["gen_cpu"], "drain_srv_cpu": dr["srv_cpu"],
-            "errors": stats.errors}
+    return {
+        "rate": per * nsenders / enq["wall"],
+        "gen_cpu": enq["gen_cpu"],
+        "srv_cpu": enq["srv_cpu"],
+        "drain": drain.delivered_total / dr["wall"],
+        "drain_gen_cpu": dr["gen_cpu"],
+        "drain_srv_cpu": dr["srv_cpu"],
+        "errors": stats.errors,
+    }
 
 
-async def handshakes(system: System, duration: float, pool: int, workers: int = 16
-                     ) -> dict[str, float]:
+async def handshakes(
+    system: System, duration: float, pool: int, workers: int = 16
+) -> dict[str, float]:
     done = 0
     stop = time.perf_counter() + duration
     meter = Meter(system.server)
@@ -307,8 +328,14 @@ def print_table(res: Results, label: str, unit: str, extra: tuple[str, ...] = ()
     if not systems:
         return
     print(f"\n### {label}\n")
-    head = ["system", f"{unit} median (min-max)", *extra, "gen CPU max", "server CPU",
-            "server us/msg"]
+    head = [
+        "system",
+        f"{unit} median (min-max)",
+        *extra,
+        "gen CPU max",
+        "server CPU",
+        "server us/msg",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, runs in systems.items():
@@ -320,8 +347,7 @@ def print_table(res: Results, label: str, unit: str, extra: tuple[str, ...] = ()
         srv = [r["srv_cpu"] for r in runs if "srv_cpu" in r]
         cols.append(f"{statistics.median(srv):.0%}" if srv else "-")
         # Server CPU per message: what a CPU-bound server's throughput is the inverse of.
-        per_msg = [r["srv_cpu"] / r["rate"] * 1e6 for r in runs
-                   if "srv_cpu" in r and r["rate"] > 0]
+        per_msg = [r["srv_cpu"] / r["rate"] * 1e6 for r in runs if "srv_cpu" in r and r["rate"] > 0]
         cols.append(spread(per_msg) if per_msg else "-")
         print("| " + " | ".join(cols) + " |")
     for one, other in RATIOS:
@@ -352,10 +378,12 @@ async def main_async(args: argparse.Namespace) -> None:
     def mqtt(qos: int) -> Callable[..., Client]:
         return lambda stats, index, **kw: MqttClient(stats, index, qos, **kw)
 
-    started = [servers.hushwire(work, SERVER_CORE, tuple(args.relay_flag)).start(),
-               servers.mosquitto(work, SERVER_CORE).start(),
-               servers.floor(work, SERVER_CORE).start(),
-               servers.floor(work, SERVER_CORE, acks=True).start()]
+    started = [
+        servers.hushwire(work, SERVER_CORE, tuple(args.relay_flag)).start(),
+        servers.mosquitto(work, SERVER_CORE).start(),
+        servers.floor(work, SERVER_CORE).start(),
+        servers.floor(work, SERVER_CORE, acks=True).start(),
+    ]
     hw, mq, fl, fla = started
     systems = [System("hushwire", hw, 2, hushwire_client)]
     if args.baseline is not None:
@@ -365,16 +393,20 @@ async def main_async(args: argparse.Namespace) -> None:
     systems += [
         System("mosquitto-qos1", mq, 2, mqtt(1)),
         System("mosquitto-qos0", mq, 1, mqtt(0), stores=False),
-        System("floor", fl, 1, lambda stats, index, **kw: FloorClient(stats, index),
-               stores=False),
-        System("floor-acked", fla, 2,
-               lambda stats, index, **kw: FloorClient(stats, index, acks=True), stores=False),
+        System("floor", fl, 1, lambda stats, index, **kw: FloorClient(stats, index), stores=False),
+        System(
+            "floor-acked",
+            fla,
+            2,
+            lambda stats, index, **kw: FloorClient(stats, index, acks=True),
+            stores=False,
+        ),
     ]
     systems = [s for s in systems if s.name in args.systems or s.name == "hushwire-baseline"]
     res = Results()
     try:
         for rnd in range(args.rounds):
-            order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
+            order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
             print(f"round {rnd + 1}/{args.rounds}: {[s.name for s in order]}", file=sys.stderr)
             for s in order:
                 for n in args.chat if "chat" in args.shapes else ():
@@ -382,10 +414,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     res.add(f"chat {n} conns, 2 in flight, 256 B", s.name, r)
                     log(s.name, f"chat {n}", r)
                 for size in args.bulk if "bulk" in args.shapes else ():
-                    r = await closed_loop(s, args.bulk_conns, 256, size, args.duration,
-                                          args.warmup)
-                    res.add(f"bulk {args.bulk_conns} conns, 256 in flight, {size} B",
-                            s.name, r)
+                    r = await closed_loop(s, args.bulk_conns, 256, size, args.duration, args.warmup)
+                    res.add(f"bulk {args.bulk_conns} conns, 256 in flight, {size} B", s.name, r)
                     log(s.name, f"bulk {size}", r)
                 for rate in args.rates if "latency" in args.shapes else ():
                     r = await open_loop(s, rate, args.duration)
@@ -393,8 +423,12 @@ async def main_async(args: argparse.Namespace) -> None:
                     log(s.name, f"latency {rate}", r)
                 if "offline" in args.shapes and s.stores:
                     r = await offline(s, args.offline, args.offline_recipients)
-                    res.add(f"offline: enqueue {fmt(args.offline)} to "
-                            f"{args.offline_recipients} offline users, then drain", s.name, r)
+                    res.add(
+                        f"offline: enqueue {fmt(args.offline)} to "
+                        f"{args.offline_recipients} offline users, then drain",
+                        s.name,
+                        r,
+                    )
                     log(s.name, "offline", r)
                 if "handshakes" in args.shapes and s.name != "mosquitto-qos0":
                     r = await handshakes(s, args.duration, nusers)
@@ -408,14 +442,15 @@ async def main_async(args: argparse.Namespace) -> None:
                     s.server.stop()
                     s.server.start()
                     r = await idle(s, n)
-                    res.add(f"idle: RSS per authenticated TLS connection, {n} conns",
-                            s.name, r)
+                    res.add(f"idle: RSS per authenticated TLS connection, {n} conns", s.name, r)
                     log(s.name, f"idle {n}", r)
     finally:
         for srv in started:
             srv.stop()
-    print(f"\n## Results ({args.rounds} round(s), {time.strftime('%Y-%m-%d %H:%M')}, "
-          f"servers on core {SERVER_CORE}, generator on core {GEN_CORE}, TLS)")
+    print(
+        f"\n## Results ({args.rounds} round(s), {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"servers on core {SERVER_CORE}, generator on core {GEN_CORE}, TLS)"
+    )
     for label in res.rows:
         if label.startswith("latency"):
             print_table(res, label, "delivered/s", ("p50", "p99", "p999", "lost"))
@@ -436,17 +471,21 @@ def log(system: str, what: str, r: dict[str, float]) -> None:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="one short round (~3 minutes)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=4.0, help="seconds measured per run")
     p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--shapes", nargs="+",
-                   default=["chat", "bulk", "latency", "offline", "handshakes", "idle"])
-    p.add_argument("--systems", nargs="+",
-                   default=["hushwire", "mosquitto-qos1", "mosquitto-qos0", "floor",
-                            "floor-acked"])
+    p.add_argument(
+        "--shapes", nargs="+", default=["chat", "bulk", "latency", "offline", "handshakes", "idle"]
+    )
+    p.add_argument(
+        "--systems",
+        nargs="+",
+        default=["hushwire", "mosquitto-qos1", "mosquitto-qos0", "floor", "floor-acked"],
+    )
     p.add_argument("--chat", type=int, nargs="+", default=[200, 1000])
     p.add_argument("--bulk", type=int, nargs="+", default=[100, 256, 1024, 4096])
     p.add_argument("--bulk-conns", type=int, default=20)
@@ -454,16 +493,31 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offline", type=int, default=40000)
     p.add_argument("--offline-recipients", type=int, default=200)
     p.add_argument("--idle", type=int, nargs="+", default=[1000, 5000, 10000])
-    p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
-                   help="also run the relay of another checkout (e.g. a `git worktree` of "
-                   "an older commit) as system hushwire-baseline, interleaved")
-    p.add_argument("--relay-flag", action="append", default=[],
-                   help="extra hushwire-relay flag (repeatable): --relay-flag=--synchronous=FULL")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also run the relay of another checkout (e.g. a `git worktree` of "
+        "an older commit) as system hushwire-baseline, interleaved",
+    )
+    p.add_argument(
+        "--relay-flag",
+        action="append",
+        default=[],
+        help="extra hushwire-relay flag (repeatable): --relay-flag=--synchronous=FULL",
+    )
     if "--quick" in (sys.argv[1:] if argv is None else argv):
         # quick defaults; flags given explicitly still win
-        p.set_defaults(rounds=1, duration=3.0, chat=[200], bulk=[256, 4096],
-                       rates=[1000, 5000], offline=20000, offline_recipients=100,
-                       idle=[1000])
+        p.set_defaults(
+            rounds=1,
+            duration=3.0,
+            chat=[200],
+            bulk=[256, 4096],
+            rates=[1000, 5000],
+            offline=20000,
+            offline_recipients=100,
+            idle=[1000],
+        )
     return p.parse_args(argv)
 
 

@@ -33,9 +33,18 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # Benchmark flags: the defaults (60 envelopes/s per sender, 10k mailbox) are for real
 # users; a load generator is one user sending thousands per second.
 RELAY_FLAGS = (
-    "--send-rate", "1000000000", "--send-burst", "1000000000",
-    "--max-mailbox", "10000000", "--max-connections", "30000",
-    "--idle-timeout", "3600", "--handshake-timeout", "60",
+    "--send-rate",
+    "1000000000",
+    "--send-burst",
+    "1000000000",
+    "--max-mailbox",
+    "10000000",
+    "--max-connections",
+    "30000",
+    "--idle-timeout",
+    "3600",
+    "--handshake-timeout",
+    "60",
 )
 
 
@@ -60,8 +69,15 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, argv: list[str], log: Path, core: int,
-                 port: int | None = None, cwd: Path = ROOT) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log: Path,
+        core: int,
+        port: int | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
         self.name = name
         self.cwd = cwd
         self.argv = ["taskset", "-c", str(core), *argv]
@@ -73,8 +89,13 @@ class Server:
     def start(self) -> Server:
         self.port = self.fixed_port or 0
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.cwd,
+        )
         deadline = time.monotonic() + START_WAIT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -121,8 +142,9 @@ def tls_material(workdir: Path) -> tuple[Path, Path, str]:
     return cert, key, fingerprint(cert)
 
 
-def hushwire(workdir: Path, core: int, extra: tuple[str, ...] = (),
-             checkout: Path | None = None) -> Server:
+def hushwire(
+    workdir: Path, core: int, extra: tuple[str, ...] = (), checkout: Path | None = None
+) -> Server:
     """This checkout's relay, or with `checkout` another one's (`python -m` runs it from
     its cwd) on its own copy of the db, to compare two versions interleaved."""
     if checkout is None:
@@ -130,15 +152,22 @@ def hushwire(workdir: Path, core: int, extra: tuple[str, ...] = (),
     else:
         name, db, cwd = "hushwire-baseline", workdir / "baseline.db", checkout
         shutil.copyfile(workdir / "relay.db", db)
-    argv = [sys.executable, "-m", "relay.cli", "--db", str(db),
-            "--port", "0", *RELAY_FLAGS, *extra]
+    argv = [sys.executable, "-m", "relay.cli", "--db", str(db), "--port", "0", *RELAY_FLAGS, *extra]
     return Server(name, argv, workdir / f"{name}.log", core, cwd=cwd)
 
 
 def floor(workdir: Path, core: int, *, acks: bool = False) -> Server:
     name = "floor-acked" if acks else "floor"
-    argv = [sys.executable, "-m", "bench.floor", "--cert", str(workdir / "relay-cert.pem"),
-            "--key", str(workdir / "relay-key.pem"), *(["--acks"] if acks else [])]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.floor",
+        "--cert",
+        str(workdir / "relay-cert.pem"),
+        "--key",
+        str(workdir / "relay-key.pem"),
+        *(["--acks"] if acks else []),
+    ]
     return Server(name, argv, workdir / f"{name}.log", core)
 
 
@@ -149,8 +178,9 @@ def ensure_mosquitto() -> str:
     print("mosquitto missing: installing the Debian package", file=sys.stderr)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "mosquitto"], check=True, env=env,
-                   timeout=600)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "mosquitto"], check=True, env=env, timeout=600
+    )
     return "/usr/sbin/mosquitto"
 
 
@@ -172,8 +202,9 @@ def mosquitto(workdir: Path, core: int) -> Server:
         "user root\n"
         "log_type error\n"
     )
-    return Server("mosquitto", [binary, "-c", str(conf)], workdir / "mosquitto.log", core,
-                  port=port)
+    return Server(
+        "mosquitto", [binary, "-c", str(conf)], workdir / "mosquitto.log", core, port=port
+    )
 
 
 async def wait_quiet(server: Server, seconds: float = 0.5) -> None:

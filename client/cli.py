@@ -137,8 +137,13 @@ def _relay_settings(args: argparse.Namespace, token: str) -> RelaySettings:
         return str(Path(path).resolve()) if path else None
 
     return RelaySettings(
-        host=host, port=port, user=args.user, token=token, ca_file=absolute(args.ca),
-        client_cert=absolute(args.client_cert), client_key=absolute(args.client_key),
+        host=host,
+        port=port,
+        user=args.user,
+        token=token,
+        ca_file=absolute(args.ca),
+        client_cert=absolute(args.client_cert),
+        client_key=absolute(args.client_key),
     )
 
 
@@ -149,16 +154,23 @@ def _warn(err: TextIO, text: str) -> None:
 def _report_event(event: object, err: TextIO) -> None:
     """Warnings that must reach a script's user on stderr, whatever the command."""
     if isinstance(event, KeyChanged):
-        _warn(err, f"warning: {event.contact}'s identity key has changed. Messages to them "
-                   f"are held. Check `hushwire verify {event.contact}`, then "
-                   f"`hushwire trust {event.contact}`.")
+        _warn(
+            err,
+            f"warning: {event.contact}'s identity key has changed. Messages to them "
+            f"are held. Check `hushwire verify {event.contact}`, then "
+            f"`hushwire trust {event.contact}`.",
+        )
     elif isinstance(event, MessageRejected):
-        _warn(err, f"warning: rejected a message from {event.contact}: "
-                   f"{safe_for_terminal(event.reason)}")
+        _warn(
+            err,
+            f"warning: rejected a message from {event.contact}: {safe_for_terminal(event.reason)}",
+        )
     elif isinstance(event, Notice):
         _warn(err, f"note: {safe_for_terminal(event.text)}")
-    elif isinstance(event, ConnectionState) and event.state == "disconnected" and (
-        event.detail != "closed"
+    elif (
+        isinstance(event, ConnectionState)
+        and event.state == "disconnected"
+        and (event.detail != "closed")
     ):
         _warn(err, f"disconnected: {safe_for_terminal(event.detail)}")
 
@@ -177,8 +189,12 @@ def _format_message(item: HistoryItem | MessageReceived, as_json: bool) -> str:
     if as_json:
         # ensure_ascii: every control or bidi character arrives escaped, never raw.
         return json.dumps(
-            {"sender": sender, "id": item.envelope_id, "sent_at": _iso(item.sent_at),
-             "text": item.text},
+            {
+                "sender": sender,
+                "id": item.envelope_id,
+                "sent_at": _iso(item.sent_at),
+                "text": item.text,
+            },
             ensure_ascii=True,
         )
     text = safe_for_terminal(item.text).replace("\n", "\\n")
@@ -209,17 +225,18 @@ async def cmd_login(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: T
     profile = _profile(args)
     passphrase = read_passphrase(confirm=not ProfileStore.exists(profile) and sys.stdin.isatty())
     settings = _relay_settings(args, token)
-    client = await HushwireClient.login(
-        profile, passphrase, settings, fingerprint=args.fingerprint
-    )
+    client = await HushwireClient.login(profile, passphrase, settings, fingerprint=args.fingerprint)
     try:
         fp = client.settings.pin
         if args.ca:
             print(f"relay certificate validated with {args.ca}", file=out)
         elif client.fingerprint_learned:
             print(f"relay certificate SHA-256 fingerprint:\n  {fp}", file=out)
-            print("pinned on first use: compare it with the one your operator published; "
-                  "a different certificate later will be refused", file=out)
+            print(
+                "pinned on first use: compare it with the one your operator published; "
+                "a different certificate later will be refused",
+                file=out,
+            )
         else:
             print(f"relay certificate matches the pinned fingerprint {fp}", file=out)
         print(f"logged in to {client.relay} as {client.user}; profile {profile}", file=out)
@@ -314,17 +331,22 @@ async def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: 
         print(f"safety number with {args.name}:", file=out)
         _print_number(number, out)
         if state.key_changed:
-            print(f"{args.name}'s identity key has CHANGED and is not accepted yet. "
-                  "The safety number for the new key is:", file=out)
+            print(
+                f"{args.name}'s identity key has CHANGED and is not accepted yet. "
+                "The safety number for the new key is:",
+                file=out,
+            )
             _print_number(await client.safety_number(args.name, pending=True), out)
-            print(f"Compare it with {args.name}, then run `hushwire trust {args.name}`.",
-                  file=out)
+            print(f"Compare it with {args.name}, then run `hushwire trust {args.name}`.", file=out)
         elif state.verified:
             print(f"{args.name} is verified", file=out)
         else:
-            print(f"{args.name} is NOT verified. Compare these digits with {args.name} in "
-                  f"person or over another trusted channel, then run "
-                  f"`hushwire verify {args.name} --mark`.", file=out)
+            print(
+                f"{args.name} is NOT verified. Compare these digits with {args.name} in "
+                f"person or over another trusted channel, then run "
+                f"`hushwire verify {args.name} --mark`.",
+                file=out,
+            )
     finally:
         await client.close()
     return EXIT_OK
@@ -344,8 +366,11 @@ async def cmd_trust(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: T
             print(f"{args.name}'s identity key has not changed; nothing to accept", file=out)
             return EXIT_OK
         released = await client.trust(args.name)
-        print(f"accepted {args.name}'s new identity key (not verified: compare safety "
-              f"numbers with `hushwire verify {args.name}`)", file=out)
+        print(
+            f"accepted {args.name}'s new identity key (not verified: compare safety "
+            f"numbers with `hushwire verify {args.name}`)",
+            file=out,
+        )
         where = "sent" if client.state == "connected" else "queued for the next connection"
         print(f"{released} held message(s) {where}", file=out)
         _drain_warnings(client, err)
@@ -354,9 +379,7 @@ async def cmd_trust(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: T
     return EXIT_OK
 
 
-async def cmd_contacts(
-    args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO
-) -> int:
+async def cmd_contacts(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     client = await _open_started(args, required=False)
     try:
         if client.state != "connected":
@@ -364,12 +387,21 @@ async def cmd_contacts(
         contacts = await client.contacts()
         for c in contacts:
             if args.json:
-                print(json.dumps({"name": c.name, "online": c.online, "verified": c.verified,
-                                  "key_changed": c.key_changed, "unread": c.unread}), file=out)
+                print(
+                    json.dumps(
+                        {
+                            "name": c.name,
+                            "online": c.online,
+                            "verified": c.verified,
+                            "key_changed": c.key_changed,
+                            "unread": c.unread,
+                        }
+                    ),
+                    file=out,
+                )
                 continue
             online = {True: "online", False: "offline", None: "unknown"}[c.online]
-            trust = "KEY CHANGED" if c.key_changed else (
-                "verified" if c.verified else "unverified")
+            trust = "KEY CHANGED" if c.key_changed else ("verified" if c.verified else "unverified")
             print(f"{c.name:<32} {online:<8} {trust:<11} {c.unread} unread", file=out)
         _drain_warnings(client, err)
     finally:
@@ -397,86 +429,127 @@ def cmd_chat(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--profile", metavar="DIR", default=argparse.SUPPRESS,
+        "--profile",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
         help=f"profile directory (default {DEFAULT_PROFILE})",
     )
     parser = argparse.ArgumentParser(
-        prog="hushwire", description=DESCRIPTION, epilog=EPILOG,
+        prog="hushwire",
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--profile", metavar="DIR", default=None,
-                        help=f"profile directory (default {DEFAULT_PROFILE})")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help=f"profile directory (default {DEFAULT_PROFILE})",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
         return sub.add_parser(
-            name, parents=[common], help=help, description=description,
+            name,
+            parents=[common],
+            help=help,
+            description=description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    p = add("login", "create the profile, pin the relay, log in and publish keys",
-            "Create the profile (or update its relay settings), connect, and log in. The "
-            "first time, the relay's certificate fingerprint is printed and pinned (trust on "
-            "first use, like SSH); later a different certificate is refused. With --ca the "
-            "certificate is validated against that CA instead. Keys are generated and "
-            "published on the first login. The token is never printed.")
+    p = add(
+        "login",
+        "create the profile, pin the relay, log in and publish keys",
+        "Create the profile (or update its relay settings), connect, and log in. The "
+        "first time, the relay's certificate fingerprint is printed and pinned (trust on "
+        "first use, like SSH); later a different certificate is refused. With --ca the "
+        "certificate is validated against that CA instead. Keys are generated and "
+        "published on the first login. The token is never printed.",
+    )
     p.add_argument("--relay", required=True, type=_host_port, metavar="HOST:PORT")
     p.add_argument("--user", required=True, metavar="NAME")
     tok = p.add_mutually_exclusive_group(required=True)
-    tok.add_argument("--token", metavar="TOKEN",
-                     help="the login token from your admin; `-` reads it from stdin")
+    tok.add_argument(
+        "--token", metavar="TOKEN", help="the login token from your admin; `-` reads it from stdin"
+    )
     tok.add_argument("--token-file", metavar="FILE", help="read the token from FILE")
     p.add_argument("--ca", metavar="FILE", help="validate the relay against this CA file")
     p.add_argument("--client-cert", metavar="FILE", help="client certificate (mutual TLS)")
     p.add_argument("--client-key", metavar="FILE", help="its private key")
-    p.add_argument("--fingerprint", metavar="SHA256",
-                   help="pin exactly this certificate fingerprint (AB:CD:...) instead of "
-                        "trusting the first one seen; also the way to accept a replaced "
-                        "relay certificate after checking it with the operator")
+    p.add_argument(
+        "--fingerprint",
+        metavar="SHA256",
+        help="pin exactly this certificate fingerprint (AB:CD:...) instead of "
+        "trusting the first one seen; also the way to accept a replaced "
+        "relay certificate after checking it with the operator",
+    )
     p.set_defaults(func=cmd_login)
 
-    p = add("send", "send one message",
-            "Encrypt and send one message; returns once the relay has stored it. The message "
-            "is the remaining arguments joined by spaces, or stdin when none are given. "
-            "Exit status 3 if the contact's identity key changed (the message is held).")
+    p = add(
+        "send",
+        "send one message",
+        "Encrypt and send one message; returns once the relay has stored it. The message "
+        "is the remaining arguments joined by spaces, or stdin when none are given. "
+        "Exit status 3 if the contact's identity key changed (the message is held).",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("message", nargs="*", metavar="MESSAGE")
     p.set_defaults(func=cmd_send)
 
-    p = add("recv", "print received messages",
-            "Print every queued message, wait up to --wait seconds for more, then exit. One "
-            "line per message: sender, time (UTC), text (control characters neutralised, "
-            "newlines shown as \\n). With --json, one JSON object per line with sender, id "
-            "(hex envelope id), sent_at (ISO 8601 UTC) and text. Messages are acknowledged "
-            "to the relay only after they are stored in the profile. Warnings (changed keys, "
-            "rejected messages) go to stderr.")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="keep receiving this long after the queue is empty (default 0)")
+    p = add(
+        "recv",
+        "print received messages",
+        "Print every queued message, wait up to --wait seconds for more, then exit. One "
+        "line per message: sender, time (UTC), text (control characters neutralised, "
+        "newlines shown as \\n). With --json, one JSON object per line with sender, id "
+        "(hex envelope id), sent_at (ISO 8601 UTC) and text. Messages are acknowledged "
+        "to the relay only after they are stored in the profile. Warnings (changed keys, "
+        "rejected messages) go to stderr.",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep receiving this long after the queue is empty (default 0)",
+    )
     p.add_argument("--json", action="store_true", help="JSON lines output")
     p.set_defaults(func=cmd_recv)
 
-    p = add("verify", "show a contact's safety number, or mark it verified",
-            "Print the 60-digit safety number for you and NAME. Compare it with NAME in "
-            "person or over another trusted channel; if it matches, run with --mark.")
+    p = add(
+        "verify",
+        "show a contact's safety number, or mark it verified",
+        "Print the 60-digit safety number for you and NAME. Compare it with NAME in "
+        "person or over another trusted channel; if it matches, run with --mark.",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--mark", action="store_true", help="mark NAME as verified")
     p.set_defaults(func=cmd_verify)
 
-    p = add("trust", "accept a contact's changed identity key and send held messages",
-            "Accept NAME's new identity key after it changed (messages to NAME are held until "
-            "then), and send the held messages under a fresh session. The contact becomes "
-            "unverified: compare safety numbers again with `hushwire verify NAME`.")
+    p = add(
+        "trust",
+        "accept a contact's changed identity key and send held messages",
+        "Accept NAME's new identity key after it changed (messages to NAME are held until "
+        "then), and send the held messages under a fresh session. The contact becomes "
+        "unverified: compare safety numbers again with `hushwire verify NAME`.",
+    )
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_trust)
 
-    p = add("contacts", "list contacts with online and verification state",
-            "List contacts: name, online/offline (from the relay), verified/unverified/KEY "
-            "CHANGED, unread messages.")
+    p = add(
+        "contacts",
+        "list contacts with online and verification state",
+        "List contacts: name, online/offline (from the relay), verified/unverified/KEY "
+        "CHANGED, unread messages.",
+    )
     p.add_argument("--json", action="store_true", help="JSON lines output")
     p.set_defaults(func=cmd_contacts)
 
-    p = add("chat", "the full-screen terminal UI (also: no command)",
-            "Open the full-screen terminal UI.")
+    p = add(
+        "chat",
+        "the full-screen terminal UI (also: no command)",
+        "Open the full-screen terminal UI.",
+    )
     p.set_defaults(func=cmd_chat)
     return parser
 
@@ -487,9 +560,11 @@ def _error_text(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, MessageHeld):
         return exc.message, EXIT_HELD
     if isinstance(exc, CertificateMismatch):
-        hint = ("To accept a replaced certificate after checking its fingerprint with the "
-                "operator: `hushwire login --relay HOST:PORT --user NAME --token-file FILE "
-                "--fingerprint PRESENTED`.")
+        hint = (
+            "To accept a replaced certificate after checking its fingerprint with the "
+            "operator: `hushwire login --relay HOST:PORT --user NAME --token-file FILE "
+            "--fingerprint PRESENTED`."
+        )
         return f"{exc.message}\n{hint}", EXIT_ERROR
     if isinstance(exc, RequestError):
         if exc.code is ErrorCode.AUTH_FAILED:

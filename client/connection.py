@@ -43,8 +43,13 @@ log = logging.getLogger("hushwire.client")
 
 # Defined in client/errors.py (the client's one exception module); re-exported here so
 # `from client.connection import ConnectionClosed` keeps working.
-__all__ = ["CertificateMismatch", "ConnectionClosed", "RelayConnection", "TlsSettings",
-           "cert_fingerprint"]
+__all__ = [
+    "CertificateMismatch",
+    "ConnectionClosed",
+    "RelayConnection",
+    "TlsSettings",
+    "cert_fingerprint",
+]
 
 R = TypeVar("R", bound=Reply)
 CLIENT_NAME = "hushwire/0.1"
@@ -109,7 +114,10 @@ class RelayConnection:
         try:
             async with asyncio.timeout(connect_timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, ssl=tls.context(), server_hostname=host if tls.ca_file else None,
+                    host,
+                    port,
+                    ssl=tls.context(),
+                    server_hostname=host if tls.ca_file else None,
                     limit=DEFAULT_MAX_FRAME * 2,
                 )
         except TimeoutError:

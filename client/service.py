@@ -133,8 +133,14 @@ class Notice:
 
 
 ClientEvent = (
-    MessageReceived | KeyChanged | MessageRejected | ConnectionState | Presence
-    | MessagesReleased | MessageSent | Notice
+    MessageReceived
+    | KeyChanged
+    | MessageRejected
+    | ConnectionState
+    | Presence
+    | MessagesReleased
+    | MessageSent
+    | Notice
 )
 
 
@@ -310,8 +316,11 @@ class HushwireClient:
             group = await _load_group(store)
             identity = await load_or_create_identity(store, group, int(clock() * 1000))
             client = cls(
-                store, settings, SessionManager(store, settings.user, identity, group, clock=clock),
-                clock=clock, backoff=backoff,
+                store,
+                settings,
+                SessionManager(store, settings.user, identity, group, clock=clock),
+                clock=clock,
+                backoff=backoff,
             )
             client._max_frame = await store.get_setting("max_frame") or DEFAULT_MAX_FRAME
         except BaseException:
@@ -347,8 +356,7 @@ class HushwireClient:
             old = RelaySettings.from_record(old_record) if old_record else None
             if old is not None and old.user != settings.user and await store.load_identity():
                 raise ProfileMismatch(
-                    f"this profile belongs to {old.user}; use another --profile for "
-                    f"{settings.user}"
+                    f"this profile belongs to {old.user}; use another --profile for {settings.user}"
                 )
             pin = None
             if settings.ca_file is None:
@@ -357,7 +365,8 @@ class HushwireClient:
                 elif old is not None and old.address == settings.address:
                     pin = old.pin
             conn = await RelayConnection.connect(
-                settings.host, settings.port,
+                settings.host,
+                settings.port,
                 TlsSettings(
                     pin=pin,
                     ca_file=Path(settings.ca_file) if settings.ca_file else None,
@@ -386,8 +395,11 @@ class HushwireClient:
                 await store.set_setting("group_params", hello.group_params)
             identity = await load_or_create_identity(store, group, now_ms)
             client = cls(
-                store, settings, SessionManager(store, settings.user, identity, group, clock=clock),
-                clock=clock, backoff=backoff,
+                store,
+                settings,
+                SessionManager(store, settings.user, identity, group, clock=clock),
+                clock=clock,
+                backoff=backoff,
             )
             client.fingerprint_learned = pin is None and settings.ca_file is None
             await client._adopt(conn, ok)
@@ -465,8 +477,9 @@ class HushwireClient:
             task.add_done_callback(self._conn_tasks.discard)
         self._set_state("connected", f"logged in to {self.relay} as {self.user}")
         try:
-            await self._upload_keys(conn, relay_has_identity=ok.has_identity,
-                                    prekeys_left=ok.prekeys_left)
+            await self._upload_keys(
+                conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
+            )
             await self.who()
             await self.flush_outbox()
         except ConnectionClosed:
@@ -623,8 +636,11 @@ class HushwireClient:
                 self.events.put_nowait(KeyChanged(outcome.contact))
             self.events.put_nowait(
                 MessageReceived(
-                    outcome.contact, outcome.envelope_id.hex(), _utc(outcome.sent_at_ms),
-                    outcome.text, outcome.uid,
+                    outcome.contact,
+                    outcome.envelope_id.hex(),
+                    _utc(outcome.sent_at_ms),
+                    outcome.text,
+                    outcome.uid,
                 )
             )
         elif isinstance(outcome, Rejected):
@@ -709,8 +725,13 @@ class HushwireClient:
             uid = await self.sessions.queue(name, text)
             with contextlib.suppress(ConnectionClosed):  # then it stays queued: reported
                 await self._flush_locked(conn)
-            return SendResult(name, uid, "", _utc(self.sessions.now_ms()),
-                              queued=any(m.uid == uid for m in await self.sessions.waiting()))
+            return SendResult(
+                name,
+                uid,
+                "",
+                _utc(self.sessions.now_ms()),
+                queued=any(m.uid == uid for m in await self.sessions.waiting()),
+            )
         try:
             out = await self.sessions.prepare_send(name, text, self._fetcher(conn))
         except MessageHeld:
@@ -733,11 +754,13 @@ class HushwireClient:
             if not keep:
                 await self.sessions.mark_failed(out.uid)
                 raise
-            return SendResult(out.contact, out.uid, out.envelope_id.hex(),
-                              _utc(out.sent_at_ms), queued=True)
+            return SendResult(
+                out.contact, out.uid, out.envelope_id.hex(), _utc(out.sent_at_ms), queued=True
+            )
         await self.sessions.mark_sent(out.uid)
-        return SendResult(out.contact, out.uid, out.envelope_id.hex(), _utc(out.sent_at_ms),
-                          queued=False)
+        return SendResult(
+            out.contact, out.uid, out.envelope_id.hex(), _utc(out.sent_at_ms), queued=False
+        )
 
     async def flush_outbox(self) -> int:
         """Send what waited for a connection: unconfirmed envelopes as they are, then
@@ -798,8 +821,9 @@ class HushwireClient:
     async def contacts(self) -> list[ContactInfo]:
         unread = await self.store.unread_counts()
         return [
-            ContactInfo(c.name, c.verified, c.key_changed, unread.get(c.name, 0),
-                        self._online.get(c.name))
+            ContactInfo(
+                c.name, c.verified, c.key_changed, unread.get(c.name, 0), self._online.get(c.name)
+            )
             for c in await self.store.list_contacts()
         ]
 
@@ -871,7 +895,9 @@ def _split_upload(upload: KeyUpload, max_frame: int) -> list[KeyUpload]:
 
     def size(part: KeyUpload) -> int:
         frame = wire.PublishKeys(
-            id=2**63 - 1, identity=part.identity, signed_prekey=part.signed_prekey,
+            id=2**63 - 1,
+            identity=part.identity,
+            signed_prekey=part.signed_prekey,
             one_time_prekeys=part.one_time_prekeys,
         ).to_wire()
         return len(msgpack.packb(frame, use_bin_type=True))
@@ -879,8 +905,7 @@ def _split_upload(upload: KeyUpload, max_frame: int) -> list[KeyUpload]:
     parts: list[KeyUpload] = []
     current = KeyUpload(upload.identity, upload.signed_prekey, ())
     for key in upload.one_time_prekeys:
-        grown = KeyUpload(current.identity, current.signed_prekey,
-                          (*current.one_time_prekeys, key))
+        grown = KeyUpload(current.identity, current.signed_prekey, (*current.one_time_prekeys, key))
         if len(grown.one_time_prekeys) > MAX_PREKEYS_PER_UPLOAD or size(grown) > max_frame:
             parts.append(current)
             current = KeyUpload(None, None, (key,))

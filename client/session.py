@@ -374,7 +374,12 @@ class SessionManager:
                 envelope_id=message.envelope_id,
             )
         return Received(
-            sender, uid, message.envelope_id, message.sent_at_ms, text, key_changed,
+            sender,
+            uid,
+            message.envelope_id,
+            message.sent_at_ms,
+            text,
+            key_changed,
             used_otpk is not None,
         )
 
@@ -464,8 +469,12 @@ class SessionManager:
                 if held:
                     if uid is None:
                         uid = await self.store.add_message(
-                            contact=name, direction="out", status="held", sent_at_ms=now,
-                            now_ms=now, text=text,
+                            contact=name,
+                            direction="out",
+                            status="held",
+                            sent_at_ms=now,
+                            now_ms=now,
+                            text=text,
                         )
                     else:
                         await self.store.update_outgoing(uid, "held")
@@ -476,7 +485,12 @@ class SessionManager:
                         envelope = sessions[0].encrypt(plaintext, now)
                     elif bundle is not None:
                         session, envelope = Session.initiate(
-                            self.identity, self.user, bundle, self.group, now, plaintext,
+                            self.identity,
+                            self.user,
+                            bundle,
+                            self.group,
+                            now,
+                            plaintext,
                             config=self.config,
                         )
                         sessions = [session]
@@ -486,13 +500,23 @@ class SessionManager:
                     await self.store.save_sessions(name, [s.to_bytes() for s in sessions], now)
                     if uid is None:
                         uid = await self.store.add_message(
-                            contact=name, direction="out", status="pending", sent_at_ms=now,
-                            now_ms=now, text=text, envelope_id=envelope_id, envelope=envelope,
+                            contact=name,
+                            direction="out",
+                            status="pending",
+                            sent_at_ms=now,
+                            now_ms=now,
+                            text=text,
+                            envelope_id=envelope_id,
+                            envelope=envelope,
                         )
                     else:
                         await self.store.update_outgoing(
-                            uid, "pending", text=text, envelope_id=envelope_id,
-                            envelope=envelope, sent_at_ms=now,
+                            uid,
+                            "pending",
+                            text=text,
+                            envelope_id=envelope_id,
+                            envelope=envelope,
+                            sent_at_ms=now,
                         )
             if held:
                 raise MessageHeld(name)
@@ -548,4 +572,3 @@ class SessionManager:
         view = await self.contact(name)
         peer = view.pending if pending and view.pending is not None else view.identity
         return safety_number(self.user, self.identity.public(), name, peer)
-

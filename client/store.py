@@ -672,9 +672,7 @@ class ProfileStore:
             )
 
     async def get_message(self, uid: str) -> StoredMessage | None:
-        row = await self._one(
-            _MSG_SELECT + " WHERE uid = ?", (uid,)
-        )
+        row = await self._one(_MSG_SELECT + " WHERE uid = ?", (uid,))
         return None if row is None else self._message(row)
 
     async def history(self, contact: str, limit: int) -> list[StoredMessage]:
@@ -702,8 +700,7 @@ class ProfileStore:
         async with self.transaction():
             if contact is not None:
                 await self._write(
-                    "UPDATE messages SET status = 'read' WHERE status = 'received' "
-                    "AND contact = ?",
+                    "UPDATE messages SET status = 'read' WHERE status = 'received' AND contact = ?",
                     (contact,),
                 )
             for uid in uids:

@@ -24,9 +24,7 @@ _ESCAPES: Final = re.compile(
     r"|\x1b[ -~]?",
     re.DOTALL,
 )
-_CONTROLS: Final = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
-)
+_CONTROLS: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 TEXT_VERSION: Final = 1  # first byte of a message plaintext: the format of what follows
 

@@ -96,7 +96,12 @@ class Line:
 
     @classmethod
     def message(
-        cls, kind: Literal["in", "out"], sender: str, text: str, at: datetime, uid: str,
+        cls,
+        kind: Literal["in", "out"],
+        sender: str,
+        text: str,
+        at: datetime,
+        uid: str,
         note: str = "",
     ) -> Line:
         """A chat message; the text is neutralised here, at the model's boundary."""
@@ -218,8 +223,9 @@ class ChatModel:
 
     def listing(self) -> list[ListEntry]:
         return [
-            ListEntry(name, conv.unread, self.online.get(name), conv.key_changed,
-                      name == self.current)
+            ListEntry(
+                name, conv.unread, self.online.get(name), conv.key_changed, name == self.current
+            )
             for name, conv in sorted(self.conversations.items())
         ]
 
@@ -245,11 +251,11 @@ class CommandSpec:
 COMMANDS: Final[dict[str, CommandSpec]] = {
     "to": CommandSpec("/to NAME", "talk to NAME (loads recent history)", True),
     "who": CommandSpec("/who", "everyone on the relay, online or not"),
-    "verify": CommandSpec("/verify NAME [mark]",
-                          "safety number with NAME; `mark` once it matched", True),
+    "verify": CommandSpec(
+        "/verify NAME [mark]", "safety number with NAME; `mark` once it matched", True
+    ),
     "trust": CommandSpec("/trust NAME", "accept NAME's changed key, send held messages", True),
-    "history": CommandSpec("/history [N]",
-                           f"the last N messages here (default {HISTORY_ON_OPEN})"),
+    "history": CommandSpec("/history [N]", f"the last N messages here (default {HISTORY_ON_OPEN})"),
     "help": CommandSpec("/help", "commands and keys"),
     "quit": CommandSpec("/quit", "leave (also `exit`, Ctrl-C, Ctrl-D on an empty line)"),
 }
@@ -341,8 +347,12 @@ class ChatCompleter(Completer):
             for name, spec in COMMANDS.items():
                 if f"/{name}".startswith(text):
                     suffix = " " if spec.usage != f"/{name}" else ""
-                    yield Completion(f"/{name}{suffix}", -len(text), display=f"/{name}",
-                                     display_meta=spec.summary)
+                    yield Completion(
+                        f"/{name}{suffix}",
+                        -len(text),
+                        display=f"/{name}",
+                        display_meta=spec.summary,
+                    )
             return
         word, _, rest = text[1:].partition(" ")
         spec = COMMANDS.get(word)
@@ -374,16 +384,17 @@ def error_text(exc: HushwireError) -> str:
 
 
 def _held_text(name: str) -> str:
-    return (f"{name}'s identity key has changed: messages to {name} are held. Compare "
-            f"safety numbers with /verify {name} (in person or another trusted channel), "
-            f"then accept the new key with /trust {name} to send them.")
+    return (
+        f"{name}'s identity key has changed: messages to {name} are held. Compare "
+        f"safety numbers with /verify {name} (in person or another trusted channel), "
+        f"then accept the new key with /trust {name} to send them."
+    )
 
 
 class ChatController:
     """Commands and client events applied to the model; the UI stays a thin shell."""
 
-    def __init__(self, client: HushwireClient, model: ChatModel,
-                 exit: Callable[[], None]) -> None:
+    def __init__(self, client: HushwireClient, model: ChatModel, exit: Callable[[], None]) -> None:
         self.client = client
         self.model = model
         self._exit = exit
@@ -398,8 +409,11 @@ class ChatController:
             conv.unread = c.unread
             conv.key_changed = c.key_changed
         # To the console by name: the user may already have typed `/to NAME`.
-        self.model.info(f"hushwire: {self.model.user}@{self.model.relay}. /to NAME starts a "
-                        "conversation, /who lists users, /help lists commands.", name="")
+        self.model.info(
+            f"hushwire: {self.model.user}@{self.model.relay}. /to NAME starts a "
+            "conversation, /who lists users, /help lists commands.",
+            name="",
+        )
         waiting = [e.name for e in self.model.listing() if e.unread]
         if waiting:
             self.model.info("unread messages from: " + ", ".join(waiting), name="")
@@ -422,7 +436,8 @@ class ChatController:
             await self._run(parsed)
         except UnknownContact:
             self.model.info(
-                f"no contact named {parsed.target} yet: exchange a message first", "error")
+                f"no contact named {parsed.target} yet: exchange a message first", "error"
+            )
         except HushwireError as exc:
             self.model.info(error_text(exc), "error")
 
@@ -468,8 +483,12 @@ class ChatController:
             if self.model.current == name:
                 await self.client.mark_read(contact=name)
         shown = len(items)
-        self.model.info(f"{shown} earlier message(s) from your profile" if shown
-                        else f"no messages with {name} yet", name=name)
+        self.model.info(
+            f"{shown} earlier message(s) from your profile"
+            if shown
+            else f"no messages with {name} yet",
+            name=name,
+        )
 
     def _history_line(self, item: HistoryItem) -> Line:
         note = "" if item.status in ("sent", "received", "read") else item.status
@@ -486,8 +505,12 @@ class ChatController:
             result = await self.client.send(name, text)
         except MessageHeld:
             self.model.add(name, Line.message("out", "you", text, datetime.now(UTC), "", "held"))
-            self.model.info(f"not sent: {name}'s identity key has changed. Check /verify "
-                            f"{name}, then /trust {name} to send it.", "error", name)
+            self.model.info(
+                f"not sent: {name}'s identity key has changed. Check /verify "
+                f"{name}, then /trust {name} to send it.",
+                "error",
+                name,
+            )
             return
         except MessageTooLong as exc:
             self.model.info(f"not sent: {exc.message}", "error", name)
@@ -498,8 +521,7 @@ class ChatController:
         note = "queued" if result.queued else ""
         self.model.add(name, Line.message("out", "you", text, result.sent_at, result.uid, note))
         if result.queued:
-            self.model.info("not connected: the message goes out when the relay is back",
-                            name=name)
+            self.model.info("not connected: the message goes out when the relay is back", name=name)
 
     async def who(self) -> None:
         if self.client.state != "connected":
@@ -516,29 +538,36 @@ class ChatController:
         state = await self.client.contact_state(name)
         if mark:
             if state.key_changed:
-                self.model.info(f"{name}'s key has changed: /trust {name} first, then "
-                                "compare again", "error")
+                self.model.info(
+                    f"{name}'s key has changed: /trust {name} first, then compare again", "error"
+                )
                 return
             await self.client.mark_verified(name)
             self.model.info(f"{name} is now marked as verified")
             return
         self._show_number(f"safety number with {name}:", await self.client.safety_number(name))
         if state.key_changed:
-            self._show_number(f"{name}'s NEW key (not accepted yet) gives:",
-                              await self.client.safety_number(name, pending=True), "warning")
-            self.model.info(f"compare the new number with {name}; if it matches, "
-                            f"/trust {name}", "warning")
+            self._show_number(
+                f"{name}'s NEW key (not accepted yet) gives:",
+                await self.client.safety_number(name, pending=True),
+                "warning",
+            )
+            self.model.info(
+                f"compare the new number with {name}; if it matches, /trust {name}", "warning"
+            )
         elif state.verified:
             self.model.info(f"{name} is verified")
         else:
-            self.model.info(f"{name} is NOT verified: compare these digits with {name} in "
-                            f"person or over another trusted channel, then /verify {name} mark")
+            self.model.info(
+                f"{name} is NOT verified: compare these digits with {name} in "
+                f"person or over another trusted channel, then /verify {name} mark"
+            )
 
     def _show_number(self, title: str, number: str, kind: LineKind = "system") -> None:
         groups = number.split()
         self.model.info(title, kind)
         for row in range(0, len(groups), 4):
-            self.model.info("    " + " ".join(groups[row:row + 4]), kind)
+            self.model.info("    " + " ".join(groups[row : row + 4]), kind)
 
     async def trust(self, name: str) -> None:
         state = await self.client.contact_state(name)
@@ -547,8 +576,9 @@ class ChatController:
             return
         released = await self.client.trust(name)
         self.model.conversation(name).key_changed = False
-        self.model.info(f"accepted {name}'s new identity key (not verified: compare with "
-                        f"/verify {name})")
+        self.model.info(
+            f"accepted {name}'s new identity key (not verified: compare with /verify {name})"
+        )
         where = "sent" if self.client.state == "connected" else "queued for the relay"
         self.model.info(f"{released} held message(s) {where}")
 
@@ -568,11 +598,17 @@ class ChatController:
                 conv.key_changed = True
                 model.info("WARNING: " + _held_text(event.contact), "warning", event.contact)
                 if model.current != event.contact:
-                    model.info(f"WARNING: {event.contact}'s identity key has changed "
-                               f"(/to {event.contact} for details)", "warning")
+                    model.info(
+                        f"WARNING: {event.contact}'s identity key has changed "
+                        f"(/to {event.contact} for details)",
+                        "warning",
+                    )
         elif isinstance(event, MessageRejected):
-            model.info(f"a message from {event.contact} was rejected and not shown: "
-                       f"{event.reason}", "warning", event.contact)
+            model.info(
+                f"a message from {event.contact} was rejected and not shown: {event.reason}",
+                "warning",
+                event.contact,
+            )
         elif isinstance(event, ConnectionState):
             model.set_connection(event.state, safe_for_terminal(event.detail))
             if event.state == "disconnected" and event.detail != "closed":
@@ -707,31 +743,39 @@ class MessagePane:
                 self.buffer.cursor_position += doc.get_cursor_down_position(count=rows)
 
 
-STYLE: Final = Style.from_dict({
-    "list": "bg:#1c1c1c #d0d0d0",
-    "list.title": "bold",
-    "list.current": "reverse",
-    "list.unread": "bold #ffaf00",
-    "list.keychanged": "bold #ff5f5f",
-    "line.in": "",
-    "line.out": "#87afd7",
-    "line.system": "#8a8a8a",
-    "line.command": "#8a8a8a italic",
-    "line.error": "#ff5f5f",
-    "line.warning": "bold #ffaf00",
-    "status": "reverse",
-    "status.connected": "reverse #5faf5f",
-    "status.reconnecting": "reverse #ffaf00",
-    "status.disconnected": "reverse #ff5f5f",
-    "rule": "#4e4e4e",
-})
+STYLE: Final = Style.from_dict(
+    {
+        "list": "bg:#1c1c1c #d0d0d0",
+        "list.title": "bold",
+        "list.current": "reverse",
+        "list.unread": "bold #ffaf00",
+        "list.keychanged": "bold #ff5f5f",
+        "line.in": "",
+        "line.out": "#87afd7",
+        "line.system": "#8a8a8a",
+        "line.command": "#8a8a8a italic",
+        "line.error": "#ff5f5f",
+        "line.warning": "bold #ffaf00",
+        "status": "reverse",
+        "status.connected": "reverse #5faf5f",
+        "status.reconnecting": "reverse #ffaf00",
+        "status.disconnected": "reverse #ff5f5f",
+        "rule": "#4e4e4e",
+    }
+)
 
 
 class ChatApp:
     """The full-screen application around one HushwireClient."""
 
-    def __init__(self, client: HushwireClient, *, input: Input | None = None,
-                 output: Output | None = None, max_lines: int = MAX_LINES) -> None:
+    def __init__(
+        self,
+        client: HushwireClient,
+        *,
+        input: Input | None = None,
+        output: Output | None = None,
+        max_lines: int = MAX_LINES,
+    ) -> None:
         self.client = client
         self.model = ChatModel(client.user, client.relay, max_lines=max_lines)
         self.controller = ChatController(client, self.model, self.exit)
@@ -740,29 +784,46 @@ class ChatApp:
         self.model.on_switch = lambda conv: self.pane.replace(conv.lines)
         self._lines: asyncio.Queue[str] = asyncio.Queue()
         self.input = TextArea(
-            height=Dimension(min=1, max=4), prompt="> ", multiline=False, wrap_lines=True,
-            completer=ChatCompleter(self.model.names), complete_while_typing=True,
-            history=InMemoryHistory(), accept_handler=self._accept,
+            height=Dimension(min=1, max=4),
+            prompt="> ",
+            multiline=False,
+            wrap_lines=True,
+            completer=ChatCompleter(self.model.names),
+            complete_while_typing=True,
+            history=InMemoryHistory(),
+            accept_handler=self._accept,
         )
-        body = VSplit([
-            Window(FormattedTextControl(self._list_fragments), width=Dimension(
-                preferred=22, max=26), style="class:list"),
-            Window(width=1, char="│", style="class:rule"),
-            self.pane.window,
-        ])
+        body = VSplit(
+            [
+                Window(
+                    FormattedTextControl(self._list_fragments),
+                    width=Dimension(preferred=22, max=26),
+                    style="class:list",
+                ),
+                Window(width=1, char="│", style="class:rule"),
+                self.pane.window,
+            ]
+        )
         root = FloatContainer(
-            HSplit([
-                body,
-                Window(height=1, char="─", style="class:rule"),
-                self.input,
-                Window(FormattedTextControl(self._status_fragments), height=1,
-                       style="class:status"),
-            ]),
+            HSplit(
+                [
+                    body,
+                    Window(height=1, char="─", style="class:rule"),
+                    self.input,
+                    Window(
+                        FormattedTextControl(self._status_fragments), height=1, style="class:status"
+                    ),
+                ]
+            ),
             floats=[Float(xcursor=True, ycursor=True, content=CompletionsMenu(max_height=8))],
         )
         self.app: Application[int] = Application(
-            layout=Layout(root, focused_element=self.input), key_bindings=self._keys(),
-            style=STYLE, full_screen=True, input=input, output=output,
+            layout=Layout(root, focused_element=self.input),
+            key_bindings=self._keys(),
+            style=STYLE,
+            full_screen=True,
+            input=input,
+            output=output,
         )
 
     # --- keys and input --------------------------------------------------------------
@@ -800,9 +861,11 @@ class ChatApp:
         if name and not text.lstrip().startswith("/") and text.strip() != "exit":
             size, limit = len(text.encode("utf-8")), self.client.max_text_bytes(name)
             if size > limit:
-                self.model.info(f"too long: {size} bytes of UTF-8, this relay allows {limit} "
-                                "per message; shorten it (it is still in the input line)",
-                                "error")
+                self.model.info(
+                    f"too long: {size} bytes of UTF-8, this relay allows {limit} "
+                    "per message; shorten it (it is still in the input line)",
+                    "error",
+                )
                 return True  # keep the text so nothing typed is lost
         self._lines.put_nowait(text)
         return False
@@ -834,8 +897,11 @@ class ChatApp:
         detail = "" if state == "connected" else f" ({m.connection_detail})"
         return [
             (f"class:status.{state}", f" {state}{detail} "),
-            ("class:status", f" {m.user}@{m.relay} │ to: {m.current or '-'} │ "
-                             "/help  Tab complete  PgUp/PgDn scroll  Ctrl-C quit"),
+            (
+                "class:status",
+                f" {m.user}@{m.relay} │ to: {m.current or '-'} │ "
+                "/help  Tab complete  PgUp/PgDn scroll  Ctrl-C quit",
+            ),
         ]
 
     def status_text(self) -> str:
@@ -864,8 +930,9 @@ class ChatApp:
                 self.model.info(error_text(exc), "error")
             except Exception as exc:  # the receive display must outlive one bad event
                 log.exception("event handling failed")
-                self.model.info(f"internal error while showing an event "
-                                f"({type(exc).__name__})", "error")
+                self.model.info(
+                    f"internal error while showing an event ({type(exc).__name__})", "error"
+                )
             self.app.invalidate()
 
     async def _input_worker(self) -> None:
@@ -875,8 +942,9 @@ class ChatApp:
                 await self.controller.handle_input(text)
             except Exception as exc:  # one bad line must not end all later input
                 log.exception("command failed")
-                self.model.info(f"internal error while handling that line "
-                                f"({type(exc).__name__})", "error")
+                self.model.info(
+                    f"internal error while handling that line ({type(exc).__name__})", "error"
+                )
             self.app.invalidate()
 
     def _pre_run(self) -> None:

@@ -93,9 +93,7 @@ class RequestError(HushwireError):
     `retry_after` (seconds) is set for rate limits so a client can say when to retry.
     """
 
-    def __init__(
-        self, code: ErrorCode, message: str, *, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
 

@@ -27,9 +27,7 @@ def encode_frame(message: Mapping[str, Any], *, max_size: int = DEFAULT_MAX_FRAM
     """Pack one map into a length-prefixed frame; refuse to build an oversized one."""
     payload = msgpack.packb(message, use_bin_type=True)
     if len(payload) > max_size:
-        raise LocalProtocolError(
-            f"frame of {len(payload)} bytes exceeds the {max_size}-byte limit"
-        )
+        raise LocalProtocolError(f"frame of {len(payload)} bytes exceeds the {max_size}-byte limit")
     return HEADER.pack(len(payload)) + payload
 
 

@@ -44,7 +44,8 @@ class Message:
         names = _FIELD_NAMES.get(cls)
         if names is None:
             names = _FIELD_NAMES[cls] = tuple(
-                f.name for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                f.name
+                for f in dataclasses.fields(self)  # type: ignore[arg-type]
             )
         out: dict[str, Any] = {"t": self.TYPE}
         for name in names:
@@ -263,8 +264,13 @@ class Deliver(Push):
         return f"Deliver(mid={self.mid}, sender={self.sender!r}, body=<{len(self.body)} bytes>)"
 
     def to_wire(self) -> dict[str, Any]:  # hot path: the generic walk, unrolled
-        return {"t": "deliver", "mid": self.mid, "sender": self.sender, "ts": self.ts,
-                "body": self.body}
+        return {
+            "t": "deliver",
+            "mid": self.mid,
+            "sender": self.sender,
+            "ts": self.ts,
+            "body": self.body,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,8 +330,13 @@ def _fast_send(obj: Mapping[str, Any]) -> Send | None:
     """A well-formed `send`, accepted exactly when `_from_wire` would accept it; None for
     anything else, which then takes the generic path (and gets its precise error)."""
     rid, to, body = obj.get("id"), obj.get("to"), obj.get("body")
-    if (type(rid) is int and 0 <= rid <= _MAX_INT and type(body) is bytes
-            and type(to) is list and all(type(r) is str for r in to)):
+    if (
+        type(rid) is int
+        and 0 <= rid <= _MAX_INT
+        and type(body) is bytes
+        and type(to) is list
+        and all(type(r) is str for r in to)
+    ):
         return Send(rid, tuple(to), body)
     return None
 
@@ -333,8 +344,12 @@ def _fast_send(obj: Mapping[str, Any]) -> Send | None:
 def _fast_ack(obj: Mapping[str, Any]) -> Ack | None:
     """A well-formed `ack` (see `_fast_send`)."""
     rid, mids = obj.get("id"), obj.get("mids")
-    if (type(rid) is int and 0 <= rid <= _MAX_INT and type(mids) is list
-            and all(type(m) is int and 0 <= m <= _MAX_INT for m in mids)):
+    if (
+        type(rid) is int
+        and 0 <= rid <= _MAX_INT
+        and type(mids) is list
+        and all(type(m) is int and 0 <= m <= _MAX_INT for m in mids)
+    ):
         return Ack(rid, tuple(mids))
     return None
 
@@ -430,9 +445,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             # `send.to`: a list of names; one type check per item, no recursion.
             if all(type(v) is inner for v in value):
                 return tuple(value)
-        elif inner is int and all(
-            type(v) is int and 0 <= v <= _MAX_INT for v in value
-        ):
+        elif inner is int and all(type(v) is int and 0 <= v <= _MAX_INT for v in value):
             return tuple(value)  # `ack.mids`
         return tuple(_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
     if tp is bool:

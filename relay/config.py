@@ -32,19 +32,27 @@ class RelayConfig:
     db: Path = _opt(Path("users.db"), "SQLite database (created and migrated if absent)")
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(7443, "TCP port to listen on (0 picks a free one)")
-    cert: Path | None = _opt(None, "TLS certificate (default: relay-cert.pem beside the db, "
-                             "created self-signed on first start)")
+    cert: Path | None = _opt(
+        None,
+        "TLS certificate (default: relay-cert.pem beside the db, "
+        "created self-signed on first start)",
+    )
     key: Path | None = _opt(None, "TLS private key (default: relay-key.pem beside the db)")
     client_ca: Path | None = _opt(None, "require client certificates signed by this CA file")
-    dh_params: Path | None = _opt(None, "PEM DH parameters (hushwire-admin dhparams) to make "
-                                  "clients use that finite-field group instead of X25519")
-    dh_group: str = _opt("x25519", "built-in DH group: x25519 or ffdhe3072 (ignored with "
-                         "dh_params)")
+    dh_params: Path | None = _opt(
+        None,
+        "PEM DH parameters (hushwire-admin dhparams) to make "
+        "clients use that finite-field group instead of X25519",
+    )
+    dh_group: str = _opt(
+        "x25519", "built-in DH group: x25519 or ffdhe3072 (ignored with dh_params)"
+    )
     max_frame: int = _opt(DEFAULT_MAX_FRAME, "largest frame accepted, in bytes")
     max_mailbox: int = _opt(10_000, "envelopes queued per recipient before sends are refused")
     retention_days: float = _opt(30.0, "undelivered envelopes older than this are purged")
-    idle_timeout: float = _opt(120.0, "seconds without a frame before a client is dropped "
-                               "(clients ping at half this)")
+    idle_timeout: float = _opt(
+        120.0, "seconds without a frame before a client is dropped (clients ping at half this)"
+    )
     handshake_timeout: float = _opt(10.0, "seconds allowed for TLS + hello + login")
     send_rate: float = _opt(60.0, "envelopes per second per sender (sustained)")
     send_burst: float = _opt(120.0, "envelopes a sender may send at once")
@@ -56,8 +64,10 @@ class RelayConfig:
     publish_period: float = _opt(60.0, "seconds for one more key upload to be allowed")
     delivery_window: int = _opt(256, "envelopes pushed to a client and not yet acked")
     max_connections: int = _opt(20_000, "concurrent connections accepted")
-    synchronous: str = _opt("NORMAL", "SQLite synchronous mode: NORMAL survives any crash of "
-                            "the process, FULL also a power loss")
+    synchronous: str = _opt(
+        "NORMAL",
+        "SQLite synchronous mode: NORMAL survives any crash of the process, FULL also a power loss",
+    )
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     @property
@@ -151,8 +161,7 @@ def load_toml(path: Path) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     settings = "\n".join(
-        f"  {name:<22} {f.metadata['help']} (default: {f.default})"
-        for name, f in _FIELDS.items()
+        f"  {name:<22} {f.metadata['help']} (default: {f.default})" for name, f in _FIELDS.items()
     )
     parser = argparse.ArgumentParser(
         prog="hushwire-relay",
@@ -161,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every flag can also be set in the TOML file given by --config, by its name "
         "with underscores, at top level or under [relay]; flags win over the file.\n"
-        "Relative paths in the file are relative to the file.\n\nSettings:\n" + settings
+        "Relative paths in the file are relative to the file.\n\nSettings:\n"
+        + settings
         + "\n\nOn SIGTERM or SIGINT the relay stops accepting, finishes in-flight commits "
         "and exits 0.",
     )

@@ -144,8 +144,14 @@ class Connection(asyncio.Protocol):
     def offer_early(self, delivery: Deliver) -> bool:
         """Before its commit: push now if caught up (True), else hold its place (False)."""
         full = len(self._inflight) + len(self._live) >= self.config.delivery_window
-        if (self._held or self._backlog or self._reading_mailbox or full or self._closing
-                or self.state is not ConnState.READY):
+        if (
+            self._held
+            or self._backlog
+            or self._reading_mailbox
+            or full
+            or self._closing
+            or self.state is not ConnState.READY
+        ):
             self._held.add(delivery.mid)
             return False
         self._live.append(delivery)
@@ -159,8 +165,7 @@ class Connection(asyncio.Protocol):
         """After its commit (or for one held by offer_early)."""
         self._held.discard(delivery.mid)
         full = len(self._inflight) + len(self._live) >= self.config.delivery_window
-        if (self._backlog or self._reading_mailbox or full
-                or self.state is not ConnState.READY):
+        if self._backlog or self._reading_mailbox or full or self.state is not ConnState.READY:
             # It is committed: the mailbox read will take it in order. (Before READY,
             # login has not yet asked for the backlog; that read will include it.)
             self._backlog = True
@@ -310,8 +315,7 @@ class Connection(asyncio.Protocol):
                 if self._ending:
                     return
                 if self._handshaking or (
-                    len(self._tasks) + self._owed >= MAX_PIPELINE
-                    and self.state is ConnState.READY
+                    len(self._tasks) + self._owed >= MAX_PIPELINE and self.state is ConnState.READY
                 ):
                     self._queued = frames[i:]
                     break
@@ -395,8 +399,9 @@ class Connection(asyncio.Protocol):
     @staticmethod
     def _error_reply(request: Request, exc: BaseException) -> Error:
         if isinstance(exc, RequestError):
-            return Error(id=request.id, code=exc.code, message=exc.message,
-                         retry_after=exc.retry_after)
+            return Error(
+                id=request.id, code=exc.code, message=exc.message, retry_after=exc.retry_after
+            )
         if isinstance(exc, HushwireError):
             return Error(id=request.id, code=exc.code, message=exc.message)
         log.error("internal error handling %s", request.TYPE, exc_info=exc)
@@ -492,8 +497,7 @@ class Connection(asyncio.Protocol):
         finally:
             self._reading_mailbox = False
         for row in rows:
-            self._deliver(Deliver(mid=row.mid, sender=row.sender, ts=row.created_at,
-                                  body=row.body))
+            self._deliver(Deliver(mid=row.mid, sender=row.sender, ts=row.created_at, body=row.body))
         if len(rows) == limit:
             self._backlog = True  # there may be more once acks make room
         if self._backlog:

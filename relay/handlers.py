@@ -226,8 +226,9 @@ class Relay:
             user, identity=req.identity, signed_prekey=spk, one_time=one_time, now=int(now)
         )
         if result.identity_changed and req.identity is not None:
-            log.info("identity key of %s changed; notifying %d watcher(s)", user,
-                     len(result.watchers))
+            log.info(
+                "identity key of %s changed; notifying %d watcher(s)", user, len(result.watchers)
+            )
             push = KeyChanged(user=user, identity=req.identity)
             for watcher in result.watchers:
                 online = self.online.get(watcher)
@@ -294,7 +295,11 @@ class Relay:
                 reply(SendOk(id=req.id, mids=tuple(mids), ts=ts))
 
         self.store.enqueue_nowait(
-            user, recipients, body, now=ts, on_done=done,
+            user,
+            recipients,
+            body,
+            now=ts,
+            on_done=done,
             on_reserved=lambda mids: self._push_early(early, user, recipients, ts, body, mids),
         )
         return True
@@ -309,7 +314,10 @@ class Relay:
         # keeps one sender's envelopes in order even when they are pipelined.
         try:
             mids = await self.store.enqueue(
-                user, recipients, body, now=ts,
+                user,
+                recipients,
+                body,
+                now=ts,
                 on_reserved=lambda m: self._push_early(early, user, recipients, ts, body, m),
             )
         except BaseException:
@@ -318,8 +326,15 @@ class Relay:
         self._offer_committed(early, user, recipients, ts, body, mids)
         return SendOk(id=req.id, mids=tuple(mids), ts=ts)
 
-    def _push_early(self, early: dict[int, tuple[Peer, bool]], user: str,
-                    recipients: tuple[str, ...], ts: int, body: bytes, mids: list[int]) -> None:
+    def _push_early(
+        self,
+        early: dict[int, tuple[Peer, bool]],
+        user: str,
+        recipients: tuple[str, ...],
+        ts: int,
+        body: bytes,
+        mids: list[int],
+    ) -> None:
         """Runs when the ids are reserved, before the commit: an online recipient that is
         caught up gets the envelope at once, and if it acks before the commit the store
         never writes the row. The sender still hears `ok` only once the envelope is
@@ -336,9 +351,15 @@ class Relay:
             if not taken:
                 peer.unhold(mid)
 
-    def _offer_committed(self, early: dict[int, tuple[Peer, bool]], user: str,
-                         recipients: tuple[str, ...], ts: int, body: bytes,
-                         mids: list[int]) -> None:
+    def _offer_committed(
+        self,
+        early: dict[int, tuple[Peer, bool]],
+        user: str,
+        recipients: tuple[str, ...],
+        ts: int,
+        body: bytes,
+        mids: list[int],
+    ) -> None:
         """After the commit: offer what the early push did not deliver."""
         for recipient, mid in zip(recipients, mids, strict=True):
             peer, taken = early.get(mid, (None, False))
@@ -388,9 +409,7 @@ class Relay:
         return WhoOk(
             id=req.id,
             users=tuple(
-                Presence(user=u.name, online=u.name in self.online)
-                for u in users
-                if not u.disabled
+                Presence(user=u.name, online=u.name in self.online) for u in users if not u.disabled
             ),
         )
 
@@ -438,9 +457,7 @@ class Relay:
         return peer.user
 
     @staticmethod
-    def _limit(
-        limiter: RateLimiter, key: str, now: float, what: str, *, cost: float = 1.0
-    ) -> None:
+    def _limit(limiter: RateLimiter, key: str, now: float, what: str, *, cost: float = 1.0) -> None:
         if cost > limiter.rate.burst:
             raise RequestError(ErrorCode.RATE_LIMITED, f"too many {what} in one request")
         wait = limiter.consume(key, now, cost)

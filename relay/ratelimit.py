@@ -64,9 +64,7 @@ class RateLimiter:
     def _forget_full(self, now: float) -> None:
         burst, per_second = self.rate.burst, self.rate.per_second
         full = [
-            k
-            for k, b in self._buckets.items()
-            if b.level + (now - b.stamp) * per_second >= burst
+            k for k, b in self._buckets.items() if b.level + (now - b.stamp) * per_second >= burst
         ]
         for k in full:
             del self._buckets[k]

@@ -161,12 +161,16 @@ class RelayServer:
                 conn.shutdown()
             if self.connections:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._all_finished.wait(),
-                                           self.config.handshake_timeout * 3)
+                    await asyncio.wait_for(
+                        self._all_finished.wait(), self.config.handshake_timeout * 3
+                    )
             if self._store is not None:
                 await self._store.close()
-                log.info("%d group commits; %d envelopes acked before their commit (not "
-                         "written)", self._store.group_commits, self._store.elided)
+                log.info(
+                    "%d group commits; %d envelopes acked before their commit (not written)",
+                    self._store.group_commits,
+                    self._store.elided,
+                )
             log.info("relay stopped")
         finally:
             self._closed.set()
@@ -192,4 +196,3 @@ async def _signal_trigger() -> None:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         log.info("signal received: shutting down")
-

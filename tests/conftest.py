@@ -18,12 +18,21 @@ from tests.support import DEMO_USERS, Daemon, Harness, add_users
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hushwire")
-    group.addoption("--slow", action="store_true",
-                    help="soak sizes: 50,000 messages in the crash-storm test")
-    group.addoption("--fuzz-seconds", type=float, default=10.0,
-                    help="how long the wire fuzzer runs (default 10)")
-    group.addoption("--connections", type=int, default=2000,
-                    help="idle authenticated connections to hold (default 2000)")
+    group.addoption(
+        "--slow", action="store_true", help="soak sizes: 50,000 messages in the crash-storm test"
+    )
+    group.addoption(
+        "--fuzz-seconds",
+        type=float,
+        default=10.0,
+        help="how long the wire fuzzer runs (default 10)",
+    )
+    group.addoption(
+        "--connections",
+        type=int,
+        default=2000,
+        help="idle authenticated connections to hold (default 2000)",
+    )
 
 
 RelayFactory = Callable[..., Awaitable[Harness]]
@@ -33,8 +42,12 @@ RelayFactory = Callable[..., Awaitable[Harness]]
 async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
     harnesses: list[Harness] = []
 
-    async def start(users: tuple[str, ...] = DEMO_USERS, db: Path | None = None,
-                    tokens: dict[str, str] | None = None, **overrides: Any) -> Harness:
+    async def start(
+        users: tuple[str, ...] = DEMO_USERS,
+        db: Path | None = None,
+        tokens: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> Harness:
         db = db or tmp_path / "relay.db"
         if tokens is None:
             tokens = await add_users(db, users)
@@ -79,11 +92,16 @@ async def login(tmp_path: Path) -> AsyncIterator[Login]:
     """login(relay, user, profile=None) -> a started client with its own profile."""
     clients: list[HushwireClient] = []
 
-    async def make(relay: Harness, user: str, profile: Path | None = None,
-                   **kwargs) -> HushwireClient:
+    async def make(
+        relay: Harness, user: str, profile: Path | None = None, **kwargs
+    ) -> HushwireClient:
         client = await HushwireClient.login(
-            profile or tmp_path / f"profile-{user}", PASSPHRASE, settings_for(relay, user),
-            kdf=FAST_KDF, backoff=FAST_BACKOFF, **kwargs,
+            profile or tmp_path / f"profile-{user}",
+            PASSPHRASE,
+            settings_for(relay, user),
+            kdf=FAST_KDF,
+            backoff=FAST_BACKOFF,
+            **kwargs,
         )
         clients.append(client)
         return client

@@ -86,8 +86,16 @@ class Daemon:
 
     async def start(self) -> Daemon:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay.cli", "--db", str(self.db), "--port", "0",
-            *self.extra, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "--db",
+            str(self.db),
+            "--port",
+            "0",
+            *self.extra,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         while not self.port:

@@ -68,8 +68,14 @@ class Envelope:
 
     def _head(self) -> list[object]:
         """The fields before the ratchet header, shared by the wire form and the AD."""
-        return [self.version, int(self.type), self.sender, self.recipient, self.envelope_id,
-                self.sent_at_ms]
+        return [
+            self.version,
+            int(self.type),
+            self.sender,
+            self.recipient,
+            self.envelope_id,
+            self.sent_at_ms,
+        ]
 
     def _x3dh_wire(self) -> object:
         return None if self.x3dh is None else self.x3dh.to_wire()

@@ -46,8 +46,16 @@ async def test_sigkill_storm_loses_nothing_and_shows_nothing_twice(
     db = tmp_path / "relay.db"
     tokens = await add_users(db, USERS)
     port = free_port()
-    flags = ("--port", str(port), "--send-burst", "1000000", "--send-rate", "1000000",
-             "--fetch-burst", "1000")
+    flags = (
+        "--port",
+        str(port),
+        "--send-burst",
+        "1000000",
+        "--send-rate",
+        "1000000",
+        "--fetch-burst",
+        "1000",
+    )
 
     async def start_relay() -> Daemon:
         # A fixed port (the later --port wins): clients reconnect to the same address.
@@ -57,7 +65,8 @@ async def test_sigkill_storm_loses_nothing_and_shows_nothing_twice(
     for user in USERS:
         settings = RelaySettings("127.0.0.1", port, user, tokens[user], pin=relay.fingerprint)
         clients[user] = await HushwireClient.login(
-            tmp_path / f"p-{user}", PASSPHRASE, settings, kdf=FAST_KDF, backoff=FAST_BACKOFF)
+            tmp_path / f"p-{user}", PASSPHRASE, settings, kdf=FAST_KDF, backoff=FAST_BACKOFF
+        )
 
     pairs = [(s, r) for s in USERS for r in USERS if s != r]
     per_pair = -(-n_total // len(pairs))  # at least n_total in all
@@ -129,4 +138,3 @@ async def test_sigkill_storm_loses_nothing_and_shows_nothing_twice(
         f"{sum(len(v) for v in received.values())}; lost 0, duplicates shown 0, pairs out of "
         "order 0",
     )
-

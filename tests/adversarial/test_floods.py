@@ -56,8 +56,9 @@ async def test_slowloris_connections_are_reaped_and_others_unaffected(relay_fact
         raw.append(s)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    silent = await asyncio.gather(*[
-        asyncio.open_connection("127.0.0.1", relay.port, ssl=ctx) for _ in range(300)])
+    silent = await asyncio.gather(
+        *[asyncio.open_connection("127.0.0.1", relay.port, ssl=ctx) for _ in range(300)]
+    )
     during = await round_trips(alice, bob, "bob", 30)
 
     async def closed_by_relay(reader: asyncio.StreamReader) -> bool:
@@ -85,15 +86,18 @@ async def test_slowloris_connections_are_reaped_and_others_unaffected(relay_fact
     await asyncio.sleep(0)
     assert len(relay.server.connections) == 2  # only alice and bob remain
     figures.add(
-        "300 connections stuck in the TLS handshake + 300 silent after TLS "
-        "(handshake timeout 1 s)",
+        "300 connections stuck in the TLS handshake + 300 silent after TLS (handshake timeout 1 s)",
         f"all 600 closed by the relay; alice->bob before {ms(baseline)}, during {ms(during)}",
     )
 
 
 async def test_mailbox_flood_is_bounded_and_other_mail_flows(relay_factory, figures):
-    relay = await relay_factory(max_mailbox=500, send_burst=100_000, send_rate=100_000,
-                                users=("alice", "bob", "carol", "mallory"))
+    relay = await relay_factory(
+        max_mailbox=500,
+        send_burst=100_000,
+        send_rate=100_000,
+        users=("alice", "bob", "carol", "mallory"),
+    )
     mallory = await relay.login("mallory")
     sent = refused = 0
     for _ in range(30):
@@ -110,34 +114,41 @@ async def test_mailbox_flood_is_bounded_and_other_mail_flows(relay_factory, figu
     assert sent == 500 and refused == 250
     carol, alice = await relay.login("carol"), await relay.login("alice")
     during = await round_trips(carol, alice, "alice", 30)
-    figures.add("750 envelopes flooded at bob's mailbox (limit 500)",
-                f"500 queued, 250 refused with mailbox_full; carol->alice {ms(during)}")
+    figures.add(
+        "750 envelopes flooded at bob's mailbox (limit 500)",
+        f"500 queued, 250 refused with mailbox_full; carol->alice {ms(during)}",
+    )
 
 
 async def test_a_sender_flood_is_rate_limited(relay_factory, figures):
     relay = await relay_factory(users=("alice", "bob", "carol", "mallory"))
     mallory = await relay.login("mallory")
     results = await asyncio.gather(
-        *[mallory.request(Send, to=("bob",), body=b"x") for _ in range(500)],
-        return_exceptions=True)
+        *[mallory.request(Send, to=("bob",), body=b"x") for _ in range(500)], return_exceptions=True
+    )
     limited = [r for r in results if isinstance(r, RequestError)]
     assert all(r.code == ErrorCode.RATE_LIMITED and r.retry_after > 0 for r in limited)
     accepted = len(results) - len(limited)
     assert accepted <= relay.config.send_burst + relay.config.send_rate * 5  # generous
     carol, alice = await relay.login("carol"), await relay.login("alice")
     during = await round_trips(carol, alice, "alice", 20)
-    figures.add("500 sends at once from one sender (default 120 at once, 60/s)",
-                f"{accepted} accepted, {len(limited)} rate_limited with retry_after; "
-                f"carol->alice {ms(during)}")
+    figures.add(
+        "500 sends at once from one sender (default 120 at once, 60/s)",
+        f"{accepted} accepted, {len(limited)} rate_limited with retry_after; "
+        f"carol->alice {ms(during)}",
+    )
 
 
 async def test_prekey_draining_is_rate_limited(relay_factory, figures):
     relay = await relay_factory(users=("bob", "mallory"))
     bob = await relay.login("bob")
     ident = IdentityPublic("x25519", b"s" * 32, b"d" * 32, b"g" * 64)
-    await bob.request(PublishKeys, identity=ident, signed_prekey=SignedPrekey(1, b"p" * 32,
-                      b"q" * 64), one_time_prekeys=tuple(
-                          OneTimePrekey(i, i.to_bytes(32, "big")) for i in range(100)))
+    await bob.request(
+        PublishKeys,
+        identity=ident,
+        signed_prekey=SignedPrekey(1, b"p" * 32, b"q" * 64),
+        one_time_prekeys=tuple(OneTimePrekey(i, i.to_bytes(32, "big")) for i in range(100)),
+    )
     mallory = await relay.login("mallory")
     ok = limited = 0
     for _ in range(100):
@@ -149,8 +160,10 @@ async def test_prekey_draining_is_rate_limited(relay_factory, figures):
             limited += 1
     left = (await bob.request(PrekeyCount)).count
     assert ok <= relay.config.fetch_burst + 2 and left >= 100 - ok
-    figures.add("100 bundle fetches of bob's keys by one user, back to back",
-                f"{ok} served, {limited} rate_limited; bob keeps {left}/100 one-time prekeys")
+    figures.add(
+        "100 bundle fetches of bob's keys by one user, back to back",
+        f"{ok} served, {limited} rate_limited; bob keeps {left}/100 one-time prekeys",
+    )
 
 
 async def test_token_brute_force_is_rate_limited(relay_factory, figures):
@@ -171,9 +184,11 @@ async def test_token_brute_force_is_rate_limited(relay_factory, figures):
     with pytest.raises(RequestError) as exc:
         await conn.request(Login, user="alice", token=relay.tokens["alice"])
     assert exc.value.code == ErrorCode.RATE_LIMITED
-    figures.add("200 token guesses for bob from one address",
-                "5 checked (auth_failed), 195 refused unchecked (rate_limited); the right "
-                "token is refused too until the window passes")
+    figures.add(
+        "200 token guesses for bob from one address",
+        "5 checked (auth_failed), 195 refused unchecked (rate_limited); the right "
+        "token is refused too until the window passes",
+    )
 
 
 def test_token_check_timing_does_not_depend_on_the_guess(figures):
@@ -201,8 +216,10 @@ def test_token_check_timing_does_not_depend_on_the_guess(figures):
     medians = {k: statistics.median(v) for k, v in samples.items()}
     base = medians["right"]
     assert all(0.7 < med / base < 1.4 for med in medians.values()), medians
-    figures.add("token check timing, 3000 interleaved samples each",
-                ", ".join(f"{k}: {v / 1000:.2f} us" for k, v in medians.items()))
+    figures.add(
+        "token check timing, 3000 interleaved samples each",
+        ", ".join(f"{k}: {v / 1000:.2f} us" for k, v in medians.items()),
+    )
 
 
 def test_verify_token_really_uses_compare_digest(monkeypatch):
@@ -223,8 +240,9 @@ def test_verify_token_really_uses_compare_digest(monkeypatch):
 
 
 async def test_a_client_that_never_reads_does_not_hurt_others(relay_factory, figures):
-    relay = await relay_factory(send_burst=100_000, send_rate=100_000,
-                                users=("alice", "bob", "carol", "mallory"))
+    relay = await relay_factory(
+        send_burst=100_000, send_rate=100_000, users=("alice", "bob", "carol", "mallory")
+    )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     _, w = await asyncio.open_connection("127.0.0.1", relay.port, ssl=ctx)
@@ -235,15 +253,17 @@ async def test_a_client_that_never_reads_does_not_hurt_others(relay_factory, fig
     await w.drain()
     alice = await relay.login("alice")
     for _ in range(20):
-        await asyncio.gather(*[alice.request(Send, to=("mallory",), body=b"m" * 3000)
-                               for _ in range(25)])
+        await asyncio.gather(
+            *[alice.request(Send, to=("mallory",), body=b"m" * 3000) for _ in range(25)]
+        )
     carol = await relay.login("carol")
     during = await round_trips(carol, alice, "alice", 20)
     (conn,) = [c for c in relay.server.connections if c.user == "mallory"]
     buffered = conn._out_bytes + conn.transport.get_write_buffer_size()
     assert buffered < 4 * 1024 * 1024
-    figures.add("a logged-in client that never reads: 2000 pipelined requests + 500 "
-                "envelopes of 3 KB pushed at it",
-                f"relay buffers {buffered // 1024} KiB for it (bounded); carol->alice "
-                f"{ms(during)}")
+    figures.add(
+        "a logged-in client that never reads: 2000 pipelined requests + 500 "
+        "envelopes of 3 KB pushed at it",
+        f"relay buffers {buffered // 1024} KiB for it (bounded); carol->alice {ms(during)}",
+    )
     w.transport.abort()

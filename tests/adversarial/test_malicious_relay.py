@@ -59,8 +59,10 @@ async def test_replayed_envelopes_are_never_shown_twice(relay, login, figures):
         conn.push(dataclasses.replace(d, mid=d.mid + 2_000_000))
     assert await drained_texts(bob) == []
     assert [h.text for h in await bob.history("alice", 10)] == ["first", "second"]
-    figures.add("relay re-pushes 2 delivered envelopes twice (once across a client restart)",
-                "shown 0 times again; history unchanged")
+    figures.add(
+        "relay re-pushes 2 delivered envelopes twice (once across a client restart)",
+        "shown 0 times again; history unchanged",
+    )
 
 
 async def test_a_relay_lying_about_the_sender_is_caught(relay, login):
@@ -99,12 +101,13 @@ async def test_reordered_and_dropped_envelopes(relay, login, reopen, figures):
     store.pending = real_pending
     assert sorted(shown) == sorted(t for t in texts if t != "m3")
     assert len(shown) == len(set(shown)) == 11 and shown != sorted(shown)
-    figures.add("relay drops 1 of 12 envelopes and delivers the rest newest first",
-                "11 shown once each (out-of-order keys kept), the dropped one never shown")
+    figures.add(
+        "relay drops 1 of 12 envelopes and delivers the rest newest first",
+        "11 shown once each (out-of-order keys kept), the dropped one never shown",
+    )
 
 
-async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, login,
-                                                                         figures):
+async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, login, figures):
     """X3DH 4.1: before a first contact is verified, only safety numbers can tell.
 
     The relay answers alice's first bundle fetch for bob with keys it made itself
@@ -135,5 +138,7 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     alice_view = await alice.safety_number("bob")
     bob_view = await bob.safety_number("alice")
     assert alice_view != bob_view
-    figures.add("relay substitutes bob's bundle at alice's first contact",
-                "bob rejects the message; the safety numbers alice and bob compare differ")
+    figures.add(
+        "relay substitutes bob's bundle at alice's first contact",
+        "bob rejects the message; the safety numbers alice and bob compare differ",
+    )

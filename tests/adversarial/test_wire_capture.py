@@ -33,8 +33,10 @@ class CapturingProxy:
 
     async def _on_client(self, creader, cwriter) -> None:
         rreader, rwriter = await asyncio.open_connection("127.0.0.1", self.target_port)
-        pipes = [asyncio.create_task(self._pipe(creader, rwriter)),
-                 asyncio.create_task(self._pipe(rreader, cwriter))]
+        pipes = [
+            asyncio.create_task(self._pipe(creader, rwriter)),
+            asyncio.create_task(self._pipe(rreader, cwriter)),
+        ]
         self._pipes.update(pipes)
         await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
         for p in pipes:
@@ -80,10 +82,12 @@ async def test_no_plaintext_token_or_private_key_on_the_wire_or_at_the_relay(
     hub.handle, hub.send_nowait, hub.ack_nowait = recording_handle, recording_send, recording_ack
     clients = {}
     for user in ("alice", "bob"):
-        settings = RelaySettings("127.0.0.1", port, user, relay.tokens[user],
-                                 pin=relay.server.fingerprint)
+        settings = RelaySettings(
+            "127.0.0.1", port, user, relay.tokens[user], pin=relay.server.fingerprint
+        )
         clients[user] = await HushwireClient.login(
-            tmp_path / f"p-{user}", PASSPHRASE, settings, kdf=FAST_KDF, backoff=FAST_BACKOFF)
+            tmp_path / f"p-{user}", PASSPHRASE, settings, kdf=FAST_KDF, backoff=FAST_BACKOFF
+        )
     alice, bob = clients["alice"], clients["bob"]
     texts = [f"MARKER-{secrets.token_hex(8)}-{i}" for i in range(10)]
     for i, text in enumerate(texts):
@@ -100,8 +104,9 @@ async def test_no_plaintext_token_or_private_key_on_the_wire_or_at_the_relay(
         secrets_to_find[f"{user} identity DH private key"] = ident.dh.private
     wire = bytes(proxy.captured)
     view = b"".join(relay_view)
-    db_files = b"".join(p.read_bytes() for p in relay.config.db.parent.glob(
-        relay.config.db.name + "*"))
+    db_files = b"".join(
+        p.read_bytes() for p in relay.config.db.parent.glob(relay.config.db.name + "*")
+    )
     for text in texts:
         for where, blob in (("wire", wire), ("relay view", view), ("relay db", db_files)):
             assert text.encode() not in blob, f"plaintext in {where}"

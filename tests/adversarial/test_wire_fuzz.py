@@ -42,14 +42,25 @@ def _junk(rng: random.Random, depth: int = 0) -> object:
         return rng.choice([0.0, -1.0, float("nan"), float("inf"), 1e308])
     if kind == "list":
         return [_junk(rng, depth + 1) for _ in range(rng.randrange(5))]
-    return {rng.choice(["id", "t", "user", "to", "body", "mids", "key"]): _junk(rng, depth + 1)
-            for _ in range(rng.randrange(5))}
+    return {
+        rng.choice(["id", "t", "user", "to", "body", "mids", "key"]): _junk(rng, depth + 1)
+        for _ in range(rng.randrange(5))
+    }
 
 
 def hostile_payload(rng: random.Random, token: str) -> tuple[str, bytes]:
     """One attack: (its kind, the bytes to send after TLS)."""
-    kind = rng.choice(["random", "truncated", "wrong_types", "huge_length", "deep",
-                       "out_of_order", "mutated_after_login"])
+    kind = rng.choice(
+        [
+            "random",
+            "truncated",
+            "wrong_types",
+            "huge_length",
+            "deep",
+            "out_of_order",
+            "mutated_after_login",
+        ]
+    )
     hello = encode_frame(Hello(id=1, versions=(1,), client="fuzz").to_wire())
     login = encode_frame(Login(id=2, user="mallory", token=token).to_wire())
     if kind == "random":
@@ -59,8 +70,9 @@ def hostile_payload(rng: random.Random, token: str) -> tuple[str, bytes]:
         return kind, hello + frame[: rng.randrange(1, len(frame))]
     if kind == "wrong_types":
         t = rng.choice([*REQUESTS, "deliver", "ok", "error", "", "x" * 1000])
-        body = {"t": t, "id": _junk(rng)} | {k: _junk(rng) for k in ("user", "to", "body",
-                                                                      "mids", "versions")}
+        body = {"t": t, "id": _junk(rng)} | {
+            k: _junk(rng) for k in ("user", "to", "body", "mids", "versions")
+        }
         return kind, encode_frame(body, max_size=1 << 20)
     if kind == "huge_length":
         return kind, struct.pack(">I", rng.randrange(65537, 2**32)) + rng.randbytes(100)
@@ -69,19 +81,36 @@ def hostile_payload(rng: random.Random, token: str) -> tuple[str, bytes]:
         payload = b"\x81\xa1t\xa4ping" + b"\x91" * depth + b"\xc0"
         return kind, struct.pack(">I", len(payload)) + payload
     if kind == "out_of_order":
-        frames = [Send(id=5, to=("bob",), body=b"x").to_wire(),
-                  Login(id=6, user="mallory", token=token).to_wire(),
-                  Hello(id=7, versions=(1,), client="f").to_wire(),
-                  Hello(id=8, versions=(1,), client="f").to_wire()]
+        frames = [
+            Send(id=5, to=("bob",), body=b"x").to_wire(),
+            Login(id=6, user="mallory", token=token).to_wire(),
+            Hello(id=7, versions=(1,), client="f").to_wire(),
+            Hello(id=8, versions=(1,), client="f").to_wire(),
+        ]
         rng.shuffle(frames)
         return kind, b"".join(encode_frame(f) for f in frames)
     # Authenticated, then well-framed requests with mutated fields.
     out = [hello, login]
     for i in range(rng.randrange(1, 20)):
         t = rng.choice(list(REQUESTS))
-        body = {"t": t, "id": 10 + i} | {k: _junk(rng) for k in rng.sample(
-            ["user", "to", "body", "mids", "identity", "signed_prekey", "one_time_prekeys",
-             "versions", "token", "client"], rng.randrange(0, 6))}
+        body = {"t": t, "id": 10 + i} | {
+            k: _junk(rng)
+            for k in rng.sample(
+                [
+                    "user",
+                    "to",
+                    "body",
+                    "mids",
+                    "identity",
+                    "signed_prekey",
+                    "one_time_prekeys",
+                    "versions",
+                    "token",
+                    "client",
+                ],
+                rng.randrange(0, 6),
+            )
+        }
         out.append(encode_frame(body, max_size=1 << 20))
     return kind, b"".join(out)
 
@@ -109,8 +138,17 @@ async def test_wire_fuzz_never_crashes_the_relay_or_starves_others(
     seconds = pytestconfig.getoption("--fuzz-seconds")
     db = tmp_path / "relay.db"
     tokens = await add_users(db, USERS)
-    relay = await daemons(db, "--handshake-timeout", "2", "--send-burst", "1000000",
-                          "--send-rate", "1000000", "--max-mailbox", "1000000")
+    relay = await daemons(
+        db,
+        "--handshake-timeout",
+        "2",
+        "--send-burst",
+        "1000000",
+        "--send-rate",
+        "1000000",
+        "--max-mailbox",
+        "1000000",
+    )
     alice = await relay.login("alice", tokens["alice"])
     bob = await relay.login("bob", tokens["bob"])
     seed = int.from_bytes(os.urandom(4), "big")

@@ -86,8 +86,9 @@ async def make(tmp_path, clock, directory):
     stores = []
 
     async def new(user: str, profile: str | None = None) -> SessionManager:
-        store = await ProfileStore.open(tmp_path / (profile or user), "pw", create=True,
-                                        kdf=KdfParams(n=2**10))
+        store = await ProfileStore.open(
+            tmp_path / (profile or user), "pw", create=True, kdf=KdfParams(n=2**10)
+        )
         stores.append(store)
         identity = await load_or_create_identity(store, X25519, 0)
         manager = SessionManager(store, user, identity, X25519, clock=clock)
@@ -206,7 +207,8 @@ async def test_key_changed_push_and_forged_pushes(make, directory):
     with pytest.raises(MessageHeld):
         await alice.prepare_send("bob", "held", directory.fetch)
     assert (await alice.safety_number("bob", pending=True)).digits != (
-        await alice.safety_number("bob")).digits
+        await alice.safety_number("bob")
+    ).digits
 
 
 async def test_initial_message_from_a_changed_identity_is_flagged(make, directory):
@@ -236,8 +238,7 @@ async def test_bad_bundles_and_unknown_contacts(make, directory):
     await make("bob")
     up = directory.uploads["bob"]
     spk = up.signed_prekey
-    directory.uploads["bob"] = KeyUpload(
-        up.identity, SignedPrekey(spk.id, spk.key, bytes(64)), ())
+    directory.uploads["bob"] = KeyUpload(up.identity, SignedPrekey(spk.id, spk.key, bytes(64)), ())
     with pytest.raises(BadBundle, match="do not verify"):
         await alice.prepare_send("bob", "x", directory.fetch)
     with pytest.raises(RequestError):

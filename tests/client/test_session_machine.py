@@ -46,8 +46,7 @@ class ChatMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     async def _open(self, user: str, *, first: bool = False) -> SessionManager:
-        store = await ProfileStore.open(self.dir / user, "pw", create=first,
-                                        kdf=KdfParams(n=2**10))
+        store = await ProfileStore.open(self.dir / user, "pw", create=first, kdf=KdfParams(n=2**10))
         identity = await load_or_create_identity(store, X25519, 0)
         manager = SessionManager(store, user, identity, X25519, clock=self.clock)
         if first:
@@ -115,6 +114,5 @@ class ChatMachine(RuleBasedStateMachine):
             assert text in self.sent[(sender, recipient)]
 
 
-ChatMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=30,
-                                         deadline=None)
+ChatMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
 TestChat = ChatMachine.TestCase

@@ -64,10 +64,24 @@ async def test_the_lock_admits_one_opener(store, tmp_path):
 async def test_blobs_are_bound_to_their_row_and_column(store, tmp_path):
     await store.add_contact("bob", IDENT, 1)
     await store.add_contact("carol", IDENT, 1)
-    await store.add_message(contact="bob", direction="in", status="received", sent_at_ms=1,
-                            now_ms=1, text="to bob", envelope_id=b"1" * 16)
-    await store.add_message(contact="carol", direction="in", status="received", sent_at_ms=1,
-                            now_ms=1, text="to carol", envelope_id=b"2" * 16)
+    await store.add_message(
+        contact="bob",
+        direction="in",
+        status="received",
+        sent_at_ms=1,
+        now_ms=1,
+        text="to bob",
+        envelope_id=b"1" * 16,
+    )
+    await store.add_message(
+        contact="carol",
+        direction="in",
+        status="received",
+        sent_at_ms=1,
+        now_ms=1,
+        text="to carol",
+        envelope_id=b"2" * 16,
+    )
     await store.close()
     with sqlite3.connect(tmp_path / "p" / DB_NAME) as db:
         bob_ident = db.execute("SELECT identity FROM contacts WHERE name='bob'").fetchone()[0]
@@ -148,8 +162,14 @@ async def test_a_transaction_cancelled_at_any_await_leaves_the_store_usable(
 
 async def test_secrets_and_history_are_not_in_the_file(store, tmp_path):
     await store.set_setting("relay", {"token": "hw_SECRET_TOKEN_VALUE"})
-    await store.add_message(contact="bob", direction="out", status="sent", sent_at_ms=1,
-                            now_ms=1, text="a very private sentence")
+    await store.add_message(
+        contact="bob",
+        direction="out",
+        status="sent",
+        sent_at_ms=1,
+        now_ms=1,
+        text="a very private sentence",
+    )
     await store.mark_seen(b"ENVELOPE-ID-1234", 1)
     await store.close()
     raw = b"".join(p.read_bytes() for p in (tmp_path / "p").iterdir())

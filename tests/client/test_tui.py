@@ -47,42 +47,48 @@ def paste(text: str) -> str:
 # --- the model, without a terminal ------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("hello", "hello"),
-    ("  spaced message ", "  spaced message "),
-    ("//slash at start", "/slash at start"),
-    ("", None),
-    ("   ", None),
-    ("exit", Command("quit")),
-    ("/quit", Command("quit")),
-    ("/to bob", Command("to", "bob")),
-    ("/verify bob", Command("verify", "bob")),
-    ("/verify bob mark", Command("verify", "bob", mark=True)),
-    ("/trust carol", Command("trust", "carol")),
-    ("/who", Command("who")),
-    ("/history", Command("history", count=tui.HISTORY_ON_OPEN)),
-    ("/history 7", Command("history", count=7)),
-    ("/help", Command("help")),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("hello", "hello"),
+        ("  spaced message ", "  spaced message "),
+        ("//slash at start", "/slash at start"),
+        ("", None),
+        ("   ", None),
+        ("exit", Command("quit")),
+        ("/quit", Command("quit")),
+        ("/to bob", Command("to", "bob")),
+        ("/verify bob", Command("verify", "bob")),
+        ("/verify bob mark", Command("verify", "bob", mark=True)),
+        ("/trust carol", Command("trust", "carol")),
+        ("/who", Command("who")),
+        ("/history", Command("history", count=tui.HISTORY_ON_OPEN)),
+        ("/history 7", Command("history", count=7)),
+        ("/help", Command("help")),
+    ],
+)
 def test_parse_input(text, expected):
     assert parse_input(text) == expected
 
 
-@pytest.mark.parametrize(("text", "error"), [
-    ("/frobnicate", "unknown command /frobnicate: see /help"),
-    ("/verfy bob", "unknown command /verfy: did you mean /verify?"),
-    ("/to", "usage: /to NAME"),
-    ("/to bob carol", "usage: /to NAME"),
-    ("/verify bob now", r"usage: /verify NAME \[mark\]"),
-    ("/trust", "usage: /trust NAME"),
-    ("/to Bob!", "invalid name 'Bob!'"),
-    ("/history 0", "N is a number from 1 to"),
-    ("/history x", "N is a number from 1 to"),
-    ("/history 5 6", r"usage: /history \[N\]"),
-    ("/who bob", "usage: /who"),
-    ("/\x1b[2Jx", "unknown command /x: see"),
-    ("/\x07x", "unknown command /\ufffdx: see"),
-])
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("/frobnicate", "unknown command /frobnicate: see /help"),
+        ("/verfy bob", "unknown command /verfy: did you mean /verify?"),
+        ("/to", "usage: /to NAME"),
+        ("/to bob carol", "usage: /to NAME"),
+        ("/verify bob now", r"usage: /verify NAME \[mark\]"),
+        ("/trust", "usage: /trust NAME"),
+        ("/to Bob!", "invalid name 'Bob!'"),
+        ("/history 0", "N is a number from 1 to"),
+        ("/history x", "N is a number from 1 to"),
+        ("/history 5 6", r"usage: /history \[N\]"),
+        ("/who bob", "usage: /who"),
+        ("/\x1b[2Jx", "unknown command /x: see"),
+        ("/\x07x", "unknown command /\ufffdx: see"),
+    ],
+)
 def test_parse_input_errors(text, error):
     with pytest.raises(CommandError, match=error) as info:
         parse_input(text)
@@ -112,7 +118,9 @@ def test_unread_counts_and_switching():
     model.add("carol", Line.message("in", "carol", "later 2", at, "u3"))
     model.add("carol", Line.info("a system line is not unread"))
     assert [(e.name, e.unread, e.current) for e in model.listing()] == [
-        ("bob", 0, True), ("carol", 2, False)]
+        ("bob", 0, True),
+        ("carol", 2, False),
+    ]
     assert appended == ["bob:seen"]  # only the conversation on screen reaches the pane
     model.select("carol")
     assert model.conversation("carol").unread == 0
@@ -124,8 +132,9 @@ def test_unread_counts_and_switching():
 
 
 def test_received_text_is_neutralised_in_the_model():
-    line = Line.message("in", "bob", "a\x1b[31mred\x07\r\x9b1m\u202eb\tc\nd",
-                        datetime.now(UTC), "u")
+    line = Line.message(
+        "in", "bob", "a\x1b[31mred\x07\r\x9b1m\u202eb\tc\nd", datetime.now(UTC), "u"
+    )
     assert line.text == "ared\ufffd\ufffd\ufffdb    c\nd"  # the C1 CSI is removed whole
 
 
@@ -224,8 +233,9 @@ async def relay(relay_factory) -> Harness:
 
 async def make_profile(relay: Harness, user: str, profile: Path) -> None:
     """What `hushwire login` leaves behind: a profile with published keys."""
-    client = await HushwireClient.login(profile, PASSPHRASE, settings_for(relay, user),
-                                        kdf=FAST_KDF, backoff=FAST_BACKOFF)
+    client = await HushwireClient.login(
+        profile, PASSPHRASE, settings_for(relay, user), kdf=FAST_KDF, backoff=FAST_BACKOFF
+    )
     await client.close()
 
 
@@ -301,8 +311,9 @@ async def test_key_change_warning_verify_and_trust(relay, chat, login, tmp_path)
     await screen.shows("WARNING: bob's identity key has changed")
     assert "bob !" in screen.chat.list_text()
     screen.type("are you there" + ENTER)
-    await screen.shows("not sent: bob's identity key has changed. Check /verify bob, then "
-                       "/trust bob")
+    await screen.shows(
+        "not sent: bob's identity key has changed. Check /verify bob, then /trust bob"
+    )
     assert "you: are you there  [held]" in screen.pane
 
     await screen.run("/verify bob", "bob's NEW key (not accepted yet) gives:")
@@ -371,14 +382,20 @@ async def test_control_characters_in_received_text_are_neutralised(relay, chat, 
     bob = await login(relay, "bob")
     screen = await chat(relay)
     await screen.run("/to bob", "no messages with bob yet")
-    await bob.send("alice", "x\x1b]0;pwned\x07\x1b]52;c;Zm9v\x07\x1b[2Jclear\rover"
-                            "\x9b31m\u202eevil\x00end\nsecond line")
+    await bob.send(
+        "alice",
+        "x\x1b]0;pwned\x07\x1b]52;c;Zm9v\x07\x1b[2Jclear\rover"
+        "\x9b31m\u202eevil\x00end\nsecond line",
+    )
     await screen.shows("end")
     assert "bob: xclear\ufffdover\ufffdevil\ufffdend\n" in screen.pane
     assert "second line" in screen.pane
     assert "pwned" not in screen.pane and "Zm9v" not in screen.pane
-    bad = [c for c in screen.pane if (ord(c) < 32 and c != "\n") or 0x7F <= ord(c) <= 0x9F
-           or c == "\u202e"]
+    bad = [
+        c
+        for c in screen.pane
+        if (ord(c) < 32 and c != "\n") or 0x7F <= ord(c) <= 0x9F or c == "\u202e"
+    ]
     assert bad == []
 
 
@@ -390,8 +407,9 @@ async def test_long_messages_up_to_the_limit_and_refused_beyond(relay, chat, log
     fits = "é" * (limit // 2)  # two UTF-8 bytes each
     too_long = fits + "éé"
     screen.type(paste(too_long) + ENTER)
-    await screen.shows(f"too long: {len(too_long.encode())} bytes of UTF-8, this relay "
-                       f"allows {limit}")
+    await screen.shows(
+        f"too long: {len(too_long.encode())} bytes of UTF-8, this relay allows {limit}"
+    )
     assert screen.typed == too_long  # kept, so the user can shorten it
     screen.type(KILL_LINE + paste(fits) + ENTER)
     # The next thing bob gets is the one that fits: the long one never went out.
@@ -445,8 +463,11 @@ async def test_status_bar_follows_the_connection(relay, chat, login):
     assert (await next_event(bob, MessageReceived)).text == "sent while the relay is down"
 
 
-@pytest.mark.parametrize("keys", ["/quit" + ENTER, "exit" + ENTER, "\x03", "\x04"],
-                         ids=["quit", "exit", "ctrl-c", "ctrl-d"])
+@pytest.mark.parametrize(
+    "keys",
+    ["/quit" + ENTER, "exit" + ENTER, "\x03", "\x04"],
+    ids=["quit", "exit", "ctrl-c", "ctrl-d"],
+)
 async def test_leaving_closes_the_client(relay, chat, keys, tmp_path):
     screen = await chat(relay)
     screen.type(keys)

@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 
 COMMON = Path(__file__).resolve().parents[2] / "common"
-IO = {"asyncio", "socket", "ssl", "sqlite3", "aiosqlite", "prompt_toolkit", "uvloop",
-      "selectors", "subprocess"}
+IO = {
+    "asyncio",
+    "socket",
+    "ssl",
+    "sqlite3",
+    "aiosqlite",
+    "prompt_toolkit",
+    "uvloop",
+    "selectors",
+    "subprocess",
+}
 CRYPTO_EXTRA = {"random", "time", "datetime"}
 
 

@@ -10,21 +10,28 @@ from common.frames import FrameDecoder, encode_frame
 from common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
 from common.states import ConnState, advance, check
 
-ALL = [*m.REQUESTS.values(), *m.PUSHES.values(),
-       *{c.REPLY for c in m.REQUESTS.values()}, m.Error]
+ALL = [*m.REQUESTS.values(), *m.PUSHES.values(), *{c.REPLY for c in m.REQUESTS.values()}, m.Error]
 
 uint = st.integers(min_value=0, max_value=2**63 - 1)
 names = st.from_regex(r"[a-z][a-z0-9_.-]{0,31}", fullmatch=True)
-identity = st.builds(IdentityPublic, st.sampled_from(["x25519", "ffdhe3072"]),
-                     st.binary(min_size=32, max_size=32), st.binary(max_size=64),
-                     st.binary(min_size=64, max_size=64))
+identity = st.builds(
+    IdentityPublic,
+    st.sampled_from(["x25519", "ffdhe3072"]),
+    st.binary(min_size=32, max_size=32),
+    st.binary(max_size=64),
+    st.binary(min_size=64, max_size=64),
+)
 spk = st.builds(SignedPrekey, uint, st.binary(max_size=64), st.binary(max_size=64))
 otpk = st.builds(OneTimePrekey, uint, st.binary(max_size=64))
 
 for cls, strat in {
-    IdentityPublic: identity, SignedPrekey: spk, OneTimePrekey: otpk,
+    IdentityPublic: identity,
+    SignedPrekey: spk,
+    OneTimePrekey: otpk,
     PrekeyBundle: st.builds(PrekeyBundle, names, identity, spk, st.none() | otpk, uint),
-    int: uint, str: st.text(max_size=40), bytes: st.binary(max_size=200),
+    int: uint,
+    str: st.text(max_size=40),
+    bytes: st.binary(max_size=200),
     float: st.floats(min_value=0, allow_nan=False, allow_infinity=False),
 }.items():
     st.register_type_strategy(cls, strat)
@@ -47,8 +54,17 @@ def test_every_message_round_trips(cls, data):
 
 
 def test_registry_is_complete():
-    assert set(m.REQUESTS) == {"hello", "login", "publish_keys", "fetch_bundle",
-                               "prekey_count", "send", "ack", "who", "ping"}
+    assert set(m.REQUESTS) == {
+        "hello",
+        "login",
+        "publish_keys",
+        "fetch_bundle",
+        "prekey_count",
+        "send",
+        "ack",
+        "who",
+        "ping",
+    }
     assert set(m.PUSHES) == {"deliver", "key_changed", "presence"}
     for cls in ALL:
         assert dataclasses.is_dataclass(cls)
@@ -72,10 +88,20 @@ def test_instances_have_no_dict():
         {"t": "ping", "id": 2**64},
         {"t": "error", "id": 1, "code": "x", "message": "m", "retry_after": float("nan")},
         {"t": "error", "id": 1, "code": "x", "message": "m", "retry_after": -1.0},
-        {"t": "publish_keys", "id": 1, "identity": [1], "signed_prekey": None,
-         "one_time_prekeys": []},
-        {"t": "publish_keys", "id": 1, "identity": None, "signed_prekey": None,
-         "one_time_prekeys": [{"id": 1}]},
+        {
+            "t": "publish_keys",
+            "id": 1,
+            "identity": [1],
+            "signed_prekey": None,
+            "one_time_prekeys": [],
+        },
+        {
+            "t": "publish_keys",
+            "id": 1,
+            "identity": None,
+            "signed_prekey": None,
+            "one_time_prekeys": [{"id": 1}],
+        },
     ],
 )
 def test_bad_requests_are_typed_errors(raw):
@@ -127,18 +153,29 @@ def test_state_table():
     assert advance(ConnState.READY, send) is ConnState.READY
 
 
-_wire_values = st.none() | st.booleans() | st.integers(min_value=-2, max_value=2**64) \
-    | st.text(max_size=5) | st.binary(max_size=5) | st.floats(allow_nan=False)
+_wire_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-2, max_value=2**64)
+    | st.text(max_size=5)
+    | st.binary(max_size=5)
+    | st.floats(allow_nan=False)
+)
 
 
-@given(id=_wire_values | uint, to=st.lists(_wire_values | names, max_size=3) | _wire_values,
-       body=_wire_values | st.binary(max_size=20),
-       mids=st.lists(_wire_values | uint, max_size=3) | _wire_values,
-       drop=st.sampled_from([None, "id", "to", "body", "mids"]))
+@given(
+    id=_wire_values | uint,
+    to=st.lists(_wire_values | names, max_size=3) | _wire_values,
+    body=_wire_values | st.binary(max_size=20),
+    mids=st.lists(_wire_values | uint, max_size=3) | _wire_values,
+    drop=st.sampled_from([None, "id", "to", "body", "mids"]),
+)
 @settings(max_examples=400)
 def test_fast_send_and_ack_decoders_agree_with_the_generic_codec(id, to, body, mids, drop):
-    for raw in ({"t": "send", "id": id, "to": to, "body": body},
-                {"t": "ack", "id": id, "mids": mids}):
+    for raw in (
+        {"t": "send", "id": id, "to": to, "body": body},
+        {"t": "ack", "id": id, "mids": mids},
+    ):
         raw.pop(drop, None)
         try:
             expected = m._from_wire(m.REQUESTS[raw["t"]], raw, raw["t"])
@@ -151,8 +188,10 @@ def test_fast_send_and_ack_decoders_agree_with_the_generic_codec(id, to, body, m
 
 
 def test_unrolled_to_wire_matches_the_generic_walk():
-    for msg in (m.SendOk(id=3, mids=(7, 8), ts=9),
-                m.Deliver(mid=1, sender="alice", ts=2, body=b"x")):
+    for msg in (
+        m.SendOk(id=3, mids=(7, 8), ts=9),
+        m.Deliver(mid=1, sender="alice", ts=2, body=b"x"),
+    ):
         generic = m.Message.to_wire(msg)
         assert msg.to_wire() == generic
         assert encode_frame(msg.to_wire()) == encode_frame(generic)

@@ -30,5 +30,3 @@ async def next_event(client: HushwireClient, kind: type, pred=None) -> ClientEve
             event = await client.events.get()
             if isinstance(event, kind) and (pred is None or pred(event)):
                 return event
-
-

@@ -39,8 +39,17 @@ class Cli:
 
     async def login(self, user: str, *extra: str) -> tuple[int, str, str]:
         return await self.run(
-            "--profile", self.profile(user), "login", "--relay", f"127.0.0.1:{self.relay.port}",
-            "--user", user, "--token", "-", *extra, stdin=self.relay.tokens[user] + "\n",
+            "--profile",
+            self.profile(user),
+            "login",
+            "--relay",
+            f"127.0.0.1:{self.relay.port}",
+            "--user",
+            user,
+            "--token",
+            "-",
+            *extra,
+            stdin=self.relay.tokens[user] + "\n",
         )
 
 
@@ -56,18 +65,24 @@ async def test_login_send_recv_verify_contacts(cli, relay):
     assert relay.server.fingerprint in out and "pinned" in out
     assert relay.tokens["alice"] not in out + err
     assert (await cli.login("bob"))[0] == 0
-    code, out, err = await cli.run("--profile", cli.profile("alice"), "send", "bob",
-                                   "hello", "from", "the", "cli")
+    code, out, err = await cli.run(
+        "--profile", cli.profile("alice"), "send", "bob", "hello", "from", "the", "cli"
+    )
     assert (code, err) == (0, "")
-    code, out, err = await cli.run("send", "bob", "--profile", cli.profile("alice"),
-                                   stdin="line one\nline two\x1b[31m red\n")
+    code, out, err = await cli.run(
+        "send", "bob", "--profile", cli.profile("alice"), stdin="line one\nline two\x1b[31m red\n"
+    )
     assert code == 0, err
     code, out, err = await cli.run("--profile", cli.profile("bob"), "recv", "--json")
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert [m["text"] for m in lines] == ["hello from the cli", "line one\nline two\x1b[31m red"]
-    assert all(m["sender"] == "alice" and re.fullmatch(r"[0-9a-f]{32}", m["id"]) and
-               re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", m["sent_at"]) for m in lines)
+    assert all(
+        m["sender"] == "alice"
+        and re.fullmatch(r"[0-9a-f]{32}", m["id"])
+        and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", m["sent_at"])
+        for m in lines
+    )
     assert "\x1b" not in out  # escaped in JSON, never raw
     # Read once: a second recv prints nothing.
     assert (await cli.run("--profile", cli.profile("bob"), "recv"))[1] == ""
@@ -83,8 +98,13 @@ async def test_login_send_recv_verify_contacts(cli, relay):
     assert (await cli.run("--profile", cli.profile("bob"), "verify", "alice", "--mark"))[0] == 0
     code, out, _ = await cli.run("--profile", cli.profile("bob"), "contacts", "--json")
     (entry,) = [json.loads(line) for line in out.splitlines()]
-    assert entry == {"name": "alice", "online": False, "verified": True, "key_changed": False,
-                     "unread": 0}
+    assert entry == {
+        "name": "alice",
+        "online": False,
+        "verified": True,
+        "key_changed": False,
+        "unread": 0,
+    }
     code, out, _ = await cli.run("--profile", cli.profile("bob"), "contacts")
     assert re.match(r"alice\s+offline\s+verified\s+0 unread", out)
 
@@ -95,8 +115,7 @@ async def test_send_errors_are_one_clear_line(cli, relay_factory, relay):
     assert code == 1 and err.count("\n") == 1 and "unknown_user" in err
     code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "bob", "x")
     assert code == 1 and "no_keys" in err  # bob never logged in
-    code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "bob",
-                                 "x" * 70_000)
+    code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "bob", "x" * 70_000)
     assert code == 1 and "at most" in err and "bytes" in err
     await relay.server.close()
     code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "bob", "x")
@@ -115,8 +134,16 @@ async def test_wrong_passphrase_wrong_token_and_missing_profile(cli, monkeypatch
     token_file = cli.tmp / "token"
     token_file.write_text("hw_wrong\n")
     code, out, err = await cli.run(
-        "--profile", cli.profile("carol"), "login", "--relay", f"127.0.0.1:{cli.relay.port}",
-        "--user", "carol", "--token-file", str(token_file))
+        "--profile",
+        cli.profile("carol"),
+        "login",
+        "--relay",
+        f"127.0.0.1:{cli.relay.port}",
+        "--user",
+        "carol",
+        "--token-file",
+        str(token_file),
+    )
     assert code == 1 and "login refused" in err and "hw_wrong" not in out + err
     assert not (cli.tmp / "cli-carol" / "profile.db").exists()
 
@@ -205,8 +232,15 @@ class _Done:
 async def _hushwire(*argv: str, input: str = "") -> _Done:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "client.cli", *argv, cwd=ROOT, env=env,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "client.cli",
+        *argv,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(input.encode()), 60)
     return _Done(proc.returncode, out.decode(), err.decode())

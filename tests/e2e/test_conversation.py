@@ -47,10 +47,15 @@ async def test_first_contact_and_a_conversation_both_ways(relay, login):
         assert (await next_event(bob, MessageReceived)).text == f"more {i}"
     history = await bob.history("alice", 10)
     assert [(h.direction, h.text) for h in history] == [
-        ("in", "hello bob"), ("out", "hi alice"), ("in", "more 0"), ("in", "more 1"),
-        ("in", "more 2")]
+        ("in", "hello bob"),
+        ("out", "hi alice"),
+        ("in", "more 0"),
+        ("in", "more 1"),
+        ("in", "more 2"),
+    ]
     assert [h.status for h in await alice.history("bob", 10) if h.direction == "out"] == [
-        "sent"] * 4
+        "sent"
+    ] * 4
 
 
 async def test_first_contact_without_one_time_prekeys(relay_factory, login):
@@ -185,10 +190,14 @@ async def test_relay_substituting_a_contacts_keys_is_detected(relay, login):
     ident = forged.public()
     with sqlite3.connect(relay.config.db) as db:
         uid = db.execute("SELECT id FROM users WHERE name = 'bob'").fetchone()[0]
-        db.execute("UPDATE identity_keys SET sign_key = ?, dh_key = ?, dh_sig = ? "
-                   "WHERE user_id = ?", (ident.sign_key, ident.dh_key, ident.dh_sig, uid))
-        db.execute("UPDATE signed_prekeys SET prekey_id = 7, key = ?, sig = ? WHERE user_id = ?",
-                   (spk.key, spk.sig, uid))
+        db.execute(
+            "UPDATE identity_keys SET sign_key = ?, dh_key = ?, dh_sig = ? WHERE user_id = ?",
+            (ident.sign_key, ident.dh_key, ident.dh_sig, uid),
+        )
+        db.execute(
+            "UPDATE signed_prekeys SET prekey_id = 7, key = ?, sig = ? WHERE user_id = ?",
+            (spk.key, spk.sig, uid),
+        )
         db.execute("DELETE FROM one_time_prekeys WHERE user_id = ?", (uid,))
     # The existing session is unaffected; a fresh one needs the (forged) bundle.
     await alice.send("bob", "still fine")
@@ -205,8 +214,9 @@ async def test_a_bundle_whose_signature_fails_is_refused(relay, login):
     await login(relay, "bob")
     with sqlite3.connect(relay.config.db) as db:
         uid = db.execute("SELECT id FROM users WHERE name = 'bob'").fetchone()[0]
-        sig = bytearray(db.execute("SELECT sig FROM signed_prekeys WHERE user_id = ?",
-                                   (uid,)).fetchone()[0])
+        sig = bytearray(
+            db.execute("SELECT sig FROM signed_prekeys WHERE user_id = ?", (uid,)).fetchone()[0]
+        )
         sig[5] ^= 0x01
         db.execute("UPDATE signed_prekeys SET sig = ? WHERE user_id = ?", (bytes(sig), uid))
     with pytest.raises(BadBundle, match="do not verify"):
@@ -230,8 +240,11 @@ async def test_tampered_and_misaddressed_envelopes_are_rejected_and_acked(relay,
         db.execute("UPDATE mailbox SET body = ? WHERE id = ?", (bytes(flipped), mid))
         # A relay replaying a copy of the tampered envelope, and one meant for alice.
         bob_id = db.execute("SELECT id FROM users WHERE name = 'bob'").fetchone()[0]
-        db.execute("INSERT INTO mailbox (recipient_id, sender, created_at, body) "
-                   "VALUES (?, 'alice', 0, ?)", (bob_id, bytes(flipped)))
+        db.execute(
+            "INSERT INTO mailbox (recipient_id, sender, created_at, body) "
+            "VALUES (?, 'alice', 0, ?)",
+            (bob_id, bytes(flipped)),
+        )
     bob = await reopen("bob")
     await bob.start()
     rejected = await next_event(bob, MessageRejected)
@@ -254,8 +267,11 @@ async def test_envelope_for_another_recipient_is_rejected(relay, login):
     with sqlite3.connect(relay.config.db) as db:
         (body,) = db.execute("SELECT body FROM mailbox").fetchone()
         bob_id = db.execute("SELECT id FROM users WHERE name = 'bob'").fetchone()[0]
-        db.execute("INSERT INTO mailbox (recipient_id, sender, created_at, body) "
-                   "VALUES (?, 'carol', 0, ?)", (bob_id, body))
+        db.execute(
+            "INSERT INTO mailbox (recipient_id, sender, created_at, body) "
+            "VALUES (?, 'carol', 0, ?)",
+            (bob_id, body),
+        )
     await bob.close()
     bob2 = await login(relay, "bob")
     rejected = await next_event(bob2, MessageRejected)
@@ -330,8 +346,7 @@ async def test_mutual_tls_with_a_client_certificate(relay_factory, login, tmp_pa
     from tests.e2e.helpers import FAST_KDF, PASSPHRASE
 
     settings = replace(settings_for(relay, "alice"), client_cert=str(cert), client_key=str(key))
-    client = await HushwireClient.login(tmp_path / "with-cert", PASSPHRASE, settings,
-                                        kdf=FAST_KDF)
+    client = await HushwireClient.login(tmp_path / "with-cert", PASSPHRASE, settings, kdf=FAST_KDF)
     assert client.state == "connected"
     await client.close()
 

@@ -120,7 +120,8 @@ def test_help_documents_flags_and_config_file():
 def test_bad_flag_is_a_clear_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "relay.cli", "--db", str(tmp_path / "x.db"), "--port", "x"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "port" in proc.stderr and "Traceback" not in proc.stderr
@@ -137,7 +138,9 @@ def test_too_new_db_is_refused(tmp_path):
         conn.execute("UPDATE schema_version SET version = ?", (latest_version() + 1,))
     proc = subprocess.run(
         [sys.executable, "-m", "relay.cli", "--db", str(db), "--port", "0"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "newer" in proc.stderr and "Traceback" not in proc.stderr

@@ -85,8 +85,9 @@ async def test_hello_announces_version_group_and_limits(relay):
 
 async def test_unsupported_version_is_refused(relay):
     conn = await relay.connect()
-    await expect_error(ErrorCode.UNSUPPORTED_VERSION,
-                       conn.request(Hello, versions=(99,), client="test"))
+    await expect_error(
+        ErrorCode.UNSUPPORTED_VERSION, conn.request(Hello, versions=(99,), client="test")
+    )
 
 
 async def test_login_right_and_wrong(relay):
@@ -155,8 +156,9 @@ async def test_pin_mismatch_is_refused(relay):
 
 async def test_publish_and_concurrent_fetches_never_share_a_prekey(relay):
     bob = await relay.login("bob")
-    ok = await bob.request(PublishKeys, identity=identity(2), signed_prekey=spk(2),
-                           one_time_prekeys=otpks(1, 10))
+    ok = await bob.request(
+        PublishKeys, identity=identity(2), signed_prekey=spk(2), one_time_prekeys=otpks(1, 10)
+    )
     assert ok.prekeys_left == 10
     alice, carol = await relay.login("alice"), await relay.login("carol")
     replies = await asyncio.gather(
@@ -165,8 +167,9 @@ async def test_publish_and_concurrent_fetches_never_share_a_prekey(relay):
     ids = [r.bundle.one_time_prekey.id for r in replies if r.bundle.one_time_prekey]
     assert len(ids) == 10 and len(set(ids)) == 10
     assert sum(r.bundle.one_time_prekey is None for r in replies) == 2
-    assert all(r.bundle.identity == identity(2) and r.bundle.signed_prekey == spk(2)
-               for r in replies)
+    assert all(
+        r.bundle.identity == identity(2) and r.bundle.signed_prekey == spk(2) for r in replies
+    )
     assert (await bob.request(PrekeyCount)).count == 0
 
 
@@ -180,8 +183,9 @@ async def test_fetch_errors(relay):
 async def test_bundle_fetches_are_rate_limited(relay_factory):
     relay = await relay_factory(fetch_burst=2, fetch_period=600)
     bob = await relay.login("bob")
-    await bob.request(PublishKeys, identity=identity(2), signed_prekey=spk(2),
-                      one_time_prekeys=otpks(1, 10))
+    await bob.request(
+        PublishKeys, identity=identity(2), signed_prekey=spk(2), one_time_prekeys=otpks(1, 10)
+    )
     alice = await relay.login("alice")
     await alice.request(FetchBundle, user="bob")
     await alice.request(FetchBundle, user="bob")
@@ -192,23 +196,31 @@ async def test_bundle_fetches_are_rate_limited(relay_factory):
 async def test_malformed_keys_are_refused(relay):
     bob = await relay.login("bob")
     bad = IdentityPublic("x25519", b"k" * 31, b"d" * 32, b"s" * 64)
-    await expect_error(ErrorCode.BAD_KEYS, bob.request(
-        PublishKeys, identity=bad, signed_prekey=None, one_time_prekeys=()))
+    await expect_error(
+        ErrorCode.BAD_KEYS,
+        bob.request(PublishKeys, identity=bad, signed_prekey=None, one_time_prekeys=()),
+    )
     wrong_group = IdentityPublic("ffdhe3072", b"k" * 32, b"d" * 384, b"s" * 64)
-    await expect_error(ErrorCode.BAD_KEYS, bob.request(
-        PublishKeys, identity=wrong_group, signed_prekey=None, one_time_prekeys=()))
-    await expect_error(ErrorCode.NO_KEYS, bob.request(
-        PublishKeys, identity=None, signed_prekey=None, one_time_prekeys=otpks(1, 1)))
+    await expect_error(
+        ErrorCode.BAD_KEYS,
+        bob.request(PublishKeys, identity=wrong_group, signed_prekey=None, one_time_prekeys=()),
+    )
+    await expect_error(
+        ErrorCode.NO_KEYS,
+        bob.request(PublishKeys, identity=None, signed_prekey=None, one_time_prekeys=otpks(1, 1)),
+    )
 
 
 async def test_identity_change_is_pushed_to_those_who_fetched_it(relay):
     bob = await relay.login("bob")
-    await bob.request(PublishKeys, identity=identity(2), signed_prekey=spk(2),
-                      one_time_prekeys=otpks(1, 3))
+    await bob.request(
+        PublishKeys, identity=identity(2), signed_prekey=spk(2), one_time_prekeys=otpks(1, 3)
+    )
     alice, carol = await relay.login("alice"), await relay.login("carol")
     await alice.request(FetchBundle, user="bob")
-    await bob.request(PublishKeys, identity=identity(9), signed_prekey=spk(9),
-                      one_time_prekeys=otpks(1, 3))
+    await bob.request(
+        PublishKeys, identity=identity(9), signed_prekey=spk(9), one_time_prekeys=otpks(1, 3)
+    )
     push = await next_push(alice, KeyChanged)
     assert push.user == "bob" and push.identity == identity(9)
     await carol.request(Ping)
@@ -304,8 +316,7 @@ async def test_mailbox_limit_and_unknown_recipient(relay_factory):
     assert "bob" in err.message
     await expect_error(ErrorCode.UNKNOWN_USER, alice.request(Send, to=("zed",), body=b"x"))
     # all or nothing: carol gets nothing from a send that bob's full mailbox refused
-    await expect_error(ErrorCode.MAILBOX_FULL,
-                       alice.request(Send, to=("carol", "bob"), body=b"x"))
+    await expect_error(ErrorCode.MAILBOX_FULL, alice.request(Send, to=("carol", "bob"), body=b"x"))
     carol = await relay.login("carol")
     await carol.request(Ping)
     assert not _drain(carol)
@@ -324,7 +335,10 @@ async def test_who_and_presence(relay):
     alice = await relay.login("alice")
     who = await alice.request(Who)
     assert {(p.user, p.online) for p in who.users} == {
-        ("alice", True), ("bob", False), ("carol", False)}
+        ("alice", True),
+        ("bob", False),
+        ("carol", False),
+    }
     bob = await relay.login("bob")
     push = await next_push(alice, PresenceChanged)
     assert (push.user, push.online) == ("bob", True)
@@ -491,8 +505,10 @@ async def test_custom_dh_group_is_announced_and_enforced(relay_factory):
     assert ok.group == group.name and ok.group.startswith("ffdh2048-")
     await conn.request(Login, user="bob", token=relay.tokens["bob"])
     x25519_sized = IdentityPublic(ok.group, b"k" * 32, b"d" * 32, b"s" * 64)
-    await expect_error(ErrorCode.BAD_KEYS, conn.request(
-        PublishKeys, identity=x25519_sized, signed_prekey=None, one_time_prekeys=()))
+    await expect_error(
+        ErrorCode.BAD_KEYS,
+        conn.request(PublishKeys, identity=x25519_sized, signed_prekey=None, one_time_prekeys=()),
+    )
     right = IdentityPublic(ok.group, b"k" * 32, b"d" * group.public_size, b"s" * 64)
     await conn.request(PublishKeys, identity=right, signed_prekey=None, one_time_prekeys=())
 
@@ -516,13 +532,15 @@ async def test_unknown_dh_group_is_a_config_error(relay_factory, tmp_path):
 
 async def test_a_watcher_offline_during_a_key_change_hears_of_it_at_login(relay):
     bob = await relay.login("bob")
-    await bob.request(PublishKeys, identity=identity(2), signed_prekey=spk(2),
-                      one_time_prekeys=otpks(1, 3))
+    await bob.request(
+        PublishKeys, identity=identity(2), signed_prekey=spk(2), one_time_prekeys=otpks(1, 3)
+    )
     alice = await relay.login("alice")
     await alice.request(FetchBundle, user="bob")
     await alice.close()
-    await bob.request(PublishKeys, identity=identity(7), signed_prekey=spk(7),
-                      one_time_prekeys=otpks(1, 3))
+    await bob.request(
+        PublishKeys, identity=identity(7), signed_prekey=spk(7), one_time_prekeys=otpks(1, 3)
+    )
     for _ in range(2):  # at every login, until alice looks at bob's new keys
         alice = await relay.login("alice")
         push = await next_push(alice, KeyChanged)
