@@ -91,6 +91,50 @@ class GroupInfo:
     params_pem: str | None = None
 
 
+class _Outgoing:
+    """One send between the reservation of its ids and its `ok`: where the early push
+    went, so that the commit (or a failure) finishes what it started, in order."""
+
+    __slots__ = ("body", "early", "online", "recipients", "ts", "user")
+
+    def __init__(
+        self, online: dict[str, Peer], user: str, recipients: tuple[str, ...], ts: int, body: bytes
+    ) -> None:
+        self.online = online  # the relay's live map: who is online when each step runs
+        self.user = user
+        self.recipients = recipients
+        self.ts = ts
+        self.body = body
+        self.early: dict[int, tuple[Peer, bool]] = {}  # mid -> (session offered, taken)
+
+    def push_early(self, mids: list[int]) -> None:
+        """Runs when the ids are reserved, before the commit: an online recipient that is
+        caught up gets the envelope at once, and if it acks before the commit the store
+        never writes the row. The sender still hears `ok` only once the envelope is
+        committed or acked (docs/protocol.md, send)."""
+        for recipient, mid in zip(self.recipients, mids, strict=True):
+            online = self.online.get(recipient)
+            if online is not None:
+                d = Deliver(mid=mid, sender=self.user, ts=self.ts, body=self.body)
+                self.early[mid] = (online, online.offer_early(d))
+
+    def unhold(self) -> None:
+        """The send failed: release the places held for it."""
+        for mid, (peer, taken) in self.early.items():
+            if not taken:
+                peer.unhold(mid)
+
+    def offer_committed(self, mids: list[int]) -> None:
+        """After the commit: offer what the early push did not deliver."""
+        for recipient, mid in zip(self.recipients, mids, strict=True):
+            peer, taken = self.early.get(mid, (None, False))
+            online = self.online.get(recipient)
+            if peer is not None and not taken and peer is not online:
+                peer.unhold(mid)  # that session is gone; its successor gets it below
+            if online is not None and not (taken and online is peer):
+                online.offer(Deliver(mid=mid, sender=self.user, ts=self.ts, body=self.body))
+
+
 class Relay:
     def __init__(self, config: RelayConfig, store: Store, group: GroupInfo) -> None:
         self.config = config
@@ -282,92 +326,36 @@ class Relay:
             if not self.store.cached(recipients):
                 return False
         self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
-        ts = int(now)
-        body = req.body
-        early: dict[int, tuple[Peer, bool]] = {}
+        out = _Outgoing(self.online, user, recipients, int(now), req.body)
 
         def done(mids: list[int] | None, exc: BaseException | None) -> None:
             if exc is not None:
-                self._unhold(early)
+                out.unhold()
                 reply(exc)
             elif mids is not None:
-                self._offer_committed(early, user, recipients, ts, body, mids)
-                reply(SendOk(id=req.id, mids=tuple(mids), ts=ts))
+                out.offer_committed(mids)
+                reply(SendOk(id=req.id, mids=tuple(mids), ts=out.ts))
 
         self.store.enqueue_nowait(
-            user,
-            recipients,
-            body,
-            now=ts,
-            on_done=done,
-            on_reserved=lambda mids: self._push_early(early, user, recipients, ts, body, mids),
+            user, recipients, out.body, now=out.ts, on_done=done, on_reserved=out.push_early
         )
         return True
 
     async def _send(self, peer: Peer, req: Send, now: float) -> SendOk:
         user, recipients = self._send_checks(peer, req)
         self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
-        ts = int(now)
-        body = req.body
-        early: dict[int, tuple[Peer, bool]] = {}
+        out = _Outgoing(self.online, user, recipients, int(now), req.body)
         # Nothing may await before enqueue: the store takes sends in call order, which
         # keeps one sender's envelopes in order even when they are pipelined.
         try:
             mids = await self.store.enqueue(
-                user,
-                recipients,
-                body,
-                now=ts,
-                on_reserved=lambda m: self._push_early(early, user, recipients, ts, body, m),
+                user, recipients, out.body, now=out.ts, on_reserved=out.push_early
             )
         except BaseException:
-            self._unhold(early)
+            out.unhold()
             raise
-        self._offer_committed(early, user, recipients, ts, body, mids)
-        return SendOk(id=req.id, mids=tuple(mids), ts=ts)
-
-    def _push_early(
-        self,
-        early: dict[int, tuple[Peer, bool]],
-        user: str,
-        recipients: tuple[str, ...],
-        ts: int,
-        body: bytes,
-        mids: list[int],
-    ) -> None:
-        """Runs when the ids are reserved, before the commit: an online recipient that is
-        caught up gets the envelope at once, and if it acks before the commit the store
-        never writes the row. The sender still hears `ok` only once the envelope is
-        committed or acked (docs/protocol.md, send)."""
-        for recipient, mid in zip(recipients, mids, strict=True):
-            online = self.online.get(recipient)
-            if online is not None:
-                d = Deliver(mid=mid, sender=user, ts=ts, body=body)
-                early[mid] = (online, online.offer_early(d))
-
-    @staticmethod
-    def _unhold(early: dict[int, tuple[Peer, bool]]) -> None:
-        for mid, (peer, taken) in early.items():
-            if not taken:
-                peer.unhold(mid)
-
-    def _offer_committed(
-        self,
-        early: dict[int, tuple[Peer, bool]],
-        user: str,
-        recipients: tuple[str, ...],
-        ts: int,
-        body: bytes,
-        mids: list[int],
-    ) -> None:
-        """After the commit: offer what the early push did not deliver."""
-        for recipient, mid in zip(recipients, mids, strict=True):
-            peer, taken = early.get(mid, (None, False))
-            online = self.online.get(recipient)
-            if peer is not None and not taken and peer is not online:
-                peer.unhold(mid)  # that session is gone; its successor gets it below
-            if online is not None and not (taken and online is peer):
-                online.offer(Deliver(mid=mid, sender=user, ts=ts, body=body))
+        out.offer_committed(mids)
+        return SendOk(id=req.id, mids=tuple(mids), ts=out.ts)
 
     def ack_nowait(self, peer: Peer, req: Ack, reply: Answer) -> bool:
         """`ack` without a task: `reply` is called now if every row was elided, else once
