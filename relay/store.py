@@ -848,17 +848,13 @@ class Store:
 
     async def ack(self, recipient: str, mids: Sequence[int]) -> int:
         """Delete the recipient's own envelopes among `mids`; return how many went."""
-        self._check_open()
-        wanted = _valid_mids(mids)
-        if not wanted:
-            return 0
-        rid = self._ids.get(recipient)
-        if rid is None:
+        deleted = self.ack_nowait(recipient, mids)
+        if deleted is None:  # the recipient's id is not cached yet
             try:
                 (rid,) = await self._resolve([recipient])
             except RequestError:
                 return 0
-        deleted = self._ack_ids(rid, wanted)
+            deleted = self._ack_ids(rid, _valid_mids(mids))
         return deleted if isinstance(deleted, int) else await deleted
 
     def ack_nowait(self, recipient: str, mids: Sequence[int]) -> int | asyncio.Future[int] | None:
