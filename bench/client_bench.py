@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.servers import hushwire, make_db, tls_material, user_name  # noqa: E402
-from client.service import HushwireClient, MessageReceived, RelaySettings  # noqa: E402
-from client.store import KdfParams  # noqa: E402
+from hushwire.client.service import HushwireClient, MessageReceived, RelaySettings  # noqa: E402
+from hushwire.client.store import KdfParams  # noqa: E402
 
 
 async def measure(group: str, messages: int, size: int) -> dict[str, float]:

@@ -16,16 +16,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.crypto.envelope import Session
-from common.crypto.groups import FFDHE3072, X25519, DHGroup
-from common.crypto.identity import (
+from hushwire.common.crypto.dh import FFDHE3072, X25519, DHGroup
+from hushwire.common.crypto.envelope import Session
+from hushwire.common.crypto.identity import (
     IdentityKeyPair,
     SignedPrekeyPair,
     generate_one_time_prekeys,
 )
-from common.crypto.safety import safety_number
-from common.crypto.x3dh import PrekeySet, initiate, respond
-from common.keys import PrekeyBundle
+from hushwire.common.crypto.safety import safety_number
+from hushwire.common.crypto.x3dh import PrekeySet, initiate, respond
+from hushwire.common.keys import PrekeyBundle
 
 
 def median_ms(fn: Callable[[], object], rounds: int) -> float:

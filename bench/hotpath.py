@@ -30,12 +30,12 @@ if __package__ in (None, ""):
 
 from bench.clients import HushwireClient, Stats
 from bench.servers import RELAY_FLAGS, make_db, user_name
-from relay.cli import tune_gc
-from relay.config import from_args
-from relay.connection import Connection, FlushQueue
-from relay.handlers import Relay
-from relay.server import load_group
-from relay.store import Store
+from hushwire.relay.cli import tune_gc
+from hushwire.relay.config import from_args
+from hushwire.relay.connection import Connection, FlushQueue
+from hushwire.relay.handlers import Relay
+from hushwire.relay.server import load_group
+from hushwire.relay.store import Store
 
 
 class Pipe(asyncio.Transport):

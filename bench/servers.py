@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from relay.store import Store
-from relay.tls import ensure_server_cert, fingerprint
-from relay.tokens import hash_token, new_salt, new_token
+from hushwire.relay.store import Store
+from hushwire.relay.tls import ensure_server_cert, fingerprint
+from hushwire.relay.tokens import hash_token, new_salt, new_token
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
@@ -152,7 +152,17 @@ def hushwire(
     else:
         name, db, cwd = "hushwire-baseline", workdir / "baseline.db", checkout
         shutil.copyfile(workdir / "relay.db", db)
-    argv = [sys.executable, "-m", "relay.cli", "--db", str(db), "--port", "0", *RELAY_FLAGS, *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "hushwire.relay.cli",
+        "--db",
+        str(db),
+        "--port",
+        "0",
+        *RELAY_FLAGS,
+        *extra,
+    ]
     return Server(name, argv, workdir / f"{name}.log", core, cwd=cwd)
 
 

@@ -23,13 +23,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from client.errors import (
+from hushwire.client.errors import (
     CertificateMismatch,
     ClientError,
     ConnectionClosed,
     MessageHeld,
 )
-from client.service import (
+from hushwire.client.service import (
     ConnectionState,
     HistoryItem,
     HushwireClient,
@@ -40,9 +40,10 @@ from client.service import (
     RelaySettings,
     relay_error_text,
 )
-from client.store import ProfileStore
-from client.text import safe_for_terminal
-from common.errors import ErrorCode, HushwireError, RequestError
+from hushwire.client.store import ProfileStore
+from hushwire.client.text import safe_for_terminal
+from hushwire.common.errors import ErrorCode, HushwireError, RequestError
+from hushwire.common.version import version
 
 DEFAULT_PROFILE = Path("~/.hushwire")
 PASSPHRASE_ENV = "HUSHWIRE_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
@@ -411,12 +412,12 @@ async def cmd_contacts(args: argparse.Namespace, out: TextIO, err: TextIO, stdin
 
 def cmd_chat(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     """The full-screen UI lives in client/tui.py (prompt_toolkit), loaded only here."""
-    if importlib.util.find_spec("client.tui") is None:
+    if importlib.util.find_spec("hushwire.client.tui") is None:
         raise CliError(
             "the terminal UI (client.tui) is not part of this build yet; "
             "use `hushwire send` and `hushwire recv`"
         )
-    tui = importlib.import_module("client.tui")
+    tui = importlib.import_module("hushwire.client.tui")
     result = tui.main(_profile(args), read_passphrase())
     if inspect.iscoroutine(result):
         result = asyncio.run(result)
@@ -440,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument(
         "--profile",
         metavar="DIR",

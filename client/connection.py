@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from client.errors import CertificateMismatch, ConnectionClosed
-from common.errors import (
+from hushwire.client.errors import CertificateMismatch, ConnectionClosed
+from hushwire.common.errors import (
     ErrorCode,
     RemoteProtocolError,
     RequestError,
 )
-from common.fingerprint import cert_fingerprint
-from common.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
-from common.messages import (
+from hushwire.common.fingerprint import cert_fingerprint
+from hushwire.common.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from hushwire.common.messages import (
     SUPPORTED_VERSIONS,
     Error,
     Hello,
@@ -37,7 +37,7 @@ from common.messages import (
     Request,
     decode_from_relay,
 )
-from common.states import ConnState, advance, check
+from hushwire.common.states import ConnState, advance, check
 
 log = logging.getLogger("hushwire.client")
 

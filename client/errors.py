@@ -22,7 +22,7 @@ the client reports those as events rather than raising them at the user.
 
 from __future__ import annotations
 
-from common.errors import ErrorCode, HushwireError
+from hushwire.common.errors import ErrorCode, HushwireError
 
 
 class ClientError(HushwireError):

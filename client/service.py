@@ -30,8 +30,8 @@ from typing import Any, Final
 
 import msgpack
 
-from client.connection import RelayConnection, TlsSettings
-from client.errors import (
+from hushwire.client.connection import RelayConnection, TlsSettings
+from hushwire.client.errors import (
     CertificateMismatch,
     ClientError,
     ConnectionClosed,
@@ -41,7 +41,7 @@ from client.errors import (
     ProfileMismatch,
     ProfileMissing,
 )
-from client.session import (
+from hushwire.client.session import (
     Fetch,
     KeyUpload,
     Outgoing,
@@ -51,13 +51,13 @@ from client.session import (
     load_or_create_identity,
     max_text_bytes,
 )
-from client.store import KdfParams, ProfileStore, StoredMessage
-from common import messages as wire
-from common.crypto.groups import DHGroup, group_by_name
-from common.errors import CryptoError, ErrorCode, HushwireError, RequestError
-from common.frames import DEFAULT_MAX_FRAME
-from common.keys import PrekeyBundle
-from common.names import check_username
+from hushwire.client.store import KdfParams, ProfileStore, StoredMessage
+from hushwire.common import messages as wire
+from hushwire.common.crypto.dh import DHGroup, group_by_name
+from hushwire.common.errors import CryptoError, ErrorCode, HushwireError, RequestError
+from hushwire.common.frames import DEFAULT_MAX_FRAME
+from hushwire.common.keys import PrekeyBundle
+from hushwire.common.names import check_username
 
 log = logging.getLogger("hushwire.client")
 

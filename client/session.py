@@ -33,12 +33,12 @@ from typing import Final
 
 import msgpack
 
-from client.errors import BadBundle, MessageHeld, ProfileCorrupt, UnknownContact
-from client.store import Contact, ProfileStore, StoredMessage
-from client.text import decode_text, encode_text
-from common.crypto.envelope import Envelope, EnvelopeType, Session
-from common.crypto.groups import DHGroup
-from common.crypto.identity import (
+from hushwire.client.errors import BadBundle, MessageHeld, ProfileCorrupt, UnknownContact
+from hushwire.client.store import Contact, ProfileStore, StoredMessage
+from hushwire.client.text import decode_text, encode_text
+from hushwire.common.crypto.dh import DHGroup
+from hushwire.common.crypto.envelope import Envelope, EnvelopeType, Session
+from hushwire.common.crypto.identity import (
     MAX_PREKEY_ID,
     IdentityKeyPair,
     OneTimePrekeyPair,
@@ -47,10 +47,10 @@ from common.crypto.identity import (
     verify_bundle,
     verify_identity,
 )
-from common.crypto.ratchet import RatchetConfig, RatchetHeader
-from common.crypto.safety import SafetyNumber, safety_number
-from common.crypto.x3dh import InitialHeader
-from common.errors import (
+from hushwire.common.crypto.ratchet import RatchetConfig, RatchetHeader
+from hushwire.common.crypto.safety import SafetyNumber, safety_number
+from hushwire.common.crypto.x3dh import InitialHeader
+from hushwire.common.errors import (
     CryptoError,
     DecryptionError,
     InvalidKey,
@@ -61,8 +61,8 @@ from common.errors import (
     TooManySkipped,
     UnknownPrekey,
 )
-from common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
-from common.messages import Deliver, Send
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+from hushwire.common.messages import Deliver, Send
 
 DAY_MS: Final = 86_400_000
 SIGNED_PREKEY_ROTATE_MS: Final = 7 * DAY_MS

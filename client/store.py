@@ -47,18 +47,18 @@ import aiosqlite
 import msgpack
 from Crypto.Protocol.KDF import scrypt
 
-from client.errors import (
+from hushwire.client.errors import (
     ClientError,
     ProfileCorrupt,
     ProfileLocked,
     ProfileMissing,
     WrongPassphrase,
 )
-from common.crypto.encoding import expect_bytes, expect_int, expect_list, expect_str, pack
-from common.crypto.encoding import fields as encode_fields
-from common.crypto.primitives import aead_open, aead_seal, hkdf_sha256, hmac_sha256
-from common.errors import DecryptionError
-from common.keys import IdentityPublic
+from hushwire.common.crypto.encoding import expect_bytes, expect_int, expect_list, expect_str, pack
+from hushwire.common.crypto.encoding import fields as encode_fields
+from hushwire.common.crypto.primitives import aead_open, aead_seal, hkdf_sha256, hmac_sha256
+from hushwire.common.errors import DecryptionError
+from hushwire.common.keys import IdentityPublic
 
 DB_NAME: Final = "profile.db"
 LOCK_NAME: Final = "lock"
@@ -124,7 +124,7 @@ class StoredMessage:
 def schema_files() -> tuple[tuple[int, str], ...]:
     """(version, sql) for every file in client/schema, checked to be numbered 1..N."""
     found = []
-    for entry in resources.files("client.schema").iterdir():
+    for entry in resources.files("hushwire.client.schema").iterdir():
         m = _SCHEMA_FILE.fullmatch(entry.name)
         if m:
             found.append((int(m.group(1)), entry.read_text("utf-8")))

@@ -52,8 +52,8 @@ from prompt_toolkit.output import Output
 from prompt_toolkit.styles import Style
 from prompt_toolkit.widgets import TextArea
 
-from client.errors import ConnectionClosed, MessageHeld, MessageTooLong, UnknownContact
-from client.service import (
+from hushwire.client.errors import ConnectionClosed, MessageHeld, MessageTooLong, UnknownContact
+from hushwire.client.service import (
     ClientEvent,
     ConnectionState,
     HistoryItem,
@@ -67,9 +67,9 @@ from client.service import (
     Presence,
     relay_error_text,
 )
-from client.text import safe_for_terminal
-from common.errors import ErrorCode, HushwireError, RequestError
-from common.names import is_valid_username
+from hushwire.client.text import safe_for_terminal
+from hushwire.common.errors import ErrorCode, HushwireError, RequestError
+from hushwire.common.names import is_valid_username
 
 log = logging.getLogger("hushwire.tui")
 

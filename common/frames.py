@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from common.errors import FrameTooLarge, LocalProtocolError, MalformedFrame
+from hushwire.common.errors import FrameTooLarge, LocalProtocolError, MalformedFrame
 
 DEFAULT_MAX_FRAME = 64 * 1024
 HEADER = struct.Struct(">I")

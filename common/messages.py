@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from common.errors import ErrorCode, MalformedFrame
-from common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+from hushwire.common.errors import ErrorCode, MalformedFrame
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)

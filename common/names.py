@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from common.errors import ErrorCode, RequestError
+from hushwire.common.errors import ErrorCode, RequestError
 
 # Lower-case ASCII only, so two names can never look alike on screen (no homoglyphs),
 # and nothing that a terminal or a shell would interpret.

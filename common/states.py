@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from common.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from common.messages import (
+from hushwire.common.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from hushwire.common.messages import (
     Ack,
     FetchBundle,
     Hello,

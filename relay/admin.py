@@ -22,13 +22,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from common.errors import HushwireError
-from common.names import is_valid_username
-from relay import migrate as migrations
-from relay import tls
-from relay.errors import SchemaOutdated, TlsMaterialError, UnknownUser
-from relay.store import Store, UserRecord
-from relay.tokens import hash_token, new_salt, new_token
+from hushwire.common.crypto.dh import to_pem
+from hushwire.common.errors import HushwireError
+from hushwire.common.names import is_valid_username
+from hushwire.common.version import version
+from hushwire.relay import migrate as migrations
+from hushwire.relay import tls
+from hushwire.relay.errors import SchemaOutdated, TlsMaterialError, UnknownUser
+from hushwire.relay.store import Store, UserRecord
+from hushwire.relay.tokens import hash_token, new_salt, new_token
 
 PROG = "hushwire-admin"
 DEFAULT_DB = "users.db"
@@ -227,7 +229,7 @@ def cmd_dhparams(args: argparse.Namespace) -> int:
         raise TlsMaterialError(f"{args.out} already exists; choose another --out or remove it")
     try:
         # Imported here: it pulls in sympy and multiprocessing, which no other command needs.
-        from common.crypto import dhparams
+        from hushwire.common.crypto import dhparams
     except ImportError as exc:
         raise HushwireError(f"dhparams support is not available: {exc}") from exc
     progress = _progress_bar(sys.stderr)
@@ -242,7 +244,7 @@ def cmd_dhparams(args: argparse.Namespace) -> int:
         )
     sys.stderr.write("\n")
     tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(dhparams.to_pem(group))
+    tmp.write_text(to_pem(group))
     tmp.replace(args.out)
     print(f"wrote a {args.bits}-bit safe-prime group to {args.out}")
     return 0
@@ -250,6 +252,7 @@ def cmd_dhparams(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Manage the users and database of a hushwire relay.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument(
         "--db", type=Path, default=Path(DEFAULT_DB), help="database file (default ./users.db)"
     )

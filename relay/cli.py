@@ -9,9 +9,9 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from common.errors import HushwireError
-from relay.config import from_args
-from relay.server import RelayServer
+from hushwire.common.errors import HushwireError
+from hushwire.relay.config import from_args
+from hushwire.relay.server import RelayServer
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.errors import HushwireError
-from common.frames import DEFAULT_MAX_FRAME
-from relay.ratelimit import Rate
+from hushwire.common.errors import HushwireError
+from hushwire.common.frames import DEFAULT_MAX_FRAME
+from hushwire.common.version import version
+from hushwire.relay.ratelimit import Rate
 
 
 class ConfigError(HushwireError):
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         + "\n\nOn SIGTERM or SIGINT the relay stops accepting, finishes in-flight commits "
         "and exits 0.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
     for name, f in _FIELDS.items():
         parser.add_argument(

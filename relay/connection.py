@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from common.errors import ErrorCode, HushwireError, RemoteProtocolError, RequestError
-from common.frames import FrameDecoder, encode_frame
-from common.messages import (
+from hushwire.common.errors import ErrorCode, HushwireError, RemoteProtocolError, RequestError
+from hushwire.common.frames import FrameDecoder, encode_frame
+from hushwire.common.messages import (
     Ack,
     Deliver,
     Error,
@@ -46,9 +46,9 @@ from common.messages import (
     decode_request,
     request_id,
 )
-from common.states import ConnState, advance, check
-from relay.handlers import Relay
-from relay.tls import peer_name
+from hushwire.common.states import ConnState, advance, check
+from hushwire.relay.handlers import Relay
+from hushwire.relay.tls import peer_name
 
 log = logging.getLogger("hushwire.relay.connection")
 

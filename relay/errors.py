@@ -18,7 +18,7 @@ clients unchanged. Everything here is for operators and the relay itself.
 
 from __future__ import annotations
 
-from common.errors import ErrorCode, HushwireError
+from hushwire.common.errors import ErrorCode, HushwireError
 
 
 class RelayError(HushwireError):

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from common.errors import ErrorCode, RequestError
-from common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
-from common.messages import (
+from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from hushwire.common.messages import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Ack,
@@ -45,12 +45,12 @@ from common.messages import (
     Who,
     WhoOk,
 )
-from common.names import check_username, is_valid_username
-from relay.config import RelayConfig
-from relay.errors import StoreError
-from relay.ratelimit import RateLimiter
-from relay.store import Store
-from relay.tokens import DUMMY, verify_token
+from hushwire.common.names import check_username, is_valid_username
+from hushwire.relay.config import RelayConfig
+from hushwire.relay.errors import StoreError
+from hushwire.relay.ratelimit import RateLimiter
+from hushwire.relay.store import Store
+from hushwire.relay.tokens import DUMMY, verify_token
 
 log = logging.getLogger("hushwire.relay")
 

@@ -21,8 +21,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from relay.store import Store
-from relay.tokens import hash_token
+from hushwire.relay.store import Store
+from hushwire.relay.tokens import hash_token
 
 DEFAULT_OUT = "users.db.example"
 CREATED_AT = 1_767_225_600  # 2026-01-01 00:00 UTC

@@ -23,7 +23,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from relay.errors import NotHushwireDb, SchemaError, SchemaTooNew
+from hushwire.relay.errors import NotHushwireDb, SchemaError, SchemaTooNew
 
 _FILE = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 
@@ -42,7 +42,7 @@ class Migration:
 def migrations() -> tuple[Migration, ...]:
     """All migrations shipped as package data, checked to be numbered 1..N without gaps."""
     found = []
-    for entry in resources.files("migrations").iterdir():
+    for entry in resources.files("hushwire.migrations").iterdir():
         m = _FILE.fullmatch(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), entry.name, entry.read_text("utf-8")))

@@ -15,13 +15,13 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 
-from common.crypto.groups import group_by_name
-from common.errors import HushwireError, InvalidKey
-from relay.config import ConfigError, RelayConfig
-from relay.connection import Connection, FlushQueue
-from relay.handlers import GroupInfo, Relay
-from relay.store import Store
-from relay.tls import ensure_server_cert, fingerprint, server_context
+from hushwire.common.crypto.dh import group_by_name, load_pem, to_pem
+from hushwire.common.errors import HushwireError, InvalidKey
+from hushwire.relay.config import ConfigError, RelayConfig
+from hushwire.relay.connection import Connection, FlushQueue
+from hushwire.relay.handlers import GroupInfo, Relay
+from hushwire.relay.store import Store
+from hushwire.relay.tls import ensure_server_cert, fingerprint, server_context
 
 log = logging.getLogger("hushwire.relay")
 
@@ -32,8 +32,6 @@ PURGE_EVERY = 3600.0
 
 def load_group(config: RelayConfig) -> GroupInfo:
     if config.dh_params is not None:
-        from common.crypto.dhparams import load_pem, to_pem  # sympy: only when needed
-
         try:
             text = config.dh_params.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:

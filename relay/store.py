@@ -32,17 +32,17 @@ from typing import Any, Self, TypeVar
 
 import aiosqlite
 
-from common.errors import ErrorCode, HushwireError, RequestError
-from common.keys import (
+from hushwire.common.errors import ErrorCode, HushwireError, RequestError
+from hushwire.common.keys import (
     BUNDLE_VERSION,
     IdentityPublic,
     OneTimePrekey,
     PrekeyBundle,
     SignedPrekey,
 )
-from common.names import check_username
-from relay import migrate as migrations
-from relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
+from hushwire.common.names import check_username
+from hushwire.relay import migrate as migrations
+from hushwire.relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
 
 T = TypeVar("T")
 log = logging.getLogger("hushwire.relay.store")

@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.fingerprint import cert_fingerprint
-from common.names import check_username
-from relay.errors import TlsMaterialError
+from hushwire.common.fingerprint import cert_fingerprint
+from hushwire.common.names import check_username
+from hushwire.relay.errors import TlsMaterialError
 
 # Default file names, next to the db.
 SERVER_CERT = "relay-cert.pem"

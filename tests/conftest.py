@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from client.service import HushwireClient
-from relay.config import RelayConfig
-from relay.server import RelayServer
+from hushwire.client.service import HushwireClient
+from hushwire.relay.config import RelayConfig
+from hushwire.relay.server import RelayServer
 from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, settings_for
 from tests.support import DEMO_USERS, Daemon, Harness, add_users
 

@@ -11,11 +11,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.connection import RelayConnection, TlsSettings
-from relay.config import RelayConfig
-from relay.server import RelayServer
-from relay.store import Store
-from relay.tokens import hash_token, new_salt, new_token
+from hushwire.client.connection import RelayConnection, TlsSettings
+from hushwire.relay.config import RelayConfig
+from hushwire.relay.server import RelayServer
+from hushwire.relay.store import Store
+from hushwire.relay.tokens import hash_token, new_salt, new_token
 
 DEMO_USERS = ("alice", "bob", "carol")
 
@@ -88,7 +88,7 @@ class Daemon:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "relay.cli",
+            "hushwire.relay.cli",
             "--db",
             str(self.db),
             "--port",

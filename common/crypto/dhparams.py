@@ -1,4 +1,4 @@
-"""Operator-generated finite-field groups: safe-prime search and PKCS#3 PEM files.
+"""Operator-generated finite-field groups: the safe-prime search behind `dhparams`.
 
 `generate_safe_prime_group` looks for p = 2q + 1 with p and q prime, as `openssl
 dhparam` does, using every core: each worker draws random q with q = 11 (mod 12), so
@@ -11,10 +11,6 @@ from the Hardy-Littlewood estimate for Sophie Germain primes, 2*C2 / (ln q * ln 
 integer near q, of which half lie in the class q = 11 (mod 12), giving
 ln q * ln 2q / (12 * C2) candidates from that class on average (C2 = 0.66016, the twin
 prime constant). It is a mean, not a bound: a run can take several times as long.
-
-Files use PKCS#3 DHParameter, SEQUENCE { INTEGER p, INTEGER g [, INTEGER
-privateValueLength] }, under "-----BEGIN DH PARAMETERS-----", as OpenSSL writes them.
-A privateValueLength is ignored: hushwire picks its own exponent size (groups.py).
 """
 
 from __future__ import annotations
@@ -27,15 +23,11 @@ import secrets
 from collections.abc import Callable
 from typing import Final
 
-from Crypto.IO import PEM
-from Crypto.Util.asn1 import DerSequence
 from sympy import primerange
 from sympy.ntheory import isprime
 
-from common.crypto.groups import MIN_P_BITS, FiniteFieldGroup, params_der
-from common.errors import InvalidKey
+from hushwire.common.crypto.dh import MIN_P_BITS, FiniteFieldGroup
 
-PEM_MARKER: Final = "DH PARAMETERS"
 GENERATOR: Final = 2
 TWIN_PRIME_CONSTANT: Final = 0.6601618158468696
 _SIEVE_LIMIT: Final = 1 << 14
@@ -134,38 +126,3 @@ def generate_safe_prime_group(
     each batch from this process, so a CLI can draw a bar. Takes minutes for 3072 bits.
     """
     return _generate_group(bits, workers=workers, progress=progress, min_bits=MIN_P_BITS)
-
-
-def to_pem(group: FiniteFieldGroup) -> str:
-    """PKCS#3 "DH PARAMETERS" PEM, readable by `openssl dhparam -in FILE -check`."""
-    return PEM.encode(params_der(group.p, group.g), PEM_MARKER) + "\n"
-
-
-def _parse_der(der: bytes) -> tuple[int, int]:
-    try:
-        seq = DerSequence().decode(der, strict=True)
-    except (ValueError, TypeError, IndexError):
-        raise InvalidKey("not a DER DHParameter sequence") from None
-    if len(seq) not in (2, 3) or not seq.hasOnlyInts():
-        raise InvalidKey("DHParameter must be SEQUENCE { p, g [, privateValueLength] }")
-    return int(seq[0]), int(seq[1])
-
-
-def load_der(der: bytes, *, min_bits: int = MIN_P_BITS) -> FiniteFieldGroup:
-    """A validated group from PKCS#3 DER (p, q prime; g of order q; p >= min_bits)."""
-    p, g = _parse_der(der)
-    return FiniteFieldGroup.from_params(p, g, min_bits=min_bits)
-
-
-def load_pem(text: str, *, min_bits: int = MIN_P_BITS) -> FiniteFieldGroup:
-    """A validated group from a "DH PARAMETERS" PEM file's text; InvalidKey if unusable.
-
-    `min_bits` exists for tests with small groups; real callers keep the 2048-bit floor.
-    """
-    try:
-        der, marker, encrypted = PEM.decode(text)
-    except (ValueError, TypeError, IndexError):
-        raise InvalidKey("not a PEM file") from None
-    if marker != PEM_MARKER or encrypted:
-        raise InvalidKey(f"expected an unencrypted {PEM_MARKER} block, found {marker!r}")
-    return load_der(der, min_bits=min_bits)

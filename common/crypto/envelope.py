@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-from common.crypto.encoding import (
+from hushwire.common.crypto.dh import DHGroup
+from hushwire.common.crypto.encoding import (
     expect_bytes,
     expect_int,
     expect_list,
@@ -32,14 +33,13 @@ from common.crypto.encoding import (
     pack,
     unpack_canonical,
 )
-from common.crypto.groups import DHGroup
-from common.crypto.identity import IdentityKeyPair
-from common.crypto.primitives import AEAD_TAG_LEN
-from common.crypto.ratchet import RatchetConfig, RatchetHeader, RatchetState
-from common.crypto.x3dh import InitialHeader, PrekeyLookup, initiate, respond
-from common.errors import CryptoError, DecryptionError, InvalidKey, MalformedEnvelope
-from common.keys import IdentityPublic, PrekeyBundle
-from common.names import is_valid_username
+from hushwire.common.crypto.identity import IdentityKeyPair
+from hushwire.common.crypto.primitives import AEAD_TAG_LEN
+from hushwire.common.crypto.ratchet import RatchetConfig, RatchetHeader, RatchetState
+from hushwire.common.crypto.x3dh import InitialHeader, PrekeyLookup, initiate, respond
+from hushwire.common.errors import CryptoError, DecryptionError, InvalidKey, MalformedEnvelope
+from hushwire.common.keys import IdentityPublic, PrekeyBundle
+from hushwire.common.names import is_valid_username
 
 ENVELOPE_VERSION: Final = 1
 ENVELOPE_ID_LEN: Final = 16

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from common.crypto.encoding import (
+from hushwire.common.crypto.dh import DHGroup, DHKeyPair, group_by_name
+from hushwire.common.crypto.encoding import (
     expect_bytes,
     expect_int,
     expect_list,
@@ -26,17 +27,16 @@ from common.crypto.encoding import (
     pack,
     unpack_canonical,
 )
-from common.crypto.encoding import fields as encode_fields
-from common.crypto.groups import DHGroup, DHKeyPair, group_by_name
-from common.crypto.primitives import (
+from hushwire.common.crypto.encoding import fields as encode_fields
+from hushwire.common.crypto.primitives import (
     ed25519_check_public,
     ed25519_generate,
     ed25519_public_from_seed,
     ed25519_sign,
     ed25519_verify,
 )
-from common.errors import CryptoError, InvalidKey
-from common.keys import (
+from hushwire.common.errors import CryptoError, InvalidKey
+from hushwire.common.keys import (
     BUNDLE_VERSION,
     IdentityPublic,
     OneTimePrekey,

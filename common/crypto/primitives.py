@@ -15,7 +15,7 @@ from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
-from common.errors import DecryptionError, InvalidKey, InvalidSignature
+from hushwire.common.errors import DecryptionError, InvalidKey, InvalidSignature
 
 HASH_LEN = 32  # SHA-256 output length; also the X3DH/HKDF zero-salt length
 AEAD_KEY_LEN = 32  # AES-256

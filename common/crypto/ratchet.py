@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from common.crypto.encoding import (
+from hushwire.common.crypto.dh import FFDHE3072, X25519, DHGroup, DHKeyPair
+from hushwire.common.crypto.encoding import (
     expect_bytes,
     expect_int,
     expect_list,
@@ -33,9 +34,8 @@ from common.crypto.encoding import (
     pack,
     unpack_canonical,
 )
-from common.crypto.encoding import fields as encode_fields
-from common.crypto.groups import FFDHE3072, X25519, DHGroup, DHKeyPair
-from common.crypto.primitives import (
+from hushwire.common.crypto.encoding import fields as encode_fields
+from hushwire.common.crypto.primitives import (
     AEAD_KEY_LEN,
     AEAD_NONCE_LEN,
     HASH_LEN,
@@ -44,7 +44,7 @@ from common.crypto.primitives import (
     hkdf_sha256,
     hmac_sha256,
 )
-from common.errors import (
+from hushwire.common.errors import (
     CryptoError,
     DecryptionError,
     LocalProtocolError,

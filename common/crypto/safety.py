@@ -21,10 +21,10 @@ from typing import Final
 
 from Crypto.Hash import SHA512
 
-from common.crypto.identity import encode_identity
-from common.crypto.primitives import ct_equal
-from common.errors import CryptoError
-from common.keys import IdentityPublic
+from hushwire.common.crypto.identity import encode_identity
+from hushwire.common.crypto.primitives import ct_equal
+from hushwire.common.errors import CryptoError
+from hushwire.common.keys import IdentityPublic
 
 ITERATIONS: Final = 5200  # libsignal: "5200 > 112 bits"
 FINGERPRINT_VERSION: Final = b"\x00\x00"  # libsignal's 2-byte hash-input version

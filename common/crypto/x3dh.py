@@ -21,15 +21,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from common.crypto.encoding import (
+from hushwire.common.crypto.dh import DHGroup
+from hushwire.common.crypto.encoding import (
     expect_bytes,
     expect_int,
     expect_list,
     expect_str,
 )
-from common.crypto.encoding import fields as encode_fields
-from common.crypto.groups import DHGroup
-from common.crypto.identity import (
+from hushwire.common.crypto.encoding import fields as encode_fields
+from hushwire.common.crypto.identity import (
     MAX_PREKEY_ID,
     IdentityKeyPair,
     OneTimePrekeyPair,
@@ -38,9 +38,9 @@ from common.crypto.identity import (
     verify_bundle,
     verify_identity,
 )
-from common.crypto.primitives import HASH_LEN, hkdf_sha256
-from common.errors import InvalidKey, UnknownPrekey
-from common.keys import IdentityPublic, PrekeyBundle
+from hushwire.common.crypto.primitives import HASH_LEN, hkdf_sha256
+from hushwire.common.errors import InvalidKey, UnknownPrekey
+from hushwire.common.keys import IdentityPublic, PrekeyBundle
 
 X3DH_INFO_PREFIX: Final = b"hushwire/x3dh/v1/"
 SHARED_KEY_LEN: Final = 32  # X3DH 2.2: KDF(KM) is 32 bytes

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from client.service import HushwireClient, MessageReceived, RelaySettings
+from hushwire.client.service import HushwireClient, MessageReceived, RelaySettings
 from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE
 from tests.support import WAIT, Daemon, add_users
 

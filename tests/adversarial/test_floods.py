@@ -11,12 +11,21 @@ import time
 
 import pytest
 
-from client.connection import RelayConnection
-from common.errors import ErrorCode, RequestError
-from common.frames import encode_frame
-from common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
-from common.messages import Ack, Deliver, FetchBundle, Hello, Login, PrekeyCount, PublishKeys, Send
-from relay.tokens import DUMMY, hash_token, new_salt, verify_token
+from hushwire.client.connection import RelayConnection
+from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.frames import encode_frame
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from hushwire.common.messages import (
+    Ack,
+    Deliver,
+    FetchBundle,
+    Hello,
+    Login,
+    PrekeyCount,
+    PublishKeys,
+    Send,
+)
+from hushwire.relay.tokens import DUMMY, hash_token, new_salt, verify_token
 from tests.support import WAIT
 
 
@@ -224,7 +233,7 @@ def test_token_check_timing_does_not_depend_on_the_guess(figures):
 
 def test_verify_token_really_uses_compare_digest(monkeypatch):
     """The margin above could hide a short-circuit compare; pin the mechanism too."""
-    import relay.tokens as tokens
+    import hushwire.relay.tokens as tokens
 
     calls = []
     real = tokens.hmac.compare_digest

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from client.service import MessageReceived, MessageRejected
-from common.crypto.groups import X25519
-from common.crypto.identity import IdentityKeyPair, SignedPrekeyPair
-from common.keys import PrekeyBundle
-from common.messages import Deliver
+from hushwire.client.service import MessageReceived, MessageRejected
+from hushwire.common.crypto.dh import X25519
+from hushwire.common.crypto.identity import IdentityKeyPair, SignedPrekeyPair
+from hushwire.common.keys import PrekeyBundle
+from hushwire.common.messages import Deliver
 from tests.e2e.helpers import next_event
 
 

@@ -6,9 +6,9 @@ import asyncio
 import resource
 import time
 
-from common.messages import Ack, Deliver, Ping, Send
-from relay.store import Store
-from relay.tokens import hash_token, new_salt, new_token
+from hushwire.common.messages import Ack, Deliver, Ping, Send
+from hushwire.relay.store import Store
+from hushwire.relay.tokens import hash_token, new_salt, new_token
 from tests.support import WAIT, rss_kib
 
 

@@ -14,9 +14,9 @@ import secrets
 
 import msgpack
 
-from client.service import HushwireClient, MessageReceived, RelaySettings
-from common.crypto.groups import X25519
-from common.crypto.identity import IdentityKeyPair
+from hushwire.client.service import HushwireClient, MessageReceived, RelaySettings
+from hushwire.common.crypto.dh import X25519
+from hushwire.common.crypto.identity import IdentityKeyPair
 from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, next_event
 
 

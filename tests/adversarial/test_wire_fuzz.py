@@ -16,8 +16,8 @@ import statistics
 import struct
 import time
 
-from common.frames import encode_frame
-from common.messages import REQUESTS, Ack, Deliver, Hello, Login, Send
+from hushwire.common.frames import encode_frame
+from hushwire.common.messages import REQUESTS, Ack, Deliver, Hello, Login, Send
 from tests.support import WAIT, add_users, rss_kib
 
 USERS = ("alice", "bob", "mallory")

@@ -8,9 +8,9 @@ import random
 import msgpack
 import pytest
 
-from client.errors import BadBundle, MessageHeld, UnknownContact
-from client.service import Backoff, _split_upload
-from client.session import (
+from hushwire.client.errors import BadBundle, MessageHeld, UnknownContact
+from hushwire.client.service import Backoff, _split_upload
+from hushwire.client.session import (
     IDENTITY_RECHECK_MS,
     PREKEY_LOW,
     PREKEY_TARGET,
@@ -24,13 +24,13 @@ from client.session import (
     load_or_create_identity,
     max_text_bytes,
 )
-from client.store import KdfParams, ProfileStore
-from common.crypto.envelope import Envelope
-from common.crypto.groups import X25519
-from common.crypto.identity import IdentityKeyPair
-from common.errors import ErrorCode, RequestError
-from common.keys import PrekeyBundle, SignedPrekey
-from common.messages import Deliver, Send
+from hushwire.client.store import KdfParams, ProfileStore
+from hushwire.common.crypto.dh import X25519
+from hushwire.common.crypto.envelope import Envelope
+from hushwire.common.crypto.identity import IdentityKeyPair
+from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.keys import PrekeyBundle, SignedPrekey
+from hushwire.common.messages import Deliver, Send
 
 
 class Clock:

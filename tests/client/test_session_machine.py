@@ -17,10 +17,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from client.session import Duplicate, Received, SessionManager, load_or_create_identity
-from client.store import KdfParams, ProfileStore
-from common.crypto.groups import X25519
-from common.messages import Deliver
+from hushwire.client.session import Duplicate, Received, SessionManager, load_or_create_identity
+from hushwire.client.store import KdfParams, ProfileStore
+from hushwire.common.crypto.dh import X25519
+from hushwire.common.messages import Deliver
 from tests.client.test_session import Clock, Directory
 
 USERS = ("alice", "bob")

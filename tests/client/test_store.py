@@ -8,9 +8,9 @@ import sqlite3
 
 import pytest
 
-from client.errors import ProfileCorrupt, ProfileLocked, ProfileMissing, WrongPassphrase
-from client.store import DB_NAME, KdfParams, ProfileStore, latest_version
-from common.keys import IdentityPublic
+from hushwire.client.errors import ProfileCorrupt, ProfileLocked, ProfileMissing, WrongPassphrase
+from hushwire.client.store import DB_NAME, KdfParams, ProfileStore, latest_version
+from hushwire.common.keys import IdentityPublic
 
 FAST = KdfParams(n=2**10)
 IDENT = IdentityPublic("x25519", b"s" * 32, b"d" * 32, b"g" * 64)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.text import REPLACEMENT, decode_text, encode_text, safe_for_terminal
+from hushwire.client.text import REPLACEMENT, decode_text, encode_text, safe_for_terminal
 
 FORBIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 

@@ -18,9 +18,9 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.input.base import PipeInput
 from prompt_toolkit.output import DummyOutput
 
-from client import tui
-from client.service import HushwireClient, MessageReceived
-from client.tui import (
+from hushwire.client import tui
+from hushwire.client.service import HushwireClient, MessageReceived
+from hushwire.client.tui import (
     ChatApp,
     ChatCompleter,
     ChatModel,
@@ -31,7 +31,7 @@ from client.tui import (
     MessagePane,
     parse_input,
 )
-from common.crypto.safety import safety_number
+from hushwire.common.crypto.safety import safety_number
 from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, WAIT, next_event, settings_for
 from tests.support import Harness
 

@@ -5,8 +5,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.errors import FrameTooLarge, LocalProtocolError, MalformedFrame, RemoteProtocolError
-from common.frames import FrameDecoder, encode_frame
+from hushwire.common.errors import (
+    FrameTooLarge,
+    LocalProtocolError,
+    MalformedFrame,
+    RemoteProtocolError,
+)
+from hushwire.common.frames import FrameDecoder, encode_frame
 
 
 def frame_of(payload: bytes) -> bytes:

@@ -63,7 +63,7 @@ def test_sympy_is_imported_only_for_finite_field_groups():
     finite-field public value (Jacobi symbol) or a custom group's primes does."""
     code = (
         "import sys, relay.server, relay.cli, client.service, client.cli\n"
-        "from common.crypto.groups import group_by_name\n"
+        "from common.crypto.dh import group_by_name\n"
         "x = group_by_name('x25519')\n"
         "x.agree(x.generate().private, x.generate().public)\n"
         "assert 'sympy' not in sys.modules, 'loaded without a finite-field group'\n"

@@ -4,11 +4,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import messages as m
-from common.errors import ErrorCode, LocalProtocolError, MalformedFrame, RemoteProtocolError
-from common.frames import FrameDecoder, encode_frame
-from common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
-from common.states import ConnState, advance, check
+from hushwire.common import messages as m
+from hushwire.common.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    MalformedFrame,
+    RemoteProtocolError,
+)
+from hushwire.common.frames import FrameDecoder, encode_frame
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+from hushwire.common.states import ConnState, advance, check
 
 ALL = [*m.REQUESTS.values(), *m.PUSHES.values(), *{c.REPLY for c in m.REQUESTS.values()}, m.Error]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from client.service import (
+from hushwire.client.service import (
     Backoff,
     ClientEvent,
     HushwireClient,
     RelaySettings,
 )
-from client.store import KdfParams
+from hushwire.client.store import KdfParams
 from tests.support import Harness
 
 WAIT = 15.0  # generous: tests wait on events; this only bounds a failure

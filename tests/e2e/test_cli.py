@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import main
-from client.service import HushwireClient, KeyChanged, MessageReceived
+from hushwire.client.cli import main
+from hushwire.client.service import HushwireClient, KeyChanged, MessageReceived
 from tests.e2e.helpers import PASSPHRASE, next_event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +234,7 @@ async def _hushwire(*argv: str, input: str = "") -> _Done:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "client.cli",
+        "hushwire.client.cli",
         *argv,
         cwd=ROOT,
         env=env,

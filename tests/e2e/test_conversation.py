@@ -6,14 +6,14 @@ import sqlite3
 
 import pytest
 
-from client.errors import (
+from hushwire.client.errors import (
     BadBundle,
     CertificateMismatch,
     ConnectionClosed,
     MessageHeld,
     MessageTooLong,
 )
-from client.service import (
+from hushwire.client.service import (
     ConnectionState,
     KeyChanged,
     MessageReceived,
@@ -21,10 +21,10 @@ from client.service import (
     MessageSent,
     MessagesReleased,
 )
-from common.crypto.groups import X25519
-from common.crypto.identity import IdentityKeyPair, SignedPrekeyPair
-from common.errors import ErrorCode, RequestError
-from common.messages import Deliver, FetchBundle
+from hushwire.common.crypto.dh import X25519
+from hushwire.common.crypto.identity import IdentityKeyPair, SignedPrekeyPair
+from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.messages import Deliver, FetchBundle
 from tests.e2e.helpers import next_event, settings_for
 from tests.support import Harness
 
@@ -321,7 +321,7 @@ async def test_changed_relay_certificate_is_refused(relay, login, reopen, tmp_pa
 
 
 async def test_wrong_token_is_a_clear_error_and_leaves_no_profile(relay, tmp_path):
-    from client.service import HushwireClient, RelaySettings
+    from hushwire.client.service import HushwireClient, RelaySettings
     from tests.e2e.helpers import FAST_KDF, PASSPHRASE
 
     wrong = RelaySettings("127.0.0.1", relay.port, "alice", relay.tokens["bob"])
@@ -333,7 +333,7 @@ async def test_wrong_token_is_a_clear_error_and_leaves_no_profile(relay, tmp_pat
 
 
 async def test_mutual_tls_with_a_client_certificate(relay_factory, login, tmp_path):
-    from relay.tls import ensure_ca, issue_client_cert
+    from hushwire.relay.tls import ensure_ca, issue_client_cert
 
     ca_cert, _ = ensure_ca(tmp_path / "ca")
     cert, key = issue_client_cert(tmp_path / "ca", "alice", tmp_path)
@@ -342,7 +342,7 @@ async def test_mutual_tls_with_a_client_certificate(relay_factory, login, tmp_pa
         await login(relay, "alice", profile=tmp_path / "no-cert")
     from dataclasses import replace
 
-    from client.service import HushwireClient
+    from hushwire.client.service import HushwireClient
     from tests.e2e.helpers import FAST_KDF, PASSPHRASE
 
     settings = replace(settings_for(relay, "alice"), client_cert=str(cert), client_key=str(key))

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from relay import admin, tls
-from relay import migrate as mg
-from relay.admin import main
-from relay.make_example_db import DEMO_TOKENS, build
-from relay.store import Store, UserEventKind
-from relay.tokens import verify_token
+from hushwire.common.crypto.dh import load_pem
+from hushwire.relay import admin, tls
+from hushwire.relay import migrate as mg
+from hushwire.relay.admin import main
+from hushwire.relay.make_example_db import DEMO_TOKENS, build
+from hushwire.relay.store import Store, UserEventKind
+from hushwire.relay.tokens import verify_token
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -276,14 +277,14 @@ def test_dhparams_refuses_small_groups(capsys: pytest.CaptureFixture[str], tmp_p
 
 
 def test_dhparams_writes_a_valid_group(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    dhparams = pytest.importorskip("common.crypto.dhparams")
+    pytest.importorskip("hushwire.common.crypto.dhparams")
     out = tmp_path / "group.pem"
     argv = ["dhparams", "--bits", "256", "--out", str(out), "--workers", "1"]
     code, stdout, err = run(capsys, *argv, "--insecure-test-bits")
     assert code == 0, err
     assert "wrote a 256-bit" in stdout
     assert "\r[" in err and "candidates" in err  # the progress bar
-    group = dhparams.load_pem(out.read_text(), min_bits=256)
+    group = load_pem(out.read_text(), min_bits=256)
     assert group.p.bit_length() == 256
     code, _, err = run(capsys, *argv, "--insecure-test-bits")
     assert code == 1

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, RelayConfig, build_parser, from_args
+from hushwire.relay.config import ConfigError, RelayConfig, build_parser, from_args
 
 
 def test_defaults():

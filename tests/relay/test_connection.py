@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from relay.connection import FlushQueue
+from hushwire.relay.connection import FlushQueue
 
 
 class Transport:

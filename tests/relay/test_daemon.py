@@ -9,9 +9,9 @@ import signal
 import subprocess
 import sys
 
-from client.connection import ConnectionClosed, RelayConnection
-from common.errors import RequestError
-from common.messages import Ack, Deliver, Send
+from hushwire.client.connection import ConnectionClosed, RelayConnection
+from hushwire.common.errors import RequestError
+from hushwire.common.messages import Ack, Deliver, Send
 from tests.support import WAIT, add_users
 
 
@@ -110,7 +110,10 @@ async def test_sigkill_loses_no_acknowledged_envelope(tmp_path, daemons):
 
 def test_help_documents_flags_and_config_file():
     out = subprocess.run(
-        [sys.executable, "-m", "relay.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "hushwire.relay.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     for flag in ("--db", "--host", "--port", "--config", "--cert", "--key", "--client-ca"):
         assert flag in out
@@ -119,7 +122,7 @@ def test_help_documents_flags_and_config_file():
 
 def test_bad_flag_is_a_clear_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "relay.cli", "--db", str(tmp_path / "x.db"), "--port", "x"],
+        [sys.executable, "-m", "hushwire.relay.cli", "--db", str(tmp_path / "x.db"), "--port", "x"],
         capture_output=True,
         text=True,
     )
@@ -130,14 +133,14 @@ def test_bad_flag_is_a_clear_error(tmp_path):
 def test_too_new_db_is_refused(tmp_path):
     import sqlite3
 
-    from relay.migrate import latest_version, migrate
+    from hushwire.relay.migrate import latest_version, migrate
 
     db = tmp_path / "relay.db"
     migrate(db)
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE schema_version SET version = ?", (latest_version() + 1,))
     proc = subprocess.run(
-        [sys.executable, "-m", "relay.cli", "--db", str(db), "--port", "0"],
+        [sys.executable, "-m", "hushwire.relay.cli", "--db", str(db), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from relay import migrate as mg
-from relay.errors import NotHushwireDb, SchemaError, SchemaTooNew
+from hushwire.relay import migrate as mg
+from hushwire.relay.errors import NotHushwireDb, SchemaError, SchemaTooNew
 
 
 def schema_of(path: Path) -> tuple[list[tuple[str, str, str]], int]:

@@ -1,6 +1,6 @@
 import pytest
 
-from relay.ratelimit import Rate, RateLimiter
+from hushwire.relay.ratelimit import Rate, RateLimiter
 
 
 def test_burst_then_refill():

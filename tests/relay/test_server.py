@@ -9,11 +9,11 @@ import struct
 import msgpack
 import pytest
 
-from client.connection import ConnectionClosed, RelayConnection, TlsSettings
-from common.errors import ErrorCode, RequestError
-from common.frames import FrameDecoder, encode_frame
-from common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
-from common.messages import (
+from hushwire.client.connection import ConnectionClosed, RelayConnection, TlsSettings
+from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.frames import FrameDecoder, encode_frame
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from hushwire.common.messages import (
     Ack,
     Deliver,
     FetchBundle,
@@ -27,7 +27,7 @@ from common.messages import (
     Send,
     Who,
 )
-from relay.store import Store
+from hushwire.relay.store import Store
 
 WAIT = 10.0  # generous: these wait on events, the timeout only bounds a failure
 
@@ -145,7 +145,7 @@ async def test_requests_out_of_order_get_errors_and_the_connection_survives(rela
 
 
 async def test_pin_mismatch_is_refused(relay):
-    from client.connection import CertificateMismatch
+    from hushwire.client.connection import CertificateMismatch
 
     with pytest.raises(CertificateMismatch, match="different certificate"):
         await RelayConnection.connect("127.0.0.1", relay.port, TlsSettings(pin="AA:BB"))
@@ -458,7 +458,7 @@ async def test_frames_after_close_are_not_read(relay):
 
 
 async def test_mutual_tls_requires_a_certificate_for_that_user(relay_factory, tmp_path):
-    from relay.tls import ensure_ca, issue_client_cert
+    from hushwire.relay.tls import ensure_ca, issue_client_cert
 
     ca_dir = tmp_path / "ca"
     ca_cert, _ = ensure_ca(ca_dir)
@@ -482,7 +482,7 @@ async def test_mutual_tls_requires_a_certificate_for_that_user(relay_factory, tm
 
 
 async def test_given_certificate_is_used(relay_factory, tmp_path):
-    from relay.tls import ensure_server_cert, fingerprint
+    from hushwire.relay.tls import ensure_server_cert, fingerprint
 
     cert, key = tmp_path / "mine-cert.pem", tmp_path / "mine-key.pem"
     ensure_server_cert(cert, key, ["relay.example"])
@@ -495,7 +495,7 @@ async def test_given_certificate_is_used(relay_factory, tmp_path):
 async def test_custom_dh_group_is_announced_and_enforced(relay_factory):
     from pathlib import Path
 
-    from common.crypto.dhparams import load_pem
+    from hushwire.common.crypto.dh import load_pem
 
     pem_file = Path(__file__).parents[1] / "common" / "crypto" / "data" / "dh2048.pem"
     relay = await relay_factory(dh_params=pem_file)
@@ -520,7 +520,7 @@ async def test_ffdhe3072_relay(relay_factory):
 
 
 async def test_unknown_dh_group_is_a_config_error(relay_factory, tmp_path):
-    from relay.config import ConfigError
+    from hushwire.relay.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown dh_group"):
         await relay_factory(dh_group="curve9000")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ErrorCode, RequestError
-from common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
-from relay import migrate as mg
-from relay import store as store_module
-from relay.errors import SchemaOutdated, SchemaTooNew, StoreError, UnknownUser, UserExists
-from relay.store import MAX_ONE_TIME_PREKEYS, Store, UserEventKind
+from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from hushwire.relay import migrate as mg
+from hushwire.relay import store as store_module
+from hushwire.relay.errors import SchemaOutdated, SchemaTooNew, StoreError, UnknownUser, UserExists
+from hushwire.relay.store import MAX_ONE_TIME_PREKEYS, Store, UserEventKind
 
 NOW = 1_700_000_000
 

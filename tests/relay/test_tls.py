@@ -15,9 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.errors import RequestError
-from relay import tls
-from relay.errors import TlsMaterialError
+from hushwire.common.errors import RequestError
+from hushwire.relay import tls
+from hushwire.relay.errors import TlsMaterialError
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 
-from relay import tokens
-from relay.tokens import DUMMY, hash_token, new_salt, new_token, verify_token
+from hushwire.relay import tokens
+from hushwire.relay.tokens import DUMMY, hash_token, new_salt, new_token, verify_token
 
 
 def test_new_token_has_prefix_and_at_least_128_random_bits() -> None:

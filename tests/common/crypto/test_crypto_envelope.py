@@ -6,10 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.crypto.envelope import Envelope, EnvelopeType, Session
-from common.crypto.groups import X25519
-from common.crypto.x3dh import PrekeySet
-from common.errors import (
+from hushwire.common.crypto.dh import X25519
+from hushwire.common.crypto.envelope import Envelope, EnvelopeType, Session
+from hushwire.common.crypto.x3dh import PrekeySet
+from hushwire.common.errors import (
     CryptoError,
     DecryptionError,
     LocalProtocolError,
@@ -189,7 +189,7 @@ def test_bad_timestamp_refused(alice, bob, group):
 
 def test_responder_cannot_encrypt_before_it_exists():
     # Bob's ratchet alone cannot send: Session.respond always decrypts first.
-    from common.crypto.ratchet import RatchetState
+    from hushwire.common.crypto.ratchet import RatchetState
 
     group = X25519
     state = RatchetState.init_bob(bytes(32), group.generate(), b"", group)

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from common.crypto.groups import FFDHE3072, X25519
-from common.crypto.identity import (
+from hushwire.common.crypto.dh import FFDHE3072, X25519
+from hushwire.common.crypto.identity import (
     IdentityKeyPair,
     OneTimePrekeyPair,
     SignedPrekeyPair,
@@ -16,7 +16,7 @@ from common.crypto.identity import (
     verify_bundle,
     verify_identity,
 )
-from common.errors import CryptoError, InvalidKey, InvalidSignature
+from hushwire.common.errors import CryptoError, InvalidKey, InvalidSignature
 
 from .conftest import make_user
 

@@ -10,15 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.crypto.groups import FFDHE3072, X25519
-from common.crypto.ratchet import (
+from hushwire.common.crypto.dh import FFDHE3072, X25519
+from hushwire.common.crypto.ratchet import (
     RatchetConfig,
     RatchetHeader,
     RatchetState,
     kdf_ck,
     kdf_rk,
 )
-from common.errors import (
+from hushwire.common.errors import (
     CryptoError,
     DecryptionError,
     InvalidKey,

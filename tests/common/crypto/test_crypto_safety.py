@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.crypto.safety import SafetyNumber, pair_safety_number, safety_number
-from common.errors import CryptoError
+from hushwire.common.crypto.safety import SafetyNumber, pair_safety_number, safety_number
+from hushwire.common.errors import CryptoError
 
 from .conftest import make_user
 

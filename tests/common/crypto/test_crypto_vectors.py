@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.crypto.groups import X25519
-from common.crypto.primitives import (
+from hushwire.common.crypto.dh import X25519
+from hushwire.common.crypto.primitives import (
     aead_open,
     aead_seal,
     ed25519_check_public,
@@ -15,7 +15,7 @@ from common.crypto.primitives import (
     ed25519_verify,
     hkdf_sha256,
 )
-from common.errors import CryptoError, DecryptionError, InvalidKey, InvalidSignature
+from hushwire.common.errors import CryptoError, DecryptionError, InvalidKey, InvalidSignature
 
 from .conftest import wycheproof
 

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from common.crypto.identity import encode_identity
-from common.crypto.x3dh import InitialHeader, PrekeySet, initiate, respond
-from common.errors import InvalidKey, InvalidSignature, UnknownPrekey
+from hushwire.common.crypto.identity import encode_identity
+from hushwire.common.crypto.x3dh import InitialHeader, PrekeySet, initiate, respond
+from hushwire.common.errors import InvalidKey, InvalidSignature, UnknownPrekey
 
 from .conftest import make_user
 

@@ -18,6 +18,11 @@ Decisions (docs/security.md, "Cryptography", says the same):
   of prime order q: RFC 7919 ffdhe3072 built in, or an operator's own group (from
   `dhparams`), whose parameters are checked with sympy when loaded. Public values must
   satisfy 1 < y < p - 1 and y^q = 1 (mod p) (NIST SP 800-56A rev3 5.6.2.3.1).
+
+Parameter files use PKCS#3 DHParameter, SEQUENCE { INTEGER p, INTEGER g [, INTEGER
+privateValueLength] }, under "-----BEGIN DH PARAMETERS-----", as OpenSSL writes them.
+A privateValueLength is ignored: hushwire picks its own exponent size. Generating a
+new group lives in `dhparams` (the only place that needs multiprocessing).
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Final
 
+from Crypto.IO import PEM
 from Crypto.Protocol.DH import import_x25519_private_key, import_x25519_public_key, key_agreement
 from Crypto.PublicKey import ECC
 from Crypto.Util.asn1 import DerSequence
 
-from common.crypto.primitives import ct_equal
-from common.errors import InvalidKey
+from hushwire.common.crypto.primitives import ct_equal
+from hushwire.common.errors import InvalidKey
 
 MIN_P_BITS: Final = 2048
 """Smallest modulus accepted for a finite-field group (NIST SP 800-56A rev3: 112 bits)."""
@@ -279,7 +285,7 @@ _FFDHE3072_P: Final = int(
 
 X25519: Final = X25519Group()
 # The RFC's constants are trusted, not re-proved prime at import (0.7 s of sympy);
-# tests/common/crypto/test_groups.py checks them with from_params.
+# tests/common/crypto/test_crypto_dh.py checks them with from_params.
 FFDHE3072: Final = FiniteFieldGroup("ffdhe3072", _FFDHE3072_P, 2)
 DEFAULT_GROUP: Final = X25519
 
@@ -308,10 +314,46 @@ def group_by_name(name: str, params: GroupParams | None = None) -> DHGroup:
     elif isinstance(params, tuple):
         group = FiniteFieldGroup.from_params(params[0], params[1])
     else:
-        from common.crypto.dhparams import load_der, load_pem
-
         group = load_pem(params) if isinstance(params, str) else load_der(params)
     if group.name != name:
         raise InvalidKey(f"group name {name!r} does not match its parameters")
     _CUSTOM[name] = group
     return group
+
+
+PEM_MARKER: Final = "DH PARAMETERS"
+
+
+def to_pem(group: FiniteFieldGroup) -> str:
+    """PKCS#3 "DH PARAMETERS" PEM, readable by `openssl dhparam -in FILE -check`."""
+    return PEM.encode(params_der(group.p, group.g), PEM_MARKER) + "\n"
+
+
+def _parse_der(der: bytes) -> tuple[int, int]:
+    try:
+        seq = DerSequence().decode(der, strict=True)
+    except (ValueError, TypeError, IndexError):
+        raise InvalidKey("not a DER DHParameter sequence") from None
+    if len(seq) not in (2, 3) or not seq.hasOnlyInts():
+        raise InvalidKey("DHParameter must be SEQUENCE { p, g [, privateValueLength] }")
+    return int(seq[0]), int(seq[1])
+
+
+def load_der(der: bytes, *, min_bits: int = MIN_P_BITS) -> FiniteFieldGroup:
+    """A validated group from PKCS#3 DER (p, q prime; g of order q; p >= min_bits)."""
+    p, g = _parse_der(der)
+    return FiniteFieldGroup.from_params(p, g, min_bits=min_bits)
+
+
+def load_pem(text: str, *, min_bits: int = MIN_P_BITS) -> FiniteFieldGroup:
+    """A validated group from a "DH PARAMETERS" PEM file's text; InvalidKey if unusable.
+
+    `min_bits` exists for tests with small groups; real callers keep the 2048-bit floor.
+    """
+    try:
+        der, marker, encrypted = PEM.decode(text)
+    except (ValueError, TypeError, IndexError):
+        raise InvalidKey("not a PEM file") from None
+    if marker != PEM_MARKER or encrypted:
+        raise InvalidKey(f"expected an unencrypted {PEM_MARKER} block, found {marker!r}")
+    return load_der(der, min_bits=min_bits)

@@ -6,8 +6,8 @@ import secrets
 
 import pytest
 
-from common.crypto import dhparams
-from common.crypto.groups import (
+from hushwire.common.crypto import dh, dhparams
+from hushwire.common.crypto.dh import (
     FFDHE3072,
     MIN_EXPONENT_BITS,
     X25519,
@@ -17,7 +17,7 @@ from common.crypto.groups import (
     group_by_name,
     params_der,
 )
-from common.errors import InvalidKey
+from hushwire.common.errors import InvalidKey
 
 from .conftest import DH2048_PEM
 
@@ -174,7 +174,7 @@ def test_group_registry():
 
 def test_group_registry_accepts_custom_pem_and_remembers_it():
     pem = DH2048_PEM.read_text()
-    group = dhparams.load_pem(pem)
+    group = dh.load_pem(pem)
     assert group.name.startswith("ffdh2048-")
     assert group_by_name(group.name, pem) == group
     assert group_by_name(group.name) == group
