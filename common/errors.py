@@ -9,6 +9,12 @@
     └── CryptoError               anything that must never be shown as a valid message
         ├── InvalidKey            bad group element, low-order point, wrong length
         ├── InvalidSignature      a signature that does not verify
+        ├── DeviceListError       a device list or device that must not be used
+        │   ├── StaleDeviceList   a lower version than one already seen, or a fork
+        │   └── UnknownDevice     a device not in the list the identity signed
+        ├── LinkError             a link exchange that must stop here
+        │   ├── LinkExpired       the link code is past its expiry
+        │   └── LinkUsed          the link code was already used once
         ├── UnknownPrekey         an initial message names a prekey we do not hold
         ├── MalformedEnvelope     envelope bytes that do not parse (a DecryptionError)
         ├── DecryptionError       AEAD failure: tampered, wrong key, wrong recipient
@@ -43,6 +49,13 @@ class ErrorCode(StrEnum):
     SESSION_REPLACED = "session_replaced"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
+    # Accounts with several devices (docs/protocol.md, "Devices").
+    MISMATCHED_DEVICES = "mismatched_devices"
+    STALE_DEVICE_LIST = "stale_device_list"
+    UNKNOWN_DEVICE = "unknown_device"
+    DEVICE_LIMIT = "device_limit"
+    LINK_FAILED = "link_failed"
+    ACCOUNT_HAS_DEVICES = "account_has_devices"
     # Local-only codes (never sent by the relay).
     CRYPTO = "crypto"
     CONNECTION = "connection"
@@ -130,3 +143,28 @@ class UnknownPrekey(CryptoError):
 
 class MalformedEnvelope(DecryptionError):
     """Envelope bytes that do not parse strictly; handled exactly like a tampered one."""
+
+
+class DeviceListError(CryptoError):
+    """A device list, or a device named by one, that must not be used."""
+
+
+class StaleDeviceList(DeviceListError):
+    """A list older than one already accepted (a replay), or a different list with the
+    same version (a fork): the relay is lying or the account's devices disagree."""
+
+
+class UnknownDevice(DeviceListError):
+    """A device (or its keys) that is not in the list signed by the verified identity."""
+
+
+class LinkError(CryptoError):
+    """A device-link exchange that failed a check; the link must not go on."""
+
+
+class LinkExpired(LinkError):
+    """The link code is past its expiry."""
+
+
+class LinkUsed(LinkError):
+    """The link code was already used once."""
