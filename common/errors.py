@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from hushwire.common.keys import SignedDeviceList
+
 
 class ErrorCode(StrEnum):
     """Stable codes used in `error` frames; docs/protocol.md lists their meaning."""
@@ -103,12 +105,21 @@ class MalformedFrame(RemoteProtocolError):
 class RequestError(HushwireError):
     """The relay refused a well-formed request; `code` says why.
 
-    `retry_after` (seconds) is set for rate limits so a client can say when to retry.
+    `retry_after` (seconds) is set for rate limits so a client can say when to retry;
+    `device_lists` (the current signed lists) comes with `mismatched_devices`.
     """
 
-    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        device_lists: tuple[SignedDeviceList, ...] = (),
+    ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.device_lists = device_lists
 
 
 class CryptoError(HushwireError):

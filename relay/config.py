@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hushwire.common.crypto.devices import MAX_DEVICES
 from hushwire.common.errors import HushwireError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.version import version
@@ -65,6 +66,8 @@ class RelayConfig:
     publish_period: float = _opt(60.0, "seconds for one more key upload to be allowed")
     delivery_window: int = _opt(256, "envelopes pushed to a client and not yet acked")
     max_connections: int = _opt(20_000, "concurrent connections accepted")
+    max_devices: int = _opt(5, "devices per account (at most 16, the device list's ceiling)")
+    link_ttl: float = _opt(300.0, "seconds a link code stays valid")
     synchronous: str = _opt(
         "NORMAL",
         "SQLite synchronous mode: NORMAL survives any crash of the process, FULL also a power loss",
@@ -99,7 +102,7 @@ class RelayConfig:
         positive = (
             "max_frame max_mailbox retention_days idle_timeout handshake_timeout send_rate "
             "send_burst login_failures login_failure_period fetch_burst fetch_period "
-            "publish_burst publish_period delivery_window max_connections"
+            "publish_burst publish_period delivery_window max_connections max_devices link_ttl"
         ).split()
         for name in positive:
             if getattr(self, name) <= 0:
@@ -112,6 +115,8 @@ class RelayConfig:
             raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
         if self.max_frame < 1024:
             raise ConfigError("max_frame must be at least 1024 bytes")
+        if self.max_devices > MAX_DEVICES:
+            raise ConfigError(f"max_devices must be at most {MAX_DEVICES}")
         return self
 
 

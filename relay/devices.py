@@ -21,14 +21,34 @@ MAX_SEND_ACCOUNTS = 50
 MAX_SEND_ENVELOPES = 250
 
 
+def principal(account: str, device: int) -> str:
+    """The store's name for a device: the account itself for device 1 (what every user
+    was before devices existed), `account/id` for the others ('/' is not allowed in a
+    username, so no user can ever hold such a name)."""
+    return account if device == 1 else f"{account}/{device}"
+
+
+def split_principal(name: str) -> tuple[str, int]:
+    """Inverse of `principal`: (account, device)."""
+    account, sep, device = name.partition("/")
+    return (account, int(device)) if sep else (account, 1)
+
+
 @dataclass(frozen=True, slots=True)
 class AccountDevices:
-    """An account's devices as the relay holds them; `version` 0 means no list yet."""
+    """An account's devices as the relay holds them.
+
+    `device_ids` is what a sender must target: the ids of the stored signed list, or the
+    relay's own devices while the account has published none (`version` 0). `live_ids`
+    are the devices that still have a credential and a mailbox; they differ only after an
+    operator removed a device the account's list still names (its envelopes are dropped
+    until a device of the account signs a list without it)."""
 
     account: str
     version: int
     device_ids: frozenset[int]
     signed: SignedDeviceList | None
+    live_ids: frozenset[int] = frozenset()
 
 
 def check_list(
@@ -60,12 +80,12 @@ def removed_by(dlist: DeviceList, current: AccountDevices) -> frozenset[int]:
     """For `publish_devices`: the devices the new list unlinks. It may only rename and
     remove; a device it names must exist (new devices come from `link_accept`)."""
     _newer(dlist, current)
-    unknown = dlist.ids - current.device_ids
+    unknown = dlist.ids - current.live_ids
     if unknown:
         raise RequestError(
             ErrorCode.UNKNOWN_DEVICE, f"device {min(unknown)} is not a device of this account"
         )
-    return current.device_ids - dlist.ids
+    return current.live_ids - dlist.ids
 
 
 def linked_by(dlist: DeviceList, current: AccountDevices, *, max_devices: int) -> Device:
@@ -77,7 +97,7 @@ def linked_by(dlist: DeviceList, current: AccountDevices, *, max_devices: int) -
             f"a link must publish version {current.version + 1}, not {dlist.version}",
         )
     added = dlist.ids - current.device_ids
-    if not current.device_ids <= dlist.ids or len(added) != 1:
+    if not current.device_ids <= dlist.ids or len(added) != 1 or added & current.live_ids:
         raise RequestError(
             ErrorCode.BAD_KEYS, "a link's list keeps every device and adds exactly one"
         )

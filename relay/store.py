@@ -43,6 +43,7 @@ from hushwire.common.keys import (
 from hushwire.common.names import check_username
 from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
+from hushwire.relay.store_devices import DeviceStore
 
 T = TypeVar("T")
 log = logging.getLogger("hushwire.relay.store")
@@ -127,7 +128,7 @@ class _Enqueue:
     names: Sequence[str]
     rids: list[int]
     mids: list[int]
-    body: bytes
+    body: bytes | Sequence[bytes]  # one for all recipients, or one each (enqueue_each)
     now: int
     fut: asyncio.Future[list[int]] | Waiter
     elided: set[int] | None = None  # mids the recipient acked before this was written
@@ -232,7 +233,7 @@ def _check_prekey_id(value: object, what: str) -> int:
     return value
 
 
-class Store:
+class Store(DeviceStore):
     """The relay's persistent state; create with `await Store.open(path)`."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path, max_mailbox: int) -> None:
@@ -259,6 +260,7 @@ class Store:
         self._closing = False
         self._closed = False
         self.group_commits = 0  # committed batch transactions, for tests and metrics
+        self._multi: set[str] = set()  # accounts with several devices (store_devices.py)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -316,6 +318,7 @@ class Store:
 
         try:
             store._next_mid, store._events_seen = await store._run(init)
+            await store._load_multi()
         except BaseException:
             await db.close()
             raise
@@ -401,12 +404,16 @@ class Store:
         return await self._run(run)
 
     async def list_users(self) -> list[UserRecord]:
+        """Accounts (not their linked devices, see store_devices.py)."""
+        return await self._list(_LIST_ACCOUNTS)
+
+    async def list_principals(self) -> list[UserRecord]:
+        """Every credential: accounts and their linked devices."""
+        return await self._list(_LIST_PRINCIPALS)
+
+    async def _list(self, query: str) -> list[UserRecord]:
         def run(conn: sqlite3.Connection) -> list[UserRecord]:
-            rows = conn.execute(
-                "SELECT name, token_hash, token_salt, disabled, created_at, last_login_at"
-                " FROM users ORDER BY name"
-            ).fetchall()
-            return [_user_record(r) for r in rows]
+            return [_user_record(r) for r in conn.execute(query).fetchall()]
 
         return await self._run(run)
 
@@ -803,7 +810,7 @@ class Store:
         sender: str,
         recipients: Sequence[str],
         rids: list[int],
-        body: bytes,
+        body: bytes | Sequence[bytes],
         now: int,
         on_reserved: Callable[[list[int]], None] | None,
         fut: asyncio.Future[list[int]] | Waiter,
@@ -820,7 +827,8 @@ class Store:
         first = self._next_mid
         self._next_mid += len(rids)
         mids = list(range(first, first + len(rids)))
-        op = _Enqueue(sender, list(recipients), rids, mids, bytes(body), now, fut)
+        body = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else list(body)
+        op = _Enqueue(sender, list(recipients), rids, mids, body, now, fut)
         self._submit(op)
         for mid in mids:
             self._unwritten[mid] = op
@@ -1116,6 +1124,9 @@ def _prekey_count(conn: sqlite3.Connection, uid: int) -> int:
     return int(n)
 
 
+_USER_COLUMNS = "SELECT name, token_hash, token_salt, disabled, created_at, last_login_at"
+_LIST_ACCOUNTS = _USER_COLUMNS + " FROM users WHERE account_id IS NULL ORDER BY name"
+_LIST_PRINCIPALS = _USER_COLUMNS + " FROM users ORDER BY name"
 _INSERT_ENVELOPE = (
     "INSERT INTO mailbox (id, recipient_id, sender, created_at, body) VALUES (?, ?, ?, ?, ?)"
 )
@@ -1151,9 +1162,15 @@ def _write_batch(conn: sqlite3.Connection, batch: list[_Op], top: int) -> list[o
 
 def _envelope_rows(op: _Enqueue) -> list[tuple[int, int, str, int, bytes]]:
     elided = op.elided or ()
+    if isinstance(op.body, bytes):
+        return [
+            (mid, rid, op.sender, op.now, op.body)
+            for mid, rid in zip(op.mids, op.rids, strict=True)
+            if mid not in elided
+        ]
     return [
-        (mid, rid, op.sender, op.now, op.body)
-        for mid, rid in zip(op.mids, op.rids, strict=True)
+        (mid, rid, op.sender, op.now, body)
+        for mid, rid, body in zip(op.mids, op.rids, op.body, strict=True)
         if mid not in elided
     ]
 

@@ -9,13 +9,16 @@ from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.messages import DeviceEnvelope, ListVersion
+from hushwire.common.names import is_valid_username
 from hushwire.relay.devices import (
     AccountDevices,
     check_list,
     linked_by,
     mismatched,
+    principal,
     removed_by,
     send_accounts,
+    split_principal,
 )
 
 
@@ -49,24 +52,24 @@ def test_only_a_list_signed_by_the_account_identity_is_stored(alice):
 
 def test_publish_may_remove_and_rename_but_not_add_or_go_back(alice):
     _, v1, v2 = alice
-    current = AccountDevices("alice", 2, frozenset({1, 2}), None)
+    current = AccountDevices("alice", 2, frozenset({1, 2}), None, frozenset({1, 2}))
     assert removed_by(v2.without_device(2), current) == {2}
     assert _code(lambda: removed_by(v1, current)) == ErrorCode.STALE_DEVICE_LIST
-    one = AccountDevices("alice", 1, frozenset({1}), None)
+    one = AccountDevices("alice", 1, frozenset({1}), None, frozenset({1}))
     v3 = v2.without_device(1)
     assert _code(lambda: removed_by(v3, one)) == ErrorCode.UNKNOWN_DEVICE
 
 
 def test_a_link_adds_exactly_one_device_at_the_next_version(alice):
     _, _, v2 = alice
-    one = AccountDevices("alice", 1, frozenset({1}), None)
+    one = AccountDevices("alice", 1, frozenset({1}), None, frozenset({1}))
     assert linked_by(v2, one, max_devices=5).name == "phone"
     assert _code(lambda: linked_by(v2, one, max_devices=1)) == ErrorCode.DEVICE_LIMIT
-    skipped = AccountDevices("alice", 0, frozenset({1}), None)
+    skipped = AccountDevices("alice", 0, frozenset({1}), None, frozenset({1}))
     assert _code(lambda: linked_by(v2, skipped, max_devices=5)) == ErrorCode.STALE_DEVICE_LIST
     # A link that also drops a device (one added, one removed) is refused.
     v3, _ = v2.with_device("tablet", X25519.generate().public, 3)
-    two = AccountDevices("alice", 3, frozenset({1, 2}), None)
+    two = AccountDevices("alice", 3, frozenset({1, 2}), None, frozenset({1, 2}))
     assert _code(lambda: linked_by(v3.without_device(1), two, max_devices=5)) == ErrorCode.BAD_KEYS
 
 
@@ -75,8 +78,8 @@ def _env(user, device):
 
 
 CURRENT = {
-    "alice": AccountDevices("alice", 2, frozenset({1, 2}), None),
-    "bob": AccountDevices("bob", 3, frozenset({1, 4}), None),
+    "alice": AccountDevices("alice", 2, frozenset({1, 2}), None, frozenset({1, 2})),
+    "bob": AccountDevices("bob", 3, frozenset({1, 4}), None, frozenset({1, 4})),
 }
 
 
@@ -121,3 +124,10 @@ def test_a_stale_view_names_exactly_the_accounts_it_got_wrong(envs, views, wrong
 def test_a_malformed_send_is_a_bad_request(envs, views):
     lists = [ListVersion(u, v) for u, v in views]
     assert _code(lambda: send_accounts("alice", envs, lists)) == ErrorCode.BAD_REQUEST
+
+
+def test_principal_names_round_trip_and_device_one_is_the_account():
+    assert principal("alice", 1) == "alice"
+    assert split_principal(principal("alice", 7)) == ("alice", 7)
+    assert split_principal("alice") == ("alice", 1)
+    assert not is_valid_username(principal("alice", 2))
