@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from hushwire.common.crypto.dh import group_by_name, load_pem, to_pem
 from hushwire.common.errors import HushwireError, InvalidKey
+from hushwire.relay.accept import Acceptor
 from hushwire.relay.config import ConfigError, RelayConfig
 from hushwire.relay.connection import Connection, FlushQueue
 from hushwire.relay.handlers import GroupInfo, Relay
@@ -64,7 +65,7 @@ class RelayServer:
         self.connections: set[Connection] = set()
         self.fingerprint = ""
         self.port = config.port
-        self._server: asyncio.Server | None = None
+        self._server: Acceptor | None = None
         self._store: Store | None = None
         self._relay: Relay | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -87,15 +88,11 @@ class RelayServer:
         )
         self._relay = Relay(config, self._store, group)
         self._flushes = FlushQueue(asyncio.get_running_loop())
-        self._server = await asyncio.get_running_loop().create_server(
-            self._new_connection,
-            config.host,
-            config.port,
-            ssl=context,
-            ssl_handshake_timeout=config.handshake_timeout,
-            backlog=1024,
+        self._server = Acceptor(
+            self._new_connection, context, handshake_timeout=config.handshake_timeout
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self._server.listen(config.host, config.port)
+        self.port = self._server.port
         for loop_fn in (self._watch_accounts, self._maintain):
             task = asyncio.create_task(loop_fn())
             self._background.add(task)
