@@ -14,15 +14,20 @@ import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from hushwire.common.crypto.dh import group_by_name, load_pem, to_pem
 from hushwire.common.errors import HushwireError, InvalidKey
 from hushwire.relay.accept import Acceptor
-from hushwire.relay.config import ConfigError, RelayConfig
+from hushwire.relay.config import ConfigError, RelayConfig, host_port
 from hushwire.relay.connection import Connection, FlushQueue
 from hushwire.relay.handlers import GroupInfo, Relay
+from hushwire.relay.metrics import Snapshot
 from hushwire.relay.store import Store
 from hushwire.relay.tls import ensure_server_cert, fingerprint, server_context
+
+if TYPE_CHECKING:
+    from hushwire.relay.exporter import MetricsExporter
 
 log = logging.getLogger("hushwire.relay")
 
@@ -72,6 +77,7 @@ class RelayServer:
         self._all_finished = asyncio.Event()
         self._closed = asyncio.Event()
         self._closing = False
+        self._exporter: MetricsExporter | None = None
 
     @property
     def relay(self) -> Relay:
@@ -97,6 +103,8 @@ class RelayServer:
             task = asyncio.create_task(loop_fn())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        if config.metrics_listen is not None:
+            await self._start_metrics(config.metrics_listen)
         log.info("certificate SHA-256 fingerprint %s", self.fingerprint)
         log.info("DH group %s", group.name)
         log.info("listening on %s:%d", config.host, self.port)
@@ -148,6 +156,8 @@ class RelayServer:
             return
         self._closing = True
         try:
+            if self._exporter is not None:
+                await self._exporter.close()
             if self._server is not None:
                 self._server.close()
             for task in list(self._background):
@@ -169,6 +179,48 @@ class RelayServer:
             log.info("relay stopped")
         finally:
             self._closed.set()
+
+    async def _start_metrics(self, listen: str) -> None:
+        # Imported here: prometheus-client is an optional extra, loaded only when used.
+        try:
+            from hushwire.relay.exporter import MetricsExporter
+        except ImportError as exc:
+            raise ConfigError(
+                f"metrics_listen needs prometheus-client (pip install 'hushwire[metrics]'): {exc}"
+            ) from None
+        self._exporter = MetricsExporter(self.snapshot)
+        self._exporter.start(*host_port(listen))
+
+    @property
+    def metrics_port(self) -> int:
+        """The port metrics are served on (0 without `metrics_listen`)."""
+        return self._exporter.port if self._exporter is not None else 0
+
+    async def snapshot(self) -> Snapshot:
+        """Counters and gauges at this moment, for metrics and `hushwire-admin stats`."""
+        relay = self.relay
+        counters = relay.counters
+        store = relay.store
+        stats = await store.stats()
+        authenticated = len(relay.online)
+        pending = self._server.handshaking if self._server is not None else 0
+        return Snapshot(
+            authenticated=authenticated,
+            handshaking=pending + max(0, len(self.connections) - authenticated),
+            accept_failures=dict(self._server.failures) if self._server is not None else {},
+            sends=counters.sends,
+            envelopes=counters.envelopes,
+            deliveries=counters.deliveries,
+            acks=counters.acks,
+            logins=dict(counters.logins),
+            errors=dict(counters.errors),
+            rate_limited=dict(counters.rate_limited),
+            queued=stats["queued"],
+            users=stats["users"],
+            db_bytes=stats["db_bytes"],
+            commit_batch=store.commit_batch.snapshot(),
+            commit_seconds=store.commit_seconds.snapshot(),
+        )
 
     async def serve(self, stop: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until `stop` returns (default: SIGINT or SIGTERM), then close."""

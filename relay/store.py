@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from hushwire.common.keys import (
 from hushwire.common.names import check_username
 from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
+from hushwire.relay.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Histogram
 
 T = TypeVar("T")
 log = logging.getLogger("hushwire.relay.store")
@@ -259,6 +261,9 @@ class Store:
         self._closing = False
         self._closed = False
         self.group_commits = 0  # committed batch transactions, for tests and metrics
+        self.commit_batch = Histogram(BATCH_BUCKETS)  # operations per group commit
+        self.commit_seconds = Histogram(LATENCY_BUCKETS)  # time each took on the db thread
+        self.clock: Callable[[], float] = time.perf_counter  # measures commits only
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1059,8 +1064,15 @@ class Store:
                 return
 
     async def _commit(self, batch: list[_Op], top: int) -> None:
+        clock = self.clock
+
+        def write(conn: sqlite3.Connection) -> tuple[list[object], float]:
+            start = clock()  # on the db thread: the transaction, not the queue before it
+            outcomes = _write_batch(conn, batch, top)
+            return outcomes, clock() - start
+
         try:
-            outcomes = await self._run(lambda conn: _write_batch(conn, batch, top))
+            outcomes, seconds = await self._run(write)
         except Exception as exc:
             # Nothing of this batch is committed: every waiter must hear so.
             err = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
@@ -1068,6 +1080,8 @@ class Store:
                 self._settle(op, _Failed(err))
             return
         self.group_commits += 1
+        self.commit_batch.observe(len(batch))
+        self.commit_seconds.observe(seconds)
         for op, outcome in zip(batch, outcomes, strict=True):
             self._settle(op, outcome)
 
