@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from hushwire.common.crypto.dh import group_by_name, load_pem, to_pem
 from hushwire.common.errors import HushwireError, InvalidKey
+from hushwire.relay import sdnotify
 from hushwire.relay.accept import Acceptor
 from hushwire.relay.config import ConfigError, RelayConfig, host_port
 from hushwire.relay.connection import Connection, FlushQueue
@@ -108,6 +109,7 @@ class RelayServer:
         log.info("certificate SHA-256 fingerprint %s", self.fingerprint)
         log.info("DH group %s", group.name)
         log.info("listening on %s:%d", config.host, self.port)
+        sdnotify.notify(f"READY=1\nSTATUS=listening on {config.host}:{self.port}")
 
     def _new_connection(self) -> Connection:
         return Connection(
@@ -155,6 +157,7 @@ class RelayServer:
             await self._closed.wait()
             return
         self._closing = True
+        sdnotify.notify("STOPPING=1\nSTATUS=draining connections")
         try:
             if self._exporter is not None:
                 await self._exporter.close()
