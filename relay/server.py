@@ -14,7 +14,7 @@ import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hushwire.common.crypto.dh import group_by_name, load_pem, to_pem
 from hushwire.common.errors import HushwireError, InvalidKey
@@ -22,6 +22,8 @@ from hushwire.relay import sdnotify
 from hushwire.relay.accept import Acceptor
 from hushwire.relay.config import ConfigError, RelayConfig, host_port
 from hushwire.relay.connection import Connection, FlushQueue
+from hushwire.relay.control import ControlServer
+from hushwire.relay.dblock import DbLock
 from hushwire.relay.handlers import GroupInfo, Relay
 from hushwire.relay.metrics import Snapshot
 from hushwire.relay.store import Store
@@ -79,6 +81,8 @@ class RelayServer:
         self._closed = asyncio.Event()
         self._closing = False
         self._exporter: MetricsExporter | None = None
+        self._lock: DbLock | None = None
+        self._control: ControlServer | None = None
 
     @property
     def relay(self) -> Relay:
@@ -87,12 +91,23 @@ class RelayServer:
         return self._relay
 
     async def start(self) -> None:
+        """Listen; on failure, undo what was started (the db lock included) and raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         group = load_group(config)
         context, self.fingerprint = tls_context(config)
+        self._lock = DbLock(config.db).acquire("hushwire-relay")
         self._store = await Store.open(
             config.db, synchronous=config.synchronous, max_mailbox=config.max_mailbox
         )
+        self._control = ControlServer(config.db, self._control_request)
+        await self._control.start()
         self._relay = Relay(config, self._store, group)
         self._flushes = FlushQueue(asyncio.get_running_loop())
         self._server = Acceptor(
@@ -172,6 +187,8 @@ class RelayServer:
                     await asyncio.wait_for(
                         self._all_finished.wait(), self.config.handshake_timeout * 3
                     )
+            if self._control is not None:
+                await self._control.close()
             if self._store is not None:
                 await self._store.close()
                 log.info(
@@ -181,6 +198,8 @@ class RelayServer:
                 )
             log.info("relay stopped")
         finally:
+            if self._lock is not None:
+                self._lock.release()
             self._closed.set()
 
     async def _start_metrics(self, listen: str) -> None:
@@ -224,6 +243,35 @@ class RelayServer:
             commit_batch=store.commit_batch.snapshot(),
             commit_seconds=store.commit_seconds.snapshot(),
         )
+
+    async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`hushwire-admin` asking through the control socket (relay/control.py)."""
+        op = request.get("op")
+        store = self.relay.store
+        if op == "purge":
+            older_than = request["older_than"]
+            if not isinstance(older_than, int):
+                raise TypeError("older_than must be a unix time")
+            purged = await store.purge(older_than=older_than)
+            log.info("purged %d envelope(s) on request of hushwire-admin", purged)
+            return {"purged": purged}
+        if op == "stats":
+            snap = await self.snapshot()
+            return {
+                "online": sorted(self.relay.online),
+                "connections": {
+                    "authenticated": snap.authenticated,
+                    "handshaking": snap.handshaking,
+                },
+                "queued_by_user": await store.queued_by_user(),
+                "counters": {
+                    "sends": snap.sends,
+                    "envelopes": snap.envelopes,
+                    "deliveries": snap.deliveries,
+                    "acks": snap.acks,
+                },
+            }
+        raise ValueError(f"unknown op {op!r}")
 
     async def serve(self, stop: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until `stop` returns (default: SIGINT or SIGTERM), then close."""

@@ -482,6 +482,18 @@ class Store:
 
         return await self._run(run)
 
+    async def queued_by_user(self) -> dict[str, int]:
+        """Committed envelopes waiting per recipient, for users with any."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT u.name, COUNT(*) FROM mailbox m JOIN users u ON u.id = m.recipient_id"
+                " GROUP BY m.recipient_id ORDER BY u.name"
+            ).fetchall()
+            return {str(name): int(n) for name, n in rows}
+
+        return await self._run(run)
+
     async def user_events(self, after: int = 0, *, limit: int = 1000) -> list[UserEvent]:
         """Account changes with seq > `after`, oldest first.
 
