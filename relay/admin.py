@@ -3,7 +3,9 @@
 Safe to run while the relay is up: both use the same SQLite db in WAL mode, every
 admin change is one short transaction (waiting up to a few seconds for the relay's
 current commit), and account changes reach the running relay through the
-`user_events` table, which it polls (see docs/operations.md).
+`user_events` table, which it polls (see docs/operations.md). `restore` is the
+exception: it refuses while a relay holds the db's lock (relay/dblock.py). `stats` and
+`purge` ask a running relay over its control socket (relay/control.py).
 
 Exit status: 0 ok, 1 an operational error (unknown user, missing db, ...), 2 bad usage.
 Errors are one line on stderr, never a traceback.
