@@ -148,6 +148,9 @@ class Acceptor:
                 _reason(exc),
                 extra={"event": "handshake_refused", "peer": peer, "reason": _reason(exc)},
             )
+        except Exception:  # a bug, not the peer: say so, and keep accepting others
+            sock.close()
+            log.exception("accepting a connection from %s failed", peer)
 
     @property
     def handshaking(self) -> int:
