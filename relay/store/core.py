@@ -126,6 +126,10 @@ class Store(Mailbox):
         """Counts for `hushwire-admin stats`: users, disabled, queued, db_bytes."""
         return await self._backend.stats()
 
+    async def queued_by_user(self) -> dict[str, int]:
+        """Committed envelopes waiting per recipient, for `hushwire-admin stats`."""
+        return await self._backend.queued_by_user()
+
     # ------------------------------------------------------------------ account events
 
     async def user_events(self, after: int = 0, *, limit: int = 1000) -> list[UserEvent]:
