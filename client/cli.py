@@ -411,7 +411,7 @@ async def cmd_contacts(args: argparse.Namespace, out: TextIO, err: TextIO, stdin
 
 
 def cmd_chat(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    """The full-screen UI lives in client/tui.py (prompt_toolkit), loaded only here."""
+    """The full-screen UI lives in client/tui/ (prompt_toolkit), loaded only here."""
     if importlib.util.find_spec("hushwire.client.tui") is None:
         raise CliError(
             "the terminal UI (client.tui) is not part of this build yet; "

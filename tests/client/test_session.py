@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from hushwire.client.errors import BadBundle, MessageHeld, UnknownContact
-from hushwire.client.service import Backoff, _split_upload
+from hushwire.client.keys import split_upload as _split_upload
 from hushwire.client.session import (
     IDENTITY_RECHECK_MS,
     PREKEY_LOW,
@@ -24,6 +24,7 @@ from hushwire.client.session import (
     load_or_create_identity,
     max_text_bytes,
 )
+from hushwire.client.settings import Backoff
 from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.envelope import Envelope

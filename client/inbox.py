@@ -1,0 +1,133 @@
+"""The incoming side of a connection: the push pump (deliveries, key changes, presence)
+and `sync`, which waits until everything the relay queued for us is handled and acked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from hushwire.client.connection import RelayConnection
+from hushwire.client.errors import ConnectionClosed, ProfileCorrupt
+from hushwire.client.events import (
+    ClientEvent,
+    KeyChanged,
+    MessageReceived,
+    MessageRejected,
+    Notice,
+    Presence,
+    utc_from_ms,
+)
+from hushwire.client.keys import KeyUpkeep
+from hushwire.client.session import Received, Rejected, SessionManager
+from hushwire.common import messages as wire
+from hushwire.common.errors import HushwireError, RequestError
+
+log = logging.getLogger("hushwire.client")
+
+
+class Inbox:
+    """Handles pushes one at a time, in order; events go to `emit`."""
+
+    def __init__(
+        self,
+        sessions: SessionManager,
+        keys: KeyUpkeep,
+        emit: Callable[[ClientEvent], None],
+        online: dict[str, bool],
+    ) -> None:
+        self._sessions = sessions
+        self._keys = keys
+        self._emit = emit
+        self._online = online
+        # For sync(): pushes taken off the queue, and those fully handled (and acked).
+        self._taken = 0
+        self._handled = 0
+        self._progress = asyncio.Condition()
+
+    async def pump(self, conn: RelayConnection) -> None:
+        while True:
+            if conn.pushes.empty() and conn.is_closed:
+                return
+            getter = asyncio.ensure_future(conn.pushes.get())
+            closer = asyncio.ensure_future(conn.wait_closed())
+            try:
+                done, _ = await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closer.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if getter not in done:
+                continue
+            self._taken += 1
+            try:
+                await self._handle_push(conn, getter.result())
+            except ConnectionClosed:
+                pass  # unacked deliveries come again after the next login
+            except HushwireError as exc:
+                # One bad push must not stop the receive loop; the user hears of it.
+                self._emit(Notice(f"could not handle a push: {exc.message}"))
+            finally:
+                async with self._progress:
+                    self._handled += 1
+                    self._progress.notify_all()
+
+    async def _handle_push(self, conn: RelayConnection, push: wire.Push) -> None:
+        if isinstance(push, wire.Deliver):
+            await self._on_deliver(conn, push)
+        elif isinstance(push, wire.KeyChanged):
+            if await self._sessions.on_key_changed(push.user, push.identity):
+                self._emit(KeyChanged(push.user))
+        elif isinstance(push, wire.PresenceChanged):
+            self._online[push.user] = push.online
+            self._emit(Presence(push.user, push.online))
+
+    async def _on_deliver(self, conn: RelayConnection, deliver: wire.Deliver) -> None:
+        try:
+            outcome = await self._sessions.receive(deliver)
+        except ProfileCorrupt as exc:
+            # Not acked: the envelope stays at the relay until the profile is repaired.
+            self._emit(Notice(f"cannot store a message: {exc.message}"))
+            return
+        if isinstance(outcome, Received):
+            if outcome.key_changed:
+                self._emit(KeyChanged(outcome.contact))
+            self._emit(
+                MessageReceived(
+                    outcome.contact,
+                    outcome.envelope_id.hex(),
+                    utc_from_ms(outcome.sent_at_ms),
+                    outcome.text,
+                    outcome.uid,
+                )
+            )
+        elif isinstance(outcome, Rejected):
+            log.warning("rejected an envelope from %s: %s", outcome.contact, outcome.reason)
+            self._emit(MessageRejected(outcome.contact, outcome.reason))
+        # A Duplicate was stored before: nothing to show, but ack it again.
+        # Stored (or deliberately dropped) first, acked second (protocol.md "ack").
+        with contextlib.suppress(ConnectionClosed, RequestError):
+            await conn.request(wire.Ack, mids=(deliver.mid,))
+        if isinstance(outcome, Received) and outcome.used_one_time_prekey:
+            with contextlib.suppress(ConnectionClosed, RequestError):
+                await self._keys.maintain(conn)
+
+    async def sync(self, conn_of: Callable[[], RelayConnection], limit: float) -> None:
+        """Return once every envelope the relay has queued for us is handled and acked.
+
+        The relay writes queued deliveries ahead of later replies, so: ping, wait until
+        everything that arrived before the pong is handled; repeat until a round brings
+        nothing new. `conn_of` raises ConnectionClosed if not connected.
+        """
+        async with asyncio.timeout(limit):
+            previous = -1
+            while True:
+                conn = conn_of()
+                await conn.request(wire.Ping)
+                target = self._taken + conn.pushes.qsize()
+                async with self._progress:
+                    await self._progress.wait_for(lambda t=target: self._handled >= t)
+                if target == previous:
+                    return
+                previous = target
