@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from hushwire.client.connection import RelayConnection
 from hushwire.client.errors import ConnectionClosed, ProfileCorrupt
@@ -20,11 +21,13 @@ from hushwire.client.events import (
     utc_from_ms,
 )
 from hushwire.client.keys import KeyUpkeep
-from hushwire.client.session import Received, Rejected, SessionManager
+from hushwire.client.session import Outcome, Received, Rejected, SessionManager
 from hushwire.common import messages as wire
 from hushwire.common.errors import HushwireError, RequestError
 
 log = logging.getLogger("hushwire.client")
+
+T = TypeVar("T")
 
 
 class Inbox:
@@ -74,22 +77,39 @@ class Inbox:
                     self._progress.notify_all()
 
     async def _handle_push(self, conn: RelayConnection, push: wire.Push) -> None:
-        if isinstance(push, wire.Deliver):
-            await self._on_deliver(conn, push)
-        elif isinstance(push, wire.KeyChanged):
+        # Storing a push and telling the UI about it are one step that a dropped
+        # connection must not cut: cancelled between COMMIT and the event, a message
+        # would be stored but never shown (its redelivery is a duplicate). The ack may be
+        # cut: the relay then delivers again and the duplicate is acked.
+        outcome = await finish_before_cancel(self._apply(push))
+        if not isinstance(push, wire.Deliver) or outcome is None:
+            return
+        # Stored (or deliberately dropped) first, acked second (protocol.md "ack").
+        with contextlib.suppress(ConnectionClosed, RequestError):
+            await conn.request(wire.Ack, mids=(push.mid,))
+        if isinstance(outcome, Received) and outcome.used_one_time_prekey:
+            with contextlib.suppress(ConnectionClosed, RequestError):
+                await self._keys.maintain(conn)
+
+    async def _apply(self, push: wire.Push) -> Outcome | None:
+        """Store what `push` changes and emit its events; the outcome of a delivery (None
+        for one that must stay at the relay, unacked)."""
+        if isinstance(push, wire.KeyChanged):
             if await self._sessions.on_key_changed(push.user, push.identity):
                 self._emit(KeyChanged(push.user))
-        elif isinstance(push, wire.PresenceChanged):
+            return None
+        if isinstance(push, wire.PresenceChanged):
             self._online[push.user] = push.online
             self._emit(Presence(push.user, push.online))
-
-    async def _on_deliver(self, conn: RelayConnection, deliver: wire.Deliver) -> None:
+            return None
+        if not isinstance(push, wire.Deliver):
+            return None
         try:
-            outcome = await self._sessions.receive(deliver)
+            outcome = await self._sessions.receive(push)
         except ProfileCorrupt as exc:
             # Not acked: the envelope stays at the relay until the profile is repaired.
             self._emit(Notice(f"cannot store a message: {exc.message}"))
-            return
+            return None
         if isinstance(outcome, Received):
             if outcome.key_changed:
                 self._emit(KeyChanged(outcome.contact))
@@ -106,12 +126,7 @@ class Inbox:
             log.warning("rejected an envelope from %s: %s", outcome.contact, outcome.reason)
             self._emit(MessageRejected(outcome.contact, outcome.reason))
         # A Duplicate was stored before: nothing to show, but ack it again.
-        # Stored (or deliberately dropped) first, acked second (protocol.md "ack").
-        with contextlib.suppress(ConnectionClosed, RequestError):
-            await conn.request(wire.Ack, mids=(deliver.mid,))
-        if isinstance(outcome, Received) and outcome.used_one_time_prekey:
-            with contextlib.suppress(ConnectionClosed, RequestError):
-                await self._keys.maintain(conn)
+        return outcome
 
     async def sync(self, conn_of: Callable[[], RelayConnection], limit: float) -> None:
         """Return once every envelope the relay has queued for us is handled and acked.
@@ -131,3 +146,22 @@ class Inbox:
                 if target == previous:
                     return
                 previous = target
+
+
+async def finish_before_cancel(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to its end even if the caller is cancelled meanwhile; the caller's
+    cancellation is raised after that. For steps that must not be cut in half."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
