@@ -122,7 +122,11 @@ class HistoryItem:
 
 
 def utc_from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
+    """Total: a stored time outside what a datetime holds shows as the nearest end."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return datetime.max.replace(tzinfo=UTC) if ms > 0 else datetime.min.replace(tzinfo=UTC)
 
 
 def history_item(m: StoredMessage) -> HistoryItem:

@@ -24,6 +24,7 @@ from hushwire.client.keys import KeyUpkeep
 from hushwire.client.session import Outcome, Received, Rejected, SessionManager
 from hushwire.common import messages as wire
 from hushwire.common.errors import HushwireError, RequestError
+from hushwire.common.names import is_valid_username
 
 log = logging.getLogger("hushwire.client")
 
@@ -71,6 +72,9 @@ class Inbox:
             except HushwireError as exc:
                 # One bad push must not stop the receive loop; the user hears of it.
                 self._emit(Notice(f"could not handle a push: {exc.message}"))
+            except Exception as exc:  # a bug must not end every later delivery either
+                log.exception("handling a push failed")
+                self._emit(Notice(f"could not handle a push (internal {type(exc).__name__})"))
             finally:
                 async with self._progress:
                     self._handled += 1
@@ -99,6 +103,8 @@ class Inbox:
                 self._emit(KeyChanged(push.user))
             return None
         if isinstance(push, wire.PresenceChanged):
+            if not is_valid_username(push.user):
+                return None  # only the relay could name such a user: nothing to show
             self._online[push.user] = push.online
             self._emit(Presence(push.user, push.online))
             return None

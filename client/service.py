@@ -59,7 +59,7 @@ from hushwire.common import messages as wire
 from hushwire.common.crypto.dh import DHGroup, group_by_name
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
-from hushwire.common.names import check_username
+from hushwire.common.names import check_username, is_valid_username
 
 # The events, results and settings live in their own modules; the UIs import them here.
 __all__ = [
@@ -432,9 +432,9 @@ class HushwireClient:
     async def who(self) -> list[tuple[str, bool]]:
         """Every user of the relay and whether they are online (starts presence pushes)."""
         reply = await self._require_conn().request(wire.Who)
-        for p in reply.users:
-            self._online[p.user] = p.online
-        return [(p.user, p.online) for p in reply.users]
+        users = [(p.user, p.online) for p in reply.users if is_valid_username(p.user)]
+        self._online.update(users)
+        return users
 
     async def contacts(self) -> list[ContactInfo]:
         unread = await self.store.unread_counts()

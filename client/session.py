@@ -63,6 +63,7 @@ from hushwire.common.errors import (
 )
 from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
 from hushwire.common.messages import Deliver, Send
+from hushwire.common.names import is_valid_username
 
 DAY_MS: Final = 86_400_000
 SIGNED_PREKEY_ROTATE_MS: Final = 7 * DAY_MS
@@ -77,6 +78,9 @@ MAX_ARCHIVED_SESSIONS: Final = 3
 # re-fetch a contact's bundle when the pinned identity was last confirmed longer ago
 # than this (it costs the contact one one-time prekey per interval).
 IDENTITY_RECHECK_MS: Final = DAY_MS
+# The envelope format allows any 63-bit send time; a peer's clock is not trusted beyond
+# what a date can show: 0001-01-01 .. 9999-12-31 (a later one broke every `recv`).
+MAX_SENT_AT_MS: Final = 253_402_300_799_999
 
 Fetch = Callable[[str], Awaitable[PrekeyBundle]]
 
@@ -301,10 +305,14 @@ class SessionManager:
     async def receive(self, deliver: Deliver) -> Outcome:
         """Open and store one delivered envelope; the caller acks it afterwards."""
         sender = deliver.sender
+        if not is_valid_username(sender):
+            return Rejected(sender[:64], "the relay named an invalid sender")
         try:
             env = Envelope.from_bytes(deliver.body)
         except MalformedEnvelope as exc:
             return Rejected(sender, describe(exc))
+        if env.sent_at_ms > MAX_SENT_AT_MS:
+            return Rejected(sender, "send time beyond the year 9999")
         if env.recipient != self.user:
             return Rejected(sender, f"envelope is addressed to {env.recipient}, not to us")
         if env.sender != sender:
