@@ -34,6 +34,7 @@ from hushwire.client.service import (
     HistoryItem,
     HushwireClient,
     KeyChanged,
+    MessageQuarantined,
     MessageReceived,
     MessageRejected,
     Notice,
@@ -160,6 +161,12 @@ def _report_event(event: object, err: TextIO) -> None:
             f"warning: {event.contact}'s identity key has changed. Messages to them "
             f"are held. Check `hushwire verify {event.contact}`, then "
             f"`hushwire trust {event.contact}`.",
+        )
+    elif isinstance(event, MessageQuarantined):
+        _warn(
+            err,
+            f"warning: a message from {event.contact} under their new, not yet accepted "
+            f"identity key is kept unread until `hushwire trust {event.contact}`.",
         )
     elif isinstance(event, MessageRejected):
         _warn(

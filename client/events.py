@@ -33,6 +33,14 @@ class KeyChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageQuarantined:
+    """A message sealed under `contact`'s new, not yet accepted identity: stored, not
+    shown; `trust` releases it (as MessageReceived)."""
+
+    contact: str
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRejected:
     """An envelope that was not shown (tampered, replayed, not for us...); it was acked."""
 
@@ -80,6 +88,7 @@ class Notice:
 ClientEvent = (
     MessageReceived
     | KeyChanged
+    | MessageQuarantined
     | MessageRejected
     | ConnectionState
     | Presence

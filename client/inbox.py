@@ -14,6 +14,7 @@ from hushwire.client.errors import ConnectionClosed, ProfileCorrupt
 from hushwire.client.events import (
     ClientEvent,
     KeyChanged,
+    MessageQuarantined,
     MessageReceived,
     MessageRejected,
     Notice,
@@ -116,9 +117,10 @@ class Inbox:
             # Not acked: the envelope stays at the relay until the profile is repaired.
             self._emit(Notice(f"cannot store a message: {exc.message}"))
             return None
-        if isinstance(outcome, Received):
-            if outcome.key_changed:
-                self._emit(KeyChanged(outcome.contact))
+        if isinstance(outcome, Received) and outcome.key_changed:
+            self._emit(KeyChanged(outcome.contact))
+            self._emit(MessageQuarantined(outcome.contact))
+        elif isinstance(outcome, Received):
             self._emit(
                 MessageReceived(
                     outcome.contact,

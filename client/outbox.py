@@ -14,6 +14,7 @@ from hushwire.client.errors import ClientError, ConnectionClosed, MessageHeld, M
 from hushwire.client.events import (
     ClientEvent,
     KeyChanged,
+    MessageReceived,
     MessageSent,
     MessagesReleased,
     Notice,
@@ -169,11 +170,18 @@ class Outbox:
         return 1
 
     async def release(self, contact: str) -> int:
-        """Accept `contact`'s changed key and send the held messages; returns how many.
+        """Accept `contact`'s changed key, show the messages quarantined under it and send
+        the held ones; returns how many were sent.
 
         Offline, held messages become queued and go out after the next login.
         """
-        held = await self._sessions.trust(contact)
+        held, incoming = await self._sessions.trust(contact)
+        for m in incoming:
+            self._emit(
+                MessageReceived(
+                    m.contact, m.envelope_id.hex(), utc_from_ms(m.sent_at_ms), m.text, m.uid
+                )
+            )
         released = 0
         for m in held:
             conn = self._live()

@@ -375,7 +375,9 @@ class SessionManager:
             uid = await self.store.add_message(
                 contact=sender,
                 direction="in",
-                status="received",
+                # Quarantined until the user accepts the new identity (`trust`): shown
+                # now, it would put words in the pinned contact's mouth.
+                status="held" if key_changed else "received",
                 sent_at_ms=message.sent_at_ms,
                 now_ms=now,
                 text=text,
@@ -557,14 +559,18 @@ class SessionManager:
             raise UnknownContact(f"no contact named {name}: no message has been exchanged yet")
         return contact
 
-    async def trust(self, name: str) -> list[StoredMessage]:
-        """Accept `name`'s changed identity; returns the held messages to send now."""
+    async def trust(self, name: str) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        """Accept `name`'s changed identity: (held outgoing messages to send now,
+        quarantined incoming ones, released to the history as unread)."""
         view = await self.contact(name)
         async with self.store.transaction():
             if view.pending is not None:
                 await self.store.accept_identity(name, view.pending, self.now_ms())
             held = await self.store.messages_with_status(("held",), name)
-        return held
+            await self.store.release_incoming(name)
+        out = [m for m in held if m.direction == "out"]
+        released = [m for m in held if m.direction == "in"]
+        return out, released
 
     async def mark_verified(self, name: str) -> None:
         await self.contact(name)

@@ -16,6 +16,7 @@ from hushwire.client.service import (
     HistoryItem,
     HushwireClient,
     KeyChanged,
+    MessageQuarantined,
     MessageReceived,
     MessageRejected,
     MessageSent,
@@ -263,6 +264,13 @@ class ChatController:
                         f"(/to {event.contact} for details)",
                         "warning",
                     )
+        elif isinstance(event, MessageQuarantined):
+            model.info(
+                f"a message from {event.contact} under the new, not yet accepted key is "
+                f"held unread: /verify {event.contact}, then /trust {event.contact} to read it",
+                "warning",
+                event.contact,
+            )
         elif isinstance(event, MessageRejected):
             model.info(
                 f"a message from {event.contact} was rejected and not shown: {event.reason}",
