@@ -150,7 +150,8 @@ def _relay_settings(args: argparse.Namespace, token: str) -> RelaySettings:
 
 
 def _warn(err: TextIO, text: str) -> None:
-    print(f"hushwire: {text}", file=err)
+    """Every stderr line: names, reasons and details in it may come from the relay."""
+    print(f"hushwire: {safe_for_terminal(text)}", file=err)
 
 
 def _report_event(event: object, err: TextIO) -> None:
@@ -171,16 +172,16 @@ def _report_event(event: object, err: TextIO) -> None:
     elif isinstance(event, MessageRejected):
         _warn(
             err,
-            f"warning: rejected a message from {event.contact}: {safe_for_terminal(event.reason)}",
+            f"warning: rejected a message from {event.contact}: {event.reason}",
         )
     elif isinstance(event, Notice):
-        _warn(err, f"note: {safe_for_terminal(event.text)}")
+        _warn(err, f"note: {event.text}")
     elif (
         isinstance(event, ConnectionState)
         and event.state == "disconnected"
         and (event.detail != "closed")
     ):
-        _warn(err, f"disconnected: {safe_for_terminal(event.detail)}")
+        _warn(err, f"disconnected: {event.detail}")
 
 
 def _drain_warnings(client: HushwireClient, err: TextIO) -> None:
@@ -615,9 +616,9 @@ def main(
     except (HushwireError, CliError, OSError) as exc:
         text, status = _error_text(exc)
         first, *rest = text.splitlines() or [""]
-        print(f"hushwire: error: {first}", file=err)
+        _warn(err, f"error: {first}")
         for line in rest:
-            print(f"  {line.strip()}", file=err)
+            print(f"  {safe_for_terminal(line.strip())}", file=err)
         return status
 
 

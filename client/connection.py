@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hushwire.client.errors import CertificateMismatch, ConnectionClosed
+from hushwire.client.text import safe_line
 from hushwire.common.errors import (
     ErrorCode,
     RemoteProtocolError,
@@ -188,7 +189,8 @@ class RelayConnection:
             message = f"connection to the relay lost: {exc}"
         finally:
             if self.closed_reason is not None:
-                message = f"{self.closed_reason.message} ({self.closed_reason.code})"
+                reason = self.closed_reason
+                message = safe_line(f"{reason.message} ({reason.code})")
             self._fail_all(ConnectionClosed(message, self.closed_reason))
             self._closed.set()
 
@@ -204,7 +206,7 @@ class RelayConnection:
             return
         if isinstance(msg, Error):
             entry[1].set_exception(
-                RequestError(_code(msg.code), msg.message, retry_after=msg.retry_after)
+                RequestError(_code(msg.code), safe_line(msg.message), retry_after=msg.retry_after)
             )
         else:
             entry[1].set_result(msg)

@@ -23,6 +23,7 @@ from hushwire.client.events import (
 )
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.session import Outcome, Received, Rejected, SessionManager
+from hushwire.client.text import safe_line
 from hushwire.common import messages as wire
 from hushwire.common.errors import HushwireError, RequestError
 from hushwire.common.names import is_valid_username
@@ -131,7 +132,9 @@ class Inbox:
                 )
             )
         elif isinstance(outcome, Rejected):
-            log.warning("rejected an envelope from %s: %s", outcome.contact, outcome.reason)
+            log.warning(
+                "rejected an envelope from %s: %s", safe_line(outcome.contact), outcome.reason
+            )
             self._emit(MessageRejected(outcome.contact, outcome.reason))
         # A Duplicate was stored before: nothing to show, but ack it again.
         return outcome

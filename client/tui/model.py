@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
-from hushwire.client.text import safe_for_terminal
+from hushwire.client.text import safe_for_terminal, safe_line
 
 MAX_LINES: Final = 2000  # per conversation, and in the pane: memory stays bounded
 HISTORY_ON_OPEN: Final = 50  # messages loaded from the profile by `/to NAME`
@@ -163,7 +163,11 @@ class ChatModel:
     def listing(self) -> list[ListEntry]:
         return [
             ListEntry(
-                name, conv.unread, self.online.get(name), conv.key_changed, name == self.current
+                safe_line(name, 40),
+                conv.unread,
+                self.online.get(name),
+                conv.key_changed,
+                name == self.current,
             )
             for name, conv in sorted(self.conversations.items())
         ]
