@@ -19,7 +19,6 @@ sending chain then comes from a fresh ratchet key (X3DH 4.2-4.3 rerandomisation)
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
@@ -178,7 +177,8 @@ class Session:
 
         Raises InvalidSignature/InvalidKey if the bundle does not verify (before any DH).
         """
-        result = initiate(my_identity, my_username, bundle, group)
+        config = config or RatchetConfig()
+        result = initiate(my_identity, my_username, bundle, group, config.rand)
         ratchet = RatchetState.init_alice(
             result.shared_key, result.responder_ratchet_key, result.associated_data, group, config
         )
@@ -247,7 +247,7 @@ class Session:
             type=EnvelopeType.MESSAGE if pending is None else EnvelopeType.INITIAL,
             sender=self.my_username,
             recipient=self.peer_username,
-            envelope_id=secrets.token_bytes(ENVELOPE_ID_LEN),
+            envelope_id=self.ratchet.config.rand(ENVELOPE_ID_LEN),
             sent_at_ms=now_ms,
             header=RatchetHeader(b"", 0, 0),
             x3dh=pending,

@@ -39,6 +39,8 @@ from hushwire.common.crypto.primitives import (
     AEAD_KEY_LEN,
     AEAD_NONCE_LEN,
     HASH_LEN,
+    OS_RANDOM,
+    Random,
     aead_open,
     aead_seal,
     hkdf_sha256,
@@ -66,6 +68,7 @@ class RatchetConfig:
     max_skip: int = 1000  # per receiving chain (spec MAX_SKIP)
     max_skipped_keys: int = 2000  # total stored skipped keys, oldest evicted (6.4)
     groups: tuple[DHGroup, ...] = (X25519, FFDHE3072)
+    rand: Random = OS_RANDOM  # ratchet keys and envelope ids; scripted only by tests
 
     def group(self, name: str) -> DHGroup:
         """The allowed group called `name`; CryptoError if this config does not allow it."""
@@ -197,7 +200,7 @@ class RatchetState:
         """Spec 3.3 RatchetInitAlice: SK from X3DH, Bob's signed prekey as his ratchet key."""
         config = config or RatchetConfig()
         config.group(group.name)
-        dhs = group.generate()
+        dhs = group.generate(config.rand)
         rk, cks = kdf_rk(shared_key, group.agree(dhs.private, bob_public))
         return cls(
             group=group, config=config, dhs=dhs, dhr=bob_public, rk=rk, cks=cks, ckr=None,
@@ -302,7 +305,7 @@ class RatchetState:
         self.nr = 0
         self.dhr = header.dh
         self.rk, self.ckr = kdf_rk(self.rk, self.group.agree(self.dhs.private, self.dhr))
-        self.dhs = self.group.generate()
+        self.dhs = self.group.generate(self.config.rand)
         self.rk, self.cks = kdf_rk(self.rk, self.group.agree(self.dhs.private, self.dhr))
 
     def copy(self) -> RatchetState:

@@ -38,7 +38,7 @@ from hushwire.common.crypto.identity import (
     verify_bundle,
     verify_identity,
 )
-from hushwire.common.crypto.primitives import HASH_LEN, hkdf_sha256
+from hushwire.common.crypto.primitives import HASH_LEN, OS_RANDOM, Random, hkdf_sha256
 from hushwire.common.errors import InvalidKey, UnknownPrekey
 from hushwire.common.keys import IdentityPublic, PrekeyBundle
 
@@ -154,7 +154,11 @@ class PrekeySet:
 
 
 def initiate(
-    identity: IdentityKeyPair, username: str, bundle: PrekeyBundle, group: DHGroup
+    identity: IdentityKeyPair,
+    username: str,
+    bundle: PrekeyBundle,
+    group: DHGroup,
+    rand: Random = OS_RANDOM,
 ) -> InitiatorResult:
     """Run X3DH as the initiator (3.3) against a fetched bundle.
 
@@ -166,7 +170,7 @@ def initiate(
     verify_bundle(bundle, group)
     spk = bundle.signed_prekey
     opk = bundle.one_time_prekey
-    ek = group.generate()
+    ek = group.generate(rand)
     outputs = [
         group.agree(identity.dh.private, spk.key),  # DH1 = DH(IK_A, SPK_B)
         group.agree(ek.private, bundle.identity.dh_key),  # DH2 = DH(EK_A, IK_B)
