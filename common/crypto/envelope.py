@@ -177,12 +177,26 @@ class Session:
 
         Raises InvalidSignature/InvalidKey if the bundle does not verify (before any DH).
         """
+        session = cls.start(my_identity, my_username, bundle, group, config=config)
+        return session, session.encrypt(plaintext, now_ms)
+
+    @classmethod
+    def start(
+        cls,
+        my_identity: IdentityKeyPair,
+        my_username: str,
+        bundle: PrekeyBundle,
+        group: DHGroup,
+        *,
+        config: RatchetConfig | None = None,
+    ) -> Session:
+        """`initiate` without sealing a message yet (the next `encrypt` is the first)."""
         config = config or RatchetConfig()
         result = initiate(my_identity, my_username, bundle, group, config.rand)
         ratchet = RatchetState.init_alice(
             result.shared_key, result.responder_ratchet_key, result.associated_data, group, config
         )
-        session = cls(
+        return cls(
             my_username=my_username,
             peer_username=bundle.user,
             peer_identity=bundle.identity,
@@ -190,7 +204,6 @@ class Session:
             initiator=True,
             x3dh=result.header,
         )
-        return session, session.encrypt(plaintext, now_ms)
 
     @classmethod
     def respond(

@@ -119,7 +119,8 @@ def kdf_ck(chain_key: bytes) -> tuple[bytes, bytes]:
     return hmac_sha256(chain_key, b"\x02"), hmac_sha256(chain_key, b"\x01")
 
 
-def _message_key_material(message_key: bytes) -> tuple[bytes, bytes]:
+def message_key_material(message_key: bytes) -> tuple[bytes, bytes]:
+    """ENCRYPT's key schedule: (AES-256 key, GCM nonce) for one message key."""
     okm = hkdf_sha256(
         message_key, AEAD_KEY_LEN + AEAD_NONCE_LEN, salt=bytes(HASH_LEN), info=MESSAGE_INFO
     )
@@ -128,13 +129,13 @@ def _message_key_material(message_key: bytes) -> tuple[bytes, bytes]:
 
 def encrypt_message(message_key: bytes, plaintext: bytes, ad: bytes) -> bytes:
     """Spec ENCRYPT: AES-256-GCM under a key and nonce derived from the message key."""
-    key, nonce = _message_key_material(message_key)
+    key, nonce = message_key_material(message_key)
     return aead_seal(key, nonce, plaintext, ad)
 
 
 def decrypt_message(message_key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
     """Spec DECRYPT; DecryptionError if authentication fails."""
-    key, nonce = _message_key_material(message_key)
+    key, nonce = message_key_material(message_key)
     return aead_open(key, nonce, ciphertext, ad)
 
 

@@ -62,8 +62,8 @@ def associated_data(
     )
 
 
-def _kdf(group: DHGroup, dh_outputs: list[bytes]) -> bytes:
-    # X3DH 2.2: HKDF ikm = F || KM, salt = HashLen zero bytes, info = application string.
+def derive_shared_key(group: DHGroup, dh_outputs: list[bytes]) -> bytes:
+    """X3DH 2.2: SK = HKDF(ikm = F || DH1 || ... , salt = HashLen zero bytes, info)."""
     ikm = group.kdf_prefix + b"".join(dh_outputs)
     return hkdf_sha256(ikm, SHARED_KEY_LEN, salt=bytes(HASH_LEN), info=x3dh_info(group))
 
@@ -180,7 +180,7 @@ def initiate(
         outputs.append(group.agree(ek.private, opk.key))  # DH4 = DH(EK_A, OPK_B)
     me = identity.public()
     return InitiatorResult(
-        shared_key=_kdf(group, outputs),
+        shared_key=derive_shared_key(group, outputs),
         associated_data=associated_data(me, username, bundle.identity, bundle.user),
         header=InitialHeader(
             identity=me,
@@ -227,7 +227,7 @@ def respond(
     if opk is not None:
         outputs.append(group.agree(opk.dh.private, header.ephemeral_key))  # DH4
     return ResponderResult(
-        shared_key=_kdf(group, outputs),
+        shared_key=derive_shared_key(group, outputs),
         associated_data=associated_data(
             header.identity, initiator_username, identity.public(), username
         ),
