@@ -39,7 +39,7 @@ from hushwire.common.crypto.x3dh import (
 from hushwire.common.keys import PrekeyBundle
 
 HERE = Path(__file__).parent
-V1_FILE = HERE / "protocol_v1.json"
+FILES = {1: HERE / "protocol_v1.json", 2: HERE / "protocol_v2.json"}
 GROUP = X25519
 TIMES = (1_767_225_600_000, 1_767_225_601_000, 1_767_225_602_000)  # 2026-01-01T00:00:0xZ
 TEXTS = ("hello bob", "hi alice, got it", "third message, a plain one")
@@ -79,9 +79,9 @@ def _message(sender: Session, plaintext: bytes, now_ms: int) -> tuple[bytes, dic
     chain_key = state.cks
     assert chain_key is not None
     _, message_key = kdf_ck(chain_key)
-    aes_key, nonce = message_key_material(message_key)
     envelope = sender.encrypt(plaintext, now_ms)
     env = Envelope.from_bytes(envelope)
+    aes_key, nonce = message_key_material(message_key, env.header.salt)
     record: dict[str, Any] = {
         "sender": env.sender,
         "recipient": env.recipient,
@@ -91,6 +91,7 @@ def _message(sender: Session, plaintext: bytes, now_ms: int) -> tuple[bytes, dic
         "envelope_id": _hex(env.envelope_id),
         "sending_chain_key": _hex(chain_key),
         "message_key": _hex(message_key),
+        "salt": _hex(env.header.salt),
         "aes_key": _hex(aes_key),
         "nonce": _hex(nonce),
         "ratchet_header": _hex(env.header.to_bytes()),
@@ -102,8 +103,14 @@ def _message(sender: Session, plaintext: bytes, now_ms: int) -> tuple[bytes, dic
     return envelope, record
 
 
-def build_v1() -> dict[str, Any]:
-    """The version-1 exchange (X3DH, v1 envelopes) as a JSON-ready dict."""
+DESCRIPTIONS = {
+    1: "hushwire protocol version 1 (X3DH, version-1 envelopes and message keys)",
+    2: "hushwire protocol version 2 (version-2 envelopes, salted message keys)",
+}
+
+
+def build(version: int) -> dict[str, Any]:
+    """One protocol version's exchange as a JSON-ready dict."""
     rands = {
         name: Scripted(name)
         for name in ("alice.identity", "bob.identity", "bob.signed_prekey", "bob.one_time_prekey")
@@ -115,7 +122,9 @@ def build_v1() -> dict[str, Any]:
     bundle = PrekeyBundle("bob", bob.public(), spk.public(), opk.public())
 
     alice_rand, bob_rand = Scripted("alice.session"), Scripted("bob.session")
-    session_a = Session.start(alice, "alice", bundle, GROUP, config=RatchetConfig(rand=alice_rand))
+    session_a = Session.start(
+        alice, "alice", bundle, GROUP, config=RatchetConfig(rand=alice_rand), version=version
+    )
     header = session_a.x3dh
     assert header is not None
     ek_private = bytes.fromhex(alice_rand.drawn[0])
@@ -140,11 +149,12 @@ def build_v1() -> dict[str, Any]:
     numbers = safety_number("alice", alice.public(), "bob", bob.public())
     return {
         "description": (
-            "hushwire protocol version 1: alice starts a session with bob from his bundle "
-            "(X3DH with a one-time prekey), bob replies, alice sends a plain message. "
+            f"{DESCRIPTIONS[version]}: alice starts a session with bob from his bundle "
+            "(with a one-time prekey), bob replies, alice sends a plain message. "
             "All byte strings are hex. docs/security.md defines every value; "
             "tests/vectors/generate.py wrote this file."
         ),
+        "version": version,
         "group": GROUP.name,
         "randomness": {
             name: r.drawn
@@ -210,15 +220,16 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = render(build_v1())
-    if "--check" in argv:
-        if V1_FILE.read_text() != text:
-            print(f"{V1_FILE} differs from what the code produces now", file=sys.stderr)
-            return 1
-        return 0
-    V1_FILE.write_text(text)
-    print(f"wrote {V1_FILE}")
-    return 0
+    status = 0
+    for version, path in FILES.items():
+        text = render(build(version))
+        if "--check" not in argv:
+            path.write_text(text)
+            print(f"wrote {path}")
+        elif path.read_text() != text:
+            print(f"{path} differs from what the code produces now", file=sys.stderr)
+            status = 1
+    return status
 
 
 if __name__ == "__main__":

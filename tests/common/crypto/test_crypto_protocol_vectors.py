@@ -1,4 +1,4 @@
-"""The code against tests/vectors/protocol_v1.json, value by value.
+"""The code against tests/vectors/protocol_v1.json and protocol_v2.json, value by value.
 
 Each check recomputes one recorded value from the recorded inputs through hushwire's
 own functions, the way a second implementation would check itself; the last test
@@ -31,10 +31,11 @@ from hushwire.common.crypto.ratchet import RatchetConfig, message_key_material
 from hushwire.common.crypto.safety import pair_safety_number
 from hushwire.common.crypto.x3dh import PrekeySet, associated_data, derive_shared_key
 from hushwire.common.errors import DecryptionError
-from tests.vectors.generate import V1_FILE, Scripted, build_v1, render
+from tests.vectors.generate import FILES, Scripted, build, render
 
 h = bytes.fromhex
-V1 = json.loads(V1_FILE.read_text())
+V1 = json.loads(FILES[1].read_text())
+V2 = json.loads(FILES[2].read_text())
 
 
 def _identity(rec: dict) -> IdentityKeyPair:
@@ -80,12 +81,15 @@ def test_x3dh_outputs_shared_key_and_ad():
     assert ad.hex() == x["associated_data"]
 
 
+@pytest.mark.parametrize("vectors", [V1, V2], ids=["v1", "v2"])
 @pytest.mark.parametrize("index", [0, 1, 2])
-def test_each_message_opens_with_its_recorded_key_nonce_and_ad(index):
-    msg = V1["messages"][index]
-    key, nonce = message_key_material(h(msg["message_key"]))
+def test_each_message_opens_with_its_recorded_key_nonce_and_ad(vectors, index):
+    msg = vectors["messages"][index]
+    assert len(h(msg["salt"])) == (32 if vectors["version"] == 2 else 0)
+    key, nonce = message_key_material(h(msg["message_key"]), h(msg["salt"]))
     assert (key.hex(), nonce.hex()) == (msg["aes_key"], msg["nonce"])
-    ad = fields(h(V1["x3dh"]["associated_data"]), h(msg["ratchet_header"]), h(msg["extra_ad"]))
+    x3dh_ad = h(vectors["x3dh"]["associated_data"])
+    ad = fields(x3dh_ad, h(msg["ratchet_header"]), h(msg["extra_ad"]))
     assert ad.hex() == msg["message_ad"]
     assert aead_open(key, nonce, h(msg["ciphertext"]), ad).hex() == msg["plaintext"]
     env = Envelope.from_bytes(h(msg["envelope"]))
@@ -97,8 +101,9 @@ def test_each_message_opens_with_its_recorded_key_nonce_and_ad(index):
         aead_open(key, nonce, bytes(flipped), ad)
 
 
-def test_bob_opens_the_first_message_and_seals_the_recorded_reply():
-    bob = V1["bob"]
+@pytest.mark.parametrize("vectors", [V1, V2], ids=["v1", "v2"])
+def test_bob_opens_the_first_message_and_seals_the_recorded_reply(vectors):
+    bob = vectors["bob"]
     identity = _identity(bob)
     spk_rec, opk_rec = bob["signed_prekey"], bob["one_time_prekey"]
     spk = SignedPrekeyPair.generate(
@@ -106,8 +111,8 @@ def test_bob_opens_the_first_message_and_seals_the_recorded_reply():
     )
     opk = OneTimePrekeyPair(opk_rec["id"], X25519.keypair_from_private(h(opk_rec["private"])))
     assert spk.sig.hex() == spk_rec["signature"]
-    rand = Scripted("replay", V1["randomness"]["bob.session"])
-    first, reply = V1["messages"][0], V1["messages"][1]
+    rand = Scripted("replay", vectors["randomness"]["bob.session"])
+    first, reply = vectors["messages"][0], vectors["messages"][1]
     session, message, used = Session.respond(
         identity, "bob", PrekeySet.of([spk], [opk]), h(first["envelope"]),
         config=RatchetConfig(rand=rand),
@@ -124,6 +129,7 @@ def test_safety_number():
     assert number.scannable.hex() == rec["alice_scannable"]
 
 
-def test_the_generator_reproduces_the_file():
+@pytest.mark.parametrize("version", sorted(FILES))
+def test_the_generator_reproduces_the_file(version):
     """The whole exchange replayed through the code equals the file, byte for byte."""
-    assert render(build_v1()) == V1_FILE.read_text()
+    assert render(build(version)) == FILES[version].read_text()
