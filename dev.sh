@@ -8,8 +8,15 @@ setup() {
     if [ ! -x "$venv/bin/python" ]; then
         python3 -m venv "$venv"
     fi
-    "$venv/bin/pip" install -q --upgrade pip >/dev/null
-    "$venv/bin/pip" install -q -e ".[test]"
+    # pip and setuptools are chatty (build warnings about editable installs): keep their
+    # output in a log and show it only when the install fails.
+    local log="$venv/install.log"
+    if ! { "$venv/bin/pip" install -q --upgrade pip && "$venv/bin/pip" install -q -e ".[test]"; } \
+        >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "dev.sh: installing hushwire into $venv failed (log above, also in $log)" >&2
+        exit 1
+    fi
 }
 
 case "${1:-}" in
