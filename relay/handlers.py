@@ -309,10 +309,11 @@ class Relay:
     def _send_checks(self, peer: Peer, req: Send) -> tuple[str, tuple[str, ...]]:
         user = self._user(peer)
         to = req.to
-        if len(to) == 1:  # the common case, without the generic dedupe
-            recipients: tuple[str, ...] = (check_username(to[0]),)
-        else:
-            recipients = tuple(dict.fromkeys(check_username(r) for r in to))
+        recipients = tuple(check_username(r) for r in to)
+        # One mid per named recipient, in order: a name given twice is refused, not merged
+        # (merging would hand back fewer mids than names; docs/protocol.md, send).
+        if len(recipients) > 1 and len(set(recipients)) != len(recipients):
+            raise RequestError(ErrorCode.BAD_REQUEST, "a recipient is named twice")
         if not recipients or len(recipients) > MAX_RECIPIENTS:
             raise RequestError(
                 ErrorCode.BAD_REQUEST, f"send needs 1 to {MAX_RECIPIENTS} distinct recipients"
