@@ -26,10 +26,10 @@ Sans-I/O: pure functions over frozen values; time and the group nonce are passed
 from __future__ import annotations
 
 import secrets
-from itertools import pairwise
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from itertools import pairwise
 from typing import Any, Final
 
 from Crypto.Hash import SHA256
