@@ -590,8 +590,8 @@ def join_group(
     else:
         before, change = parse_welcome(data)
         signed = SignedChange.from_bytes(change)
-        if signed.change.op is not ChangeOp.ADD:
-            raise GroupChangeRejected("a welcome carries an add")
+        if signed.change.op is not ChangeOp.ADD or signed.change.prev != before.hash:
+            raise GroupChangeRejected("a welcome carries an add to the state it comes with")
         state = next_state(before, signed, identity_keys)
         if me not in signed.change.users:
             raise GroupChangeRejected("the welcome does not add us")
