@@ -422,6 +422,8 @@ def _check_sender(
         raise GroupForked(f"{sender} sent under another membership state for epoch {state.epoch}")
     if not state.is_member(sender) or not log.current.is_member(sender):
         raise GroupMessageRejected(f"{sender} is not a member of this group")
+    if not state.is_member(transcript.me):
+        raise GroupMessageRejected(f"we were not a member at epoch {state.epoch}")
     if source == (transcript.me, transcript.device):
         raise GroupMessageRejected("a message from this very device")
 
