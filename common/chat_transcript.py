@@ -284,10 +284,13 @@ class Transcript:
         return self.views.get((user, device, epoch), EpochView())
 
     def with_view(self, user: str, device: int, epoch: int, view: EpochView) -> Transcript:
+        """This transcript with one view replaced; past MAX_VIEWS the oldest epoch goes."""
         key = (user, device, epoch)
-        if key not in self.views and len(self.views) >= MAX_VIEWS:
-            return self
-        return replace(self, views={**self.views, key: view})
+        views = {**self.views, key: view}
+        if len(views) > MAX_VIEWS:
+            oldest = min(e for (_, _, e) in views)
+            views = {k: v for k, v in views.items() if k[2] != oldest or k == key}
+        return replace(self, views=views)
 
     def last_from(self, user: str, device: int) -> tuple[int, int] | None:
         """The latest (epoch, seq) received from (or sent by) one device."""

@@ -29,7 +29,11 @@ from hushwire.common.chat_groups import (
     propose,
 )
 from hushwire.common.chat_transcript import (
+    KEEP_CHAINS,
+    KEEP_EXPECTED,
+    MAX_VIEWS,
     SEEN_HASH_LEN,
+    EpochView,
     Fork,
     GroupMessage,
     Missed,
@@ -522,3 +526,23 @@ def test_a_group_conversation_over_real_double_ratchet_sessions():
     with pytest.raises(GroupMessageRejected):
         bob.get(mallory, decode_content(message.plaintext)[1])
     assert bob.missed() == {}
+
+
+def test_what_a_transcript_remembers_is_bounded():
+    """Claims in `seen` about many devices cannot grow a client's memory without end:
+    past MAX_VIEWS the oldest epoch's views are dropped, never the one just recorded."""
+    _, bob = start("bob")
+    transcript = bob.transcript
+    for device in range(MAX_VIEWS + 10):
+        epoch = 1 if device < 100 else 2
+        transcript = transcript.with_view("alice", device, epoch, EpochView(known=1))
+    assert len(transcript.views) <= MAX_VIEWS
+    assert ("alice", MAX_VIEWS + 9, 2) in transcript.views
+    assert all(epoch == 2 for (_, _, epoch) in transcript.views)
+    view = EpochView()
+    for seq in range(1, KEEP_CHAINS + 50):
+        view = view.record(seq, bytes(32))
+    assert len(view.chains) == KEEP_CHAINS and view.floor == KEEP_CHAINS + 49
+    for seq in range(KEEP_CHAINS + 100, KEEP_CHAINS + 100 + KEEP_EXPECTED + 20):
+        view = view.expect(seq, bytes(16), "carol")
+    assert len(view.expected) == KEEP_EXPECTED
