@@ -49,6 +49,7 @@ from hushwire.common.chat_transcript import (
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.encoding import pack, unpack_canonical
 from hushwire.common.crypto.envelope import DecryptedMessage, Envelope, Session
+from hushwire.common.crypto.group_payload import open_group_payload, seal_group_payload
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.errors import (
     DecryptionError,
@@ -476,9 +477,12 @@ def test_every_drop_is_counted_exactly_once_all_have_spoken(plan):
 
 
 def test_a_group_conversation_over_real_double_ratchet_sessions():
-    """Fan-out: one sealed envelope per member, the sender taken from the envelope.
-    mallory, a member, cannot make bob accept a message as alice's."""
-    users = {name: make_user(name, X25519) for name in ("alice", "bob", "mallory")}
+    """The whole design without the relay: the message encrypted once, its key note
+    sealed per device over real X3DH + Double Ratchet sessions, the sender taken from
+    the envelope. mallory, a member, cannot make bob accept a message as alice's, and
+    carol, removed, cannot read what follows even with the payload in hand."""
+    names = ("alice", "bob", "carol", "mallory")
+    users = {name: make_user(name, X25519) for name in names}
     sessions: dict[tuple[str, str], Session] = {}
 
     def seal(sender: str, recipient: str, plaintext: bytes) -> bytes:
@@ -501,31 +505,57 @@ def test_a_group_conversation_over_real_double_ratchet_sessions():
             return message
         return sessions[recipient, sender].decrypt(envelope)
 
-    alice, bob, mallory = start("bob", "mallory")
-    by_name = {"alice": alice, "bob": bob, "mallory": mallory}
+    alice, bob, carol, mallory = start("bob", "carol", "mallory")
+    by_name = {"alice": alice, "bob": bob, "carol": carol, "mallory": mallory}
+
+    def post(speaker: Device, text: str) -> tuple[dict[str, bytes], bytes]:
+        """What the relay would carry: one envelope per target, one payload."""
+        note, payload = seal_group_payload(speaker.send(text))
+        targets = fan_out(speaker.log, 1, {n: [1] for n in by_name}).targets
+        plaintext = encode_content(ContentType.GROUP_MESSAGE, note)
+        return {name: seal(speaker.name, name, plaintext) for name, _ in targets}, payload
+
+    notes: dict[str, bytes] = {}
+
+    def deliver(name: str, envelope: bytes, payload: bytes) -> Received:
+        message = open_(name, envelope)
+        kind, note = decode_content(message.plaintext)
+        assert kind is ContentType.GROUP_MESSAGE
+        notes[name] = note
+        return by_name[name].get(by_name[message.sender], open_group_payload(note, payload))
+
     script = [(alice, "hello all"), (mallory, "hi"), (mallory, "me again"), (alice, "again")]
     for speaker, text in script:
-        payload = encode_content(ContentType.GROUP_MESSAGE, speaker.send(text))
-        targets = fan_out(speaker.log, 1, {n: [1] for n in by_name}).targets
-        for name, _device in targets:
-            message = open_(name, seal(speaker.name, name, payload))
-            kind, data = decode_content(message.plaintext)
-            assert kind is ContentType.GROUP_MESSAGE
-            got = by_name[name].get(by_name[message.sender], data)
+        envelopes, payload = post(speaker, text)
+        for name, envelope in envelopes.items():
+            got = deliver(name, envelope, payload)
             assert (got.sender, got.message.text) == (speaker.name, text)
-    # mallory seals alice's next group message in her own session, claiming alice.
-    data = encode_content(ContentType.GROUP_MESSAGE, alice.send("forged?"))
-    draft = sessions["mallory", "bob"].encrypt(data, T0)
+
+    # alice posts; mallory re-seals the key note she was given, first claiming alice.
+    envelopes, payload = post(alice, "pay mallory")
+    deliver("mallory", envelopes["mallory"], payload)
+    draft = seal("mallory", "bob", encode_content(ContentType.GROUP_MESSAGE, notes["mallory"]))
     lying = dataclasses.replace(Envelope.from_bytes(draft), sender="alice").to_bytes()
     with pytest.raises(DecryptionError):
         sessions["bob", "alice"].decrypt(lying)
     with pytest.raises(DecryptionError):
         sessions["bob", "mallory"].decrypt(lying)
-    # Delivered honestly as mallory's, alice's message fails alice's chain under mallory.
-    message = sessions["bob", "mallory"].decrypt(draft)
-    with pytest.raises(GroupMessageRejected):
-        bob.get(mallory, decode_content(message.plaintext)[1])
+    # As mallory's own, the payload is a message of alice's chain, not of mallory's.
+    with pytest.raises(GroupMessageRejected, match="chain"):
+        deliver("bob", draft, payload)
+    assert deliver("bob", envelopes["bob"], payload).sender == "alice"
     assert bob.missed() == {}
+
+    # carol is removed; the relay still hands her the next payload.
+    remove = admin_change(alice, ChangeOp.REMOVE, users=["carol"])
+    for member in (bob, carol, mallory):
+        member.change(remove)
+    envelopes, payload = post(alice, "carol is gone")
+    assert set(envelopes) == {"bob", "mallory"}
+    for name, envelope in envelopes.items():
+        assert deliver(name, envelope, payload).message.text == "carol is gone"
+    with pytest.raises(DecryptionError, match="not the one"):
+        open_group_payload(notes["carol"], payload)  # the last key carol was given
 
 
 def test_what_a_transcript_remembers_is_bounded():
