@@ -421,12 +421,12 @@ def _check_sender(
     state = log.state_at(message.epoch)
     if state is None:
         raise GroupMessageRejected("message was sent before we joined")
+    if not state.is_member(transcript.me):
+        raise GroupMessageRejected(f"we were not a member at epoch {state.epoch}")
     if state.hash != message.state_hash:
         raise GroupForked(f"{sender} sent under another membership state for epoch {state.epoch}")
     if not state.is_member(sender) or not log.current.is_member(sender):
         raise GroupMessageRejected(f"{sender} is not a member of this group")
-    if not state.is_member(transcript.me):
-        raise GroupMessageRejected(f"we were not a member at epoch {state.epoch}")
     if source == (transcript.me, transcript.device):
         raise GroupMessageRejected("a message from this very device")
 
