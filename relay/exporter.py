@@ -82,7 +82,9 @@ def families(s: Snapshot) -> Iterator[Metric]:
         "hushwire_commit_batch_size", "Operations written per group commit.", s.commit_batch
     )
     yield _histogram(
-        "hushwire_commit_seconds", "Time from handing a group commit to the db until it is committed.", s.commit_seconds
+        "hushwire_commit_seconds",
+        "Time from handing a group commit to the db until it is committed.",
+        s.commit_seconds,
     )
     yield _by(
         CounterMetricFamily,
