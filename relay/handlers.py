@@ -53,6 +53,7 @@ from hushwire.relay.config import RelayConfig
 from hushwire.relay.device_handlers import DeviceHandlers
 from hushwire.relay.devices import principal, split_principal
 from hushwire.relay.errors import StoreError
+from hushwire.relay.metrics import RelayCounters
 from hushwire.relay.ratelimit import RateLimiter
 from hushwire.relay.store import Store
 from hushwire.relay.tokens import DUMMY, verify_token
@@ -162,6 +163,7 @@ class Relay:
         self.group = group
         self.online: dict[str, Peer] = {}  # by principal: one live session per device
         self._devices_online: Counter[str] = Counter()  # by account
+        self.counters = RelayCounters()
         self._login_by_user = RateLimiter(config.login_limit)
         self._login_by_addr = RateLimiter(config.login_limit)
         self._sends = RateLimiter(config.send_limit)
@@ -219,7 +221,10 @@ class Relay:
         wait = self._login_by_addr.retry_after(peer.peer_address, now)
         if user is not None:
             wait = max(wait, self._login_by_user.retry_after(user, now))
+        logins = self.counters.logins
         if wait:
+            logins["rate_limited"] += 1
+            self.counters.rate_limited["login"] += 1
             raise RequestError(
                 ErrorCode.RATE_LIMITED,
                 f"too many failed logins; retry in {math.ceil(wait)} s",
@@ -234,6 +239,7 @@ class Relay:
 
     async def _login(self, peer: Peer, req: Login, now: float) -> LoginOk:
         self.check_login_rate(peer, req.user, now)
+        logins = self.counters.logins
         device = 1 if req.device is None else req.device
         name = principal(req.user, device) if is_valid_username(req.user) else None
         record = await self.store.get_user(name) if name is not None and device > 0 else None
@@ -241,12 +247,15 @@ class Relay:
         salt, expected = (record.token_salt, record.token_hash) if record else DUMMY
         if not verify_token(req.token, salt, expected) or record is None or name is None:
             self.failed_login(peer, req.user, now)
+            logins["auth_failed"] += 1
             log.info("failed login for %r from %s", req.user, peer.peer_address)
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
         if record.disabled:
+            logins["user_disabled"] += 1
             raise RequestError(ErrorCode.USER_DISABLED, f"user {req.user} is disabled")
         if self.config.client_ca is not None and peer.cert_name != req.user:
             # Mutual TLS: a token alone is not enough; it must come with that user's cert.
+            logins["wrong_certificate"] += 1
             raise RequestError(
                 ErrorCode.AUTH_FAILED, f"the client certificate is not for user {req.user}"
             )
@@ -267,6 +276,7 @@ class Relay:
         # every login until they fetch the new bundle).
         for target, identity in await self.store.changed_identities(name):
             peer.push(KeyChanged(user=split_principal(target)[0], identity=identity))
+        logins["ok"] += 1
         log.info("login %s device %d from %s", req.user, device, peer.peer_address)
         if first:
             self._announce(req.user, online=True)
@@ -338,7 +348,7 @@ class Relay:
             )
         for otpk in one_time:
             self._check_public(otpk.key, "one-time prekey")
-        self._limit(self._publishes, user, now, "key uploads")
+        self._limit(self._publishes, "publish", user, now, "key uploads")
         result = await self.store.publish_keys(
             user, identity=req.identity, signed_prekey=spk, one_time=one_time, now=int(now)
         )
@@ -358,7 +368,7 @@ class Relay:
         target = check_username(req.user)
         device = 1 if req.device is None else req.device
         # X3DH 4.7: a client could drain a victim's one-time prekeys; bound the rate.
-        self._limit(self._fetches, user, now, "prekey bundle fetches")
+        self._limit(self._fetches, "fetch", user, now, "prekey bundle fetches")
         name = principal(target, device)
         if device < 1 or not await self.store.user_exists(name):
             if device != 1 and await self.store.user_exists(target):
@@ -377,10 +387,11 @@ class Relay:
     def _send_checks(self, peer: Peer, req: Send) -> tuple[str, tuple[str, ...]]:
         user = self._user(peer)
         to = req.to
-        if len(to) == 1:  # the common case, without the generic dedupe
-            recipients: tuple[str, ...] = (check_username(to[0]),)
-        else:
-            recipients = tuple(dict.fromkeys(check_username(r) for r in to))
+        recipients = tuple(check_username(r) for r in to)
+        # One mid per named recipient, in order: a name given twice is refused, not merged
+        # (merging would hand back fewer mids than names; docs/protocol.md, send).
+        if len(recipients) > 1 and len(set(recipients)) != len(recipients):
+            raise RequestError(ErrorCode.BAD_REQUEST, "a recipient is named twice")
         if not recipients or len(recipients) > MAX_RECIPIENTS:
             raise RequestError(
                 ErrorCode.BAD_REQUEST, f"send needs 1 to {MAX_RECIPIENTS} distinct recipients"
@@ -404,14 +415,17 @@ class Relay:
                 return False
         if not self.store.single_device((peer.account or user, *recipients)):
             return False  # `_send` answers mismatched_devices with the lists
-        self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
+        self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
         out = _Outgoing(self.online, peer, recipients, int(now), (req.body,) * len(recipients))
+        counters = self.counters
 
         def done(mids: list[int] | None, exc: BaseException | None) -> None:
             if exc is not None:
                 out.unhold()
                 reply(exc)
             elif mids is not None:
+                counters.sends += 1
+                counters.envelopes += len(mids)
                 out.offer_committed(mids)
                 reply(SendOk(id=req.id, mids=tuple(mids), ts=out.ts))
 
@@ -432,7 +446,7 @@ class Relay:
                 "a recipient or the sender has several devices: use send_devices",
                 device_lists=tuple(a.signed for a in wrong.values() if a.signed is not None),
             )
-        self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
+        self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
         out = _Outgoing(self.online, peer, recipients, int(now), (req.body,) * len(recipients))
         # Nothing may await before enqueue: the store takes sends in call order, which
         # keeps one sender's envelopes in order even when they are pipelined.
@@ -443,6 +457,8 @@ class Relay:
         except BaseException:
             out.unhold()
             raise
+        self.counters.sends += 1
+        self.counters.envelopes += len(mids)
         out.offer_committed(mids)
         return SendOk(id=req.id, mids=tuple(mids), ts=out.ts)
 
@@ -459,7 +475,7 @@ class Relay:
         """Queue one body per recipient principal, all or nothing; `keep` says which of
         the request's envelopes these are (the others get mid 0: dropped)."""
         user = self._user(peer)
-        self._limit(self._sends, user, now, "envelopes", cost=max(len(keep), 1))
+        self._limit(self._sends, "send", user, now, "envelopes", cost=max(len(keep), 1))
         out = _Outgoing(self.online, peer, recipients, int(now), bodies)
         mids: list[int] = []
         if recipients:
@@ -471,6 +487,8 @@ class Relay:
                 out.unhold()
                 raise
             out.offer_committed(mids)
+            self.counters.sends += 1
+            self.counters.envelopes += len(mids)
         taken = iter(mids)
         return SendOk(id=rid, mids=tuple(next(taken) if k else 0 for k in keep), ts=out.ts)
 
@@ -482,7 +500,9 @@ class Relay:
         deleted = self.store.ack_nowait(user, req.mids)
         if deleted is None:
             return False
+        counters = self.counters
         if isinstance(deleted, int):
+            counters.acks += deleted
             peer.acked(req.mids)
             reply(AckOk(id=req.id, deleted=deleted))
             return True
@@ -493,6 +513,7 @@ class Relay:
             elif (exc := f.exception()) is not None:
                 reply(exc)
             else:
+                counters.acks += f.result()
                 peer.acked(req.mids)
                 reply(AckOk(id=req.id, deleted=f.result()))
 
@@ -502,6 +523,7 @@ class Relay:
     async def _ack(self, peer: Peer, req: Ack, now: float) -> AckOk:
         user = self._user(peer)
         deleted = await self.store.ack(user, req.mids)
+        self.counters.acks += deleted
         peer.acked(req.mids)
         return AckOk(id=req.id, deleted=deleted)
 
@@ -570,12 +592,15 @@ class Relay:
             raise RequestError(ErrorCode.OUT_OF_ORDER, "log in first")
         return peer.account, peer.device
 
-    @staticmethod
-    def _limit(limiter: RateLimiter, key: str, now: float, what: str, *, cost: float = 1.0) -> None:
+    def _limit(
+        self, limiter: RateLimiter, kind: str, key: str, now: float, what: str, *, cost: float = 1.0
+    ) -> None:
         if cost > limiter.rate.burst:
+            self.counters.rate_limited[kind] += 1
             raise RequestError(ErrorCode.RATE_LIMITED, f"too many {what} in one request")
         wait = limiter.consume(key, now, cost)
         if wait:
+            self.counters.rate_limited[kind] += 1
             raise RequestError(
                 ErrorCode.RATE_LIMITED,
                 f"too many {what}; retry in {wait:.1f} s",

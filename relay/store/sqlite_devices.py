@@ -1,6 +1,6 @@
-"""The store's accounts-and-devices part (migration 0004): every SQL statement about
-devices and device lists. Mixed into `Store`, whose connection, caches and `_run` it
-uses; kept in its own file because it is one concern and the mailbox core is large.
+"""SQLite for accounts with devices (migration 0004): every statement about devices
+and device lists. A mixin of `SqliteBackend` (its `_run`); the in-memory side is
+store/devices.py.
 
 A device is a principal: a `users` row with its own token, keys and mailbox (device 1
 is the account's own row, so a db from before devices needs no data moved).
@@ -8,7 +8,6 @@ is the account's own row, so a db from before devices needs no data moved).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -17,7 +16,7 @@ from typing import TypeVar
 from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.keys import IdentityPublic, SignedDeviceList
-from hushwire.relay.devices import AccountDevices, principal
+from hushwire.relay.devices import AccountDevices
 from hushwire.relay.errors import UnknownUser
 
 T = TypeVar("T")
@@ -93,13 +92,10 @@ def _drop_device(conn: sqlite3.Connection, aid: int, device: int) -> str | None:
     return name
 
 
-class DeviceStore:
-    """Accounts, their devices and signed lists (see the module docstring). A mixin of
-    `Store`: `_run`, `_forget`, the id cache and `_reserve` are the store's."""
+class SqliteDevices:
+    """Accounts, their devices and signed lists (see the module docstring)."""
 
-    _multi: set[str]  # accounts with more than one device, kept in memory for `send`
-
-    async def _load_multi(self) -> None:
+    async def multi_device_accounts(self) -> set[str]:
         def run(conn: sqlite3.Connection) -> set[str]:
             return {
                 r[0]
@@ -109,18 +105,7 @@ class DeviceStore:
                 )
             }
 
-        self._multi = await self._run(run)
-
-    def single_device(self, accounts: Sequence[str]) -> bool:
-        """True if none of `accounts` has more than one device (a one-body send is whole)."""
-        multi = self._multi
-        return not multi or not any(a in multi for a in accounts)
-
-    def _note_count(self, account: str, count: int) -> None:
-        if count > 1:
-            self._multi.add(account)
-        else:
-            self._multi.discard(account)
+        return await self._run(run)
 
     async def account_devices(self, accounts: Sequence[str]) -> dict[str, AccountDevices]:
         """Each existing account's devices and stored list (unknown names are left out)."""
@@ -222,9 +207,10 @@ class DeviceStore:
         *,
         removed: frozenset[int],
         now: int,
-    ) -> list[str]:
+    ) -> tuple[list[str], list[str], int]:
         """Store a newer list and unlink the devices it left out, in one transaction;
-        STALE_DEVICE_LIST if another list got in first. Returns the watchers."""
+        STALE_DEVICE_LIST if another list got in first. Returns (watchers, principals
+        removed, devices left)."""
 
         def run(conn: sqlite3.Connection) -> tuple[list[str], list[str], int]:
             def body() -> tuple[list[str], list[str], int]:
@@ -236,11 +222,7 @@ class DeviceStore:
 
             return _transaction(conn, body)
 
-        watchers, gone, count = await self._run(run)
-        for name in gone:
-            self._forget(name)
-        self._note_count(account, count)
-        return watchers
+        return await self._run(run)
 
     async def add_device(
         self,
@@ -249,13 +231,13 @@ class DeviceStore:
         version: int,
         signed: SignedDeviceList,
         *,
+        name: str,
         token_hash: bytes,
         salt: bytes,
         now: int,
-    ) -> list[str]:
-        """Create a linked device (its principal, credential and empty mailbox) and store
-        the list that names it, in one transaction. Returns the watchers."""
-        name = principal(account, device)
+    ) -> tuple[list[str], int]:
+        """Create a linked device (principal `name`, credential, empty mailbox) and store
+        the list that names it, in one transaction. Returns (watchers, devices now)."""
 
         def run(conn: sqlite3.Connection) -> tuple[list[str], int]:
             def body() -> tuple[list[str], int]:
@@ -281,12 +263,11 @@ class DeviceStore:
 
             return _transaction(conn, body)
 
-        watchers, count = await self._run(run)
-        self._note_count(account, count)
-        return watchers
+        return await self._run(run)
 
-    async def reset_devices(self, account: str, *, keep: int) -> frozenset[int]:
-        """A new identity: unlink every device but `keep` and drop the account's list."""
+    async def reset_devices(self, account: str, *, keep: int) -> tuple[list[int], list[str]]:
+        """A new identity: unlink every device but `keep` and drop the account's list.
+        Returns (device ids, principals removed)."""
 
         def run(conn: sqlite3.Connection) -> tuple[list[int], list[str]]:
             def body() -> tuple[list[int], list[str]]:
@@ -304,16 +285,11 @@ class DeviceStore:
 
             return _transaction(conn, body)
 
-        ids, gone = await self._run(run)
-        for name in gone:
-            self._forget(name)
-        self._note_count(account, 1)
-        return frozenset(ids)
+        return await self._run(run)
 
-    async def remove_device(self, account: str, device: int) -> None:
-        """Operator removal (`hushwire-admin remove-device`): credential, mailbox and keys
-        go; the account's signed list still names the device until one of its devices
-        signs a new one (senders' envelopes for it are dropped meanwhile)."""
+    async def remove_device(self, account: str, device: int) -> tuple[str, int]:
+        """Operator removal: credential, mailbox and keys go. Returns (principal removed,
+        devices left)."""
 
         def run(conn: sqlite3.Connection) -> tuple[str, int]:
             def body() -> tuple[str, int]:
@@ -327,32 +303,7 @@ class DeviceStore:
 
             return _transaction(conn, body)
 
-        name, count = await self._run(run)
-        self._forget(name)
-        self._note_count(account, count)
-
-    async def enqueue_each(
-        self,
-        sender: str,
-        recipients: Sequence[str],
-        bodies: Sequence[bytes],
-        *,
-        now: int,
-        on_reserved: Callable[[list[int]], None] | None = None,
-    ) -> list[int]:
-        """`enqueue` with one body per recipient principal: one operation, so the group
-        commit writes all of its rows or none."""
-        if len(bodies) != len(recipients):
-            raise RequestError(ErrorCode.BAD_REQUEST, "one body per recipient")
-        self._check_recipients(recipients, b"")
-        if self.cached(recipients):
-            rids = [self._ids[n] for n in recipients]
-        else:
-            rids = await self._resolve_in_turn(recipients)
-            self._check_open()
-        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._reserve(sender, recipients, rids, bodies, now, on_reserved, fut)
-        return await fut
+        return await self._run(run)
 
 
 def _require(conn: sqlite3.Connection, account: str) -> int:
