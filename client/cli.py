@@ -234,7 +234,13 @@ async def cmd_login(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: T
     profile = _profile(args)
     passphrase = read_passphrase(confirm=not ProfileStore.exists(profile) and sys.stdin.isatty())
     settings = _relay_settings(args, token)
-    client = await HushwireClient.login(profile, passphrase, settings, fingerprint=args.fingerprint)
+    client = await HushwireClient.login(
+        profile,
+        passphrase,
+        settings,
+        fingerprint=args.fingerprint,
+        replace_identity=args.replace_identity,
+    )
     try:
         fp = client.settings.pin
         if args.ca:
@@ -492,6 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin exactly this certificate fingerprint (AB:CD:...) instead of "
         "trusting the first one seen; also the way to accept a replaced "
         "relay certificate after checking it with the operator",
+    )
+    p.add_argument(
+        "--replace-identity",
+        action="store_true",
+        help="make this profile's keys the account's new identity (after losing the old "
+        "profile): every other device is unlinked and contacts see a key change. Without "
+        "it, logging in from a second profile is refused: link it instead",
     )
     p.set_defaults(func=cmd_login)
 

@@ -185,8 +185,14 @@ class HushwireClient:
         clock: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
         kdf: KdfParams | None = None,
+        replace_identity: bool = False,
     ) -> HushwireClient:
         """Create or update a profile, connect, pin the relay, log in, publish keys.
+
+        A profile whose identity is not the account's is refused by the relay
+        (`account_has_devices`, raised here): a second machine links instead. With
+        `replace_identity` this profile's identity replaces the account's and its other
+        devices are unlinked (a reinstall); contacts see a key change.
 
         Pinning: with a CA file the certificate is validated instead; with `fingerprint`
         exactly that one is accepted; else a pin stored for the same address is kept;
@@ -248,6 +254,11 @@ class HushwireClient:
                 backoff=backoff,
             )
             client.fingerprint_learned = pin is None and settings.ca_file is None
+            client._keys.replace_identity = replace_identity
+            # Keys first, so a refusal (account_has_devices) fails the login itself.
+            await client._keys.upload(
+                conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
+            )
             await client._adopt(conn, ok)
             client._runner = asyncio.create_task(client._run())
         except BaseException:

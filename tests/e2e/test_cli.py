@@ -156,7 +156,7 @@ async def test_key_change_holds_send_until_trust(cli, relay, login, reopen):
     await bob.close()
     alice = await reopen("alice", profile=Path(cli.profile("alice")))
     await alice.start()  # online, so the relay pushes key_changed to her
-    bob2 = await login(relay, "bob", profile=cli.tmp / "bob-new")
+    bob2 = await login(relay, "bob", profile=cli.tmp / "bob-new", replace_identity=True)
     await next_event(alice, KeyChanged)
     await alice.close()
     code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "bob", "held one")
