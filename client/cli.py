@@ -424,6 +424,52 @@ async def cmd_contacts(args: argparse.Namespace, out: TextIO, err: TextIO, stdin
     return EXIT_OK
 
 
+def _utc(ts: int | None) -> str:
+    if ts is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+async def cmd_devices(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    client = await _open_started(args)
+    try:
+        for d in await client.devices():
+            if args.json:
+                record = {
+                    "id": d.id,
+                    "name": d.name,
+                    "linked_at": d.linked_at,
+                    "last_seen": d.last_seen,
+                    "this": d.this,
+                }
+                print(json.dumps(record), file=out)
+                continue
+            mark = " (this device)" if d.this else ""
+            line = (
+                f"{d.id:>3}  {d.name:<24} linked {_utc(d.linked_at)}, last seen {_utc(d.last_seen)}"
+            )
+            print(safe_for_terminal(line + mark), file=out)
+        _drain_warnings(client, err)
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
+async def cmd_unlink(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    client = await _open_started(args)
+    try:
+        await client.unlink(args.device)
+        print(
+            f"device {args.device} unlinked: the relay revoked it and contacts stop "
+            "encrypting to it",
+            file=out,
+        )
+        _drain_warnings(client, err)
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
 def cmd_chat(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     """The full-screen UI lives in client/tui/ (prompt_toolkit), loaded only here."""
     if importlib.util.find_spec("hushwire.client.tui") is None:
@@ -567,6 +613,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="JSON lines output")
     p.set_defaults(func=cmd_contacts)
+
+    p = add(
+        "devices",
+        "list your account's devices",
+        "List the devices of your account from its signed device list (checked against "
+        "your identity): id, name, when linked, when last seen by the relay.",
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines output")
+    p.set_defaults(func=cmd_devices)
+
+    p = add(
+        "unlink",
+        "remove one of your devices",
+        "Sign a device list without device ID and publish it: the relay revokes the "
+        "device's credential and drops its mailbox; contacts stop encrypting to it.",
+    )
+    p.add_argument("device", type=int, metavar="ID", help="the device id (hushwire devices)")
+    p.set_defaults(func=cmd_unlink)
 
     p = add(
         "chat",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from hushwire.client.connection import RelayConnection, TlsSettings
+from hushwire.client.devices import DeviceInfo, DeviceLists
 from hushwire.client.errors import (
     CertificateMismatch,
     ConnectionClosed,
@@ -57,7 +58,9 @@ from hushwire.client.session import SessionManager, load_or_create_identity
 from hushwire.client.settings import Backoff, RelaySettings
 from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common import messages as wire
+from hushwire.common.crypto.devices import Device
 from hushwire.common.crypto.dh import DHGroup, group_by_name
+from hushwire.common.crypto.link import LinkOffer
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.names import check_username, is_valid_username
@@ -126,7 +129,16 @@ class HushwireClient:
         self.fingerprint_learned = False  # set by login(): the pin was learned just now
         emit = self.events.put_nowait
         self._keys = KeyUpkeep(sessions, lambda text: emit(Notice(text)))
-        self._inbox = Inbox(sessions, self._keys, emit, self._online)
+        self._devices = DeviceLists(
+            store,
+            settings.user,
+            settings.device,
+            sessions.identity,
+            sessions.group,
+            lambda text: emit(Notice(text)),
+            clock,
+        )
+        self._inbox = Inbox(sessions, self._keys, emit, self._online, self._devices)
         self._outbox = Outbox(
             sessions, emit, lambda: self._conn, lambda: self._max_frame, settings.address
         )
@@ -310,7 +322,7 @@ class HushwireClient:
         s = self.settings
         conn = await RelayConnection.connect(s.host, s.port, s.tls())
         try:
-            ok = await conn.handshake(s.user, s.token)
+            ok = await conn.handshake(s.user, s.token, None if s.device == 1 else s.device)
             hello = conn.hello
             if hello is not None and hello.group != self.sessions.group.name:
                 raise ProfileMismatch(
@@ -337,6 +349,7 @@ class HushwireClient:
             await self._keys.upload(
                 conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
             )
+            await self._devices.refresh(conn)
             await self.who()
             await self.flush_outbox()
         except ConnectionClosed:
@@ -439,6 +452,26 @@ class HushwireClient:
     async def flush_outbox(self) -> int:
         """Send what waited for a connection; returns how many the relay accepted."""
         return await self._outbox.flush(self._require_conn())
+
+    # --- devices ---------------------------------------------------------------------
+
+    async def devices(self) -> list[DeviceInfo]:
+        """This account's devices, from its signed list as verified here."""
+        return await self._devices.devices(self._require_conn())
+
+    async def offer_link(self, ttl: float = 300.0) -> tuple[LinkOffer, int]:
+        """Start linking a new device: show `offer.code.text()` to the user (the relay's
+        expiry, Unix seconds, is returned too), then call `accept_link(offer)`."""
+        return await self._devices.offer_link(self._require_conn(), ttl=ttl)
+
+    async def accept_link(self, offer: LinkOffer) -> Device:
+        """Wait for the device that types the code, list it and hand it the identity."""
+        return await self._devices.accept_link(self._require_conn(), offer)
+
+    async def unlink(self, device_id: int) -> None:
+        """Sign a device list without `device_id` and publish it: the relay revokes the
+        device and contacts stop encrypting to it (UnknownDevice if it is not listed)."""
+        await self._devices.unlink(self._require_conn(), device_id)
 
     # --- contacts, trust, history -----------------------------------------------------
 
