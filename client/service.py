@@ -271,7 +271,7 @@ class HushwireClient:
             await client._keys.upload(
                 conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
             )
-            await client._adopt(conn, ok)
+            await client._adopt(conn, ok, keys_uploaded=True)
             client._runner = asyncio.create_task(client._run())
         except BaseException:
             if conn is not None:
@@ -334,7 +334,9 @@ class HushwireClient:
             raise
         return conn, ok
 
-    async def _adopt(self, conn: RelayConnection, ok: wire.LoginOk) -> None:
+    async def _adopt(
+        self, conn: RelayConnection, ok: wire.LoginOk, *, keys_uploaded: bool = False
+    ) -> None:
         """A fresh logged-in connection: start its loops, upload keys, flush the outbox."""
         self._conn = conn
         if conn.hello is not None and conn.hello.max_frame != self._max_frame:
@@ -346,9 +348,10 @@ class HushwireClient:
             task.add_done_callback(self._conn_tasks.discard)
         self._set_state("connected", f"logged in to {self.relay} as {self.user}")
         try:
-            await self._keys.upload(
-                conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
-            )
+            if not keys_uploaded:  # login() uploads before adopting, to fail on refusal
+                await self._keys.upload(
+                    conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
+                )
             await self._devices.refresh(conn)
             await self.who()
             await self.flush_outbox()

@@ -394,6 +394,6 @@ async def test_start_without_waiting_retries_until_the_relay_is_back(relay, logi
 
 async def test_a_second_login_elsewhere_disconnects_without_a_fight(relay, login, tmp_path):
     alice = await login(relay, "alice")
-    await login(relay, "alice", profile=tmp_path / "alice-elsewhere")
+    await login(relay, "alice", profile=tmp_path / "alice-elsewhere", replace_identity=True)
     gone = await next_event(alice, ConnectionState, lambda e: e.state == "disconnected")
     assert "session_replaced" in gone.detail
