@@ -3,7 +3,9 @@
 Relay: a real relay (TLS on 127.0.0.1, SQLite in a temp dir) and real client connections.
 One sender pipelines `send_devices` requests (256-byte envelopes, one per device of the
 recipient, 64 in flight) to an account whose K devices are all online and ack every
-delivery; it prints messages/s and envelopes/s the relay commits.
+delivery (each receiver waits for its ack's reply before the next, as the client does);
+it prints messages/s and envelopes/s end to end. The first row is the same run with the
+one-body `send` of a single-device account, for comparison.
 Client: the CPU one message costs the sender, sealing it for K device sessions (Double
 Ratchet encrypt and envelope encoding per device, X25519), measured in-process.
 
@@ -28,7 +30,14 @@ from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.envelope import Session
 from hushwire.common.crypto.identity import IdentityKeyPair, SignedPrekeyPair
 from hushwire.common.keys import PrekeyBundle
-from hushwire.common.messages import Ack, Deliver, DeviceEnvelope, ListVersion, SendDevices
+from hushwire.common.messages import (
+    Ack,
+    Deliver,
+    DeviceEnvelope,
+    ListVersion,
+    Send,
+    SendDevices,
+)
 from hushwire.relay.config import RelayConfig
 from hushwire.relay.server import RelayServer
 from hushwire.relay.store import Store
@@ -71,7 +80,8 @@ async def _drain(conn: RelayConnection, want: int, done: asyncio.Event) -> None:
     done.set()
 
 
-async def relay_run(messages: int, devices: int) -> tuple[float, float]:
+async def relay_run(messages: int, devices: int, *, legacy: bool = False) -> tuple[float, float]:
+    """(messages/s, envelopes/s); `legacy` sends one-body `send`s (one device only)."""
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "relay.db"
         tokens = await _accounts(db, devices)
@@ -97,7 +107,10 @@ async def relay_run(messages: int, devices: int) -> tuple[float, float]:
 
             async def one() -> None:
                 async with slots:
-                    await alice.request(SendDevices, envelopes=envelopes, lists=views)
+                    if legacy:
+                        await alice.request(Send, to=("bob",), body=BODY)
+                    else:
+                        await alice.request(SendDevices, envelopes=envelopes, lists=views)
 
             start = time.perf_counter()
             await asyncio.gather(*(one() for _ in range(messages)))
@@ -134,6 +147,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 5])
     args = parser.parse_args()
     print("devices  relay msgs/s  relay envelopes/s  client CPU us/msg")
+    msgs, envs = asyncio.run(relay_run(args.messages, 1, legacy=True))
+    print(f"{'1 send':>7}  {msgs:>12,.0f}  {envs:>17,.0f}  {client_cpu_us(1):>17,.0f}")
     for k in args.devices:
         msgs, envs = asyncio.run(relay_run(args.messages, k))
         print(f"{k:>7}  {msgs:>12,.0f}  {envs:>17,.0f}  {client_cpu_us(k):>17,.0f}")
