@@ -131,13 +131,14 @@ def _read_token(args: argparse.Namespace, stdin: TextIO) -> str:
     return token
 
 
-def _relay_settings(args: argparse.Namespace, token: str) -> RelaySettings:
+def _absolute(path: str | None) -> str | None:
     """Paths are stored absolute, so later runs from another directory still find them."""
+    return str(Path(path).resolve()) if path else None
+
+
+def _relay_settings(args: argparse.Namespace, token: str) -> RelaySettings:
     host, port = args.relay
-
-    def absolute(path: str | None) -> str | None:
-        return str(Path(path).resolve()) if path else None
-
+    absolute = _absolute
     return RelaySettings(
         host=host,
         port=port,
@@ -227,7 +228,63 @@ async def _open_started(args: argparse.Namespace, *, required: bool = True) -> H
 # --- commands -----------------------------------------------------------------------
 
 
+async def _login_link(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.user or args.token or args.token_file or args.client_cert or args.replace_identity:
+        raise CliError(
+            "--link takes the account and a new credential from the code: "
+            "no --user, --token, --client-cert or --replace-identity"
+        )
+    profile = _profile(args)
+    passphrase = read_passphrase(confirm=sys.stdin.isatty())
+    host, port = args.relay
+    client = await HushwireClient.login_link(
+        profile,
+        passphrase,
+        host=host,
+        port=port,
+        code=args.link,
+        name=args.name,
+        fingerprint=args.fingerprint,
+        ca_file=_absolute(args.ca),
+    )
+    try:
+        print(
+            f"linked as device {client.settings.device} of {client.user}; profile {profile}",
+            file=out,
+        )
+        if client.fingerprint_learned:
+            print(f"relay certificate pinned: {client.settings.pin}", file=out)
+        await client.sync()
+        _drain_warnings(client, err)
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
+async def cmd_link(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    client = await _open_started(args)
+    try:
+        offer, expires_at = await client.offer_link(args.ttl)
+        print("On the new machine, run within the next minutes:", file=out)
+        print(
+            f"  hushwire login --relay {client.relay} --link {offer.code.text()}"
+            " --profile NEW_PROFILE",
+            file=out,
+        )
+        print(f"the code works once and expires at {_utc(expires_at)}", file=out, flush=True)
+        device = await client.accept_link(offer)
+        print(safe_for_terminal(f"linked device {device.id} ({device.name})"), file=out)
+        _drain_warnings(client, err)
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
 async def cmd_login(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    if args.link is not None:
+        return await _login_link(args, out, err)
+    if args.user is None:
+        raise CliError("login needs --user NAME (or --link CODE from another device)")
     if (args.client_cert is None) != (args.client_key is None):
         raise CliError("--client-cert and --client-key go together")
     token = _read_token(args, stdin)
@@ -529,8 +586,17 @@ def build_parser() -> argparse.ArgumentParser:
         "published on the first login. The token is never printed.",
     )
     p.add_argument("--relay", required=True, type=_host_port, metavar="HOST:PORT")
-    p.add_argument("--user", required=True, metavar="NAME")
-    tok = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--user", metavar="NAME")
+    p.add_argument(
+        "--link",
+        metavar="CODE",
+        help="make this new profile a device of the account whose device printed CODE "
+        "(`hushwire link` there); no --user or --token then",
+    )
+    p.add_argument(
+        "--name", default="new device", metavar="NAME", help="this device's name, with --link"
+    )
+    tok = p.add_mutually_exclusive_group()
     tok.add_argument(
         "--token", metavar="TOKEN", help="the login token from your admin; `-` reads it from stdin"
     )
@@ -622,6 +688,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="JSON lines output")
     p.set_defaults(func=cmd_devices)
+
+    p = add(
+        "link",
+        "link a new machine to your account",
+        "Print a one-time link code, then wait for the new machine to use it with "
+        "`hushwire login --link CODE`; it becomes a device of your account with its own "
+        "keys. The code carries a secret and a hash of this device's one-time key, so the "
+        "relay that carries the exchange cannot take part in it.",
+    )
+    p.add_argument(
+        "--ttl", type=float, default=300.0, metavar="SECONDS", help="code lifetime (300)"
+    )
+    p.set_defaults(func=cmd_link)
 
     p = add(
         "unlink",

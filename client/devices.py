@@ -37,6 +37,11 @@ FIRST_DEVICE_NAME = "first device"
 _HELD = "device_list/"  # profile setting + account: the newest list accepted, [body, sig]
 
 
+async def hold_list(store: ProfileStore, account: str, signed: SignedDeviceList) -> None:
+    """Keep `signed` as the newest list accepted for `account` (checked by the caller)."""
+    await store.set_setting(_HELD + account, [signed.body, signed.sig])
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     """One device of the account, for `hushwire devices`."""
@@ -80,7 +85,7 @@ class DeviceLists:
         return signed, DeviceList.decode(signed.body)
 
     async def _hold(self, account: str, signed: SignedDeviceList) -> None:
-        await self._store.set_setting(_HELD + account, [signed.body, signed.sig])
+        await hold_list(self._store, account, signed)
 
     async def _check(
         self, account: str, signed: SignedDeviceList, identity: IdentityPublic, whose: str

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from hushwire.client.connection import RelayConnection, TlsSettings
-from hushwire.client.devices import DeviceInfo, DeviceLists
+from hushwire.client.devices import DeviceInfo, DeviceLists, hold_list
 from hushwire.client.errors import (
     CertificateMismatch,
     ConnectionClosed,
@@ -60,7 +60,7 @@ from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import Device
 from hushwire.common.crypto.dh import DHGroup, group_by_name
-from hushwire.common.crypto.link import LinkOffer
+from hushwire.common.crypto.link import LinkCode, LinkJoiner, LinkOffer
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.names import check_username, is_valid_username
@@ -279,6 +279,81 @@ class HushwireClient:
             await store.close()
             if fresh:
                 _remove_profile_files(Path(profile_dir))
+            raise
+        return client
+
+    @classmethod
+    async def login_link(
+        cls,
+        profile_dir: Path,
+        passphrase: str,
+        *,
+        host: str,
+        port: int,
+        code: str,
+        name: str,
+        fingerprint: str | None = None,
+        ca_file: str | None = None,
+        clock: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
+        kdf: KdfParams | None = None,
+    ) -> HushwireClient:
+        """Make a new profile a device of the account whose device showed `code`
+        (docs/security.md, "Linking a device"): the identity arrives sealed under the
+        code, this device's own keys are made here, and the relay issues its credential.
+        Raises LinkError (mistyped code, a relay in the middle), RequestError
+        (`link_failed`: unknown, expired or used code) or ProfileMismatch."""
+        profile_dir = Path(profile_dir)
+        if ProfileStore.exists(profile_dir):
+            raise ProfileMismatch(f"{profile_dir} already holds a profile; link into a new one")
+        link_code = LinkCode.parse(code)
+        store = await ProfileStore.open(profile_dir, passphrase, create=True, kdf=kdf)
+        conn: RelayConnection | None = None
+        try:
+            pin = None if fingerprint is None else fingerprint.strip().upper()
+            conn = await RelayConnection.connect(
+                host, port, TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
+            )
+            hello = await conn.say_hello()
+            group = group_by_name(hello.group, hello.group_params)
+            fetched = await conn.request(wire.LinkFetch, channel=link_code.channel)
+            joiner = LinkJoiner(group, link_code, name, group.generate())
+            ephemeral, sealed = joiner.request(fetched.ephemeral)
+            joined = await conn.request(
+                wire.LinkJoin, channel=link_code.channel, ephemeral=ephemeral, sealed=sealed
+            )
+            grant = joiner.open_grant(joined.sealed)
+            settings = RelaySettings(
+                host=host,
+                port=port,
+                user=check_username(grant.account),
+                token=joined.token,
+                pin=None if ca_file else conn.fingerprint,
+                ca_file=ca_file,
+                device=joined.device,
+            )
+            async with store.transaction():
+                await store.set_setting("relay", settings.to_record())
+                await store.set_setting("group", group.name)
+                await store.set_setting("group_params", hello.group_params)
+                await store.save_identity(grant.identity.to_bytes(), int(clock() * 1000))
+                await hold_list(store, grant.account, grant.signed_list)
+            ok = await conn.request(
+                wire.Login, user=grant.account, token=joined.token, device=joined.device
+            )
+            sessions = SessionManager(store, grant.account, grant.identity, group, clock=clock)
+            client = cls(store, settings, sessions, clock=clock, backoff=backoff)
+            client.fingerprint_learned = pin is None and ca_file is None
+            await client._keys.upload(
+                conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
+            )
+            await client._adopt(conn, ok, keys_uploaded=True)
+            client._runner = asyncio.create_task(client._run())
+        except BaseException:
+            if conn is not None:
+                await conn.close()
+            await store.close()
+            _remove_profile_files(profile_dir)
             raise
         return client
 

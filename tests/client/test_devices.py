@@ -9,15 +9,21 @@ import sqlite3
 import pytest
 
 from hushwire.client.connection import RelayConnection
-from hushwire.client.service import Notice
+from hushwire.client.service import HushwireClient, Notice
 from hushwire.common.crypto.devices import DeviceList, first_device_list
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.crypto.link import LinkCode, LinkJoiner
-from hushwire.common.errors import DeviceListError, UnknownDevice
+from hushwire.common.errors import (
+    DeviceListError,
+    ErrorCode,
+    LinkError,
+    RequestError,
+    UnknownDevice,
+)
 from hushwire.common.keys import SignedDeviceList
 from hushwire.common.messages import LinkFetch, LinkJoin, Login
-from tests.e2e.helpers import next_event
+from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, next_event
 from tests.relay.test_server_devices import publish
 
 
@@ -113,3 +119,50 @@ async def test_contacts_see_a_linked_and_an_unlinked_device(relay, login):
 
 def dataclass_version(dlist: DeviceList, version: int) -> DeviceList:
     return DeviceList(dlist.account, dlist.group, version, dlist.devices)
+
+
+async def _link_client(relay, old, profile, code=None, **kwargs):
+    """The new device's side, as `hushwire login --link CODE` runs it."""
+    return await HushwireClient.login_link(
+        profile,
+        PASSPHRASE,
+        host="127.0.0.1",
+        port=relay.port,
+        code=code,
+        name="laptop",
+        fingerprint=relay.server.fingerprint,
+        kdf=FAST_KDF,
+        backoff=FAST_BACKOFF,
+        **kwargs,
+    )
+
+
+async def test_a_new_profile_links_with_the_code_and_logs_in_again_later(
+    relay, login, reopen, tmp_path
+):
+    alice = await login(relay, "alice")
+    offer, _ = await alice.offer_link()
+    joining = asyncio.create_task(
+        _link_client(relay, alice, tmp_path / "alice-laptop", code=offer.code.text())
+    )
+    device = await alice.accept_link(offer)
+    laptop = await asyncio.wait_for(joining, 15)
+    try:
+        assert (laptop.user, laptop.settings.device, device.id) == ("alice", 2, 2)
+        assert laptop.sessions.identity.sign_key == alice.sessions.identity.sign_key
+        assert laptop.sessions.identity.dh.public != alice.sessions.identity.dh.public
+        seen = await laptop.devices()
+        assert [(d.id, d.this) for d in seen] == [(1, False), (2, True)]
+        # The code worked once: the same code again is refused, and nothing is left.
+        with pytest.raises(RequestError) as exc:
+            await _link_client(relay, alice, tmp_path / "again", code=offer.code.text())
+        assert exc.value.code == ErrorCode.LINK_FAILED
+        assert not (tmp_path / "again").exists()
+        with pytest.raises(LinkError):
+            await _link_client(relay, alice, tmp_path / "typo", code=offer.code.text()[:-2])
+    finally:
+        await laptop.close()
+    # The linked profile reconnects on its own credential (device 2).
+    again = await reopen("alice", profile=tmp_path / "alice-laptop")
+    await again.start()
+    assert [d.id for d in await again.devices() if d.this] == [2]
