@@ -274,11 +274,18 @@ class RelayServer:
         raise ValueError(f"unknown op {op!r}")
 
     async def serve(self, stop: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Run until `stop` returns (default: SIGINT or SIGTERM), then close."""
-        await self.start()
+        """Run until `stop` returns (default: SIGINT or SIGTERM), then close.
+
+        The signal handlers go in before `start()` logs "listening" and tells systemd
+        READY=1: a SIGTERM sent the moment the relay is ready still drains it.
+        """
+        stopper = asyncio.ensure_future((stop or _signal_trigger)())
+        await asyncio.sleep(0)  # one turn: the trigger installs its handlers
         try:
-            await (stop or _signal_trigger)()
+            await self.start()
+            await stopper
         finally:
+            stopper.cancel()
             await self.close()
 
 
