@@ -68,7 +68,7 @@ class Outbox:
         name = check_username(contact)
         if name == self._sessions.user:
             raise ClientError("you cannot send a message to yourself")
-        if not text:
+        if not text.strip():
             raise ClientError("empty message: nothing to send")
         size, limit = len(text.encode("utf-8")), self.max_text_bytes(name)
         if size > limit:
