@@ -180,7 +180,7 @@ class ChatController:
             return
         note = "queued" if result.queued else ""
         self.model.add(name, Line.message("out", "you", text, result.sent_at, result.uid, note))
-        if result.queued:
+        if result.queued and self.client.state != "connected":
             self.model.info("not connected: the message goes out when the relay is back", name=name)
 
     async def who(self) -> None:

@@ -136,3 +136,10 @@ async def test_ctrl_c_at_any_moment_says_what_happened(cli, delay):
         assert text.startswith("hushwire: interrupted"), text
     elif proc.returncode != -signal.SIGINT:  # before Python could install its handler
         assert proc.returncode == 0, text
+
+
+async def test_send_to_a_user_who_never_logged_in_is_kept(cli):
+    await logged_in(cli, "alice")
+    code, out, err = await cli.run("--profile", cli.profile("alice"), "send", "carol", "hi")
+    assert code == 0 and out == ""
+    assert err.startswith("hushwire: note: waiting for carol's first login"), err
