@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import ssl
@@ -508,6 +509,8 @@ async def main_async(args: argparse.Namespace) -> None:
         else:
             print_table(res, label, "msgs/s", ("p50", "p99"))
     print("\nlatencies in ms; p50/p99 in closed-loop shapes are send-to-delivery.")
+    if args.json:
+        args.json.write_text(json.dumps(res.rows, indent=1))
 
 
 def log(system: str, what: str, r: dict[str, float]) -> None:
@@ -554,6 +557,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the relay of another checkout (e.g. a `git worktree` of "
         "an older commit) as system hushwire-baseline, interleaved",
     )
+    p.add_argument("--json", type=Path, help="also write every run's raw figures here")
     p.add_argument(
         "--relay-flag",
         action="append",
