@@ -16,7 +16,8 @@ connect, hello + login, the rest of `start()` (key upload check, outbox), `send`
 `ChatApp` (prompt_toolkit, a VT100 output of 50x160 to /dev/null, keys through a pipe)
 in a child process, against the relay, and reports its RSS: started, after `/to bob`,
 after `/history 2000`, and after --messages more arrive live while the conversation is
-open (client events, as the service emits them once a message is stored).
+open (stored as received beforehand, then announced as the service does once it has
+stored one: a `MessageReceived` event, which the TUI shows and marks read).
 """
 
 from __future__ import annotations
@@ -189,10 +190,11 @@ def cmd_tui(args: argparse.Namespace) -> None:
         work = Path(tmp)
         relay = _relay(work)
         try:
-            asyncio.run(_fill(work / "alice", args.messages))
+            live = asyncio.run(_fill(work / "alice", args.messages))
+            (work / "live.json").write_text(json.dumps(live))
             child = [sys.executable, __file__, "tui-child", str(work / "alice"), "u1"]
             out = subprocess.run(
-                [*child, str(args.messages)],
+                [*child, str(work / "live.json")],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -206,23 +208,30 @@ def cmd_tui(args: argparse.Namespace) -> None:
         print(f"| {stage} | {rss} | {hwm} | {took:.1f} s |")
 
 
-async def _fill(profile: Path, n: int) -> None:
+async def _fill(profile: Path, n: int) -> list[tuple[str, str]]:
+    """n messages of history with u1 (read), then n more received and not yet shown, as
+    the service has stored them when it emits MessageReceived; returns those (uid, text)."""
     from hushwire.client.service import HushwireClient
 
     client = await HushwireClient.open(profile, PASSPHRASE)
     now = int(time.time() * 1000)
+    live = []
     async with client.store.transaction():
-        for i in range(n):
-            incoming = i % 2 == 0
-            await client.store.add_message(
+        for i in range(2 * n):
+            incoming = i % 2 == 0 or i >= n
+            text = f"{i:05d} {TEXT}"
+            uid = await client.store.add_message(
                 contact="u1",
                 direction="in" if incoming else "out",
-                status="read" if incoming else "sent",
-                sent_at_ms=now - (n - i) * 1000,
+                status=("read" if i < n else "received") if incoming else "sent",
+                sent_at_ms=now - (2 * n - i) * 1000,
                 now_ms=now,
-                text=f"{i:05d} {TEXT}",
+                text=text,
             )
+            if i >= n:
+                live.append((uid, text))
     await client.close()
+    return live
 
 
 async def _until(check: Any, what: str) -> None:
@@ -233,7 +242,7 @@ async def _until(check: Any, what: str) -> None:
         await asyncio.sleep(0.02)
 
 
-async def child_tui(profile: str, contact: str, live: int, sink: TextIO) -> None:
+async def child_tui(profile: str, contact: str, live: list[tuple[str, str]], sink: TextIO) -> None:
     """Runs in a fresh interpreter: the real ChatApp, driven through a key pipe."""
     from prompt_toolkit.data_structures import Size
     from prompt_toolkit.input import create_pipe_input
@@ -265,13 +274,11 @@ async def child_tui(profile: str, contact: str, live: int, sink: TextIO) -> None
         await _until(lambda: len(conv.lines) >= 2000, "/history")
         stage("/history 2000")
         now = datetime.now(UTC)
-        for i in range(live):
-            uid = f"{i:032x}"
-            text = f"{i:05d} {TEXT}"
+        for uid, text in live:
             client.events.put_nowait(MessageReceived(contact, uid, now, text, uid))
-        last = f"{live - 1:05d} {TEXT}"
+        last = live[-1][1]
         await _until(lambda: conv.lines[-1].text == last, "live messages")
-        stage(f"{live} more arrived live (conversation open)")
+        stage(f"{len(live)} more arrived live (conversation open; each marked read)")
         keys.send_text("/quit\r")
         await running
     print(json.dumps(stages))
@@ -289,7 +296,7 @@ def main() -> None:
     s = sub.add_parser("tui-child")  # internal: the child of `tui`
     s.add_argument("profile")
     s.add_argument("contact")
-    s.add_argument("live", type=int)
+    s.add_argument("live_file")
     args = p.parse_args()
     if args.cmd == "send":
         cmd_send(args)
@@ -297,7 +304,8 @@ def main() -> None:
         cmd_tui(args)
     else:
         with open(os.devnull, "w") as sink:
-            asyncio.run(child_tui(args.profile, args.contact, args.live, sink))
+            live = json.loads(Path(args.live_file).read_text())
+            asyncio.run(child_tui(args.profile, args.contact, live, sink))
 
 
 if __name__ == "__main__":
