@@ -12,6 +12,15 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from hushwire.common.chat_group_log import (
+    GroupLog,
+    apply_change,
+    change_recipients,
+    create_group,
+    join_group,
+    make_welcome,
+    propose,
+)
 from hushwire.common.chat_groups import (
     GROUP_CHANGE_CONTEXT,
     MAX_MEMBERS,
@@ -19,19 +28,12 @@ from hushwire.common.chat_groups import (
     ChangeOp,
     ContentType,
     GroupChange,
-    GroupLog,
     GroupState,
     SignedChange,
-    apply_change,
-    change_recipients,
     check_group_name,
-    create_group,
     decode_content,
     encode_content,
     group_id_for,
-    join_group,
-    make_welcome,
-    propose,
 )
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.encoding import pack, unpack_canonical

@@ -16,21 +16,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hushwire.common.chat_groups import (
-    ChangeOp,
-    ContentType,
+from hushwire.common.chat_group_log import (
     GroupLog,
     apply_change,
     create_group,
-    decode_content,
-    encode_content,
     join_group,
     make_welcome,
     propose,
 )
+from hushwire.common.chat_groups import (
+    ChangeOp,
+    ContentType,
+    decode_content,
+    encode_content,
+)
 from hushwire.common.chat_transcript import (
     KEEP_CHAINS,
     KEEP_EXPECTED,
+    KEEP_EXTRAS,
     MAX_VIEWS,
     SEEN_HASH_LEN,
     EpochView,
@@ -52,6 +55,7 @@ from hushwire.common.crypto.envelope import DecryptedMessage, Envelope, Session
 from hushwire.common.crypto.group_payload import open_group_payload, seal_group_payload
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.errors import (
+    CryptoError,
     DecryptionError,
     GroupError,
     GroupForked,
@@ -576,3 +580,52 @@ def test_what_a_transcript_remembers_is_bounded():
     for seq in range(KEEP_CHAINS + 100, KEEP_CHAINS + 100 + KEEP_EXPECTED + 20):
         view = view.expect(seq, bytes(16), "carol")
     assert len(view.expected) == KEEP_EXPECTED
+
+
+def test_a_gap_that_never_fills_stays_counted_but_not_remembered_forever():
+    view = EpochView()
+    total = KEEP_EXTRAS + 300
+    for seq in range(3, total + 1):  # 1 and 2 never arrive
+        view = view.record(seq, bytes(32))
+    assert view.missing == 2 and len(view.extras) <= KEEP_EXTRAS
+    assert view.lost == 2 and view.floor == total
+
+
+def test_a_transcript_restores_exactly_and_keeps_working():
+    alice, bob, carol = start("bob", "carol")
+    to_bob, to_carol = _equivocate(alice)
+    bob.get(alice, to_bob)
+    carol.get(alice, to_carol)
+    bob.get(carol, carol.send("c1"))
+    _, dropped = alice.send("a2"), alice.send("a3")
+    carol.get(alice, dropped)
+    bob.get(carol, carol.send("c2"))
+    assert bob.missed() == {"alice": 2}
+    restored = Transcript.from_bytes(bob.transcript.to_bytes())
+    assert restored == bob.transcript
+    bob.transcript = restored
+    assert bob.get(alice, dropped).forks == ()
+    assert bob.missed() == {"alice": 1}
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda items: items.__setitem__(0, bytes(15)),
+        lambda items: items.__setitem__(1, "Bob"),
+        lambda items: items.__setitem__(3, 0),
+        lambda items: items[4][0].__setitem__(4, list(range(1, KEEP_EXTRAS + 2))),
+        lambda items: items[4][0].__setitem__(6, [[1, bytes(31)]]),
+        lambda items: items[4][0].pop(),
+    ],
+)
+def test_malformed_transcripts_are_rejected(mutate):
+    alice, bob = start("bob")
+    bob.get(alice, alice.send("x"))
+    data = bob.transcript.to_bytes()
+    items = unpack_canonical(data[1:])
+    mutate(items)
+    with pytest.raises(CryptoError, match="malformed transcript"):
+        Transcript.from_bytes(data[:1] + pack(items))
+    with pytest.raises(CryptoError, match="version"):
+        Transcript.from_bytes(b"\x09" + data[1:])
