@@ -480,7 +480,7 @@ def receive(
     updated = transcript.with_view(
         sender, device, message.epoch, view.record(message.seq, message.chain)
     )
-    if message.prev is not None and message.prev[0] >= updated.join_epoch:
+    if message.prev is not None and _ours(log, transcript.me, sender, message.prev[0]):
         before = updated.view(sender, device, message.prev[0])
         updated = updated.with_view(
             sender,
@@ -514,6 +514,13 @@ def _check_sender(
         raise GroupMessageRejected("a message from this very device")
 
 
+def _ours(log: GroupLog, me: str, user: str, epoch: int) -> bool:
+    """Whether we and `user` were both members at `epoch`: only then do its messages of
+    that epoch count for us."""
+    state = log.state_at(epoch)
+    return state is not None and state.is_member(me) and state.is_member(user)
+
+
 def _take_seen(
     log: GroupLog, transcript: Transcript, message: GroupMessage, source: Source
 ) -> tuple[Transcript, list[Fork]]:
@@ -521,9 +528,10 @@ def _take_seen(
     sender = source[0]
     forks = []
     for entry in message.seen:
-        state = log.state_at(entry.epoch)
-        if state is None or not state.is_member(entry.user) or (entry.user, entry.device) == source:
-            continue  # before we joined, not a member then, or about itself (its chain says)
+        if (entry.user, entry.device) == source or not _ours(
+            log, transcript.me, entry.user, entry.epoch
+        ):
+            continue  # about itself (its own chain says that), or not an epoch we shared
         view = transcript.view(entry.user, entry.device, entry.epoch)
         mine = (entry.user, entry.device) == (transcript.me, transcript.device)
         if view.has(entry.seq):

@@ -629,3 +629,23 @@ def test_malformed_transcripts_are_rejected(mutate):
         Transcript.from_bytes(data[:1] + pack(items))
     with pytest.raises(CryptoError, match="version"):
         Transcript.from_bytes(b"\x09" + data[1:])
+
+
+def test_a_member_removed_and_added_again_counts_nothing_from_the_epoch_it_was_out():
+    alice, bob, carol = start("bob", "carol")
+    remove = admin_change(alice, ChangeOp.REMOVE, users=["bob"])
+    bob.change(remove)
+    carol.change(remove)
+    while_out = [alice.send("bob is out"), alice.send("still out")]
+    for data in while_out:
+        carol.get(alice, data)
+    add = admin_change(alice, ChangeOp.ADD, users=["bob"])
+    bob.change(add)
+    carol.change(add)
+    back = alice.send("welcome back")
+    assert GroupMessage.from_bytes(back).prev == (2, 2)
+    bob.get(alice, back)
+    bob.get(carol, carol.send("hi bob"))  # carol's seen names alice's epoch-2 messages
+    assert bob.missed() == {}
+    with pytest.raises(GroupMessageRejected, match="we were not a member"):
+        bob.get(alice, while_out[0])
