@@ -17,6 +17,7 @@ from typing import Final
 
 from hushwire.common.chat_groups import (
     GROUP_FORMAT,
+    MAX_MEMBERS,
     NO_STATE,
     NONCE_LEN,
     ChangeOp,
@@ -27,9 +28,11 @@ from hushwire.common.chat_groups import (
     group_id_for,
     next_state,
     sorted_unique,
+    strictly_ascending,
 )
 from hushwire.common.crypto.encoding import expect_bytes, expect_list, pack, unpack_canonical
 from hushwire.common.crypto.identity import IdentityKeyPair
+from hushwire.common.crypto.primitives import ED25519_KEY_LEN, ed25519_check_public
 from hushwire.common.errors import (
     CryptoError,
     GroupChangeRejected,
@@ -47,12 +50,30 @@ class GroupLog:
 
     `changes[i]` is the signed change that made `states[i]` (for the first state, the
     create or the add that let this client in), kept to tell a harmless duplicate from
-    a concurrent change signed for an epoch already applied.
+    a concurrent change signed for an epoch already applied. `vouched` maps each member
+    to the identity key an admin vouched for when adding it (in a signed create or add,
+    or in the welcome that admin sent us): the key to check that member's signatures
+    with when this client has pinned none of its own, so a member it never talked to is
+    not taken on the relay's word.
     """
 
     me: str
     states: tuple[GroupState, ...]
     changes: tuple[bytes, ...]
+    vouched: Mapping[str, bytes]
+
+    def keys(self, pinned: Mapping[str, bytes]) -> dict[str, bytes]:
+        """The key per member to verify its changes: the pinned one, else the vouched."""
+        return {**self.vouched, **pinned}
+
+    def key_conflicts(self, pinned: Mapping[str, bytes]) -> tuple[str, ...]:
+        """Members whose pinned key differs from the vouched one: show them (a changed
+        identity, or a key someone substituted) before trusting either."""
+        return tuple(
+            user
+            for user in self.current.members
+            if user in pinned and user in self.vouched and pinned[user] != self.vouched[user]
+        )
 
     @property
     def current(self) -> GroupState:
@@ -78,7 +99,8 @@ class GroupLog:
     def to_bytes(self) -> bytes:
         """Version byte, then msgpack; for the client's store (encrypted at rest)."""
         states = [state.to_wire() for state in self.states]
-        return bytes([LOG_VERSION]) + pack([self.me, states, list(self.changes)])
+        vouched = [[user, key] for user, key in sorted(self.vouched.items())]
+        return bytes([LOG_VERSION]) + pack([self.me, states, list(self.changes), vouched])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> GroupLog:
@@ -86,7 +108,7 @@ class GroupLog:
         if not data or data[0] != LOG_VERSION:
             raise CryptoError("unsupported group log version")
         try:
-            me, states, changes = expect_list(unpack_canonical(data[1:]), 3)
+            me, states, changes, vouched = expect_list(unpack_canonical(data[1:]), 4)
             if not is_valid_username(me) or not isinstance(states, list) or not states:
                 raise ValueError("expected a member and at least one state")
             parsed = tuple(GroupState.from_wire(state) for state in states)
@@ -98,24 +120,45 @@ class GroupLog:
                     before.hash,
                 ):
                     raise ValueError("states do not form a chain")
+            keys = _key_list(vouched)
         except ValueError as exc:
             raise CryptoError(f"malformed group log: {exc}") from None
-        return cls(me, parsed, wires)
+        return cls(me, parsed, wires, keys)
+
+
+def _key_list(value: object) -> dict[str, bytes]:
+    """[[user, Ed25519 key]...], sorted by user, at most MAX_MEMBERS, as a dict."""
+    if not isinstance(value, list) or len(value) > MAX_MEMBERS:
+        raise ValueError(f"expected at most {MAX_MEMBERS} keys")
+    pairs = [expect_list(item, 2) for item in value]
+    if not strictly_ascending([user for user, _ in pairs]):
+        raise ValueError("keys must be sorted by user, one each")
+    keys = {}
+    for user, key in pairs:
+        if not is_valid_username(user):
+            raise ValueError("invalid username")
+        keys[user] = expect_bytes(key, ED25519_KEY_LEN)
+    return keys
 
 
 def create_group(
     identity: IdentityKeyPair,
     creator: str,
     name: str,
-    members: Iterable[str],
+    members: Mapping[str, bytes],
     now_ms: int,
     *,
     admins: Iterable[str] = (),
     nonce: bytes | None = None,
 ) -> tuple[GroupLog, bytes]:
     """A new group with `creator` as admin; returns the creator's log and the change
-    to send (content type GROUP_CHANGE) to every other member."""
-    users = sorted_unique([creator, *members])
+    to send (content type GROUP_CHANGE) to every other member.
+
+    `members` maps each member to the identity key the creator pinned for it: the
+    create vouches for those keys to every member.
+    """
+    keys = {**members, creator: identity.sign_key}
+    users = sorted_unique(keys)
     chosen = nonce if nonce is not None else secrets.token_bytes(NONCE_LEN)
     change = GroupChange(
         group_id=group_id_for(creator, chosen),
@@ -128,11 +171,10 @@ def create_group(
         admins=sorted_unique([creator, *admins]),
         name=name,
         nonce=chosen,
+        keys=tuple(keys[user] for user in users),
     )
     wire = _sign_checked(change, identity)
-    signed = SignedChange.from_bytes(wire)
-    state = genesis(signed, {creator: identity.sign_key})
-    return GroupLog(creator, (state,), (wire,)), wire
+    return join_from_create(creator, wire, {creator: identity.sign_key}), wire
 
 
 def propose(
@@ -144,14 +186,24 @@ def propose(
     users: Iterable[str] = (),
     admins: Iterable[str] = (),
     name: str = "",
+    keys: Mapping[str, bytes] | None = None,
 ) -> tuple[GroupLog, bytes]:
     """Sign a change to `log`'s current state and apply it locally.
 
     Returns the new log and the change to send to every member of the old and the new
-    state (a removed member learns of its removal). Raises GroupChangeRejected if the
-    change is not allowed, exactly as a receiving member would.
+    state (a removed member learns of its removal). For an add, `keys` maps each added
+    member to the identity key this client pinned for it (the add vouches for it).
+    Raises GroupChangeRejected if the change is not allowed, exactly as a receiving
+    member would.
     """
     state = log.current
+    whom = sorted_unique(users)
+    vouch = ()
+    if op is ChangeOp.ADD:
+        missing = [user for user in whom if user not in (keys or {})]
+        if missing:
+            raise GroupChangeRejected(f"no pinned identity for {', '.join(missing)}")
+        vouch = tuple((keys or {})[user] for user in whom)
     change = GroupChange(
         group_id=state.group_id,
         epoch=state.epoch + 1,
@@ -159,9 +211,10 @@ def propose(
         signer=log.me,
         issued_at_ms=now_ms,
         op=op,
-        users=sorted_unique(users),
+        users=whom,
         admins=sorted_unique(admins),
         name=name,
+        keys=vouch,
     )
     wire = _sign_checked(change, identity)
     return apply_change(log, wire, {log.me: identity.sign_key}), wire
@@ -177,8 +230,12 @@ def _sign_checked(change: GroupChange, identity: IdentityKeyPair) -> bytes:
     return wire
 
 
-def apply_change(log: GroupLog, data: bytes, identity_keys: Mapping[str, bytes]) -> GroupLog:
+def apply_change(log: GroupLog, data: bytes, pinned: Mapping[str, bytes]) -> GroupLog:
     """A member's client applies a received change, or raises without changing anything.
+
+    `pinned` maps users to the identity keys this client pinned (first contact or
+    safety-number verified); members it never talked to are checked with the key an
+    admin vouched for (`GroupLog.keys`).
 
     A change for an epoch already applied is a StaleGroupChange when it is that very
     change (a duplicate) or does not verify against that epoch; a different change that
@@ -186,11 +243,13 @@ def apply_change(log: GroupLog, data: bytes, identity_keys: Mapping[str, bytes])
     showing members different histories): the client shows it, never picks silently.
     """
     signed = SignedChange.from_bytes(data)
-    epoch = signed.change.epoch
-    if epoch <= log.current.epoch:
-        _check_old_change(log, signed, identity_keys)
-    state = next_state(log.current, signed, identity_keys)
-    return GroupLog(log.me, (*log.states, state), (*log.changes, data))
+    keys = log.keys(pinned)
+    if signed.change.epoch <= log.current.epoch:
+        _check_old_change(log, signed, keys)
+    state = next_state(log.current, signed, keys)
+    vouched = {**log.vouched, **signed.change.vouched()}
+    kept = {user: key for user, key in vouched.items() if state.is_member(user)}
+    return GroupLog(log.me, (*log.states, state), (*log.changes, data), kept)
 
 
 def _check_old_change(
@@ -207,29 +266,43 @@ def _check_old_change(
     raise GroupForked(f"two different changes signed for epoch {epoch}")
 
 
-def join_group(
-    me: str, data: bytes, identity_keys: Mapping[str, bytes], *, welcome: bool
-) -> GroupLog:
-    """Start a log from a create change (`welcome=False`) or a welcome, as member `me`.
-
-    A welcome is the state an add applies to and the add itself: the admin's signature
-    over the state hash vouches for that state, so no earlier history is needed, and none
-    is given (an added member reads only what is sent after it joined).
-    """
-    if not welcome:
-        state = genesis(SignedChange.from_bytes(data), identity_keys)
-        change = data
-    else:
-        before, change = parse_welcome(data)
-        signed = SignedChange.from_bytes(change)
-        if signed.change.op is not ChangeOp.ADD or signed.change.prev != before.hash:
-            raise GroupChangeRejected("a welcome carries an add to the state it comes with")
-        state = next_state(before, signed, identity_keys)
-        if me not in signed.change.users:
-            raise GroupChangeRejected("the welcome does not add us")
+def join_from_create(me: str, data: bytes, pinned: Mapping[str, bytes]) -> GroupLog:
+    """Start a log, as member `me`, from the create that names it (verified under the
+    key pinned for the creator)."""
+    signed = SignedChange.from_bytes(data)
+    state = genesis(signed, pinned)
     if not state.is_member(me):
         raise GroupChangeRejected("we are not a member of this group")
-    return GroupLog(me, (state,), (change,))
+    return GroupLog(me, (state,), (data,), signed.change.vouched())
+
+
+def join_from_welcome(me: str, sender: str, data: bytes, pinned: Mapping[str, bytes]) -> GroupLog:
+    """Start a log, as member `me`, from a welcome that `sender` sealed for us.
+
+    A welcome is the state an add applies to, the add, and the identity keys the adding
+    admin vouches for the members already there. The admin's signature over the state
+    hash vouches for that state, so no earlier history is needed, and none is given (an
+    added member reads only what is sent after it joined). The keys are not signed: they
+    count only because the admin who signed the add sealed the welcome itself.
+    """
+    before, change, keys = parse_welcome(data)
+    signed = SignedChange.from_bytes(change)
+    add = signed.change
+    if add.op is not ChangeOp.ADD or add.prev != before.hash:
+        raise GroupChangeRejected("a welcome carries an add to the state it comes with")
+    if add.signer != sender:
+        raise GroupChangeRejected("a welcome comes from the admin who signed its add")
+    if set(keys) != set(before.members):
+        raise GroupChangeRejected("a welcome vouches for exactly the members already there")
+    for user, key in keys.items():
+        try:
+            ed25519_check_public(key)
+        except CryptoError:
+            raise GroupChangeRejected(f"invalid identity key for {user}") from None
+    state = next_state(before, signed, {**keys, **pinned})
+    if me not in add.users:
+        raise GroupChangeRejected("the welcome does not add us")
+    return GroupLog(me, (state,), (change,), {**keys, **add.vouched()})
 
 
 def make_welcome(log: GroupLog) -> bytes:
@@ -239,15 +312,17 @@ def make_welcome(log: GroupLog) -> bytes:
         or SignedChange.from_bytes(log.changes[-1]).change.op is not ChangeOp.ADD
     ):
         raise GroupChangeRejected("the last change is not an add")
-    return pack([GROUP_FORMAT, log.states[-2].to_wire(), log.changes[-1]])
+    before = log.states[-2]
+    keys = [[user, log.vouched[user]] for user in before.members]
+    return pack([GROUP_FORMAT, before.to_wire(), log.changes[-1], keys])
 
 
-def parse_welcome(data: bytes) -> tuple[GroupState, bytes]:
+def parse_welcome(data: bytes) -> tuple[GroupState, bytes, dict[str, bytes]]:
     try:
-        version, state, change = expect_list(unpack_canonical(data), 3)
+        version, state, change, keys = expect_list(unpack_canonical(data), 4)
         if version != GROUP_FORMAT:
             raise ValueError("unsupported welcome version")
-        return GroupState.from_wire(state), expect_bytes(change)
+        return GroupState.from_wire(state), expect_bytes(change), _key_list(keys)
     except ValueError as exc:
         raise GroupChangeRejected(f"malformed welcome: {exc}") from None
 

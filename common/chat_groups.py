@@ -44,7 +44,12 @@ from hushwire.common.crypto.encoding import (
     unpack_canonical,
 )
 from hushwire.common.crypto.identity import IdentityKeyPair
-from hushwire.common.crypto.primitives import ED25519_SIG_LEN, ed25519_verify
+from hushwire.common.crypto.primitives import (
+    ED25519_KEY_LEN,
+    ED25519_SIG_LEN,
+    ed25519_check_public,
+    ed25519_verify,
+)
 from hushwire.common.errors import (
     CryptoError,
     GroupChangeRejected,
@@ -95,9 +100,9 @@ def decode_content(plaintext: bytes) -> tuple[ContentType, bytes]:
 
 
 class ChangeOp(StrEnum):
-    CREATE = "create"  # args [nonce bin(16), name, [member...], [admin...]]
+    CREATE = "create"  # args [nonce bin(16), name, [member...], [admin...], [key...]]
     RENAME = "rename"  # args [name]
-    ADD = "add"  # args [[member...], [admin...]]: the admins are among the added
+    ADD = "add"  # args [[member...], [admin...], [key...]]: admins among the added
     REMOVE = "remove"  # args [[member...]]
     LEAVE = "leave"  # args []: the signer leaves (the one change a non-admin signs)
     PROMOTE = "promote"  # args [[member...]]: members become admins
@@ -145,6 +150,12 @@ def _users(value: Any, *, allow_empty: bool = False) -> tuple[str, ...]:
     if not strictly_ascending(items):
         raise ValueError("usernames must be sorted and unique")
     return tuple(items)
+
+
+def _keys(value: Any, count: int) -> tuple[bytes, ...]:
+    """One 32-byte Ed25519 identity key per named member (checked when applied)."""
+    items = expect_list(value, count)
+    return tuple(expect_bytes(key, ED25519_KEY_LEN) for key in items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,15 +230,28 @@ class GroupChange:
     admins: tuple[str, ...] = ()  # create: admins; add: which of the added are admins
     name: str = ""  # create, rename
     nonce: bytes = b""  # create
+    keys: tuple[bytes, ...] = ()  # create, add: each of `users`' identity key, in order
+
+    def vouched(self) -> dict[str, bytes]:
+        """The identity keys this change's signer vouches for (create and add only)."""
+        if self.op not in (ChangeOp.CREATE, ChangeOp.ADD):
+            return {}
+        return dict(zip(self.users, self.keys, strict=True))
 
     def _args(self) -> list[Any]:
         match self.op:
             case ChangeOp.CREATE:
-                return [self.nonce, self.name, list(self.users), list(self.admins)]
+                return [
+                    self.nonce,
+                    self.name,
+                    list(self.users),
+                    list(self.admins),
+                    list(self.keys),
+                ]
             case ChangeOp.RENAME:
                 return [self.name]
             case ChangeOp.ADD:
-                return [list(self.users), list(self.admins)]
+                return [list(self.users), list(self.admins), list(self.keys)]
             case ChangeOp.LEAVE:
                 return []
             case _:
@@ -271,20 +295,28 @@ class GroupChange:
         }
         match kind:
             case ChangeOp.CREATE:
-                nonce, name, members, admins = expect_list(args, 4)
+                nonce, name, members, admins, keys = expect_list(args, 5)
+                users = _users(members)
                 return cls(
                     **common,
                     nonce=expect_bytes(nonce, NONCE_LEN),
                     name=check_group_name(name),
-                    users=_users(members),
+                    users=users,
                     admins=_users(admins),
+                    keys=_keys(keys, len(users)),
                 )
             case ChangeOp.RENAME:
                 (name,) = expect_list(args, 1)
                 return cls(**common, name=check_group_name(name))
             case ChangeOp.ADD:
-                members, admins = expect_list(args, 2)
-                return cls(**common, users=_users(members), admins=_users(admins, allow_empty=True))
+                members, admins, keys = expect_list(args, 3)
+                users = _users(members)
+                return cls(
+                    **common,
+                    users=users,
+                    admins=_users(admins, allow_empty=True),
+                    keys=_keys(keys, len(users)),
+                )
             case ChangeOp.LEAVE:
                 expect_list(args, 0)
                 return cls(**common)
@@ -388,6 +420,18 @@ def _allowed(state: GroupState, change: GroupChange) -> None:
         raise GroupChangeRejected(f"{change.signer} is not an admin of epoch {state.epoch}")
 
 
+def _check_vouched(change: GroupChange, identity_keys: Mapping[str, bytes]) -> None:
+    """Keys vouched for by a create or add must be valid, and the signer's must be the
+    one its signature verified under."""
+    for user, key in change.vouched().items():
+        try:
+            ed25519_check_public(key)
+        except CryptoError:
+            raise GroupChangeRejected(f"invalid identity key for {user}") from None
+        if user == change.signer and key != identity_keys.get(user):
+            raise GroupChangeRejected("the signer vouches for a key other than its own")
+
+
 def genesis(signed: SignedChange, identity_keys: Mapping[str, bytes]) -> GroupState:
     """The first state of a group, from its verified `create` change."""
     change = signed.change
@@ -404,6 +448,7 @@ def genesis(signed: SignedChange, identity_keys: Mapping[str, bytes]) -> GroupSt
         _check_roles(change.users, change.admins)
     except ValueError as exc:
         raise GroupChangeRejected(str(exc)) from None
+    _check_vouched(change, identity_keys)
     return GroupState(change.group_id, 1, NO_STATE, change.name, change.users, change.admins)
 
 
@@ -431,6 +476,8 @@ def next_state(
         raise GroupForked(f"epoch {change.epoch} was built on another membership state")
     _allowed(state, change)
     try:
-        return _next_state(state, change)
+        after = _next_state(state, change)
     except ValueError as exc:
         raise GroupChangeRejected(f"{change.op} not allowed: {exc}") from None
+    _check_vouched(change, identity_keys)
+    return after

@@ -11,7 +11,7 @@ from hushwire.common.chat_group_log import (
     GroupLog,
     apply_change,
     create_group,
-    join_group,
+    join_from_welcome,
     make_welcome,
     propose,
 )
@@ -26,10 +26,15 @@ KEYS = {name: identity.sign_key for name, identity in IDS.items()}
 T0 = 1_700_000_000_000
 
 
+def pins(*names: str) -> dict[str, bytes]:
+    """The identity keys a creator pinned for these members."""
+    return {name: KEYS[name] for name in names}
+
+
 def busy_log() -> GroupLog:
-    log, _ = create_group(IDS["alice"], "alice", "g", ["bob"], T0)
+    log, _ = create_group(IDS["alice"], "alice", "g", pins("bob"), T0)
     for op, kw in [
-        (ChangeOp.ADD, {"users": ["dave"]}),
+        (ChangeOp.ADD, {"users": ["dave"], "keys": KEYS}),
         (ChangeOp.RENAME, {"name": "renamed"}),
         (ChangeOp.PROMOTE, {"users": ["bob"]}),
     ]:
@@ -49,21 +54,21 @@ def test_a_log_restores_exactly_and_keeps_working():
 
 
 def test_a_log_that_started_from_a_welcome_restores():
-    alice, _ = create_group(IDS["alice"], "alice", "g", ["bob"], T0)
-    alice, add = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"])
-    dave = join_group("dave", make_welcome(alice), KEYS, welcome=True)
+    alice, _ = create_group(IDS["alice"], "alice", "g", pins("bob"), T0)
+    alice, add = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys=KEYS)
+    dave = join_from_welcome("dave", "alice", make_welcome(alice), KEYS)
     assert GroupLog.from_bytes(dave.to_bytes()) == dave
     assert dave.changes == (add,)
 
 
 def test_a_broken_chain_does_not_restore():
     log = busy_log()
-    me, states, changes = unpack_canonical(log.to_bytes()[1:])
+    me, states, changes, vouched = unpack_canonical(log.to_bytes()[1:])
     for broken in (
         [states[0], states[2], states[3]],  # an epoch missing
         [states[0], [*states[1][:3], bytes(32), *states[1][4:]], states[2], states[3]],
     ):
-        data = bytes([LOG_VERSION]) + pack([me, broken, changes[: len(broken)]])
+        data = bytes([LOG_VERSION]) + pack([me, broken, changes[: len(broken)], vouched])
         with pytest.raises(CryptoError, match="chain"):
             GroupLog.from_bytes(data)
 

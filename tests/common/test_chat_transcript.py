@@ -20,7 +20,8 @@ from hushwire.common.chat_group_log import (
     GroupLog,
     apply_change,
     create_group,
-    join_group,
+    join_from_create,
+    join_from_welcome,
     make_welcome,
     propose,
 )
@@ -72,6 +73,11 @@ KEYS = {name: identity.sign_key for name, identity in IDS.items()}
 T0 = 1_700_000_000_000
 
 
+def pins(*names: str) -> dict[str, bytes]:
+    """The identity keys a creator pinned for these members."""
+    return {name: KEYS[name] for name in names}
+
+
 @dataclasses.dataclass
 class Device:
     """One member device: its membership log and its transcript."""
@@ -105,10 +111,10 @@ class Device:
 
 def start(*members: str, device: int = 1) -> tuple[Device, ...]:
     """alice (admin) creates a group with `members`; every member's device joins."""
-    log, create = create_group(IDS["alice"], "alice", "g", members, T0)
+    log, create = create_group(IDS["alice"], "alice", "g", pins(*members), T0)
     devices = [Device(log, new_transcript(log, device))]
     for name in members:
-        joined = join_group(name, create, KEYS, welcome=False)
+        joined = join_from_create(name, create, KEYS)
         devices.append(Device(joined, new_transcript(joined, device)))
     return tuple(devices)
 
@@ -278,7 +284,7 @@ def test_a_member_cannot_pass_off_another_members_message_as_theirs():
 
 def test_a_non_member_cannot_post():
     alice, bob = start("bob")
-    outsider_log, _ = create_group(IDS["mallory"], "mallory", "g", ["bob"], T0)
+    outsider_log, _ = create_group(IDS["mallory"], "mallory", "g", pins("bob"), T0)
     outsider = Device(outsider_log, new_transcript(outsider_log, 1))
     data = outsider.send("spam")
     with pytest.raises(GroupMessageRejected, match="another group"):
@@ -320,7 +326,7 @@ def test_a_removed_members_view():
 def test_a_message_in_flight_across_a_change_is_accepted_from_a_remaining_member():
     alice, bob, carol = start("bob", "carol")
     old = carol.send("sent at epoch 1")
-    change = admin_change(alice, ChangeOp.ADD, users=["dave"])
+    change = admin_change(alice, ChangeOp.ADD, users=["dave"], keys=KEYS)
     bob.change(change)
     assert bob.get(carol, old).message.epoch == 1
 
@@ -341,8 +347,8 @@ def test_an_added_member_gets_no_history_and_no_false_alarms():
     old = alice.send("before dave")
     bob.get(alice, old)
     bob.get(alice, alice.send("also before"))
-    bob.change(admin_change(alice, ChangeOp.ADD, users=["dave"]))
-    dave_log = join_group("dave", make_welcome(alice.log), KEYS, welcome=True)
+    bob.change(admin_change(alice, ChangeOp.ADD, users=["dave"], keys=KEYS))
+    dave_log = join_from_welcome("dave", "alice", make_welcome(alice.log), KEYS)
     dave = Device(dave_log, new_transcript(dave_log, 1))
     with pytest.raises(GroupMessageRejected, match="before we joined"):
         dave.get(alice, old)
@@ -639,7 +645,7 @@ def test_a_member_removed_and_added_again_counts_nothing_from_the_epoch_it_was_o
     while_out = [alice.send("bob is out"), alice.send("still out")]
     for data in while_out:
         carol.get(alice, data)
-    add = admin_change(alice, ChangeOp.ADD, users=["bob"])
+    add = admin_change(alice, ChangeOp.ADD, users=["bob"], keys=KEYS)
     bob.change(add)
     carol.change(add)
     back = alice.send("welcome back")
