@@ -4,7 +4,9 @@
 chain of states a client has accepted since it joined, creates and proposes changes,
 applies received ones, builds and reads welcomes, and persists the log.
 
-    persisted = 0x01 || msgpack [me, [state...], [change bytes...]]   (keep it encrypted)
+    welcome   = [1, state the add applies to, the add, [[member, identity key]...]]
+    persisted = 0x01 || msgpack [me, [state...], [change bytes...], [[member, key]...]]
+                (in the client's store, encrypted at rest)
 """
 
 from __future__ import annotations
