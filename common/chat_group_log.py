@@ -11,7 +11,6 @@ applies received ones, builds and reads welcomes, and persists the log.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
@@ -34,7 +33,12 @@ from hushwire.common.chat_groups import (
 )
 from hushwire.common.crypto.encoding import expect_bytes, expect_list, pack, unpack_canonical
 from hushwire.common.crypto.identity import IdentityKeyPair
-from hushwire.common.crypto.primitives import ED25519_KEY_LEN, ed25519_check_public
+from hushwire.common.crypto.primitives import (
+    ED25519_KEY_LEN,
+    OS_RANDOM,
+    Random,
+    ed25519_check_public,
+)
 from hushwire.common.errors import (
     CryptoError,
     GroupChangeRejected,
@@ -151,7 +155,7 @@ def create_group(
     now_ms: int,
     *,
     admins: Iterable[str] = (),
-    nonce: bytes | None = None,
+    rand: Random = OS_RANDOM,
 ) -> tuple[GroupLog, bytes]:
     """A new group with `creator` as admin; returns the creator's log and the change
     to send (content type GROUP_CHANGE) to every other member.
@@ -161,7 +165,7 @@ def create_group(
     """
     keys = {**members, creator: identity.sign_key}
     users = sorted_unique(keys)
-    chosen = nonce if nonce is not None else secrets.token_bytes(NONCE_LEN)
+    chosen = rand(NONCE_LEN)
     change = GroupChange(
         group_id=group_id_for(creator, chosen),
         epoch=1,
