@@ -1,6 +1,8 @@
 """hushwire-admin: manage users, the schema and TLS material of a relay's database.
 
-Safe to run while the relay is up: both use the same SQLite db in WAL mode, every
+`--db` takes a SQLite file or a postgresql:// URL; every command works on both.
+Safe to run while the relay is up: both use the same SQLite db in WAL mode (or the same
+PostgreSQL database), every
 admin change is one short transaction (waiting up to a few seconds for the relay's
 current commit), and account changes reach the running relay through the
 `user_events` table, which it polls (see docs/operations.md).
@@ -30,6 +32,7 @@ from hushwire.relay import migrate as migrations
 from hushwire.relay import tls
 from hushwire.relay.errors import SchemaOutdated, TlsMaterialError, UnknownUser
 from hushwire.relay.store import Store, UserRecord
+from hushwire.relay.store.urls import is_postgres_url, postgres_module, redact
 from hushwire.relay.tokens import hash_token, new_salt, new_token
 
 PROG = "hushwire-admin"
@@ -68,12 +71,22 @@ def _when(ts: int | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _run(db: Path, fn: Callable[[Store], Any], *, create: bool = False) -> Any:
-    """Open the db (building it first with `create` when missing), run `fn`, close."""
-    if not db.exists() and not create:
+def _db(value: str) -> Path | str:
+    """--db: a postgresql:// URL as given, anything else a SQLite file path."""
+    return value if is_postgres_url(value) else Path(value)
+
+
+def _run(db: Path | str, fn: Callable[[Store], Any], *, create: bool = False) -> Any:
+    """Open the db (building it first with `create` when missing), run `fn`, close.
+
+    A PostgreSQL database is never migrated here: it exists before its first user (the
+    server's operator creates it), so its schema is `migrate`'s job, or the relay's.
+    """
+    exists = not isinstance(db, Path) or db.exists()
+    if not exists and not create:
         raise SchemaOutdated(f"no database at {db}; create it with `{PROG} --db {db} migrate`")
     # An existing db is never migrated implicitly: schema changes are `migrate`'s job.
-    migrate = not db.exists()
+    migrate = not exists
 
     async def go() -> Any:
         store = await Store.open(db, migrate=migrate)
@@ -173,12 +186,17 @@ def cmd_remove_user(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    start, end = migrations.migrate(args.db)
-    if start == end:
-        print(f"{args.db} is up to date (schema v{end})")
+    if isinstance(args.db, Path):
+        start, end = migrations.migrate(args.db)
+        where = str(args.db)
     else:
-        print(f"migrated {args.db}: schema v{start} -> v{end}")
-        if start:
+        start, end = asyncio.run(postgres_module().migrate_schema(args.db))
+        where = redact(args.db)
+    if start == end:
+        print(f"{where} is up to date (schema v{end})")
+    else:
+        print(f"migrated {where}: schema v{start} -> v{end}")
+        if start and isinstance(args.db, Path):
             print(f"backup of v{start}: {migrations.backup_path(args.db, start)}")
     return 0
 
@@ -200,7 +218,7 @@ def cmd_issue_client_cert(args: argparse.Namespace) -> int:
 
     if not _run(args.db, exists):
         raise UnknownUser(f"no user named {args.name!r}")
-    ca_dir = args.ca_dir or args.db.resolve().parent
+    ca_dir = args.ca_dir or (args.db.resolve().parent if isinstance(args.db, Path) else Path.cwd())
     cert, key = tls.issue_client_cert(ca_dir, args.name, args.out)
     print(f"client certificate for {args.name}: {cert}")
     print(f"private key (mode 0600): {key}")
@@ -254,7 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Manage the users and database of a hushwire relay.")
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument(
-        "--db", type=Path, default=Path(DEFAULT_DB), help="database file (default ./users.db)"
+        "--db",
+        type=_db,
+        default=Path(DEFAULT_DB),
+        metavar="PATH|URL",
+        help="SQLite database file (default ./users.db) or a postgresql:// URL",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
@@ -290,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="where the relay's client CA lives (default: next to the db)",
+        help="where the relay's client CA lives (default: next to the db file, or here)",
     )
     dh = command("dhparams", cmd_dhparams, "generate a safe-prime DH group (takes minutes)")
     dh.add_argument("--bits", type=int, default=3072, help="size of p (>= 2048, default 3072)")

@@ -83,7 +83,7 @@ class RelayServer:
         group = load_group(config)
         context, self.fingerprint = tls_context(config)
         self._store = await Store.open(
-            config.db, synchronous=config.synchronous, max_mailbox=config.max_mailbox
+            config.store_target, synchronous=config.synchronous, max_mailbox=config.max_mailbox
         )
         self._relay = Relay(config, self._store, group)
         self._flushes = FlushQueue(asyncio.get_running_loop())
