@@ -62,14 +62,14 @@ class PostgresServer:
         )
 
     def start(self) -> PostgresServer:
+        """Create the cluster and start it on a free loopback port."""
         if os.geteuid() == 0:
             pw = pwd.getpwnam(RUN_AS)
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
-        data = self.root / "data"
         self._run(
             self.bindir / "initdb",
             "-D",
-            data,
+            self.root / "data",
             "-U",
             PG_USER,
             "--auth=trust",
@@ -80,31 +80,40 @@ class PostgresServer:
         )
         for _ in range(5):  # a port found free can be taken before the server binds it
             self.port = free_port()
-            opts = (
-                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-                "-c fsync=off -c full_page_writes=off -c max_connections=200"
-            )
-            started = self._run(
-                self.bindir / "pg_ctl",
-                "-D",
-                data,
-                "-l",
-                self.root / "server.log",
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                opts,
-                "start",
-                check=False,
-            )
+            started = self.start_server(check=False)
             if started.returncode == 0:
                 return self
         log = (self.root / "server.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"PostgreSQL did not start: {started.stderr}\n{log}")
 
-    def stop(self) -> None:
+    def start_server(self, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Start the server process (again) on `port`; returns once it accepts."""
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
+        )
+        return self._run(
+            self.bindir / "pg_ctl",
+            "-D",
+            self.root / "data",
+            "-l",
+            self.root / "server.log",
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            opts,
+            "start",
+            check=check,
+        )
+
+    def stop_server(self) -> None:
+        """Stop the server process (fast shutdown: open sessions are cut)."""
         self._run(self.bindir / "pg_ctl", "-D", self.root / "data", "-m", "fast", "-w", "stop")
+
+    def stop(self) -> None:
+        """Stop the server and delete the cluster."""
+        self.stop_server()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str) -> str:

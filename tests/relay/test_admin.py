@@ -219,6 +219,44 @@ def test_migrate_creates_then_reports_up_to_date(
     assert code == 0 and "up to date" in out
 
 
+def test_every_user_command_works_on_a_postgresql_url(
+    capsys: pytest.CaptureFixture[str], pg_url: str
+) -> None:
+    code, _, err = run(capsys, "--db", pg_url, "list-users")
+    assert code == 1  # an empty database is not migrated behind the operator's back
+    assert_one_line_error(err, "schema version 0")
+    code, out, _ = run(capsys, "--db", pg_url, "migrate")
+    assert code == 0 and f"v0 -> v{mg.latest_version('postgresql')}" in out
+    assert "backup" not in out  # PostgreSQL is backed up with its own tools
+    code, out, _ = run(capsys, "--db", pg_url, "migrate")
+    assert code == 0 and "up to date" in out
+    token = add(capsys, pg_url, "alice")  # type: ignore[arg-type]
+    add(capsys, pg_url, "bob")  # type: ignore[arg-type]
+    assert run(capsys, "--db", pg_url, "disable-user", "bob")[0] == 0
+    code, out, _ = run(capsys, "--db", pg_url, "list-users", "--json")
+    assert [(u["user"], u["disabled"]) for u in json.loads(out)] == [
+        ("alice", False),
+        ("bob", True),
+    ]
+    code, out, _ = run(capsys, "--db", pg_url, "stats", "--json")
+    stats = json.loads(out)
+    assert (stats["users"], stats["disabled"], stats["queued"]) == (2, 1, 0)
+
+    async def alice() -> tuple[bytes, bytes]:
+        async with await Store.open(pg_url, migrate=False) as store:
+            rec = await store.get_user("alice")
+            assert rec is not None
+            return rec.token_hash, rec.token_salt
+
+    digest, salt = asyncio.run(alice())
+    assert verify_token(token, salt, digest)
+    code, out, _ = run(capsys, "--db", pg_url, "remove-user", "bob")
+    assert code == 0 and "0 queued" in out
+    code, _, err = run(capsys, "--db", pg_url, "remove-user", "bob")
+    assert code == 1
+    assert_one_line_error(err, "bob")
+
+
 def test_stats(capsys: pytest.CaptureFixture[str], db: Path) -> None:
     add(capsys, db, "alice")
     add(capsys, db, "bob")
@@ -253,14 +291,13 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "add-user" in out and "insecure" not in out
 
 
-async def test_disable_reaches_a_running_relay(
-    capsys: pytest.CaptureFixture[str], db: Path
-) -> None:
-    """The relay's open Store sees admin changes via user_events (WAL, two processes)."""
-    async with await Store.open(db) as relay_store:
+async def test_disable_reaches_a_running_relay(store_target: Path | str) -> None:
+    """The relay's open Store sees admin changes via user_events (SQLite's WAL or
+    PostgreSQL, two connections)."""
+    async with await Store.open(store_target) as relay_store:
         await relay_store.add_user("alice", b"h", b"s", now=1)
         cursor = await relay_store.last_user_event()
-        code = await asyncio.to_thread(main, ["--db", str(db), "disable-user", "alice"])
+        code = await asyncio.to_thread(main, ["--db", str(store_target), "disable-user", "alice"])
         assert code == 0
         events = await relay_store.user_events(cursor)
         assert [(e.name, e.kind) for e in events] == [("alice", UserEventKind.DISABLED)]
