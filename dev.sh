@@ -39,6 +39,28 @@ install_test_services() {
 }
 # ----------------------------------------------------------------------------------------
 
+# --- Debian tools for the operator tests (metrics, systemd) ----------------------------
+# promtool (package `prometheus`) validates the metrics exposition in
+# tests/relay/test_metrics.py; systemd-analyze (package `systemd`) checks the unit file in
+# tests/relay/test_sdnotify.py. Installed only when missing, only as root with apt-get;
+# never fatal: without them those tests skip and say why.
+ops_packages() {
+    local missing=()
+    command -v promtool >/dev/null || missing+=(prometheus)
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+        echo "note: ${missing[*]} not installed (needs root and apt-get); their tests skip" >&2
+        return 0
+    fi
+    if ! { apt-get update -qq &&
+        apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"; } \
+        >/dev/null; then
+        echo "note: could not install ${missing[*]}; their tests skip" >&2
+    fi
+}
+# ---------------------------------------------------------------------------------------
+
 case "${1:-}" in
 relay)
     shift
@@ -50,6 +72,7 @@ test)
     shift
     setup
     install_test_services
+    ops_packages
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
     set +e

@@ -90,6 +90,7 @@ class Connection(asyncio.Protocol):
     ) -> None:
         self.relay = relay
         self.config = relay.config
+        self._counters = relay.counters
         self._flushes = flushes
         self._admit = admit
         self._on_finished = on_finished
@@ -181,6 +182,7 @@ class Connection(asyncio.Protocol):
         """Tell the client why, flush, and close."""
         if self._closing:
             return
+        self._counters.errors[code] += 1
         self._queue(Error(id=None, code=code, message=message))
         self._shut()
         self._end()
@@ -345,6 +347,7 @@ class Connection(asyncio.Protocol):
             request = decode_request(raw)
             check(self.state, request, remote=True)
         except HushwireError as exc:
+            self._counters.errors[exc.code] += 1
             self._queue(Error(id=request_id(raw), code=exc.code, message=exc.message))
             return
         if self.state is not ConnState.READY:
@@ -396,16 +399,18 @@ class Connection(asyncio.Protocol):
         elif self._queued:
             self._schedule_flush()  # the flush resumes reading (we are paused)
 
-    @staticmethod
-    def _error_reply(request: Request, exc: BaseException) -> Error:
+    def _error_reply(self, request: Request, exc: BaseException) -> Error:
         if isinstance(exc, RequestError):
-            return Error(
+            reply = Error(
                 id=request.id, code=exc.code, message=exc.message, retry_after=exc.retry_after
             )
-        if isinstance(exc, HushwireError):
-            return Error(id=request.id, code=exc.code, message=exc.message)
-        log.error("internal error handling %s", request.TYPE, exc_info=exc)
-        return Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
+        elif isinstance(exc, HushwireError):
+            reply = Error(id=request.id, code=exc.code, message=exc.message)
+        else:
+            log.error("internal error handling %s", request.TYPE, exc_info=exc)
+            reply = Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
+        self._counters.errors[reply.code] += 1
+        return reply
 
     async def _serve(self, request: Request, *, handshake: bool = False) -> None:
         if type(request) is Send:
@@ -513,6 +518,7 @@ class Connection(asyncio.Protocol):
         self._maybe_finished()
 
     def _deliver(self, d: Deliver) -> None:
+        self._counters.deliveries += 1
         self._inflight.add(d.mid)
         self._cursor = d.mid
         self._queue(d)

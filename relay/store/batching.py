@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hushwire.common.errors import HushwireError
 from hushwire.relay.errors import StoreError
+from hushwire.relay.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Histogram
 
 T = TypeVar("T")
 log = logging.getLogger("hushwire.relay.store")
@@ -139,6 +141,9 @@ class GroupCommit:
         self._top_elided = 0  # highest mid in `unwritten` elided: its id must stay used
         self.elided = 0  # rows never written because the recipient acked first
         self.group_commits = 0  # committed batch transactions, for tests and metrics
+        self.commit_batch = Histogram(BATCH_BUCKETS)  # operations per group commit
+        self.commit_seconds = Histogram(LATENCY_BUCKETS)  # batch handed over -> committed
+        self.clock: Callable[[], float] = time.perf_counter  # measures commits only
         self.commit_delay = COMMIT_DELAY
         self.closing = False
         self._wakeup = asyncio.Event()
@@ -194,6 +199,7 @@ class GroupCommit:
                 return
 
     async def _commit(self, batch: list[Op], top: int) -> None:
+        start = self.clock()
         try:
             outcomes = await self._write(batch, top)
         except Exception as exc:
@@ -203,5 +209,7 @@ class GroupCommit:
                 self._settle(op, Failed(err))
             return
         self.group_commits += 1
+        self.commit_batch.observe(len(batch))
+        self.commit_seconds.observe(self.clock() - start)
         for op, outcome in zip(batch, outcomes, strict=True):
             self._settle(op, outcome)

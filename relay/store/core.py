@@ -51,6 +51,7 @@ class Store(Mailbox):
         max_mailbox: int = 10_000,
         migrate: bool = True,
         busy_timeout_ms: int = 5000,
+        exclusive: bool = False,
     ) -> Store:
         """Open (and with `migrate`, create or upgrade) the store at `target`: a SQLite
         file path, or a postgresql:// URL.
@@ -59,13 +60,17 @@ class Store(Mailbox):
         also survives power loss, at several times the commit cost. PostgreSQL commits
         as its server is configured (synchronous_commit) and ignores both settings.
         Raises SchemaTooNew for a db newer than this code, and with migrate=False
-        SchemaOutdated for an older or missing one.
+        SchemaOutdated for an older or missing one. `exclusive` is for the relay: on
+        PostgreSQL it raises DbLocked while another relay uses the database (a SQLite
+        relay takes relay/dblock.py's file lock instead).
         """
         if max_mailbox < 1:
             raise ValueError("max_mailbox must be at least 1")
         backend: Backend
         if is_postgres_url(target):
-            backend = await postgres_module().PostgresBackend.open(str(target), migrate=migrate)
+            backend = await postgres_module().PostgresBackend.open(
+                str(target), migrate=migrate, exclusive=exclusive
+            )
         else:
             backend = await SqliteBackend.open(
                 target, synchronous=synchronous, migrate=migrate, busy_timeout_ms=busy_timeout_ms
@@ -132,6 +137,10 @@ class Store(Mailbox):
     async def stats(self) -> dict[str, int]:
         """Counts for `hushwire-admin stats`: users, disabled, queued, db_bytes."""
         return await self._backend.stats()
+
+    async def queued_by_user(self) -> dict[str, int]:
+        """Committed envelopes waiting per recipient, for `hushwire-admin stats`."""
+        return await self._backend.queued_by_user()
 
     # ------------------------------------------------------------------ account events
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.relay.errors import StoreError
+from hushwire.relay.metrics import Histogram
 from hushwire.relay.store.batching import (
     Ack,
     Enqueue,
@@ -63,6 +64,16 @@ class Mailbox:
     def group_commits(self) -> int:
         """Committed batch transactions, for tests and metrics."""
         return self._batch.group_commits
+
+    @property
+    def commit_batch(self) -> Histogram:
+        """Operations per group commit, for metrics."""
+        return self._batch.commit_batch
+
+    @property
+    def commit_seconds(self) -> Histogram:
+        """Seconds from handing a batch to the backend until it is committed."""
+        return self._batch.commit_seconds
 
     @property
     def elided(self) -> int:

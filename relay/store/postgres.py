@@ -24,6 +24,7 @@ from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.keys import BUNDLE_VERSION, IdentityPublic, PrekeyBundle, SignedPrekey
 from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import (
+    DbLocked,
     NotHushwireDb,
     SchemaError,
     SchemaOutdated,
@@ -47,6 +48,9 @@ from hushwire.relay.store.urls import redact
 POOL_SIZE = 8
 # Held while migrating, so two relays starting at once never apply a migration twice.
 _MIGRATE_LOCK = 0x68757368  # "hush"
+# Held by a relay for as long as it runs: envelope ids and mailbox counts live in the
+# relay's memory (mailbox.py), so a second relay on the same database is refused.
+_RELAY_LOCK = 0x68777279  # "hwry"
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
@@ -65,7 +69,7 @@ async def _version(conn: asyncpg.Connection) -> int:
     return int(version)
 
 
-async def _connect(url: str) -> asyncpg.Connection:
+async def connect(url: str) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(url)
     except _ERRORS as exc:
@@ -73,7 +77,7 @@ async def _connect(url: str) -> asyncpg.Connection:
 
 
 async def current_version(url: str) -> int:
-    conn = await _connect(url)
+    conn = await connect(url)
     try:
         return await _version(conn)
     finally:
@@ -90,7 +94,7 @@ async def migrate_schema(url: str, *, target: int | None = None) -> tuple[int, i
     goal = latest if target is None else target
     if not 0 <= goal <= latest:
         raise SchemaError(f"no schema version {goal} (known: 1..{latest})")
-    conn = await _connect(url)
+    conn = await connect(url)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
         start = await _version(conn)
@@ -110,21 +114,38 @@ async def migrate_schema(url: str, *, target: int | None = None) -> tuple[int, i
         await conn.close()
 
 
+async def _relay_lock(url: str) -> asyncpg.Connection:
+    """A connection holding _RELAY_LOCK; the server drops it if this process dies."""
+    conn = await connect(url)
+    try:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
+            raise DbLocked(f"another relay is using {redact(url)}: one relay per database")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
 class PostgresBackend:
     """The store's SQL on PostgreSQL; open with `await PostgresBackend.open(url)`."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str, holder: asyncpg.Connection | None) -> None:
         self._pool = pool
         self._url = url
+        self._holder = holder  # the connection holding _RELAY_LOCK, if exclusive
         self._closed = False
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True) -> PostgresBackend:
+    async def open(
+        cls, url: str, *, migrate: bool = True, exclusive: bool = False
+    ) -> PostgresBackend:
         """Connect (and with `migrate`, create or upgrade the schema). Raises
         SchemaTooNew for a newer schema, with migrate=False SchemaOutdated for an older
-        or missing one, StoreError when the server cannot be reached."""
+        or missing one, StoreError when the server cannot be reached, and with
+        `exclusive` (a relay) DbLocked while another relay uses the database."""
         if migrate:
             await migrate_schema(url)
+        holder = await _relay_lock(url) if exclusive else None
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE)
         except _ERRORS as exc:
@@ -141,12 +162,16 @@ class PostgresBackend:
                 )
         except BaseException:
             await pool.close()
+            if holder is not None:
+                await holder.close()
             raise
-        return cls(pool, url)
+        return cls(pool, url, holder)
 
     async def close(self) -> None:
         self._closed = True
         await self._pool.close()
+        if self._holder is not None:
+            await self._holder.close()  # ends the session: the lock goes with it
 
     @contextlib.asynccontextmanager
     async def _conn(self, *, transaction: bool = False) -> AsyncIterator[asyncpg.Connection]:
@@ -246,6 +271,14 @@ class PostgresBackend:
             "queued": int(row[2]),
             "db_bytes": int(row[3]),
         }
+
+    async def queued_by_user(self) -> dict[str, int]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT u.name, COUNT(*) FROM mailbox m JOIN users u ON u.id = m.recipient_id"
+                ' GROUP BY u.name ORDER BY u.name COLLATE "C"'
+            )
+        return {str(name): int(n) for name, n in rows}
 
     # ------------------------------------------------------------------ user events
 
@@ -477,7 +510,7 @@ class PostgresBackend:
                         )
                     except asyncpg.IntegrityConstraintViolationError as exc:
                         outcomes.append(Failed(StoreError(f"envelope not stored: {exc}")))
-                await _raise_top(conn, top)
+                await raise_top(conn, top)
                 return outcomes
 
 
@@ -490,7 +523,7 @@ async def _prekey_count(conn: asyncpg.Connection, uid: int) -> int:
     return int(await conn.fetchval("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = $1", uid))
 
 
-async def _raise_top(conn: asyncpg.Connection, top: int) -> None:
+async def raise_top(conn: asyncpg.Connection, top: int) -> None:
     if top:
         await conn.execute("UPDATE mailbox_top SET id = GREATEST(id, $1)", top)
 
@@ -529,7 +562,7 @@ async def _apply(conn: asyncpg.Connection, batch: list[Op], top: int) -> list[ob
             [r for _, r in acks],
         )
         deleted = {int(r[0]) for r in gone}
-    await _raise_top(conn, top)
+    await raise_top(conn, top)
     outcomes: list[object] = []
     for op in batch:
         if isinstance(op, Ack):

@@ -264,6 +264,16 @@ class SqliteBackend:
 
     # ------------------------------------------------------------------ user events
 
+    async def queued_by_user(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT u.name, COUNT(*) FROM mailbox m JOIN users u ON u.id = m.recipient_id"
+                " GROUP BY m.recipient_id ORDER BY u.name"
+            ).fetchall()
+            return {str(name): int(n) for name, n in rows}
+
+        return await self._run(run)
+
     async def user_events(self, after: int, limit: int) -> list[UserEvent]:
         def run(conn: sqlite3.Connection) -> list[UserEvent]:
             rows = conn.execute(

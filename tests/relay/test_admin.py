@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hushwire.common.crypto.dh import load_pem
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
 from hushwire.relay import admin, tls
 from hushwire.relay import migrate as mg
 from hushwire.relay.admin import main
@@ -252,6 +253,15 @@ def test_every_user_command_works_on_a_postgresql_url(
     assert verify_token(token, salt, digest)
     code, out, _ = run(capsys, "--db", pg_url, "remove-user", "bob")
     assert code == 0 and "0 queued" in out
+    # What only a SQLite file has is refused, pointing at PostgreSQL's own way.
+    for argv, instead in (
+        (["backup", "x.db"], "pg_dump"),
+        (["restore", "x.db"], "pg_restore"),
+        (["purge", "--older-than", "1"], "retention_days"),
+    ):
+        code, _, err = run(capsys, "--db", pg_url, *argv)
+        assert code == 1
+        assert_one_line_error(err, instead)
     code, _, err = run(capsys, "--db", pg_url, "remove-user", "bob")
     assert code == 1
     assert_one_line_error(err, "bob")
@@ -392,3 +402,65 @@ def test_example_db_rebuild_is_reproducible(tmp_path: Path) -> None:
 
 def test_admin_module_has_no_stray_defaults() -> None:
     assert admin.DEFAULT_DB == "users.db" and admin.MIN_DH_BITS == 2048
+
+
+def test_copy_store_moves_every_user_key_and_queued_envelope_to_postgresql(
+    capsys: pytest.CaptureFixture[str], db: Path, pg_url: str
+) -> None:
+    ident = IdentityPublic("x25519", b"\x01" * 32, b"\x02" * 32, b"\x03" * 64)
+    spk = SignedPrekey(1, b"\x05" * 32, b"\x06" * 64)
+
+    async def fill() -> list[int]:
+        async with await Store.open(db) as s:
+            for name in ("alice", "bob", "carol"):
+                await s.add_user(name, name.encode(), b"salt", now=10)
+            await s.set_disabled("carol", True, now=11)
+            otks = [OneTimePrekey(i, bytes([i]) * 32) for i in range(3)]
+            await s.publish_keys("bob", identity=ident, signed_prekey=spk, one_time=otks, now=12)
+            await s.fetch_bundle("alice", "bob")  # alice watches bob; one prekey gone
+            mids = await s.enqueue("alice", ["bob", "carol"], b"queued", now=13)
+            acked = await s.enqueue("alice", ["bob"], b"acked", now=14)
+            await s.ack("bob", acked)  # the highest id ever used is gone from the mailbox
+            return mids + acked
+
+    mids = asyncio.run(fill())
+
+    async def look(target: Path | str) -> tuple[object, ...]:
+        async with await Store.open(target) as s:
+            return (
+                await s.list_users(),
+                await s.pending("bob"),
+                await s.pending("carol"),
+                await s.key_status("bob"),
+                await s.mailbox_count("bob"),
+            )
+
+    before = asyncio.run(look(db))
+    code, out, _ = run(capsys, "copy-store", "--from", str(db), "--to", pg_url)
+    assert code == 0, out
+    assert "3 user(s), 2 queued envelope(s), 2 one-time prekey(s)" in out
+    assert asyncio.run(look(pg_url)) == before
+
+    async def carry_on() -> tuple[list[int], object, bool]:
+        async with await Store.open(pg_url) as s:
+            new = await s.enqueue("bob", ["alice"], b"after the move", now=20)
+            result = await s.publish_keys(
+                "bob",
+                identity=IdentityPublic("x25519", b"\x01" * 32, b"\x09" * 32, b"\x03" * 64),
+                signed_prekey=None,
+                one_time=[],
+                now=21,
+            )
+            await s.add_user("dave", b"d", b"s", now=22)  # ids continue after the copy
+            return new, result.watchers, await s.user_exists("dave")
+
+    new, watchers, dave = asyncio.run(carry_on())
+    assert new[0] > max(mids)  # ids are never reused, not even the acked one
+    assert watchers == ["alice"] and dave
+    # Only into an empty store, and never from a URL or to a file.
+    code, _, err = run(capsys, "copy-store", "--from", str(db), "--to", pg_url)
+    assert code == 1
+    assert_one_line_error(err, "already has users")
+    code, _, err = run(capsys, "copy-store", "--from", pg_url, "--to", pg_url)
+    assert code == 1
+    assert_one_line_error(err, "SQLite file")

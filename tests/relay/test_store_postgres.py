@@ -13,7 +13,7 @@ import pytest
 from hushwire.common.errors import HushwireError
 from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
 from hushwire.relay import migrate as mg
-from hushwire.relay.errors import NotHushwireDb, SchemaOutdated, SchemaTooNew, StoreError
+from hushwire.relay.errors import DbLocked, NotHushwireDb, SchemaOutdated, SchemaTooNew, StoreError
 from hushwire.relay.store import Store
 from hushwire.relay.store.postgres import current_version, migrate_schema
 from hushwire.relay.store.urls import is_postgres_url, redact
@@ -91,6 +91,16 @@ async def test_a_foreign_database_is_never_migrated(pg_url: str) -> None:
         await Store.open(pg_url)
     assert {r[0] for r in await fetch(pg_url, "SELECT tablename FROM pg_tables")} >= {"invoices"}
     assert await fetch(pg_url, "SELECT to_regclass('users')") == [(None,)]
+
+
+async def test_one_relay_per_database(pg_url: str) -> None:
+    async with await Store.open(pg_url, exclusive=True):
+        with pytest.raises(DbLocked, match="one relay per database"):
+            await Store.open(pg_url, exclusive=True)
+        async with await Store.open(pg_url) as admin:  # the admin CLI is not a relay
+            assert await admin.list_users() == []
+    async with await Store.open(pg_url, exclusive=True):  # released on close
+        pass
 
 
 async def test_an_unreachable_server_is_a_store_error_without_the_password() -> None:
