@@ -51,6 +51,7 @@ _MIGRATE_LOCK = 0x68757368  # "hush"
 # Held by a relay for as long as it runs: envelope ids and mailbox counts live in the
 # relay's memory (mailbox.py), so a second relay on the same database is refused.
 _RELAY_LOCK = 0x68777279  # "hwry"
+RELAY_LOCK_WAIT_S = 5.0
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
@@ -115,11 +116,20 @@ async def migrate_schema(url: str, *, target: int | None = None) -> tuple[int, i
 
 
 async def _relay_lock(url: str) -> asyncpg.Connection:
-    """A connection holding _RELAY_LOCK; the server drops it if this process dies."""
+    """A connection holding _RELAY_LOCK; the server drops it when this process dies.
+
+    Waits up to RELAY_LOCK_WAIT_S: a relay restarted right after a crash may find its
+    predecessor's session not yet ended by the server."""
     conn = await connect(url)
     try:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
-            raise DbLocked(f"another relay is using {redact(url)}: one relay per database")
+        await conn.execute(f"SET lock_timeout = {int(RELAY_LOCK_WAIT_S * 1000)}")
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", _RELAY_LOCK)
+        except asyncpg.LockNotAvailableError:
+            raise DbLocked(
+                f"another relay is using {redact(url)}: one relay per database"
+            ) from None
+        await conn.execute("RESET lock_timeout")
     except BaseException:
         await conn.close()
         raise
