@@ -104,7 +104,10 @@ class RelayServer:
         context, self.fingerprint = tls_context(config)
         self._lock = DbLock(config.db).acquire("hushwire-relay")
         self._store = await Store.open(
-            config.db, synchronous=config.synchronous, max_mailbox=config.max_mailbox
+            config.store_target,
+            synchronous=config.synchronous,
+            max_mailbox=config.max_mailbox,
+            exclusive=True,
         )
         self._control = ControlServer(config.db, self._control_request)
         await self._control.start()
