@@ -46,6 +46,7 @@ from hushwire.common.messages import (
     WhoOk,
 )
 from hushwire.common.names import check_username, is_valid_username
+from hushwire.relay.addresses import address_prefix
 from hushwire.relay.config import RelayConfig
 from hushwire.relay.errors import StoreError
 from hushwire.relay.ratelimit import RateLimiter
@@ -141,8 +142,8 @@ class Relay:
         self.store = store
         self.group = group
         self.online: dict[str, Peer] = {}
-        self._login_by_user = RateLimiter(config.login_limit)
-        self._login_by_addr = RateLimiter(config.login_limit)
+        # Failed logins per (user, address prefix): see _login.
+        self._login_failures = RateLimiter(config.login_limit)
         self._sends = RateLimiter(config.send_limit)
         self._fetches = RateLimiter(config.fetch_limit)
         self._publishes = RateLimiter(config.publish_limit)
@@ -187,24 +188,30 @@ class Relay:
         )
 
     async def _login(self, peer: Peer, req: Login, now: float) -> LoginOk:
-        wait = max(
-            self._login_by_user.retry_after(req.user, now),
-            self._login_by_addr.retry_after(peer.peer_address, now),
-        )
+        if not is_valid_username(req.user):
+            # A name that cannot exist costs nothing: no lookup, no hash, no limiter entry
+            # (a key per arbitrary 64 KB string was a memory leak), and it is not echoed.
+            log.info("failed login (invalid user name) from %s", peer.peer_address)
+            raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
+        # Failures count per (user, address prefix): guesses from one network lock out
+        # only that network's attempts for that user, never the user's own logins from
+        # elsewhere. Tokens are 256 random bits; the limit bounds work, not guessing odds.
+        key = (req.user, address_prefix(peer.peer_address))
+        wait = self._login_failures.retry_after(key, now)
         if wait:
             raise RequestError(
                 ErrorCode.RATE_LIMITED,
                 f"too many failed logins; retry in {math.ceil(wait)} s",
                 retry_after=wait,
             )
-        record = await self.store.get_user(req.user) if is_valid_username(req.user) else None
+        record = await self.store.get_user(req.user)
         # Hash even for an unknown user, so timing does not reveal which names exist.
         salt, expected = (record.token_salt, record.token_hash) if record else DUMMY
         if not verify_token(req.token, salt, expected) or record is None:
-            self._login_by_user.consume(req.user, now)
-            self._login_by_addr.consume(peer.peer_address, now)
-            log.info("failed login for %r from %s", req.user, peer.peer_address)
+            self._login_failures.consume(key, now)
+            log.info("failed login for %s from %s", req.user, peer.peer_address)
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
+        self._login_failures.forget(key)
         if record.disabled:
             raise RequestError(ErrorCode.USER_DISABLED, f"user {req.user} is disabled")
         if self.config.client_ca is not None and peer.cert_name != req.user:
