@@ -57,7 +57,9 @@ class RelayConfig:
     handshake_timeout: float = _opt(10.0, "seconds allowed for TLS + hello + login")
     send_rate: float = _opt(60.0, "envelopes per second per sender (sustained)")
     send_burst: float = _opt(120.0, "envelopes a sender may send at once")
-    login_failures: float = _opt(5.0, "failed logins allowed at once per user and address prefix (/24 IPv4, /64 IPv6)")
+    login_failures: float = _opt(
+        5.0, "failed logins allowed at once per user and address prefix (/24 IPv4, /64 IPv6)"
+    )
     login_failure_period: float = _opt(60.0, "seconds for one more failed login to be allowed")
     fetch_burst: float = _opt(20.0, "prekey bundles a user may fetch at once")
     fetch_period: float = _opt(3.0, "seconds for one more bundle fetch to be allowed")

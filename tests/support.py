@@ -176,7 +176,7 @@ class RawClient:
         """Send one request and return its reply (pushes skipped), None if closed."""
         self.send(frame)
         while (reply := await self.recv()) is not None:
-            if reply.get("id") == frame["id"] or reply.get("id") is None and reply["t"] == "error":
+            if reply.get("id") in (frame["id"], None):
                 return reply
         return None
 

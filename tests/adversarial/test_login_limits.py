@@ -101,5 +101,7 @@ async def test_invalid_names_are_not_counted_nor_echoed(relay_factory):
         assert len(reply["message"]) < 200
     conn.close()
     assert len(relay.server.relay._login_failures) == 0
-    ok = await asyncio.wait_for(_login(relay.port, "127.0.0.1", "alice", relay.tokens["alice"]), WAIT)
+    ok = await asyncio.wait_for(
+        _login(relay.port, "127.0.0.1", "alice", relay.tokens["alice"]), WAIT
+    )
     assert ok is not None and ok["t"] == "ok"
