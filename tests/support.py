@@ -176,7 +176,8 @@ class RawClient:
         """Send one request and return its reply (pushes skipped), None if closed."""
         self.send(frame)
         while (reply := await self.recv()) is not None:
-            if reply.get("id") in (frame["id"], None):
+            fatal = reply["t"] == "error" and reply.get("id") is None
+            if fatal or reply.get("id") == frame["id"]:
                 return reply
         return None
 
