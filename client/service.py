@@ -813,10 +813,18 @@ class HushwireClient:
 
     async def who(self) -> list[tuple[str, bool]]:
         """Every user of the relay and whether they are online (starts presence pushes)."""
-        reply = await self._require_conn().request(wire.Who)
-        for p in reply.users:
-            self._online[p.user] = p.online
-        return [(p.user, p.online) for p in reply.users]
+        conn = self._require_conn()
+        users: list[tuple[str, bool]] = []
+        after: str | None = None
+        while True:  # the relay answers in pages that each fit one frame
+            reply = await conn.request(wire.Who, after=after)
+            users += [(p.user, p.online) for p in reply.users]
+            if reply.next is None or reply.next == after:
+                break
+            after = reply.next
+        for user, online in users:
+            self._online[user] = online
+        return users
 
     async def contacts(self) -> list[ContactInfo]:
         unread = await self.store.unread_counts()

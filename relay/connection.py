@@ -33,7 +33,14 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from hushwire.common.errors import ErrorCode, HushwireError, RemoteProtocolError, RequestError
+from hushwire.common.errors import (
+    MAX_ERROR_MESSAGE,
+    ErrorCode,
+    HushwireError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    RequestError,
+)
 from hushwire.common.frames import FrameDecoder, encode_frame
 from hushwire.common.messages import (
     Ack,
@@ -41,6 +48,7 @@ from hushwire.common.messages import (
     Error,
     Message,
     PresenceChanged,
+    Reply,
     Request,
     Send,
     decode_request,
@@ -299,7 +307,7 @@ class Connection(asyncio.Protocol):
             frames = self._decoder.feed(data)
         except RemoteProtocolError as exc:
             log.info("bad frame from %s: %s", self.peer_address, exc.message)
-            self.kick(exc.code, exc.message)
+            self.kick(exc.code, exc.message[:MAX_ERROR_MESSAGE])
             return
         if self._queued:
             frames = self._queued + frames
@@ -345,7 +353,8 @@ class Connection(asyncio.Protocol):
             request = decode_request(raw)
             check(self.state, request, remote=True)
         except HushwireError as exc:
-            self._queue(Error(id=request_id(raw), code=exc.code, message=exc.message))
+            message = exc.message[:MAX_ERROR_MESSAGE]
+            self._queue(Error(id=request_id(raw), code=exc.code, message=message))
             return
         if self.state is not ConnState.READY:
             self._handshaking = True
@@ -400,10 +409,13 @@ class Connection(asyncio.Protocol):
     def _error_reply(request: Request, exc: BaseException) -> Error:
         if isinstance(exc, RequestError):
             return Error(
-                id=request.id, code=exc.code, message=exc.message, retry_after=exc.retry_after
+                id=request.id,
+                code=exc.code,
+                message=exc.message[:MAX_ERROR_MESSAGE],
+                retry_after=exc.retry_after,
             )
         if isinstance(exc, HushwireError):
-            return Error(id=request.id, code=exc.code, message=exc.message)
+            return Error(id=request.id, code=exc.code, message=exc.message[:MAX_ERROR_MESSAGE])
         log.error("internal error handling %s", request.TYPE, exc_info=exc)
         return Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
 
@@ -424,7 +436,19 @@ class Connection(asyncio.Protocol):
     def _queue(self, message: Message) -> None:
         if self._closing:
             return
-        frame = encode_frame(message.to_wire(), max_size=self.config.max_frame + 1024)
+        try:
+            frame = encode_frame(message.to_wire(), max_size=self.config.max_frame + 1024)
+        except LocalProtocolError:
+            # Whatever built it, a reply that cannot be sent must still be answered, or
+            # the client waits forever: it becomes a typed error (a push is dropped).
+            log.error("%s too large for %s; not sent", message.TYPE, self.peer_address)
+            rid = getattr(message, "id", None)
+            if not isinstance(message, Reply | Error) or rid is None:
+                return
+            message = Error(
+                id=rid, code=ErrorCode.REPLY_TOO_LARGE, message="the reply exceeds the frame limit"
+            )
+            frame = encode_frame(message.to_wire())
         self._out.append(frame)
         self._out_bytes += len(frame)
         self._schedule_flush()

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.errors import ErrorCode, RequestError, echo
 from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
 from hushwire.common.messages import (
     PROTOCOL_VERSION,
@@ -58,6 +58,11 @@ log = logging.getLogger("hushwire.relay")
 RELAY_NAME = "hushwire-relay/0.1"
 MAX_RECIPIENTS = 50
 MAX_PREKEYS_PER_UPLOAD = 200
+# `who` pages: a presence entry is at most 48 bytes of msgpack (a 32-character name), so
+# a page sized from max_frame always fits one frame, however many users there are.
+PRESENCE_WIRE_MAX = 48
+WHO_OVERHEAD = 128
+WHO_PAGE_MAX = 1000
 ED25519_KEY = 32
 ED25519_SIG = 64
 
@@ -147,6 +152,9 @@ class Relay:
         self._sends = RateLimiter(config.send_limit)
         self._fetches = RateLimiter(config.fetch_limit)
         self._publishes = RateLimiter(config.publish_limit)
+        self._who_page = max(
+            1, min(WHO_PAGE_MAX, (config.max_frame - WHO_OVERHEAD) // PRESENCE_WIRE_MAX)
+        )
         self._dispatch: dict[type[Request], Callable[[Peer, Request, float], Awaitable[Reply]]] = {
             Hello: self._hello,  # type: ignore[dict-item]
             Login: self._login,  # type: ignore[dict-item]
@@ -243,7 +251,7 @@ class Relay:
         if identity.group != self.group.name:
             raise RequestError(
                 ErrorCode.BAD_KEYS,
-                f"keys are for group {identity.group!r}; this relay uses {self.group.name!r}",
+                f"keys are for group {echo(identity.group)}; this relay uses {self.group.name!r}",
             )
         if len(identity.sign_key) != ED25519_KEY or len(identity.dh_sig) != ED25519_SIG:
             raise RequestError(ErrorCode.BAD_KEYS, "malformed identity signing key or signature")
@@ -400,12 +408,17 @@ class Relay:
     async def _who(self, peer: Peer, req: Who, now: float) -> WhoOk:
         self._user(peer)
         peer.wants_presence = True
-        users = await self.store.list_users()
+        after = req.after
+        users = [
+            u.name
+            for u in await self.store.list_users()
+            if not u.disabled and (after is None or u.name > after)
+        ]
+        page = users[: self._who_page]
         return WhoOk(
             id=req.id,
-            users=tuple(
-                Presence(user=u.name, online=u.name in self.online) for u in users if not u.disabled
-            ),
+            users=tuple(Presence(user=name, online=name in self.online) for name in page),
+            next=page[-1] if len(users) > len(page) else None,
         )
 
     async def _ping(self, peer: Peer, req: Ping, now: float) -> Pong:
