@@ -65,6 +65,12 @@ class RelayConfig:
     fetch_period: float = _opt(3.0, "seconds for one more bundle fetch to be allowed")
     publish_burst: float = _opt(10.0, "key uploads a user may make at once")
     publish_period: float = _opt(60.0, "seconds for one more key upload to be allowed")
+    ack_rate: float = _opt(2000.0, "envelope ids a user may ack per second (sustained)")
+    ack_burst: float = _opt(4000.0, "envelope ids a user may ack at once")
+    request_rate: float = _opt(
+        5.0, "who, prekey_count and ping requests per second per user, each (sustained)"
+    )
+    request_burst: float = _opt(60.0, "who, prekey_count and ping requests at once, each")
     delivery_window: int = _opt(256, "envelopes pushed to a client and not yet acked")
     max_connections: int = _opt(20_000, "concurrent connections accepted")
     synchronous: str = _opt(
@@ -80,6 +86,14 @@ class RelayConfig:
     @property
     def login_limit(self) -> Rate:
         return Rate(self.login_failures, 1.0 / self.login_failure_period)
+
+    @property
+    def ack_limit(self) -> Rate:
+        return Rate(self.ack_burst, self.ack_rate)
+
+    @property
+    def request_limit(self) -> Rate:
+        return Rate(self.request_burst, self.request_rate)
 
     @property
     def fetch_limit(self) -> Rate:
@@ -101,7 +115,8 @@ class RelayConfig:
         positive = (
             "max_frame max_mailbox retention_days idle_timeout handshake_timeout send_rate "
             "send_burst login_failures login_failure_period fetch_burst fetch_period "
-            "publish_burst publish_period delivery_window max_connections"
+            "publish_burst publish_period delivery_window max_connections ack_rate ack_burst "
+            "request_rate request_burst"
         ).split()
         for name in positive:
             if getattr(self, name) <= 0:

@@ -62,6 +62,13 @@ log = logging.getLogger("hushwire.relay.connection")
 
 OUT_HIGH_WATER = 1024 * 1024  # stop reading requests while this much output is queued
 MAX_PIPELINE = 256  # concurrent requests per logged-in connection
+# Of those, requests that need the store (a task each): the db thread serves everyone
+# in arrival order, so this bounds how far one connection can queue ahead of other
+# users' commits (256 pipelined `who` put every commit 256 reads back).
+MAX_TASKS = 8
+# Requests before login: hello, login, a few retries and pings. More is a flood (an
+# unauthenticated `ping` loop kept a core busy) and closes the connection.
+MAX_BEFORE_LOGIN = 16
 
 
 class FlushQueue:
@@ -118,6 +125,7 @@ class Connection(asyncio.Protocol):
         self._queued: list[dict[str, Any]] = []  # frames read but not yet taken
         self._paused = False  # reading paused by us
         self._handshaking = False  # a hello or login is being answered
+        self._before_login = 0  # requests taken before login
         self._ending = False  # no more requests taken
         self._closing = False  # no more output; the transport is closing
         self._settled = False  # requests taken have finished (or their grace ran out)
@@ -323,7 +331,11 @@ class Connection(asyncio.Protocol):
                 if self._ending:
                     return
                 if self._handshaking or (
-                    len(self._tasks) + self._owed >= MAX_PIPELINE and self.state is ConnState.READY
+                    self.state is ConnState.READY
+                    and (
+                        len(self._tasks) + self._owed >= MAX_PIPELINE
+                        or len(self._tasks) >= MAX_TASKS
+                    )
                 ):
                     self._queued = frames[i:]
                     break
@@ -349,9 +361,17 @@ class Connection(asyncio.Protocol):
         self._take_all(frames)
 
     def _take(self, raw: dict[str, Any]) -> None:
+        if self.state is not ConnState.READY:
+            self._before_login += 1
+            if self._before_login > MAX_BEFORE_LOGIN:
+                log.info("%s: too many requests before login", self.peer_address)
+                self.kick(ErrorCode.RATE_LIMITED, "too many requests before login")
+                return
         try:
             request = decode_request(raw)
             check(self.state, request, remote=True)
+            if self.state is ConnState.READY:
+                self.relay.check_rate(self, request, time.time())
         except HushwireError as exc:
             message = exc.message[:MAX_ERROR_MESSAGE]
             self._queue(Error(id=request_id(raw), code=exc.code, message=message))

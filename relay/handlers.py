@@ -63,6 +63,9 @@ MAX_PREKEYS_PER_UPLOAD = 200
 PRESENCE_WIRE_MAX = 48
 WHO_OVERHEAD = 128
 WHO_PAGE_MAX = 1000
+# Ids per `ack`: a client has at most delivery_window envelopes unacked per connection;
+# 7,000 ids in one frame (x 256 pipelined) was a way to hold the db writer.
+MAX_ACK_IDS = 1024
 ED25519_KEY = 32
 ED25519_SIG = 64
 
@@ -152,6 +155,10 @@ class Relay:
         self._sends = RateLimiter(config.send_limit)
         self._fetches = RateLimiter(config.fetch_limit)
         self._publishes = RateLimiter(config.publish_limit)
+        # Every request type after login has a per-user limit: send, fetch_bundle and
+        # publish_keys their own (in their handlers), the rest in check_rate.
+        self._acks = RateLimiter(config.ack_limit)
+        self._requests = RateLimiter(config.request_limit)
         self._who_page = max(
             1, min(WHO_PAGE_MAX, (config.max_frame - WHO_OVERHEAD) // PRESENCE_WIRE_MAX)
         )
@@ -170,6 +177,22 @@ class Relay:
     async def handle(self, peer: Peer, request: Request, now: float) -> Reply:
         """Answer one request (the connection has already checked the state table)."""
         return await self._dispatch[type(request)](peer, request, now)
+
+    def check_rate(self, peer: Peer, request: Request, now: float) -> None:
+        """Before a logged-in request is taken: raise RequestError if it is over its
+        user's limit (send, fetch_bundle and publish_keys are limited in their handlers,
+        which know their cost)."""
+        kind = type(request)
+        if kind is Send or kind is FetchBundle or kind is PublishKeys:
+            return
+        user = self._user(peer)
+        if kind is Ack:
+            ids = len(request.mids)  # type: ignore[attr-defined]
+            if ids > MAX_ACK_IDS:
+                raise RequestError(ErrorCode.BAD_REQUEST, f"at most {MAX_ACK_IDS} ids per ack")
+            self._limit(self._acks, user, now, "acked ids", cost=ids)
+        else:
+            self._limit(self._requests, (user, kind), now, f"{request.TYPE} requests")
 
     def disconnected(self, peer: Peer) -> None:
         user = peer.user
@@ -465,7 +488,9 @@ class Relay:
         return peer.user
 
     @staticmethod
-    def _limit(limiter: RateLimiter, key: str, now: float, what: str, *, cost: float = 1.0) -> None:
+    def _limit(
+        limiter: RateLimiter, key: object, now: float, what: str, *, cost: float = 1.0
+    ) -> None:
         if cost > limiter.rate.burst:
             raise RequestError(ErrorCode.RATE_LIMITED, f"too many {what} in one request")
         wait = limiter.consume(key, now, cost)
