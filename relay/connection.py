@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
 import time
 from collections import deque
@@ -94,7 +95,18 @@ class FlushQueue:
                 conn.transport.abort()
 
 
+def random_mid() -> int:
+    """A fresh wire id for one delivery: 63 random bits (the wire allows < 2**63)."""
+    return secrets.randbits(63)
+
+
 class Connection(asyncio.Protocol):
+    """Mailbox ids on the wire are not the store's: each delivery gets a random id, valid
+    for acks on this connection only. The store's ids are one counter for the whole
+    relay, so showing them let any user count everyone's traffic between two of its own
+    deliveries (issue #11.8). A redelivery after a reconnect has a new id; clients
+    drop duplicates by the id inside the sealed envelope, never by this one."""
+
     def __init__(
         self,
         relay: Relay,
@@ -102,8 +114,10 @@ class Connection(asyncio.Protocol):
         flushes: FlushQueue,
         admit: Callable[[Connection], bool],
         on_finished: Callable[[Connection], None],
+        new_mid: Callable[[], int] = random_mid,
     ) -> None:
         self.relay = relay
+        self._new_mid = new_mid
         self.config = relay.config
         self._flushes = flushes
         self._admit = admit
@@ -139,7 +153,8 @@ class Connection(asyncio.Protocol):
         self._sends_starting = 0
         self._mailbox_task: asyncio.Task[None] | None = None
         # Deliveries (see the module docstring).
-        self._inflight: set[int] = set()
+        self._inflight: dict[int, int] = {}  # store id -> wire id, pushed and not acked
+        self._by_wire: dict[int, int] = {}  # wire id -> store id, for acks
         self._live: deque[Deliver] = deque()
         self._backlog = False
         self._reading_mailbox = False
@@ -190,8 +205,17 @@ class Connection(asyncio.Protocol):
         self._schedule_flush()
 
     def acked(self, mids: Iterable[int]) -> None:
-        self._inflight.difference_update(mids)
+        inflight, by_wire = self._inflight, self._by_wire
+        for mid in mids:
+            wire = inflight.pop(mid, None)
+            if wire is not None:
+                by_wire.pop(wire, None)
         self._schedule_flush()
+
+    def _store_ids(self, ack: Ack) -> Ack:
+        """The store's ids for the wire ids of an ack (ids not pushed here are dropped)."""
+        by_wire = self._by_wire
+        return Ack(id=ack.id, mids=tuple(by_wire[w] for w in ack.mids if w in by_wire))
 
     def kick(self, code: ErrorCode, message: str) -> None:
         """Tell the client why, flush, and close."""
@@ -387,7 +411,9 @@ class Connection(asyncio.Protocol):
             if kind is Send and not self._sends_starting:
                 taken = self.relay.send_nowait(self, request, time.time(), answer)  # type: ignore[arg-type]
             elif kind is Ack:
-                taken = self.relay.ack_nowait(self, request, answer)  # type: ignore[arg-type]
+                request = self._store_ids(request)  # type: ignore[arg-type]
+                answer = partial(self._answer, request)
+                taken = self.relay.ack_nowait(self, request, answer)
             else:
                 taken = False
         except Exception as exc:
@@ -557,6 +583,10 @@ class Connection(asyncio.Protocol):
         self._maybe_finished()
 
     def _deliver(self, d: Deliver) -> None:
-        self._inflight.add(d.mid)
+        wire = self._new_mid()
+        while wire in self._by_wire:  # one in 2**63 / window: never, but stay exact
+            wire = self._new_mid()
+        self._inflight[d.mid] = wire
+        self._by_wire[wire] = d.mid
         self._cursor = d.mid
-        self._queue(d)
+        self._queue(Deliver(mid=wire, sender=d.sender, ts=d.ts, body=d.body))

@@ -372,7 +372,7 @@ class Relay:
                 reply(exc)
             elif mids is not None:
                 out.offer_committed(mids)
-                reply(SendOk(id=req.id, mids=tuple(mids), ts=out.ts))
+                reply(SendOk(id=req.id, mids=(), ts=out.ts))
 
         self.store.enqueue_nowait(
             user, recipients, out.body, now=out.ts, on_done=done, on_reserved=out.push_early
@@ -393,7 +393,7 @@ class Relay:
             out.unhold()
             raise
         out.offer_committed(mids)
-        return SendOk(id=req.id, mids=tuple(mids), ts=out.ts)
+        return SendOk(id=req.id, mids=(), ts=out.ts)
 
     def ack_nowait(self, peer: Peer, req: Ack, reply: Answer) -> bool:
         """`ack` without a task: `reply` is called now if every row was elided, else once

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 
 from hushwire.common.messages import Ack, Deliver, Send
-from tests.support import add_users
+from tests.support import WAIT, add_users
 
 
 def _mode(path) -> int:
@@ -46,3 +47,37 @@ async def test_an_existing_world_readable_db_is_tightened(tmp_path):
     os.chmod(db, 0o644)
     await add_users(db, ("bob",))  # any open goes through the same door
     assert _mode(db) == 0o600
+
+
+async def test_mailbox_ids_do_not_count_other_peoples_traffic(relay_factory, figures):
+    relay = await relay_factory(users=("alice", "bob", "mallory", "mole"))
+    mallory, mole = await relay.login("mallory"), await relay.login("mole")
+    alice, bob = await relay.login("alice"), await relay.login("bob")
+
+    async def probe() -> int:
+        ok = await mole.request(Send, to=("mallory",), body=b"probe")
+        assert ok.mids == ()  # a sender learns no id at all
+        push = await asyncio.wait_for(mallory.pushes.get(), WAIT)
+        while not isinstance(push, Deliver):
+            push = await asyncio.wait_for(mallory.pushes.get(), WAIT)
+        await mallory.request(Ack, mids=(push.mid,))
+        return push.mid
+
+    gaps, traffic = [], [37, 5, 0, 12]
+    for n in traffic:
+        first = await probe()
+        for i in range(n):  # traffic between others, which the probes must not reveal
+            await alice.request(Send, to=("bob",), body=b"%d" % i)
+        second = await probe()
+        gaps.append(second - first)
+    got = 0
+    while got < sum(traffic):
+        if isinstance(await asyncio.wait_for(bob.pushes.get(), WAIT), Deliver):
+            got += 1
+    # Before the fix the gap was exactly the traffic + 1 (one global counter).
+    assert all(gap != n + 1 for gap, n in zip(gaps, traffic, strict=True)), gaps
+    figures.add(
+        "two accounts probe with sends to each other around 37, 5, 0 and 12 sends by others",
+        "id gaps bear no relation to the traffic (random 63-bit ids per delivery, none to "
+        "the sender); before: gaps 38, 6, 1, 13 exactly",
+    )

@@ -242,7 +242,7 @@ async def test_offline_envelopes_arrive_in_order_on_login_and_ack_deletes(relay)
     sent = [f"envelope {i}".encode() for i in range(30)]
     for body in sent:
         ok = await alice.request(Send, to=("bob",), body=body)
-        assert len(ok.mids) == 1
+        assert ok.mids == ()  # ids are for the recipient only (docs/protocol.md, send)
     bob = await relay.login("bob")
     got = [await next_push(bob) for _ in sent]
     assert [d.body for d in got] == sent and all(d.sender == "alice" for d in got)
