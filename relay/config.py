@@ -63,6 +63,14 @@ class RelayConfig:
     login_failure_period: float = _opt(60.0, "seconds for one more failed login to be allowed")
     fetch_burst: float = _opt(20.0, "prekey bundles a user may fetch at once")
     fetch_period: float = _opt(3.0, "seconds for one more bundle fetch to be allowed")
+    target_fetch_burst: float = _opt(
+        10.0, "bundles with a one-time prekey served for one user at once (by all fetchers)"
+    )
+    target_fetch_period: float = _opt(
+        60.0,
+        "seconds for one more such bundle; past this limit fetches get the last-resort "
+        "bundle (signed prekey only)",
+    )
     publish_burst: float = _opt(10.0, "key uploads a user may make at once")
     publish_period: float = _opt(60.0, "seconds for one more key upload to be allowed")
     ack_rate: float = _opt(2000.0, "envelope ids a user may ack per second (sustained)")
@@ -100,6 +108,10 @@ class RelayConfig:
         return Rate(self.fetch_burst, 1.0 / self.fetch_period)
 
     @property
+    def target_fetch_limit(self) -> Rate:
+        return Rate(self.target_fetch_burst, 1.0 / self.target_fetch_period)
+
+    @property
     def publish_limit(self) -> Rate:
         return Rate(self.publish_burst, 1.0 / self.publish_period)
 
@@ -116,7 +128,7 @@ class RelayConfig:
             "max_frame max_mailbox retention_days idle_timeout handshake_timeout send_rate "
             "send_burst login_failures login_failure_period fetch_burst fetch_period "
             "publish_burst publish_period delivery_window max_connections ack_rate ack_burst "
-            "request_rate request_burst"
+            "request_rate request_burst target_fetch_burst target_fetch_period"
         ).split()
         for name in positive:
             if getattr(self, name) <= 0:

@@ -154,6 +154,10 @@ class Relay:
         self._login_failures = RateLimiter(config.login_limit)
         self._sends = RateLimiter(config.send_limit)
         self._fetches = RateLimiter(config.fetch_limit)
+        # One-time prekeys handed out per target, by all fetchers together (X3DH 4.7).
+        self._one_time_of = RateLimiter(config.target_fetch_limit)
+        # Who each online user may see come and go (see _announce).
+        self._contacts: dict[str, set[str]] = {}
         self._publishes = RateLimiter(config.publish_limit)
         # Every request type after login has a per-user limit: send, fetch_bundle and
         # publish_keys their own (in their handlers), the rest in check_rate.
@@ -199,6 +203,7 @@ class Relay:
         if user is not None and self.online.get(user) is peer:
             del self.online[user]
             self._announce(user, online=False)
+            self._contacts.pop(user, None)
 
     # --- handshake ---------------------------------------------------------------
 
@@ -250,6 +255,7 @@ class Relay:
             raise RequestError(
                 ErrorCode.AUTH_FAILED, f"the client certificate is not for user {req.user}"
             )
+        contacts = await self.store.contacts(req.user)
         previous = self.online.get(req.user)
         if previous is not None and previous is not peer:
             # One live session per user: the newest login wins, as a reconnecting client
@@ -258,6 +264,7 @@ class Relay:
         peer.user = req.user
         peer.token_hash = record.token_hash
         self.online[req.user] = peer
+        self._contacts[req.user] = contacts
         await self.store.record_login(req.user, now=int(now))
         has_identity, left = await self.store.key_status(req.user)
         # Key changes that happened while this user was offline: tell them now (again at
@@ -325,9 +332,15 @@ class Relay:
         self._limit(self._fetches, user, now, "prekey bundle fetches")
         if not await self.store.user_exists(target):
             raise RequestError(ErrorCode.UNKNOWN_USER, f"no user {target}")
-        bundle = await self.store.fetch_bundle(user, target)
+        # Several accounts together must not drain an offline victim either: past the
+        # target's own budget, fetches get the last-resort bundle (the signed prekey
+        # alone, X3DH without DH4), so sessions still start and no prekey is consumed.
+        one_time = self._one_time_of.consume(target, now) == 0
+        bundle = await self.store.fetch_bundle(user, target, one_time=one_time)
         if bundle is None:
             raise RequestError(ErrorCode.NO_KEYS, f"{target} has not published keys yet")
+        if user != target:
+            self._met(user, target)
         return BundleOk(id=req.id, bundle=bundle)
 
     async def _count(self, peer: Peer, req: PrekeyCount, now: float) -> CountOk:
@@ -438,9 +451,14 @@ class Relay:
             if not u.disabled and (after is None or u.name > after)
         ]
         page = users[: self._who_page]
+        me = self._user(peer)
+        visible = self._contacts.get(me, set())
         return WhoOk(
             id=req.id,
-            users=tuple(Presence(user=name, online=name in self.online) for name in page),
+            users=tuple(
+                Presence(user=name, online=name in self.online and (name in visible or name == me))
+                for name in page
+            ),
             next=page[-1] if len(users) > len(page) else None,
         )
 
@@ -448,11 +466,25 @@ class Relay:
         return Pong(id=req.id)
 
     def _announce(self, user: str, *, online: bool) -> None:
-        """Presence goes only to clients that asked `who`, so logins stay O(interested)."""
+        """Presence goes only to the user's contacts (users in a session relation: one
+        fetched the other's bundle) that asked `who`: nobody else learns when someone
+        logs in or out, and a login costs O(contacts), not O(online)."""
         push = PresenceChanged(user=user, online=online)
-        for other in self.online.values():
-            if other.wants_presence and other.user != user:
+        for name in self._contacts.get(user, ()):
+            other = self.online.get(name)
+            if other is not None and other.wants_presence:
                 other.push(push)
+
+    def _met(self, user: str, target: str) -> None:
+        """`user` fetched `target`'s bundle: from now on each sees the other's presence."""
+        for me, other in ((user, target), (target, user)):
+            contacts = self._contacts.get(me)
+            if contacts is None or other in contacts:
+                continue
+            contacts.add(other)
+            peer = self.online.get(me)
+            if peer is not None and peer.wants_presence and other in self.online:
+                peer.push(PresenceChanged(user=other, online=True))
 
     # --- admin changes made while running ------------------------------------------
 

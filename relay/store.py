@@ -634,8 +634,13 @@ class Store:
 
         return await self._run(run)
 
-    async def fetch_bundle(self, fetcher: str, target: str) -> PrekeyBundle | None:
+    async def fetch_bundle(
+        self, fetcher: str, target: str, *, one_time: bool = True
+    ) -> PrekeyBundle | None:
         """A bundle for `target`, consuming its lowest one-time prekey, or None.
+
+        With `one_time` False the bundle has no one-time prekey and consumes none (the
+        last-resort bundle: X3DH without DH4, the signed prekey alone).
 
         None when the target does not exist or has no identity and signed prekey yet.
         DELETE ... RETURNING inside one transaction on the single connection means two
@@ -667,12 +672,14 @@ class Store:
             ).fetchone()
             if ident is None or spk is None:
                 return None
-            otk = conn.execute(
-                "DELETE FROM one_time_prekeys WHERE user_id = ? AND prekey_id ="
-                " (SELECT MIN(prekey_id) FROM one_time_prekeys WHERE user_id = ?)"
-                " RETURNING prekey_id, key",
-                (tid, tid),
-            ).fetchone()
+            otk = None
+            if one_time:
+                otk = conn.execute(
+                    "DELETE FROM one_time_prekeys WHERE user_id = ? AND prekey_id ="
+                    " (SELECT MIN(prekey_id) FROM one_time_prekeys WHERE user_id = ?)"
+                    " RETURNING prekey_id, key",
+                    (tid, tid),
+                ).fetchone()
             fid = _user_id(conn, fetcher)
             if fid is not None and fid != tid:
                 # The fetcher now knows the current identity: fresh (again).
@@ -690,6 +697,21 @@ class Store:
                 one_time_prekey=None if otk is None else OneTimePrekey(int(otk[0]), otk[1]),
                 version=int(ident[0]),
             )
+
+        return await self._run(run)
+
+    async def contacts(self, user: str) -> set[str]:
+        """Users in a session relation with `user`: either fetched the other's bundle."""
+
+        def run(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT u.name FROM identity_watchers w JOIN users u ON u.id = w.target_id"
+                " WHERE w.watcher_id = (SELECT id FROM users WHERE name = ?)"
+                " UNION SELECT u.name FROM identity_watchers w JOIN users u ON u.id = w.watcher_id"
+                " WHERE w.target_id = (SELECT id FROM users WHERE name = ?)",
+                (user, user),
+            ).fetchall()
+            return {name for (name,) in rows}
 
         return await self._run(run)
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import stat
 
-from hushwire.common.messages import Ack, Deliver, Send
+from hushwire.common.messages import Ack, Deliver, Ping, PresenceChanged, Send, Who
 from tests.support import WAIT, add_users
 
 
@@ -80,4 +80,26 @@ async def test_mailbox_ids_do_not_count_other_peoples_traffic(relay_factory, fig
         "two accounts probe with sends to each other around 37, 5, 0 and 12 sends by others",
         "id gaps bear no relation to the traffic (random 63-bit ids per delivery, none to "
         "the sender); before: gaps 38, 6, 1, 13 exactly",
+    )
+
+
+async def test_strangers_do_not_see_each_others_logins(relay_factory, figures):
+    relay = await relay_factory(users=("alice", "bob", "mallory"))
+    mallory = await relay.login("mallory")
+    await mallory.request(Who)  # asks for presence pushes of everyone it can
+    seen = 0
+    for _ in range(5):  # alice comes and goes; she and mallory never exchanged keys
+        alice = await relay.login("alice")
+        who = await mallory.request(Who)
+        assert ("alice", False) in {(p.user, p.online) for p in who.users}
+        await alice.close()
+    await mallory.request(Ping)  # every push sent before this reply has arrived
+    while not mallory.pushes.empty():
+        seen += isinstance(mallory.pushes.get_nowait(), PresenceChanged)
+    assert seen == 0
+    figures.add(
+        "a user watches presence while a stranger (no bundle fetched either way) logs "
+        "in and out 5 times",
+        f"{seen} presence pushes, `who` shows her offline throughout (before: every login "
+        "and logout of every user pushed to every user who asked `who`)",
     )
