@@ -8,9 +8,38 @@ setup() {
     if [ ! -x "$venv/bin/python" ]; then
         python3 -m venv "$venv"
     fi
-    "$venv/bin/pip" install -q --upgrade pip >/dev/null
-    "$venv/bin/pip" install -q -e ".[test]"
+    # pip and setuptools are chatty (build warnings about editable installs): keep their
+    # output in a log and show it only when the install fails.
+    local log="$venv/install.log"
+    if ! { "$venv/bin/pip" install -q --upgrade pip && "$venv/bin/pip" install -q -e ".[test]"; } \
+        >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "dev.sh: installing hushwire into $venv failed (log above, also in $log)" >&2
+        exit 1
+    fi
 }
+
+# --- Debian tools for the operator tests (metrics, systemd) ----------------------------
+# promtool (package `prometheus`) validates the metrics exposition in
+# tests/relay/test_metrics.py; systemd-analyze (package `systemd`) checks the unit file in
+# tests/relay/test_sdnotify.py. Installed only when missing, only as root with apt-get;
+# never fatal: without them those tests skip and say why.
+ops_packages() {
+    local missing=()
+    command -v promtool >/dev/null || missing+=(prometheus)
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+        echo "note: ${missing[*]} not installed (needs root and apt-get); their tests skip" >&2
+        return 0
+    fi
+    if ! { apt-get update -qq &&
+        apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"; } \
+        >/dev/null; then
+        echo "note: could not install ${missing[*]}; their tests skip" >&2
+    fi
+}
+# ---------------------------------------------------------------------------------------
 
 case "${1:-}" in
 relay)
@@ -22,6 +51,7 @@ relay)
 test)
     shift
     setup
+    ops_packages
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
     set +e

@@ -34,6 +34,7 @@ from hushwire.client.service import (
     HistoryItem,
     HushwireClient,
     KeyChanged,
+    MessageQuarantined,
     MessageReceived,
     MessageRejected,
     Notice,
@@ -149,7 +150,8 @@ def _relay_settings(args: argparse.Namespace, token: str) -> RelaySettings:
 
 
 def _warn(err: TextIO, text: str) -> None:
-    print(f"hushwire: {text}", file=err)
+    """Every stderr line: names, reasons and details in it may come from the relay."""
+    print(f"hushwire: {safe_for_terminal(text)}", file=err)
 
 
 def _report_event(event: object, err: TextIO) -> None:
@@ -161,19 +163,25 @@ def _report_event(event: object, err: TextIO) -> None:
             f"are held. Check `hushwire verify {event.contact}`, then "
             f"`hushwire trust {event.contact}`.",
         )
+    elif isinstance(event, MessageQuarantined):
+        _warn(
+            err,
+            f"warning: a message from {event.contact} under their new, not yet accepted "
+            f"identity key is kept unread until `hushwire trust {event.contact}`.",
+        )
     elif isinstance(event, MessageRejected):
         _warn(
             err,
-            f"warning: rejected a message from {event.contact}: {safe_for_terminal(event.reason)}",
+            f"warning: rejected a message from {event.contact}: {event.reason}",
         )
     elif isinstance(event, Notice):
-        _warn(err, f"note: {safe_for_terminal(event.text)}")
+        _warn(err, f"note: {event.text}")
     elif (
         isinstance(event, ConnectionState)
         and event.state == "disconnected"
         and (event.detail != "closed")
     ):
-        _warn(err, f"disconnected: {safe_for_terminal(event.detail)}")
+        _warn(err, f"disconnected: {event.detail}")
 
 
 def _drain_warnings(client: HushwireClient, err: TextIO) -> None:
@@ -411,7 +419,7 @@ async def cmd_contacts(args: argparse.Namespace, out: TextIO, err: TextIO, stdin
 
 
 def cmd_chat(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    """The full-screen UI lives in client/tui.py (prompt_toolkit), loaded only here."""
+    """The full-screen UI lives in client/tui/ (prompt_toolkit), loaded only here."""
     if importlib.util.find_spec("hushwire.client.tui") is None:
         raise CliError(
             "the terminal UI (client.tui) is not part of this build yet; "
@@ -608,9 +616,9 @@ def main(
     except (HushwireError, CliError, OSError) as exc:
         text, status = _error_text(exc)
         first, *rest = text.splitlines() or [""]
-        print(f"hushwire: error: {first}", file=err)
+        _warn(err, f"error: {first}")
         for line in rest:
-            print(f"  {line.strip()}", file=err)
+            print(f"  {safe_for_terminal(line.strip())}", file=err)
         return status
 
 

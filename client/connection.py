@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from hushwire.client.errors import CertificateMismatch, ConnectionClosed
+from hushwire.client.text import safe_line
 from hushwire.common.errors import (
     ErrorCode,
     RemoteProtocolError,
@@ -53,6 +55,12 @@ __all__ = [
 
 R = TypeVar("R", bound=Reply)
 CLIENT_NAME = "hushwire/0.1"
+
+# Bounds on the relay's `hello` settings (docs/protocol.md "hello").
+MIN_FRAME: Final = 1024  # the relay's own configuration minimum
+MAX_FRAME: Final = 16 * 1024 * 1024
+MIN_IDLE: Final = 10.0  # seconds: the keepalive pings at half of this at most
+MAX_IDLE: Final = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +150,8 @@ class RelayConnection:
 
     async def handshake(self, user: str, token: str) -> LoginOk:
         """hello then login; raises RequestError (auth_failed, rate_limited...) on refusal."""
-        self.hello = await self.request(Hello, versions=SUPPORTED_VERSIONS, client=CLIENT_NAME)
+        hello = await self.request(Hello, versions=SUPPORTED_VERSIONS, client=CLIENT_NAME)
+        self.hello = checked_hello(hello)
         self.max_frame = self.hello.max_frame
         return await self.request(Login, user=user, token=token)
 
@@ -188,7 +197,8 @@ class RelayConnection:
             message = f"connection to the relay lost: {exc}"
         finally:
             if self.closed_reason is not None:
-                message = f"{self.closed_reason.message} ({self.closed_reason.code})"
+                reason = self.closed_reason
+                message = safe_line(f"{reason.message} ({reason.code})")
             self._fail_all(ConnectionClosed(message, self.closed_reason))
             self._closed.set()
 
@@ -204,7 +214,7 @@ class RelayConnection:
             return
         if isinstance(msg, Error):
             entry[1].set_exception(
-                RequestError(_code(msg.code), msg.message, retry_after=msg.retry_after)
+                RequestError(_code(msg.code), safe_line(msg.message), retry_after=msg.retry_after)
             )
         else:
             entry[1].set_result(msg)
@@ -231,6 +241,20 @@ class RelayConnection:
         with contextlib.suppress(asyncio.CancelledError):
             await self._read_task
         self._closed.set()
+
+
+def checked_hello(hello: HelloOk) -> HelloOk:
+    """The relay's settings, held to what a client can live with: a `max_frame` outside
+    MIN_FRAME..MAX_FRAME is refused (too small to send a key bundle, or a promise to
+    buffer gigabytes); `idle_timeout` is clamped to MIN_IDLE..MAX_IDLE (0 made the
+    keepalive ping about 800 times a second)."""
+    if not MIN_FRAME <= hello.max_frame <= MAX_FRAME:
+        raise ConnectionClosed(
+            f"the relay announced a frame limit of {hello.max_frame} bytes, outside the "
+            f"{MIN_FRAME}..{MAX_FRAME} this client accepts; refusing to use it"
+        )
+    idle = min(max(hello.idle_timeout, MIN_IDLE), MAX_IDLE)
+    return hello if idle == hello.idle_timeout else dataclasses.replace(hello, idle_timeout=idle)
 
 
 def _code(code: str) -> ErrorCode:

@@ -63,6 +63,7 @@ from hushwire.common.errors import (
 )
 from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
 from hushwire.common.messages import Deliver, Send
+from hushwire.common.names import is_valid_username
 
 DAY_MS: Final = 86_400_000
 SIGNED_PREKEY_ROTATE_MS: Final = 7 * DAY_MS
@@ -77,6 +78,9 @@ MAX_ARCHIVED_SESSIONS: Final = 3
 # re-fetch a contact's bundle when the pinned identity was last confirmed longer ago
 # than this (it costs the contact one one-time prekey per interval).
 IDENTITY_RECHECK_MS: Final = DAY_MS
+# The envelope format allows any 63-bit send time; a peer's clock is not trusted beyond
+# what a date can show: 0001-01-01 .. 9999-12-31 (a later one broke every `recv`).
+MAX_SENT_AT_MS: Final = 253_402_300_799_999
 
 Fetch = Callable[[str], Awaitable[PrekeyBundle]]
 
@@ -301,10 +305,14 @@ class SessionManager:
     async def receive(self, deliver: Deliver) -> Outcome:
         """Open and store one delivered envelope; the caller acks it afterwards."""
         sender = deliver.sender
+        if not is_valid_username(sender):
+            return Rejected(sender[:64], "the relay named an invalid sender")
         try:
             env = Envelope.from_bytes(deliver.body)
         except MalformedEnvelope as exc:
             return Rejected(sender, describe(exc))
+        if env.sent_at_ms > MAX_SENT_AT_MS:
+            return Rejected(sender, "send time beyond the year 9999")
         if env.recipient != self.user:
             return Rejected(sender, f"envelope is addressed to {env.recipient}, not to us")
         if env.sender != sender:
@@ -367,7 +375,9 @@ class SessionManager:
             uid = await self.store.add_message(
                 contact=sender,
                 direction="in",
-                status="received",
+                # Quarantined until the user accepts the new identity (`trust`): shown
+                # now, it would put words in the pinned contact's mouth.
+                status="held" if key_changed else "received",
                 sent_at_ms=message.sent_at_ms,
                 now_ms=now,
                 text=text,
@@ -549,14 +559,18 @@ class SessionManager:
             raise UnknownContact(f"no contact named {name}: no message has been exchanged yet")
         return contact
 
-    async def trust(self, name: str) -> list[StoredMessage]:
-        """Accept `name`'s changed identity; returns the held messages to send now."""
+    async def trust(self, name: str) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        """Accept `name`'s changed identity: (held outgoing messages to send now,
+        quarantined incoming ones, released to the history as unread)."""
         view = await self.contact(name)
         async with self.store.transaction():
             if view.pending is not None:
                 await self.store.accept_identity(name, view.pending, self.now_ms())
             held = await self.store.messages_with_status(("held",), name)
-        return held
+            await self.store.release_incoming(name)
+        out = [m for m in held if m.direction == "out"]
+        released = [m for m in held if m.direction == "in"]
+        return out, released
 
     async def mark_verified(self, name: str) -> None:
         await self.contact(name)

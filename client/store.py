@@ -676,9 +676,14 @@ class ProfileStore:
         return None if row is None else self._message(row)
 
     async def history(self, contact: str, limit: int) -> list[StoredMessage]:
-        """The last `limit` messages with `contact`, both directions, oldest first."""
+        """The last `limit` messages with `contact`, both directions, oldest first.
+
+        Incoming `held` messages (quarantined: sealed under an identity the user has not
+        accepted) are left out until `trust` makes them `received`.
+        """
         rows = await self._all(
-            _MSG_SELECT + " WHERE contact = ? ORDER BY id DESC LIMIT ?",
+            _MSG_SELECT + " WHERE contact = ? AND NOT (direction = 'in' AND status = 'held') "
+            "ORDER BY id DESC LIMIT ?",
             (contact, limit),
         )
         return [self._message(r) for r in reversed(rows)]
@@ -694,6 +699,14 @@ class ProfileStore:
             sql += " AND contact = ?"
             args.append(contact)
         return [self._message(r) for r in await self._all(sql + " ORDER BY id", args)]
+
+    async def release_incoming(self, contact: str) -> None:
+        """Quarantined (incoming `held`) messages of `contact` become `received`."""
+        await self._write(
+            "UPDATE messages SET status = 'received' "
+            "WHERE contact = ? AND direction = 'in' AND status = 'held'",
+            (contact,),
+        )
 
     async def mark_read(self, uids: Sequence[str] = (), contact: str | None = None) -> None:
         """Mark received messages read: these uids, or all of one contact's."""

@@ -5,7 +5,9 @@ terminal would interpret instead of showing: escape sequences (colours, cursor m
 window titles, OSC 52 clipboard writes, hyperlinks), C0 controls except newline and tab
 (a carriage return could overwrite a line), DEL, C1 controls (0x9B is a one-byte CSI on
 some terminals) and the bidi overrides/isolates that reorder what follows them (the
-"Trojan Source" trick, CVE-2021-42574). The TUI and the CLI use this one function.
+"Trojan Source" trick, CVE-2021-42574). The TUI and the CLI use this one function for
+everything a peer or the relay supplied (texts, names, reasons, error messages), and
+`safe_line` (the same, on one bounded line) where a single line is expected.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ _ESCAPES: Final = re.compile(
 )
 _CONTROLS: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
+LINE_LIMIT: Final = 300  # characters of a relay-supplied name or error shown on one line
+
 TEXT_VERSION: Final = 1  # first byte of a message plaintext: the format of what follows
 
 
@@ -36,6 +40,14 @@ def safe_for_terminal(text: str) -> str:
     override/isolate becomes U+FFFD, so tampering is visible rather than silent.
     """
     return _CONTROLS.sub(REPLACEMENT, _ESCAPES.sub("", text))
+
+
+def safe_line(text: str, limit: int = LINE_LIMIT) -> str:
+    """`safe_for_terminal` on one line of at most `limit` characters (then "...")."""
+    line = " ".join(safe_for_terminal(text[: limit * 2]).split("\n")).replace("\t", " ")
+    if len(line) <= limit and len(text) <= limit * 2:
+        return line
+    return line[: limit - 3] + "..."
 
 
 def encode_text(text: str) -> bytes:

@@ -13,7 +13,13 @@
         ├── MalformedEnvelope     envelope bytes that do not parse (a DecryptionError)
         ├── DecryptionError       AEAD failure: tampered, wrong key, wrong recipient
         ├── ReplayError           a message key already used (or skipped and consumed)
-        └── TooManySkipped        a jump past MAX_SKIP, or the skipped-key store full
+        ├── TooManySkipped        a jump past MAX_SKIP, or the skipped-key store full
+        └── GroupError            a group change or message that must not be applied
+            ├── GroupChangeRejected   bad signature, signer not allowed, invalid change
+            ├── StaleGroupChange      an epoch already passed: a replay or a rollback
+            ├── MissingGroupChanges   names a later epoch: hold it until the changes come
+            ├── GroupForked           another membership or history for a known position
+            └── GroupMessageRejected  from a non-member, before we joined, broken chain
 
 Errors cross the wire only as a code and a short human message, never a traceback.
 """
@@ -125,6 +131,37 @@ class InvalidKey(CryptoError):
 
 class InvalidSignature(CryptoError):
     """A signature does not verify under the claimed identity key."""
+
+
+class GroupError(CryptoError):
+    """A group membership change or group message that must not be applied or shown."""
+
+
+class GroupChangeRejected(GroupError):
+    """A membership change that fails a check: signature, signer's rights, or content."""
+
+
+class StaleGroupChange(GroupError):
+    """A membership change for an epoch already passed: a replay or a rollback."""
+
+
+class MissingGroupChanges(GroupError):
+    """Names an epoch above the next one: changes in between have not arrived yet.
+
+    Not a forgery on its own: hold the input (bounded) until the changes come.
+    """
+
+    def __init__(self, message: str, *, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
+class GroupForked(GroupError):
+    """A different membership state or change for an epoch we already hold."""
+
+
+class GroupMessageRejected(GroupError):
+    """A group message that must not be shown: non-member, before we joined, bad chain."""
 
 
 class DecryptionError(CryptoError):

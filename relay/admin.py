@@ -3,7 +3,9 @@
 Safe to run while the relay is up: both use the same SQLite db in WAL mode, every
 admin change is one short transaction (waiting up to a few seconds for the relay's
 current commit), and account changes reach the running relay through the
-`user_events` table, which it polls (see docs/operations.md).
+`user_events` table, which it polls (see docs/operations.md). `restore` is the
+exception: it refuses while a relay holds the db's lock (relay/dblock.py). `stats` and
+`purge` ask a running relay over its control socket (relay/control.py).
 
 Exit status: 0 ok, 1 an operational error (unknown user, missing db, ...), 2 bad usage.
 Errors are one line on stderr, never a traceback.
@@ -26,9 +28,10 @@ from hushwire.common.crypto.dh import to_pem
 from hushwire.common.errors import HushwireError
 from hushwire.common.names import is_valid_username
 from hushwire.common.version import version
+from hushwire.relay import backup, control, tls
 from hushwire.relay import migrate as migrations
-from hushwire.relay import tls
-from hushwire.relay.errors import SchemaOutdated, TlsMaterialError, UnknownUser
+from hushwire.relay.dblock import DbLock
+from hushwire.relay.errors import DbLocked, SchemaOutdated, TlsMaterialError, UnknownUser
 from hushwire.relay.store import Store, UserRecord
 from hushwire.relay.tokens import hash_token, new_salt, new_token
 
@@ -51,6 +54,16 @@ def _username(value: str) -> str:
             f"invalid username {value!r}: 1-32 characters, a-z first, then a-z 0-9 _ . -"
         )
     return value
+
+
+def _days(value: str) -> float:
+    try:
+        days = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {value!r}") from None
+    if not days >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("days must be 0 or more")
+    return days
 
 
 def _now() -> int:
@@ -183,14 +196,77 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relay_running(db: Path) -> bool:
+    """Whether a relay holds the db's lock (relay/dblock.py)."""
+    try:
+        DbLock(db).acquire(PROG).release()
+    except DbLocked:
+        return True
+    return False
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
-    stats: dict[str, int] = _run(args.db, lambda s: s.stats())
+    async def read(store: Store) -> dict[str, Any]:
+        return {**await store.stats(), "queued_by_user": await store.queued_by_user()}
+
+    stats: dict[str, Any] = _run(args.db, read)
+    # Only the running relay knows who is connected: it answers on its control socket.
+    live = control.ask(args.db, {"op": "stats"}) if _relay_running(args.db) else None
+    if live is not None:
+        stats["queued_by_user"] = live["queued_by_user"]
+        stats["relay"] = {k: live[k] for k in ("online", "connections", "counters")}
+    else:
+        stats["relay"] = None
     if args.json:
         _print_json(stats)
         return 0
     print(f"users:    {stats['users']} ({stats['disabled']} disabled)")
     print(f"queued:   {stats['queued']} envelope(s)")
     print(f"db size:  {stats['db_bytes']:,} bytes")
+    if live is None:
+        print("relay:    not running")
+    else:
+        conns = live["connections"]
+        print(
+            f"relay:    running, {conns['authenticated']} logged-in connection(s), "
+            f"{conns['handshaking']} connecting"
+        )
+        print(f"online:   {', '.join(live['online']) or '(nobody)'}")
+    for name, n in stats["queued_by_user"].items():
+        print(f"  {name:<32} {n} queued")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    info = backup.backup(args.db, args.file)
+    print(
+        f"backed up {args.db} to {args.file}: schema v{info.version}, {info.users} user(s), "
+        f"{info.queued} queued envelope(s)"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    info, saved = backup.restore(args.file, args.db, now=dt.datetime.fromtimestamp(_now(), dt.UTC))
+    print(
+        f"restored {args.db} from {args.file}: schema v{info.version}, {info.users} user(s), "
+        f"{info.queued} queued envelope(s)"
+    )
+    if saved is not None:
+        print(f"the db it replaced was saved as {saved}")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    cutoff = int(_now() - args.older_than * 86400)
+    if _relay_running(args.db):
+        # Through the relay: it keeps per-user mailbox counts that must see the purge.
+        purged = int(control.ask(args.db, {"op": "purge", "older_than": cutoff})["purged"])
+        where = "by the running relay"
+    else:
+        purged = _run(args.db, lambda s: s.purge(older_than=cutoff))
+        where = "in the db (no relay running)"
+    print(f"purged {purged} envelope(s) older than {args.older_than:g} day(s) {where}")
     return 0
 
 
@@ -280,7 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     with_json(with_name(command("reset-token", cmd_reset_token, "replace a user's token")))
     with_name(command("remove-user", cmd_remove_user, "delete a user, keys and mailbox"))
     command("migrate", cmd_migrate, "create the db or bring its schema up to date")
-    with_json(command("stats", cmd_stats, "users, queued envelopes, db size"))
+    with_json(
+        command(
+            "stats",
+            cmd_stats,
+            "users, queued envelopes (per user), db size; who is online if a relay runs",
+        )
+    )
+    bak = command("backup", cmd_backup, "copy the db to FILE, safe while the relay runs")
+    bak.add_argument("file", type=Path, metavar="FILE", help="new file to write")
+    res = command("restore", cmd_restore, "replace the db with backup FILE (relay stopped)")
+    res.add_argument("file", type=Path, metavar="FILE", help="a file written by `backup`")
+    purge = command("purge", cmd_purge, "delete undelivered envelopes older than DAYS now")
+    purge.add_argument(
+        "--older-than", type=_days, required=True, metavar="DAYS", help="age in days (e.g. 30)"
+    )
     cert = with_name(
         command("issue-client-cert", cmd_issue_client_cert, "issue a TLS client certificate")
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from hushwire.common.errors import HushwireError
 from hushwire.relay.config import from_args
+from hushwire.relay.logs import setup_logging
 from hushwire.relay.server import RelayServer
 
 
@@ -44,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except HushwireError as exc:
         print(f"hushwire-relay: {exc.message}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(config.log_level, config.log_format)
     server = RelayServer(config)
     tune_gc()
     try:

@@ -17,6 +17,7 @@ from typing import Any
 from hushwire.common.errors import HushwireError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.version import version
+from hushwire.relay.logs import LOG_FORMATS
 from hushwire.relay.ratelimit import Rate
 
 
@@ -86,6 +87,15 @@ class RelayConfig:
         "SQLite synchronous mode: NORMAL survives any crash of the process, FULL also a power loss",
     )
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _opt(
+        "text", "text, or json: one JSON object per line (time, level, logger, message, fields)"
+    )
+    metrics_listen: str | None = _opt(
+        None,
+        "serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
+        "needs the `metrics` extra: pip install 'hushwire[metrics]')",
+        metavar="HOST:PORT",
+    )
 
     @property
     def send_limit(self) -> Rate:
@@ -139,9 +149,22 @@ class RelayConfig:
             raise ConfigError("synchronous must be NORMAL or FULL")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError("log_format must be text or json")
+        if self.metrics_listen is not None:
+            host_port(self.metrics_listen)
         if self.max_frame < 1024:
             raise ConfigError("max_frame must be at least 1024 bytes")
         return self
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """`HOST:PORT` as (host, port); an IPv6 host goes in brackets: `[::1]:9464`."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"expected HOST:PORT, not {value!r}")
+    return host, int(port)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RelayConfig)}

@@ -119,6 +119,7 @@ class Connection(asyncio.Protocol):
         self.relay = relay
         self._new_mid = new_mid
         self.config = relay.config
+        self._counters = relay.counters
         self._flushes = flushes
         self._admit = admit
         self._on_finished = on_finished
@@ -221,6 +222,7 @@ class Connection(asyncio.Protocol):
         """Tell the client why, flush, and close."""
         if self._closing:
             return
+        self._counters.errors[code] += 1
         self._queue(Error(id=None, code=code, message=message))
         self._shut()
         self._end()
@@ -397,6 +399,7 @@ class Connection(asyncio.Protocol):
             if self.state is ConnState.READY:
                 self.relay.check_rate(self, request, time.time())
         except HushwireError as exc:
+            self._counters.errors[exc.code] += 1
             message = exc.message[:MAX_ERROR_MESSAGE]
             self._queue(Error(id=request_id(raw), code=exc.code, message=message))
             return
@@ -451,19 +454,21 @@ class Connection(asyncio.Protocol):
         elif self._queued:
             self._schedule_flush()  # the flush resumes reading (we are paused)
 
-    @staticmethod
-    def _error_reply(request: Request, exc: BaseException) -> Error:
+    def _error_reply(self, request: Request, exc: BaseException) -> Error:
         if isinstance(exc, RequestError):
-            return Error(
+            reply = Error(
                 id=request.id,
                 code=exc.code,
                 message=exc.message[:MAX_ERROR_MESSAGE],
                 retry_after=exc.retry_after,
             )
-        if isinstance(exc, HushwireError):
-            return Error(id=request.id, code=exc.code, message=exc.message[:MAX_ERROR_MESSAGE])
-        log.error("internal error handling %s", request.TYPE, exc_info=exc)
-        return Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
+        elif isinstance(exc, HushwireError):
+            reply = Error(id=request.id, code=exc.code, message=exc.message[:MAX_ERROR_MESSAGE])
+        else:
+            log.error("internal error handling %s", request.TYPE, exc_info=exc)
+            reply = Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
+        self._counters.errors[reply.code] += 1
+        return reply
 
     async def _serve(self, request: Request, *, handshake: bool = False) -> None:
         if type(request) is Send:
@@ -583,6 +588,7 @@ class Connection(asyncio.Protocol):
         self._maybe_finished()
 
     def _deliver(self, d: Deliver) -> None:
+        self._counters.deliveries += 1
         wire = self._new_mid()
         while wire in self._by_wire:  # one in 2**63 / window: never, but stay exact
             wire = self._new_mid()

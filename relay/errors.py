@@ -9,6 +9,9 @@
         │   └── NotHushwireDb      the file is some other SQLite database (or not SQLite)
         ├── UserExists             add-user for a name that is taken
         ├── UnknownUser            an admin command names a user that does not exist
+        ├── DbLocked               a relay (or a restore) already holds the db's lock file
+        ├── ControlError           the running relay's control socket failed to answer
+        ├── BackupError            a backup target exists, or a backup file is damaged
         └── TlsMaterialError       certificate/key files missing, half-present or unusable
 
 Wire-level refusals (unknown recipient, full mailbox, bad keys) stay
@@ -65,3 +68,15 @@ class UnknownUser(RelayError):
 
 class TlsMaterialError(RelayError):
     """Certificate or key files are missing, inconsistent or unreadable."""
+
+
+class DbLocked(RelayError):
+    """Another process holds the database's lock: a running relay, or a restore."""
+
+
+class ControlError(RelayError):
+    """The running relay's control socket did not answer, or answered with an error."""
+
+
+class BackupError(RelayError):
+    """A backup would overwrite a file, or a file to restore is missing or damaged."""

@@ -49,6 +49,7 @@ from hushwire.common.names import check_username, is_valid_username
 from hushwire.relay.addresses import address_prefix
 from hushwire.relay.config import RelayConfig
 from hushwire.relay.errors import StoreError
+from hushwire.relay.metrics import RelayCounters
 from hushwire.relay.ratelimit import RateLimiter
 from hushwire.relay.store import Store
 from hushwire.relay.tokens import DUMMY, verify_token
@@ -150,6 +151,7 @@ class Relay:
         self.store = store
         self.group = group
         self.online: dict[str, Peer] = {}
+        self.counters = RelayCounters()
         # Failed logins per (user, address prefix): see _login.
         self._login_failures = RateLimiter(config.login_limit)
         self._sends = RateLimiter(config.send_limit)
@@ -194,9 +196,9 @@ class Relay:
             ids = len(request.mids)  # type: ignore[attr-defined]
             if ids > MAX_ACK_IDS:
                 raise RequestError(ErrorCode.BAD_REQUEST, f"at most {MAX_ACK_IDS} ids per ack")
-            self._limit(self._acks, user, now, "acked ids", cost=ids)
+            self._limit(self._acks, "ack", user, now, "acked ids", cost=ids)
         else:
-            self._limit(self._requests, (user, kind), now, f"{request.TYPE} requests")
+            self._limit(self._requests, request.TYPE, (user, kind), now, f"{request.TYPE} requests")
 
     def disconnected(self, peer: Peer) -> None:
         user = peer.user
@@ -224,9 +226,11 @@ class Relay:
         )
 
     async def _login(self, peer: Peer, req: Login, now: float) -> LoginOk:
+        logins = self.counters.logins
         if not is_valid_username(req.user):
             # A name that cannot exist costs nothing: no lookup, no hash, no limiter entry
             # (a key per arbitrary 64 KB string was a memory leak), and it is not echoed.
+            logins["auth_failed"] += 1
             log.info("failed login (invalid user name) from %s", peer.peer_address)
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
         # Failures count per (user, address prefix): guesses from one network lock out
@@ -235,6 +239,8 @@ class Relay:
         key = (req.user, address_prefix(peer.peer_address))
         wait = self._login_failures.retry_after(key, now)
         if wait:
+            logins["rate_limited"] += 1
+            self.counters.rate_limited["login"] += 1
             raise RequestError(
                 ErrorCode.RATE_LIMITED,
                 f"too many failed logins; retry in {math.ceil(wait)} s",
@@ -245,13 +251,16 @@ class Relay:
         salt, expected = (record.token_salt, record.token_hash) if record else DUMMY
         if not verify_token(req.token, salt, expected) or record is None:
             self._login_failures.consume(key, now)
+            logins["auth_failed"] += 1
             log.info("failed login for %s from %s", req.user, peer.peer_address)
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
         self._login_failures.forget(key)
         if record.disabled:
+            logins["user_disabled"] += 1
             raise RequestError(ErrorCode.USER_DISABLED, f"user {req.user} is disabled")
         if self.config.client_ca is not None and peer.cert_name != req.user:
             # Mutual TLS: a token alone is not enough; it must come with that user's cert.
+            logins["wrong_certificate"] += 1
             raise RequestError(
                 ErrorCode.AUTH_FAILED, f"the client certificate is not for user {req.user}"
             )
@@ -271,6 +280,7 @@ class Relay:
         # every login until they fetch the new bundle).
         for target, identity in await self.store.changed_identities(req.user):
             peer.push(KeyChanged(user=target, identity=identity))
+        logins["ok"] += 1
         log.info("login %s from %s", req.user, peer.peer_address)
         self._announce(req.user, online=True)
         return LoginOk(id=req.id, user=req.user, prekeys_left=left, has_identity=has_identity)
@@ -310,7 +320,7 @@ class Relay:
             )
         for otpk in one_time:
             self._check_public(otpk.key, "one-time prekey")
-        self._limit(self._publishes, user, now, "key uploads")
+        self._limit(self._publishes, "publish", user, now, "key uploads")
         result = await self.store.publish_keys(
             user, identity=req.identity, signed_prekey=spk, one_time=one_time, now=int(now)
         )
@@ -329,7 +339,7 @@ class Relay:
         user = self._user(peer)
         target = check_username(req.user)
         # X3DH 4.7: a client could drain a victim's one-time prekeys; bound the rate.
-        self._limit(self._fetches, user, now, "prekey bundle fetches")
+        self._limit(self._fetches, "fetch", user, now, "prekey bundle fetches")
         if not await self.store.user_exists(target):
             raise RequestError(ErrorCode.UNKNOWN_USER, f"no user {target}")
         # Several accounts together must not drain an offline victim either: past the
@@ -351,10 +361,11 @@ class Relay:
     def _send_checks(self, peer: Peer, req: Send) -> tuple[str, tuple[str, ...]]:
         user = self._user(peer)
         to = req.to
-        if len(to) == 1:  # the common case, without the generic dedupe
-            recipients: tuple[str, ...] = (check_username(to[0]),)
-        else:
-            recipients = tuple(dict.fromkeys(check_username(r) for r in to))
+        recipients = tuple(check_username(r) for r in to)
+        # One mid per named recipient, in order: a name given twice is refused, not merged
+        # (merging would hand back fewer mids than names; docs/protocol.md, send).
+        if len(recipients) > 1 and len(set(recipients)) != len(recipients):
+            raise RequestError(ErrorCode.BAD_REQUEST, "a recipient is named twice")
         if not recipients or len(recipients) > MAX_RECIPIENTS:
             raise RequestError(
                 ErrorCode.BAD_REQUEST, f"send needs 1 to {MAX_RECIPIENTS} distinct recipients"
@@ -376,14 +387,17 @@ class Relay:
             user, recipients = self._send_checks(peer, req)
             if not self.store.cached(recipients):
                 return False
-        self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
+        self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
         out = _Outgoing(self.online, user, recipients, int(now), req.body)
+        counters = self.counters
 
         def done(mids: list[int] | None, exc: BaseException | None) -> None:
             if exc is not None:
                 out.unhold()
                 reply(exc)
             elif mids is not None:
+                counters.sends += 1
+                counters.envelopes += len(mids)
                 out.offer_committed(mids)
                 reply(SendOk(id=req.id, mids=(), ts=out.ts))
 
@@ -394,7 +408,7 @@ class Relay:
 
     async def _send(self, peer: Peer, req: Send, now: float) -> SendOk:
         user, recipients = self._send_checks(peer, req)
-        self._limit(self._sends, user, now, "envelopes", cost=len(recipients))
+        self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
         out = _Outgoing(self.online, user, recipients, int(now), req.body)
         # Nothing may await before enqueue: the store takes sends in call order, which
         # keeps one sender's envelopes in order even when they are pipelined.
@@ -405,6 +419,8 @@ class Relay:
         except BaseException:
             out.unhold()
             raise
+        self.counters.sends += 1
+        self.counters.envelopes += len(mids)
         out.offer_committed(mids)
         return SendOk(id=req.id, mids=(), ts=out.ts)
 
@@ -416,7 +432,9 @@ class Relay:
         deleted = self.store.ack_nowait(user, req.mids)
         if deleted is None:
             return False
+        counters = self.counters
         if isinstance(deleted, int):
+            counters.acks += deleted
             peer.acked(req.mids)
             reply(AckOk(id=req.id, deleted=deleted))
             return True
@@ -427,6 +445,7 @@ class Relay:
             elif (exc := f.exception()) is not None:
                 reply(exc)
             else:
+                counters.acks += f.result()
                 peer.acked(req.mids)
                 reply(AckOk(id=req.id, deleted=f.result()))
 
@@ -436,6 +455,7 @@ class Relay:
     async def _ack(self, peer: Peer, req: Ack, now: float) -> AckOk:
         user = self._user(peer)
         deleted = await self.store.ack(user, req.mids)
+        self.counters.acks += deleted
         peer.acked(req.mids)
         return AckOk(id=req.id, deleted=deleted)
 
@@ -519,14 +539,22 @@ class Relay:
             raise RequestError(ErrorCode.OUT_OF_ORDER, "log in first")
         return peer.user
 
-    @staticmethod
     def _limit(
-        limiter: RateLimiter, key: object, now: float, what: str, *, cost: float = 1.0
+        self,
+        limiter: RateLimiter,
+        kind: str,
+        key: object,
+        now: float,
+        what: str,
+        *,
+        cost: float = 1.0,
     ) -> None:
         if cost > limiter.rate.burst:
+            self.counters.rate_limited[kind] += 1
             raise RequestError(ErrorCode.RATE_LIMITED, f"too many {what} in one request")
         wait = limiter.consume(key, now, cost)
         if wait:
+            self.counters.rate_limited[kind] += 1
             raise RequestError(
                 ErrorCode.RATE_LIMITED,
                 f"too many {what}; retry in {wait:.1f} s",

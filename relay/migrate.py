@@ -178,16 +178,28 @@ def backup_path(path: str | Path, version: int) -> Path:
     return Path(f"{path}.bak-v{version}")
 
 
-def _backup(conn: sqlite3.Connection, dest: Path) -> None:
-    """Online backup (consistent even while the relay writes) to a temp file, then rename."""
+def online_backup(conn: sqlite3.Connection, dest: Path) -> None:
+    """Copy the db behind `conn` to `dest` with SQLite's online backup API.
+
+    Consistent even while the relay writes: one backup step reads a single snapshot
+    (in WAL mode a reader never blocks the writer). The copy is written to a temp file
+    (mode 0600: it holds token hashes), switched out of WAL so it is one self-contained
+    file, synced, then renamed into place.
+    """
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.unlink(missing_ok=True)
     make_private(tmp)
-    out = sqlite3.connect(str(tmp))
+    out = sqlite3.connect(str(tmp), isolation_level=None)
     try:
         conn.backup(out)
+        out.execute("PRAGMA journal_mode = DELETE")
     finally:
         out.close()
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, dest)
 
 
@@ -234,7 +246,7 @@ def migrate(path: str | Path, *, target: int | None = None) -> tuple[int, int]:
         if start >= goal:
             return start, start
         if start > 0:
-            _backup(conn, backup_path(path, start))
+            online_backup(conn, backup_path(path, start))
         _upgrade(conn, start, goal)
         with contextlib.suppress(sqlite3.OperationalError):
             # Best effort: a running relay may hold the db; WAL is then already on.

@@ -14,14 +14,23 @@ import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from hushwire.common.crypto.dh import group_by_name, load_pem, to_pem
 from hushwire.common.errors import HushwireError, InvalidKey
-from hushwire.relay.config import ConfigError, RelayConfig
+from hushwire.relay import sdnotify
+from hushwire.relay.accept import Acceptor
+from hushwire.relay.config import ConfigError, RelayConfig, host_port
 from hushwire.relay.connection import Connection, FlushQueue
+from hushwire.relay.control import ControlServer
+from hushwire.relay.dblock import DbLock
 from hushwire.relay.handlers import GroupInfo, Relay
+from hushwire.relay.metrics import Snapshot
 from hushwire.relay.store import Store
 from hushwire.relay.tls import ensure_server_cert, fingerprint, server_context
+
+if TYPE_CHECKING:
+    from hushwire.relay.exporter import MetricsExporter
 
 log = logging.getLogger("hushwire.relay")
 
@@ -64,13 +73,16 @@ class RelayServer:
         self.connections: set[Connection] = set()
         self.fingerprint = ""
         self.port = config.port
-        self._server: asyncio.Server | None = None
+        self._server: Acceptor | None = None
         self._store: Store | None = None
         self._relay: Relay | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._all_finished = asyncio.Event()
         self._closed = asyncio.Event()
         self._closing = False
+        self._exporter: MetricsExporter | None = None
+        self._lock: DbLock | None = None
+        self._control: ControlServer | None = None
 
     @property
     def relay(self) -> Relay:
@@ -79,30 +91,40 @@ class RelayServer:
         return self._relay
 
     async def start(self) -> None:
+        """Listen; on failure, undo what was started (the db lock included) and raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         group = load_group(config)
         context, self.fingerprint = tls_context(config)
+        self._lock = DbLock(config.db).acquire("hushwire-relay")
         self._store = await Store.open(
             config.db, synchronous=config.synchronous, max_mailbox=config.max_mailbox
         )
+        self._control = ControlServer(config.db, self._control_request)
+        await self._control.start()
         self._relay = Relay(config, self._store, group)
         self._flushes = FlushQueue(asyncio.get_running_loop())
-        self._server = await asyncio.get_running_loop().create_server(
-            self._new_connection,
-            config.host,
-            config.port,
-            ssl=context,
-            ssl_handshake_timeout=config.handshake_timeout,
-            backlog=1024,
+        self._server = Acceptor(
+            self._new_connection, context, handshake_timeout=config.handshake_timeout
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self._server.listen(config.host, config.port)
+        self.port = self._server.port
         for loop_fn in (self._watch_accounts, self._maintain):
             task = asyncio.create_task(loop_fn())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        if config.metrics_listen is not None:
+            await self._start_metrics(config.metrics_listen)
         log.info("certificate SHA-256 fingerprint %s", self.fingerprint)
         log.info("DH group %s", group.name)
         log.info("listening on %s:%d", config.host, self.port)
+        sdnotify.notify(f"READY=1\nSTATUS=listening on {config.host}:{self.port}")
 
     def _new_connection(self) -> Connection:
         return Connection(
@@ -150,7 +172,10 @@ class RelayServer:
             await self._closed.wait()
             return
         self._closing = True
+        sdnotify.notify("STOPPING=1\nSTATUS=draining connections")
         try:
+            if self._exporter is not None:
+                await self._exporter.close()
             if self._server is not None:
                 self._server.close()
             for task in list(self._background):
@@ -162,6 +187,8 @@ class RelayServer:
                     await asyncio.wait_for(
                         self._all_finished.wait(), self.config.handshake_timeout * 3
                     )
+            if self._control is not None:
+                await self._control.close()
             if self._store is not None:
                 await self._store.close()
                 log.info(
@@ -171,7 +198,80 @@ class RelayServer:
                 )
             log.info("relay stopped")
         finally:
+            if self._lock is not None:
+                self._lock.release()
             self._closed.set()
+
+    async def _start_metrics(self, listen: str) -> None:
+        # Imported here: prometheus-client is an optional extra, loaded only when used.
+        try:
+            from hushwire.relay.exporter import MetricsExporter
+        except ImportError as exc:
+            raise ConfigError(
+                f"metrics_listen needs prometheus-client (pip install 'hushwire[metrics]'): {exc}"
+            ) from None
+        self._exporter = MetricsExporter(self.snapshot)
+        self._exporter.start(*host_port(listen))
+
+    @property
+    def metrics_port(self) -> int:
+        """The port metrics are served on (0 without `metrics_listen`)."""
+        return self._exporter.port if self._exporter is not None else 0
+
+    async def snapshot(self) -> Snapshot:
+        """Counters and gauges at this moment, for metrics and `hushwire-admin stats`."""
+        relay = self.relay
+        counters = relay.counters
+        store = relay.store
+        stats = await store.stats()
+        authenticated = len(relay.online)
+        pending = self._server.handshaking if self._server is not None else 0
+        return Snapshot(
+            authenticated=authenticated,
+            handshaking=pending + max(0, len(self.connections) - authenticated),
+            accept_failures=dict(self._server.failures) if self._server is not None else {},
+            sends=counters.sends,
+            envelopes=counters.envelopes,
+            deliveries=counters.deliveries,
+            acks=counters.acks,
+            logins=dict(counters.logins),
+            errors=dict(counters.errors),
+            rate_limited=dict(counters.rate_limited),
+            queued=stats["queued"],
+            users=stats["users"],
+            db_bytes=stats["db_bytes"],
+            commit_batch=store.commit_batch.snapshot(),
+            commit_seconds=store.commit_seconds.snapshot(),
+        )
+
+    async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`hushwire-admin` asking through the control socket (relay/control.py)."""
+        op = request.get("op")
+        store = self.relay.store
+        if op == "purge":
+            older_than = request["older_than"]
+            if not isinstance(older_than, int):
+                raise TypeError("older_than must be a unix time")
+            purged = await store.purge(older_than=older_than)
+            log.info("purged %d envelope(s) on request of hushwire-admin", purged)
+            return {"purged": purged}
+        if op == "stats":
+            snap = await self.snapshot()
+            return {
+                "online": sorted(self.relay.online),
+                "connections": {
+                    "authenticated": snap.authenticated,
+                    "handshaking": snap.handshaking,
+                },
+                "queued_by_user": await store.queued_by_user(),
+                "counters": {
+                    "sends": snap.sends,
+                    "envelopes": snap.envelopes,
+                    "deliveries": snap.deliveries,
+                    "acks": snap.acks,
+                },
+            }
+        raise ValueError(f"unknown op {op!r}")
 
     async def serve(self, stop: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until `stop` returns (default: SIGINT or SIGTERM), then close."""

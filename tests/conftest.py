@@ -72,8 +72,8 @@ async def relay(relay_factory: RelayFactory) -> Harness:
 async def daemons():
     started: list[Daemon] = []
 
-    async def start(db, *extra):
-        d = await Daemon(db, *extra).start()
+    async def start(db, *extra, **popen):
+        d = await Daemon(db, *extra, **popen).start()
         started.append(d)
         return d
 

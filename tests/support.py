@@ -77,13 +77,16 @@ FINGERPRINT = re.compile(r"fingerprint ([0-9A-F:]{95})")
 
 
 class Daemon:
-    def __init__(self, db, *extra: str) -> None:
+    def __init__(self, db, *extra: str, **popen) -> None:
+        """`popen`: more create_subprocess_exec arguments (env, preexec_fn)."""
         self.db = db
         self.extra = extra
+        self.popen = popen
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.fingerprint = ""
         self.log: list[str] = []
+        self._grew = asyncio.Condition()
         self._pump: asyncio.Task | None = None
 
     async def start(self) -> Daemon:
@@ -99,6 +102,7 @@ class Daemon:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            **self.popen,
         )
         while not self.port:
             line = await asyncio.wait_for(self.proc.stderr.readline(), WAIT)
@@ -116,6 +120,22 @@ class Daemon:
     async def _read_rest(self) -> None:
         async for line in self.proc.stderr:
             self.log.append(line.decode())
+            async with self._grew:
+                self._grew.notify_all()
+
+    async def wait_log(self, pattern: str) -> str:
+        """The first log line matching `pattern`, waiting for it to be written."""
+        rx = re.compile(pattern)
+
+        async def find() -> str:
+            async with self._grew:
+                while True:
+                    for line in self.log:
+                        if rx.search(line):
+                            return line
+                    await self._grew.wait()
+
+        return await asyncio.wait_for(find(), WAIT)
 
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         self.proc.send_signal(sig)

@@ -28,7 +28,6 @@ new group lives in `dhparams` (the only place that needs multiprocessing).
 from __future__ import annotations
 
 import hashlib
-import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Final
@@ -38,7 +37,7 @@ from Crypto.Protocol.DH import import_x25519_private_key, import_x25519_public_k
 from Crypto.PublicKey import ECC
 from Crypto.Util.asn1 import DerSequence
 
-from hushwire.common.crypto.primitives import ct_equal
+from hushwire.common.crypto.primitives import OS_RANDOM, Random, ct_equal
 from hushwire.common.errors import InvalidKey
 
 MIN_P_BITS: Final = 2048
@@ -81,8 +80,8 @@ class DHGroup(ABC):
         return b"\xff" * self.public_size
 
     @abstractmethod
-    def generate(self) -> DHKeyPair:
-        """A fresh key pair from the OS CSPRNG."""
+    def generate(self, rand: Random = OS_RANDOM) -> DHKeyPair:
+        """A fresh key pair from `rand` (the OS CSPRNG unless a test scripts it)."""
 
     @abstractmethod
     def decode_public(self, data: bytes) -> object:
@@ -121,8 +120,9 @@ class X25519Group(DHGroup):
     name = "x25519"
     public_size = 32
 
-    def generate(self) -> DHKeyPair:
-        key = ECC.generate(curve="Curve25519")
+    def generate(self, rand: Random = OS_RANDOM) -> DHKeyPair:
+        # The private key is 32 random bytes, clamped by X25519 itself (RFC 7748 5).
+        key = ECC.generate(curve="Curve25519", randfunc=rand)
         return DHKeyPair(private=key.seed, public=key.public_key().export_key(format="raw"))
 
     def decode_public(self, data: bytes) -> object:
@@ -212,9 +212,13 @@ class FiniteFieldGroup(DHGroup):
             raise InvalidKey(f"group name {name!r} does not match its parameters")
         return cls(expected, p, g)
 
-    def generate(self) -> DHKeyPair:
+    def generate(self, rand: Random = OS_RANDOM) -> DHKeyPair:
         # Uniform in [2, 2^N): a short exponent as RFC 7919 5.2 allows; N >= 2 * 128.
-        x = 2 + secrets.randbelow((1 << self.exponent_bits) - 2)
+        # Rejection sampling over N-bit draws keeps it exactly uniform.
+        x = 0
+        while x < 2:
+            raw = int.from_bytes(rand(self.private_size), "big")
+            x = raw & ((1 << self.exponent_bits) - 1)
         return DHKeyPair(
             private=self._encode_private(x), public=self._encode(pow(self.g, x, self.p))
         )

@@ -1,9 +1,11 @@
 """Byte encodings shared by the crypto modules: length prefixes and strict msgpack.
 
 Everything signed, hashed or used as associated data is built with `fields()`, so two
-different field lists can never produce the same bytes. Persisted and wire structures
-use msgpack, decoded strictly: a byte string is accepted only if re-encoding the decoded
-value gives back exactly the same bytes, so one value has one encoding.
+different field lists can never produce the same bytes. Persisted structures and the
+version-1 envelope use canonical msgpack: accepted only if re-encoding the decoded value
+gives back exactly the same bytes, so one value has one encoding. The version-2
+envelope authenticates the bytes it received instead, so it accepts any valid encoding
+(`unpack_strict`).
 """
 
 from __future__ import annotations
@@ -31,14 +33,35 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
-def unpack_canonical(data: bytes) -> Any:
-    """Decode msgpack strictly; ValueError unless `data` is the canonical encoding."""
+def unpack_strict(data: bytes) -> Any:
+    """Decode one msgpack value (any valid encoding of it); ValueError for anything else.
+
+    Trailing bytes, invalid UTF-8 in a str and extension types are errors.
+    """
     if not isinstance(data, bytes):
         raise ValueError("expected bytes")
     try:
         value = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
         raise ValueError(f"not valid msgpack: {type(exc).__name__}") from None
+    if _has_ext(value):
+        raise ValueError("msgpack extension types are not allowed")
+    return value
+
+
+def _has_ext(value: Any) -> bool:
+    if isinstance(value, msgpack.ExtType):
+        return True
+    if isinstance(value, list):
+        return any(_has_ext(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_ext(k) or _has_ext(v) for k, v in value.items())
+    return False
+
+
+def unpack_canonical(data: bytes) -> Any:
+    """Decode msgpack strictly; ValueError unless `data` is the canonical encoding."""
+    value = unpack_strict(data)
     if pack(value) != data:
         raise ValueError("non-canonical msgpack encoding")
     return value

@@ -19,7 +19,6 @@ sending chain then comes from a fresh ratchet key (X3DH 4.2-4.3 rerandomisation)
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
@@ -32,6 +31,7 @@ from hushwire.common.crypto.encoding import (
     expect_str,
     pack,
     unpack_canonical,
+    unpack_strict,
 )
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.crypto.primitives import AEAD_TAG_LEN
@@ -41,7 +41,7 @@ from hushwire.common.errors import CryptoError, DecryptionError, InvalidKey, Mal
 from hushwire.common.keys import IdentityPublic, PrekeyBundle
 from hushwire.common.names import is_valid_username
 
-ENVELOPE_VERSION: Final = 1
+ENVELOPE_VERSIONS: Final = (1, 2)  # equal to the session's ratchet message format
 ENVELOPE_ID_LEN: Final = 16
 SESSION_VERSION: Final = 1
 _MAX_TIMESTAMP: Final = 2**63 - 1
@@ -54,7 +54,13 @@ class EnvelopeType(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One sealed message as it travels through the relay."""
+    """One sealed message as it travels through the relay.
+
+    Version 1: the 9-item canonical msgpack array; the AD is rebuilt by re-encoding.
+    Version 2: `[2, head (bin), ratchet header (bin), ciphertext (bin)]`, where head is
+    the msgpack array `[type, sender, recipient, envelope_id, sent_at_ms, initial header
+    or nil]`; the AD is the head exactly as received, so any msgpack encoder works.
+    """
 
     type: EnvelopeType
     sender: str
@@ -64,28 +70,32 @@ class Envelope:
     header: RatchetHeader
     x3dh: InitialHeader | None
     ciphertext: bytes
-    version: int = ENVELOPE_VERSION
+    version: int = 1
+    raw_head: bytes | None = None  # version 2: the head bytes as received (the AD)
 
-    def _head(self) -> list[object]:
-        """The fields before the ratchet header, shared by the wire form and the AD."""
+    def _fields(self) -> list[object]:
+        """type, sender, recipient, id, time, initial header: what the AD covers."""
         return [
-            self.version,
             int(self.type),
             self.sender,
             self.recipient,
             self.envelope_id,
             self.sent_at_ms,
+            None if self.x3dh is None else self.x3dh.to_wire(),
         ]
-
-    def _x3dh_wire(self) -> object:
-        return None if self.x3dh is None else self.x3dh.to_wire()
 
     def associated_data(self) -> bytes:
         """Every field except the ratchet header (already in the ratchet AD) and ciphertext."""
-        return pack([*self._head(), self._x3dh_wire()])
+        if self.version == 1:
+            return pack([1, *self._fields()])
+        return self.raw_head if self.raw_head is not None else pack(self._fields())
 
     def to_bytes(self) -> bytes:
-        return pack([*self._head(), self.header.to_bytes(), self._x3dh_wire(), self.ciphertext])
+        header = self.header.to_bytes()
+        if self.version == 1:
+            fields = self._fields()
+            return pack([1, *fields[:5], header, fields[5], self.ciphertext])
+        return pack([2, self.associated_data(), header, self.ciphertext])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
@@ -97,12 +107,21 @@ class Envelope:
 
     @classmethod
     def _parse(cls, data: bytes) -> Envelope:
-        items = unpack_canonical(data)
-        if not isinstance(items, list) or not items or items[0] != ENVELOPE_VERSION:
+        items = unpack_strict(data)
+        if not isinstance(items, list) or not items or items[0] not in ENVELOPE_VERSIONS:
             raise ValueError("unsupported envelope version")
-        _, kind, sender, recipient, env_id, sent_at, header, x3dh, ciphertext = expect_list(
-            items, 9
-        )
+        if items[0] == 1:
+            if pack(items) != data:  # version 1's AD is a re-encoding: one byte form only
+                raise ValueError("non-canonical msgpack encoding")
+            _, kind, sender, recipient, env_id, sent_at, header, x3dh, ciphertext = expect_list(
+                items, 9
+            )
+            raw_head = None
+        else:
+            _, raw_head, header, ciphertext = expect_list(items, 4)
+            kind, sender, recipient, env_id, sent_at, x3dh = expect_list(
+                unpack_strict(expect_bytes(raw_head)), 6
+            )
         env_type = EnvelopeType(expect_int(kind, 1, 2))
         for name in (sender, recipient):
             if not is_valid_username(expect_str(name)):
@@ -118,9 +137,11 @@ class Envelope:
             recipient=recipient,
             envelope_id=expect_bytes(env_id, ENVELOPE_ID_LEN),
             sent_at_ms=expect_int(sent_at, 0, _MAX_TIMESTAMP),
-            header=RatchetHeader.from_bytes(expect_bytes(header)),
+            header=RatchetHeader.from_bytes(expect_bytes(header), items[0]),
             x3dh=None if x3dh is None else InitialHeader.from_wire(x3dh),
             ciphertext=sealed,
+            version=items[0],
+            raw_head=raw_head,
         )
 
 
@@ -173,16 +194,43 @@ class Session:
         plaintext: bytes,
         *,
         config: RatchetConfig | None = None,
+        version: int = 1,
     ) -> tuple[Session, bytes]:
         """Start a session from a fetched bundle and seal the first message.
 
         Raises InvalidSignature/InvalidKey if the bundle does not verify (before any DH).
         """
-        result = initiate(my_identity, my_username, bundle, group)
+        session = cls.start(my_identity, my_username, bundle, group, config=config, version=version)
+        return session, session.encrypt(plaintext, now_ms)
+
+    @classmethod
+    def start(
+        cls,
+        my_identity: IdentityKeyPair,
+        my_username: str,
+        bundle: PrekeyBundle,
+        group: DHGroup,
+        *,
+        config: RatchetConfig | None = None,
+        version: int = 1,
+    ) -> Session:
+        """`initiate` without sealing a message yet (the next `encrypt` is the first).
+
+        `version` is the envelope version and ratchet message format (1 or 2).
+        """
+        if version not in ENVELOPE_VERSIONS:
+            raise ValueError(f"unknown session version {version}")
+        config = config or RatchetConfig()
+        result = initiate(my_identity, my_username, bundle, group, config.rand)
         ratchet = RatchetState.init_alice(
-            result.shared_key, result.responder_ratchet_key, result.associated_data, group, config
+            result.shared_key,
+            result.responder_ratchet_key,
+            result.associated_data,
+            group,
+            config,
+            version=version,
         )
-        session = cls(
+        return cls(
             my_username=my_username,
             peer_username=bundle.user,
             peer_identity=bundle.identity,
@@ -190,7 +238,6 @@ class Session:
             initiator=True,
             x3dh=result.header,
         )
-        return session, session.encrypt(plaintext, now_ms)
 
     @classmethod
     def respond(
@@ -219,7 +266,12 @@ class Session:
             raise InvalidKey("initiator uses a different DH group")
         result = respond(my_identity, my_username, env.sender, env.x3dh, prekeys, group)
         ratchet = RatchetState.init_bob(
-            result.shared_key, result.signed_prekey.dh, result.associated_data, group, config
+            result.shared_key,
+            result.signed_prekey.dh,
+            result.associated_data,
+            group,
+            config,
+            version=env.version,
         )
         plaintext = ratchet.decrypt(env.header, env.ciphertext, env.associated_data())
         session = cls(
@@ -243,17 +295,20 @@ class Session:
         if type(now_ms) is not int or not 0 <= now_ms <= _MAX_TIMESTAMP:
             raise ValueError("now_ms must be a non-negative integer")
         pending = self.x3dh if self.awaiting_reply else None
+        version = self.ratchet.version
         draft = Envelope(
             type=EnvelopeType.MESSAGE if pending is None else EnvelopeType.INITIAL,
             sender=self.my_username,
             recipient=self.peer_username,
-            envelope_id=secrets.token_bytes(ENVELOPE_ID_LEN),
+            envelope_id=self.ratchet.config.rand(ENVELOPE_ID_LEN),
             sent_at_ms=now_ms,
             header=RatchetHeader(b"", 0, 0),
             x3dh=pending,
             ciphertext=b"",
+            version=version,
         )
-        header, ciphertext = self.ratchet.encrypt(plaintext, draft.associated_data())
+        ad = draft.associated_data()
+        header, ciphertext = self.ratchet.encrypt(plaintext, ad)
         return Envelope(
             type=draft.type,
             sender=draft.sender,
@@ -263,6 +318,8 @@ class Session:
             header=header,
             x3dh=pending,
             ciphertext=ciphertext,
+            version=version,
+            raw_head=ad if version >= 2 else None,
         ).to_bytes()
 
     def decrypt(self, envelope: bytes | Envelope) -> DecryptedMessage:
@@ -278,6 +335,10 @@ class Session:
             raise DecryptionError("envelope is for another recipient")
         if env.sender != self.peer_username:
             raise DecryptionError("envelope is from another sender")
+        if env.version != self.ratchet.version:
+            raise DecryptionError(
+                f"a version {env.version} envelope in a version {self.ratchet.version} session"
+            )
         if env.type is EnvelopeType.INITIAL and (self.initiator or env.x3dh != self.x3dh):
             raise DecryptionError("initial envelope of a different session")
         plaintext = self.ratchet.decrypt(env.header, env.ciphertext, env.associated_data())

@@ -29,6 +29,8 @@ from hushwire.common.crypto.encoding import (
 )
 from hushwire.common.crypto.encoding import fields as encode_fields
 from hushwire.common.crypto.primitives import (
+    OS_RANDOM,
+    Random,
     ed25519_check_public,
     ed25519_generate,
     ed25519_public_from_seed,
@@ -110,10 +112,10 @@ class IdentityKeyPair:
     dh_sig: bytes
 
     @classmethod
-    def generate(cls, group: DHGroup) -> IdentityKeyPair:
-        """A fresh identity whose DH key lives in `group`."""
-        seed, sign_key = ed25519_generate()
-        dh = group.generate()
+    def generate(cls, group: DHGroup, rand: Random = OS_RANDOM) -> IdentityKeyPair:
+        """A fresh identity whose DH key lives in `group` (signing seed drawn first)."""
+        seed, sign_key = ed25519_generate(rand)
+        dh = group.generate(rand)
         sig = ed25519_sign(seed, identity_dh_message(group.name, dh.public))
         return cls(group.name, seed, sign_key, dh, sig)
 
@@ -162,12 +164,12 @@ class SignedPrekeyPair:
 
     @classmethod
     def generate(
-        cls, identity: IdentityKeyPair, group: DHGroup, prekey_id: int
+        cls, identity: IdentityKeyPair, group: DHGroup, prekey_id: int, rand: Random = OS_RANDOM
     ) -> SignedPrekeyPair:
         """A fresh prekey, signed by `identity` over the group, id and key."""
         if group.name != identity.group:
             raise InvalidKey("signed prekey group differs from the identity's")
-        dh = group.generate()
+        dh = group.generate(rand)
         sig = identity.sign(signed_prekey_message(group.name, _check_id(prekey_id), dh.public))
         return cls(prekey_id, dh, sig)
 
@@ -197,8 +199,10 @@ class OneTimePrekeyPair:
     dh: DHKeyPair
 
     @classmethod
-    def generate(cls, group: DHGroup, prekey_id: int) -> OneTimePrekeyPair:
-        return cls(_check_id(prekey_id), group.generate())
+    def generate(
+        cls, group: DHGroup, prekey_id: int, rand: Random = OS_RANDOM
+    ) -> OneTimePrekeyPair:
+        return cls(_check_id(prekey_id), group.generate(rand))
 
     def public(self) -> OneTimePrekey:
         return OneTimePrekey(id=self.id, key=self.dh.public)
@@ -217,10 +221,12 @@ class OneTimePrekeyPair:
         return cls(prekey_id, group.keypair_from_private(private))
 
 
-def generate_one_time_prekeys(group: DHGroup, first_id: int, count: int) -> list[OneTimePrekeyPair]:
+def generate_one_time_prekeys(
+    group: DHGroup, first_id: int, count: int, rand: Random = OS_RANDOM
+) -> list[OneTimePrekeyPair]:
     """`count` fresh one-time prekeys with consecutive ids starting at `first_id`."""
     _check_id(first_id + count - 1 if count > 0 else first_id)
-    return [OneTimePrekeyPair.generate(group, first_id + i) for i in range(count)]
+    return [OneTimePrekeyPair.generate(group, first_id + i, rand) for i in range(count)]
 
 
 def verify_identity(identity: IdentityPublic, group: DHGroup) -> None:

@@ -8,11 +8,13 @@ apart and the known-answer tests exercise exactly what the protocol runs.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from Crypto.Cipher import AES
 from Crypto.Hash import HMAC, SHA256
 from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
+from Crypto.Random import get_random_bytes
 from Crypto.Signature import eddsa
 
 from hushwire.common.errors import DecryptionError, InvalidKey, InvalidSignature
@@ -24,6 +26,14 @@ AEAD_TAG_LEN = 16  # full 128-bit tag (Double Ratchet 6.6: never truncate below 
 ED25519_KEY_LEN = 32
 ED25519_SIG_LEN = 64
 ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493  # L, RFC 8032 5.1
+
+Random = Callable[[int], bytes]
+"""Where key generation and the protocol draw randomness: `n -> n random bytes`.
+
+The default everywhere is the OS CSPRNG (`Crypto.Random.get_random_bytes`); tests and the
+test-vector generator pass a scripted source so every value is reproducible.
+"""
+OS_RANDOM: Random = get_random_bytes
 
 
 def hkdf_sha256(ikm: bytes, length: int, *, salt: bytes | None, info: bytes) -> bytes:
@@ -80,9 +90,9 @@ def aead_open(key: bytes, nonce: bytes, sealed: bytes, associated_data: bytes) -
         raise DecryptionError("message authentication failed") from None
 
 
-def ed25519_generate() -> tuple[bytes, bytes]:
-    """A fresh Ed25519 key: (32-byte private seed, 32-byte public key)."""
-    key = ECC.generate(curve="Ed25519")
+def ed25519_generate(rand: Random = OS_RANDOM) -> tuple[bytes, bytes]:
+    """A fresh Ed25519 key: (32-byte private seed from `rand`, 32-byte public key)."""
+    key = ECC.generate(curve="Ed25519", randfunc=rand)
     return key.seed, key.public_key().export_key(format="raw")
 
 

@@ -3,14 +3,22 @@
     KDF_RK(rk, dh_out) = HKDF-SHA256(salt=rk, ikm=dh_out, info=b"hushwire/ratchet/v1/root")
                          -> 64 bytes: new root key || chain key
     KDF_CK(ck)         = HMAC-SHA256(ck, 0x01) message key, HMAC-SHA256(ck, 0x02) next ck
-    ENCRYPT(mk, pt, ad): HKDF-SHA256(ikm=mk, salt=32 zero bytes,
-                         info=b"hushwire/ratchet/v1/message") -> 44 bytes:
+    ENCRYPT(mk, pt, ad): version 2: HKDF-SHA256(ikm=mk, salt=the header's 32 random bytes,
+                         info=b"hushwire/ratchet/v2/message"); version 1: salt = 32 zero
+                         bytes, info=b"hushwire/ratchet/v1/message". -> 44 bytes:
                          AES-256 key (32) || GCM nonce (12); AES-256-GCM, 128-bit tag.
                          5.2 derives an AES-CBC key, HMAC key and IV (80 bytes); GCM needs
-                         only a key and a nonce. Each message key is used once, so a
-                         deterministic nonce per key is safe.
+                         only a key and a nonce.
     AD of one message  = fields(X3DH AD, header bytes, extra_ad)  (spec 3.4 CONCAT)
-    header bytes       = fields(ratchet public key) || u32 PN || u32 N
+    header bytes       = fields(ratchet public key) || u32 PN || u32 N [|| salt (v2)]
+
+Why the salt (version 2): a message key is meant to be used once, but a rolled-back
+state (a restored backup, a VM snapshot, a copied profile) derives the same one again
+for a different plaintext. With key and nonce a function of the key alone, GCM would
+then repeat key and nonce, leaking the XOR of the plaintexts and the authentication
+key. A fresh random salt per message, carried in the (authenticated) header, makes
+the AES key and nonce differ even when the message key repeats. Version 1 states
+(sessions started before) keep the old derivation.
 
 `decrypt` runs on a copy and adopts it only after the AEAD check passes (spec 3.5), so
 a tampered, replayed or over-skipping message leaves the state byte-for-byte unchanged.
@@ -39,6 +47,8 @@ from hushwire.common.crypto.primitives import (
     AEAD_KEY_LEN,
     AEAD_NONCE_LEN,
     HASH_LEN,
+    OS_RANDOM,
+    Random,
     aead_open,
     aead_seal,
     hkdf_sha256,
@@ -53,10 +63,11 @@ from hushwire.common.errors import (
 )
 
 ROOT_INFO: Final = b"hushwire/ratchet/v1/root"
-MESSAGE_INFO: Final = b"hushwire/ratchet/v1/message"
+MESSAGE_INFO: Final = {1: b"hushwire/ratchet/v1/message", 2: b"hushwire/ratchet/v2/message"}
+SALT_LEN: Final = {1: 0, 2: 32}  # random bytes each header carries, per message format
 MAX_COUNTER: Final = 2**32 - 1
 MAX_PREVIOUS_CHAINS: Final = 5  # as libsignal's receiver chains: enough to name replays
-STATE_VERSION: Final = 1
+MESSAGE_VERSION: Final = 2  # what new sessions use; the state's version byte says which
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,7 @@ class RatchetConfig:
     max_skip: int = 1000  # per receiving chain (spec MAX_SKIP)
     max_skipped_keys: int = 2000  # total stored skipped keys, oldest evicted (6.4)
     groups: tuple[DHGroup, ...] = (X25519, FFDHE3072)
+    rand: Random = OS_RANDOM  # ratchet keys and envelope ids; scripted only by tests
 
     def group(self, name: str) -> DHGroup:
         """The allowed group called `name`; CryptoError if this config does not allow it."""
@@ -77,28 +89,32 @@ class RatchetConfig:
 
 @dataclass(frozen=True, slots=True)
 class RatchetHeader:
-    """Spec 3.1 HEADER(dh_pair, pn, n): the sender's ratchet public key, PN and N."""
+    """Spec 3.1 HEADER(dh_pair, pn, n): ratchet public key, PN, N, and (v2) the salt."""
 
     dh: bytes
     pn: int
     n: int
+    salt: bytes = b""  # version 2: 32 fresh random bytes mixed into the message's key
 
     def to_bytes(self) -> bytes:
-        return encode_fields(self.dh) + self.pn.to_bytes(4, "big") + self.n.to_bytes(4, "big")
+        counters = self.pn.to_bytes(4, "big") + self.n.to_bytes(4, "big")
+        return encode_fields(self.dh) + counters + self.salt
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> RatchetHeader:
-        """Strict inverse of `to_bytes`; ValueError if malformed."""
-        if not isinstance(data, bytes) or len(data) < 10:
+    def from_bytes(cls, data: bytes, version: int = 1) -> RatchetHeader:
+        """Strict inverse of `to_bytes` for a message format; ValueError if malformed."""
+        salt_len = SALT_LEN[version]
+        if not isinstance(data, bytes) or len(data) < 10 + salt_len:
             raise ValueError("ratchet header too short")
         size = int.from_bytes(data[:2], "big")
-        if len(data) != 2 + size + 8:
+        if len(data) != 2 + size + 8 + salt_len:
             raise ValueError("ratchet header has the wrong length")
-        counters = data[2 + size :]
+        counters = data[2 + size : 2 + size + 8]
         return cls(
             dh=data[2 : 2 + size],
             pn=int.from_bytes(counters[:4], "big"),
             n=int.from_bytes(counters[4:], "big"),
+            salt=data[2 + size + 8 :],
         )
 
 
@@ -116,22 +132,33 @@ def kdf_ck(chain_key: bytes) -> tuple[bytes, bytes]:
     return hmac_sha256(chain_key, b"\x02"), hmac_sha256(chain_key, b"\x01")
 
 
-def _message_key_material(message_key: bytes) -> tuple[bytes, bytes]:
+def message_key_material(message_key: bytes, salt: bytes = b"") -> tuple[bytes, bytes]:
+    """ENCRYPT's key schedule: (AES-256 key, GCM nonce) for one message key.
+
+    `salt` is the header's random salt (version 2, 32 bytes) or empty (version 1, which
+    means HKDF's 32 zero bytes).
+    """
+    version = 2 if salt else 1
+    if len(salt) != SALT_LEN[version]:
+        raise DecryptionError("message salt has the wrong length")
     okm = hkdf_sha256(
-        message_key, AEAD_KEY_LEN + AEAD_NONCE_LEN, salt=bytes(HASH_LEN), info=MESSAGE_INFO
+        message_key,
+        AEAD_KEY_LEN + AEAD_NONCE_LEN,
+        salt=salt or bytes(HASH_LEN),
+        info=MESSAGE_INFO[version],
     )
     return okm[:AEAD_KEY_LEN], okm[AEAD_KEY_LEN:]
 
 
-def encrypt_message(message_key: bytes, plaintext: bytes, ad: bytes) -> bytes:
+def encrypt_message(message_key: bytes, salt: bytes, plaintext: bytes, ad: bytes) -> bytes:
     """Spec ENCRYPT: AES-256-GCM under a key and nonce derived from the message key."""
-    key, nonce = _message_key_material(message_key)
+    key, nonce = message_key_material(message_key, salt)
     return aead_seal(key, nonce, plaintext, ad)
 
 
-def decrypt_message(message_key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+def decrypt_message(message_key: bytes, salt: bytes, ciphertext: bytes, ad: bytes) -> bytes:
     """Spec DECRYPT; DecryptionError if authentication fails."""
-    key, nonce = _message_key_material(message_key)
+    key, nonce = message_key_material(message_key, salt)
     return aead_open(key, nonce, ciphertext, ad)
 
 
@@ -152,6 +179,7 @@ class RatchetState:
         "previous",
         "rk",
         "skipped",
+        "version",
     )
 
     def __init__(
@@ -170,7 +198,9 @@ class RatchetState:
         ad: bytes,
         skipped: dict[tuple[bytes, int], bytes],
         previous: list[bytes],
+        version: int,
     ) -> None:
+        self.version = version  # message format: 1 (legacy) or 2 (salted, rollback-safe)
         self.group = group
         self.config = config
         self.dhs = dhs
@@ -193,15 +223,17 @@ class RatchetState:
         ad: bytes,
         group: DHGroup,
         config: RatchetConfig | None = None,
+        *,
+        version: int = MESSAGE_VERSION,
     ) -> RatchetState:
         """Spec 3.3 RatchetInitAlice: SK from X3DH, Bob's signed prekey as his ratchet key."""
         config = config or RatchetConfig()
         config.group(group.name)
-        dhs = group.generate()
+        dhs = group.generate(config.rand)
         rk, cks = kdf_rk(shared_key, group.agree(dhs.private, bob_public))
         return cls(
             group=group, config=config, dhs=dhs, dhr=bob_public, rk=rk, cks=cks, ckr=None,
-            ns=0, nr=0, pn=0, ad=ad, skipped={}, previous=[],
+            ns=0, nr=0, pn=0, ad=ad, skipped={}, previous=[], version=_check_version(version),
         )  # fmt: skip
 
     @classmethod
@@ -212,6 +244,8 @@ class RatchetState:
         ad: bytes,
         group: DHGroup,
         config: RatchetConfig | None = None,
+        *,
+        version: int = MESSAGE_VERSION,
     ) -> RatchetState:
         """Spec 3.3 RatchetInitBob: the signed prekey pair is the first ratchet key pair."""
         config = config or RatchetConfig()
@@ -219,6 +253,7 @@ class RatchetState:
         return cls(
             group=group, config=config, dhs=bob_keypair, dhr=None, rk=shared_key, cks=None,
             ckr=None, ns=0, nr=0, pn=0, ad=ad, skipped={}, previous=[],
+            version=_check_version(version),
         )  # fmt: skip
 
     @property
@@ -237,9 +272,10 @@ class RatchetState:
         if self.ns >= MAX_COUNTER:
             raise LocalProtocolError("sending chain exhausted")
         self.cks, mk = kdf_ck(self.cks)
-        header = RatchetHeader(self.dhs.public, self.pn, self.ns)
+        salt = self.config.rand(SALT_LEN[self.version]) if self.version >= 2 else b""
+        header = RatchetHeader(self.dhs.public, self.pn, self.ns, salt)
         self.ns += 1
-        return header, encrypt_message(mk, plaintext, self._message_ad(header, extra_ad))
+        return header, encrypt_message(mk, salt, plaintext, self._message_ad(header, extra_ad))
 
     def decrypt(self, header: RatchetHeader, ciphertext: bytes, extra_ad: bytes = b"") -> bytes:
         """Spec 3.5 RatchetDecrypt on a copy, kept only if authentication succeeds.
@@ -254,10 +290,12 @@ class RatchetState:
         return plaintext
 
     def _decrypt(self, header: RatchetHeader, ciphertext: bytes, extra_ad: bytes) -> bytes:
+        if len(header.salt) != SALT_LEN[self.version]:
+            raise DecryptionError(f"header is not of message format {self.version}")
         ad = self._message_ad(header, extra_ad)
         mk = self.skipped.pop((header.dh, header.n), None)
         if mk is not None:  # spec TrySkippedMessageKeys
-            return decrypt_message(mk, ciphertext, ad)
+            return decrypt_message(mk, header.salt, ciphertext, ad)
         if header.dh != self.dhr:
             if header.dh in self.previous:
                 # An earlier chain: its unreceived keys were all stored as skipped when
@@ -274,7 +312,7 @@ class RatchetState:
             raise DecryptionError("no receiving chain for this ratchet key")
         self.ckr, mk = kdf_ck(self.ckr)
         self.nr += 1
-        return decrypt_message(mk, ciphertext, ad)
+        return decrypt_message(mk, header.salt, ciphertext, ad)
 
     def _skip_message_keys(self, until: int) -> None:
         # Spec 3.5 SkipMessageKeys with MAX_SKIP per chain; total bound with eviction (6.4).
@@ -302,7 +340,7 @@ class RatchetState:
         self.nr = 0
         self.dhr = header.dh
         self.rk, self.ckr = kdf_rk(self.rk, self.group.agree(self.dhs.private, self.dhr))
-        self.dhs = self.group.generate()
+        self.dhs = self.group.generate(self.config.rand)
         self.rk, self.cks = kdf_rk(self.rk, self.group.agree(self.dhs.private, self.dhr))
 
     def copy(self) -> RatchetState:
@@ -310,7 +348,7 @@ class RatchetState:
         return RatchetState(
             group=self.group, config=self.config, dhs=self.dhs, dhr=self.dhr, rk=self.rk,
             cks=self.cks, ckr=self.ckr, ns=self.ns, nr=self.nr, pn=self.pn, ad=self.ad,
-            skipped=dict(self.skipped), previous=list(self.previous),
+            skipped=dict(self.skipped), previous=list(self.previous), version=self.version,
         )  # fmt: skip
 
     def _adopt(self, other: RatchetState) -> None:
@@ -318,7 +356,7 @@ class RatchetState:
             setattr(self, name, getattr(other, name))
 
     def to_bytes(self) -> bytes:
-        """Version byte, then msgpack; restores exactly (to_bytes(from_bytes(b)) == b)."""
+        """Version byte (= the message format), then msgpack; restores exactly."""
         body = [
             self.group.name,
             self.dhs.private,
@@ -334,7 +372,7 @@ class RatchetState:
             [[dh, n, mk] for (dh, n), mk in self.skipped.items()],
             list(self.previous),
         ]
-        return bytes([STATE_VERSION]) + pack(body)
+        return bytes([self.version]) + pack(body)
 
     @classmethod
     def from_bytes(cls, data: bytes, config: RatchetConfig | None = None) -> RatchetState:
@@ -357,7 +395,14 @@ def _opt_bytes(value: Any, length: int | None = None) -> bytes | None:
     return None if value is None else expect_bytes(value, length)
 
 
-def _load_v1(body: bytes, config: RatchetConfig) -> RatchetState:
+def _check_version(version: int) -> int:
+    if version not in SALT_LEN:
+        raise LocalProtocolError(f"unknown ratchet message format {version}")
+    return version
+
+
+def _load(body: bytes, config: RatchetConfig, version: int) -> RatchetState:
+    """Versions 1 and 2 share one layout; the version byte picks the message format."""
     items = expect_list(unpack_canonical(body), 13)
     group = config.group(expect_str(items[0]))
     skipped: dict[tuple[bytes, int], bytes] = {}
@@ -380,8 +425,12 @@ def _load_v1(body: bytes, config: RatchetConfig) -> RatchetState:
         ad=expect_bytes(items[10]),
         skipped=skipped,
         previous=[expect_bytes(k) for k in items[12]],
+        version=version,
     )
 
 
 # Every state version ever written stays loadable: add a loader, never remove one.
-_LOADERS: Final[dict[int, Callable[[bytes, RatchetConfig], RatchetState]]] = {1: _load_v1}
+_LOADERS: Final[dict[int, Callable[[bytes, RatchetConfig], RatchetState]]] = {
+    1: lambda body, config: _load(body, config, 1),
+    2: lambda body, config: _load(body, config, 2),
+}

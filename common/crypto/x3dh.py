@@ -38,7 +38,7 @@ from hushwire.common.crypto.identity import (
     verify_bundle,
     verify_identity,
 )
-from hushwire.common.crypto.primitives import HASH_LEN, hkdf_sha256
+from hushwire.common.crypto.primitives import HASH_LEN, OS_RANDOM, Random, hkdf_sha256
 from hushwire.common.errors import InvalidKey, UnknownPrekey
 from hushwire.common.keys import IdentityPublic, PrekeyBundle
 
@@ -62,8 +62,8 @@ def associated_data(
     )
 
 
-def _kdf(group: DHGroup, dh_outputs: list[bytes]) -> bytes:
-    # X3DH 2.2: HKDF ikm = F || KM, salt = HashLen zero bytes, info = application string.
+def derive_shared_key(group: DHGroup, dh_outputs: list[bytes]) -> bytes:
+    """X3DH 2.2: SK = HKDF(ikm = F || DH1 || ... , salt = HashLen zero bytes, info)."""
     ikm = group.kdf_prefix + b"".join(dh_outputs)
     return hkdf_sha256(ikm, SHARED_KEY_LEN, salt=bytes(HASH_LEN), info=x3dh_info(group))
 
@@ -154,7 +154,11 @@ class PrekeySet:
 
 
 def initiate(
-    identity: IdentityKeyPair, username: str, bundle: PrekeyBundle, group: DHGroup
+    identity: IdentityKeyPair,
+    username: str,
+    bundle: PrekeyBundle,
+    group: DHGroup,
+    rand: Random = OS_RANDOM,
 ) -> InitiatorResult:
     """Run X3DH as the initiator (3.3) against a fetched bundle.
 
@@ -166,7 +170,7 @@ def initiate(
     verify_bundle(bundle, group)
     spk = bundle.signed_prekey
     opk = bundle.one_time_prekey
-    ek = group.generate()
+    ek = group.generate(rand)
     outputs = [
         group.agree(identity.dh.private, spk.key),  # DH1 = DH(IK_A, SPK_B)
         group.agree(ek.private, bundle.identity.dh_key),  # DH2 = DH(EK_A, IK_B)
@@ -176,7 +180,7 @@ def initiate(
         outputs.append(group.agree(ek.private, opk.key))  # DH4 = DH(EK_A, OPK_B)
     me = identity.public()
     return InitiatorResult(
-        shared_key=_kdf(group, outputs),
+        shared_key=derive_shared_key(group, outputs),
         associated_data=associated_data(me, username, bundle.identity, bundle.user),
         header=InitialHeader(
             identity=me,
@@ -223,7 +227,7 @@ def respond(
     if opk is not None:
         outputs.append(group.agree(opk.dh.private, header.ephemeral_key))  # DH4
     return ResponderResult(
-        shared_key=_kdf(group, outputs),
+        shared_key=derive_shared_key(group, outputs),
         associated_data=associated_data(
             header.identity, initiator_username, identity.public(), username
         ),

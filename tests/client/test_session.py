@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from hushwire.client.errors import BadBundle, MessageHeld, UnknownContact
-from hushwire.client.service import Backoff, _split_upload
+from hushwire.client.keys import split_upload as _split_upload
 from hushwire.client.session import (
     IDENTITY_RECHECK_MS,
     PREKEY_LOW,
@@ -24,6 +24,7 @@ from hushwire.client.session import (
     load_or_create_identity,
     max_text_bytes,
 )
+from hushwire.client.settings import Backoff
 from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.envelope import Envelope
@@ -186,8 +187,8 @@ async def test_changed_identity_in_a_bundle_holds_until_trust(make, directory):
         await alice.prepare_send("bob", "held 2", directory.fetch)
     assert directory.fetches == fetches  # held without burning more of bob's prekeys
     assert (await alice.contact("bob")).key_changed
-    held = await alice.trust("bob")
-    assert [m.text for m in held] == ["held 1", "held 2"]
+    held, released = await alice.trust("bob")
+    assert [m.text for m in held] == ["held 1", "held 2"] and released == []
     contact = await alice.contact("bob")
     assert not contact.key_changed and not contact.verified
     out = await alice.prepare_send("bob", held[0].text, directory.fetch, uid=held[0].uid)
@@ -217,8 +218,14 @@ async def test_initial_message_from_a_changed_identity_is_flagged(make, director
     bob2 = await make("bob", profile="bob2")
     got = await alice.receive(await send(bob2, "alice", "new phone", directory))
     assert isinstance(got, Received) and got.key_changed and got.text == "new phone"
+    # Quarantined: stored, but neither history nor unread until alice accepts the key.
+    assert [m.text for m in await alice.store.history("bob", 5)] == ["hi"]
+    assert [m.text for m in await alice.store.messages_with_status(("received",))] == ["hi"]
     with pytest.raises(MessageHeld):
         await alice.prepare_send("bob", "wait", directory.fetch)
+    held, released = await alice.trust("bob")
+    assert [m.text for m in held] == ["wait"] and [m.text for m in released] == ["new phone"]
+    assert [m.text for m in await alice.store.history("bob", 5)] == ["hi", "new phone", "wait"]
 
 
 async def test_identity_is_rechecked_after_a_while(make, directory, clock):

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hushwire.client.text import REPLACEMENT, decode_text, encode_text, safe_for_terminal
+from hushwire.client.text import (
+    REPLACEMENT,
+    decode_text,
+    encode_text,
+    safe_for_terminal,
+    safe_line,
+)
 
 FORBIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
@@ -56,3 +62,10 @@ def test_text_codec_round_trips(text):
 def test_unknown_format_or_bad_utf8_is_refused(bad):
     with pytest.raises(ValueError):
         decode_text(bad)
+
+
+def test_safe_line_is_one_bounded_neutral_line():
+    assert safe_line("a\nb\tc\x1b]0;t\x07d") == "a b cd"
+    long = safe_line("\u202e" + "x" * 10_000, limit=50)
+    assert len(long) == 50 and long.startswith("\ufffd") and long.endswith("...")
+    assert safe_line("y" * 100 + "\x1b[2K" * 1000, limit=120).endswith("...")

@@ -32,6 +32,8 @@ from hushwire.client.tui import (
     parse_input,
 )
 from hushwire.common.crypto.safety import safety_number
+from hushwire.common.messages import Deliver
+from tests.adversarial.test_terminal_injection import HOSTILE, terminal_safe
 from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, WAIT, next_event, settings_for
 from tests.support import Harness
 
@@ -500,3 +502,13 @@ async def test_main_as_the_cli_calls_it(relay, login, tmp_path):
         assert await asyncio.wait_for(task, WAIT) == 0
     again = await HushwireClient.open(profile, PASSPHRASE)  # main closed its client
     await again.close()
+
+
+async def test_hostile_names_from_the_relay_are_neutralised(relay, chat):
+    """A relay-supplied sender with escapes and bidi overrides: listed, never raw."""
+    screen = await chat(relay)
+    (conn,) = [c for c in relay.server.connections if c.user == "alice"]
+    conn.push(Deliver(mid=10**9, sender=HOSTILE, ts=0, body=b"junk"))
+    await screen.until(lambda: "evil" in screen.chat.list_text(), "the rejected sender listed")
+    for shown in (screen.chat.list_text(), screen.chat.status_text(), screen.pane):
+        assert terminal_safe(shown), repr(shown)

@@ -107,6 +107,10 @@ def test_instances_have_no_dict():
             "signed_prekey": None,
             "one_time_prekeys": [{"id": 1}],
         },
+        # protocol.md "Fields": a `T?` field may be nil but never omitted
+        {"t": "publish_keys", "id": 1, "identity": None, "one_time_prekeys": []},
+        {"t": "publish_keys", "id": 1, "identity": None, "signed_prekey": None},
+        {"t": "hello", "id": 1, "versions": [1]},  # `client` is required
     ],
 )
 def test_bad_requests_are_typed_errors(raw):

@@ -96,3 +96,13 @@ def test_relay_help_runs_from_the_installed_wheel(installed, tmp_path):
     result = run(bin_dir / "hushwire-relay", "--help", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert "--db" in result.stdout and "--version" in result.stdout
+
+
+def test_installed_client_has_every_module(installed, tmp_path):
+    """Each client subpackage is listed in pyproject (a missing one imports only here)."""
+    bin_dir, _, env = installed
+    code = "import hushwire.client.tui as t; print(t.ChatApp.__module__, t.__file__)"
+    result = run(bin_dir / "python", "-c", code, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    module, where = result.stdout.split()
+    assert module == "hushwire.client.tui.app" and where.startswith(str(bin_dir.parent))

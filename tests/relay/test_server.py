@@ -322,6 +322,30 @@ async def test_mailbox_limit_and_unknown_recipient(relay_factory):
     assert not _drain(carol)
 
 
+async def test_a_recipient_named_twice_is_refused_not_merged(relay):
+    alice = await relay.login("alice")
+    err = await expect_error(
+        ErrorCode.BAD_REQUEST, alice.request(Send, to=("bob", "bob"), body=b"x")
+    )
+    assert "twice" in err.message
+    bob = await relay.login("bob")
+    await bob.request(Ping)
+    assert not _drain(bob)  # nothing was queued
+
+
+async def test_omitted_fields_are_bad_frame_even_when_nil_is_allowed(relay):
+    """protocol.md, Fields: every field is present; `T?` only allows nil as its value."""
+    reader, writer = await raw_tls(relay)
+    writer.write(encode_frame({"t": "hello", "id": 1, "versions": [1]}))  # no `client`
+    writer.write(encode_frame(Hello(id=2, versions=(1,), client="raw").to_wire()))
+    dec, frames = FrameDecoder(), []
+    while len(frames) < 2:
+        frames += dec.feed(await asyncio.wait_for(reader.read(65536), WAIT))
+    assert (frames[0]["t"], frames[0]["id"], frames[0]["code"]) == ("error", 1, "bad_frame")
+    assert (frames[1]["t"], frames[1]["id"]) == ("ok", 2)
+    writer.close()
+
+
 async def test_send_rate_limit(relay_factory):
     relay = await relay_factory(send_burst=5, send_rate=0.01)
     alice = await relay.login("alice")

@@ -12,9 +12,9 @@ import pytest
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
 from hushwire.relay import migrate as mg
-from hushwire.relay import store as store_module
 from hushwire.relay.errors import SchemaOutdated, SchemaTooNew, StoreError, UnknownUser, UserExists
 from hushwire.relay.store import MAX_ONE_TIME_PREKEYS, Store, UserEventKind
+from hushwire.relay.store import mailbox as mailbox_module
 
 NOW = 1_700_000_000
 
@@ -590,7 +590,7 @@ async def test_elided_id_stays_used_after_a_restart(
     db: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Without the gap a restart leaves, the persisted sequence alone must cover the id.
-    monkeypatch.setattr(store_module, "MID_GAP", 0)
+    monkeypatch.setattr(mailbox_module, "MID_GAP", 0)
     await store.enqueue("alice", ["bob"], b"warm", now=NOW)
     (warm,) = await store.pending("bob")
     await store.ack("bob", [warm.mid])
@@ -665,7 +665,7 @@ async def test_checkpoint_moves_wal_into_main_file(db: Path, store: Store) -> No
 async def test_open_settings(db: Path) -> None:
     s = await open_store(db, synchronous="full")
     try:
-        pragmas = await s._run(
+        pragmas = await s._backend._run(  # type: ignore[attr-defined]
             lambda c: [
                 c.execute(f"PRAGMA {p}").fetchone()[0]
                 for p in ("synchronous", "journal_mode", "foreign_keys")

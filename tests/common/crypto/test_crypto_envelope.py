@@ -246,3 +246,79 @@ def test_every_bit_flip_of_an_ffdhe_message_is_rejected(alice, bob, group):
             a.decrypt(flip(message, bit))
     assert a.to_bytes() == before
     assert a.decrypt(message).plaintext == b"p"
+
+
+# --- version 2: the AD is the received bytes, not a re-encoding -----------------------
+
+
+def start_v2(alice, bob, *, with_one_time=True):
+    bundle = bob.bundle(with_one_time=with_one_time)
+    return Session.initiate(alice.identity, "alice", bundle, alice.group, NOW, b"hi", version=2)
+
+
+def _bin32(data: bytes) -> bytes:
+    return b"\xc6" + len(data).to_bytes(4, "big") + data
+
+
+def test_version_2_conversation(alice, bob, group):
+    a, env = start_v2(alice, bob)
+    parsed = Envelope.from_bytes(env)
+    assert parsed.version == 2 and env[:2] == b"\x94\x02"
+    assert len(parsed.header.salt) == 32
+    b, msg, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    assert msg.plaintext == b"hi" and b.ratchet.version == 2
+    reply = b.encrypt(b"hello alice", NOW + 1)
+    assert a.decrypt(reply).plaintext == b"hello alice"
+    restored = Session.from_bytes(a.to_bytes())
+    assert restored.ratchet.version == 2
+    assert b.decrypt(restored.encrypt(b"after", NOW + 2)).plaintext == b"after"
+
+
+def test_version_2_accepts_another_encoders_outer_array(alice, bob, group):
+    """Widest length forms for the outer array's fields: same head bytes, same message."""
+    _, env = start_v2(alice, bob)
+    parsed = Envelope.from_bytes(env)
+    wide = (
+        b"\xdd\x00\x00\x00\x04"  # array32 of 4
+        + b"\xcf" + (2).to_bytes(8, "big")  # uint64 2
+        + _bin32(parsed.associated_data())
+        + _bin32(parsed.header.to_bytes())
+        + _bin32(parsed.ciphertext)
+    )  # fmt: skip
+    _, msg, _ = Session.respond(bob.identity, "bob", bob.prekeys(), wide)
+    assert msg.plaintext == b"hi"
+
+
+def test_version_2_head_is_authenticated_as_received(alice, bob, group):
+    """Re-encoding the head (same values, other bytes) fails authentication."""
+    _, env = start_v2(alice, bob)
+    parsed = Envelope.from_bytes(env)
+    head = parsed.associated_data()
+    assert head[0] == 0x96 and head[1] == 0x01  # [type=1, ...]
+    other = head[:1] + b"\xcc\x01" + head[2:]  # type 1 as uint8: same value
+    forged = Envelope.from_bytes(
+        b"\x94\x02" + _bin32(other) + _bin32(parsed.header.to_bytes()) + _bin32(parsed.ciphertext)
+    )
+    assert forged.type is parsed.type and forged.x3dh == parsed.x3dh
+    with pytest.raises(DecryptionError):
+        Session.respond(bob.identity, "bob", bob.prekeys(), forged)
+
+
+def test_envelope_versions_do_not_mix(alice, bob, group):
+    a1, env1 = start(alice, bob)
+    a2, env2 = start_v2(alice, bob)
+    b1, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env1)
+    b2, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env2)
+    with pytest.raises(DecryptionError):
+        a1.decrypt(b2.encrypt(b"x", NOW))
+    with pytest.raises(DecryptionError):
+        a2.decrypt(b1.encrypt(b"x", NOW))
+
+
+def test_every_bit_flip_of_a_version_2_initial_envelope_is_rejected():
+    alice, bob = _x25519_pair()
+    _, env = start_v2(alice, bob)
+    prekeys = bob.prekeys()
+    for bit in range(len(env) * 8):
+        with pytest.raises(CryptoError):
+            Session.respond(bob.identity, "bob", prekeys, flip(env, bit))

@@ -17,6 +17,7 @@ from hushwire.common.crypto.ratchet import (
     RatchetState,
     kdf_ck,
     kdf_rk,
+    message_key_material,
 )
 from hushwire.common.errors import (
     CryptoError,
@@ -131,7 +132,7 @@ def test_tampering_is_rejected_and_leaves_state_unchanged(group):
     with pytest.raises(DecryptionError):
         bob.decrypt(header, bytes(tampered))
     with pytest.raises(DecryptionError):
-        bob.decrypt(RatchetHeader(header.dh, header.pn, header.n + 1), ct)
+        bob.decrypt(RatchetHeader(header.dh, header.pn, header.n + 1, header.salt), ct)
     with pytest.raises(DecryptionError):
         bob.decrypt(header, ct, b"other extra ad")
     assert bob.to_bytes() == snapshot
@@ -143,7 +144,7 @@ def test_invalid_ratchet_key_is_rejected_without_change(group):
     _, ct = alice.encrypt(b"x")
     snapshot = bob.to_bytes()
     with pytest.raises(InvalidKey):
-        bob.decrypt(RatchetHeader(b"\x00" * group.public_size, 0, 0), ct)
+        bob.decrypt(RatchetHeader(b"\x00" * group.public_size, 0, 0, bytes(32)), ct)
     assert bob.to_bytes() == snapshot
 
 
@@ -162,7 +163,7 @@ def test_huge_counter_in_a_forged_header_is_refused_cheaply():
     alice, bob = pair(X25519)
     header, ct = alice.encrypt(b"x")
     with pytest.raises(TooManySkipped):
-        bob.decrypt(RatchetHeader(header.dh, 2**32 - 1, 2**32 - 1), ct)
+        bob.decrypt(RatchetHeader(header.dh, 2**32 - 1, 2**32 - 1, header.salt), ct)
     assert bob.decrypt(header, ct) == b"x"
 
 
@@ -217,7 +218,7 @@ def test_state_round_trip_is_exact(group):
     talk(bob, alice, b"x")
     for state in (alice, bob):
         blob = state.to_bytes()
-        assert blob[0] == 1
+        assert blob[0] == 2  # the message format of new sessions
         restored = RatchetState.from_bytes(blob)
         assert restored.to_bytes() == blob
         assert restored == state
@@ -248,12 +249,75 @@ def test_state_of_a_disallowed_group_is_rejected():
         RatchetState.from_bytes(alice.to_bytes(), RatchetConfig(groups=(X25519,)))
 
 
-def test_header_encoding_is_strict():
-    header = RatchetHeader(b"k" * 32, 3, 4)
-    assert RatchetHeader.from_bytes(header.to_bytes()) == header
+@pytest.mark.parametrize("version", [1, 2])
+def test_header_encoding_is_strict(version):
+    header = RatchetHeader(b"k" * 32, 3, 4, b"s" * (32 if version == 2 else 0))
+    assert RatchetHeader.from_bytes(header.to_bytes(), version) == header
     for bad in (header.to_bytes()[:-1], header.to_bytes() + b"\x00", b""):
         with pytest.raises(ValueError):
-            RatchetHeader.from_bytes(bad)
+            RatchetHeader.from_bytes(bad, version)
+
+
+def test_a_header_of_the_other_message_format_is_rejected_without_change():
+    alice, bob = pair(X25519)
+    header, ct = alice.encrypt(b"x")
+    snapshot = bob.to_bytes()
+    with pytest.raises(DecryptionError):
+        bob.decrypt(RatchetHeader(header.dh, header.pn, header.n), ct)  # salt stripped
+    assert bob.to_bytes() == snapshot
+    assert bob.decrypt(header, ct) == b"x"
+
+
+# --- rollback: a restored state must not repeat key and nonce (Double Ratchet 5.2) ---
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def _sealed_key_nonce(state: RatchetState, plaintext: bytes):
+    """Encrypt on `state`, then rebuild the AES key and nonce it used from its chain key."""
+    assert state.cks is not None
+    _, mk = kdf_ck(state.cks)
+    header, ct = state.encrypt(plaintext)
+    return header, ct, message_key_material(mk, header.salt)
+
+
+def test_a_rolled_back_state_no_longer_repeats_key_and_nonce():
+    """Snapshot, send, restore the snapshot (a backup, a VM snapshot), send another text:
+    the message key repeats, but the AES key and nonce do not, so GCM is not broken."""
+    alice, bob = pair(X25519)
+    talk(alice, bob, b"warm up")
+    snapshot = alice.to_bytes()
+    h1, ct1, (key1, nonce1) = _sealed_key_nonce(alice, b"attack at dawn")
+    rolled_back = RatchetState.from_bytes(snapshot)
+    h2, ct2, (key2, nonce2) = _sealed_key_nonce(rolled_back, b"retreat at six")
+    assert (h1.dh, h1.pn, h1.n) == (h2.dh, h2.pn, h2.n)  # the same message key slot
+    assert h1.salt != h2.salt
+    assert key1 != key2 and nonce1 != nonce2
+    # The attack this stops: equal key and nonce make the keystreams equal, so the
+    # XOR of the ciphertexts would be the XOR of the plaintexts.
+    assert _xor(ct1[:14], ct2[:14]) != _xor(b"attack at dawn", b"retreat at six")
+    # The receiver opens the first; the second reuses its message key: a replay.
+    assert bob.decrypt(h1, ct1) == b"attack at dawn"
+    with pytest.raises(ReplayError):
+        bob.decrypt(h2, ct2)
+
+
+def test_version_1_states_keep_the_old_derivation_and_do_repeat_on_rollback():
+    """Why version 2 exists: the same rollback on a version-1 state repeats key and nonce."""
+    sk, spk = secrets.token_bytes(32), X25519.generate()
+    alice = RatchetState.init_alice(sk, spk.public, b"ad", X25519, version=1)
+    bob = RatchetState.init_bob(sk, spk, b"ad", X25519, version=1)
+    snapshot = alice.to_bytes()
+    assert snapshot[0] == 1
+    h1, ct1, (key1, nonce1) = _sealed_key_nonce(alice, b"attack at dawn")
+    h2, ct2, (key2, nonce2) = _sealed_key_nonce(
+        RatchetState.from_bytes(snapshot), b"retreat at six"
+    )
+    assert h1 == h2 and (key1, nonce1) == (key2, nonce2)
+    assert _xor(ct1[:14], ct2[:14]) == _xor(b"attack at dawn", b"retreat at six")
+    assert bob.decrypt(h1, ct1) == b"attack at dawn"
 
 
 # --- Hypothesis: arbitrary interleavings ----------------------------------------------

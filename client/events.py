@@ -1,0 +1,145 @@
+"""What the client tells its UI (events) and what its API returns (results).
+
+Every string in these came from a peer or the relay unless said otherwise: display it
+through `safe_for_terminal`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from hushwire.client.store import StoredMessage
+
+# --- events (what the TUI renders) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A message that authenticated and is stored. Display `text` via safe_for_terminal."""
+
+    contact: str
+    envelope_id: str  # hex, stable across redeliveries
+    sent_at: datetime  # the sender's clock, UTC
+    text: str
+    uid: str  # the local history row
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChanged:
+    """`contact`'s identity key changed: messages to them are held until `trust`."""
+
+    contact: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageQuarantined:
+    """A message sealed under `contact`'s new, not yet accepted identity: stored, not
+    shown; `trust` releases it (as MessageReceived)."""
+
+    contact: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRejected:
+    """An envelope that was not shown (tampered, replayed, not for us...); it was acked."""
+
+    contact: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionState:
+    """state: "connected", "reconnecting" or "disconnected" (gave up: see detail)."""
+
+    state: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    user: str
+    online: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesReleased:
+    """`n` held messages to `contact` went out after `trust`."""
+
+    contact: str
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSent:
+    """A queued or unconfirmed message was accepted by the relay after a (re)connect."""
+
+    contact: str
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the user should know that is not about one message (e.g. key upload)."""
+
+    text: str
+
+
+ClientEvent = (
+    MessageReceived
+    | KeyChanged
+    | MessageQuarantined
+    | MessageRejected
+    | ConnectionState
+    | Presence
+    | MessagesReleased
+    | MessageSent
+    | Notice
+)
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    contact: str
+    uid: str
+    envelope_id: str  # hex; empty while queued (not yet encrypted)
+    sent_at: datetime
+    queued: bool  # True: not confirmed by the relay yet; it goes out on reconnect
+
+
+@dataclass(frozen=True, slots=True)
+class ContactInfo:
+    name: str
+    verified: bool
+    key_changed: bool
+    unread: int
+    online: bool | None  # None until the relay said (after `who` or a presence push)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    contact: str
+    direction: str  # "in" or "out"
+    text: str  # raw: display via safe_for_terminal
+    sent_at: datetime
+    status: str  # in: received/read; out: queued/held/pending/sent/failed
+    envelope_id: str  # hex ("" for an outgoing message not yet encrypted)
+    uid: str
+
+
+def utc_from_ms(ms: int) -> datetime:
+    """Total: a stored time outside what a datetime holds shows as the nearest end."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return datetime.max.replace(tzinfo=UTC) if ms > 0 else datetime.min.replace(tzinfo=UTC)
+
+
+def history_item(m: StoredMessage) -> HistoryItem:
+    return HistoryItem(
+        m.contact, m.direction, m.text, utc_from_ms(m.sent_at_ms), m.status,
+        m.envelope_id.hex(), m.uid,
+    )  # fmt: skip

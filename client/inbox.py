@@ -1,0 +1,178 @@
+"""The incoming side of a connection: the push pump (deliveries, key changes, presence)
+and `sync`, which waits until everything the relay queued for us is handled and acked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from hushwire.client.connection import RelayConnection
+from hushwire.client.errors import ConnectionClosed, ProfileCorrupt
+from hushwire.client.events import (
+    ClientEvent,
+    KeyChanged,
+    MessageQuarantined,
+    MessageReceived,
+    MessageRejected,
+    Notice,
+    Presence,
+    utc_from_ms,
+)
+from hushwire.client.keys import KeyUpkeep
+from hushwire.client.session import Outcome, Received, Rejected, SessionManager
+from hushwire.client.text import safe_line
+from hushwire.common import messages as wire
+from hushwire.common.errors import HushwireError, RequestError
+from hushwire.common.names import is_valid_username
+
+log = logging.getLogger("hushwire.client")
+
+T = TypeVar("T")
+
+
+class Inbox:
+    """Handles pushes one at a time, in order; events go to `emit`."""
+
+    def __init__(
+        self,
+        sessions: SessionManager,
+        keys: KeyUpkeep,
+        emit: Callable[[ClientEvent], None],
+        online: dict[str, bool],
+    ) -> None:
+        self._sessions = sessions
+        self._keys = keys
+        self._emit = emit
+        self._online = online
+        # For sync(): pushes taken off the queue, and those fully handled (and acked).
+        self._taken = 0
+        self._handled = 0
+        self._progress = asyncio.Condition()
+
+    async def pump(self, conn: RelayConnection) -> None:
+        while True:
+            if conn.pushes.empty() and conn.is_closed:
+                return
+            getter = asyncio.ensure_future(conn.pushes.get())
+            closer = asyncio.ensure_future(conn.wait_closed())
+            try:
+                done, _ = await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closer.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if getter not in done:
+                continue
+            self._taken += 1
+            try:
+                await self._handle_push(conn, getter.result())
+            except ConnectionClosed:
+                pass  # unacked deliveries come again after the next login
+            except HushwireError as exc:
+                # One bad push must not stop the receive loop; the user hears of it.
+                self._emit(Notice(f"could not handle a push: {exc.message}"))
+            except Exception as exc:  # a bug must not end every later delivery either
+                log.exception("handling a push failed")
+                self._emit(Notice(f"could not handle a push (internal {type(exc).__name__})"))
+            finally:
+                async with self._progress:
+                    self._handled += 1
+                    self._progress.notify_all()
+
+    async def _handle_push(self, conn: RelayConnection, push: wire.Push) -> None:
+        # Storing a push and telling the UI about it are one step that a dropped
+        # connection must not cut: cancelled between COMMIT and the event, a message
+        # would be stored but never shown (its redelivery is a duplicate). The ack may be
+        # cut: the relay then delivers again and the duplicate is acked.
+        outcome = await finish_before_cancel(self._apply(push))
+        if not isinstance(push, wire.Deliver) or outcome is None:
+            return
+        # Stored (or deliberately dropped) first, acked second (protocol.md "ack").
+        with contextlib.suppress(ConnectionClosed, RequestError):
+            await conn.request(wire.Ack, mids=(push.mid,))
+        if isinstance(outcome, Received) and outcome.used_one_time_prekey:
+            with contextlib.suppress(ConnectionClosed, RequestError):
+                await self._keys.maintain(conn)
+
+    async def _apply(self, push: wire.Push) -> Outcome | None:
+        """Store what `push` changes and emit its events; the outcome of a delivery (None
+        for one that must stay at the relay, unacked)."""
+        if isinstance(push, wire.KeyChanged):
+            if await self._sessions.on_key_changed(push.user, push.identity):
+                self._emit(KeyChanged(push.user))
+            return None
+        if isinstance(push, wire.PresenceChanged):
+            if not is_valid_username(push.user):
+                return None  # only the relay could name such a user: nothing to show
+            self._online[push.user] = push.online
+            self._emit(Presence(push.user, push.online))
+            return None
+        if not isinstance(push, wire.Deliver):
+            return None
+        try:
+            outcome = await self._sessions.receive(push)
+        except ProfileCorrupt as exc:
+            # Not acked: the envelope stays at the relay until the profile is repaired.
+            self._emit(Notice(f"cannot store a message: {exc.message}"))
+            return None
+        if isinstance(outcome, Received) and outcome.key_changed:
+            self._emit(KeyChanged(outcome.contact))
+            self._emit(MessageQuarantined(outcome.contact))
+        elif isinstance(outcome, Received):
+            self._emit(
+                MessageReceived(
+                    outcome.contact,
+                    outcome.envelope_id.hex(),
+                    utc_from_ms(outcome.sent_at_ms),
+                    outcome.text,
+                    outcome.uid,
+                )
+            )
+        elif isinstance(outcome, Rejected):
+            log.warning(
+                "rejected an envelope from %s: %s", safe_line(outcome.contact), outcome.reason
+            )
+            self._emit(MessageRejected(outcome.contact, outcome.reason))
+        # A Duplicate was stored before: nothing to show, but ack it again.
+        return outcome
+
+    async def sync(self, conn_of: Callable[[], RelayConnection], limit: float) -> None:
+        """Return once every envelope the relay has queued for us is handled and acked.
+
+        The relay writes queued deliveries ahead of later replies, so: ping, wait until
+        everything that arrived before the pong is handled; repeat until a round brings
+        nothing new. `conn_of` raises ConnectionClosed if not connected.
+        """
+        async with asyncio.timeout(limit):
+            previous = -1
+            while True:
+                conn = conn_of()
+                await conn.request(wire.Ping)
+                target = self._taken + conn.pushes.qsize()
+                async with self._progress:
+                    await self._progress.wait_for(lambda t=target: self._handled >= t)
+                if target == previous:
+                    return
+                previous = target
+
+
+async def finish_before_cancel(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to its end even if the caller is cancelled meanwhile; the caller's
+    cancellation is raised after that. For steps that must not be cut in half."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

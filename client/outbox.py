@@ -1,0 +1,205 @@
+"""The outgoing side: encrypt and send, queue while offline, flush the outbox after a
+(re)connect, release held messages after `trust`. One lock covers everything that leaves
+the client, so a new message never overtakes one still waiting: each contact sees them in
+order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from hushwire.client.connection import RelayConnection
+from hushwire.client.errors import ClientError, ConnectionClosed, MessageHeld, MessageTooLong
+from hushwire.client.events import (
+    ClientEvent,
+    KeyChanged,
+    MessageReceived,
+    MessageSent,
+    MessagesReleased,
+    Notice,
+    SendResult,
+    utc_from_ms,
+)
+from hushwire.client.session import Fetch, Outgoing, SessionManager, max_text_bytes
+from hushwire.common import messages as wire
+from hushwire.common.errors import CryptoError, RequestError
+from hushwire.common.keys import PrekeyBundle
+from hushwire.common.names import check_username
+
+
+def _fetcher(conn: RelayConnection) -> Fetch:
+    async def fetch(name: str) -> PrekeyBundle:
+        reply = await conn.request(wire.FetchBundle, user=name)
+        return reply.bundle
+
+    return fetch
+
+
+class Outbox:
+    """Sending for one profile; `conn_of` gives the current connection (None: offline)."""
+
+    def __init__(
+        self,
+        sessions: SessionManager,
+        emit: Callable[[ClientEvent], None],
+        conn_of: Callable[[], RelayConnection | None],
+        max_frame: Callable[[], int],
+        relay: str,
+    ) -> None:
+        self._sessions = sessions
+        self._emit = emit
+        self._conn_of = conn_of
+        self._max_frame = max_frame
+        self._relay = relay
+        self._lock = asyncio.Lock()
+
+    def _live(self) -> RelayConnection | None:
+        conn = self._conn_of()
+        return None if conn is None or conn.is_closed else conn
+
+    def max_text_bytes(self, contact: str) -> int:
+        """The longest UTF-8 text (in bytes) one message to `contact` may carry."""
+        s = self._sessions
+        return max_text_bytes(self._max_frame(), s.group, s.user, contact)
+
+    async def send(self, contact: str, text: str, *, queue_if_offline: bool = True) -> SendResult:
+        """See HushwireClient.send."""
+        name = check_username(contact)
+        if name == self._sessions.user:
+            raise ClientError("you cannot send a message to yourself")
+        if not text:
+            raise ClientError("empty message: nothing to send")
+        size, limit = len(text.encode("utf-8")), self.max_text_bytes(name)
+        if size > limit:
+            raise MessageTooLong(size, limit)
+        async with self._lock:
+            return await self._send_locked(name, text, queue_if_offline=queue_if_offline)
+
+    async def _queued(self, name: str, text: str) -> SendResult:
+        uid = await self._sessions.queue(name, text)
+        return SendResult(name, uid, "", utc_from_ms(self._sessions.now_ms()), queued=True)
+
+    async def _send_locked(self, name: str, text: str, *, queue_if_offline: bool) -> SendResult:
+        conn = self._live()
+        if conn is None:
+            if not queue_if_offline:
+                raise ConnectionClosed(f"not connected to the relay at {self._relay}")
+            return await self._queued(name, text)
+        if await self._sessions.waiting():
+            # Connected, but the outbox has not gone out yet: join the queue behind it.
+            uid = await self._sessions.queue(name, text)
+            with contextlib.suppress(ConnectionClosed):  # then it stays queued: reported
+                await self._flush_locked(conn)
+            return SendResult(
+                name,
+                uid,
+                "",
+                utc_from_ms(self._sessions.now_ms()),
+                queued=any(m.uid == uid for m in await self._sessions.waiting()),
+            )
+        try:
+            out = await self._sessions.prepare_send(name, text, _fetcher(conn))
+        except MessageHeld:
+            self._emit(KeyChanged(name))
+            raise
+        except ConnectionClosed:
+            if not queue_if_offline:
+                raise
+            return await self._queued(name, text)
+        return await self._transmit(conn, out, keep=queue_if_offline)
+
+    async def _transmit(self, conn: RelayConnection, out: Outgoing, *, keep: bool) -> SendResult:
+        try:
+            await conn.request(wire.Send, to=(out.contact,), body=out.envelope)
+        except RequestError:
+            await self._sessions.mark_failed(out.uid)
+            raise
+        except ConnectionClosed:
+            if not keep:
+                await self._sessions.mark_failed(out.uid)
+                raise
+            return SendResult(
+                out.contact, out.uid, out.envelope_id.hex(), utc_from_ms(out.sent_at_ms), True
+            )
+        await self._sessions.mark_sent(out.uid)
+        return SendResult(
+            out.contact, out.uid, out.envelope_id.hex(), utc_from_ms(out.sent_at_ms), False
+        )
+
+    async def flush(self, conn: RelayConnection) -> int:
+        """Send what waited for a connection: unconfirmed envelopes as they are, then
+        queued messages (encrypted now). Returns how many the relay accepted."""
+        async with self._lock:
+            return await self._flush_locked(conn)
+
+    async def _flush_locked(self, conn: RelayConnection) -> int:
+        sent = 0
+        for m in await self._sessions.pending():
+            if m.envelope is None:
+                await self._sessions.mark_failed(m.uid)
+                continue
+            out = Outgoing(m.uid, m.contact, m.envelope, m.envelope_id, m.sent_at_ms)
+            sent += await self._flush_one(conn, out)
+        for m in await self._sessions.queued():
+            try:
+                out = await self._sessions.prepare_send(
+                    m.contact, m.text, _fetcher(conn), uid=m.uid
+                )
+            except MessageHeld:
+                self._emit(KeyChanged(m.contact))
+                continue
+            except ConnectionClosed:
+                raise
+            except (RequestError, ClientError, CryptoError) as exc:
+                await self._sessions.mark_failed(m.uid)
+                self._emit(Notice(f"could not send a queued message to {m.contact}: {exc.message}"))
+                continue
+            sent += await self._flush_one(conn, out)
+        return sent
+
+    async def _flush_one(self, conn: RelayConnection, out: Outgoing) -> int:
+        try:
+            await self._transmit(conn, out, keep=True)
+        except RequestError as exc:
+            self._emit(Notice(f"the relay refused a message to {out.contact}: {exc.message}"))
+            return 0
+        if conn.is_closed:
+            raise ConnectionClosed("connection lost while sending the outbox")
+        self._emit(MessageSent(out.contact, out.uid))
+        return 1
+
+    async def release(self, contact: str) -> int:
+        """Accept `contact`'s changed key, show the messages quarantined under it and send
+        the held ones; returns how many were sent.
+
+        Offline, held messages become queued and go out after the next login.
+        """
+        held, incoming = await self._sessions.trust(contact)
+        for m in incoming:
+            self._emit(
+                MessageReceived(
+                    m.contact, m.envelope_id.hex(), utc_from_ms(m.sent_at_ms), m.text, m.uid
+                )
+            )
+        released = 0
+        for m in held:
+            conn = self._live()
+            if conn is None:
+                await self._sessions.store.update_outgoing(m.uid, "queued")
+                released += 1
+                continue
+            try:
+                out = await self._sessions.prepare_send(contact, m.text, _fetcher(conn), uid=m.uid)
+            except MessageHeld:
+                self._emit(KeyChanged(contact))
+                break
+            except ConnectionClosed:
+                await self._sessions.store.update_outgoing(m.uid, "queued")
+                released += 1
+                continue
+            await self._transmit(conn, out, keep=True)
+            released += 1
+        if released:
+            self._emit(MessagesReleased(contact, released))
+        return released

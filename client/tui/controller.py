@@ -1,0 +1,295 @@
+"""Commands and client events applied to the model: the logic of the chat, tested
+without a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal
+
+from hushwire.client.errors import ConnectionClosed, MessageHeld, MessageTooLong, UnknownContact
+from hushwire.client.service import (
+    ClientEvent,
+    ConnectionState,
+    HistoryItem,
+    HushwireClient,
+    KeyChanged,
+    MessageQuarantined,
+    MessageReceived,
+    MessageRejected,
+    MessageSent,
+    MessagesReleased,
+    Notice,
+    Presence,
+    relay_error_text,
+)
+from hushwire.client.text import safe_for_terminal
+from hushwire.client.tui.commands import COMMANDS, HELP_KEYS, Command, CommandError, parse_input
+from hushwire.client.tui.model import HISTORY_ON_OPEN, ChatModel, Line, LineKind
+from hushwire.common.errors import ErrorCode, HushwireError, RequestError
+
+# --- controller --------------------------------------------------------------------
+
+
+def error_text(exc: HushwireError) -> str:
+    """One line for the user: no traceback, no internals."""
+    if isinstance(exc, RequestError):
+        if exc.code is ErrorCode.UNKNOWN_USER:
+            return f"no such user on this relay ({exc.code.value}); see /who"
+        return relay_error_text(exc)
+    if isinstance(exc, ConnectionClosed):
+        return f"not connected: {exc.message}"
+    return exc.message
+
+
+def _held_text(name: str) -> str:
+    return (
+        f"{name}'s identity key has changed: messages to {name} are held. Compare "
+        f"safety numbers with /verify {name} (in person or another trusted channel), "
+        f"then accept the new key with /trust {name} to send them."
+    )
+
+
+class ChatController:
+    """Commands and client events applied to the model; the UI stays a thin shell."""
+
+    def __init__(self, client: HushwireClient, model: ChatModel, exit: Callable[[], None]) -> None:
+        self.client = client
+        self.model = model
+        self._exit = exit
+        # A history reload and a live message must not interleave (one could hide
+        # the other), so both happen under this lock. Sending does not take it.
+        self._view_lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        """Conversations and unread counts from the profile, before connecting."""
+        for c in await self.client.contacts():
+            conv = self.model.conversation(c.name)
+            conv.unread = c.unread
+            conv.key_changed = c.key_changed
+        # To the console by name: the user may already have typed `/to NAME`.
+        self.model.info(
+            f"hushwire: {self.model.user}@{self.model.relay}. /to NAME starts a "
+            "conversation, /who lists users, /help lists commands.",
+            name="",
+        )
+        waiting = [e.name for e in self.model.listing() if e.unread]
+        if waiting:
+            self.model.info("unread messages from: " + ", ".join(waiting), name="")
+
+    # --- input -----------------------------------------------------------------
+
+    async def handle_input(self, text: str) -> None:
+        try:
+            parsed = parse_input(text)
+        except CommandError as exc:
+            self.model.info(str(exc), "error")
+            return
+        if parsed is None:
+            return
+        if isinstance(parsed, str):
+            await self.send(parsed)
+            return
+        self.model.info(text.strip(), "command")
+        try:
+            await self._run(parsed)
+        except UnknownContact:
+            self.model.info(
+                f"no contact named {parsed.target} yet: exchange a message first", "error"
+            )
+        except HushwireError as exc:
+            self.model.info(error_text(exc), "error")
+
+    async def _run(self, cmd: Command) -> None:
+        if cmd.name == "quit":
+            self._exit()
+        elif cmd.name == "help":
+            for spec in COMMANDS.values():
+                self.model.info(f"  {spec.usage:<22} {spec.summary}")
+            self.model.info(HELP_KEYS)
+        elif cmd.name == "to":
+            await self.open(cmd.target)
+        elif cmd.name == "who":
+            await self.who()
+        elif cmd.name == "verify":
+            await self.verify(cmd.target, mark=cmd.mark)
+        elif cmd.name == "trust":
+            await self.trust(cmd.target)
+        elif cmd.name == "history":
+            if self.model.current is None:
+                self.model.info("no conversation: /to NAME first", "error")
+                return
+            await self.load_history(self.model.current, cmd.count)
+
+    async def open(self, name: str) -> None:
+        if name == self.model.user:
+            self.model.info("that is you: pick someone else (see /who)", "error")
+            return
+        known = self.model.online
+        if known and name not in known and name not in self.model.conversations:
+            self.model.info(f"no user named {name} on this relay; see /who", "error")
+            return
+        self.model.select(name)
+        await self.load_history(name, HISTORY_ON_OPEN)
+        conv = self.model.conversation(name)
+        if conv.key_changed:
+            self.model.info(_held_text(name), "warning", name)
+
+    async def load_history(self, name: str, count: int) -> None:
+        async with self._view_lock:
+            items = await self.client.history(name, count)
+            self.model.set_lines(name, (self._history_line(i) for i in items))
+            if self.model.current == name:
+                await self.client.mark_read(contact=name)
+        shown = len(items)
+        self.model.info(
+            f"{shown} earlier message(s) from your profile"
+            if shown
+            else f"no messages with {name} yet",
+            name=name,
+        )
+
+    def _history_line(self, item: HistoryItem) -> Line:
+        note = "" if item.status in ("sent", "received", "read") else item.status
+        sender = item.contact if item.direction == "in" else "you"
+        kind: Literal["in", "out"] = "in" if item.direction == "in" else "out"
+        return Line.message(kind, sender, item.text, item.sent_at, item.uid, note)
+
+    async def send(self, text: str) -> None:
+        name = self.model.current
+        if name is None:
+            self.model.info("no conversation: /to NAME first, then type your message", "error")
+            return
+        try:
+            result = await self.client.send(name, text)
+        except MessageHeld:
+            self.model.add(name, Line.message("out", "you", text, datetime.now(UTC), "", "held"))
+            self.model.info(
+                f"not sent: {name}'s identity key has changed. Check /verify "
+                f"{name}, then /trust {name} to send it.",
+                "error",
+                name,
+            )
+            return
+        except MessageTooLong as exc:
+            self.model.info(f"not sent: {exc.message}", "error", name)
+            return
+        except HushwireError as exc:
+            self.model.info(f"not sent: {error_text(exc)}", "error", name)
+            return
+        note = "queued" if result.queued else ""
+        self.model.add(name, Line.message("out", "you", text, result.sent_at, result.uid, note))
+        if result.queued:
+            self.model.info("not connected: the message goes out when the relay is back", name=name)
+
+    async def who(self) -> None:
+        if self.client.state != "connected":
+            self.model.info("not connected: online state unknown", "error")
+            return
+        users = await self.client.who()
+        self.model.online.update(dict(users))
+        self.model.info(f"{len(users)} user(s) on {self.model.relay}:")
+        for user, online in sorted(users):
+            label = "you" if user == self.model.user else ("online" if online else "offline")
+            self.model.info(f"  {user:<32} {label}")
+
+    async def verify(self, name: str, *, mark: bool) -> None:
+        state = await self.client.contact_state(name)
+        if mark:
+            if state.key_changed:
+                self.model.info(
+                    f"{name}'s key has changed: /trust {name} first, then compare again", "error"
+                )
+                return
+            await self.client.mark_verified(name)
+            self.model.info(f"{name} is now marked as verified")
+            return
+        self._show_number(f"safety number with {name}:", await self.client.safety_number(name))
+        if state.key_changed:
+            self._show_number(
+                f"{name}'s NEW key (not accepted yet) gives:",
+                await self.client.safety_number(name, pending=True),
+                "warning",
+            )
+            self.model.info(
+                f"compare the new number with {name}; if it matches, /trust {name}", "warning"
+            )
+        elif state.verified:
+            self.model.info(f"{name} is verified")
+        else:
+            self.model.info(
+                f"{name} is NOT verified: compare these digits with {name} in "
+                f"person or over another trusted channel, then /verify {name} mark"
+            )
+
+    def _show_number(self, title: str, number: str, kind: LineKind = "system") -> None:
+        groups = number.split()
+        self.model.info(title, kind)
+        for row in range(0, len(groups), 4):
+            self.model.info("    " + " ".join(groups[row : row + 4]), kind)
+
+    async def trust(self, name: str) -> None:
+        state = await self.client.contact_state(name)
+        if not state.key_changed:
+            self.model.info(f"{name}'s identity key has not changed; nothing to accept")
+            return
+        released = await self.client.trust(name)
+        self.model.conversation(name).key_changed = False
+        self.model.info(
+            f"accepted {name}'s new identity key (not verified: compare with /verify {name})"
+        )
+        where = "sent" if self.client.state == "connected" else "queued for the relay"
+        self.model.info(f"{released} held message(s) {where}")
+
+    # --- events ------------------------------------------------------------------
+
+    async def handle_event(self, event: ClientEvent) -> None:
+        """Apply one client event to the model (and mark shown messages read)."""
+        model = self.model
+        if isinstance(event, MessageReceived):
+            async with self._view_lock:
+                line = Line.message("in", event.contact, event.text, event.sent_at, event.uid)
+                if model.add(event.contact, line) and model.current == event.contact:
+                    await self.client.mark_read(uids=(event.uid,))
+        elif isinstance(event, KeyChanged):
+            conv = model.conversation(event.contact)
+            if not conv.key_changed:
+                conv.key_changed = True
+                model.info("WARNING: " + _held_text(event.contact), "warning", event.contact)
+                if model.current != event.contact:
+                    model.info(
+                        f"WARNING: {event.contact}'s identity key has changed "
+                        f"(/to {event.contact} for details)",
+                        "warning",
+                    )
+        elif isinstance(event, MessageQuarantined):
+            model.info(
+                f"a message from {event.contact} under the new, not yet accepted key is "
+                f"held unread: /verify {event.contact}, then /trust {event.contact} to read it",
+                "warning",
+                event.contact,
+            )
+        elif isinstance(event, MessageRejected):
+            model.info(
+                f"a message from {event.contact} was rejected and not shown: {event.reason}",
+                "warning",
+                event.contact,
+            )
+        elif isinstance(event, ConnectionState):
+            model.set_connection(event.state, safe_for_terminal(event.detail))
+            if event.state == "disconnected" and event.detail != "closed":
+                model.info(f"disconnected: {event.detail}", "error")
+            elif event.state == "connected":
+                # Presence pushes only report changes: take the full picture once.
+                with contextlib.suppress(ConnectionClosed, RequestError):
+                    model.online.update(dict(await self.client.who()))
+        elif isinstance(event, Presence):
+            model.online[event.user] = event.online
+        elif isinstance(event, MessageSent):
+            model.info("a queued message was sent", name=event.contact)
+        elif isinstance(event, Notice):
+            model.info(event.text, "warning")
+        elif isinstance(event, MessagesReleased):
+            pass  # `trust` reports the count itself, with sent/queued

@@ -1,0 +1,172 @@
+"""Accepting connections: the listening sockets, accept(), and the TLS handshake.
+
+`loop.create_server(ssl=...)` drops a refused TLS handshake (a client without the
+certificate mutual TLS requires, a scanner, a handshake timeout) without a word: the
+protocol never hears of it and, outside debug mode, neither asyncio nor uvloop logs it.
+uvloop (libuv) also hides a failed accept() such as EMFILE. So the relay accepts
+itself: one reader callback per listening socket accepts every pending connection and
+hands it to `loop.connect_accepted_socket(ssl=...)`, whose failure names the peer.
+Each failure is one log line with the peer address and the reason, never a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+log = logging.getLogger("hushwire.relay.accept")
+
+ACCEPT_RETRY = 0.5  # seconds without accepting after the process ran out of descriptors
+ACCEPT_BATCH = 64  # connections accepted per readable event, so reads still get a turn
+# Out of a resource the process shares: retrying at once would only spin.
+_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return "unknown"
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, from OpenSSL's reason code where there is one (no secrets)."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, TimeoutError | ConnectionAbortedError) and exc.errno is None:
+        return "handshake timeout"  # what asyncio's and uvloop's sslproto raise for it
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return type(exc).__name__
+
+
+class Acceptor:
+    """Listens on `host:port`; each accepted socket does the TLS handshake in a task and,
+    once it succeeds, gets a protocol from `factory` (as create_server would)."""
+
+    def __init__(
+        self,
+        factory: Callable[[], asyncio.Protocol],
+        context: ssl.SSLContext,
+        *,
+        handshake_timeout: float,
+        backlog: int = 1024,
+    ) -> None:
+        self._factory = factory
+        self._context = context
+        self._handshake_timeout = handshake_timeout
+        self._backlog = backlog
+        self._loop = asyncio.get_running_loop()
+        self.sockets: list[socket.socket] = []
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._retry: asyncio.TimerHandle | None = None
+        self._closed = False
+        # Plain ints, read by the metrics exporter (relay/metrics.py).
+        self.failures = {"accept": 0, "handshake": 0}
+
+    async def listen(self, host: str, port: int) -> None:
+        """Bind every address `host` resolves to (as create_server does), then accept."""
+        infos = await self._loop.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                self.sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(self._backlog)
+                sock.setblocking(False)
+        except OSError:
+            self.close()
+            raise
+        self._start_reading()
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    def _start_reading(self) -> None:
+        self._retry = None
+        if not self._closed:
+            for sock in self.sockets:
+                self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _stop_reading(self) -> None:
+        for sock in self.sockets:
+            self._loop.remove_reader(sock.fileno())
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.failures["accept"] += 1
+                log.warning(
+                    "accept failed: %s",
+                    exc.strerror or exc,
+                    extra={"event": "accept_failed", "reason": _reason(exc)},
+                )
+                if exc.errno in _EXHAUSTED:
+                    # The connection waits in the backlog; try again shortly.
+                    self._stop_reading()
+                    self._retry = self._loop.call_later(ACCEPT_RETRY, self._start_reading)
+                    return
+                continue
+            task = asyncio.create_task(self._handshake(sock))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, sock: socket.socket) -> None:
+        peer = _peer(sock)
+        sock.setblocking(False)
+        try:
+            await self._loop.connect_accepted_socket(
+                self._factory,
+                sock,
+                ssl=self._context,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except (OSError, TimeoutError, EOFError) as exc:
+            # ssl.SSLError and ConnectionError are OSErrors too.
+            sock.close()
+            self.failures["handshake"] += 1
+            log.info(
+                "TLS handshake with %s refused: %s",
+                peer,
+                _reason(exc),
+                extra={"event": "handshake_refused", "peer": peer, "reason": _reason(exc)},
+            )
+        except Exception:  # a bug, not the peer: say so, and keep accepting others
+            sock.close()
+            log.exception("accepting a connection from %s failed", peer)
+
+    @property
+    def handshaking(self) -> int:
+        """TLS handshakes in progress."""
+        return len(self._handshakes)
+
+    def close(self) -> None:
+        """Stop accepting and abandon handshakes in progress. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        for sock in self.sockets:
+            if sock.fileno() >= 0:
+                self._loop.remove_reader(sock.fileno())
+                sock.close()
+        for task in self._handshakes:
+            task.cancel()

@@ -1,0 +1,126 @@
+"""The relay's persistent state: accounts, the key directory, account events and the
+mailbox, behind one interface over interchangeable backends.
+
+`Store` (core.py, mailbox.py) is what the handlers and the admin CLI use; it holds every
+check and all in-memory state once. A backend runs the SQL: `Backend` below is all a
+backend must do. Sends, acks and login stamps ride the group commit (batching.py): many
+operations, one transaction, every caller answered after the commit, so `enqueue`
+returning means the rows are durable. Records and limits are in records.py.
+
+Layout: records.py (record types, limits), batching.py (group commit), mailbox.py
+(reservation, limits, acks, id cache), keys.py (checks on uploads), core.py (`Store`),
+sqlite.py (the embedded default backend).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+
+from hushwire.common.keys import IdentityPublic, PrekeyBundle, SignedPrekey
+from hushwire.relay.store.batching import Op
+from hushwire.relay.store.core import Store
+from hushwire.relay.store.records import (
+    DISCONNECTING_EVENTS,
+    MAX_KEY_BYTES,
+    MAX_ONE_TIME_PREKEYS,
+    MAX_PENDING_LIMIT,
+    MAX_PREKEY_ID,
+    USER_EVENTS_KEPT,
+    PublishResult,
+    StoredEnvelope,
+    UserEvent,
+    UserEventKind,
+    UserRecord,
+)
+
+
+class Backend(Protocol):
+    """What a storage backend must do. Each method is one transaction.
+
+    Errors: StoreError for a database failure, UserExists / UnknownUser for the admin
+    operations, RequestError(UNKNOWN_USER | NO_KEYS | BAD_KEYS) for publish_keys.
+    Inputs are already checked by `Store`; users are addressed by name, mailbox rows by
+    the recipient's numeric id (`recipients` hands ids out).
+    """
+
+    async def close(self) -> None: ...
+
+    async def high_water(self) -> tuple[int, int]:
+        """(highest envelope id ever used, even if deleted; newest user_events seq)."""
+        ...
+
+    # accounts
+    async def add_user(self, name: str, token_hash: bytes, salt: bytes, *, now: int) -> None: ...
+    async def get_user(self, name: str) -> UserRecord | None: ...
+    async def list_users(self) -> list[UserRecord]: ...
+    async def set_disabled(self, name: str, disabled: bool, *, now: int) -> None: ...
+    async def set_token(self, name: str, token_hash: bytes, salt: bytes, *, now: int) -> None: ...
+    async def remove_user(self, name: str) -> None: ...
+    async def user_exists(self, name: str) -> bool: ...
+    async def stats(self) -> dict[str, int]: ...
+    async def queued_by_user(self) -> dict[str, int]:
+        """Committed envelopes waiting per recipient, for users with any."""
+        ...
+
+    # account events (written by the schema's triggers, whoever changes users)
+    async def user_events(self, after: int, limit: int) -> list[UserEvent]: ...
+    async def last_user_event(self, seen: int) -> tuple[int, list[str]]:
+        """(newest seq, names added or removed after `seen`)."""
+        ...
+
+    # key directory
+    async def publish_keys(
+        self,
+        user: str,
+        *,
+        identity: IdentityPublic | None,
+        signed_prekey: SignedPrekey | None,
+        one_time: Sequence[tuple[int, bytes]],
+        now: int,
+    ) -> PublishResult: ...
+    async def fetch_bundle(
+        self, fetcher: str, target: str, *, one_time: bool
+    ) -> PrekeyBundle | None: ...
+    async def contacts(self, user: str) -> set[str]:
+        """Users of whom `user` fetched the bundle, or who fetched `user`'s."""
+        ...
+
+    async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]: ...
+    async def prekey_count(self, user: str) -> int: ...
+    async def key_status(self, user: str) -> tuple[bool, int]: ...
+
+    # mailbox
+    async def pending(self, recipient: str, after: int, limit: int) -> list[StoredEnvelope]: ...
+    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """name -> (user id, envelopes queued) for each of `names` that exists."""
+        ...
+
+    async def write_batch(self, batch: list[Op], top: int) -> list[object]:
+        """One group commit (see batching.py): insert, delete, stamp; keep `top` used."""
+        ...
+
+    async def purge(self, older_than: int) -> Counter[int]:
+        """Delete envelopes created before `older_than` and trim user_events to the
+        newest USER_EVENTS_KEPT; return rows deleted per recipient id."""
+        ...
+
+    async def checkpoint(self) -> None: ...
+
+
+__all__ = [
+    "DISCONNECTING_EVENTS",
+    "MAX_KEY_BYTES",
+    "MAX_ONE_TIME_PREKEYS",
+    "MAX_PENDING_LIMIT",
+    "MAX_PREKEY_ID",
+    "USER_EVENTS_KEPT",
+    "Backend",
+    "PublishResult",
+    "Store",
+    "StoredEnvelope",
+    "UserEvent",
+    "UserEventKind",
+    "UserRecord",
+]

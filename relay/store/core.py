@@ -1,0 +1,217 @@
+"""`Store`, what the handlers and the admin CLI call: accounts, the key directory,
+account events and (from `Mailbox`) the mailbox, over one backend.
+
+Checks and in-memory state are here, once; the backend only runs the SQL. Time is
+always passed in (`now`, unix seconds); nothing here reads the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+from hushwire.common.names import check_username
+from hushwire.relay.store.batching import Login
+from hushwire.relay.store.keys import check_publish
+from hushwire.relay.store.mailbox import Mailbox
+from hushwire.relay.store.records import (
+    PublishResult,
+    UserEvent,
+    UserEventKind,
+    UserRecord,
+)
+from hushwire.relay.store.sqlite import SqliteBackend
+
+if TYPE_CHECKING:
+    from hushwire.relay.store import Backend
+
+
+class Store(Mailbox):
+    """The relay's persistent state; create with `await Store.open(path)`."""
+
+    def __init__(
+        self, backend: Backend, *, max_mailbox: int, highest_mid: int, events_seen: int
+    ) -> None:
+        super().__init__(backend, max_mailbox, highest_mid)
+        self._events_seen = events_seen  # newest user_events seq whose cache effects are applied
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        max_mailbox: int = 10_000,
+        migrate: bool = True,
+        busy_timeout_ms: int = 5000,
+    ) -> Store:
+        """Open (and with `migrate`, create or upgrade) the db at `path`.
+
+        synchronous=NORMAL survives any process crash (SIGKILL included); FULL also
+        survives power loss, at several times the commit cost. Raises SchemaTooNew for
+        a db newer than this code, and with migrate=False SchemaOutdated for an older
+        or missing one.
+        """
+        if max_mailbox < 1:
+            raise ValueError("max_mailbox must be at least 1")
+        backend = await SqliteBackend.open(
+            path, synchronous=synchronous, migrate=migrate, busy_timeout_ms=busy_timeout_ms
+        )
+        try:
+            highest_mid, events_seen = await backend.high_water()
+        except BaseException:
+            await backend.close()
+            raise
+        return cls(
+            backend, max_mailbox=max_mailbox, highest_mid=highest_mid, events_seen=events_seen
+        )
+
+    async def close(self) -> None:
+        """Flush every pending group commit, then close the backend. Idempotent."""
+        if await self._batch.close():
+            await self._backend.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ accounts
+
+    async def add_user(self, name: str, token_hash: bytes, salt: bytes, *, now: int) -> None:
+        """Create a user; raises UserExists, or RequestError(BAD_REQUEST) for a bad name."""
+        check_username(name)
+        await self._backend.add_user(name, token_hash, salt, now=now)
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        return await self._backend.get_user(name)
+
+    async def list_users(self) -> list[UserRecord]:
+        return await self._backend.list_users()
+
+    async def set_disabled(self, name: str, disabled: bool, *, now: int) -> None:
+        """Disable or enable; a running relay sees it through `user_events`."""
+        await self._backend.set_disabled(name, disabled, now=now)
+
+    async def set_token(self, name: str, token_hash: bytes, salt: bytes, *, now: int) -> None:
+        await self._backend.set_token(name, token_hash, salt, now=now)
+
+    async def remove_user(self, name: str) -> None:
+        """Delete a user with its keys, watcher links and mailbox (ON DELETE CASCADE)."""
+        await self._backend.remove_user(name)
+        self._forget(name)
+
+    async def record_login(self, name: str, *, now: int) -> None:
+        """Stamp last_login_at; rides the group commit so logins never wait on a fsync."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit(Login(name, now, fut))
+        await fut
+
+    async def user_exists(self, name: str) -> bool:
+        return await self._backend.user_exists(name)
+
+    async def stats(self) -> dict[str, int]:
+        """Counts for `hushwire-admin stats`: users, disabled, queued, db_bytes."""
+        return await self._backend.stats()
+
+    async def queued_by_user(self) -> dict[str, int]:
+        """Committed envelopes waiting per recipient, for `hushwire-admin stats`."""
+        return await self._backend.queued_by_user()
+
+    # ------------------------------------------------------------------ account events
+
+    async def user_events(self, after: int = 0, *, limit: int = 1000) -> list[UserEvent]:
+        """Account changes with seq > `after`, oldest first.
+
+        The relay polls this (one indexed query; empty almost always) and closes the
+        live session of any user with an event in DISCONNECTING_EVENTS.
+        """
+        events = await self._backend.user_events(after, max(1, limit))
+        for ev in events:
+            if ev.kind in (UserEventKind.REMOVED, UserEventKind.ADDED):
+                # Another process (the admin CLI) changed who exists: drop cached ids.
+                self._forget(ev.name)
+        return events
+
+    async def last_user_event(self) -> int:
+        """The newest event seq: where a starting relay begins polling.
+
+        Polling this alone is enough to keep the store's name -> id cache right: when
+        the log moved, the names of added or removed users are fetched in the same call
+        and dropped from the cache, so a user removed and re-added by the admin CLI is
+        never addressed by a stale id.
+        """
+        seq, names = await self._backend.last_user_event(self._events_seen)
+        for name in names:
+            self._forget(name)
+        self._events_seen = max(self._events_seen, seq)
+        return seq
+
+    # ------------------------------------------------------------------ key directory
+
+    async def publish_keys(
+        self,
+        user: str,
+        *,
+        identity: IdentityPublic | None,
+        signed_prekey: SignedPrekey | None,
+        one_time: Sequence[OneTimePrekey],
+        now: int,
+    ) -> PublishResult:
+        """Store a user's keys in one transaction.
+
+        A changed identity (other group, sign_key or dh_key) deletes the user's old
+        prekeys, which belong to the old identity, and returns the watchers (users who
+        fetched the old identity) so the relay can push key_changed.
+        """
+        otk_rows = check_publish(identity, signed_prekey, one_time)
+        return await self._backend.publish_keys(
+            user, identity=identity, signed_prekey=signed_prekey, one_time=otk_rows, now=now
+        )
+
+    async def fetch_bundle(
+        self, fetcher: str, target: str, *, one_time: bool = True
+    ) -> PrekeyBundle | None:
+        """A bundle for `target`, consuming its lowest one-time prekey, or None.
+
+        None when the target does not exist or has no identity and signed prekey yet.
+        The backend takes the prekey and returns it in one transaction, so two
+        concurrent fetches can never receive the same one-time prekey. Records
+        `fetcher` as a watcher of `target` for key_changed pushes. With `one_time`
+        False the bundle has no one-time prekey and consumes none: the last-resort
+        bundle (X3DH without DH4, the signed prekey alone).
+        """
+        return await self._backend.fetch_bundle(fetcher, target, one_time=one_time)
+
+    async def contacts(self, user: str) -> set[str]:
+        """Users in a session relation with `user`: one fetched the other's bundle."""
+        return await self._backend.contacts(user)
+
+    async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]:
+        """Identities that changed since `watcher` last fetched them (for key_changed at login)."""
+        return await self._backend.changed_identities(watcher)
+
+    async def prekey_count(self, user: str) -> int:
+        """One-time prekeys left for `user` (0 for an unknown user)."""
+        return await self._backend.prekey_count(user)
+
+    async def key_status(self, user: str) -> tuple[bool, int]:
+        """(has an identity, one-time prekeys left): what a client needs at login."""
+        return await self._backend.key_status(user)
+
+    async def checkpoint(self) -> None:
+        """Backend housekeeping (SQLite: a passive WAL checkpoint): call periodically,
+        off the hot path."""
+        await self._backend.checkpoint()

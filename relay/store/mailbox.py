@@ -1,0 +1,346 @@
+"""The mailbox's in-memory side, the same for every backend.
+
+Envelope ids come from an in-memory counter (only the relay inserts mailbox rows) and
+per-recipient mailbox counts are kept in memory, so the limit check costs no query.
+Sends and acks ride the group commit (`batching.py`); a send to recipients whose ids
+are cached, and an ack, run without a single await (`enqueue_nowait`, `ack_nowait`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.relay.errors import StoreError
+from hushwire.relay.metrics import Histogram
+from hushwire.relay.store.batching import (
+    Ack,
+    Enqueue,
+    Failed,
+    GroupCommit,
+    Op,
+    Waiter,
+    fail,
+    resolve,
+)
+from hushwire.relay.store.records import MAX_PENDING_LIMIT, MAX_ROWID, StoredEnvelope
+
+if TYPE_CHECKING:
+    from hushwire.relay.store import Backend
+
+# Envelope ids skipped at every open. A recipient may see an id before its commit
+# (`enqueue(on_reserved=...)`); if the relay dies before that commit, the id must never
+# name a different envelope later (a stale ack would delete it). Every batch persists the
+# highest id it reserved, so only batches in flight at a crash can be lost: far fewer
+# than 2**32 ids. 2**63 / 2**32 leaves room for 2**31 restarts.
+MID_GAP = 2**32
+
+
+def valid_mids(mids: Sequence[int]) -> list[int]:
+    """The distinct ids among `mids` that can name a row, sorted."""
+    return sorted(
+        {m for m in mids if isinstance(m, int) and not isinstance(m, bool) and 0 < m <= MAX_ROWID}
+    )
+
+
+class Mailbox:
+    """Queued envelopes: reservation, limits, acks and the name -> id cache."""
+
+    def __init__(self, backend: Backend, max_mailbox: int, highest_mid: int) -> None:
+        self._backend = backend
+        self._max_mailbox = max_mailbox
+        self._ids: dict[str, int] = {}  # name -> users.id, filled on demand
+        self._counts: dict[int, int] = {}  # users.id -> rows committed or in flight
+        self._next_mid = highest_mid + 1 + MID_GAP
+        # Enqueues waiting for a recipient lookup, in call order (see _resolve_in_turn).
+        self._lookup_queue: list[tuple[Sequence[str], asyncio.Future[list[int]]]] = []
+        self._lookup_task: asyncio.Task[None] | None = None
+        self._lookup_waiters = 0  # queued or woken but not yet resumed
+        self._batch = GroupCommit(backend.write_batch, self._settle)
+
+    @property
+    def group_commits(self) -> int:
+        """Committed batch transactions, for tests and metrics."""
+        return self._batch.group_commits
+
+    @property
+    def commit_batch(self) -> Histogram:
+        """Operations per group commit, for metrics."""
+        return self._batch.commit_batch
+
+    @property
+    def commit_seconds(self) -> Histogram:
+        """Seconds from handing a batch to the backend until it is committed."""
+        return self._batch.commit_seconds
+
+    @property
+    def elided(self) -> int:
+        """Rows never written because the recipient acked first."""
+        return self._batch.elided
+
+    async def enqueue(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        body: bytes,
+        *,
+        now: int,
+        on_reserved: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
+        """Store one envelope per recipient; return their ids once committed.
+
+        All or nothing: an unknown recipient (UNKNOWN_USER) or a full mailbox
+        (MAILBOX_FULL) refuses the whole send before anything is written.
+
+        `on_reserved(mids)` runs as soon as the ids are reserved, before the commit (the
+        relay pushes to online recipients then). If a recipient acks its envelope before
+        the commit, that row is never written and, once every row of the send is acked
+        or committed, `enqueue` returns: the envelope is then safe with the recipient.
+        """
+        self._check_recipients(recipients, body)
+        if self.cached(recipients):
+            rids = [self._ids[n] for n in recipients]  # fast path: no await at all
+        else:
+            rids = await self._resolve_in_turn(recipients)
+            self._check_open()  # close() may have begun while we resolved names
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._reserve(sender, recipients, rids, body, now, on_reserved, fut)
+        return await fut
+
+    def cached(self, recipients: Sequence[str]) -> bool:
+        """True if `enqueue_nowait` can take a send to `recipients` (ids cached)."""
+        return self._lookup_waiters == 0 and all(
+            self._ids.get(n) in self._counts for n in recipients
+        )
+
+    def enqueue_nowait(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        body: bytes,
+        *,
+        now: int,
+        on_done: Callable[[list[int] | None, BaseException | None], None],
+        on_reserved: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        """`enqueue` without a coroutine, for callers that found `cached(recipients)` true
+        in this same step (so it still is).
+
+        Raises at once for a refused send. Otherwise `on_done(mids, None)` or
+        `on_done(None, error)` is called once, when `enqueue` would return or raise, from
+        whatever settles it (the recipient's ack, or the commit).
+        """
+        self._check_recipients(recipients, body)
+        ids = self._ids
+        rids = [ids[n] for n in recipients]
+        self._reserve(sender, recipients, rids, body, now, on_reserved, Waiter(on_done))
+
+    def _check_recipients(self, recipients: Sequence[str], body: bytes) -> None:
+        self._check_open()
+        if not recipients:
+            raise RequestError(ErrorCode.BAD_REQUEST, "no recipients")
+        if len(recipients) > 1 and len(set(recipients)) != len(recipients):
+            raise RequestError(ErrorCode.BAD_REQUEST, "a recipient is named twice")
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise RequestError(ErrorCode.BAD_REQUEST, "envelope body must be bytes")
+
+    def _reserve(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        rids: list[int],
+        body: bytes,
+        now: int,
+        on_reserved: Callable[[list[int]], None] | None,
+        fut: asyncio.Future[list[int]] | Waiter,
+    ) -> None:
+        # No await between the check and the reservation: the count cannot change.
+        for name, rid in zip(recipients, rids, strict=True):
+            if self._counts[rid] >= self._max_mailbox:
+                raise RequestError(
+                    ErrorCode.MAILBOX_FULL,
+                    f"the mailbox of {name!r} is full ({self._max_mailbox} envelopes)",
+                )
+        for rid in rids:
+            self._counts[rid] += 1
+        first = self._next_mid
+        self._next_mid += len(rids)
+        mids = list(range(first, first + len(rids)))
+        op = Enqueue(sender, list(recipients), rids, mids, bytes(body), now, fut)
+        self._submit(op)
+        unwritten = self._batch.unwritten
+        for mid in mids:
+            unwritten[mid] = op
+        if on_reserved is not None:
+            on_reserved(mids)
+
+    async def pending(
+        self, recipient: str, *, after: int = 0, limit: int = 100
+    ) -> list[StoredEnvelope]:
+        """Committed envelopes for `recipient` with id > `after`, oldest first."""
+        limit = max(1, min(limit, MAX_PENDING_LIMIT))
+        return await self._backend.pending(recipient, after, limit)
+
+    async def ack(self, recipient: str, mids: Sequence[int]) -> int:
+        """Delete the recipient's own envelopes among `mids`; return how many went."""
+        deleted = self.ack_nowait(recipient, mids)
+        if deleted is None:  # the recipient's id is not cached yet
+            try:
+                (rid,) = await self._resolve([recipient])
+            except RequestError:
+                return 0
+            deleted = self._ack_ids(rid, valid_mids(mids))
+        return deleted if isinstance(deleted, int) else await deleted
+
+    def ack_nowait(self, recipient: str, mids: Sequence[int]) -> int | asyncio.Future[int] | None:
+        """`ack` without a coroutine: the count now, or a future for it once committed.
+
+        None means the recipient's id is not cached: await `ack` instead (nothing done).
+        """
+        self._check_open()
+        wanted = valid_mids(mids)
+        if not wanted:
+            return 0
+        rid = self._ids.get(recipient)
+        if rid is None:
+            return None
+        return self._ack_ids(rid, wanted)
+
+    def _ack_ids(self, rid: int, wanted: list[int]) -> int | asyncio.Future[int]:
+        batch = self._batch
+        elided = batch.elide(rid, wanted) if batch.unwritten else ()
+        if elided:
+            self._counts[rid] -= len(elided)
+            wanted = [m for m in wanted if m not in elided]
+            if not wanted:
+                return len(elided)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._submit(Ack(rid, wanted, fut, len(elided)))
+        return fut
+
+    async def mailbox_count(self, recipient: str) -> int:
+        """Envelopes queued for `recipient`, including ones whose commit is in flight."""
+        try:
+            (rid,) = await self._resolve([recipient])
+        except RequestError:
+            return 0
+        return self._counts[rid]
+
+    async def purge(self, *, older_than: int) -> int:
+        """Retention: delete envelopes created before `older_than`; return the count.
+
+        Also trims user_events to the newest USER_EVENTS_KEPT rows.
+        """
+        gone = await self._backend.purge(older_than)
+        for rid, n in gone.items():
+            if rid in self._counts:
+                self._counts[rid] -= n
+        return sum(gone.values())
+
+    async def _resolve_in_turn(self, names: Sequence[str]) -> list[int]:
+        """`_resolve`, but never overtaking an earlier enqueue that had to look up.
+
+        Mailbox ids are reserved in call order only if no enqueue overtakes another
+        while one awaits a lookup; otherwise one sender's pipelined envelopes could be
+        reordered (A to [carol, bob] looks carol up, B to [bob] must not pass it). So
+        waiters queue in call order, one task looks up every missing name of everyone
+        queued in a single db call, and wakes the waiters in order in one loop
+        iteration; the fast path stays closed until all of them have resumed. A cold
+        cache under a burst thus costs one lookup, not one per enqueue.
+        """
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._lookup_queue.append((names, fut))
+        self._lookup_waiters += 1
+        if self._lookup_task is None:
+            self._lookup_task = asyncio.create_task(self._lookup_worker())
+        try:
+            return await fut
+        finally:
+            self._lookup_waiters -= 1
+
+    async def _lookup_worker(self) -> None:
+        try:
+            while self._lookup_queue:
+                batch, self._lookup_queue = self._lookup_queue, []
+                wanted = list(dict.fromkeys(n for names, _ in batch for n in names))
+                try:
+                    await self._load(wanted)
+                except Exception as exc:
+                    for _, fut in batch:
+                        fail(fut, exc)
+                    continue
+                for names, fut in batch:
+                    try:
+                        resolve(fut, self._cached_ids(names))
+                    except RequestError as exc:
+                        fail(fut, exc)
+        finally:
+            self._lookup_task = None
+
+    async def _resolve(self, names: Sequence[str]) -> list[int]:
+        """users.id for each name (cached), loading mailbox counts for new ones."""
+        await self._load(names)
+        return self._cached_ids(names)
+
+    async def _load(self, names: Sequence[str]) -> None:
+        """Cache id and mailbox count of each name not cached yet, in one db call."""
+        missing = [n for n in names if self._ids.get(n) not in self._counts]
+        if not missing:
+            return
+        for name, (rid, count) in (await self._backend.recipients(missing)).items():
+            self._ids[name] = rid
+            # setdefault: a count loaded earlier already includes in-flight rows.
+            self._counts.setdefault(rid, count)
+
+    def _cached_ids(self, names: Sequence[str]) -> list[int]:
+        """Cached ids for `names`; UNKNOWN_USER naming every name that is not there."""
+        rids = [self._ids.get(n) for n in names]
+        unknown = [
+            n for n, r in zip(names, rids, strict=True) if r is None or r not in self._counts
+        ]
+        if unknown:
+            raise RequestError(
+                ErrorCode.UNKNOWN_USER, f"no such user: {', '.join(sorted(unknown))}"
+            )
+        return [r for r in rids if r is not None]
+
+    def _forget(self, name: str) -> None:
+        rid = self._ids.pop(name, None)
+        if rid is not None:
+            self._counts.pop(rid, None)
+
+    def _check_open(self) -> None:
+        if self._batch.closing:
+            raise StoreError("the store is closing")
+
+    def _submit(self, op: Op) -> None:
+        self._check_open()
+        self._batch.submit(op)
+
+    def _settle(self, op: Op, outcome: object) -> None:
+        """Apply a committed (or failed) op to the in-memory counts and answer it."""
+        if isinstance(op, Enqueue):
+            if isinstance(outcome, Failed):
+                for mid, rid in zip(op.mids, op.rids, strict=True):
+                    if rid in self._counts and not (op.elided and mid in op.elided):
+                        self._counts[rid] -= 1
+                if outcome.error.code is ErrorCode.UNKNOWN_USER:
+                    for name in op.names:
+                        self._forget(name)
+                fail(op.fut, outcome.error)
+            else:
+                resolve(op.fut, op.mids)
+        elif isinstance(op, Ack):
+            if isinstance(outcome, Failed):
+                fail(op.fut, outcome.error)
+            else:
+                deleted = int(outcome)  # type: ignore[call-overload]
+                if op.rid in self._counts:
+                    self._counts[op.rid] -= deleted
+                resolve(op.fut, deleted + op.elided)
+        elif isinstance(outcome, Failed):
+            fail(op.fut, outcome.error)
+        else:
+            resolve(op.fut, None)
