@@ -49,6 +49,7 @@ class ErrorCode(StrEnum):
     SESSION_REPLACED = "session_replaced"
     SHUTTING_DOWN = "shutting_down"
     REPLY_TOO_LARGE = "reply_too_large"
+    STORAGE_FULL = "storage_full"
     INTERNAL = "internal"
     # Local-only codes (never sent by the relay).
     CRYPTO = "crypto"

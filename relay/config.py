@@ -81,7 +81,14 @@ class RelayConfig:
     )
     request_burst: float = _opt(60.0, "who, prekey_count and ping requests at once, each")
     delivery_window: int = _opt(256, "envelopes pushed to a client and not yet acked")
-    max_connections: int = _opt(20_000, "concurrent connections accepted")
+    max_connections: int = _opt(
+        20_000,
+        "concurrent connections, counted from accept (TLS handshakes included); kept below "
+        "the descriptor limit, which the relay raises to its hard value",
+    )
+    max_pending_per_address: int = _opt(
+        128, "TLS handshakes in progress at once from one address prefix (/24 IPv4, /64 IPv6)"
+    )
     synchronous: str = _opt(
         "NORMAL",
         "SQLite synchronous mode: NORMAL survives any crash of the process, FULL also a power loss",
@@ -137,8 +144,9 @@ class RelayConfig:
         positive = (
             "max_frame max_mailbox retention_days idle_timeout handshake_timeout send_rate "
             "send_burst login_failures login_failure_period fetch_burst fetch_period "
-            "publish_burst publish_period delivery_window max_connections ack_rate ack_burst "
-            "request_rate request_burst target_fetch_burst target_fetch_period"
+            "publish_burst publish_period delivery_window max_connections "
+            "max_pending_per_address ack_rate ack_burst request_rate request_burst "
+            "target_fetch_burst target_fetch_period"
         ).split()
         for name in positive:
             if getattr(self, name) <= 0:

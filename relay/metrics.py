@@ -86,7 +86,8 @@ class Snapshot:
 
     authenticated: int  # logged-in connections
     handshaking: int  # in the TLS handshake, or connected and not yet logged in
-    accept_failures: dict[str, int]  # "accept" (the syscall) and "handshake" (TLS)
+    # "accept" (the syscall), "handshake" (TLS), "admission" (refused at accept)
+    accept_failures: dict[str, int]
     sends: int
     envelopes: int
     deliveries: int

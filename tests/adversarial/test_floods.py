@@ -52,21 +52,30 @@ def ms(values: list[float]) -> str:
     return f"p50 {statistics.median(values) * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms"
 
 
+def _net(i: int) -> str:
+    """A loopback source address: 100 per /24 network (127.0.10.x, 127.0.11.x, ...)."""
+    return f"127.0.{10 + i // 100}.{1 + i % 100}"
+
+
 async def test_slowloris_connections_are_reaped_and_others_unaffected(relay_factory, figures):
     relay = await relay_factory(handshake_timeout=1.0)
     alice, bob = await relay.login("alice"), await relay.login("bob")
     baseline = await round_trips(alice, bob, "bob", 30)
 
-    # 300 that never start TLS, 300 that finish TLS but never say hello.
+    # 300 that never start TLS, 300 that finish TLS but never say hello, each 100 from
+    # one of 6 /24 networks (one network may have only 128 handshakes in progress).
     raw = []
-    for _ in range(300):
-        s = socket.create_connection(("127.0.0.1", relay.port))
+    for i in range(300):
+        s = socket.create_connection(("127.0.0.1", relay.port), source_address=(_net(i), 0))
         s.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
         raw.append(s)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     silent = await asyncio.gather(
-        *[asyncio.open_connection("127.0.0.1", relay.port, ssl=ctx) for _ in range(300)]
+        *[
+            asyncio.open_connection("127.0.0.1", relay.port, ssl=ctx, local_addr=(_net(300 + i), 0))
+            for i in range(300)
+        ]
     )
     during = await round_trips(alice, bob, "bob", 30)
 
