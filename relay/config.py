@@ -19,6 +19,7 @@ from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.version import version
 from hushwire.relay.logs import LOG_FORMATS
 from hushwire.relay.ratelimit import Rate
+from hushwire.relay.store.quota import QuotaLimits
 
 
 class ConfigError(HushwireError):
@@ -51,6 +52,17 @@ class RelayConfig:
     )
     max_frame: int = _opt(DEFAULT_MAX_FRAME, "largest frame accepted, in bytes")
     max_mailbox: int = _opt(10_000, "envelopes queued per recipient before sends are refused")
+    max_mailbox_bytes: int = _opt(256 * 1024 * 1024, "bytes queued per recipient")
+    max_per_sender: int = _opt(
+        2_000, "envelopes one sender may have queued for one recipient (its share)"
+    )
+    max_per_sender_bytes: int = _opt(
+        32 * 1024 * 1024, "bytes one sender may have queued for one recipient"
+    )
+    min_free_disk: int = _opt(
+        256 * 1024 * 1024,
+        "free bytes on the db's file system below which sends are refused (0: no check)",
+    )
     retention_days: float = _opt(30.0, "undelivered envelopes older than this are purged")
     idle_timeout: float = _opt(
         120.0, "seconds without a frame before a client is dropped (clients ping at half this)"
@@ -113,6 +125,15 @@ class RelayConfig:
         return Rate(self.login_failures, 1.0 / self.login_failure_period)
 
     @property
+    def quota(self) -> QuotaLimits:
+        return QuotaLimits(
+            envelopes=self.max_mailbox,
+            bytes=self.max_mailbox_bytes,
+            sender_envelopes=self.max_per_sender,
+            sender_bytes=self.max_per_sender_bytes,
+        )
+
+    @property
     def ack_limit(self) -> Rate:
         return Rate(self.ack_burst, self.ack_rate)
 
@@ -142,7 +163,8 @@ class RelayConfig:
 
     def validate(self) -> RelayConfig:
         positive = (
-            "max_frame max_mailbox retention_days idle_timeout handshake_timeout send_rate "
+            "max_frame max_mailbox max_mailbox_bytes max_per_sender max_per_sender_bytes "
+            "retention_days idle_timeout handshake_timeout send_rate "
             "send_burst login_failures login_failure_period fetch_burst fetch_period "
             "publish_burst publish_period delivery_window max_connections "
             "max_pending_per_address ack_rate ack_burst request_rate request_burst "
@@ -151,6 +173,8 @@ class RelayConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.min_free_disk < 0:
+            raise ConfigError("min_free_disk must be 0 or more")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port must be between 0 and 65535")
         if self.synchronous.upper() not in ("NORMAL", "FULL"):

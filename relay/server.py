@@ -125,7 +125,10 @@ class RelayServer:
         context, self.fingerprint = tls_context(config)
         self._lock = DbLock(config.db).acquire("hushwire-relay")
         self._store = await Store.open(
-            config.db, synchronous=config.synchronous, max_mailbox=config.max_mailbox
+            config.db,
+            synchronous=config.synchronous,
+            quota=config.quota,
+            min_free_disk=config.min_free_disk,
         )
         self._control = ControlServer(config.db, self._control_request)
         await self._control.start()

@@ -18,6 +18,7 @@ from hushwire.common.names import check_username
 from hushwire.relay.store.batching import Login
 from hushwire.relay.store.keys import check_publish
 from hushwire.relay.store.mailbox import Mailbox
+from hushwire.relay.store.quota import DiskGuard, QuotaLimits
 from hushwire.relay.store.records import (
     PublishResult,
     UserEvent,
@@ -34,9 +35,15 @@ class Store(Mailbox):
     """The relay's persistent state; create with `await Store.open(path)`."""
 
     def __init__(
-        self, backend: Backend, *, max_mailbox: int, highest_mid: int, events_seen: int
+        self,
+        backend: Backend,
+        *,
+        limits: QuotaLimits,
+        disk: DiskGuard,
+        highest_mid: int,
+        events_seen: int,
     ) -> None:
-        super().__init__(backend, max_mailbox, highest_mid)
+        super().__init__(backend, limits, disk, highest_mid)
         self._events_seen = events_seen  # newest user_events seq whose cache effects are applied
 
     # ------------------------------------------------------------------ lifecycle
@@ -48,6 +55,8 @@ class Store(Mailbox):
         *,
         synchronous: str = "NORMAL",
         max_mailbox: int = 10_000,
+        quota: QuotaLimits | None = None,
+        min_free_disk: int = 0,
         migrate: bool = True,
         busy_timeout_ms: int = 5000,
     ) -> Store:
@@ -57,9 +66,15 @@ class Store(Mailbox):
         survives power loss, at several times the commit cost. Raises SchemaTooNew for
         a db newer than this code, and with migrate=False SchemaOutdated for an older
         or missing one.
+
+        `quota` (default: `max_mailbox` envelopes per mailbox, the other limits at their
+        defaults) bounds each mailbox and each sender's share of it; below
+        `min_free_disk` free bytes on the db's file system (0: no check) sends are
+        refused with `storage_full`.
         """
         if max_mailbox < 1:
             raise ValueError("max_mailbox must be at least 1")
+        limits = quota or QuotaLimits(envelopes=max_mailbox)
         backend = await SqliteBackend.open(
             path, synchronous=synchronous, migrate=migrate, busy_timeout_ms=busy_timeout_ms
         )
@@ -69,7 +84,11 @@ class Store(Mailbox):
             await backend.close()
             raise
         return cls(
-            backend, max_mailbox=max_mailbox, highest_mid=highest_mid, events_seen=events_seen
+            backend,
+            limits=limits,
+            disk=DiskGuard(Path(path), min_free_disk),
+            highest_mid=highest_mid,
+            events_seen=events_seen,
         )
 
     async def close(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +27,7 @@ from hushwire.common.keys import (
 from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
 from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op
+from hushwire.relay.store.quota import Usage
 from hushwire.relay.store.records import (
     MAX_ONE_TIME_PREKEYS,
     USER_EVENTS_KEPT,
@@ -464,31 +464,34 @@ class SqliteBackend:
 
         return await self._run(run)
 
-    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """name -> (users.id, envelopes queued) for each name that exists."""
+    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, Usage]]:
+        """name -> (users.id, [(sender, envelopes, bytes)] queued) for each existing name."""
 
-        def run(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-            found: dict[str, tuple[int, int]] = {}
+        def run(conn: sqlite3.Connection) -> dict[str, tuple[int, Usage]]:
+            found: dict[str, tuple[int, Usage]] = {}
             for name in names:
                 rid = _user_id(conn, name)
                 if rid is not None:
-                    (count,) = conn.execute(
-                        "SELECT COUNT(*) FROM mailbox WHERE recipient_id = ?", (rid,)
-                    ).fetchone()
-                    found[name] = (rid, int(count))
+                    rows = conn.execute(
+                        "SELECT sender, COUNT(*), SUM(length(body)) FROM mailbox"
+                        " WHERE recipient_id = ? GROUP BY sender",
+                        (rid,),
+                    ).fetchall()
+                    found[name] = (rid, [(s, int(n), int(b)) for s, n, b in rows])
             return found
 
         return await self._run(run)
 
-    async def purge(self, older_than: int) -> Counter[int]:
-        def run(conn: sqlite3.Connection) -> Counter[int]:
-            gone = Counter(
-                int(r[0])
-                for r in conn.execute(
-                    "DELETE FROM mailbox WHERE created_at < ? RETURNING recipient_id",
+    async def purge(self, older_than: int) -> list[tuple[int, str, int]]:
+        def run(conn: sqlite3.Connection) -> list[tuple[int, str, int]]:
+            gone = [
+                (int(rid), sender, int(size))
+                for rid, sender, size in conn.execute(
+                    "DELETE FROM mailbox WHERE created_at < ?"
+                    " RETURNING recipient_id, sender, length(body)",
                     (older_than,),
                 ).fetchall()
-            )
+            ]
             conn.execute(
                 "DELETE FROM user_events WHERE seq <= (SELECT MAX(seq) FROM user_events) - ?",
                 (USER_EVENTS_KEPT,),
@@ -545,7 +548,9 @@ def _prekey_count(conn: sqlite3.Connection, uid: int) -> int:
 _INSERT_ENVELOPE = (
     "INSERT INTO mailbox (id, recipient_id, sender, created_at, body) VALUES (?, ?, ?, ?, ?)"
 )
-_DELETE_ENVELOPE = "DELETE FROM mailbox WHERE id = ? AND recipient_id = ?"
+_DELETE_ENVELOPE = (
+    "DELETE FROM mailbox WHERE id = ? AND recipient_id = ? RETURNING sender, length(body)"
+)
 _STAMP_LOGIN = "UPDATE users SET last_login_at = ? WHERE name = ?"
 _SEQ_RAISE = "UPDATE sqlite_sequence SET seq = ? WHERE name = 'mailbox' AND seq < ?"
 _SEQ_CREATE = (
@@ -590,8 +595,12 @@ def _apply_fast(conn: sqlite3.Connection, batch: list[Op]) -> list[object]:
     outcomes: list[object] = []
     for op in batch:
         if isinstance(op, Ack):
-            cur = conn.executemany(_DELETE_ENVELOPE, [(m, op.rid) for m in op.mids])
-            outcomes.append(cur.rowcount)
+            deleted = []
+            for mid in op.mids:
+                row = conn.execute(_DELETE_ENVELOPE, (mid, op.rid)).fetchone()
+                if row is not None:
+                    deleted.append((row[0], int(row[1])))
+            outcomes.append(deleted)
         else:
             outcomes.append(None)
     return outcomes
