@@ -231,6 +231,7 @@ class Store(Mailbox):
         return await self._backend.key_status(user)
 
     async def checkpoint(self) -> None:
-        """Backend housekeeping (SQLite: a passive WAL checkpoint): call periodically,
-        off the hot path."""
+        """Backend housekeeping (SQLite: a WAL checkpoint that truncates the WAL, so rows
+        deleted since the last one are gone from it too): call periodically, off the hot
+        path."""
         await self._backend.checkpoint()

@@ -104,6 +104,7 @@ class SqliteBackend:
             await asyncio.to_thread(migrations.migrate, path)
         elif not path.exists():
             raise SchemaOutdated(f"no hushwire database at {path}; run `hushwire-admin migrate`")
+        migrations.make_private(path)
         db = await aiosqlite.connect(str(path), isolation_level=None)
         backend = cls(db, path)
 
@@ -120,6 +121,9 @@ class SqliteBackend:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {mode}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            # Acked envelopes and used prekeys are overwritten with zeros when deleted,
+            # whatever the SQLite build's default (see also `checkpoint`).
+            conn.execute("PRAGMA secure_delete = ON")
 
         try:
             await backend._run(init)
@@ -502,7 +506,9 @@ class SqliteBackend:
 
     async def checkpoint(self) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            # TRUNCATE, not PASSIVE: the WAL keeps every page version written since the
+            # last reset, acked envelopes included, until it is truncated.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
         await self._run(run)
 
