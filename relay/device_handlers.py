@@ -193,14 +193,14 @@ class DeviceHandlers:
 
     def _before_login(self, peer: Peer, now: float) -> None:
         """Link attempts count like failed logins per address: guessing channels is slow."""
-        self.relay.check_login_rate(peer, None, now)
+        self.relay.check_login_rate(peer, "", now)
 
     async def _link_fetch(self, peer: Peer, req: LinkFetch, now: float) -> LinkFetchOk:
         self._before_login(peer, now)
         try:
             channel = self.links.find(req.channel, now=now)
         except RequestError:
-            self.relay.failed_login(peer, None, now)
+            self.relay.failed_login(peer, "", now)
             raise
         return LinkFetchOk(id=req.id, user=channel.account, ephemeral=channel.ephemeral)
 
@@ -209,7 +209,7 @@ class DeviceHandlers:
         try:
             channel = self.links.join(req.channel, now=now)
         except RequestError:
-            self.relay.failed_login(peer, None, now)
+            self.relay.failed_login(peer, "", now)
             raise
         old = self.relay.online.get(principal(channel.account, channel.device))
         if old is None or channel.granted is None:
