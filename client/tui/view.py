@@ -132,9 +132,14 @@ class MessagePane:
         info = self.window.render_info
         height = info.window_height if info else 20
         page = max(1, height - 1)
-        row = doc.cursor_position_row  # beyond the view drawn last if keys came faster
+        # The view drawn last may be stale (keys or lines came faster than redraws):
+        # the cursor, or the bottom when following, is where the next draw puts it.
+        row = doc.cursor_position_row
         if pages < 0:
-            top = min(info.first_visible_line(), row) if info else row
+            top = info.first_visible_line() if info else row
+            if self.following:
+                top = max(top, doc.line_count - height)
+            top = min(top, row)
             target = max(0, top - page * -pages)
         else:
             bottom = max(info.last_visible_line(), row) if info else row

@@ -422,9 +422,9 @@ async def test_long_messages_up_to_the_limit_and_refused_beyond(relay, chat, log
 async def test_page_up_and_down_scroll_long_history(relay, chat, login):
     bob = await login(relay, "bob")
     screen = await chat(relay)
-    for _ in range(8):
+    for _ in range(12):  # more than two pages
         screen.type("/help" + ENTER)
-    await screen.until(lambda: screen.pane.count("/verify NAME [mark]") == 8, "a long pane")
+    await screen.until(lambda: screen.pane.count("/verify NAME [mark]") == 12, "a long pane")
     pane = screen.chat.pane
     assert pane.following
     rows = pane.buffer.document.line_count
