@@ -48,6 +48,7 @@ from hushwire.client.events import (
     Notice,
     Presence,
     SendResult,
+    SessionRestarted,
     history_item,
 )
 from hushwire.client.inbox import Inbox
@@ -80,7 +81,9 @@ __all__ = [
     "Presence",
     "RelaySettings",
     "SendResult",
+    "SessionRestarted",
     "relay_error_text",
+    "restart_text",
 ]
 
 log = logging.getLogger("hushwire.client")
@@ -126,10 +129,10 @@ class HushwireClient:
         self.fingerprint_learned = False  # set by login(): the pin was learned just now
         emit = self.events.put_nowait
         self._keys = KeyUpkeep(sessions, lambda text: emit(Notice(text)))
-        self._inbox = Inbox(sessions, self._keys, emit, self._online)
         self._outbox = Outbox(
             sessions, emit, lambda: self._conn, lambda: self._max_frame, settings.address
         )
+        self._inbox = Inbox(sessions, self._keys, emit, self._online, self._outbox.restart)
 
     @property
     def user(self) -> str:
@@ -502,3 +505,16 @@ def relay_error_text(exc: RequestError) -> str:
     if exc.code is ErrorCode.RATE_LIMITED and exc.retry_after:
         return f"{exc.message} (rate limited; retry in {exc.retry_after:.0f} s)"
     return f"{exc.message} ({exc.code.value})"
+
+
+def restart_text(event: SessionRestarted) -> str:
+    """What a healed session means for the user, in one line (the CLI and the TUI)."""
+    if event.by_peer:
+        return (
+            f"{event.contact} could not decrypt your recent messages and started a new "
+            f"session: some messages you sent to {event.contact} may not have arrived"
+        )
+    return (
+        f"messages from {event.contact} could no longer be decrypted (too many lost); a new "
+        f"session was started: some messages from {event.contact} are lost"
+    )

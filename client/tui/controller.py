@@ -23,7 +23,9 @@ from hushwire.client.service import (
     MessagesReleased,
     Notice,
     Presence,
+    SessionRestarted,
     relay_error_text,
+    restart_text,
 )
 from hushwire.client.text import safe_for_terminal
 from hushwire.client.tui.commands import COMMANDS, HELP_KEYS, Command, CommandError, parse_input
@@ -270,6 +272,8 @@ class ChatController:
                 "warning",
                 event.contact,
             )
+        elif isinstance(event, SessionRestarted):
+            model.info(restart_text(event), "warning", event.contact)
         elif isinstance(event, MessageRejected):
             model.info(
                 f"a message from {event.contact} was rejected and not shown: {event.reason}",
