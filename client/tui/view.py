@@ -32,16 +32,24 @@ def _stamp(at: datetime | None) -> str:
     return local.strftime("%m-%d %H:%M ")
 
 
+# Longest pane row, in characters. prompt_toolkit cannot show the rows under a line that
+# wraps to more rows than the window has (after a 60 KB message the bottom view held one
+# line and 40 blank rows), so longer rows are cut into pieces that wrap to fewer.
+MAX_ROW: Final = 500
+
+
 def render(line: Line) -> list[str]:
     """A Line as display rows: `HH:MM who: text`, continuation rows indented."""
     if line.kind in ("in", "out"):
         note = f"  [{line.note}]" if line.note else ""
         head = f"{_stamp(line.at)}{line.sender}: "
         first, *rest = (line.text + note).split("\n")
-        return [head + first, *(" " * len(head) + r for r in rest)]
-    prefix = {"command": "» ", "error": "! ", "warning": "⚠ "}.get(line.kind, "* ")
-    first, *rest = line.text.split("\n")
-    return [prefix + first, *("  " + r for r in rest)]
+        rows = [head + first, *(" " * len(head) + r for r in rest)]
+    else:
+        prefix = {"command": "» ", "error": "! ", "warning": "⚠ "}.get(line.kind, "* ")
+        first, *rest = line.text.split("\n")
+        rows = [prefix + first, *("  " + r for r in rest)]
+    return [row[i : i + MAX_ROW] for row in rows for i in range(0, max(len(row), 1), MAX_ROW)]
 
 
 class _RowLexer(Lexer):
