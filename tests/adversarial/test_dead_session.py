@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hushwire.client.service import MessageReceived, MessageRejected, SessionRestarted
 from hushwire.common.crypto.ratchet import RatchetConfig
-from tests.e2e.helpers import next_event
+from tests.e2e.helpers import drain, next_event
 
 
 async def no_fetch(name: str):
@@ -44,10 +44,3 @@ async def test_more_than_max_skip_lost_messages_heal_with_a_fresh_session(relay,
         "the next is rejected; bob starts a fresh session automatically (at most once an "
         "hour), both are told, and later messages go both ways",
     )
-
-
-def drain(client) -> list:
-    events = []
-    while not client.events.empty():
-        events.append(client.events.get_nowait())
-    return events
