@@ -439,8 +439,15 @@ class HushwireClient:
 
     async def who(self) -> list[tuple[str, bool]]:
         """Every user of the relay and whether they are online (starts presence pushes)."""
-        reply = await self._require_conn().request(wire.Who)
-        users = [(p.user, p.online) for p in reply.users if is_valid_username(p.user)]
+        conn = self._require_conn()
+        users: list[tuple[str, bool]] = []
+        after: str | None = None
+        while True:  # the relay answers in pages that each fit one frame
+            reply = await conn.request(wire.Who, after=after)
+            users += [(p.user, p.online) for p in reply.users if is_valid_username(p.user)]
+            if reply.next is None or reply.next == after:
+                break
+            after = reply.next
         self._online.update(users)
         return users
 

@@ -340,7 +340,7 @@ class SessionManager:
             contact = await self.store.get_contact(sender)
             blobs = await self.store.load_sessions(sender) if contact else []
             sessions = [self._load_session(b) for b in blobs]
-            message, used_otpk, chosen = None, None, -1
+            message, used, chosen = None, None, -1
             error: CryptoError | None = None
             for i, session in enumerate(sessions):
                 try:
@@ -360,7 +360,7 @@ class SessionManager:
             ):
                 try:
                     prekeys = await self._prekeys_for(env.x3dh)
-                    session, message, used_otpk = Session.respond(
+                    session, message, used = Session.respond(
                         self.identity, self.user, prekeys, env, config=self.config
                     )
                     sessions.insert(0, session)
@@ -393,10 +393,11 @@ class SessionManager:
                     await self.store.set_pending_identity(sender, peer, now)
             await self.store.save_sessions(sender, [s.to_bytes() for s in sessions], now)
             await self.store.mark_seen(env.envelope_id, now)
-            if used_otpk is not None:
-                await self.store.delete_one_time_prekey(used_otpk)
+            used_one_time = used is not None and used.one_time is not None
+            if used is not None and used.one_time is not None:  # (narrows `used` for mypy)
+                await self.store.delete_one_time_prekey(used.one_time)
             if message.plaintext == encode_reset():
-                return SessionReset(sender, key_changed, used_otpk is not None)
+                return SessionReset(sender, key_changed, used_one_time)
             try:
                 text = decode_text(message.plaintext)
             except ValueError:
@@ -420,7 +421,7 @@ class SessionManager:
             message.sent_at_ms,
             text,
             key_changed,
-            used_otpk is not None,
+            used_one_time,
         )
 
     async def on_key_changed(self, user: str, identity: IdentityPublic) -> bool:
