@@ -91,6 +91,7 @@ log = logging.getLogger("hushwire.client")
 # The relay closed us on purpose and retrying cannot help until a person acts.
 FATAL_CODES: Final = frozenset({"auth_failed", "user_disabled", "session_replaced"})
 HISTORY_DEFAULT: Final = 200
+MAX_WHO_PAGES: Final = 1000  # a relay that never ends its `who` pages is not followed
 
 
 async def _load_group(store: ProfileStore) -> DHGroup:
@@ -442,7 +443,7 @@ class HushwireClient:
         conn = self._require_conn()
         users: list[tuple[str, bool]] = []
         after: str | None = None
-        while True:  # the relay answers in pages that each fit one frame
+        for _ in range(MAX_WHO_PAGES):  # the relay answers in pages that each fit a frame
             reply = await conn.request(wire.Who, after=after)
             users += [(p.user, p.online) for p in reply.users if is_valid_username(p.user)]
             if reply.next is None or reply.next == after:
