@@ -209,7 +209,12 @@ class Relay:
             self._login_by_user.consume(req.user, now)
             self._login_by_addr.consume(peer.peer_address, now)
             logins["auth_failed"] += 1
-            log.info("failed login for %r from %s", req.user, peer.peer_address)
+            log.info(
+                "failed login for %r from %s",
+                req.user,
+                peer.peer_address,
+                extra={"event": "login_failed", "user": req.user, "peer": peer.peer_address},
+            )
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
         if record.disabled:
             logins["user_disabled"] += 1
@@ -235,7 +240,12 @@ class Relay:
         for target, identity in await self.store.changed_identities(req.user):
             peer.push(KeyChanged(user=target, identity=identity))
         logins["ok"] += 1
-        log.info("login %s from %s", req.user, peer.peer_address)
+        log.info(
+            "login %s from %s",
+            req.user,
+            peer.peer_address,
+            extra={"event": "login", "user": req.user, "peer": peer.peer_address},
+        )
         self._announce(req.user, online=True)
         return LoginOk(id=req.id, user=req.user, prekeys_left=left, has_identity=has_identity)
 
@@ -449,7 +459,7 @@ class Relay:
             else:
                 continue
             code = ErrorCode.USER_DISABLED if record and record.disabled else ErrorCode.AUTH_FAILED
-            log.info("disconnecting %s: %s", name, reason)
+            log.info("disconnecting %s: %s", name, reason, extra={"event": "kicked", "user": name})
             peer.kick(code, reason)
             self.disconnected(peer)
             dropped += 1
