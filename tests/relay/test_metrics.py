@@ -158,18 +158,6 @@ def test_prometheus_client_is_imported_only_with_the_flag(tmp_path, listen, load
     assert out.strip() == loaded
 
 
-def test_help_documents_metrics_and_log_format():
-    out = subprocess.run(
-        [sys.executable, "-m", "hushwire.relay.cli", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    assert "--metrics-listen HOST:PORT" in out and "metrics_listen" in out
-    assert "--log-format" in out and "log_format" in out
-
-
 @pytest.mark.parametrize("bad", ["9464", "host:", ":9464", "host:port", "host:70000"])
 def test_bad_metrics_listen_is_refused(bad):
     with pytest.raises(ConfigError):
