@@ -86,6 +86,7 @@ class ContentType(IntEnum):
     GROUP_MESSAGE = 2
     GROUP_CHANGE = 3
     GROUP_WELCOME = 4
+    SESSION_RESET = 5  # nothing follows: "I could not decrypt you; this starts anew"
 
 
 def encode_content(kind: ContentType, payload: bytes) -> bytes:
