@@ -53,8 +53,9 @@ def user_name(i: int) -> str:
     return f"u{i}"
 
 
-async def make_db(db: Path, n: int) -> str:
-    """A fresh relay db with users u0..u{n-1}, all with one token (bench only)."""
+async def make_db(db: Path | str, n: int) -> str:
+    """A fresh relay db (a file, or an empty PostgreSQL database's URL) with users
+    u0..u{n-1}, all with one token (bench only)."""
     token = new_token()
     async with await Store.open(db) as store:
         for i in range(n):

@@ -386,13 +386,16 @@ class HushwireClient:
         await asyncio.sleep(delay)
 
     async def _keepalive(self, conn: RelayConnection) -> None:
-        """Ping at half the idle timeout; check prekeys and signed-prekey age meanwhile."""
+        """Ping at half the idle timeout; check prekeys and signed-prekey age meanwhile, and
+        retry queued messages (one to a user without keys goes once they have some)."""
         interval = (conn.hello.idle_timeout if conn.hello else 120.0) / 2
         while not conn.is_closed:
             await asyncio.sleep(interval)
             try:
                 await conn.request(wire.Ping)
                 await self._keys.maintain(conn)
+                if await self.sessions.queued():  # e.g. for a user who had no keys yet
+                    await self._outbox.flush(conn)
             except ConnectionClosed:
                 return
             except RequestError as exc:
@@ -433,8 +436,15 @@ class HushwireClient:
 
     async def who(self) -> list[tuple[str, bool]]:
         """Every user of the relay and whether they are online (starts presence pushes)."""
-        reply = await self._require_conn().request(wire.Who)
-        users = [(p.user, p.online) for p in reply.users if is_valid_username(p.user)]
+        conn = self._require_conn()
+        users: list[tuple[str, bool]] = []
+        after: str | None = None
+        while True:  # the relay answers in pages that each fit one frame
+            reply = await conn.request(wire.Who, after=after)
+            users += [(p.user, p.online) for p in reply.users if is_valid_username(p.user)]
+            if reply.next is None or reply.next == after:
+                break
+            after = reply.next
         self._online.update(users)
         return users
 

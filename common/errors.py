@@ -48,10 +48,26 @@ class ErrorCode(StrEnum):
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     SESSION_REPLACED = "session_replaced"
     SHUTTING_DOWN = "shutting_down"
+    REPLY_TOO_LARGE = "reply_too_large"
+    STORAGE_FULL = "storage_full"
     INTERNAL = "internal"
     # Local-only codes (never sent by the relay).
     CRYPTO = "crypto"
     CONNECTION = "connection"
+
+
+# The longest part of a peer's input an error message may quote, and the longest error
+# message a relay sends: a reply must never grow with hostile input (issue #11.6).
+ECHO_LIMIT = 40
+MAX_ERROR_MESSAGE = 500
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """`repr(value)`, cut to `limit` characters: what an error may quote of its input."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 3]}... ({len(text)} chars)"
 
 
 class HushwireError(Exception):

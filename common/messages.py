@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from hushwire.common.errors import ErrorCode, MalformedFrame
+from hushwire.common.errors import ErrorCode, MalformedFrame, echo
 from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
 
 PROTOCOL_VERSION = 1
@@ -141,6 +141,7 @@ class Presence:
 class WhoOk(Reply):
     id: int
     users: tuple[Presence, ...]
+    next: str | None = None  # more users follow: ask again with `after` set to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,7 @@ class Who(Request):
     TYPE = "who"
     REPLY = WhoOk
     id: int
+    after: str | None = None  # the page of names sorting after this one (None: the first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +305,7 @@ def decode_request(obj: Mapping[str, Any]) -> Request:
         return request
     cls = REQUESTS.get(obj["t"])
     if cls is None:
-        raise MalformedFrame(f"unknown request type {obj['t']!r}")
+        raise MalformedFrame(f"unknown request type {echo(obj['t'])}")
     return _from_wire(cls, obj, obj["t"])
 
 
@@ -318,11 +320,11 @@ def decode_from_relay(
         rid = obj.get("id")
         cls = expected.get(rid) if isinstance(rid, int) else None
         if cls is None:
-            raise MalformedFrame(f"reply to unknown request id {rid!r}")
+            raise MalformedFrame(f"reply to unknown request id {echo(rid)}")
         return _from_wire(cls, obj, t)
     push = PUSHES.get(t)
     if push is None:
-        raise MalformedFrame(f"unknown message type {t!r}")
+        raise MalformedFrame(f"unknown message type {echo(t)}")
     return _from_wire(push, obj, t)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.errors import ErrorCode, RequestError, echo
 from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
 from hushwire.common.messages import (
     PROTOCOL_VERSION,
@@ -46,6 +46,7 @@ from hushwire.common.messages import (
     WhoOk,
 )
 from hushwire.common.names import check_username, is_valid_username
+from hushwire.relay.addresses import address_prefix
 from hushwire.relay.config import RelayConfig
 from hushwire.relay.errors import StoreError
 from hushwire.relay.metrics import RelayCounters
@@ -58,6 +59,14 @@ log = logging.getLogger("hushwire.relay")
 RELAY_NAME = "hushwire-relay/0.1"
 MAX_RECIPIENTS = 50
 MAX_PREKEYS_PER_UPLOAD = 200
+# `who` pages: a presence entry is at most 48 bytes of msgpack (a 32-character name), so
+# a page sized from max_frame always fits one frame, however many users there are.
+PRESENCE_WIRE_MAX = 48
+WHO_OVERHEAD = 128
+WHO_PAGE_MAX = 1000
+# Ids per `ack`: a client has at most delivery_window envelopes unacked per connection;
+# 7,000 ids in one frame (x 256 pipelined) was a way to hold the db writer.
+MAX_ACK_IDS = 1024
 ED25519_KEY = 32
 ED25519_SIG = 64
 
@@ -143,11 +152,22 @@ class Relay:
         self.group = group
         self.online: dict[str, Peer] = {}
         self.counters = RelayCounters()
-        self._login_by_user = RateLimiter(config.login_limit)
-        self._login_by_addr = RateLimiter(config.login_limit)
+        # Failed logins per (user, address prefix): see _login.
+        self._login_failures = RateLimiter(config.login_limit)
         self._sends = RateLimiter(config.send_limit)
         self._fetches = RateLimiter(config.fetch_limit)
+        # One-time prekeys handed out per target, by all fetchers together (X3DH 4.7).
+        self._one_time_of = RateLimiter(config.target_fetch_limit)
+        # Who each online user may see come and go (see _announce).
+        self._contacts: dict[str, set[str]] = {}
         self._publishes = RateLimiter(config.publish_limit)
+        # Every request type after login has a per-user limit: send, fetch_bundle and
+        # publish_keys their own (in their handlers), the rest in check_rate.
+        self._acks = RateLimiter(config.ack_limit)
+        self._requests = RateLimiter(config.request_limit)
+        self._who_page = max(
+            1, min(WHO_PAGE_MAX, (config.max_frame - WHO_OVERHEAD) // PRESENCE_WIRE_MAX)
+        )
         self._dispatch: dict[type[Request], Callable[[Peer, Request, float], Awaitable[Reply]]] = {
             Hello: self._hello,  # type: ignore[dict-item]
             Login: self._login,  # type: ignore[dict-item]
@@ -164,11 +184,28 @@ class Relay:
         """Answer one request (the connection has already checked the state table)."""
         return await self._dispatch[type(request)](peer, request, now)
 
+    def check_rate(self, peer: Peer, request: Request, now: float) -> None:
+        """Before a logged-in request is taken: raise RequestError if it is over its
+        user's limit (send, fetch_bundle and publish_keys are limited in their handlers,
+        which know their cost)."""
+        kind = type(request)
+        if kind is Send or kind is FetchBundle or kind is PublishKeys:
+            return
+        user = self._user(peer)
+        if kind is Ack:
+            ids = len(request.mids)  # type: ignore[attr-defined]
+            if ids > MAX_ACK_IDS:
+                raise RequestError(ErrorCode.BAD_REQUEST, f"at most {MAX_ACK_IDS} ids per ack")
+            self._limit(self._acks, "ack", user, now, "acked ids", cost=ids)
+        else:
+            self._limit(self._requests, request.TYPE, (user, kind), now, f"{request.TYPE} requests")
+
     def disconnected(self, peer: Peer) -> None:
         user = peer.user
         if user is not None and self.online.get(user) is peer:
             del self.online[user]
             self._announce(user, online=False)
+            self._contacts.pop(user, None)
 
     # --- handshake ---------------------------------------------------------------
 
@@ -189,11 +226,18 @@ class Relay:
         )
 
     async def _login(self, peer: Peer, req: Login, now: float) -> LoginOk:
-        wait = max(
-            self._login_by_user.retry_after(req.user, now),
-            self._login_by_addr.retry_after(peer.peer_address, now),
-        )
         logins = self.counters.logins
+        if not is_valid_username(req.user):
+            # A name that cannot exist costs nothing: no lookup, no hash, no limiter entry
+            # (a key per arbitrary 64 KB string was a memory leak), and it is not echoed.
+            logins["auth_failed"] += 1
+            log.info("failed login (invalid user name) from %s", peer.peer_address)
+            raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
+        # Failures count per (user, address prefix): guesses from one network lock out
+        # only that network's attempts for that user, never the user's own logins from
+        # elsewhere. Tokens are 256 random bits; the limit bounds work, not guessing odds.
+        key = (req.user, address_prefix(peer.peer_address))
+        wait = self._login_failures.retry_after(key, now)
         if wait:
             logins["rate_limited"] += 1
             self.counters.rate_limited["login"] += 1
@@ -202,15 +246,15 @@ class Relay:
                 f"too many failed logins; retry in {math.ceil(wait)} s",
                 retry_after=wait,
             )
-        record = await self.store.get_user(req.user) if is_valid_username(req.user) else None
+        record = await self.store.get_user(req.user)
         # Hash even for an unknown user, so timing does not reveal which names exist.
         salt, expected = (record.token_salt, record.token_hash) if record else DUMMY
         if not verify_token(req.token, salt, expected) or record is None:
-            self._login_by_user.consume(req.user, now)
-            self._login_by_addr.consume(peer.peer_address, now)
+            self._login_failures.consume(key, now)
             logins["auth_failed"] += 1
-            log.info("failed login for %r from %s", req.user, peer.peer_address)
+            log.info("failed login for %s from %s", req.user, peer.peer_address)
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
+        self._login_failures.forget(key)
         if record.disabled:
             logins["user_disabled"] += 1
             raise RequestError(ErrorCode.USER_DISABLED, f"user {req.user} is disabled")
@@ -220,6 +264,7 @@ class Relay:
             raise RequestError(
                 ErrorCode.AUTH_FAILED, f"the client certificate is not for user {req.user}"
             )
+        contacts = await self.store.contacts(req.user)
         previous = self.online.get(req.user)
         if previous is not None and previous is not peer:
             # One live session per user: the newest login wins, as a reconnecting client
@@ -228,6 +273,7 @@ class Relay:
         peer.user = req.user
         peer.token_hash = record.token_hash
         self.online[req.user] = peer
+        self._contacts[req.user] = contacts
         await self.store.record_login(req.user, now=int(now))
         has_identity, left = await self.store.key_status(req.user)
         # Key changes that happened while this user was offline: tell them now (again at
@@ -245,7 +291,7 @@ class Relay:
         if identity.group != self.group.name:
             raise RequestError(
                 ErrorCode.BAD_KEYS,
-                f"keys are for group {identity.group!r}; this relay uses {self.group.name!r}",
+                f"keys are for group {echo(identity.group)}; this relay uses {self.group.name!r}",
             )
         if len(identity.sign_key) != ED25519_KEY or len(identity.dh_sig) != ED25519_SIG:
             raise RequestError(ErrorCode.BAD_KEYS, "malformed identity signing key or signature")
@@ -296,9 +342,15 @@ class Relay:
         self._limit(self._fetches, "fetch", user, now, "prekey bundle fetches")
         if not await self.store.user_exists(target):
             raise RequestError(ErrorCode.UNKNOWN_USER, f"no user {target}")
-        bundle = await self.store.fetch_bundle(user, target)
+        # Several accounts together must not drain an offline victim either: past the
+        # target's own budget, fetches get the last-resort bundle (the signed prekey
+        # alone, X3DH without DH4), so sessions still start and no prekey is consumed.
+        one_time = self._one_time_of.consume(target, now) == 0
+        bundle = await self.store.fetch_bundle(user, target, one_time=one_time)
         if bundle is None:
             raise RequestError(ErrorCode.NO_KEYS, f"{target} has not published keys yet")
+        if user != target:
+            self._met(user, target)
         return BundleOk(id=req.id, bundle=bundle)
 
     async def _count(self, peer: Peer, req: PrekeyCount, now: float) -> CountOk:
@@ -347,7 +399,7 @@ class Relay:
                 counters.sends += 1
                 counters.envelopes += len(mids)
                 out.offer_committed(mids)
-                reply(SendOk(id=req.id, mids=tuple(mids), ts=out.ts))
+                reply(SendOk(id=req.id, mids=(), ts=out.ts))
 
         self.store.enqueue_nowait(
             user, recipients, out.body, now=out.ts, on_done=done, on_reserved=out.push_early
@@ -370,7 +422,7 @@ class Relay:
         self.counters.sends += 1
         self.counters.envelopes += len(mids)
         out.offer_committed(mids)
-        return SendOk(id=req.id, mids=tuple(mids), ts=out.ts)
+        return SendOk(id=req.id, mids=(), ts=out.ts)
 
     def ack_nowait(self, peer: Peer, req: Ack, reply: Answer) -> bool:
         """`ack` without a task: `reply` is called now if every row was elided, else once
@@ -412,23 +464,47 @@ class Relay:
     async def _who(self, peer: Peer, req: Who, now: float) -> WhoOk:
         self._user(peer)
         peer.wants_presence = True
-        users = await self.store.list_users()
+        after = req.after
+        users = [
+            u.name
+            for u in await self.store.list_users()
+            if not u.disabled and (after is None or u.name > after)
+        ]
+        page = users[: self._who_page]
+        me = self._user(peer)
+        visible = self._contacts.get(me, set())
         return WhoOk(
             id=req.id,
             users=tuple(
-                Presence(user=u.name, online=u.name in self.online) for u in users if not u.disabled
+                Presence(user=name, online=name in self.online and (name in visible or name == me))
+                for name in page
             ),
+            next=page[-1] if len(users) > len(page) else None,
         )
 
     async def _ping(self, peer: Peer, req: Ping, now: float) -> Pong:
         return Pong(id=req.id)
 
     def _announce(self, user: str, *, online: bool) -> None:
-        """Presence goes only to clients that asked `who`, so logins stay O(interested)."""
+        """Presence goes only to the user's contacts (users in a session relation: one
+        fetched the other's bundle) that asked `who`: nobody else learns when someone
+        logs in or out, and a login costs O(contacts), not O(online)."""
         push = PresenceChanged(user=user, online=online)
-        for other in self.online.values():
-            if other.wants_presence and other.user != user:
+        for name in self._contacts.get(user, ()):
+            other = self.online.get(name)
+            if other is not None and other.wants_presence:
                 other.push(push)
+
+    def _met(self, user: str, target: str) -> None:
+        """`user` fetched `target`'s bundle: from now on each sees the other's presence."""
+        for me, other in ((user, target), (target, user)):
+            contacts = self._contacts.get(me)
+            if contacts is None or other in contacts:
+                continue
+            contacts.add(other)
+            peer = self.online.get(me)
+            if peer is not None and peer.wants_presence and other in self.online:
+                peer.push(PresenceChanged(user=other, online=True))
 
     # --- admin changes made while running ------------------------------------------
 
@@ -464,7 +540,14 @@ class Relay:
         return peer.user
 
     def _limit(
-        self, limiter: RateLimiter, kind: str, key: str, now: float, what: str, *, cost: float = 1.0
+        self,
+        limiter: RateLimiter,
+        kind: str,
+        key: object,
+        now: float,
+        what: str,
+        *,
+        cost: float = 1.0,
     ) -> None:
         if cost > limiter.rate.burst:
             self.counters.rate_limited[kind] += 1

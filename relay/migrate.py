@@ -1,5 +1,9 @@
 """Schema migrations: numbered SQL files in the `migrations` package, applied in order.
 
+Each backend has its own folder (migrations/sqlite/, migrations/postgresql/) with the
+same numbers: version N means the same tables and answers in both. This module applies
+the SQLite ones; relay/store/postgres.py applies the PostgreSQL ones from the same list.
+
 The db records its version in `schema_version` (one row). `migrate()` applies every
 pending file, each in its own transaction together with the version bump, so a crash
 leaves the db at a whole version. Before upgrading a db that already holds a schema it
@@ -38,30 +42,60 @@ class Migration:
     sql: str
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
 @cache
-def migrations() -> tuple[Migration, ...]:
-    """All migrations shipped as package data, checked to be numbered 1..N without gaps."""
+def migrations(backend: str = "sqlite") -> tuple[Migration, ...]:
+    """A backend's migrations shipped as package data, checked to be numbered 1..N
+    without gaps."""
+    if backend not in BACKENDS:
+        raise SchemaError(f"no migrations for backend {backend!r}")
     found = []
-    for entry in resources.files("hushwire.migrations").iterdir():
+    for entry in resources.files("hushwire.migrations").joinpath(backend).iterdir():
         m = _FILE.fullmatch(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), entry.name, entry.read_text("utf-8")))
     found.sort(key=lambda mig: mig.version)
     numbers = [mig.version for mig in found]
     if numbers != list(range(1, len(found) + 1)):
-        raise SchemaError(f"migration files are not numbered 1..N without gaps: {numbers}")
+        raise SchemaError(
+            f"{backend} migration files are not numbered 1..N without gaps: {numbers}"
+        )
     return tuple(found)
 
 
-def latest_version() -> int:
+def latest_version(backend: str = "sqlite") -> int:
     """The schema version this code builds and expects."""
-    return len(migrations())
+    return len(migrations(backend))
+
+
+# Owner-only: the db holds token hashes, key directories and queued envelopes. SQLite
+# gives its -wal, -shm and -journal files the mode of the db file.
+PRIVATE_MODE = 0o600
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def make_private(path: str | Path) -> None:
+    """Create `path` empty with mode 0600 if absent; take group and other access away
+    from it and its SQLite companion files if present (dbs made before this rule)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE))
+    for suffix in _COMPANIONS:
+        with contextlib.suppress(FileNotFoundError):
+            name = f"{path}{suffix}"
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, PRIVATE_MODE)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
     """A plain connection with the settings every hushwire connection needs."""
+    make_private(path)
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
     conn.execute("PRAGMA foreign_keys = ON")
+    # Deleted rows (acked envelopes, used prekeys, old tokens) are overwritten with
+    # zeros, whatever the SQLite build's default.
+    conn.execute("PRAGMA secure_delete = ON")
     return conn
 
 
@@ -96,11 +130,11 @@ def current_version(path: str | Path) -> int:
         conn.close()
 
 
-def check_not_too_new(version: int, path: str | Path) -> None:
-    if version > latest_version():
+def check_not_too_new(version: int, where: str | Path, backend: str = "sqlite") -> None:
+    if version > latest_version(backend):
         raise SchemaTooNew(
-            f"{path} is at schema version {version}, but this hushwire only knows versions "
-            f"up to {latest_version()}; upgrade hushwire (or restore a backup), never "
+            f"{where} is at schema version {version}, but this hushwire only knows versions "
+            f"up to {latest_version(backend)}; upgrade hushwire (or restore a backup), never "
             "run older code on a newer db"
         )
 
@@ -166,7 +200,7 @@ def online_backup(conn: sqlite3.Connection, dest: Path) -> None:
     """
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    make_private(tmp)
     out = sqlite3.connect(str(tmp), isolation_level=None)
     try:
         conn.backup(out)

@@ -9,18 +9,19 @@ returning means the rows are durable. Records and limits are in records.py.
 
 Layout: records.py (record types, limits), batching.py (group commit), mailbox.py
 (reservation, limits, acks, id cache), keys.py (checks on uploads), core.py (`Store`),
-sqlite.py (the embedded default backend).
+sqlite.py (the embedded default backend), postgres.py (asyncpg, imported only for a
+postgresql:// URL), urls.py (telling a path from a URL).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
 from hushwire.common.keys import IdentityPublic, PrekeyBundle, SignedPrekey
 from hushwire.relay.store.batching import Op
 from hushwire.relay.store.core import Store
+from hushwire.relay.store.quota import DiskGuard, QuotaLimits, Usage
 from hushwire.relay.store.records import (
     DISCONNECTING_EVENTS,
     MAX_KEY_BYTES,
@@ -80,24 +81,32 @@ class Backend(Protocol):
         one_time: Sequence[tuple[int, bytes]],
         now: int,
     ) -> PublishResult: ...
-    async def fetch_bundle(self, fetcher: str, target: str) -> PrekeyBundle | None: ...
+    async def fetch_bundle(
+        self, fetcher: str, target: str, *, one_time: bool
+    ) -> PrekeyBundle | None: ...
+    async def contacts(self, user: str) -> set[str]:
+        """Users of whom `user` fetched the bundle, or who fetched `user`'s."""
+        ...
+
     async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]: ...
     async def prekey_count(self, user: str) -> int: ...
     async def key_status(self, user: str) -> tuple[bool, int]: ...
 
     # mailbox
     async def pending(self, recipient: str, after: int, limit: int) -> list[StoredEnvelope]: ...
-    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """name -> (user id, envelopes queued) for each of `names` that exists."""
+    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, Usage]]:
+        """name -> (user id, its mailbox's usage: [(sender, envelopes, bytes)]) for each
+        of `names` that exists."""
         ...
 
     async def write_batch(self, batch: list[Op], top: int) -> list[object]:
-        """One group commit (see batching.py): insert, delete, stamp; keep `top` used."""
+        """One group commit (see batching.py): insert, delete, stamp; keep `top` used.
+        An ack's outcome lists (sender, body size) of each row it deleted."""
         ...
 
-    async def purge(self, older_than: int) -> Counter[int]:
+    async def purge(self, older_than: int) -> list[tuple[int, str, int]]:
         """Delete envelopes created before `older_than` and trim user_events to the
-        newest USER_EVENTS_KEPT; return rows deleted per recipient id."""
+        newest USER_EVENTS_KEPT; return (recipient id, sender, body size) per row."""
         ...
 
     async def checkpoint(self) -> None: ...
@@ -111,7 +120,9 @@ __all__ = [
     "MAX_PREKEY_ID",
     "USER_EVENTS_KEPT",
     "Backend",
+    "DiskGuard",
     "PublishResult",
+    "QuotaLimits",
     "Store",
     "StoredEnvelope",
     "UserEvent",

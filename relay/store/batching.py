@@ -123,7 +123,8 @@ class Failed:
     error: HushwireError
 
 
-# write_batch(batch, top): one transaction; an outcome per op (None, rows deleted, Failed).
+# write_batch(batch, top): one transaction; an outcome per op: None, Failed, or for an
+# Ack the (sender, body size) of each row it deleted (the mailbox's usage drops by those).
 WriteBatch = Callable[[list[Op], int], Awaitable[list[object]]]
 
 

@@ -18,6 +18,7 @@ from hushwire.common.names import check_username
 from hushwire.relay.store.batching import Login
 from hushwire.relay.store.keys import check_publish
 from hushwire.relay.store.mailbox import Mailbox
+from hushwire.relay.store.quota import DiskGuard, QuotaLimits
 from hushwire.relay.store.records import (
     PublishResult,
     UserEvent,
@@ -25,6 +26,7 @@ from hushwire.relay.store.records import (
     UserRecord,
 )
 from hushwire.relay.store.sqlite import SqliteBackend
+from hushwire.relay.store.urls import is_postgres_url, postgres_module
 
 if TYPE_CHECKING:
     from hushwire.relay.store import Backend
@@ -34,9 +36,15 @@ class Store(Mailbox):
     """The relay's persistent state; create with `await Store.open(path)`."""
 
     def __init__(
-        self, backend: Backend, *, max_mailbox: int, highest_mid: int, events_seen: int
+        self,
+        backend: Backend,
+        *,
+        limits: QuotaLimits,
+        disk: DiskGuard,
+        highest_mid: int,
+        events_seen: int,
     ) -> None:
-        super().__init__(backend, max_mailbox, highest_mid)
+        super().__init__(backend, limits, disk, highest_mid)
         self._events_seen = events_seen  # newest user_events seq whose cache effects are applied
 
     # ------------------------------------------------------------------ lifecycle
@@ -44,32 +52,56 @@ class Store(Mailbox):
     @classmethod
     async def open(
         cls,
-        path: str | Path,
+        target: str | Path,
         *,
         synchronous: str = "NORMAL",
         max_mailbox: int = 10_000,
+        quota: QuotaLimits | None = None,
+        min_free_disk: int = 0,
         migrate: bool = True,
         busy_timeout_ms: int = 5000,
+        exclusive: bool = False,
     ) -> Store:
-        """Open (and with `migrate`, create or upgrade) the db at `path`.
+        """Open (and with `migrate`, create or upgrade) the store at `target`: a SQLite
+        file path, or a postgresql:// URL.
 
-        synchronous=NORMAL survives any process crash (SIGKILL included); FULL also
-        survives power loss, at several times the commit cost. Raises SchemaTooNew for
-        a db newer than this code, and with migrate=False SchemaOutdated for an older
-        or missing one.
+        SQLite: synchronous=NORMAL survives any process crash (SIGKILL included); FULL
+        also survives power loss, at several times the commit cost. PostgreSQL commits
+        as its server is configured (synchronous_commit) and ignores both settings.
+        Raises SchemaTooNew for a db newer than this code, and with migrate=False
+        SchemaOutdated for an older or missing one. `exclusive` is for the relay: on
+        PostgreSQL it raises DbLocked while another relay uses the database (a SQLite
+        relay takes relay/dblock.py's file lock instead).
+
+        `quota` (default: `max_mailbox` envelopes per mailbox, the other limits at their
+        defaults) bounds each mailbox and each sender's share of it; below
+        `min_free_disk` free bytes on a SQLite db's file system (0: no check) sends are
+        refused with `storage_full`.
         """
         if max_mailbox < 1:
             raise ValueError("max_mailbox must be at least 1")
-        backend = await SqliteBackend.open(
-            path, synchronous=synchronous, migrate=migrate, busy_timeout_ms=busy_timeout_ms
-        )
+        limits = quota or QuotaLimits(envelopes=max_mailbox)
+        backend: Backend
+        if is_postgres_url(target):
+            backend = await postgres_module().PostgresBackend.open(
+                str(target), migrate=migrate, exclusive=exclusive
+            )
+        else:
+            backend = await SqliteBackend.open(
+                target, synchronous=synchronous, migrate=migrate, busy_timeout_ms=busy_timeout_ms
+            )
         try:
             highest_mid, events_seen = await backend.high_water()
         except BaseException:
             await backend.close()
             raise
         return cls(
-            backend, max_mailbox=max_mailbox, highest_mid=highest_mid, events_seen=events_seen
+            backend,
+            limits=limits,
+            # PostgreSQL's disk is its server's to watch, not this host's.
+            disk=DiskGuard(Path(target), 0 if is_postgres_url(target) else min_free_disk),
+            highest_mid=highest_mid,
+            events_seen=events_seen,
         )
 
     async def close(self) -> None:
@@ -181,15 +213,23 @@ class Store(Mailbox):
             user, identity=identity, signed_prekey=signed_prekey, one_time=otk_rows, now=now
         )
 
-    async def fetch_bundle(self, fetcher: str, target: str) -> PrekeyBundle | None:
+    async def fetch_bundle(
+        self, fetcher: str, target: str, *, one_time: bool = True
+    ) -> PrekeyBundle | None:
         """A bundle for `target`, consuming its lowest one-time prekey, or None.
 
         None when the target does not exist or has no identity and signed prekey yet.
         The backend takes the prekey and returns it in one transaction, so two
         concurrent fetches can never receive the same one-time prekey. Records
-        `fetcher` as a watcher of `target` for key_changed pushes.
+        `fetcher` as a watcher of `target` for key_changed pushes. With `one_time`
+        False the bundle has no one-time prekey and consumes none: the last-resort
+        bundle (X3DH without DH4, the signed prekey alone).
         """
-        return await self._backend.fetch_bundle(fetcher, target)
+        return await self._backend.fetch_bundle(fetcher, target, one_time=one_time)
+
+    async def contacts(self, user: str) -> set[str]:
+        """Users in a session relation with `user`: one fetched the other's bundle."""
+        return await self._backend.contacts(user)
 
     async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]:
         """Identities that changed since `watcher` last fetched them (for key_changed at login)."""
@@ -204,6 +244,7 @@ class Store(Mailbox):
         return await self._backend.key_status(user)
 
     async def checkpoint(self) -> None:
-        """Backend housekeeping (SQLite: a passive WAL checkpoint): call periodically,
-        off the hot path."""
+        """Backend housekeeping (SQLite: a WAL checkpoint that truncates the WAL, so rows
+        deleted since the last one are gone from it too): call periodically, off the hot
+        path."""
         await self._backend.checkpoint()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hushwire.client.service import MessageReceived, MessageRejected
+from hushwire.client.service import MessageQuarantined, MessageReceived, MessageRejected
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair, SignedPrekeyPair
 from hushwire.common.keys import PrekeyBundle
@@ -132,13 +132,18 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     rejected = await next_event(bob, MessageRejected)
     assert rejected.contact == "alice"
     store.fetch_bundle = real_fetch
-    # Bob has no session with alice, so he starts one from alice's real keys.
+    # Bob has no session with alice, so he starts one from alice's real keys. Alice
+    # pinned the forged identity for "bob": the real one is a key change, so his message
+    # is held until she accepts it, and never shown as from the bob she pinned.
     await bob.send("alice", "hello alice")
-    await next_event(alice, MessageReceived)
+    held = await next_event(alice, MessageQuarantined)
+    assert held.contact == "bob"
+    assert not [h for h in await alice.history("bob") if h.text == "hello alice"]
     alice_view = await alice.safety_number("bob")
     bob_view = await bob.safety_number("alice")
     assert alice_view != bob_view
     figures.add(
         "relay substitutes bob's bundle at alice's first contact",
-        "bob rejects the message; the safety numbers alice and bob compare differ",
+        "bob rejects the message; the real bob's reply is held as a key change; the safety "
+        "numbers alice and bob compare differ",
     )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -87,10 +88,13 @@ async def test_sigterm_during_a_burst_keeps_every_acknowledged_send(tmp_path, da
     assert set(acked) <= got
 
 
-async def test_sigkill_loses_no_acknowledged_envelope(tmp_path, daemons):
-    db = tmp_path / "relay.db"
-    tokens = await add_users(db, ("alice", "bob"))
-    relay = await daemons(db, "--send-burst", "100000", "--send-rate", "100000")
+async def test_sigkill_loses_no_acknowledged_envelope(tmp_path, daemons, store_target):
+    """On both backends: an `ok` means committed (SQLite file or PostgreSQL)."""
+    pg = isinstance(store_target, str)
+    db = tmp_path / "relay.db" if pg else store_target  # with PostgreSQL: only TLS files
+    store = ("--store", store_target) if pg else ()
+    tokens = await add_users(store_target, ("alice", "bob"))
+    relay = await daemons(db, *store, "--send-burst", "100000", "--send-rate", "100000")
     alice = await relay.login("alice", tokens["alice"])
     acked, tasks = await burst(alice, total=3000, wait_for=300)
     os.kill(relay.proc.pid, signal.SIGKILL)
@@ -98,7 +102,7 @@ async def test_sigkill_loses_no_acknowledged_envelope(tmp_path, daemons):
     await asyncio.gather(*tasks)
     await alice.close()
 
-    relay = await daemons(db)
+    relay = await daemons(db, *store)
     bob = await relay.login("bob", tokens["bob"])
     got = [d.body for d in await collect(bob, len(acked))]
     assert set(acked) <= set(got)
@@ -147,3 +151,42 @@ def test_too_new_db_is_refused(tmp_path):
     )
     assert proc.returncode == 1
     assert "newer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _run_relay(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hushwire.relay.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,  # before the fix it never exited (the db thread kept it alive)
+        cwd=cwd,
+    )
+
+
+def test_busy_port_exits_promptly_and_creates_nothing(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _run_relay("--db", str(tmp_path / "relay.db"), "--port", str(port), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "address already in use" in proc.stderr.lower() and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no db, no certificate, no key
+
+
+def test_an_address_that_is_not_local_exits_and_creates_nothing(tmp_path):
+    proc = _run_relay(
+        "--db", str(tmp_path / "relay.db"), "--host", "192.0.2.1", "--port", "0", cwd=tmp_path
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_db_in_a_missing_directory_says_so(tmp_path):
+    missing = tmp_path / "nope" / "relay.db"
+    proc = _run_relay("--db", str(missing), "--port", "0", cwd=tmp_path)
+    assert proc.returncode in (1, 2), proc.stderr
+    assert "directory" in proc.stderr and str(missing.parent) in proc.stderr
+    assert "relay-key.pem" not in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
