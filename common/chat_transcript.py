@@ -347,6 +347,12 @@ class Transcript:
             raise CryptoError(f"malformed transcript: {exc}") from None
         return transcript
 
+    def forget_from(self, epoch: int) -> Transcript:
+        """Drop every view of `epoch` and later: after `adopt_change` replaced our state
+        at that epoch, what was sent under the losing state counts for nothing (its
+        messages are not part of the group's history; a sender re-sends its own)."""
+        return replace(self, views={k: v for k, v in self.views.items() if k[2] < epoch})
+
     def last_from(self, user: str, device: int) -> tuple[int, int] | None:
         """The latest (epoch, seq) received from (or sent by) one device."""
         return _latest(self).get((user, device))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from hushwire.common.chat_group_log import (
     GroupLog,
+    adopt_change,
     apply_change,
     create_group,
     join_from_create,
@@ -655,3 +656,27 @@ def test_a_member_removed_and_added_again_counts_nothing_from_the_epoch_it_was_o
     assert bob.missed() == {}
     with pytest.raises(GroupMessageRejected, match="we were not a member"):
         bob.get(alice, while_out[0])
+
+
+def test_after_adopting_the_winning_change_the_losing_branch_counts_for_nothing():
+    alice, bob, carol = start("bob", "carol")
+    promote = admin_change(alice, ChangeOp.PROMOTE, users=["bob"])
+    bob.change(promote)
+    carol.change(promote)
+    a_change = admin_change(alice, ChangeOp.RENAME, name="alice's")
+    bob.log, b_change = propose(bob.log, IDS["bob"], ChangeOp.RENAME, T0, name="bob's")
+    carol.change(a_change)
+    on_a = alice.send("under alice's rename")
+    carol.get(alice, on_a)
+    # Everyone settles on bob's change (as if it had the lower hash).
+    for member in (alice, carol):
+        member.log = adopt_change(member.log, b_change, KEYS)
+        member.transcript = member.transcript.forget_from(3)
+    assert alice.log.current == bob.log.current == carol.log.current
+    with pytest.raises(GroupForked):
+        bob.get(alice, on_a)
+    again = alice.send("under bob's rename")
+    assert GroupMessage.from_bytes(again).seq == 1
+    for member in (bob, carol):
+        assert member.get(alice, again).message.text == "under bob's rename"
+    assert bob.missed() == carol.missed() == {}
