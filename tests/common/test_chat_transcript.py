@@ -689,3 +689,49 @@ def test_after_adopting_the_winning_change_the_losing_branch_counts_for_nothing(
     for member in (bob, carol):
         assert member.get(alice, again).message.text == "under bob's rename"
     assert bob.missed() == carol.missed() == {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    plan=st.lists(
+        st.tuples(st.integers(0, 2), st.sets(st.integers(0, 2)), st.booleans()), max_size=12
+    ),
+    change_at=st.integers(0, 12),
+    data=st.data(),
+)
+def test_drops_reorders_and_duplicates_across_an_epoch_are_counted_exactly(plan, change_at, data):
+    """The relay drops any messages for any members, delivers the rest in any order and
+    some twice, while the membership moves to a new epoch. After a final message from
+    each member, each one's missed count is exactly what was dropped for it, every
+    duplicate is flagged, and no fork is reported."""
+    devices = start("bob", "carol")
+    dropped = [dict.fromkeys((d.name for d in devices), 0) for _ in devices]
+    queues: list[list[tuple[Device, bytes]]] = [[] for _ in devices]
+    for step, (speaker_index, drops, twice) in enumerate(plan):
+        if step == change_at:
+            change = admin_change(devices[0], ChangeOp.RENAME, name=f"step {step}")
+            for member in devices[1:]:
+                member.change(change)
+        speaker = devices[speaker_index]
+        message = speaker.send(f"{step}")
+        for index, other in enumerate(devices):
+            if other is speaker:
+                continue
+            if index in drops:
+                dropped[index][speaker.name] += 1
+            else:
+                queues[index] += [(speaker, message)] * (2 if twice else 1)
+    for index, queue in enumerate(queues):
+        seen = set()
+        for speaker, message in data.draw(st.permutations(queue)):
+            got = devices[index].get(speaker, message)
+            assert got.forks == ()
+            assert got.duplicate == (message in seen)
+            seen.add(message)
+    for speaker in devices:
+        message = speaker.send("final")
+        for other in devices:
+            if other is not speaker:
+                assert other.get(speaker, message).forks == ()
+    for index, device in enumerate(devices):
+        assert device.missed() == {name: n for name, n in dropped[index].items() if n}
