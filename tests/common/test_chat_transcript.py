@@ -252,16 +252,22 @@ def test_the_same_position_twice_with_other_content_is_rejected():
         bob.get(alice, second)
 
 
-def test_a_message_under_another_membership_state_is_a_fork():
-    """Two admins changed the same epoch; members who applied different changes cannot
-    read each other's messages as the same group state."""
+def two_admins_rename_at_once() -> tuple[Device, Device, Device, bytes, bytes]:
+    """alice and bob (both admins) rename epoch 2 at once; carol applies alice's change."""
     alice, bob, carol = start("bob", "carol")
     promote = admin_change(alice, ChangeOp.PROMOTE, users=["bob"])
     bob.change(promote)
     carol.change(promote)
     a_change = admin_change(alice, ChangeOp.RENAME, name="alice's")
-    bob.log, _ = propose(bob.log, IDS["bob"], ChangeOp.RENAME, T0, name="bob's")
+    bob.log, b_change = propose(bob.log, IDS["bob"], ChangeOp.RENAME, T0, name="bob's")
     carol.change(a_change)
+    return alice, bob, carol, a_change, b_change
+
+
+def test_a_message_under_another_membership_state_is_a_fork():
+    """Two admins changed the same epoch; members who applied different changes cannot
+    read each other's messages as the same group state."""
+    _, bob, carol, _, _ = two_admins_rename_at_once()
     with pytest.raises(GroupForked, match="another membership state"):
         carol.get(bob, bob.send("hello"))
 
@@ -465,6 +471,20 @@ def test_malformed_messages_are_rejected(mutate, reason):
 # --- any drop pattern -------------------------------------------------------------------------
 
 
+def assert_missed_after_a_final_round(
+    devices: tuple[Device, ...], dropped: list[dict[str, int]]
+) -> None:
+    """Each member sends one last message that arrives everywhere: then every member's
+    missed count is exactly what was dropped for it, and nobody was shown a fork."""
+    for speaker in devices:
+        data = speaker.send("final")
+        for other in devices:
+            if other is not speaker:
+                assert other.get(speaker, data).forks == ()
+    for index, device in enumerate(devices):
+        assert device.missed() == {name: n for name, n in dropped[index].items() if n}
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.sets(st.integers(0, 2))), max_size=15))
 def test_every_drop_is_counted_exactly_once_all_have_spoken(plan):
@@ -483,14 +503,7 @@ def test_every_drop_is_counted_exactly_once_all_have_spoken(plan):
                 dropped[index][speaker.name] += 1
             else:
                 assert other.get(speaker, data).forks == ()
-    for speaker in devices:
-        data = speaker.send("final")
-        for other in devices:
-            if other is not speaker:
-                assert other.get(speaker, data).forks == ()
-    for index, device in enumerate(devices):
-        expected = {name: n for name, n in dropped[index].items() if n}
-        assert device.missed() == expected
+    assert_missed_after_a_final_round(devices, dropped)
 
 
 # --- over real pairwise sessions --------------------------------------------------------------
@@ -668,13 +681,7 @@ def test_a_member_removed_and_added_again_counts_nothing_from_the_epoch_it_was_o
 
 
 def test_after_adopting_the_winning_change_the_losing_branch_counts_for_nothing():
-    alice, bob, carol = start("bob", "carol")
-    promote = admin_change(alice, ChangeOp.PROMOTE, users=["bob"])
-    bob.change(promote)
-    carol.change(promote)
-    a_change = admin_change(alice, ChangeOp.RENAME, name="alice's")
-    bob.log, b_change = propose(bob.log, IDS["bob"], ChangeOp.RENAME, T0, name="bob's")
-    carol.change(a_change)
+    alice, bob, carol, _, b_change = two_admins_rename_at_once()
     on_a = alice.send("under alice's rename")
     carol.get(alice, on_a)
     # Everyone settles on bob's change (as if it had the lower hash).
@@ -728,10 +735,4 @@ def test_drops_reorders_and_duplicates_across_an_epoch_are_counted_exactly(plan,
             assert got.forks == ()
             assert got.duplicate == (message in seen)
             seen.add(message)
-    for speaker in devices:
-        message = speaker.send("final")
-        for other in devices:
-            if other is not speaker:
-                assert other.get(speaker, message).forks == ()
-    for index, device in enumerate(devices):
-        assert device.missed() == {name: n for name, n in dropped[index].items() if n}
+    assert_missed_after_a_final_round(devices, dropped)
