@@ -1,9 +1,9 @@
 """Group messages and transcript consistency: each message says what its sender has seen.
 
-A group message travels pairwise, once per recipient device, inside a sealed envelope
-(content type GROUP_MESSAGE, common/chat_groups.py): the sender is the authenticated
-peer of that pairwise session, never a field of the message, so no member can make
-another accept a message as someone else's.
+A group message is encrypted once (common/crypto/group_payload.py) and its key note
+travels pairwise, once per recipient device, inside a sealed envelope (content type
+GROUP_MESSAGE): the sender is the authenticated peer of that pairwise session, never a
+field of the message, so no member can make another accept a message as someone else's.
 
 Each sending device keeps, per group epoch, a numbered hash chain over its messages:
 
@@ -413,8 +413,9 @@ def new_transcript(log: GroupLog, device: int) -> Transcript:
 
 def compose(log: GroupLog, transcript: Transcript, text: str) -> tuple[Transcript, bytes]:
     """A new group message from this device under the current state, and the transcript
-    that records it; send the bytes (content type GROUP_MESSAGE) to every target of
-    `fan_out`. LocalProtocolError if we are no longer a member or the text is too long."""
+    that records it; seal the bytes with `seal_group_payload` and send the key note
+    (content type GROUP_MESSAGE) to every target of `fan_out`, the payload once.
+    LocalProtocolError if we are no longer a member or the text is too long."""
     if not log.active:
         raise LocalProtocolError("not a member of this group any more")
     if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
