@@ -105,7 +105,9 @@ async def test_no_plaintext_token_or_private_key_on_the_wire_or_at_the_relay(
     wire = bytes(proxy.captured)
     view = b"".join(relay_view)
     db_files = b"".join(
-        p.read_bytes() for p in relay.config.db.parent.glob(relay.config.db.name + "*")
+        p.read_bytes()
+        for p in relay.config.db.parent.glob(relay.config.db.name + "*")
+        if p.is_file()  # not the control socket
     )
     for text in texts:
         for where, blob in (("wire", wire), ("relay view", view), ("relay db", db_files)):

@@ -205,7 +205,11 @@ async def test_real_process_and_no_plaintext_at_rest(cli, relay):
     assert "SHA-256" not in proc.stdout
     await cli.run("--profile", cli.profile("alice"), "recv")
     files = [p for d in (cli.tmp / "cli-alice", cli.tmp / "cli-bob") for p in d.iterdir()]
-    files += [p for p in Path(relay.config.db).parent.iterdir() if p.name.startswith("relay.db")]
+    files += [
+        p
+        for p in Path(relay.config.db).parent.iterdir()
+        if p.name.startswith("relay.db") and p.is_file()  # not the control socket
+    ]
     assert any(p.name.endswith("-wal") for p in files)
     for path in files:
         data = path.read_bytes()
