@@ -323,7 +323,7 @@ class SessionManager:
             contact = await self.store.get_contact(sender)
             blobs = await self.store.load_sessions(sender) if contact else []
             sessions = [self._load_session(b) for b in blobs]
-            message, used_otpk, chosen = None, None, -1
+            message, used, chosen = None, None, -1
             error: CryptoError | None = None
             for i, session in enumerate(sessions):
                 try:
@@ -343,7 +343,7 @@ class SessionManager:
             ):
                 try:
                     prekeys = await self._prekeys_for(env.x3dh)
-                    session, message, used_otpk = Session.respond(
+                    session, message, used = Session.respond(
                         self.identity, self.user, prekeys, env, config=self.config
                     )
                     sessions.insert(0, session)
@@ -365,8 +365,8 @@ class SessionManager:
                     await self.store.set_pending_identity(sender, peer, now)
             await self.store.save_sessions(sender, [s.to_bytes() for s in sessions], now)
             await self.store.mark_seen(env.envelope_id, now)
-            if used_otpk is not None:
-                await self.store.delete_one_time_prekey(used_otpk)
+            if used is not None and used.one_time is not None:
+                await self.store.delete_one_time_prekey(used.one_time)
             try:
                 text = decode_text(message.plaintext)
             except ValueError:
@@ -390,7 +390,7 @@ class SessionManager:
             message.sent_at_ms,
             text,
             key_changed,
-            used_otpk is not None,
+            used is not None and used.one_time is not None,
         )
 
     async def on_key_changed(self, user: str, identity: IdentityPublic) -> bool:
@@ -546,9 +546,10 @@ class SessionManager:
     async def queued(self) -> list[StoredMessage]:
         return await self.store.messages_with_status(("queued",))
 
-    async def waiting(self) -> list[StoredMessage]:
-        """Outgoing messages not yet at the relay: queued or unconfirmed."""
-        return await self.store.messages_with_status(("queued", "pending"))
+    async def waiting(self, name: str | None = None) -> list[StoredMessage]:
+        """Outgoing messages (to `name`, or anyone) not yet at the relay: queued or
+        unconfirmed."""
+        return await self.store.messages_with_status(("queued", "pending"), name)
 
     # --- trust and verification ------------------------------------------------------
 

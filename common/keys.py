@@ -2,15 +2,16 @@
 
 Pure data: the crypto core signs and checks them, the relay stores and hands them out
 without trusting or interpreting them (the relay's say-so never binds a key to a user;
-the Ed25519 signature and the safety number do). `version` lets a later bundle format
-(PQXDH: a KEM prekey) be added without breaking older clients.
+the Ed25519 signature and the safety number do). `version` is the bundle format: 1 for
+X3DH, 2 for PQXDH (adds a signed ML-KEM-768 prekey).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 1  # X3DH
+PQ_BUNDLE_VERSION = 2  # PQXDH: the bundle carries `kem_prekey`
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +38,21 @@ class OneTimePrekey:
 
 
 @dataclass(frozen=True, slots=True)
+class KemPrekey:
+    """A signed ML-KEM-768 prekey (PQXDH PQSPK or PQOPK): one-time or last-resort."""
+
+    id: int
+    key: bytes
+    sig: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PrekeyBundle:
-    """What `fetch_bundle` returns: enough for an X3DH initiator."""
+    """What `fetch_bundle` returns: enough for an X3DH (v1) or PQXDH (v2) initiator."""
 
     user: str
     identity: IdentityPublic
     signed_prekey: SignedPrekey
     one_time_prekey: OneTimePrekey | None
     version: int = BUNDLE_VERSION
+    kem_prekey: KemPrekey | None = None  # version 2: one-time if any was left, else last-resort

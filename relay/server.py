@@ -125,10 +125,11 @@ class RelayServer:
         context, self.fingerprint = tls_context(config)
         self._lock = DbLock(config.db).acquire("hushwire-relay")
         self._store = await Store.open(
-            config.db,
+            config.store_target,
             synchronous=config.synchronous,
             quota=config.quota,
             min_free_disk=config.min_free_disk,
+            exclusive=True,
         )
         self._control = ControlServer(config.db, self._control_request)
         await self._control.start()
@@ -300,15 +301,16 @@ class RelayServer:
     async def serve(self, stop: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until `stop` returns (default: SIGINT or SIGTERM), then close.
 
-        The trigger is armed before the relay starts: a SIGTERM sent as soon as
-        "listening" is logged must stop it cleanly, not kill it (exit -15)."""
-        stopping = asyncio.ensure_future((stop or _signal_trigger)())
+        The signal handlers go in before `start()` logs "listening" and tells systemd
+        READY=1: a SIGTERM sent the moment the relay is ready still drains it.
+        """
+        stopper = asyncio.ensure_future((stop or _signal_trigger)())
+        await asyncio.sleep(0)  # one turn: the trigger installs its handlers
         try:
-            await asyncio.sleep(0)  # the trigger's first step installs its handlers
             await self.start()
-            await stopping
+            await stopper
         finally:
-            stopping.cancel()
+            stopper.cancel()
             await self.close()
 
 

@@ -34,11 +34,12 @@ from hushwire.common.crypto.encoding import (
     unpack_strict,
 )
 from hushwire.common.crypto.identity import IdentityKeyPair
+from hushwire.common.crypto.kem import Encapsulate, encapsulate
 from hushwire.common.crypto.primitives import AEAD_TAG_LEN
 from hushwire.common.crypto.ratchet import RatchetConfig, RatchetHeader, RatchetState
 from hushwire.common.crypto.x3dh import InitialHeader, PrekeyLookup, initiate, respond
 from hushwire.common.errors import CryptoError, DecryptionError, InvalidKey, MalformedEnvelope
-from hushwire.common.keys import IdentityPublic, PrekeyBundle
+from hushwire.common.keys import PQ_BUNDLE_VERSION, IdentityPublic, PrekeyBundle
 from hushwire.common.names import is_valid_username
 
 ENVELOPE_VERSIONS: Final = (1, 2)  # equal to the session's ratchet message format
@@ -146,6 +147,20 @@ class Envelope:
 
 
 @dataclass(frozen=True, slots=True)
+class UsedPrekeys:
+    """Which of the responder's prekeys a session start used: delete the one-time ones
+    only after the first message authenticated (a last-resort KEM prekey stays)."""
+
+    one_time: int | None
+    kem: int | None = None
+    kem_last_resort: bool = False
+
+    @property
+    def one_time_kem(self) -> int | None:
+        return None if self.kem_last_resort else self.kem
+
+
+@dataclass(frozen=True, slots=True)
 class DecryptedMessage:
     """A message that authenticated: who sent it, its id (for dedup), and when."""
 
@@ -194,13 +209,12 @@ class Session:
         plaintext: bytes,
         *,
         config: RatchetConfig | None = None,
-        version: int = 1,
     ) -> tuple[Session, bytes]:
         """Start a session from a fetched bundle and seal the first message.
 
         Raises InvalidSignature/InvalidKey if the bundle does not verify (before any DH).
         """
-        session = cls.start(my_identity, my_username, bundle, group, config=config, version=version)
+        session = cls.start(my_identity, my_username, bundle, group, config=config)
         return session, session.encrypt(plaintext, now_ms)
 
     @classmethod
@@ -212,16 +226,17 @@ class Session:
         group: DHGroup,
         *,
         config: RatchetConfig | None = None,
-        version: int = 1,
+        encapsulate_to: Encapsulate = encapsulate,
     ) -> Session:
         """`initiate` without sealing a message yet (the next `encrypt` is the first).
 
-        `version` is the envelope version and ratchet message format (1 or 2).
+        The bundle's version decides: 2 is PQXDH with version-2 envelopes and salted
+        message keys, 1 is X3DH with version-1 envelopes. `encapsulate_to` is only
+        replaced by tests that need fixed KEM randomness.
         """
-        if version not in ENVELOPE_VERSIONS:
-            raise ValueError(f"unknown session version {version}")
         config = config or RatchetConfig()
-        result = initiate(my_identity, my_username, bundle, group, config.rand)
+        version = 2 if bundle.version == PQ_BUNDLE_VERSION else 1
+        result = initiate(my_identity, my_username, bundle, group, config.rand, encapsulate_to)
         ratchet = RatchetState.init_alice(
             result.shared_key,
             result.responder_ratchet_key,
@@ -248,16 +263,18 @@ class Session:
         envelope: bytes | Envelope,
         *,
         config: RatchetConfig | None = None,
-    ) -> tuple[Session, DecryptedMessage, int | None]:
-        """Accept an `initial` envelope: X3DH as responder, then decrypt its message.
+    ) -> tuple[Session, DecryptedMessage, UsedPrekeys]:
+        """Accept an `initial` envelope: X3DH/PQXDH as responder, then decrypt its message.
 
-        Returns the session, the message and the one-time prekey id it used (None if
-        none). Nothing is consumed here: delete that one-time prekey only now, after the
-        message authenticated; if this raises, keep it (a forgery must not burn it).
+        Returns the session, the message and the prekeys it used. Nothing is consumed
+        here: delete the one-time ones only now, after the message authenticated; if
+        this raises, keep them (a forgery must not burn them).
         """
         env = _parse(envelope)
         if env.type is not EnvelopeType.INITIAL or env.x3dh is None:
             raise DecryptionError("not an initial envelope")
+        if env.x3dh.pq != (env.version == 2):
+            raise DecryptionError("version 2 envelopes, and only they, start with PQXDH")
         if env.recipient != my_username:
             raise DecryptionError("envelope is for another recipient")
         config = config or RatchetConfig()
@@ -283,7 +300,13 @@ class Session:
             x3dh=env.x3dh,
         )
         message = DecryptedMessage(env.sender, env.envelope_id, env.sent_at_ms, plaintext)
-        return session, message, result.one_time_prekey_id
+        kem = result.kem_prekey
+        used = UsedPrekeys(
+            one_time=result.one_time_prekey_id,
+            kem=None if kem is None else kem.id,
+            kem_last_resort=kem is not None and kem.last_resort,
+        )
+        return session, message, used
 
     @property
     def awaiting_reply(self) -> bool:

@@ -8,6 +8,7 @@ purpose or group can never be replayed as another:
 
     identity DH key:  b"hushwire/identity-dh/v1"   || fields(group, dh_key)
     signed prekey:    b"hushwire/signed-prekey/v1" || fields(group, u32 id, key)
+    KEM prekey (v2):  b"hushwire/kem-prekey/v2"    || fields(b"ml-kem-768", u32 id, key)
 
 (`fields` prefixes each part with its 2-byte length.) `verify_bundle` checks both
 signatures before anything else happens (X3DH 3.3) and validates every public value.
@@ -28,6 +29,7 @@ from hushwire.common.crypto.encoding import (
     unpack_canonical,
 )
 from hushwire.common.crypto.encoding import fields as encode_fields
+from hushwire.common.crypto.kem import KEM_NAME, KemKeyPair, check_public
 from hushwire.common.crypto.primitives import (
     OS_RANDOM,
     Random,
@@ -40,7 +42,9 @@ from hushwire.common.crypto.primitives import (
 from hushwire.common.errors import CryptoError, InvalidKey
 from hushwire.common.keys import (
     BUNDLE_VERSION,
+    PQ_BUNDLE_VERSION,
     IdentityPublic,
+    KemPrekey,
     OneTimePrekey,
     PrekeyBundle,
     SignedPrekey,
@@ -48,12 +52,14 @@ from hushwire.common.keys import (
 
 IDENTITY_DH_CONTEXT: Final = b"hushwire/identity-dh/v1"
 SIGNED_PREKEY_CONTEXT: Final = b"hushwire/signed-prekey/v1"
+KEM_PREKEY_CONTEXT: Final = b"hushwire/kem-prekey/v2"
 MAX_PREKEY_ID: Final = 2**32 - 1
 
 _PRIVATE_VERSION: Final = 1
 _KIND_IDENTITY: Final = "identity"
 _KIND_SIGNED_PREKEY: Final = "signed_prekey"
 _KIND_ONE_TIME_PREKEY: Final = "one_time_prekey"
+_KIND_KEM_PREKEY: Final = "kem_prekey"
 
 
 def identity_dh_message(group_name: str, dh_key: bytes) -> bytes:
@@ -67,6 +73,12 @@ def signed_prekey_message(group_name: str, prekey_id: int, key: bytes) -> bytes:
     return SIGNED_PREKEY_CONTEXT + encode_fields(
         group_name.encode(), prekey_id.to_bytes(4, "big"), key
     )
+
+
+def kem_prekey_message(prekey_id: int, key: bytes) -> bytes:
+    """The bytes the identity signing key signs for a KEM prekey (PQXDH Sig(IK, PQPK))."""
+    _check_id(prekey_id)
+    return KEM_PREKEY_CONTEXT + encode_fields(KEM_NAME.encode(), prekey_id.to_bytes(4, "big"), key)
 
 
 def encode_identity(identity: IdentityPublic) -> bytes:
@@ -221,6 +233,48 @@ class OneTimePrekeyPair:
         return cls(prekey_id, group.keypair_from_private(private))
 
 
+@dataclass(frozen=True, slots=True)
+class KemPrekeyPair:
+    """A signed ML-KEM-768 prekey (PQXDH): one-time, or the last-resort one."""
+
+    id: int
+    kem: KemKeyPair
+    sig: bytes
+    last_resort: bool
+
+    @classmethod
+    def generate(
+        cls,
+        identity: IdentityKeyPair,
+        prekey_id: int,
+        *,
+        last_resort: bool,
+        rand: Random = OS_RANDOM,
+    ) -> KemPrekeyPair:
+        kem = KemKeyPair.generate(rand)
+        sig = identity.sign(kem_prekey_message(_check_id(prekey_id), kem.public))
+        return cls(prekey_id, kem, sig, last_resort)
+
+    def public(self) -> KemPrekey:
+        return KemPrekey(id=self.id, key=self.kem.public, sig=self.sig)
+
+    def to_bytes(self) -> bytes:
+        return _to_bytes(_KIND_KEM_PREKEY, [self.id, self.kem.private, self.sig, self.last_resort])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KemPrekeyPair:
+        prekey_id, private, sig, last_resort = _from_bytes(data, _KIND_KEM_PREKEY, 4)
+        try:
+            prekey_id = expect_int(prekey_id, 0, MAX_PREKEY_ID)
+            private = expect_bytes(private)
+            sig = expect_bytes(sig, 64)
+            if not isinstance(last_resort, bool):
+                raise ValueError("last_resort must be a boolean")
+        except ValueError as exc:
+            raise CryptoError(f"malformed KEM prekey record: {exc}") from None
+        return cls(prekey_id, KemKeyPair.from_private(private), sig, last_resort)
+
+
 def generate_one_time_prekeys(
     group: DHGroup, first_id: int, count: int, rand: Random = OS_RANDOM
 ) -> list[OneTimePrekeyPair]:
@@ -257,16 +311,30 @@ def verify_signed_prekey(identity: IdentityPublic, prekey: SignedPrekey, group: 
     group.check_public(prekey.key)
 
 
-def verify_bundle(bundle: PrekeyBundle, group: DHGroup) -> None:
-    """Everything an X3DH initiator must check before any DH (X3DH 3.3, 4.5).
+def verify_kem_prekey(identity: IdentityPublic, prekey: KemPrekey) -> None:
+    """Check a KEM prekey's signature (PQXDH 3.3, before any DH or KEM), then the key."""
+    _check_id(prekey.id)
+    if not isinstance(prekey.key, bytes) or not isinstance(prekey.sig, bytes):
+        raise InvalidKey("KEM prekey fields must be bytes")
+    ed25519_verify(identity.sign_key, kem_prekey_message(prekey.id, prekey.key), prekey.sig)
+    check_public(prekey.key)
 
-    Both signatures first (identity DH key, signed prekey), then every public value.
-    Raises InvalidSignature, InvalidKey, or InvalidKey for an unsupported bundle version.
+
+def verify_bundle(bundle: PrekeyBundle, group: DHGroup) -> None:
+    """Everything an X3DH/PQXDH initiator must check before any DH (X3DH 3.3, 4.5).
+
+    Every signature first (identity DH key, signed prekey, KEM prekey for version 2),
+    then every public value. Raises InvalidSignature or InvalidKey (also for an
+    unsupported bundle version, or a version that does not match the KEM prekey).
     """
-    if bundle.version != BUNDLE_VERSION:
+    if bundle.version not in (BUNDLE_VERSION, PQ_BUNDLE_VERSION):
         raise InvalidKey(f"unsupported bundle version {bundle.version}")
+    if (bundle.kem_prekey is not None) != (bundle.version == PQ_BUNDLE_VERSION):
+        raise InvalidKey("a version 2 bundle, and only that, carries a KEM prekey")
     verify_identity(bundle.identity, group)
     verify_signed_prekey(bundle.identity, bundle.signed_prekey, group)
+    if bundle.kem_prekey is not None:
+        verify_kem_prekey(bundle.identity, bundle.kem_prekey)
     opk = bundle.one_time_prekey
     if opk is not None:
         _check_id(opk.id)
@@ -277,15 +345,19 @@ def verify_bundle(bundle: PrekeyBundle, group: DHGroup) -> None:
 
 __all__ = [
     "IDENTITY_DH_CONTEXT",
+    "KEM_PREKEY_CONTEXT",
     "SIGNED_PREKEY_CONTEXT",
     "IdentityKeyPair",
+    "KemPrekeyPair",
     "OneTimePrekeyPair",
     "SignedPrekeyPair",
     "encode_identity",
     "generate_one_time_prekeys",
     "identity_dh_message",
+    "kem_prekey_message",
     "signed_prekey_message",
     "verify_bundle",
     "verify_identity",
+    "verify_kem_prekey",
     "verify_signed_prekey",
 ]

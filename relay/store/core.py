@@ -26,6 +26,7 @@ from hushwire.relay.store.records import (
     UserRecord,
 )
 from hushwire.relay.store.sqlite import SqliteBackend
+from hushwire.relay.store.urls import is_postgres_url, postgres_module
 
 if TYPE_CHECKING:
     from hushwire.relay.store import Backend
@@ -51,7 +52,7 @@ class Store(Mailbox):
     @classmethod
     async def open(
         cls,
-        path: str | Path,
+        target: str | Path,
         *,
         synchronous: str = "NORMAL",
         max_mailbox: int = 10_000,
@@ -59,25 +60,36 @@ class Store(Mailbox):
         min_free_disk: int = 0,
         migrate: bool = True,
         busy_timeout_ms: int = 5000,
+        exclusive: bool = False,
     ) -> Store:
-        """Open (and with `migrate`, create or upgrade) the db at `path`.
+        """Open (and with `migrate`, create or upgrade) the store at `target`: a SQLite
+        file path, or a postgresql:// URL.
 
-        synchronous=NORMAL survives any process crash (SIGKILL included); FULL also
-        survives power loss, at several times the commit cost. Raises SchemaTooNew for
-        a db newer than this code, and with migrate=False SchemaOutdated for an older
-        or missing one.
+        SQLite: synchronous=NORMAL survives any process crash (SIGKILL included); FULL
+        also survives power loss, at several times the commit cost. PostgreSQL commits
+        as its server is configured (synchronous_commit) and ignores both settings.
+        Raises SchemaTooNew for a db newer than this code, and with migrate=False
+        SchemaOutdated for an older or missing one. `exclusive` is for the relay: on
+        PostgreSQL it raises DbLocked while another relay uses the database (a SQLite
+        relay takes relay/dblock.py's file lock instead).
 
         `quota` (default: `max_mailbox` envelopes per mailbox, the other limits at their
         defaults) bounds each mailbox and each sender's share of it; below
-        `min_free_disk` free bytes on the db's file system (0: no check) sends are
+        `min_free_disk` free bytes on a SQLite db's file system (0: no check) sends are
         refused with `storage_full`.
         """
         if max_mailbox < 1:
             raise ValueError("max_mailbox must be at least 1")
         limits = quota or QuotaLimits(envelopes=max_mailbox)
-        backend = await SqliteBackend.open(
-            path, synchronous=synchronous, migrate=migrate, busy_timeout_ms=busy_timeout_ms
-        )
+        backend: Backend
+        if is_postgres_url(target):
+            backend = await postgres_module().PostgresBackend.open(
+                str(target), migrate=migrate, exclusive=exclusive
+            )
+        else:
+            backend = await SqliteBackend.open(
+                target, synchronous=synchronous, migrate=migrate, busy_timeout_ms=busy_timeout_ms
+            )
         try:
             highest_mid, events_seen = await backend.high_water()
         except BaseException:
@@ -86,7 +98,8 @@ class Store(Mailbox):
         return cls(
             backend,
             limits=limits,
-            disk=DiskGuard(Path(path), min_free_disk),
+            # PostgreSQL's disk is its server's to watch, not this host's.
+            disk=DiskGuard(Path(target), 0 if is_postgres_url(target) else min_free_disk),
             highest_mid=highest_mid,
             events_seen=events_seen,
         )

@@ -114,7 +114,7 @@ async def test_send_errors_are_one_clear_line(cli, relay_factory, relay):
     code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "zed", "hi")
     assert code == 1 and err.count("\n") == 1 and "unknown_user" in err
     code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "bob", "x")
-    assert code == 1 and "no_keys" in err  # bob never logged in
+    assert code == 0 and "waiting for bob's first login" in err  # kept, not refused
     code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "bob", "x" * 70_000)
     assert code == 1 and "at most" in err and "bytes" in err
     await relay.server.close()

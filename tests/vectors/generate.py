@@ -17,23 +17,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from Crypto.PublicKey import MLKEM
+
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.encoding import fields, pack
 from hushwire.common.crypto.envelope import Envelope, Session
 from hushwire.common.crypto.identity import (
     IdentityKeyPair,
+    KemPrekeyPair,
     OneTimePrekeyPair,
     SignedPrekeyPair,
     encode_identity,
     identity_dh_message,
+    kem_prekey_message,
     signed_prekey_message,
 )
+from hushwire.common.crypto.kem import EXPORT_CONTEXT, HPKE_INFO, KemKeyPair, decapsulate
 from hushwire.common.crypto.ratchet import RatchetConfig, kdf_ck, message_key_material
 from hushwire.common.crypto.safety import safety_number
 from hushwire.common.crypto.x3dh import (
     PrekeySet,
     associated_data,
     derive_shared_key,
+    pqxdh_info,
     x3dh_info,
 )
 from hushwire.common.keys import PrekeyBundle
@@ -105,8 +111,39 @@ def _message(sender: Session, plaintext: bytes, now_ms: int) -> tuple[bytes, dic
 
 DESCRIPTIONS = {
     1: "hushwire protocol version 1 (X3DH, version-1 envelopes and message keys)",
-    2: "hushwire protocol version 2 (version-2 envelopes, salted message keys)",
+    2: "hushwire protocol version 2 (PQXDH, version-2 envelopes, salted message keys)",
 }
+
+
+class ScriptedKem:
+    """PQXDH's encapsulation with fixed coins, recording what a checker needs.
+
+    HPKE's public interface draws its own randomness, so only here (never in the
+    product) pycryptodome's private `MLKEMKey._encaps(coins)` (FIPS 203 ML-KEM.Encaps
+    with the 32-byte message m given) makes the ciphertext reproducible; SS then comes
+    from the public HPKE path, decapsulating with bob's key.
+    """
+
+    def __init__(self, rand: Scripted, receiver: KemKeyPair) -> None:
+        self.rand = rand
+        self.receiver = receiver
+        self.record: dict[str, str] = {}
+
+    def __call__(self, public: bytes) -> tuple[bytes, bytes]:
+        coins = self.rand(32)
+        raw_secret, ciphertext = MLKEM.construct(param_set=MLKEM.ML_KEM_768, ek=public)._encaps(
+            coins
+        )
+        secret = decapsulate(self.receiver.private, ciphertext)
+        self.record = {
+            "encapsulation_coins": _hex(coins),
+            "ciphertext": _hex(ciphertext),
+            "ml_kem_shared_secret": _hex(raw_secret),
+            "hpke_info": _hex(HPKE_INFO),
+            "hpke_exporter_context": _hex(EXPORT_CONTEXT),
+            "ss": _hex(secret),
+        }
+        return ciphertext, secret
 
 
 def build(version: int) -> dict[str, Any]:
@@ -119,11 +156,24 @@ def build(version: int) -> dict[str, Any]:
     bob = IdentityKeyPair.generate(GROUP, rands["bob.identity"])
     spk = SignedPrekeyPair.generate(bob, GROUP, 1, rands["bob.signed_prekey"])
     opk = OneTimePrekeyPair.generate(GROUP, 2, rands["bob.one_time_prekey"])
-    bundle = PrekeyBundle("bob", bob.public(), spk.public(), opk.public())
+    kem_prekeys: list[KemPrekeyPair] = []
+    if version == 2:
+        rands["bob.kem_prekey"] = Scripted("bob.kem_prekey")
+        rands["alice.kem"] = Scripted("alice.kem")
+        kem_prekeys = [
+            KemPrekeyPair.generate(bob, 3, last_resort=False, rand=rands["bob.kem_prekey"])
+        ]
+        bundle = PrekeyBundle(
+            "bob", bob.public(), spk.public(), opk.public(), 2, kem_prekeys[0].public()
+        )
+        kem = ScriptedKem(rands["alice.kem"], kem_prekeys[0].kem)
+    else:
+        bundle = PrekeyBundle("bob", bob.public(), spk.public(), opk.public())
+        kem = ScriptedKem(Scripted("unused"), KemKeyPair.generate(Scripted("unused")))
 
     alice_rand, bob_rand = Scripted("alice.session"), Scripted("bob.session")
     session_a = Session.start(
-        alice, "alice", bundle, GROUP, config=RatchetConfig(rand=alice_rand), version=version
+        alice, "alice", bundle, GROUP, config=RatchetConfig(rand=alice_rand), encapsulate_to=kem
     )
     header = session_a.x3dh
     assert header is not None
@@ -134,11 +184,16 @@ def build(version: int) -> dict[str, Any]:
         GROUP.agree(ek_private, spk.dh.public),
         GROUP.agree(ek_private, opk.dh.public),
     ]
+    kem_secret = bytes.fromhex(kem.record["ss"]) if kem.record else None
     first, rec1 = _message(session_a, TEXTS[0].encode(), TIMES[0])
     session_b, _, used = Session.respond(
-        bob, "bob", PrekeySet.of([spk], [opk]), first, config=RatchetConfig(rand=bob_rand)
+        bob,
+        "bob",
+        PrekeySet.of([spk], [opk], kem_prekeys),
+        first,
+        config=RatchetConfig(rand=bob_rand),
     )
-    assert used == opk.id
+    assert used.one_time == opk.id
     bob_ratchet = bob_rand.drawn[0]  # drawn when bob's first decrypt ratcheted
     reply, rec2 = _message(session_b, TEXTS[1].encode(), TIMES[1])
     session_a.decrypt(reply)
@@ -175,7 +230,9 @@ def build(version: int) -> dict[str, Any]:
                 "private": _hex(opk.dh.private),
                 "public": _hex(opk.dh.public),
             },
+            **({"kem_prekey": _kem_prekey_record(kem_prekeys[0])} if kem_prekeys else {}),
         },
+        **({"kem": kem.record} if version == 2 else {}),
         "x3dh": {
             "ephemeral_private": alice_rand.drawn[0],
             "ephemeral_public": _hex(header.ephemeral_key),
@@ -183,8 +240,8 @@ def build(version: int) -> dict[str, Any]:
             "dh2": _hex(dh[1]),
             "dh3": _hex(dh[2]),
             "dh4": _hex(dh[3]),
-            "kdf_info": _hex(x3dh_info(GROUP)),
-            "shared_key": _hex(derive_shared_key(GROUP, dh)),
+            "kdf_info": _hex(pqxdh_info(GROUP) if version == 2 else x3dh_info(GROUP)),
+            "shared_key": _hex(derive_shared_key(GROUP, dh, kem_secret)),
             "associated_data": _hex(associated_data(alice.public(), "alice", bob.public(), "bob")),
             "initial_header": _hex(pack(header.to_wire())),
         },
@@ -201,6 +258,17 @@ def build(version: int) -> dict[str, Any]:
             "digits": numbers.digits,
             "alice_scannable": _hex(numbers.scannable),
         },
+    }
+
+
+def _kem_prekey_record(prekey: KemPrekeyPair) -> dict[str, Any]:
+    return {
+        "id": prekey.id,
+        "last_resort": prekey.last_resort,
+        "private_seed": _hex(prekey.kem.private),
+        "public": _hex(prekey.kem.public),
+        "signed_message": _hex(kem_prekey_message(prekey.id, prekey.kem.public)),
+        "signature": _hex(prekey.sig),
     }
 
 

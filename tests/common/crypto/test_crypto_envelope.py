@@ -44,7 +44,7 @@ def test_full_conversation(alice, bob, group):
     b, msg, used = Session.respond(bob.identity, "bob", bob.prekeys(), env)
     assert msg.plaintext == b"hi" and msg.sender == "alice" and msg.sent_at_ms == NOW
     assert msg.envelope_id == parsed.envelope_id and len(msg.envelope_id) == 16
-    assert used == bob.one_time[0].id
+    assert used.one_time == bob.one_time[0].id and used.kem is None
     assert b.peer_identity == alice.identity.public()
     reply = b.encrypt(b"hello alice", NOW + 1)
     assert Envelope.from_bytes(reply).type is EnvelopeType.MESSAGE
@@ -68,7 +68,7 @@ def test_initiator_keeps_sending_initial_until_answered(alice, bob, group):
 def test_x3dh_without_one_time_prekey(alice, bob, group):
     a, env = start(alice, bob, with_one_time=False)
     b, msg, used = Session.respond(bob.identity, "bob", bob.prekeys(), env)
-    assert used is None and msg.plaintext == b"hi"
+    assert used.one_time is None and msg.plaintext == b"hi"
     assert a.decrypt(b.encrypt(b"ok", NOW)).plaintext == b"ok"
 
 
@@ -80,7 +80,7 @@ def test_failed_first_decryption_does_not_consume_the_one_time_prekey(alice, bob
         Session.respond(bob.identity, "bob", prekeys, tampered)
     assert bob.one_time[0].id in prekeys.one_time  # still there
     _, msg, used = Session.respond(bob.identity, "bob", prekeys, env)
-    assert msg.plaintext == b"hi" and used == bob.one_time[0].id
+    assert msg.plaintext == b"hi" and used.one_time == bob.one_time[0].id
 
 
 def test_wrong_recipient_is_rejected(alice, bob, group):
@@ -252,8 +252,8 @@ def test_every_bit_flip_of_an_ffdhe_message_is_rejected(alice, bob, group):
 
 
 def start_v2(alice, bob, *, with_one_time=True):
-    bundle = bob.bundle(with_one_time=with_one_time)
-    return Session.initiate(alice.identity, "alice", bundle, alice.group, NOW, b"hi", version=2)
+    bundle = bob.bundle(with_one_time=with_one_time, pq=True)
+    return Session.initiate(alice.identity, "alice", bundle, alice.group, NOW, b"hi")
 
 
 def _bin32(data: bytes) -> bytes:

@@ -10,17 +10,22 @@ from __future__ import annotations
 import json
 
 import pytest
+from Crypto.Hash import HMAC, SHA256
+from Crypto.PublicKey import MLKEM
 
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.encoding import fields
 from hushwire.common.crypto.envelope import Envelope, Session
 from hushwire.common.crypto.identity import (
     IdentityKeyPair,
+    KemPrekeyPair,
     OneTimePrekeyPair,
     SignedPrekeyPair,
     identity_dh_message,
+    kem_prekey_message,
     signed_prekey_message,
 )
+from hushwire.common.crypto.kem import KemKeyPair, decapsulate
 from hushwire.common.crypto.primitives import (
     aead_open,
     ed25519_public_from_seed,
@@ -61,9 +66,10 @@ def test_signed_prekey_signature():
     assert ed25519_sign(h(V1["bob"]["sign_seed"]), message).hex() == spk["signature"]
 
 
-def test_x3dh_outputs_shared_key_and_ad():
-    x = V1["x3dh"]
-    alice, bob = V1["alice"], V1["bob"]
+@pytest.mark.parametrize("vectors", [V1, V2], ids=["v1", "v2"])
+def test_x3dh_outputs_shared_key_and_ad(vectors):
+    x = vectors["x3dh"]
+    alice, bob = vectors["alice"], vectors["bob"]
     ek = h(x["ephemeral_private"])
     spk, opk = h(bob["signed_prekey"]["public"]), h(bob["one_time_prekey"]["public"])
     dh = [
@@ -73,9 +79,11 @@ def test_x3dh_outputs_shared_key_and_ad():
         X25519.agree(ek, opk),
     ]
     assert [d.hex() for d in dh] == [x["dh1"], x["dh2"], x["dh3"], x["dh4"]]
-    assert derive_shared_key(X25519, dh).hex() == x["shared_key"]
+    ss = h(vectors["kem"]["ss"]) if vectors["version"] == 2 else None
+    assert derive_shared_key(X25519, dh, ss).hex() == x["shared_key"]
     # The same through the primitive, as security.md writes it.
-    sk = hkdf_sha256(b"\xff" * 32 + b"".join(dh), 32, salt=bytes(32), info=h(x["kdf_info"]))
+    ikm = b"\xff" * 32 + b"".join(dh) + (ss or b"")
+    sk = hkdf_sha256(ikm, 32, salt=bytes(32), info=h(x["kdf_info"]))
     assert sk.hex() == x["shared_key"]
     ad = associated_data(_identity(alice).public(), "alice", _identity(bob).public(), "bob")
     assert ad.hex() == x["associated_data"]
@@ -111,15 +119,66 @@ def test_bob_opens_the_first_message_and_seals_the_recorded_reply(vectors):
     )
     opk = OneTimePrekeyPair(opk_rec["id"], X25519.keypair_from_private(h(opk_rec["private"])))
     assert spk.sig.hex() == spk_rec["signature"]
+    kem = []
+    if "kem_prekey" in bob:
+        rec = bob["kem_prekey"]
+        pair = KemKeyPair.from_private(h(rec["private_seed"]))
+        kem = [KemPrekeyPair(rec["id"], pair, h(rec["signature"]), rec["last_resort"])]
     rand = Scripted("replay", vectors["randomness"]["bob.session"])
     first, reply = vectors["messages"][0], vectors["messages"][1]
     session, message, used = Session.respond(
-        identity, "bob", PrekeySet.of([spk], [opk]), h(first["envelope"]),
+        identity, "bob", PrekeySet.of([spk], [opk], kem), h(first["envelope"]),
         config=RatchetConfig(rand=rand),
     )  # fmt: skip
-    assert (message.plaintext.hex(), used) == (first["plaintext"], opk_rec["id"])
+    assert (message.plaintext.hex(), used.one_time) == (first["plaintext"], opk_rec["id"])
+    assert used.kem == (kem[0].id if kem else None)
     sealed = session.encrypt(h(reply["plaintext"]), reply["sent_at_ms"])
     assert sealed.hex() == reply["envelope"]
+
+
+def test_kem_prekey_and_its_signature():
+    rec = V2["bob"]["kem_prekey"]
+    pair = KemKeyPair.from_private(h(rec["private_seed"]))
+    assert pair.public.hex() == rec["public"]
+    assert pair.private == Scripted("x", V2["randomness"]["bob.kem_prekey"])(64)
+    message = kem_prekey_message(rec["id"], pair.public)
+    assert message.hex() == rec["signed_message"]
+    assert ed25519_sign(h(V2["bob"]["sign_seed"]), message).hex() == rec["signature"]
+
+
+def _labeled_extract(salt: bytes, label: bytes, ikm: bytes, suite: bytes) -> bytes:
+    return HMAC.new(salt, b"HPKE-v1" + suite + label + ikm, SHA256).digest()
+
+
+def _labeled_expand(prk: bytes, label: bytes, info: bytes, length: int, suite: bytes) -> bytes:
+    labeled = length.to_bytes(2, "big") + b"HPKE-v1" + suite + label + info
+    return HMAC.new(prk, labeled + b"\x01", SHA256).digest()[:length]  # length <= 32
+
+
+def test_ss_is_the_hpke_export_of_the_ml_kem_secret():
+    """security.md, PQXDH: SS from ML-KEM's K by RFC 9180's export-only key schedule,
+    written out here independently of pycryptodome's HPKE module."""
+    kem = V2["kem"]
+    seed = h(V2["bob"]["kem_prekey"]["private_seed"])
+    assert decapsulate(seed, h(kem["ciphertext"])).hex() == kem["ss"]
+    suite = b"HPKE" + (0x0041).to_bytes(2, "big") + (1).to_bytes(2, "big") + b"\xff\xff"
+    context = (
+        b"\x00"
+        + _labeled_extract(b"", b"psk_id_hash", b"", suite)
+        + _labeled_extract(b"", b"info_hash", h(kem["hpke_info"]), suite)
+    )
+    secret = _labeled_extract(h(kem["ml_kem_shared_secret"]), b"secret", b"", suite)
+    exporter = _labeled_expand(secret, b"exp", context, 32, suite)
+    ss = _labeled_expand(exporter, b"sec", h(kem["hpke_exporter_context"]), 32, suite)
+    assert ss.hex() == kem["ss"]
+
+
+def test_the_ciphertext_is_ml_kem_encaps_with_the_recorded_coins():
+    """FIPS 203 ML-KEM.Encaps with m fixed: pycryptodome's only way to take m is private."""
+    kem = V2["kem"]
+    public = MLKEM.construct(param_set=MLKEM.ML_KEM_768, ek=h(V2["bob"]["kem_prekey"]["public"]))
+    raw, ciphertext = public._encaps(h(kem["encapsulation_coins"]))
+    assert (raw.hex(), ciphertext.hex()) == (kem["ml_kem_shared_secret"], kem["ciphertext"])
 
 
 def test_safety_number():
