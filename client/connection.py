@@ -148,12 +148,17 @@ class RelayConnection:
             )
         return conn
 
-    async def handshake(self, user: str, token: str) -> LoginOk:
+    async def handshake(self, user: str, token: str, device: int | None = None) -> LoginOk:
         """hello then login; raises RequestError (auth_failed, rate_limited...) on refusal."""
+        await self.say_hello()
+        return await self.request(Login, user=user, token=token, device=device)
+
+    async def say_hello(self) -> HelloOk:
+        """hello alone: what a new device does before it links (it has no login yet)."""
         hello = await self.request(Hello, versions=SUPPORTED_VERSIONS, client=CLIENT_NAME)
         self.hello = checked_hello(hello)
         self.max_frame = self.hello.max_frame
-        return await self.request(Login, user=user, token=token)
+        return self.hello
 
     async def request(self, cls: type[Request], **fields: Any) -> Any:
         """Send `cls(**fields)` with a fresh id and wait for its reply."""
@@ -214,7 +219,12 @@ class RelayConnection:
             return
         if isinstance(msg, Error):
             entry[1].set_exception(
-                RequestError(_code(msg.code), safe_line(msg.message), retry_after=msg.retry_after)
+                RequestError(
+                    _code(msg.code),
+                    safe_line(msg.message),
+                    retry_after=msg.retry_after,
+                    device_lists=msg.device_lists,
+                )
             )
         else:
             entry[1].set_result(msg)

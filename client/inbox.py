@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from hushwire.client.connection import RelayConnection
+from hushwire.client.devices import DeviceLists
 from hushwire.client.errors import ConnectionClosed, ProfileCorrupt
 from hushwire.client.events import (
     ClientEvent,
@@ -50,10 +51,12 @@ class Inbox:
         emit: Callable[[ClientEvent], None],
         online: dict[str, bool],
         restart: Callable[[str], Awaitable[None]],
+        devices: DeviceLists,
     ) -> None:
         self._sessions = sessions
         self._keys = keys
         self._restart = restart
+        self._devices = devices
         self._emit = emit
         self._online = online
         # For sync(): pushes taken off the queue, and those fully handled (and acked).
@@ -114,6 +117,13 @@ class Inbox:
         if isinstance(push, wire.KeyChanged):
             if await self._sessions.on_key_changed(push.user, push.identity):
                 self._emit(KeyChanged(push.user))
+            return None
+        if isinstance(push, wire.LinkRequestPush):
+            self._devices.link_requests.put_nowait(push)
+            return None
+        if isinstance(push, wire.DevicesChanged):
+            if is_valid_username(push.user):
+                await self._devices.on_changed(push.user, push.device_list)
             return None
         if isinstance(push, wire.PresenceChanged):
             if not is_valid_username(push.user):

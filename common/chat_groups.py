@@ -79,7 +79,7 @@ class ContentType(IntEnum):
     """The first byte of a sealed envelope's plaintext: what the rest is.
 
     TEXT is client/text.py's format (UTF-8 after the byte); the group types are followed
-    by the canonical msgpack of a group message, change or welcome.
+    by a key note (common/crypto/group_payload.py), a change or a welcome.
     """
 
     TEXT = 1

@@ -8,9 +8,10 @@ operations, one transaction, every caller answered after the commit, so `enqueue
 returning means the rows are durable. Records and limits are in records.py.
 
 Layout: records.py (record types, limits), batching.py (group commit), mailbox.py
-(reservation, limits, acks, id cache), keys.py (checks on uploads), core.py (`Store`),
-sqlite.py (the embedded default backend), postgres.py (asyncpg, imported only for a
-postgresql:// URL), urls.py (telling a path from a URL).
+(reservation, limits, acks, id cache), keys.py (checks on uploads), devices.py
+(accounts with devices), core.py (`Store`), sqlite.py (the embedded default backend)
+with sqlite_devices.py, postgres.py (asyncpg, imported only for a postgresql:// URL)
+with postgres_devices.py, urls.py (telling a path from a URL).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from hushwire.common.keys import IdentityPublic, PrekeyBundle, SignedPrekey
+from hushwire.common.keys import IdentityPublic, PrekeyBundle, SignedDeviceList, SignedPrekey
+from hushwire.relay.devices import AccountDevices
 from hushwire.relay.store.batching import Op
 from hushwire.relay.store.core import Store
 from hushwire.relay.store.quota import DiskGuard, QuotaLimits, Usage
@@ -91,6 +93,52 @@ class Backend(Protocol):
     async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]: ...
     async def prekey_count(self, user: str) -> int: ...
     async def key_status(self, user: str) -> tuple[bool, int]: ...
+
+    # devices (store/devices.py, sqlite_devices.py; migration 0004)
+    async def list_principals(self) -> list[UserRecord]:
+        """Accounts and their linked devices (`list_users` gives accounts only)."""
+        ...
+
+    async def multi_device_accounts(self) -> set[str]: ...
+    async def account_devices(self, accounts: Sequence[str]) -> dict[str, AccountDevices]: ...
+    async def account_identity(self, account: str) -> IdentityPublic | None: ...
+    async def watch(self, watcher: str, account: str) -> None: ...
+    async def device_seen(self, account: str) -> dict[int, int]: ...
+    async def list_devices(self, account: str) -> list[tuple[int, int, int | None]]: ...
+    async def store_device_list(
+        self,
+        account: str,
+        version: int,
+        signed: SignedDeviceList,
+        *,
+        removed: frozenset[int],
+        now: int,
+    ) -> tuple[list[str], list[str], int]:
+        """(watchers, principals removed, devices left); STALE_DEVICE_LIST if not newer."""
+        ...
+
+    async def add_device(
+        self,
+        account: str,
+        device: int,
+        version: int,
+        signed: SignedDeviceList,
+        *,
+        name: str,
+        token_hash: bytes,
+        salt: bytes,
+        now: int,
+    ) -> tuple[list[str], int]:
+        """(watchers, devices now)."""
+        ...
+
+    async def reset_devices(self, account: str, *, keep: int) -> tuple[list[int], list[str]]:
+        """(device ids unlinked, principals removed)."""
+        ...
+
+    async def remove_device(self, account: str, device: int) -> tuple[str, int]:
+        """(principal removed, devices left); UnknownUser if there is no such device."""
+        ...
 
     # mailbox
     async def pending(self, recipient: str, after: int, limit: int) -> list[StoredEnvelope]: ...

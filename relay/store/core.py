@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Self
 from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
 from hushwire.common.names import check_username
 from hushwire.relay.store.batching import Login
+from hushwire.relay.store.devices import DeviceStore
 from hushwire.relay.store.keys import check_publish
-from hushwire.relay.store.mailbox import Mailbox
 from hushwire.relay.store.quota import DiskGuard, QuotaLimits
 from hushwire.relay.store.records import (
     PublishResult,
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from hushwire.relay.store import Backend
 
 
-class Store(Mailbox):
+class Store(DeviceStore):
     """The relay's persistent state; create with `await Store.open(path)`."""
 
     def __init__(
@@ -45,6 +45,7 @@ class Store(Mailbox):
         events_seen: int,
     ) -> None:
         super().__init__(backend, limits, disk, highest_mid)
+        self._multi: set[str] = set()  # filled by open() (store/devices.py)
         self._events_seen = events_seen  # newest user_events seq whose cache effects are applied
 
     # ------------------------------------------------------------------ lifecycle
@@ -95,7 +96,7 @@ class Store(Mailbox):
         except BaseException:
             await backend.close()
             raise
-        return cls(
+        store = cls(
             backend,
             limits=limits,
             # PostgreSQL's disk is its server's to watch, not this host's.
@@ -103,6 +104,12 @@ class Store(Mailbox):
             highest_mid=highest_mid,
             events_seen=events_seen,
         )
+        try:
+            await store._load_multi()
+        except BaseException:
+            await store.close()
+            raise
+        return store
 
     async def close(self) -> None:
         """Flush every pending group commit, then close the backend. Idempotent."""

@@ -32,6 +32,7 @@ from hushwire.relay.errors import (
     UserExists,
 )
 from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op
+from hushwire.relay.store.postgres_devices import PostgresDevices
 from hushwire.relay.store.quota import Usage
 from hushwire.relay.store.records import (
     MAX_ONE_TIME_PREKEYS,
@@ -136,7 +137,7 @@ async def _relay_lock(url: str) -> asyncpg.Connection:
     return conn
 
 
-class PostgresBackend:
+class PostgresBackend(PostgresDevices):
     """The store's SQL on PostgreSQL; open with `await PostgresBackend.open(url)`."""
 
     def __init__(self, pool: asyncpg.Pool, url: str, holder: asyncpg.Connection | None) -> None:
@@ -236,7 +237,7 @@ class PostgresBackend:
         async with self._conn() as conn:
             rows = await conn.fetch(
                 "SELECT name, token_hash, token_salt, disabled, created_at, last_login_at"
-                ' FROM users ORDER BY name COLLATE "C"'
+                ' FROM users WHERE account_id IS NULL ORDER BY name COLLATE "C"'
             )
         return [user_record(r) for r in rows]
 

@@ -37,6 +37,7 @@ from hushwire.relay.store.records import (
     UserEventKind,
     UserRecord,
 )
+from hushwire.relay.store.sqlite_devices import SqliteDevices
 
 T = TypeVar("T")
 
@@ -72,7 +73,7 @@ def _in_transaction(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.
     return run
 
 
-class SqliteBackend:
+class SqliteBackend(SqliteDevices):
     """The store's SQL on SQLite; open with `await SqliteBackend.open(path)`."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
@@ -203,12 +204,14 @@ class SqliteBackend:
         return await self._run(run)
 
     async def list_users(self) -> list[UserRecord]:
+        return await self._list(_LIST_ACCOUNTS)
+
+    async def list_principals(self) -> list[UserRecord]:
+        return await self._list(_LIST_PRINCIPALS)
+
+    async def _list(self, query: str) -> list[UserRecord]:
         def run(conn: sqlite3.Connection) -> list[UserRecord]:
-            rows = conn.execute(
-                "SELECT name, token_hash, token_salt, disabled, created_at, last_login_at"
-                " FROM users ORDER BY name"
-            ).fetchall()
-            return [user_record(r) for r in rows]
+            return [user_record(r) for r in conn.execute(query).fetchall()]
 
         return await self._run(run)
 
@@ -551,6 +554,9 @@ def _prekey_count(conn: sqlite3.Connection, uid: int) -> int:
     return int(n)
 
 
+_USER_COLUMNS = "SELECT name, token_hash, token_salt, disabled, created_at, last_login_at"
+_LIST_ACCOUNTS = _USER_COLUMNS + " FROM users WHERE account_id IS NULL ORDER BY name"
+_LIST_PRINCIPALS = _USER_COLUMNS + " FROM users ORDER BY name"
 _INSERT_ENVELOPE = (
     "INSERT INTO mailbox (id, recipient_id, sender, created_at, body) VALUES (?, ?, ?, ?, ?)"
 )

@@ -309,7 +309,7 @@ async def test_key_change_warning_verify_and_trust(relay, chat, login, tmp_path)
     assert " ".join(expected.groups()) == await bob.safety_number("alice")  # both sides
 
     await bob.close()
-    bob2 = await login(relay, "bob", profile=tmp_path / "bob-reinstalled")
+    bob2 = await login(relay, "bob", profile=tmp_path / "bob-reinstalled", replace_identity=True)
     await screen.shows("WARNING: bob's identity key has changed")
     assert "bob !" in screen.chat.list_text()
     screen.type("are you there" + ENTER)
