@@ -39,7 +39,9 @@ from hushwire.client.service import (
     MessageRejected,
     Notice,
     RelaySettings,
+    SessionRestarted,
     relay_error_text,
+    restart_text,
 )
 from hushwire.client.store import ProfileStore
 from hushwire.client.text import safe_for_terminal
@@ -190,6 +192,8 @@ def _report_event(event: object, err: TextIO) -> None:
             f"warning: a message from {event.contact} under their new, not yet accepted "
             f"identity key is kept unread until `hushwire trust {event.contact}`.",
         )
+    elif isinstance(event, SessionRestarted):
+        _warn(err, f"warning: {restart_text(event)}")
     elif isinstance(event, MessageRejected):
         _warn(
             err,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from hushwire.client.connection import RelayConnection
@@ -20,10 +20,17 @@ from hushwire.client.events import (
     MessageRejected,
     Notice,
     Presence,
+    SessionRestarted,
     utc_from_ms,
 )
 from hushwire.client.keys import KeyUpkeep
-from hushwire.client.session import Outcome, Received, Rejected, SessionManager
+from hushwire.client.session import (
+    Outcome,
+    Received,
+    Rejected,
+    SessionManager,
+    SessionReset,
+)
 from hushwire.client.text import safe_line
 from hushwire.common import messages as wire
 from hushwire.common.errors import HushwireError, RequestError
@@ -43,10 +50,12 @@ class Inbox:
         keys: KeyUpkeep,
         emit: Callable[[ClientEvent], None],
         online: dict[str, bool],
+        restart: Callable[[str], Awaitable[None]],
         devices: DeviceLists,
     ) -> None:
         self._sessions = sessions
         self._keys = keys
+        self._restart = restart
         self._devices = devices
         self._emit = emit
         self._online = online
@@ -96,9 +105,11 @@ class Inbox:
         # Stored (or deliberately dropped) first, acked second (protocol.md "ack").
         with contextlib.suppress(ConnectionClosed, RequestError):
             await conn.request(wire.Ack, mids=(push.mid,))
-        if isinstance(outcome, Received) and outcome.used_one_time_prekey:
+        if isinstance(outcome, Received | SessionReset) and outcome.used_one_time_prekey:
             with contextlib.suppress(ConnectionClosed, RequestError):
                 await self._keys.maintain(conn)
+        if isinstance(outcome, Rejected) and outcome.dead_session:
+            await self._restart(outcome.contact)
 
     async def _apply(self, push: wire.Push) -> Outcome | None:
         """Store what `push` changes and emit its events; the outcome of a delivery (None
@@ -141,6 +152,10 @@ class Inbox:
                     outcome.uid,
                 )
             )
+        elif isinstance(outcome, SessionReset):
+            if outcome.key_changed:
+                self._emit(KeyChanged(outcome.contact))
+            self._emit(SessionRestarted(outcome.contact, by_peer=True))
         elif isinstance(outcome, Rejected):
             log.warning(
                 "rejected an envelope from %s: %s", safe_line(outcome.contact), outcome.reason

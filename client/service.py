@@ -49,6 +49,7 @@ from hushwire.client.events import (
     Notice,
     Presence,
     SendResult,
+    SessionRestarted,
     history_item,
 )
 from hushwire.client.inbox import Inbox
@@ -83,7 +84,9 @@ __all__ = [
     "Presence",
     "RelaySettings",
     "SendResult",
+    "SessionRestarted",
     "relay_error_text",
+    "restart_text",
 ]
 
 log = logging.getLogger("hushwire.client")
@@ -91,6 +94,7 @@ log = logging.getLogger("hushwire.client")
 # The relay closed us on purpose and retrying cannot help until a person acts.
 FATAL_CODES: Final = frozenset({"auth_failed", "user_disabled", "session_replaced"})
 HISTORY_DEFAULT: Final = 200
+MAX_WHO_PAGES: Final = 1000  # a relay that never ends its `who` pages is not followed
 
 
 async def _load_group(store: ProfileStore) -> DHGroup:
@@ -138,9 +142,11 @@ class HushwireClient:
             lambda text: emit(Notice(text)),
             clock,
         )
-        self._inbox = Inbox(sessions, self._keys, emit, self._online, self._devices)
         self._outbox = Outbox(
             sessions, emit, lambda: self._conn, lambda: self._max_frame, settings.address
+        )
+        self._inbox = Inbox(
+            sessions, self._keys, emit, self._online, self._outbox.restart, self._devices
         )
 
     @property
@@ -561,7 +567,7 @@ class HushwireClient:
         conn = self._require_conn()
         users: list[tuple[str, bool]] = []
         after: str | None = None
-        while True:  # the relay answers in pages that each fit one frame
+        for _ in range(MAX_WHO_PAGES):  # the relay answers in pages that each fit a frame
             reply = await conn.request(wire.Who, after=after)
             users += [(p.user, p.online) for p in reply.users if is_valid_username(p.user)]
             if reply.next is None or reply.next == after:
@@ -631,3 +637,16 @@ def relay_error_text(exc: RequestError) -> str:
     if exc.code is ErrorCode.RATE_LIMITED and exc.retry_after:
         return f"{exc.message} (rate limited; retry in {exc.retry_after:.0f} s)"
     return f"{exc.message} ({exc.code.value})"
+
+
+def restart_text(event: SessionRestarted) -> str:
+    """What a healed session means for the user, in one line (the CLI and the TUI)."""
+    if event.by_peer:
+        return (
+            f"{event.contact} could not decrypt your recent messages and started a new "
+            f"session: some messages you sent to {event.contact} may not have arrived"
+        )
+    return (
+        f"messages from {event.contact} could no longer be decrypted (too many lost); a new "
+        f"session was started: some messages from {event.contact} are lost"
+    )

@@ -94,8 +94,8 @@ class RelayConfig:
     )
     publish_burst: float = _opt(10.0, "key uploads a user may make at once")
     publish_period: float = _opt(60.0, "seconds for one more key upload to be allowed")
-    ack_rate: float = _opt(2000.0, "envelope ids a user may ack per second (sustained)")
-    ack_burst: float = _opt(4000.0, "envelope ids a user may ack at once")
+    ack_rate: float = _opt(10_000.0, "envelope ids a user may ack per second (sustained)")
+    ack_burst: float = _opt(20_000.0, "envelope ids a user may ack at once")
     request_rate: float = _opt(
         5.0, "who, prekey_count and ping requests per second per user, each (sustained)"
     )

@@ -281,7 +281,11 @@ class Relay:
             # A name that cannot exist costs nothing: no lookup, no hash, no limiter entry
             # (a key per arbitrary 64 KB string was a memory leak), and it is not echoed.
             logins["auth_failed"] += 1
-            log.info("failed login (invalid user name) from %s", peer.peer_address)
+            log.info(
+                "failed login (invalid user name) from %s",
+                peer.peer_address,
+                extra={"event": "login_failed", "peer": peer.peer_address},
+            )
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
         # Failures count per (user, address prefix): guesses from one network lock out
         # only that network's attempts for that user, never the user's own logins from
@@ -295,7 +299,12 @@ class Relay:
         if not verify_token(req.token, salt, expected) or record is None:
             self._login_failures.consume(key, now)
             logins["auth_failed"] += 1
-            log.info("failed login for %s from %s", req.user, peer.peer_address)
+            log.info(
+                "failed login for %s from %s",
+                req.user,
+                peer.peer_address,
+                extra={"event": "login_failed", "user": req.user, "peer": peer.peer_address},
+            )
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
         self._login_failures.forget(key)
         if record.disabled:
@@ -326,7 +335,13 @@ class Relay:
         for target, identity in await self.store.changed_identities(name):
             peer.push(KeyChanged(user=split_principal(target)[0], identity=identity))
         logins["ok"] += 1
-        log.info("login %s device %d from %s", req.user, device, peer.peer_address)
+        log.info(
+            "login %s device %d from %s",
+            req.user,
+            device,
+            peer.peer_address,
+            extra={"event": "login", "user": req.user, "device": device, "peer": peer.peer_address},
+        )
         if first:
             self._announce(req.user, online=True)
         return LoginOk(id=req.id, user=req.user, prekeys_left=left, has_identity=has_identity)
@@ -653,7 +668,7 @@ class Relay:
             else:
                 continue
             code = ErrorCode.USER_DISABLED if record and record.disabled else ErrorCode.AUTH_FAILED
-            log.info("disconnecting %s: %s", name, reason)
+            log.info("disconnecting %s: %s", name, reason, extra={"event": "kicked", "user": name})
             peer.kick(code, reason)
             self.disconnected(peer)
             dropped += 1

@@ -8,7 +8,7 @@ import contextlib
 import time
 
 from hushwire.client.service import KeyChanged, MessageQuarantined, MessageReceived, MessageRejected
-from tests.e2e.helpers import next_event
+from tests.e2e.helpers import drain, next_event
 
 
 class Clock:
@@ -81,10 +81,3 @@ async def test_a_message_under_a_new_identity_is_quarantined_until_trust(
         "0 shown before alice accepts the key (KeyChanged + quarantine notice); "
         "both shown after `trust`",
     )
-
-
-def drain(client) -> list:
-    events = []
-    while not client.events.empty():
-        events.append(client.events.get_nowait())
-    return events

@@ -121,8 +121,8 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     store = relay.server.relay.store
     real_fetch = store.fetch_bundle
 
-    async def evil_fetch(fetcher, target):
-        bundle = await real_fetch(fetcher, target)
+    async def evil_fetch(fetcher, target, **kwargs):
+        bundle = await real_fetch(fetcher, target, **kwargs)
         if target != "bob":
             return bundle
         return PrekeyBundle("bob", forged.public(), spk.public(), None)

@@ -59,7 +59,7 @@ async def test_first_contact_and_a_conversation_both_ways(relay, login):
 
 
 async def test_first_contact_without_one_time_prekeys(relay_factory, login):
-    relay = await relay_factory(fetch_burst=1000)
+    relay = await relay_factory(fetch_burst=1000, target_fetch_burst=1000)
     bob = await login(relay, "bob")
     await bob.close()
     carol = await relay.login("carol")
