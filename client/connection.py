@@ -28,7 +28,7 @@ from hushwire.common.errors import (
 from hushwire.common.fingerprint import cert_fingerprint
 from hushwire.common.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from hushwire.common.messages import (
-    SUPPORTED_VERSIONS,
+    PROTOCOL_VERSION,
     Error,
     Hello,
     HelloOk,
@@ -148,9 +148,16 @@ class RelayConnection:
             )
         return conn
 
-    async def handshake(self, user: str, token: str) -> LoginOk:
-        """hello then login; raises RequestError (auth_failed, rate_limited...) on refusal."""
-        hello = await self.request(Hello, versions=SUPPORTED_VERSIONS, client=CLIENT_NAME)
+    async def handshake(
+        self, user: str, token: str, *, versions: tuple[int, ...] = (PROTOCOL_VERSION,)
+    ) -> LoginOk:
+        """hello then login; raises RequestError (auth_failed, rate_limited...) on refusal.
+
+        The client offers only version 2: it starts PQXDH sessions only (security.md,
+        "PQXDH"), so a relay that cannot store KEM prekeys answers unsupported_version
+        with its list. (Tests of the relay's version-1 service pass `versions=(1,)`.)
+        """
+        hello = await self.request(Hello, versions=versions, client=CLIENT_NAME)
         self.hello = checked_hello(hello)
         self.max_frame = self.hello.max_frame
         return await self.request(Login, user=user, token=token)
@@ -214,7 +221,12 @@ class RelayConnection:
             return
         if isinstance(msg, Error):
             entry[1].set_exception(
-                RequestError(_code(msg.code), safe_line(msg.message), retry_after=msg.retry_after)
+                RequestError(
+                    _code(msg.code),
+                    safe_line(msg.message),
+                    retry_after=msg.retry_after,
+                    versions=msg.versions,
+                )
             )
         else:
             entry[1].set_result(msg)

@@ -86,7 +86,9 @@ __all__ = [
 log = logging.getLogger("hushwire.client")
 
 # The relay closed us on purpose and retrying cannot help until a person acts.
-FATAL_CODES: Final = frozenset({"auth_failed", "user_disabled", "session_replaced"})
+FATAL_CODES: Final = frozenset(
+    {"auth_failed", "user_disabled", "session_replaced", "unsupported_version"}
+)
 HISTORY_DEFAULT: Final = 200
 
 
@@ -324,7 +326,11 @@ class HushwireClient:
         self._set_state("connected", f"logged in to {self.relay} as {self.user}")
         try:
             await self._keys.upload(
-                conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
+                conn,
+                relay_has_identity=ok.has_identity,
+                prekeys_left=ok.prekeys_left,
+                kem_prekeys_left=ok.kem_prekeys_left,
+                key_version=ok.key_version,
             )
             await self.who()
             await self.flush_outbox()

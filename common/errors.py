@@ -99,9 +99,17 @@ class RequestError(HushwireError):
     `retry_after` (seconds) is set for rate limits so a client can say when to retry.
     """
 
-    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        versions: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.versions = versions  # unsupported_version: the versions the relay speaks
 
 
 class CryptoError(HushwireError):

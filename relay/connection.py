@@ -101,6 +101,7 @@ class Connection(asyncio.Protocol):
         self.user: str | None = None
         self.token_hash: bytes | None = None
         self.wants_presence = False
+        self.version = 0  # the protocol version `hello` agreed on
         self._decoder = FrameDecoder(self.config.max_frame)
         self._loop = asyncio.get_running_loop()
         self._last_read = 0.0
@@ -402,7 +403,11 @@ class Connection(asyncio.Protocol):
     def _error_reply(self, request: Request, exc: BaseException) -> Error:
         if isinstance(exc, RequestError):
             reply = Error(
-                id=request.id, code=exc.code, message=exc.message, retry_after=exc.retry_after
+                id=request.id,
+                code=exc.code,
+                message=exc.message,
+                retry_after=exc.retry_after,
+                versions=exc.versions,
             )
         elif isinstance(exc, HushwireError):
             reply = Error(id=request.id, code=exc.code, message=exc.message)

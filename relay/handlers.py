@@ -15,9 +15,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hushwire.common.errors import ErrorCode, RequestError
-from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from hushwire.common.keys import (
+    KEM_PUBLIC_LEN,
+    PQ_BUNDLE_VERSION,
+    IdentityPublic,
+    OneTimePrekey,
+    SignedPrekey,
+)
 from hushwire.common.messages import (
-    PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Ack,
     AckOk,
@@ -74,6 +79,7 @@ class Peer(Protocol):
     user: str | None
     token_hash: bytes | None
     wants_presence: bool
+    version: int  # the protocol version agreed in `hello` (0 before)
 
     def push(self, message: Message) -> None: ...
     def offer_early(self, delivery: Deliver) -> bool: ...
@@ -173,14 +179,19 @@ class Relay:
     # --- handshake ---------------------------------------------------------------
 
     async def _hello(self, peer: Peer, req: Hello, now: float) -> HelloOk:
-        if PROTOCOL_VERSION not in req.versions:
+        # The newest version both speak; version 1 only while the operator serves it.
+        served = tuple(v for v in SUPPORTED_VERSIONS if v >= self.config.min_protocol)
+        common = set(req.versions) & set(served)
+        if not common:
             raise RequestError(
                 ErrorCode.UNSUPPORTED_VERSION,
-                f"this relay speaks protocol version(s) {list(SUPPORTED_VERSIONS)}",
+                f"this relay speaks protocol version(s) {list(served)}",
+                versions=served,
             )
+        peer.version = max(common)
         return HelloOk(
             id=req.id,
-            version=PROTOCOL_VERSION,
+            version=peer.version,
             relay=RELAY_NAME,
             group=self.group.name,
             group_params=self.group.params_pem,
@@ -230,6 +241,7 @@ class Relay:
         self.online[req.user] = peer
         await self.store.record_login(req.user, now=int(now))
         has_identity, left = await self.store.key_status(req.user)
+        key_version, kem_left = await self.store.kem_status(req.user)
         # Key changes that happened while this user was offline: tell them now (again at
         # every login until they fetch the new bundle).
         for target, identity in await self.store.changed_identities(req.user):
@@ -237,7 +249,14 @@ class Relay:
         logins["ok"] += 1
         log.info("login %s from %s", req.user, peer.peer_address)
         self._announce(req.user, online=True)
-        return LoginOk(id=req.id, user=req.user, prekeys_left=left, has_identity=has_identity)
+        return LoginOk(
+            id=req.id,
+            user=req.user,
+            prekeys_left=left,
+            has_identity=has_identity,
+            kem_prekeys_left=kem_left,
+            key_version=key_version,
+        )
 
     # --- key directory -----------------------------------------------------------
 
@@ -274,9 +293,17 @@ class Relay:
             )
         for otpk in one_time:
             self._check_public(otpk.key, "one-time prekey")
+        self._check_kem(peer, req)
         self._limit(self._publishes, "publish", user, now, "key uploads")
         result = await self.store.publish_keys(
-            user, identity=req.identity, signed_prekey=spk, one_time=one_time, now=int(now)
+            user,
+            identity=req.identity,
+            signed_prekey=spk,
+            one_time=one_time,
+            now=int(now),
+            kem_last_resort=req.kem_last_resort,
+            kem_one_time=req.one_time_kem_prekeys,
+            version=peer.version,
         )
         if result.identity_changed and req.identity is not None:
             log.info(
@@ -287,7 +314,26 @@ class Relay:
                 online = self.online.get(watcher)
                 if online is not None:
                     online.push(push)
-        return PublishOk(id=req.id, prekeys_left=result.prekeys_left)
+        return PublishOk(
+            id=req.id, prekeys_left=result.prekeys_left, kem_prekeys_left=result.kem_prekeys_left
+        )
+
+    def _check_kem(self, peer: Peer, req: PublishKeys) -> None:
+        kem = (*req.one_time_kem_prekeys, *filter(None, [req.kem_last_resort]))
+        if kem and peer.version < PQ_BUNDLE_VERSION:
+            raise RequestError(ErrorCode.BAD_REQUEST, "KEM prekeys need protocol version 2")
+        if len(req.one_time_kem_prekeys) > MAX_PREKEYS_PER_UPLOAD:
+            raise RequestError(
+                ErrorCode.BAD_KEYS,
+                f"at most {MAX_PREKEYS_PER_UPLOAD} one-time KEM prekeys per upload",
+            )
+        for key in kem:
+            if len(key.key) != KEM_PUBLIC_LEN or len(key.sig) != ED25519_SIG:
+                raise RequestError(
+                    ErrorCode.BAD_KEYS,
+                    f"a KEM prekey must be {KEM_PUBLIC_LEN} bytes (ML-KEM-768) with a"
+                    f" {ED25519_SIG}-byte signature",
+                )
 
     async def _fetch(self, peer: Peer, req: FetchBundle, now: float) -> BundleOk:
         user = self._user(peer)
@@ -296,13 +342,15 @@ class Relay:
         self._limit(self._fetches, "fetch", user, now, "prekey bundle fetches")
         if not await self.store.user_exists(target):
             raise RequestError(ErrorCode.UNKNOWN_USER, f"no user {target}")
-        bundle = await self.store.fetch_bundle(user, target)
+        bundle = await self.store.fetch_bundle(user, target, peer.version)
         if bundle is None:
             raise RequestError(ErrorCode.NO_KEYS, f"{target} has not published keys yet")
         return BundleOk(id=req.id, bundle=bundle)
 
     async def _count(self, peer: Peer, req: PrekeyCount, now: float) -> CountOk:
-        return CountOk(id=req.id, count=await self.store.prekey_count(self._user(peer)))
+        user = self._user(peer)
+        _, kem_left = await self.store.kem_status(user)
+        return CountOk(id=req.id, count=await self.store.prekey_count(user), kem_count=kem_left)
 
     # --- mailbox -----------------------------------------------------------------
 

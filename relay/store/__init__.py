@@ -28,6 +28,7 @@ from hushwire.relay.store.records import (
     MAX_PENDING_LIMIT,
     MAX_PREKEY_ID,
     USER_EVENTS_KEPT,
+    KemUpload,
     PublishResult,
     StoredEnvelope,
     UserEvent,
@@ -79,11 +80,18 @@ class Backend(Protocol):
         signed_prekey: SignedPrekey | None,
         one_time: Sequence[tuple[int, bytes]],
         now: int,
+        kem: KemUpload,
+        version: int,
     ) -> PublishResult: ...
-    async def fetch_bundle(self, fetcher: str, target: str) -> PrekeyBundle | None: ...
+    async def fetch_bundle(self, fetcher: str, target: str, version: int) -> PrekeyBundle | None:
+        """RequestError(UNSUPPORTED_VERSION), consuming nothing, if the target's keys are
+        for the other protocol version."""
+        ...
+
     async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]: ...
     async def prekey_count(self, user: str) -> int: ...
     async def key_status(self, user: str) -> tuple[bool, int]: ...
+    async def kem_status(self, user: str) -> tuple[int, int]: ...
 
     # mailbox
     async def pending(self, recipient: str, after: int, limit: int) -> list[StoredEnvelope]: ...

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from hushwire.client.service import MessageReceived, MessageRejected
+from hushwire.client.service import MessageQuarantined, MessageReceived, MessageRejected
 from hushwire.common.crypto.dh import X25519
-from hushwire.common.crypto.identity import IdentityKeyPair, SignedPrekeyPair
+from hushwire.common.crypto.identity import IdentityKeyPair, KemPrekeyPair, SignedPrekeyPair
 from hushwire.common.keys import PrekeyBundle
 from hushwire.common.messages import Deliver
 from tests.e2e.helpers import next_event
@@ -118,23 +118,25 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     alice = await login(relay, "alice")
     forged = IdentityKeyPair.generate(X25519)
     spk = SignedPrekeyPair.generate(forged, X25519, 1)
+    kem = KemPrekeyPair.generate(forged, 2, last_resort=True)
     store = relay.server.relay.store
     real_fetch = store.fetch_bundle
 
-    async def evil_fetch(fetcher, target):
-        bundle = await real_fetch(fetcher, target)
+    async def evil_fetch(fetcher, target, version):
+        bundle = await real_fetch(fetcher, target, version)
         if target != "bob":
             return bundle
-        return PrekeyBundle("bob", forged.public(), spk.public(), None)
+        return PrekeyBundle("bob", forged.public(), spk.public(), None, 2, kem.public())
 
     store.fetch_bundle = evil_fetch
     await alice.send("bob", "for the real bob")
     rejected = await next_event(bob, MessageRejected)
     assert rejected.contact == "alice"
     store.fetch_bundle = real_fetch
-    # Bob has no session with alice, so he starts one from alice's real keys.
+    # Bob has no session with alice, so he starts one from alice's real keys. Alice
+    # pinned the relay's forged key for "bob": the real bob's message is quarantined.
     await bob.send("alice", "hello alice")
-    await next_event(alice, MessageReceived)
+    await next_event(alice, MessageQuarantined)
     alice_view = await alice.safety_number("bob")
     bob_view = await bob.safety_number("alice")
     assert alice_view != bob_view
