@@ -19,6 +19,26 @@ setup() {
     fi
 }
 
+# --- services the tests start themselves (PostgreSQL, Redis) --------------------------
+# The tests run real servers from these Debian packages, in temp dirs on loopback ports
+# (tests/services.py); here they are only installed, as root, when missing. As another
+# user nothing is installed and those tests skip, saying so loudly (CI fails instead).
+install_test_services() {
+    local missing=()
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "dev.sh: not root, not installing ${missing[*]}: their tests will skip" >&2
+        return 0
+    fi
+    echo "dev.sh: installing ${missing[*]} (Debian packages) for the tests" >&2
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q \
+        --no-install-recommends "${missing[@]}" >/dev/null
+}
+# ----------------------------------------------------------------------------------------
+
 # --- Debian tools for the operator tests (metrics, systemd) ----------------------------
 # promtool (package `prometheus`) validates the metrics exposition in
 # tests/relay/test_metrics.py; systemd-analyze (package `systemd`) checks the unit file in
@@ -51,6 +71,7 @@ relay)
 test)
     shift
     setup
+    install_test_services
     ops_packages
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .

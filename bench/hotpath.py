@@ -10,6 +10,10 @@ versions compare in seconds, with far less noise than bench/run.py.
 
     .venv/bin/python bench/hotpath.py                 # 200 users, 100k messages
     .venv/bin/python bench/hotpath.py --profile       # and where the time goes
+    .venv/bin/python bench/hotpath.py --store postgresql://...   # an empty database
+
+With --store the Store runs on PostgreSQL: the figure then includes asyncpg's work in
+this process, not the server's CPU (measure that with the server's own process).
 """
 
 from __future__ import annotations
@@ -87,11 +91,12 @@ class ClientClock:
         return timed
 
 
-async def run(users: int, messages: int, profile: bool) -> None:
+async def run(users: int, messages: int, profile: bool, store_url: str | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="hushwire-hotpath-"))
-    token = await make_db(work / "relay.db", users)
-    config = from_args(["--db", str(work / "relay.db"), *RELAY_FLAGS])
-    store = await Store.open(config.db, max_mailbox=config.max_mailbox)
+    token = await make_db(store_url or work / "relay.db", users)
+    extra = ["--store", store_url] if store_url else []
+    config = from_args(["--db", str(work / "relay.db"), *extra, *RELAY_FLAGS])
+    store = await Store.open(config.store_target, max_mailbox=config.max_mailbox)
     relay = Relay(config, store, load_group(config))
     names = [user_name(i) for i in range(users)]
     stats = Stats(2)
@@ -159,10 +164,11 @@ def main() -> None:
     p.add_argument("--users", type=int, default=200)
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--profile", action="store_true", help="print the cProfile top 30")
+    p.add_argument("--store", metavar="URL", help="an empty PostgreSQL database instead")
     args = p.parse_args()
     import uvloop
 
-    uvloop.run(run(args.users, args.messages, args.profile))
+    uvloop.run(run(args.users, args.messages, args.profile, args.store))
 
 
 if __name__ == "__main__":

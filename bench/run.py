@@ -1,4 +1,4 @@
-"""hushwire vs mosquitto vs a minimal Python forwarder, side by side, interleaved.
+"""hushwire vs Prosody, ejabberd, mosquitto and a minimal Python forwarder, interleaved.
 
     .venv/bin/python bench/run.py --quick     # ~2-3 minutes, one round
     .venv/bin/python bench/run.py             # full: 5 rounds, every shape (~25 min)
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import ssl
@@ -27,8 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import servers
+from bench import servers, xmpp_servers
 from bench.clients import Client, FloorClient, HushwireClient, MqttClient, Stats
+from bench.xmpp import XmppClient
 
 SERVER_CORE = 0
 GEN_CORE = 1
@@ -47,6 +49,8 @@ class System:
     events: int
     make: Callable[..., Client]
     stores: bool = True  # can hold messages for offline recipients
+    skip: tuple[str, ...] = ()  # shapes not run against it
+    fresh: bool = False  # restarted from its user template at the start of every round
 
 
 def client_ssl() -> ssl.SSLContext:
@@ -218,8 +222,10 @@ async def offline(
         await asyncio.sleep(0.005)
     enq = meter.stop()
     await close_all(senders)
+    # what the server acked within the deadline (a slow server may not take them all)
+    stored = stats.acked
     drain = Stats(0)
-    drain.drain_target = per * nsenders
+    drain.drain_target = stored
     meter = Meter(system.server)
     conns = await connect_many(system, drain, recipients, **kw)
     try:
@@ -229,13 +235,14 @@ async def offline(
     dr = meter.stop()
     await close_all(conns)
     return {
-        "rate": per * nsenders / enq["wall"],
+        "rate": stored / enq["wall"],
         "gen_cpu": enq["gen_cpu"],
         "srv_cpu": enq["srv_cpu"],
         "drain": drain.delivered_total / dr["wall"],
         "drain_gen_cpu": dr["gen_cpu"],
         "drain_srv_cpu": dr["srv_cpu"],
         "errors": stats.errors,
+        "stored": stored,
     }
 
 
@@ -316,6 +323,9 @@ def spread(values: list[float]) -> str:
 # reach with QoS 1's four frames and nothing else: a ceiling for any relay written in it.
 RATIOS = (
     ("hushwire", "hushwire-baseline"),
+    ("hushwire", "prosody"),
+    ("hushwire", "prosody-gen"),
+    ("hushwire", "ejabberd"),
     ("hushwire", "mosquitto-qos1"),
     ("hushwire", "floor"),
     ("hushwire", "floor-acked"),
@@ -357,6 +367,15 @@ def print_table(res: Results, label: str, unit: str, extra: tuple[str, ...] = ()
         ratios = [a["rate"] / b["rate"] for a, b in zip(base, runs, strict=False) if b["rate"]]
         per_round = ", ".join(f"{r:.2f}" for r in ratios)
         print(f"\n{one} / {other} per round: {per_round}; median {spread(ratios)}")
+        # Server CPU per message, theirs over ours: on a shared machine a server may get a
+        # fraction of its core, which moves msgs/s but much less the CPU each message took.
+        cpu = [
+            (b["srv_cpu"] / b["rate"]) / (a["srv_cpu"] / a["rate"])
+            for a, b in zip(base, runs, strict=False)
+            if a.get("srv_cpu") and b.get("srv_cpu") and a["rate"] and b["rate"]
+        ]
+        if cpu:
+            print(f"  server CPU per message, {other} / {one}: median {spread(cpu)}")
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -377,6 +396,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
     def mqtt(qos: int) -> Callable[..., Client]:
         return lambda stats, index, **kw: MqttClient(stats, index, qos, **kw)
+
+    def xmpp(stats: Stats, index: int, **kw: Any) -> Client:
+        return XmppClient(stats, index, xmpp_servers.HOST.encode())
 
     started = [
         servers.hushwire(work, SERVER_CORE, tuple(args.relay_flag)).start(),
@@ -402,6 +424,26 @@ async def main_async(args: argparse.Namespace) -> None:
             stores=False,
         ),
     ]
+    # XMPP peers: not in the bulk shape (256 unacked stanzas per stream is not what
+    # either server is built or tuned for; chat is the comparison that matters).
+    xmpp_skip = ("bulk",)
+    if {"prosody", "prosody-gen"} & set(args.systems):
+        t = time.perf_counter()
+        template = xmpp_servers.prosody_template(work, nusers)
+        for gen in (False, True):
+            name = "prosody-gen" if gen else "prosody"
+            if name in args.systems:
+                srv = xmpp_servers.prosody(work, SERVER_CORE, template, generational=gen)
+                started.append(srv.start())
+                systems.append(System(name, srv, 2, xmpp, skip=xmpp_skip, fresh=True))
+        print(f"prosody users in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    if "ejabberd" in args.systems:
+        t = time.perf_counter()
+        template = xmpp_servers.ejabberd_template(work, nusers)
+        srv = xmpp_servers.ejabberd(work, SERVER_CORE, template)
+        started.append(srv.start())
+        systems.append(System("ejabberd", srv, 2, xmpp, skip=xmpp_skip, fresh=True))
+        print(f"ejabberd users in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     systems = [s for s in systems if s.name in args.systems or s.name == "hushwire-baseline"]
     res = Results()
     try:
@@ -409,19 +451,23 @@ async def main_async(args: argparse.Namespace) -> None:
             order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
             print(f"round {rnd + 1}/{args.rounds}: {[s.name for s in order]}", file=sys.stderr)
             for s in order:
-                for n in args.chat if "chat" in args.shapes else ():
+                if s.fresh and rnd:
+                    s.server.stop()
+                    s.server.start()
+                shapes = [shape for shape in args.shapes if shape not in s.skip]
+                for n in args.chat if "chat" in shapes else ():
                     r = await closed_loop(s, n, 2, 256, args.duration, args.warmup)
                     res.add(f"chat {n} conns, 2 in flight, 256 B", s.name, r)
                     log(s.name, f"chat {n}", r)
-                for size in args.bulk if "bulk" in args.shapes else ():
+                for size in args.bulk if "bulk" in shapes else ():
                     r = await closed_loop(s, args.bulk_conns, 256, size, args.duration, args.warmup)
                     res.add(f"bulk {args.bulk_conns} conns, 256 in flight, {size} B", s.name, r)
                     log(s.name, f"bulk {size}", r)
-                for rate in args.rates if "latency" in args.shapes else ():
+                for rate in args.rates if "latency" in shapes else ():
                     r = await open_loop(s, rate, args.duration)
                     res.add(f"latency at {fmt(rate)} msgs/s offered, 20 conns", s.name, r)
                     log(s.name, f"latency {rate}", r)
-                if "offline" in args.shapes and s.stores:
+                if "offline" in shapes and s.stores:
                     r = await offline(s, args.offline, args.offline_recipients)
                     res.add(
                         f"offline: enqueue {fmt(args.offline)} to "
@@ -430,7 +476,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         r,
                     )
                     log(s.name, "offline", r)
-                if "handshakes" in args.shapes and s.name != "mosquitto-qos0":
+                if "handshakes" in shapes and s.name != "mosquitto-qos0":
                     r = await handshakes(s, args.duration, nusers)
                     res.add("handshakes: TLS connect + login, 16 at a time", s.name, r)
                     log(s.name, "handshakes", r)
@@ -463,6 +509,8 @@ async def main_async(args: argparse.Namespace) -> None:
         else:
             print_table(res, label, "msgs/s", ("p50", "p99"))
     print("\nlatencies in ms; p50/p99 in closed-loop shapes are send-to-delivery.")
+    if args.json:
+        args.json.write_text(json.dumps(res.rows, indent=1))
 
 
 def log(system: str, what: str, r: dict[str, float]) -> None:
@@ -484,7 +532,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--systems",
         nargs="+",
-        default=["hushwire", "mosquitto-qos1", "mosquitto-qos0", "floor", "floor-acked"],
+        default=[
+            "hushwire",
+            "prosody",
+            "prosody-gen",
+            "ejabberd",
+            "mosquitto-qos1",
+            "mosquitto-qos0",
+            "floor",
+            "floor-acked",
+        ],
     )
     p.add_argument("--chat", type=int, nargs="+", default=[200, 1000])
     p.add_argument("--bulk", type=int, nargs="+", default=[100, 256, 1024, 4096])
@@ -500,6 +557,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the relay of another checkout (e.g. a `git worktree` of "
         "an older commit) as system hushwire-baseline, interleaved",
     )
+    p.add_argument("--json", type=Path, help="also write every run's raw figures here")
     p.add_argument(
         "--relay-flag",
         action="append",

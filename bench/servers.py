@@ -1,9 +1,9 @@
-"""Start the three servers as subprocesses pinned to one core, on 127.0.0.1.
+"""Start the servers as subprocesses pinned to one core, on 127.0.0.1.
 
 hushwire: `python -m relay.cli` on a temp db with N users (created through relay.store
 and relay.tokens), benchmark flags lifting the per-sender limits.
-mosquitto: the Debian package (installed with apt-get if missing), own config, TLS with
-the same certificate, persistence off.
+mosquitto, prosody, ejabberd: the Debian packages (installed with apt-get if missing),
+own configs, TLS with the same certificate (bench/xmpp_servers.py for the XMPP two).
 floor: `python -m bench.floor`.
 """
 
@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hushwire.relay.store import Store
@@ -52,8 +53,9 @@ def user_name(i: int) -> str:
     return f"u{i}"
 
 
-async def make_db(db: Path, n: int) -> str:
-    """A fresh relay db with users u0..u{n-1}, all with one token (bench only)."""
+async def make_db(db: Path | str, n: int) -> str:
+    """A fresh relay db (a file, or an empty PostgreSQL database's URL) with users
+    u0..u{n-1}, all with one token (bench only)."""
     token = new_token()
     async with await Store.open(db) as store:
         for i in range(n):
@@ -77,8 +79,12 @@ class Server:
         core: int,
         port: int | None = None,
         cwd: Path = ROOT,
+        prepare: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.prepare = prepare  # run before every start (e.g. a fresh copy of the data)
+        self.env = env
         self.cwd = cwd
         self.argv = ["taskset", "-c", str(core), *argv]
         self.log_path = log
@@ -88,6 +94,8 @@ class Server:
 
     def start(self) -> Server:
         self.port = self.fixed_port or 0
+        if self.prepare is not None:
+            self.prepare()
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             self.argv,
@@ -95,6 +103,7 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.cwd,
+            env=self.env,
         )
         deadline = time.monotonic() + START_WAIT
         while time.monotonic() < deadline:
@@ -181,21 +190,24 @@ def floor(workdir: Path, core: int, *, acks: bool = False) -> Server:
     return Server(name, argv, workdir / f"{name}.log", core)
 
 
-def ensure_mosquitto() -> str:
-    path = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if Path(path).exists():
-        return path
-    print("mosquitto missing: installing the Debian package", file=sys.stderr)
+def ensure_package(binary: str, packages: tuple[str, ...]) -> str:
+    """The path of a Debian package's binary, installing the packages if it is missing."""
+    if Path(binary).exists():
+        return binary
+    print(f"{binary} missing: installing {' '.join(packages)}", file=sys.stderr)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "mosquitto"], check=True, env=env, timeout=600
+        ["apt-get", "-o", "DPkg::Lock::Timeout=900", "install", "-y", "-qq", *packages],
+        check=True,
+        env=env,
+        timeout=1200,
     )
-    return "/usr/sbin/mosquitto"
+    return binary
 
 
 def mosquitto(workdir: Path, core: int) -> Server:
-    binary = ensure_mosquitto()
+    binary = ensure_package("/usr/sbin/mosquitto", ("mosquitto",))
     port = free_port()
     conf = workdir / "mosquitto.conf"
     # The same certificate as the relay; persistence off; TCP_NODELAY like asyncio's;

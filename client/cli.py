@@ -114,6 +114,26 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _fingerprint(value: str) -> str:
+    """A full SHA-256 fingerprint, normalised to AB:CD:... (a prefix pins nothing)."""
+    digits = "".join(value.split()).replace(":", "").upper()
+    if len(digits) != 64 or any(c not in "0123456789ABCDEF" for c in digits):
+        raise argparse.ArgumentTypeError(
+            "expected the full SHA-256 fingerprint: 32 bytes in hex, as AB:CD:... (64 hex digits)"
+        )
+    return ":".join(digits[i : i + 2] for i in range(0, 64, 2))
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 1e9:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
 def _read_token(args: argparse.Namespace, stdin: TextIO) -> str:
     if args.token_file is not None:
         try:
@@ -182,6 +202,13 @@ def _report_event(event: object, err: TextIO) -> None:
         and (event.detail != "closed")
     ):
         _warn(err, f"disconnected: {event.detail}")
+
+
+def _raise_if_lost(event: object) -> None:
+    """`recv` stops with an error when the relay goes away or refuses us (disabled)."""
+    if isinstance(event, ConnectionState) and event.state != "connected":
+        if event.detail != "closed":
+            raise CliError(f"stopped receiving: lost the relay ({event.detail})")
 
 
 def _drain_warnings(client: HushwireClient, err: TextIO) -> None:
@@ -257,23 +284,36 @@ async def cmd_login(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: T
 
 
 async def cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    text = " ".join(args.message) if args.message else stdin.read()
+    try:
+        text = " ".join(args.message) if args.message else stdin.read()
+        text.encode("utf-8")  # argv undecodable in the locale arrives as lone surrogates
+    except UnicodeError:
+        raise CliError("the message is not valid UTF-8 text; nothing was sent") from None
     if not args.message and text.endswith("\n"):
         text = text[:-1]  # `echo hi | hushwire send bob` sends "hi"
-    if not text:
+    if not text.strip():
         raise CliError("empty message: nothing to send")
     client = await _open_started(args)
     try:
-        await client.send(args.name, text, queue_if_offline=False)
+        args.progress = SENDING
+        result = await client.send(args.name, text, queue_if_offline=False)
+        args.progress = SENT if not result.queued else QUEUED
         _drain_warnings(client, err)
     finally:
         await client.close()
     return EXIT_OK
 
 
+# What a Ctrl-C during `send` leaves behind, said on the way out (exit status 130).
+SENDING = (
+    "interrupted before the relay confirmed the message: it may not have gone out (if it "
+    "was already encrypted, the next hushwire command that connects sends it)"
+)
+SENT = "interrupted after the relay confirmed the message: it was sent"
+QUEUED = "interrupted: the message is kept and sent by a later hushwire command"
+
+
 async def cmd_recv(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    if args.wait < 0:
-        raise CliError("--wait must not be negative")
     client = await _open_started(args)
     shown: set[str] = set()
 
@@ -298,6 +338,7 @@ async def cmd_recv(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
                 await show(event)
             else:
                 _report_event(event, err)
+                _raise_if_lost(event)
 
     try:
         for item in await client.unread():
@@ -312,9 +353,13 @@ async def cmd_recv(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
                     await show(event)
                 else:
                     _report_event(event, err)
+                    _raise_if_lost(event)
             else:
                 waiter.cancel()
-        await syncing
+        try:
+            await syncing
+        except ConnectionClosed as exc:
+            raise CliError(f"stopped receiving: lost the relay ({exc.message})") from None
         await consume(client.events.empty, None)
         if args.wait > 0:
             await consume(lambda: False, time.monotonic() + args.wait)
@@ -392,7 +437,10 @@ async def cmd_contacts(args: argparse.Namespace, out: TextIO, err: TextIO, stdin
     client = await _open_started(args, required=False)
     try:
         if client.state != "connected":
-            _warn(err, "relay unreachable: online state unknown")
+            _warn(err, "relay unreachable: online state and unread counts may be stale")
+        else:
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                await client.sync()  # what waits at the relay counts as unread too
         contacts = await client.contacts()
         for c in contacts:
             if args.json:
@@ -488,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-key", metavar="FILE", help="its private key")
     p.add_argument(
         "--fingerprint",
+        type=_fingerprint,
         metavar="SHA256",
         help="pin exactly this certificate fingerprint (AB:CD:...) instead of "
         "trusting the first one seen; also the way to accept a replaced "
@@ -518,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         default=0.0,
         metavar="SECONDS",
         help="keep receiving this long after the queue is empty (default 0)",
@@ -612,7 +661,11 @@ def main(
             result = asyncio.run(result)
         return int(result)
     except KeyboardInterrupt:
+        _warn(err, getattr(args, "progress", "interrupted"))
         return 130
+    except UnicodeError:
+        _warn(err, "error: input that is not valid UTF-8 text; nothing was done with it")
+        return EXIT_ERROR
     except (HushwireError, CliError, OSError) as exc:
         text, status = _error_text(exc)
         first, *rest = text.splitlines() or [""]
@@ -620,6 +673,10 @@ def main(
         for line in rest:
             print(f"  {safe_for_terminal(line.strip())}", file=err)
         return status
+    except Exception as exc:  # whatever the input, no traceback reaches the user
+        logging.getLogger("hushwire.client").debug("internal error", exc_info=True)
+        _warn(err, f"internal error ({type(exc).__name__}); please report it")
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

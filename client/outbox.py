@@ -23,7 +23,7 @@ from hushwire.client.events import (
 )
 from hushwire.client.session import Fetch, Outgoing, SessionManager, max_text_bytes
 from hushwire.common import messages as wire
-from hushwire.common.errors import CryptoError, RequestError
+from hushwire.common.errors import CryptoError, ErrorCode, RequestError
 from hushwire.common.keys import PrekeyBundle
 from hushwire.common.names import check_username
 
@@ -68,7 +68,7 @@ class Outbox:
         name = check_username(contact)
         if name == self._sessions.user:
             raise ClientError("you cannot send a message to yourself")
-        if not text:
+        if not text.strip():
             raise ClientError("empty message: nothing to send")
         size, limit = len(text.encode("utf-8")), self.max_text_bytes(name)
         if size > limit:
@@ -86,7 +86,7 @@ class Outbox:
             if not queue_if_offline:
                 raise ConnectionClosed(f"not connected to the relay at {self._relay}")
             return await self._queued(name, text)
-        if await self._sessions.waiting():
+        if await self._sessions.waiting(name):
             # Connected, but the outbox has not gone out yet: join the queue behind it.
             uid = await self._sessions.queue(name, text)
             with contextlib.suppress(ConnectionClosed):  # then it stays queued: reported
@@ -106,6 +106,17 @@ class Outbox:
         except ConnectionClosed:
             if not queue_if_offline:
                 raise
+            return await self._queued(name, text)
+        except RequestError as exc:
+            if exc.code is not ErrorCode.NO_KEYS:
+                raise
+            # A user who never logged in has no keys yet: keep the message for them.
+            self._emit(
+                Notice(
+                    f"waiting for {name}'s first login: the message is kept and sent "
+                    f"once {name} has published keys"
+                )
+            )
             return await self._queued(name, text)
         return await self._transmit(conn, out, keep=queue_if_offline)
 
@@ -152,6 +163,8 @@ class Outbox:
             except ConnectionClosed:
                 raise
             except (RequestError, ClientError, CryptoError) as exc:
+                if isinstance(exc, RequestError) and exc.code is ErrorCode.NO_KEYS:
+                    continue  # still waiting for their first login: stays queued
                 await self._sessions.mark_failed(m.uid)
                 self._emit(Notice(f"could not send a queued message to {m.contact}: {exc.message}"))
                 continue

@@ -392,13 +392,16 @@ class HushwireClient:
         await asyncio.sleep(delay)
 
     async def _keepalive(self, conn: RelayConnection) -> None:
-        """Ping at half the idle timeout; check prekeys and signed-prekey age meanwhile."""
+        """Ping at half the idle timeout; check prekeys and signed-prekey age meanwhile, and
+        retry queued messages (one to a user without keys goes once they have some)."""
         interval = (conn.hello.idle_timeout if conn.hello else 120.0) / 2
         while not conn.is_closed:
             await asyncio.sleep(interval)
             try:
                 await conn.request(wire.Ping)
                 await self._keys.maintain(conn)
+                if await self.sessions.queued():  # e.g. for a user who had no keys yet
+                    await self._outbox.flush(conn)
             except ConnectionClosed:
                 return
             except RequestError as exc:

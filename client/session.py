@@ -640,9 +640,10 @@ class SessionManager:
     async def queued(self) -> list[StoredMessage]:
         return await self.store.messages_with_status(("queued",))
 
-    async def waiting(self) -> list[StoredMessage]:
-        """Outgoing messages not yet at the relay: queued or unconfirmed."""
-        return await self.store.messages_with_status(("queued", "pending"))
+    async def waiting(self, name: str | None = None) -> list[StoredMessage]:
+        """Outgoing messages (to `name`, or anyone) not yet at the relay: queued or
+        unconfirmed."""
+        return await self.store.messages_with_status(("queued", "pending"), name)
 
     # --- trust and verification ------------------------------------------------------
 

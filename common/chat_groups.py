@@ -18,14 +18,14 @@ Wire forms (canonical msgpack, `unpack_canonical`; docs/protocol.md, "Groups"):
     hash   = SHA-256(b"hushwire/group-state/v1" || msgpack(state))
     body   = [1, group_id, epoch, prev, signer, issued_at_ms, op, args]
     change = [body bin, Ed25519(signer, b"hushwire/group-change/v1" || body) bin(64)]
-    welcome = [1, state the add applies to, change]
 
-Sans-I/O: pure functions over frozen values; time and the group nonce are passed in.
+Sans-I/O: pure functions over frozen values. What one client holds (its chain of
+accepted states; creating, proposing and applying changes; welcomes) is
+common/chat_group_log.py.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -44,7 +44,12 @@ from hushwire.common.crypto.encoding import (
     unpack_canonical,
 )
 from hushwire.common.crypto.identity import IdentityKeyPair
-from hushwire.common.crypto.primitives import ED25519_SIG_LEN, ed25519_verify
+from hushwire.common.crypto.primitives import (
+    ED25519_KEY_LEN,
+    ED25519_SIG_LEN,
+    ed25519_check_public,
+    ed25519_verify,
+)
 from hushwire.common.errors import (
     CryptoError,
     GroupChangeRejected,
@@ -95,9 +100,9 @@ def decode_content(plaintext: bytes) -> tuple[ContentType, bytes]:
 
 
 class ChangeOp(StrEnum):
-    CREATE = "create"  # args [nonce bin(16), name, [member...], [admin...]]
+    CREATE = "create"  # args [nonce bin(16), name, [member...], [admin...], [key...]]
     RENAME = "rename"  # args [name]
-    ADD = "add"  # args [[member...], [admin...]]: the admins are among the added
+    ADD = "add"  # args [[member...], [admin...], [key...]]: admins among the added
     REMOVE = "remove"  # args [[member...]]
     LEAVE = "leave"  # args []: the signer leaves (the one change a non-admin signs)
     PROMOTE = "promote"  # args [[member...]]: members become admins
@@ -145,6 +150,12 @@ def _users(value: Any, *, allow_empty: bool = False) -> tuple[str, ...]:
     if not strictly_ascending(items):
         raise ValueError("usernames must be sorted and unique")
     return tuple(items)
+
+
+def _keys(value: Any, count: int) -> tuple[bytes, ...]:
+    """One 32-byte Ed25519 identity key per named member (checked when applied)."""
+    items = expect_list(value, count)
+    return tuple(expect_bytes(key, ED25519_KEY_LEN) for key in items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,15 +230,28 @@ class GroupChange:
     admins: tuple[str, ...] = ()  # create: admins; add: which of the added are admins
     name: str = ""  # create, rename
     nonce: bytes = b""  # create
+    keys: tuple[bytes, ...] = ()  # create, add: each of `users`' identity key, in order
+
+    def vouched(self) -> dict[str, bytes]:
+        """The identity keys this change's signer vouches for (create and add only)."""
+        if self.op not in (ChangeOp.CREATE, ChangeOp.ADD):
+            return {}
+        return dict(zip(self.users, self.keys, strict=True))
 
     def _args(self) -> list[Any]:
         match self.op:
             case ChangeOp.CREATE:
-                return [self.nonce, self.name, list(self.users), list(self.admins)]
+                return [
+                    self.nonce,
+                    self.name,
+                    list(self.users),
+                    list(self.admins),
+                    list(self.keys),
+                ]
             case ChangeOp.RENAME:
                 return [self.name]
             case ChangeOp.ADD:
-                return [list(self.users), list(self.admins)]
+                return [list(self.users), list(self.admins), list(self.keys)]
             case ChangeOp.LEAVE:
                 return []
             case _:
@@ -271,20 +295,28 @@ class GroupChange:
         }
         match kind:
             case ChangeOp.CREATE:
-                nonce, name, members, admins = expect_list(args, 4)
+                nonce, name, members, admins, keys = expect_list(args, 5)
+                users = _users(members)
                 return cls(
                     **common,
                     nonce=expect_bytes(nonce, NONCE_LEN),
                     name=check_group_name(name),
-                    users=_users(members),
+                    users=users,
                     admins=_users(admins),
+                    keys=_keys(keys, len(users)),
                 )
             case ChangeOp.RENAME:
                 (name,) = expect_list(args, 1)
                 return cls(**common, name=check_group_name(name))
             case ChangeOp.ADD:
-                members, admins = expect_list(args, 2)
-                return cls(**common, users=_users(members), admins=_users(admins, allow_empty=True))
+                members, admins, keys = expect_list(args, 3)
+                users = _users(members)
+                return cls(
+                    **common,
+                    users=users,
+                    admins=_users(admins, allow_empty=True),
+                    keys=_keys(keys, len(users)),
+                )
             case ChangeOp.LEAVE:
                 expect_list(args, 0)
                 return cls(**common)
@@ -332,7 +364,7 @@ class SignedChange:
             raise GroupChangeRejected("group change signature does not verify") from None
 
 
-def _sorted_unique(users: Iterable[str]) -> tuple[str, ...]:
+def sorted_unique(users: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(users)))
 
 
@@ -375,7 +407,7 @@ def _next_state(state: GroupState, change: GroupChange) -> GroupState:
             raise ValueError("a group is created only once")
     if len(members) > MAX_MEMBERS:
         raise ValueError(f"a group has at most {MAX_MEMBERS} members")
-    new_members, new_admins = _sorted_unique(members), _sorted_unique(admins)
+    new_members, new_admins = sorted_unique(members), sorted_unique(admins)
     _check_roles(new_members, new_admins)
     return GroupState(state.group_id, change.epoch, state.hash, name, new_members, new_admins)
 
@@ -386,6 +418,18 @@ def _allowed(state: GroupState, change: GroupChange) -> None:
             raise GroupChangeRejected(f"{change.signer} is not a member and cannot leave")
     elif not state.is_admin(change.signer):
         raise GroupChangeRejected(f"{change.signer} is not an admin of epoch {state.epoch}")
+
+
+def _check_vouched(change: GroupChange, identity_keys: Mapping[str, bytes]) -> None:
+    """Keys vouched for by a create or add must be valid, and the signer's must be the
+    one its signature verified under."""
+    for user, key in change.vouched().items():
+        try:
+            ed25519_check_public(key)
+        except CryptoError:
+            raise GroupChangeRejected(f"invalid identity key for {user}") from None
+        if user == change.signer and key != identity_keys.get(user):
+            raise GroupChangeRejected("the signer vouches for a key other than its own")
 
 
 def genesis(signed: SignedChange, identity_keys: Mapping[str, bytes]) -> GroupState:
@@ -404,6 +448,7 @@ def genesis(signed: SignedChange, identity_keys: Mapping[str, bytes]) -> GroupSt
         _check_roles(change.users, change.admins)
     except ValueError as exc:
         raise GroupChangeRejected(str(exc)) from None
+    _check_vouched(change, identity_keys)
     return GroupState(change.group_id, 1, NO_STATE, change.name, change.users, change.admins)
 
 
@@ -431,196 +476,8 @@ def next_state(
         raise GroupForked(f"epoch {change.epoch} was built on another membership state")
     _allowed(state, change)
     try:
-        return _next_state(state, change)
+        after = _next_state(state, change)
     except ValueError as exc:
         raise GroupChangeRejected(f"{change.op} not allowed: {exc}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class GroupLog:
-    """The states one client holds for a group, from the epoch it joined to now.
-
-    `changes[i]` is the signed change that made `states[i]` (for the first state, the
-    create or the add that let this client in), kept to tell a harmless duplicate from
-    a concurrent change signed for an epoch already applied.
-    """
-
-    me: str
-    states: tuple[GroupState, ...]
-    changes: tuple[bytes, ...]
-
-    @property
-    def current(self) -> GroupState:
-        return self.states[-1]
-
-    @property
-    def group_id(self) -> bytes:
-        return self.current.group_id
-
-    @property
-    def join_epoch(self) -> int:
-        return self.states[0].epoch
-
-    @property
-    def active(self) -> bool:
-        """Whether this client is still a member (a removed member's log stays readable)."""
-        return self.current.is_member(self.me)
-
-    def state_at(self, epoch: int) -> GroupState | None:
-        index = epoch - self.join_epoch
-        return self.states[index] if 0 <= index < len(self.states) else None
-
-
-def create_group(
-    identity: IdentityKeyPair,
-    creator: str,
-    name: str,
-    members: Iterable[str],
-    now_ms: int,
-    *,
-    admins: Iterable[str] = (),
-    nonce: bytes | None = None,
-) -> tuple[GroupLog, bytes]:
-    """A new group with `creator` as admin; returns the creator's log and the change
-    to send (content type GROUP_CHANGE) to every other member."""
-    users = _sorted_unique([creator, *members])
-    chosen = nonce if nonce is not None else secrets.token_bytes(NONCE_LEN)
-    change = GroupChange(
-        group_id=group_id_for(creator, chosen),
-        epoch=1,
-        prev=NO_STATE,
-        signer=creator,
-        issued_at_ms=now_ms,
-        op=ChangeOp.CREATE,
-        users=users,
-        admins=_sorted_unique([creator, *admins]),
-        name=name,
-        nonce=chosen,
-    )
-    wire = _sign_checked(change, identity)
-    signed = SignedChange.from_bytes(wire)
-    state = genesis(signed, {creator: identity.sign_key})
-    return GroupLog(creator, (state,), (wire,)), wire
-
-
-def propose(
-    log: GroupLog,
-    identity: IdentityKeyPair,
-    op: ChangeOp,
-    now_ms: int,
-    *,
-    users: Iterable[str] = (),
-    admins: Iterable[str] = (),
-    name: str = "",
-) -> tuple[GroupLog, bytes]:
-    """Sign a change to `log`'s current state and apply it locally.
-
-    Returns the new log and the change to send to every member of the old and the new
-    state (a removed member learns of its removal). Raises GroupChangeRejected if the
-    change is not allowed, exactly as a receiving member would.
-    """
-    state = log.current
-    change = GroupChange(
-        group_id=state.group_id,
-        epoch=state.epoch + 1,
-        prev=state.hash,
-        signer=log.me,
-        issued_at_ms=now_ms,
-        op=op,
-        users=_sorted_unique(users),
-        admins=_sorted_unique(admins),
-        name=name,
-    )
-    wire = _sign_checked(change, identity)
-    return apply_change(log, wire, {log.me: identity.sign_key}), wire
-
-
-def _sign_checked(change: GroupChange, identity: IdentityKeyPair) -> bytes:
-    """Sign, then parse back: what we send must pass the same strict parse as input."""
-    try:
-        wire = change.sign(identity)
-    except ValueError as exc:
-        raise GroupChangeRejected(f"cannot encode change: {exc}") from None
-    SignedChange.from_bytes(wire)
-    return wire
-
-
-def apply_change(log: GroupLog, data: bytes, identity_keys: Mapping[str, bytes]) -> GroupLog:
-    """A member's client applies a received change, or raises without changing anything.
-
-    A change for an epoch already applied is a StaleGroupChange when it is that very
-    change (a duplicate) or does not verify against that epoch; a different change that
-    does verify there is a GroupForked (two admins changed the same state, or someone is
-    showing members different histories): the client shows it, never picks silently.
-    """
-    signed = SignedChange.from_bytes(data)
-    epoch = signed.change.epoch
-    if epoch <= log.current.epoch:
-        _check_old_change(log, signed, identity_keys)
-    state = next_state(log.current, signed, identity_keys)
-    return GroupLog(log.me, (*log.states, state), (*log.changes, data))
-
-
-def _check_old_change(
-    log: GroupLog, signed: SignedChange, identity_keys: Mapping[str, bytes]
-) -> None:
-    epoch = signed.change.epoch
-    before = log.state_at(epoch - 1)
-    if before is None or log.changes[epoch - log.join_epoch] == signed.wire:
-        raise StaleGroupChange(f"epoch {epoch} already applied")
-    try:
-        next_state(before, signed, identity_keys)
-    except CryptoError:
-        raise StaleGroupChange(f"epoch {epoch} already applied") from None
-    raise GroupForked(f"two different changes signed for epoch {epoch}")
-
-
-def join_group(
-    me: str, data: bytes, identity_keys: Mapping[str, bytes], *, welcome: bool
-) -> GroupLog:
-    """Start a log from a create change (`welcome=False`) or a welcome, as member `me`.
-
-    A welcome is the state an add applies to and the add itself: the admin's signature
-    over the state hash vouches for that state, so no earlier history is needed, and none
-    is given (an added member reads only what is sent after it joined).
-    """
-    if not welcome:
-        state = genesis(SignedChange.from_bytes(data), identity_keys)
-        change = data
-    else:
-        before, change = parse_welcome(data)
-        signed = SignedChange.from_bytes(change)
-        if signed.change.op is not ChangeOp.ADD or signed.change.prev != before.hash:
-            raise GroupChangeRejected("a welcome carries an add to the state it comes with")
-        state = next_state(before, signed, identity_keys)
-        if me not in signed.change.users:
-            raise GroupChangeRejected("the welcome does not add us")
-    if not state.is_member(me):
-        raise GroupChangeRejected("we are not a member of this group")
-    return GroupLog(me, (state,), (change,))
-
-
-def make_welcome(log: GroupLog) -> bytes:
-    """The welcome for the members added by `log`'s last change (an add)."""
-    if (
-        len(log.states) < 2
-        or SignedChange.from_bytes(log.changes[-1]).change.op is not ChangeOp.ADD
-    ):
-        raise GroupChangeRejected("the last change is not an add")
-    return pack([GROUP_FORMAT, log.states[-2].to_wire(), log.changes[-1]])
-
-
-def parse_welcome(data: bytes) -> tuple[GroupState, bytes]:
-    try:
-        version, state, change = expect_list(unpack_canonical(data), 3)
-        if version != GROUP_FORMAT:
-            raise ValueError("unsupported welcome version")
-        return GroupState.from_wire(state), expect_bytes(change)
-    except ValueError as exc:
-        raise GroupChangeRejected(f"malformed welcome: {exc}") from None
-
-
-def change_recipients(before: GroupState | None, after: GroupState, me: str) -> tuple[str, ...]:
-    """Who must receive a change: every member before or after it, except the sender."""
-    old = before.members if before is not None else ()
-    return tuple(user for user in _sorted_unique([*old, *after.members]) if user != me)
+    _check_vouched(change, identity_keys)
+    return after

@@ -33,13 +33,13 @@ from typing import Any, Final
 
 from Crypto.Hash import SHA256
 
+from hushwire.common.chat_group_log import GroupLog
 from hushwire.common.chat_groups import (
     GROUP_FORMAT,
     GROUP_ID_LEN,
     MAX_EPOCH,
     MAX_MEMBERS,
     STATE_HASH_LEN,
-    GroupLog,
     strictly_ascending,
 )
 from hushwire.common.crypto.encoding import (
@@ -52,6 +52,7 @@ from hushwire.common.crypto.encoding import (
     unpack_canonical,
 )
 from hushwire.common.errors import (
+    CryptoError,
     GroupForked,
     GroupMessageRejected,
     LocalProtocolError,
@@ -71,8 +72,10 @@ MAX_TEXT_BYTES: Final = 16384
 MAX_MESSAGE_BYTES: Final = 65536
 # What a client remembers per sender device and epoch, so no peer can grow it unbounded.
 KEEP_CHAINS: Final = 512
+KEEP_EXTRAS: Final = 1024
 KEEP_EXPECTED: Final = 256
 MAX_VIEWS: Final = 4096
+TRANSCRIPT_VERSION: Final = 1
 
 Source = tuple[str, int]  # (user, device)
 
@@ -211,11 +214,12 @@ def chain_start(group_id: bytes, epoch: int, state_hash: bytes, source: Source) 
 class EpochView:
     """What this client knows of one sender device's messages in one epoch."""
 
-    floor: int = 0  # messages 1..floor all received
+    floor: int = 0  # messages 1..floor received, or given up on (see `lost`)
     extras: frozenset[int] = frozenset()  # received above floor + 1 (a gap below them)
     known: int = 0  # the highest position known to exist (received, prev, or reported)
     chains: Mapping[int, bytes] = field(default_factory=dict)  # recent seq -> chain
     expected: Mapping[int, tuple[bytes, str]] = field(default_factory=dict)
+    lost: int = 0  # positions at or below floor that never arrived
 
     def has(self, seq: int) -> bool:
         return seq <= self.floor or seq in self.extras
@@ -226,19 +230,29 @@ class EpochView:
 
     @property
     def missing(self) -> int:
-        return self.known - self.floor - len(self.extras)
+        return self.known - self.floor - len(self.extras) + self.lost
 
     def record(self, seq: int, chain: bytes) -> EpochView:
-        extras = self.extras | {seq}
-        floor = self.floor
-        while floor + 1 in extras:
-            floor += 1
-            extras = extras - {floor}
+        floor, extras, lost = self.floor, {*self.extras, seq}, self.lost
+        while True:
+            while floor + 1 in extras:
+                floor += 1
+                extras.discard(floor)
+            if len(extras) <= KEEP_EXTRAS:
+                break
+            # Give up on the oldest gap, so a gap that never fills cannot grow this view
+            # without end: it stays counted as missed, and a message from it that still
+            # arrives later is taken for a duplicate.
+            lowest = min(extras)
+            lost += lowest - floor - 1
+            floor = lowest
+            extras.discard(lowest)
         chains = {**self.chains, seq: chain}
         if len(chains) > KEEP_CHAINS:
             del chains[min(chains)]
-        expected = {k: v for k, v in self.expected.items() if k != seq}
-        return EpochView(floor, extras, max(self.known, seq), chains, expected)
+        expected = {k: v for k, v in self.expected.items() if k > floor and k != seq}
+        known = max(self.known, seq)
+        return EpochView(floor, frozenset(extras), known, chains, expected, lost)
 
     def expect(self, seq: int, chain16: bytes, reporter: str) -> EpochView:
         """Another member says this message exists: count it, compare it on arrival."""
@@ -292,9 +306,78 @@ class Transcript:
             views = {k: v for k, v in views.items() if k[2] != oldest or k == key}
         return replace(self, views=views)
 
+    def to_bytes(self) -> bytes:
+        """Version byte, then msgpack; for the client's store (encrypted at rest)."""
+        views = [
+            [
+                user,
+                device,
+                epoch,
+                view.floor,
+                sorted(view.extras),
+                view.known,
+                [[seq, chain] for seq, chain in sorted(view.chains.items())],
+                [[seq, h, who] for seq, (h, who) in sorted(view.expected.items())],
+                view.lost,
+            ]
+            for (user, device, epoch), view in sorted(self.views.items())
+        ]
+        body = [self.group_id, self.me, self.device, self.join_epoch, views]
+        return bytes([TRANSCRIPT_VERSION]) + pack(body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Transcript:
+        """Inverse of `to_bytes`; CryptoError for anything else."""
+        if not data or data[0] != TRANSCRIPT_VERSION:
+            raise CryptoError("unsupported transcript version")
+        try:
+            group_id, me, device, join_epoch, views = expect_list(unpack_canonical(data[1:]), 5)
+            if not is_valid_username(me) or not isinstance(views, list):
+                raise ValueError("expected a member and a list of views")
+            transcript = cls(
+                expect_bytes(group_id, GROUP_ID_LEN),
+                me,
+                expect_int(device, 0, MAX_DEVICE_ID),
+                expect_int(join_epoch, 1, MAX_EPOCH),
+                dict(_stored_view(item) for item in views[: MAX_VIEWS + 1]),
+            )
+            if len(views) > MAX_VIEWS:
+                raise ValueError("too many views")
+        except ValueError as exc:
+            raise CryptoError(f"malformed transcript: {exc}") from None
+        return transcript
+
     def last_from(self, user: str, device: int) -> tuple[int, int] | None:
         """The latest (epoch, seq) received from (or sent by) one device."""
         return _latest(self).get((user, device))
+
+
+def _stored_view(item: Any) -> tuple[tuple[str, int, int], EpochView]:
+    user, device, epoch, floor, extras, known, chains, expected, lost = expect_list(item, 9)
+    if not is_valid_username(user):
+        raise ValueError("invalid username")
+    key = (user, expect_int(device, 0, MAX_DEVICE_ID), expect_int(epoch, 1, MAX_EPOCH))
+    view = EpochView(
+        floor=expect_int(floor, 0, MAX_SEQ),
+        extras=frozenset(expect_int(seq, 1, MAX_SEQ) for seq in _bounded(extras, KEEP_EXTRAS)),
+        known=expect_int(known, 0, MAX_SEQ),
+        chains={
+            expect_int(seq, 1, MAX_SEQ): expect_bytes(chain, CHAIN_LEN)
+            for seq, chain in (expect_list(c, 2) for c in _bounded(chains, KEEP_CHAINS))
+        },
+        expected={
+            expect_int(seq, 1, MAX_SEQ): (expect_bytes(h, SEEN_HASH_LEN), expect_str(who))
+            for seq, h, who in (expect_list(e, 3) for e in _bounded(expected, KEEP_EXPECTED))
+        },
+        lost=expect_int(lost, 0, MAX_SEQ),
+    )
+    return key, view
+
+
+def _bounded(value: Any, most: int) -> list[Any]:
+    if not isinstance(value, list) or len(value) > most:
+        raise ValueError(f"expected a list of at most {most} items")
+    return value
 
 
 def _latest(transcript: Transcript) -> dict[Source, tuple[int, int]]:
@@ -397,7 +480,7 @@ def receive(
     updated = transcript.with_view(
         sender, device, message.epoch, view.record(message.seq, message.chain)
     )
-    if message.prev is not None and message.prev[0] >= updated.join_epoch:
+    if message.prev is not None and _ours(log, transcript.me, sender, message.prev[0]):
         before = updated.view(sender, device, message.prev[0])
         updated = updated.with_view(
             sender,
@@ -431,6 +514,13 @@ def _check_sender(
         raise GroupMessageRejected("a message from this very device")
 
 
+def _ours(log: GroupLog, me: str, user: str, epoch: int) -> bool:
+    """Whether we and `user` were both members at `epoch`: only then do its messages of
+    that epoch count for us."""
+    state = log.state_at(epoch)
+    return state is not None and state.is_member(me) and state.is_member(user)
+
+
 def _take_seen(
     log: GroupLog, transcript: Transcript, message: GroupMessage, source: Source
 ) -> tuple[Transcript, list[Fork]]:
@@ -438,9 +528,10 @@ def _take_seen(
     sender = source[0]
     forks = []
     for entry in message.seen:
-        state = log.state_at(entry.epoch)
-        if state is None or not state.is_member(entry.user) or (entry.user, entry.device) == source:
-            continue  # before we joined, not a member then, or about itself (its chain says)
+        if (entry.user, entry.device) == source or not _ours(
+            log, transcript.me, entry.user, entry.epoch
+        ):
+            continue  # about itself (its own chain says that), or not an epoch we shared
         view = transcript.view(entry.user, entry.device, entry.epoch)
         mine = (entry.user, entry.device) == (transcript.me, transcript.device)
         if view.has(entry.seq):

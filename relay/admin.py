@@ -1,6 +1,8 @@
 """hushwire-admin: manage users, the schema and TLS material of a relay's database.
 
-Safe to run while the relay is up: both use the same SQLite db in WAL mode, every
+`--db` takes a SQLite file or a postgresql:// URL; every command works on both.
+Safe to run while the relay is up: both use the same SQLite db in WAL mode (or the same
+PostgreSQL database), every
 admin change is one short transaction (waiting up to a few seconds for the relay's
 current commit), and account changes reach the running relay through the
 `user_events` table, which it polls (see docs/operations.md). `restore` is the
@@ -33,6 +35,7 @@ from hushwire.relay import migrate as migrations
 from hushwire.relay.dblock import DbLock
 from hushwire.relay.errors import DbLocked, SchemaOutdated, TlsMaterialError, UnknownUser
 from hushwire.relay.store import Store, UserRecord
+from hushwire.relay.store.urls import is_postgres_url, postgres_module, redact
 from hushwire.relay.tokens import hash_token, new_salt, new_token
 
 PROG = "hushwire-admin"
@@ -81,12 +84,22 @@ def _when(ts: int | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _run(db: Path, fn: Callable[[Store], Any], *, create: bool = False) -> Any:
-    """Open the db (building it first with `create` when missing), run `fn`, close."""
-    if not db.exists() and not create:
+def _db(value: str) -> Path | str:
+    """--db: a postgresql:// URL as given, anything else a SQLite file path."""
+    return value if is_postgres_url(value) else Path(value)
+
+
+def _run(db: Path | str, fn: Callable[[Store], Any], *, create: bool = False) -> Any:
+    """Open the db (building it first with `create` when missing), run `fn`, close.
+
+    A PostgreSQL database is never migrated here: it exists before its first user (the
+    server's operator creates it), so its schema is `migrate`'s job, or the relay's.
+    """
+    exists = not isinstance(db, Path) or db.exists()
+    if not exists and not create:
         raise SchemaOutdated(f"no database at {db}; create it with `{PROG} --db {db} migrate`")
     # An existing db is never migrated implicitly: schema changes are `migrate`'s job.
-    migrate = not db.exists()
+    migrate = not exists
 
     async def go() -> Any:
         store = await Store.open(db, migrate=migrate)
@@ -186,18 +199,33 @@ def cmd_remove_user(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    start, end = migrations.migrate(args.db)
-    if start == end:
-        print(f"{args.db} is up to date (schema v{end})")
+    if isinstance(args.db, Path):
+        start, end = migrations.migrate(args.db)
+        where = str(args.db)
     else:
-        print(f"migrated {args.db}: schema v{start} -> v{end}")
-        if start:
+        start, end = asyncio.run(postgres_module().migrate_schema(args.db))
+        where = redact(args.db)
+    if start == end:
+        print(f"{where} is up to date (schema v{end})")
+    else:
+        print(f"migrated {where}: schema v{start} -> v{end}")
+        if start and isinstance(args.db, Path):
             print(f"backup of v{start}: {migrations.backup_path(args.db, start)}")
     return 0
 
 
-def _relay_running(db: Path) -> bool:
-    """Whether a relay holds the db's lock (relay/dblock.py)."""
+def _sqlite_file(db: Path | str, command: str, instead: str) -> Path:
+    """`db` for a command that only makes sense on a SQLite file; refuses a URL."""
+    if isinstance(db, Path):
+        return db
+    raise HushwireError(f"{command} works on a SQLite file; with PostgreSQL {instead}")
+
+
+def _relay_running(db: Path | str) -> bool:
+    """Whether a relay holds the db's lock (relay/dblock.py). A relay on PostgreSQL has
+    no local lock or control socket: False."""
+    if not isinstance(db, Path):
+        return False
     try:
         DbLock(db).acquire(PROG).release()
     except DbLocked:
@@ -238,7 +266,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    info = backup.backup(args.db, args.file)
+    db = _sqlite_file(args.db, "backup", "use pg_dump")
+    info = backup.backup(db, args.file)
     print(
         f"backed up {args.db} to {args.file}: schema v{info.version}, {info.users} user(s), "
         f"{info.queued} queued envelope(s)"
@@ -247,7 +276,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    info, saved = backup.restore(args.file, args.db, now=dt.datetime.fromtimestamp(_now(), dt.UTC))
+    db = _sqlite_file(args.db, "restore", "use pg_restore with the relays stopped")
+    info, saved = backup.restore(args.file, db, now=dt.datetime.fromtimestamp(_now(), dt.UTC))
     print(
         f"restored {args.db} from {args.file}: schema v{info.version}, {info.users} user(s), "
         f"{info.queued} queued envelope(s)"
@@ -258,6 +288,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
+    # A relay keeps per-user mailbox counts that must see a purge; on PostgreSQL there is
+    # no control socket to ask it through, so its own retention (retention_days) purges.
+    _sqlite_file(args.db, "purge", "the relay purges by itself (retention_days)")
     cutoff = int(_now() - args.older_than * 86400)
     if _relay_running(args.db):
         # Through the relay: it keeps per-user mailbox counts that must see the purge.
@@ -270,13 +303,34 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_copy_store(args: argparse.Namespace) -> int:
+    source = _sqlite_file(args.source, "copy-store --from", "there is nothing to copy from")
+    if isinstance(args.to, Path):
+        raise HushwireError("copy-store --to must be a postgresql:// URL")
+    postgres_module()  # a clear error if asyncpg is missing
+    from hushwire.relay.store import copy
+
+    # No relay may write the file while it is copied: take the lock a relay holds.
+    lock = DbLock(source).acquire(f"{PROG} copy-store")
+    try:
+        counts = asyncio.run(copy.copy_from_sqlite(source, args.to))
+    finally:
+        lock.release()
+    print(
+        f"copied {source} to {redact(args.to)}: {counts['users']} user(s), "
+        f"{counts['mailbox']} queued envelope(s), {counts['one_time_prekeys']} one-time "
+        "prekey(s); start the relay with --store and that URL"
+    )
+    return 0
+
+
 def cmd_issue_client_cert(args: argparse.Namespace) -> int:
     async def exists(store: Store) -> bool:
         return await store.user_exists(args.name)
 
     if not _run(args.db, exists):
         raise UnknownUser(f"no user named {args.name!r}")
-    ca_dir = args.ca_dir or args.db.resolve().parent
+    ca_dir = args.ca_dir or (args.db.resolve().parent if isinstance(args.db, Path) else Path.cwd())
     cert, key = tls.issue_client_cert(ca_dir, args.name, args.out)
     print(f"client certificate for {args.name}: {cert}")
     print(f"private key (mode 0600): {key}")
@@ -330,7 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Manage the users and database of a hushwire relay.")
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument(
-        "--db", type=Path, default=Path(DEFAULT_DB), help="database file (default ./users.db)"
+        "--db",
+        type=_db,
+        default=Path(DEFAULT_DB),
+        metavar="PATH|URL",
+        help="SQLite database file (default ./users.db) or a postgresql:// URL",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
@@ -371,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument(
         "--older-than", type=_days, required=True, metavar="DAYS", help="age in days (e.g. 30)"
     )
+    cp = command("copy-store", cmd_copy_store, "copy a SQLite store into an empty PostgreSQL one")
+    cp.add_argument("--from", dest="source", type=_db, required=True, metavar="PATH")
+    cp.add_argument("--to", type=_db, required=True, metavar="URL")
     cert = with_name(
         command("issue-client-cert", cmd_issue_client_cert, "issue a TLS client certificate")
     )
@@ -380,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="where the relay's client CA lives (default: next to the db)",
+        help="where the relay's client CA lives (default: next to the db file, or here)",
     )
     dh = command("dhparams", cmd_dhparams, "generate a safe-prime DH group (takes minutes)")
     dh.add_argument("--bits", type=int, default=3072, help="size of p (>= 2048, default 3072)")

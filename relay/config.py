@@ -19,6 +19,7 @@ from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.version import version
 from hushwire.relay.logs import LOG_FORMATS
 from hushwire.relay.ratelimit import Rate
+from hushwire.relay.store.urls import is_postgres_url
 
 
 class ConfigError(HushwireError):
@@ -32,6 +33,12 @@ def _opt(default: Any, help: str, *, metavar: str | None = None) -> Any:
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
     db: Path = _opt(Path("users.db"), "SQLite database (created and migrated if absent)")
+    store: str | None = _opt(
+        None,
+        "keep the relay's state in PostgreSQL instead of the SQLite db: a postgresql:// URL "
+        "(schema created or upgraded at start; needs the `postgresql` extra)",
+        metavar="URL",
+    )
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(7443, "TCP port to listen on (0 picks a free one)")
     cert: Path | None = _opt(
@@ -103,6 +110,11 @@ class RelayConfig:
         return Rate(self.publish_burst, 1.0 / self.publish_period)
 
     @property
+    def store_target(self) -> Path | str:
+        """Where the relay's state lives: the PostgreSQL URL if set, else the SQLite db."""
+        return self.store or self.db
+
+    @property
     def cert_path(self) -> Path:
         return self.cert or self.db.parent / "relay-cert.pem"
 
@@ -121,6 +133,8 @@ class RelayConfig:
                 raise ConfigError(f"{name} must be positive")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port must be between 0 and 65535")
+        if self.store is not None and not is_postgres_url(self.store):
+            raise ConfigError("store must be a postgresql:// URL (a SQLite file is set by db)")
         if self.synchronous.upper() not in ("NORMAL", "FULL"):
             raise ConfigError("synchronous must be NORMAL or FULL")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -197,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hushwire-relay",
         description="Relay for end-to-end encrypted hushwire chat. It stores users and their "
-        "public prekeys in SQLite and forwards sealed envelopes it cannot read.",
+        "public prekeys in SQLite (or PostgreSQL) and forwards sealed envelopes it cannot read.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every flag can also be set in the TOML file given by --config, by its name "
         "with underscores, at top level or under [relay]; flags win over the file.\n"

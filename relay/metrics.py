@@ -19,7 +19,7 @@ LOGIN_RESULTS = ("ok", "auth_failed", "user_disabled", "rate_limited", "wrong_ce
 RATE_LIMIT_KINDS = ("send", "login", "fetch", "publish")
 # Operations (envelope batches, acks, login stamps) per group commit.
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-# Seconds one group commit transaction takes on the db thread.
+# Seconds from handing a group commit to the db thread until it is committed.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 

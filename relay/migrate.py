@@ -1,5 +1,9 @@
 """Schema migrations: numbered SQL files in the `migrations` package, applied in order.
 
+Each backend has its own folder (migrations/sqlite/, migrations/postgresql/) with the
+same numbers: version N means the same tables and answers in both. This module applies
+the SQLite ones; relay/store/postgres.py applies the PostgreSQL ones from the same list.
+
 The db records its version in `schema_version` (one row). `migrate()` applies every
 pending file, each in its own transaction together with the version bump, so a crash
 leaves the db at a whole version. Before upgrading a db that already holds a schema it
@@ -38,24 +42,32 @@ class Migration:
     sql: str
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
 @cache
-def migrations() -> tuple[Migration, ...]:
-    """All migrations shipped as package data, checked to be numbered 1..N without gaps."""
+def migrations(backend: str = "sqlite") -> tuple[Migration, ...]:
+    """A backend's migrations shipped as package data, checked to be numbered 1..N
+    without gaps."""
+    if backend not in BACKENDS:
+        raise SchemaError(f"no migrations for backend {backend!r}")
     found = []
-    for entry in resources.files("hushwire.migrations").iterdir():
+    for entry in resources.files("hushwire.migrations").joinpath(backend).iterdir():
         m = _FILE.fullmatch(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), entry.name, entry.read_text("utf-8")))
     found.sort(key=lambda mig: mig.version)
     numbers = [mig.version for mig in found]
     if numbers != list(range(1, len(found) + 1)):
-        raise SchemaError(f"migration files are not numbered 1..N without gaps: {numbers}")
+        raise SchemaError(
+            f"{backend} migration files are not numbered 1..N without gaps: {numbers}"
+        )
     return tuple(found)
 
 
-def latest_version() -> int:
+def latest_version(backend: str = "sqlite") -> int:
     """The schema version this code builds and expects."""
-    return len(migrations())
+    return len(migrations(backend))
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -96,11 +108,11 @@ def current_version(path: str | Path) -> int:
         conn.close()
 
 
-def check_not_too_new(version: int, path: str | Path) -> None:
-    if version > latest_version():
+def check_not_too_new(version: int, where: str | Path, backend: str = "sqlite") -> None:
+    if version > latest_version(backend):
         raise SchemaTooNew(
-            f"{path} is at schema version {version}, but this hushwire only knows versions "
-            f"up to {latest_version()}; upgrade hushwire (or restore a backup), never "
+            f"{where} is at schema version {version}, but this hushwire only knows versions "
+            f"up to {latest_version(backend)}; upgrade hushwire (or restore a backup), never "
             "run older code on a newer db"
         )
 

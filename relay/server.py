@@ -104,7 +104,10 @@ class RelayServer:
         context, self.fingerprint = tls_context(config)
         self._lock = DbLock(config.db).acquire("hushwire-relay")
         self._store = await Store.open(
-            config.db, synchronous=config.synchronous, max_mailbox=config.max_mailbox
+            config.store_target,
+            synchronous=config.synchronous,
+            max_mailbox=config.max_mailbox,
+            exclusive=True,
         )
         self._control = ControlServer(config.db, self._control_request)
         await self._control.start()
@@ -274,11 +277,18 @@ class RelayServer:
         raise ValueError(f"unknown op {op!r}")
 
     async def serve(self, stop: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Run until `stop` returns (default: SIGINT or SIGTERM), then close."""
-        await self.start()
+        """Run until `stop` returns (default: SIGINT or SIGTERM), then close.
+
+        The signal handlers go in before `start()` logs "listening" and tells systemd
+        READY=1: a SIGTERM sent the moment the relay is ready still drains it.
+        """
+        stopper = asyncio.ensure_future((stop or _signal_trigger)())
+        await asyncio.sleep(0)  # one turn: the trigger installs its handlers
         try:
-            await (stop or _signal_trigger)()
+            await self.start()
+            await stopper
         finally:
+            stopper.cancel()
             await self.close()
 
 

@@ -1,9 +1,11 @@
-"""Shared fixtures: a real relay on 127.0.0.1 with real TLS and a real SQLite file."""
+"""Shared fixtures: a real relay on 127.0.0.1 with real TLS and a real SQLite file (or a
+real PostgreSQL server the tests start)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from hushwire.client.service import HushwireClient
 from hushwire.relay.config import RelayConfig
 from hushwire.relay.server import RelayServer
 from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, settings_for
+from tests.services import PostgresServer, postgres_bindir
 from tests.support import DEMO_USERS, Daemon, Harness, add_users
 
 
@@ -39,7 +42,14 @@ RelayFactory = Callable[..., Awaitable[Harness]]
 
 
 @pytest.fixture
-async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
+def relay_store() -> str | None:
+    """The PostgreSQL URL relays of `relay_factory` keep their state in, or None for
+    their SQLite db. Modules that run on both backends override it with a param."""
+    return None
+
+
+@pytest.fixture
+async def relay_factory(tmp_path: Path, relay_store: str | None) -> AsyncIterator[RelayFactory]:
     harnesses: list[Harness] = []
 
     async def start(
@@ -48,10 +58,13 @@ async def relay_factory(tmp_path: Path) -> AsyncIterator[RelayFactory]:
         tokens: dict[str, str] | None = None,
         **overrides: Any,
     ) -> Harness:
+        # A db given by the test is a store of its own: that SQLite file.
+        store = relay_store if db is None else None
         db = db or tmp_path / "relay.db"
+        base = RelayConfig(db=db, port=0, store=store)
         if tokens is None:
-            tokens = await add_users(db, users)
-        config = dataclasses.replace(RelayConfig(db=db, port=0), **overrides).validate()
+            tokens = await add_users(base.store_target, users)
+        config = dataclasses.replace(base, **overrides).validate()
         server = RelayServer(config)
         await server.start()
         harness = Harness(server, config, tokens)
@@ -126,3 +139,33 @@ async def reopen(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Hushwi
     yield make
     for c in clients:
         await c.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (skipped, loudly, only if not installed)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        reason = "PostgreSQL server not installed (apt-get install postgresql): NOT TESTED"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI must run the PostgreSQL tests (.ci/run installs it)")
+        pytest.skip(reason)
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a store lives, once per backend: a SQLite file, or a PostgreSQL URL."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return tmp_path / "users.db"

@@ -20,7 +20,7 @@ from hushwire.relay.tokens import hash_token, new_salt, new_token
 DEMO_USERS = ("alice", "bob", "carol")
 
 
-async def add_users(db: Path, names: tuple[str, ...]) -> dict[str, str]:
+async def add_users(db: Path | str, names: tuple[str, ...]) -> dict[str, str]:
     tokens = {}
     async with await Store.open(db) as store:
         for name in names:

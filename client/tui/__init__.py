@@ -10,7 +10,7 @@ Every piece of text a peer or the relay controls passes through `safe_for_termin
 before it reaches the screen.
 """
 
-from hushwire.client.tui.app import ChatApp, main
+from hushwire.client.tui.app import UNDO_CHARS, ChatApp, main
 from hushwire.client.tui.commands import (
     COMMANDS,
     ChatCompleter,
@@ -34,6 +34,7 @@ __all__ = [
     "HISTORY_ON_OPEN",
     "MAX_HISTORY",
     "MAX_LINES",
+    "UNDO_CHARS",
     "ChatApp",
     "ChatCompleter",
     "ChatController",

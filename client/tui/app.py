@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import Final
 
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
@@ -43,6 +44,22 @@ from hushwire.common.errors import HushwireError
 log = logging.getLogger("hushwire.tui")
 
 
+UNDO_CHARS: Final = 200_000  # characters of earlier input-line states kept for undo
+
+
+def _bound_undo(buffer: Buffer) -> None:
+    """prompt_toolkit saves the whole line before each key press, so a long paste without
+    bracketed paste kept one copy per character of a growing line (memory quadratic in
+    its length: 2.4 GB for 70,000 characters). Keep only the newest UNDO_CHARS."""
+    stack = buffer._undo_stack  # no public knob for its size
+    total = 0
+    for i in range(len(stack) - 1, -1, -1):
+        total += len(stack[i][0])
+        if total > UNDO_CHARS:
+            del stack[: i + 1]
+            return
+
+
 class ChatApp:
     """The full-screen application around one HushwireClient."""
 
@@ -71,6 +88,7 @@ class ChatApp:
             history=InMemoryHistory(),
             accept_handler=self._accept,
         )
+        self.input.buffer.on_text_changed += _bound_undo
         body = VSplit(
             [
                 Window(
@@ -120,17 +138,13 @@ class ChatApp:
 
         @kb.add("pageup")
         def _up(event: KeyPressEvent) -> None:
-            self.pane.scroll(-self._page())
+            self.pane.scroll(-1)
 
         @kb.add("pagedown")
         def _down(event: KeyPressEvent) -> None:
-            self.pane.scroll(self._page())
+            self.pane.scroll(1)
 
         return kb
-
-    def _page(self) -> int:
-        info = self.pane.window.render_info
-        return max(1, (info.window_height if info else 20) - 1)
 
     def _accept(self, buffer: Buffer) -> bool:
         """Enter: queue the line for the worker (in order); keep it if it is too long."""

@@ -71,6 +71,8 @@ def parse_input(text: str) -> Command | str | None:
         return text.lstrip()[1:]
     if not stripped.startswith("/"):
         return text
+    if not stripped[1:].strip():
+        raise CommandError("a command name goes after /: see /help (//text sends /text)")
     word, *args = stripped[1:].split()
     spec = COMMANDS.get(word)
     if spec is None:

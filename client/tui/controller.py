@@ -140,16 +140,15 @@ class ChatController:
     async def load_history(self, name: str, count: int) -> None:
         async with self._view_lock:
             items = await self.client.history(name, count)
-            self.model.set_lines(name, (self._history_line(i) for i in items))
             if self.model.current == name:
                 await self.client.mark_read(contact=name)
-        shown = len(items)
-        self.model.info(
-            f"{shown} earlier message(s) from your profile"
-            if shown
-            else f"no messages with {name} yet",
-            name=name,
-        )
+            # The count introduces the history, so it comes first.
+            head = Line.info(
+                f"{len(items)} earlier message(s) from your profile"
+                if items
+                else f"no messages with {name} yet"
+            )
+            self.model.set_lines(name, [head, *(self._history_line(i) for i in items)])
 
     def _history_line(self, item: HistoryItem) -> Line:
         note = "" if item.status in ("sent", "received", "read") else item.status
@@ -181,7 +180,7 @@ class ChatController:
             return
         note = "queued" if result.queued else ""
         self.model.add(name, Line.message("out", "you", text, result.sent_at, result.uid, note))
-        if result.queued:
+        if result.queued and self.client.state != "connected":
             self.model.info("not connected: the message goes out when the relay is back", name=name)
 
     async def who(self) -> None:
@@ -288,6 +287,7 @@ class ChatController:
         elif isinstance(event, Presence):
             model.online[event.user] = event.online
         elif isinstance(event, MessageSent):
+            model.settle(event.contact, event.uid)
             model.info("a queued message was sent", name=event.contact)
         elif isinstance(event, Notice):
             model.info(event.text, "warning")

@@ -4,6 +4,7 @@ neutralised where it enters (`Line.message`, `Line.info`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -155,6 +156,16 @@ class ChatModel:
         conv.replace(lines)
         if conv is self.shown:
             self._switched(conv)
+
+    def settle(self, name: str, uid: str) -> None:
+        """Message `uid` to `name` reached the relay: drop its [queued]/[pending] note."""
+        conv = self.conversation(name)
+        for i, line in enumerate(conv.lines):
+            if line.uid == uid and line.note:
+                conv.lines[i] = dataclasses.replace(line, note="")
+                if conv is self.shown:
+                    self._switched(conv)
+                return
 
     def set_connection(self, state: str, detail: str) -> None:
         self.connection = state

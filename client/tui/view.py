@@ -122,18 +122,27 @@ class MessagePane:
         position = len(text) if cursor is None else min(cursor, len(text))
         self.buffer.set_document(Document(text, position), bypass_readonly=True)
 
-    def scroll(self, rows: int) -> None:
-        """Move the view by `rows` (negative: up); at the bottom it follows again."""
+    def scroll(self, pages: int) -> None:
+        """Move the view by `pages` screens (negative: up); at the bottom it follows again.
+
+        The cursor is what the window keeps visible, so it goes a page beyond the edge
+        now on screen (moved from the bottom row by only a page it stayed in view and the
+        view moved a single line)."""
         doc = self.buffer.document
-        if rows < 0:
-            self.buffer.cursor_position += doc.get_cursor_up_position(count=-rows)
-            self.buffer.cursor_position += doc.get_start_of_line_position()
+        info = self.window.render_info
+        height = info.window_height if info else 20
+        page = max(1, height - 1)
+        row = doc.cursor_position_row  # beyond the view drawn last if keys came faster
+        if pages < 0:
+            top = min(info.first_visible_line(), row) if info else row
+            target = max(0, top - page * -pages)
         else:
-            target = doc.cursor_position_row + rows
-            if target >= doc.line_count - 1:
-                self.buffer.cursor_position = len(doc.text)
-            else:
-                self.buffer.cursor_position += doc.get_cursor_down_position(count=rows)
+            bottom = max(info.last_visible_line(), row) if info else row
+            target = bottom + page * pages
+        if target >= doc.line_count - 1:
+            self.buffer.cursor_position = len(doc.text)
+        else:
+            self.buffer.cursor_position = doc.translate_row_col_to_index(target, 0)
 
 
 STYLE: Final = Style.from_dict(

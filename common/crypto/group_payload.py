@@ -9,18 +9,17 @@ hash of that ciphertext (the "key note") in each device's Double Ratchet envelop
                            ad = b"hushwire/group-payload/v1")      (ciphertext || tag)
     key note = msgpack [1, K bin(32), SHA-256(payload) bin(32)]
 
-K is used for one message only, so the fixed nonce never repeats under a key. Every
-property still comes from the pairwise sessions: only devices given a key note can
-read the payload (a removed member gets none, whatever the relay forwards); K and the
-ratchet keys that carried it are deleted after use (forward secrecy per message); and
-the note arrives over the sender's authenticated session and names the exact payload
-bytes, so a member who learned K cannot pass off another payload as the sender's (it
-would have to send it under its own note, as itself).
+K (32 bytes from the OS CSPRNG) is used for one message only, so the fixed nonce never
+repeats under a key. Every property still comes from the pairwise sessions: only
+devices given a key note can read the payload (a removed member gets none, whatever the
+relay forwards); K and the ratchet keys that carried it are deleted after use (forward
+secrecy per message); and the note arrives over the sender's authenticated session and
+names the exact payload bytes, so a member who learned K cannot pass off another payload
+as the sender's (it would have to send it under its own note, as itself).
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Final
 
 from Crypto.Hash import SHA256
@@ -35,6 +34,8 @@ from hushwire.common.crypto.primitives import (
     AEAD_KEY_LEN,
     AEAD_NONCE_LEN,
     HASH_LEN,
+    OS_RANDOM,
+    Random,
     aead_open,
     aead_seal,
 )
@@ -45,9 +46,9 @@ PAYLOAD_AD: Final = b"hushwire/group-payload/v1"
 _NONCE: Final = bytes(AEAD_NONCE_LEN)
 
 
-def seal_group_payload(message: bytes) -> tuple[bytes, bytes]:
+def seal_group_payload(message: bytes, rand: Random = OS_RANDOM) -> tuple[bytes, bytes]:
     """(key note to seal for every device, payload to send once) for one message."""
-    key = secrets.token_bytes(AEAD_KEY_LEN)
+    key = rand(AEAD_KEY_LEN)
     payload = aead_seal(key, _NONCE, message, PAYLOAD_AD)
     return pack([KEY_NOTE_VERSION, key, SHA256.new(payload).digest()]), payload
 

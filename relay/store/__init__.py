@@ -9,7 +9,8 @@ returning means the rows are durable. Records and limits are in records.py.
 
 Layout: records.py (record types, limits), batching.py (group commit), mailbox.py
 (reservation, limits, acks, id cache), keys.py (checks on uploads), core.py (`Store`),
-sqlite.py (the embedded default backend).
+sqlite.py (the embedded default backend), postgres.py (asyncpg, imported only for a
+postgresql:// URL), urls.py (telling a path from a URL).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from hushwire.relay.store.records import (
     UserRecord,
 )
 from hushwire.relay.store.sqlite import SqliteBackend
+from hushwire.relay.store.urls import is_postgres_url, postgres_module
 
 if TYPE_CHECKING:
     from hushwire.relay.store import Backend
@@ -51,25 +52,36 @@ class Store(Mailbox):
     @classmethod
     async def open(
         cls,
-        path: str | Path,
+        target: str | Path,
         *,
         synchronous: str = "NORMAL",
         max_mailbox: int = 10_000,
         migrate: bool = True,
         busy_timeout_ms: int = 5000,
+        exclusive: bool = False,
     ) -> Store:
-        """Open (and with `migrate`, create or upgrade) the db at `path`.
+        """Open (and with `migrate`, create or upgrade) the store at `target`: a SQLite
+        file path, or a postgresql:// URL.
 
-        synchronous=NORMAL survives any process crash (SIGKILL included); FULL also
-        survives power loss, at several times the commit cost. Raises SchemaTooNew for
-        a db newer than this code, and with migrate=False SchemaOutdated for an older
-        or missing one.
+        SQLite: synchronous=NORMAL survives any process crash (SIGKILL included); FULL
+        also survives power loss, at several times the commit cost. PostgreSQL commits
+        as its server is configured (synchronous_commit) and ignores both settings.
+        Raises SchemaTooNew for a db newer than this code, and with migrate=False
+        SchemaOutdated for an older or missing one. `exclusive` is for the relay: on
+        PostgreSQL it raises DbLocked while another relay uses the database (a SQLite
+        relay takes relay/dblock.py's file lock instead).
         """
         if max_mailbox < 1:
             raise ValueError("max_mailbox must be at least 1")
-        backend = await SqliteBackend.open(
-            path, synchronous=synchronous, migrate=migrate, busy_timeout_ms=busy_timeout_ms
-        )
+        backend: Backend
+        if is_postgres_url(target):
+            backend = await postgres_module().PostgresBackend.open(
+                str(target), migrate=migrate, exclusive=exclusive
+            )
+        else:
+            backend = await SqliteBackend.open(
+                target, synchronous=synchronous, migrate=migrate, busy_timeout_ms=busy_timeout_ms
+            )
         try:
             highest_mid, events_seen = await backend.high_water()
         except BaseException:

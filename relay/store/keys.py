@@ -72,3 +72,21 @@ def check_kem_publish(last_resort: KemPrekey | None, one_time: Sequence[KemPreke
         None if last_resort is None else row(last_resort, "last-resort KEM prekey"),
         tuple(row(k, "one-time KEM prekey") for k in one_time),
     )
+
+
+def check_bundle_version(target: str, held: int, wanted: int) -> None:
+    """UNSUPPORTED_VERSION when `target`'s keys are not for the fetcher's protocol."""
+    if held < wanted:
+        raise RequestError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"{target} has not published protocol version {wanted} (post-quantum) keys:"
+            f" their client speaks only version {held}",
+            versions=(held,),
+        )
+    if held > wanted:
+        raise RequestError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"{target} uses protocol version {held}; this client speaks version {wanted}:"
+            " upgrade it to reach them",
+            versions=(held,),
+        )

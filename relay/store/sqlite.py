@@ -30,6 +30,7 @@ from hushwire.common.keys import (
 from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
 from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op
+from hushwire.relay.store.keys import check_bundle_version
 from hushwire.relay.store.records import (
     MAX_ONE_TIME_PREKEYS,
     USER_EVENTS_KEPT,
@@ -402,7 +403,7 @@ class SqliteBackend:
             ).fetchone()
             if ident is None or spk is None:
                 return None
-            _check_versions(target, int(ident[0]), version)
+            check_bundle_version(target, int(ident[0]), version)
             kem = None
             if version >= PQ_BUNDLE_VERSION:
                 # A one-time KEM prekey while any is left (each handed out once), else the
@@ -552,24 +553,6 @@ def user_record(row: Sequence[Any]) -> UserRecord:
         created_at=int(created_at),
         last_login_at=None if last_login is None else int(last_login),
     )
-
-
-def _check_versions(target: str, held: int, wanted: int) -> None:
-    """UNSUPPORTED_VERSION when `target`'s keys are not for the fetcher's protocol."""
-    if held < wanted:
-        raise RequestError(
-            ErrorCode.UNSUPPORTED_VERSION,
-            f"{target} has not published protocol version {wanted} (post-quantum) keys:"
-            f" their client speaks only version {held}",
-            versions=(held,),
-        )
-    if held > wanted:
-        raise RequestError(
-            ErrorCode.UNSUPPORTED_VERSION,
-            f"{target} uses protocol version {held}; this client speaks version {wanted}:"
-            " upgrade it to reach them",
-            versions=(held,),
-        )
 
 
 def bundle(

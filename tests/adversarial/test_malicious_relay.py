@@ -134,13 +134,17 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     assert rejected.contact == "alice"
     store.fetch_bundle = real_fetch
     # Bob has no session with alice, so he starts one from alice's real keys. Alice
-    # pinned the relay's forged key for "bob": the real bob's message is quarantined.
+    # pinned the forged identity for "bob": the real one is a key change, so his message
+    # is held until she accepts it, and never shown as from the bob she pinned.
     await bob.send("alice", "hello alice")
-    await next_event(alice, MessageQuarantined)
+    held = await next_event(alice, MessageQuarantined)
+    assert held.contact == "bob"
+    assert not [h for h in await alice.history("bob") if h.text == "hello alice"]
     alice_view = await alice.safety_number("bob")
     bob_view = await bob.safety_number("alice")
     assert alice_view != bob_view
     figures.add(
         "relay substitutes bob's bundle at alice's first contact",
-        "bob rejects the message; the safety numbers alice and bob compare differ",
+        "bob rejects the message; the real bob's reply is held as a key change; the safety "
+        "numbers alice and bob compare differ",
     )

@@ -104,8 +104,10 @@ async def test_no_plaintext_token_or_private_key_on_the_wire_or_at_the_relay(
         secrets_to_find[f"{user} identity DH private key"] = ident.dh.private
     wire = bytes(proxy.captured)
     view = b"".join(relay_view)
-    db_files = b"".join(
-        p.read_bytes() for p in relay.config.db.parent.glob(relay.config.db.name + "*")
+    db_files = b"".join(  # the db, its WAL and SHM (not the relay's control socket)
+        p.read_bytes()
+        for p in relay.config.db.parent.glob(relay.config.db.name + "*")
+        if p.is_file()
     )
     for text in texts:
         for where, blob in (("wire", wire), ("relay view", view), ("relay db", db_files)):

@@ -149,13 +149,13 @@ def test_pane_appends_trims_and_follows_the_bottom():
     pane.append(Line.info("two\nrows"))
     assert pane.text.splitlines() == ["* row 1", "* row 2", "* row 3", "* two", "  rows"]
     assert pane.following
-    pane.scroll(-2)
+    pane.scroll(-1)  # a page up
     assert not pane.following
     row = pane.buffer.document.cursor_position_row
     pane.append(Line.info("new"))  # scrolled up: the view stays where the user put it
     assert not pane.following
-    assert pane.buffer.document.current_line == pane.text.splitlines()[row - 1]
-    pane.scroll(10)
+    assert pane.buffer.document.current_line == pane.text.splitlines()[max(0, row - 1)]
+    pane.scroll(1)
     assert pane.following
 
 
@@ -513,3 +513,44 @@ async def test_hostile_names_from_the_relay_are_neutralised(relay, chat):
     await screen.until(lambda: "evil" in screen.chat.list_text(), "the rejected sender listed")
     for shown in (screen.chat.list_text(), screen.chat.status_text(), screen.pane):
         assert terminal_safe(shown), repr(shown)
+
+
+async def test_slash_alone_and_a_long_unbracketed_paste(relay, chat):
+    screen = await chat(relay)
+    await screen.run("/", "a command name goes after /: see /help")
+    assert "internal error" not in screen.pane
+    typed = "x" * 6_000  # a paste into a terminal without bracketed paste: key by key
+    screen.type(typed)
+    await screen.until(lambda: screen.typed == typed, "the pasted line")
+    kept = sum(len(text) for text, _ in screen.chat.input.buffer._undo_stack)
+    assert kept <= tui.UNDO_CHARS  # one copy per key press was 18,000,000 characters
+
+
+async def test_history_header_first_queued_note_cleared_and_page_up(relay, chat, login):
+    bob = await login(relay, "bob")
+    screen = await chat(relay)
+    for i in range(60):
+        await bob.send("alice", f"old {i}")
+    await screen.until(lambda: "bob (60)" in screen.chat.list_text(), "60 unread")
+    await screen.run("/to bob", "50 earlier message(s)")
+    rows = screen.pane.split("\n")
+    assert rows[0] == "* 50 earlier message(s) from your profile" and "old 59" in rows[-1]
+    pane = screen.chat.pane
+    await screen.until(lambda: pane.window.render_info is not None, "drawn")
+    top = pane.window.render_info.first_visible_line()
+    height = pane.window.render_info.window_height
+    screen.type(PAGE_UP)
+    await screen.until(
+        lambda: pane.window.render_info.first_visible_line() < top, "the view moved up"
+    )
+    # A page (or up to the first row); it moved a single row before.
+    assert top - pane.window.render_info.first_visible_line() == min(top, height - 1) > 1
+    screen.type(PAGE_DOWN)
+    await screen.until(lambda: pane.following, "back at the bottom")
+    await relay.server.close()
+    await screen.until(lambda: "reconnecting" in screen.chat.status_text(), "reconnecting")
+    screen.type("typed offline" + ENTER)
+    await screen.shows("you: typed offline  [queued]")
+    await relay.restart()
+    await screen.shows("a queued message was sent")
+    assert "typed offline  [queued]" not in screen.pane and "you: typed offline" in screen.pane

@@ -12,6 +12,16 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from hushwire.common.chat_group_log import (
+    GroupLog,
+    apply_change,
+    change_recipients,
+    create_group,
+    join_from_create,
+    join_from_welcome,
+    make_welcome,
+    propose,
+)
 from hushwire.common.chat_groups import (
     GROUP_CHANGE_CONTEXT,
     MAX_MEMBERS,
@@ -19,19 +29,12 @@ from hushwire.common.chat_groups import (
     ChangeOp,
     ContentType,
     GroupChange,
-    GroupLog,
     GroupState,
     SignedChange,
-    apply_change,
-    change_recipients,
     check_group_name,
-    create_group,
     decode_content,
     encode_content,
     group_id_for,
-    join_group,
-    make_welcome,
-    propose,
 )
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.encoding import pack, unpack_canonical
@@ -48,6 +51,11 @@ NAMES = ("alice", "bob", "carol", "dave", "erin", "mallory")
 IDS = {name: IdentityKeyPair.generate(X25519) for name in NAMES}
 KEYS = {name: identity.sign_key for name, identity in IDS.items()}
 T0 = 1_700_000_000_000
+
+
+def pins(*names: str) -> dict[str, bytes]:
+    """The identity keys a creator pinned for these members."""
+    return {name: KEYS[name] for name in names}
 
 
 def flip(data: bytes, bit: int) -> bytes:
@@ -69,6 +77,8 @@ def forge(change: GroupChange, signer_key: str) -> bytes:
 
 def next_change(log: GroupLog, signer: str, op: ChangeOp, **kw) -> GroupChange:
     state = log.current
+    if op is ChangeOp.ADD:
+        kw.setdefault("keys", tuple(KEYS[user] for user in kw["users"]))
     return GroupChange(
         group_id=state.group_id,
         epoch=state.epoch + 1,
@@ -83,11 +93,11 @@ def next_change(log: GroupLog, signer: str, op: ChangeOp, **kw) -> GroupChange:
 @pytest.fixture
 def group() -> tuple[GroupLog, bytes]:
     """alice (admin) creates "family" with bob and carol."""
-    return create_group(IDS["alice"], "alice", "family", ["bob", "carol"], T0)
+    return create_group(IDS["alice"], "alice", "family", pins("bob", "carol"), T0)
 
 
 def members_join(create: bytes, *names: str) -> dict[str, GroupLog]:
-    return {name: join_group(name, create, KEYS, welcome=False) for name in names}
+    return {name: join_from_create(name, create, KEYS) for name in names}
 
 
 # --- create and join ------------------------------------------------------------------
@@ -105,7 +115,7 @@ def test_every_member_joins_the_same_state(group):
 def test_a_non_member_cannot_join_from_a_create(group):
     _, create = group
     with pytest.raises(GroupChangeRejected, match="not a member"):
-        join_group("dave", create, KEYS, welcome=False)
+        join_from_create("dave", create, KEYS)
 
 
 def test_group_id_derives_from_creator_so_another_member_cannot_claim_it(group):
@@ -114,13 +124,13 @@ def test_group_id_derives_from_creator_so_another_member_cannot_claim_it(group):
     # bob re-signs alice's create as his own: the id does not derive from "bob".
     claimed = dataclasses.replace(signed.change, signer="bob", admins=("alice", "bob"))
     with pytest.raises(GroupChangeRejected, match="derive"):
-        join_group("carol", forge(claimed, "bob"), KEYS, welcome=False)
+        join_from_create("carol", forge(claimed, "bob"), KEYS)
     assert alice.group_id == group_id_for("alice", signed.change.nonce)
 
 
 def test_two_groups_get_different_ids():
-    a, _ = create_group(IDS["alice"], "alice", "x", ["bob"], T0)
-    b, _ = create_group(IDS["alice"], "alice", "x", ["bob"], T0)
+    a, _ = create_group(IDS["alice"], "alice", "x", pins("bob"), T0)
+    b, _ = create_group(IDS["alice"], "alice", "x", pins("bob"), T0)
     assert a.group_id != b.group_id
 
 
@@ -148,12 +158,43 @@ def test_the_relay_cannot_inject_a_member(group):
         apply_change(bob, forge(change, "mallory"), KEYS)
 
 
-def test_a_signer_without_a_pinned_key_is_rejected(group):
+def test_a_member_never_pinned_is_checked_with_the_key_an_admin_vouched_for(group):
+    """bob never talked to carol: her changes verify under the key alice's signed create
+    gave for her, so the relay cannot pass off its own key as carol's."""
+    alice, create = group
+    only_alice = {"alice": KEYS["alice"]}
+    bob = join_from_create("bob", create, only_alice)
+    alice, promote = propose(alice, IDS["alice"], ChangeOp.PROMOTE, T0, users=["carol"])
+    bob = apply_change(bob, promote, only_alice)
+    by_carol = next_change(bob, "carol", ChangeOp.RENAME, name="carol's")
+    with pytest.raises(GroupChangeRejected, match="signature"):
+        apply_change(bob, forge(by_carol, "mallory"), only_alice)
+    assert apply_change(bob, forge(by_carol, "carol"), only_alice).current.name == "carol's"
+    # A pin that disagrees with the vouched key is shown, and the pin is what counts.
+    substituted = {**only_alice, "carol": KEYS["mallory"]}
+    assert bob.key_conflicts(substituted) == ("carol",)
+    assert bob.key_conflicts(KEYS) == ()
+    with pytest.raises(GroupChangeRejected, match="signature"):
+        apply_change(bob, forge(by_carol, "carol"), substituted)
+
+
+def test_a_creator_must_vouch_for_its_own_key(group):
+    _, create = group
+    change = SignedChange.from_bytes(create).change
+    keys = tuple(KEYS["mallory"] if u == "alice" else KEYS[u] for u in change.users)
+    with pytest.raises(GroupChangeRejected, match="other than its own"):
+        join_from_create("bob", forge(dataclasses.replace(change, keys=keys), "alice"), KEYS)
+
+
+def test_an_invalid_vouched_key_is_rejected(group):
     alice, create = group
     bob = members_join(create, "bob")["bob"]
-    _, change = propose(alice, IDS["alice"], ChangeOp.RENAME, T0, name="fam")
+    small_order = bytes([1]) + bytes(31)  # the identity point: a torsion key
+    change = next_change(alice, "alice", ChangeOp.ADD, users=("dave",), keys=(small_order,))
+    with pytest.raises(GroupChangeRejected, match="invalid identity key"):
+        apply_change(bob, forge(change, "alice"), KEYS)
     with pytest.raises(GroupChangeRejected, match="no pinned identity"):
-        apply_change(bob, change, {"bob": KEYS["bob"]})
+        propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys={})
 
 
 def test_a_removed_admin_can_no_longer_change_the_group(group):
@@ -184,7 +225,7 @@ def test_a_demoted_admin_can_no_longer_change_the_group(group):
 def test_bit_flips_anywhere_in_a_change_are_rejected(group):
     alice, create = group
     bob = members_join(create, "bob")["bob"]
-    _, change = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"])
+    _, change = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys=KEYS)
     for bit in one_bit_per_byte(change):
         with pytest.raises(GroupError):
             apply_change(bob, flip(change, bit), KEYS)
@@ -195,7 +236,7 @@ def test_bit_flips_anywhere_in_a_create_are_rejected(group):
     _, create = group
     for bit in one_bit_per_byte(create):
         with pytest.raises(GroupError):
-            join_group("bob", flip(create, bit), KEYS, welcome=False)
+            join_from_create("bob", flip(create, bit), KEYS)
 
 
 def test_a_signature_for_another_purpose_is_not_a_change_signature(group):
@@ -214,7 +255,7 @@ def test_a_signature_for_another_purpose_is_not_a_change_signature(group):
 def test_a_change_for_another_group_is_rejected(group):
     _, create = group
     bob = members_join(create, "bob")["bob"]
-    other, _ = create_group(IDS["alice"], "alice", "work", ["bob"], T0)
+    other, _ = create_group(IDS["alice"], "alice", "work", pins("bob"), T0)
     _, change = propose(other, IDS["alice"], ChangeOp.RENAME, T0, name="x")
     with pytest.raises(GroupChangeRejected, match="another group"):
         apply_change(bob, change, KEYS)
@@ -226,7 +267,7 @@ def test_a_change_for_another_group_is_rejected(group):
 def test_a_replayed_change_is_stale(group):
     alice, create = group
     bob = members_join(create, "bob")["bob"]
-    alice, add = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"])
+    alice, add = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys=KEYS)
     alice, remove = propose(alice, IDS["alice"], ChangeOp.REMOVE, T0, users=["dave"])
     bob = apply_change(apply_change(bob, add, KEYS), remove, KEYS)
     for old in (create, add, remove):
@@ -256,7 +297,7 @@ def test_membership_cannot_roll_back_to_an_earlier_epoch(group):
 def test_a_skipped_change_is_held_not_applied(group):
     alice, create = group
     bob = members_join(create, "bob")["bob"]
-    alice, first = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"])
+    alice, first = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys=KEYS)
     alice, second = propose(alice, IDS["alice"], ChangeOp.RENAME, T0, name="n")
     with pytest.raises(MissingGroupChanges) as caught:
         apply_change(bob, second, KEYS)
@@ -305,8 +346,8 @@ def test_the_last_admin_must_promote_someone_before_leaving(group):
 @pytest.mark.parametrize(
     ("op", "kw", "reason"),
     [
-        (ChangeOp.ADD, {"users": ["bob"]}, "already a member"),
-        (ChangeOp.ADD, {"users": ["dave"], "admins": ["erin"]}, "among the added"),
+        (ChangeOp.ADD, {"users": ["bob"], "keys": KEYS}, "already a member"),
+        (ChangeOp.ADD, {"users": ["dave"], "admins": ["erin"], "keys": KEYS}, "among the added"),
         (ChangeOp.REMOVE, {"users": ["dave"]}, "not a member"),
         (ChangeOp.REMOVE, {"users": ["alice"]}, "leave"),
         (ChangeOp.PROMOTE, {"users": ["alice"]}, "promoted"),
@@ -325,10 +366,10 @@ def test_changes_the_state_does_not_allow_are_rejected(group, op, kw, reason):
 
 def test_a_group_holds_at_most_max_members():
     others = [f"u{i:02d}" for i in range(MAX_MEMBERS - 1)]
-    full, _ = create_group(IDS["alice"], "alice", "big", others, T0)
+    full, _ = create_group(IDS["alice"], "alice", "big", dict.fromkeys(others, KEYS["bob"]), T0)
     assert len(full.current.members) == MAX_MEMBERS
     with pytest.raises(GroupChangeRejected, match=f"at most {MAX_MEMBERS}"):
-        propose(full, IDS["alice"], ChangeOp.ADD, T0, users=["bob"])
+        propose(full, IDS["alice"], ChangeOp.ADD, T0, users=["bob"], keys=KEYS)
 
 
 def test_group_names():
@@ -345,8 +386,8 @@ def test_an_added_member_joins_from_a_welcome_without_history(group):
     alice, create = group
     bob = members_join(create, "bob")["bob"]
     alice, _ = propose(alice, IDS["alice"], ChangeOp.RENAME, T0, name="n")
-    alice, add = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"])
-    dave = join_group("dave", make_welcome(alice), KEYS, welcome=True)
+    alice, add = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys=KEYS)
+    dave = join_from_welcome("dave", "alice", make_welcome(alice), KEYS)
     assert dave.current == alice.current and dave.join_epoch == 3
     assert dave.state_at(2) is None and dave.state_at(1) is None
     assert change_recipients(alice.state_at(2), alice.current, "alice") == ("bob", "carol", "dave")
@@ -360,23 +401,52 @@ def test_an_added_member_joins_from_a_welcome_without_history(group):
 
 def test_a_welcome_with_a_doctored_state_is_rejected(group):
     alice, _ = group
-    alice, _ = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"])
+    alice, _ = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys=KEYS)
     before = alice.state_at(1)
     for doctored in (
         dataclasses.replace(before, members=("alice", "bob", "carol", "mallory")),
         dataclasses.replace(before, admins=("alice", "bob")),
         dataclasses.replace(before, name="other"),
     ):
-        welcome = pack([1, doctored.to_wire(), alice.changes[-1]])
-        with pytest.raises(GroupChangeRejected):
-            join_group("dave", welcome, KEYS, welcome=True)
+        keys = [[user, KEYS[user]] for user in doctored.members]
+        welcome = pack([1, doctored.to_wire(), alice.changes[-1], keys])
+        with pytest.raises(GroupChangeRejected, match="the state it comes with"):
+            join_from_welcome("dave", "alice", welcome, KEYS)
+
+
+def test_a_welcome_counts_only_from_the_admin_who_signed_its_add(group):
+    """Its member keys are not signed: only the adding admin's own envelope vouches."""
+    alice, _ = group
+    alice, _ = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys=KEYS)
+    welcome = make_welcome(alice)
+    with pytest.raises(GroupChangeRejected, match="who signed its add"):
+        join_from_welcome("dave", "mallory", welcome, KEYS)
+    version, state, change, keys = unpack_canonical(welcome)
+    for bad in (keys[:-1], [*keys, ["mallory", KEYS["mallory"]]]):
+        with pytest.raises(GroupChangeRejected, match="exactly the members"):
+            join_from_welcome("dave", "alice", pack([version, state, change, bad]), KEYS)
+
+
+def test_an_added_member_checks_members_it_never_met_with_vouched_keys(group):
+    alice, create = group
+    bob = members_join(create, "bob")["bob"]
+    alice, promote = propose(alice, IDS["alice"], ChangeOp.PROMOTE, T0, users=["bob"])
+    bob = apply_change(bob, promote, KEYS)
+    alice, _ = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys=KEYS)
+    only_alice = {"alice": KEYS["alice"]}
+    dave = join_from_welcome("dave", "alice", make_welcome(alice), only_alice)
+    assert dave.vouched == {n: KEYS[n] for n in ("alice", "bob", "carol", "dave")}
+    by_bob = next_change(dave, "bob", ChangeOp.RENAME, name="bob's")
+    with pytest.raises(GroupChangeRejected, match="signature"):
+        apply_change(dave, forge(by_bob, "mallory"), only_alice)
+    assert apply_change(dave, forge(by_bob, "bob"), only_alice).current.name == "bob's"
 
 
 def test_a_welcome_must_add_the_member_it_is_given_to(group):
     alice, _ = group
-    alice, _ = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"])
+    alice, _ = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys=KEYS)
     with pytest.raises(GroupChangeRejected, match="does not add us"):
-        join_group("erin", make_welcome(alice), KEYS, welcome=True)
+        join_from_welcome("erin", "alice", make_welcome(alice), KEYS)
     alice, _ = propose(alice, IDS["alice"], ChangeOp.RENAME, T0, name="n")
     with pytest.raises(GroupChangeRejected, match="not an add"):
         make_welcome(alice)
@@ -389,7 +459,7 @@ def test_a_removed_members_view(group):
     assert "carol" in change_recipients(alice.state_at(1), alice.current, "alice")
     carol = apply_change(carol, remove, KEYS)
     assert not carol.active and carol.current == alice.current
-    alice, _ = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"])
+    alice, _ = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], keys=KEYS)
     assert "carol" not in change_recipients(alice.state_at(2), alice.current, "alice")
 
 
@@ -398,7 +468,9 @@ def test_a_removed_members_view(group):
 
 def test_change_encoding_is_the_documented_one(group):
     alice, _ = group
-    _, change = propose(alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], admins=["dave"])
+    _, change = propose(
+        alice, IDS["alice"], ChangeOp.ADD, T0, users=["dave"], admins=["dave"], keys=KEYS
+    )
     body, sig = unpack_canonical(change)
     assert len(sig) == 64
     assert unpack_canonical(body) == [
@@ -409,7 +481,7 @@ def test_change_encoding_is_the_documented_one(group):
         "alice",
         T0,
         "add",
-        [["dave"], ["dave"]],
+        [["dave"], ["dave"], [KEYS["dave"]]],
     ]
     state = alice.current
     assert state.to_wire() == [
@@ -430,7 +502,7 @@ def test_a_non_canonical_change_is_rejected(group):
     # The same array with the body length as bin16 instead of bin8: equal value, other bytes.
     header = b"\x92\xc5" + len(body).to_bytes(2, "big")
     with pytest.raises(GroupChangeRejected, match="non-canonical"):
-        join_group("bob", header + body + pack(sig), KEYS, welcome=False)
+        join_from_create("bob", header + body + pack(sig), KEYS)
 
 
 def test_content_types_frame_the_plaintext():
@@ -454,7 +526,7 @@ USERS = st.lists(st.sampled_from(NAMES), min_size=1, max_size=2)
 def test_members_agree_on_any_sequence_of_changes(steps):
     """Whoever signs whatever: a member applies exactly the changes its signer's own
     client accepts, states keep their invariants, and the epoch only grows."""
-    creator, create = create_group(IDS["alice"], "alice", "g", ["bob", "carol"], T0)
+    creator, create = create_group(IDS["alice"], "alice", "g", pins("bob", "carol"), T0)
     logs = {"alice": creator, **members_join(create, "bob", "carol")}
     watcher = logs["carol"]
     for signer, op, users, admins in steps:
@@ -471,6 +543,7 @@ def test_members_agree_on_any_sequence_of_changes(steps):
             users=tuple(sorted(set(users))),
             admins=tuple(sorted(set(admins) & set(users))),
             name="renamed" if op is ChangeOp.RENAME else "",
+            keys=tuple(KEYS[u] for u in sorted(set(users))) if op is ChangeOp.ADD else (),
         )
         try:
             wire = forge(change, signer)
@@ -486,7 +559,7 @@ def test_members_agree_on_any_sequence_of_changes(steps):
                 logs[name] = apply_change(log, wire, KEYS)
         for name in accepted.current.members:
             if name not in logs:
-                logs[name] = join_group(name, make_welcome(accepted), KEYS, welcome=True)
+                logs[name] = join_from_welcome(name, signer, make_welcome(accepted), KEYS)
         watcher = logs["carol"]
         state = accepted.current
         assert set(state.admins) <= set(state.members)

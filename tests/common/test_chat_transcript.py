@@ -16,21 +16,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hushwire.common.chat_groups import (
-    ChangeOp,
-    ContentType,
+from hushwire.common.chat_group_log import (
     GroupLog,
     apply_change,
     create_group,
-    decode_content,
-    encode_content,
-    join_group,
+    join_from_create,
+    join_from_welcome,
     make_welcome,
     propose,
+)
+from hushwire.common.chat_groups import (
+    ChangeOp,
+    ContentType,
+    decode_content,
+    encode_content,
 )
 from hushwire.common.chat_transcript import (
     KEEP_CHAINS,
     KEEP_EXPECTED,
+    KEEP_EXTRAS,
     MAX_VIEWS,
     SEEN_HASH_LEN,
     EpochView,
@@ -52,6 +56,7 @@ from hushwire.common.crypto.envelope import DecryptedMessage, Envelope, Session
 from hushwire.common.crypto.group_payload import open_group_payload, seal_group_payload
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.errors import (
+    CryptoError,
     DecryptionError,
     GroupError,
     GroupForked,
@@ -66,6 +71,11 @@ NAMES = ("alice", "bob", "carol", "dave", "mallory")
 IDS = {name: IdentityKeyPair.generate(X25519) for name in NAMES}
 KEYS = {name: identity.sign_key for name, identity in IDS.items()}
 T0 = 1_700_000_000_000
+
+
+def pins(*names: str) -> dict[str, bytes]:
+    """The identity keys a creator pinned for these members."""
+    return {name: KEYS[name] for name in names}
 
 
 @dataclasses.dataclass
@@ -101,10 +111,10 @@ class Device:
 
 def start(*members: str, device: int = 1) -> tuple[Device, ...]:
     """alice (admin) creates a group with `members`; every member's device joins."""
-    log, create = create_group(IDS["alice"], "alice", "g", members, T0)
+    log, create = create_group(IDS["alice"], "alice", "g", pins(*members), T0)
     devices = [Device(log, new_transcript(log, device))]
     for name in members:
-        joined = join_group(name, create, KEYS, welcome=False)
+        joined = join_from_create(name, create, KEYS)
         devices.append(Device(joined, new_transcript(joined, device)))
     return tuple(devices)
 
@@ -274,7 +284,7 @@ def test_a_member_cannot_pass_off_another_members_message_as_theirs():
 
 def test_a_non_member_cannot_post():
     alice, bob = start("bob")
-    outsider_log, _ = create_group(IDS["mallory"], "mallory", "g", ["bob"], T0)
+    outsider_log, _ = create_group(IDS["mallory"], "mallory", "g", pins("bob"), T0)
     outsider = Device(outsider_log, new_transcript(outsider_log, 1))
     data = outsider.send("spam")
     with pytest.raises(GroupMessageRejected, match="another group"):
@@ -316,7 +326,7 @@ def test_a_removed_members_view():
 def test_a_message_in_flight_across_a_change_is_accepted_from_a_remaining_member():
     alice, bob, carol = start("bob", "carol")
     old = carol.send("sent at epoch 1")
-    change = admin_change(alice, ChangeOp.ADD, users=["dave"])
+    change = admin_change(alice, ChangeOp.ADD, users=["dave"], keys=KEYS)
     bob.change(change)
     assert bob.get(carol, old).message.epoch == 1
 
@@ -337,8 +347,8 @@ def test_an_added_member_gets_no_history_and_no_false_alarms():
     old = alice.send("before dave")
     bob.get(alice, old)
     bob.get(alice, alice.send("also before"))
-    bob.change(admin_change(alice, ChangeOp.ADD, users=["dave"]))
-    dave_log = join_group("dave", make_welcome(alice.log), KEYS, welcome=True)
+    bob.change(admin_change(alice, ChangeOp.ADD, users=["dave"], keys=KEYS))
+    dave_log = join_from_welcome("dave", "alice", make_welcome(alice.log), KEYS)
     dave = Device(dave_log, new_transcript(dave_log, 1))
     with pytest.raises(GroupMessageRejected, match="before we joined"):
         dave.get(alice, old)
@@ -576,3 +586,72 @@ def test_what_a_transcript_remembers_is_bounded():
     for seq in range(KEEP_CHAINS + 100, KEEP_CHAINS + 100 + KEEP_EXPECTED + 20):
         view = view.expect(seq, bytes(16), "carol")
     assert len(view.expected) == KEEP_EXPECTED
+
+
+def test_a_gap_that_never_fills_stays_counted_but_not_remembered_forever():
+    view = EpochView()
+    total = KEEP_EXTRAS + 300
+    for seq in range(3, total + 1):  # 1 and 2 never arrive
+        view = view.record(seq, bytes(32))
+    assert view.missing == 2 and len(view.extras) <= KEEP_EXTRAS
+    assert view.lost == 2 and view.floor == total
+
+
+def test_a_transcript_restores_exactly_and_keeps_working():
+    alice, bob, carol = start("bob", "carol")
+    to_bob, to_carol = _equivocate(alice)
+    bob.get(alice, to_bob)
+    carol.get(alice, to_carol)
+    bob.get(carol, carol.send("c1"))
+    _, dropped = alice.send("a2"), alice.send("a3")
+    carol.get(alice, dropped)
+    bob.get(carol, carol.send("c2"))
+    assert bob.missed() == {"alice": 2}
+    restored = Transcript.from_bytes(bob.transcript.to_bytes())
+    assert restored == bob.transcript
+    bob.transcript = restored
+    assert bob.get(alice, dropped).forks == ()
+    assert bob.missed() == {"alice": 1}
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda items: items.__setitem__(0, bytes(15)),
+        lambda items: items.__setitem__(1, "Bob"),
+        lambda items: items.__setitem__(3, 0),
+        lambda items: items[4][0].__setitem__(4, list(range(1, KEEP_EXTRAS + 2))),
+        lambda items: items[4][0].__setitem__(6, [[1, bytes(31)]]),
+        lambda items: items[4][0].pop(),
+    ],
+)
+def test_malformed_transcripts_are_rejected(mutate):
+    alice, bob = start("bob")
+    bob.get(alice, alice.send("x"))
+    data = bob.transcript.to_bytes()
+    items = unpack_canonical(data[1:])
+    mutate(items)
+    with pytest.raises(CryptoError, match="malformed transcript"):
+        Transcript.from_bytes(data[:1] + pack(items))
+    with pytest.raises(CryptoError, match="version"):
+        Transcript.from_bytes(b"\x09" + data[1:])
+
+
+def test_a_member_removed_and_added_again_counts_nothing_from_the_epoch_it_was_out():
+    alice, bob, carol = start("bob", "carol")
+    remove = admin_change(alice, ChangeOp.REMOVE, users=["bob"])
+    bob.change(remove)
+    carol.change(remove)
+    while_out = [alice.send("bob is out"), alice.send("still out")]
+    for data in while_out:
+        carol.get(alice, data)
+    add = admin_change(alice, ChangeOp.ADD, users=["bob"], keys=KEYS)
+    bob.change(add)
+    carol.change(add)
+    back = alice.send("welcome back")
+    assert GroupMessage.from_bytes(back).prev == (2, 2)
+    bob.get(alice, back)
+    bob.get(carol, carol.send("hi bob"))  # carol's seen names alice's epoch-2 messages
+    assert bob.missed() == {}
+    with pytest.raises(GroupMessageRejected, match="we were not a member"):
+        bob.get(alice, while_out[0])

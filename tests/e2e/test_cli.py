@@ -114,7 +114,7 @@ async def test_send_errors_are_one_clear_line(cli, relay_factory, relay):
     code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "zed", "hi")
     assert code == 1 and err.count("\n") == 1 and "unknown_user" in err
     code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "bob", "x")
-    assert code == 1 and "no_keys" in err  # bob never logged in
+    assert code == 0 and "waiting for bob's first login" in err  # kept, not refused
     code, _, err = await cli.run("--profile", cli.profile("alice"), "send", "bob", "x" * 70_000)
     assert code == 1 and "at most" in err and "bytes" in err
     await relay.server.close()
@@ -205,7 +205,11 @@ async def test_real_process_and_no_plaintext_at_rest(cli, relay):
     assert "SHA-256" not in proc.stdout
     await cli.run("--profile", cli.profile("alice"), "recv")
     files = [p for d in (cli.tmp / "cli-alice", cli.tmp / "cli-bob") for p in d.iterdir()]
-    files += [p for p in Path(relay.config.db).parent.iterdir() if p.name.startswith("relay.db")]
+    files += [
+        p
+        for p in Path(relay.config.db).parent.iterdir()
+        if p.name.startswith("relay.db") and p.is_file()  # not the control socket
+    ]
     assert any(p.name.endswith("-wal") for p in files)
     for path in files:
         data = path.read_bytes()

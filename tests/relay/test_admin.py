@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hushwire.common.crypto.dh import load_pem
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
 from hushwire.relay import admin, tls
 from hushwire.relay import migrate as mg
 from hushwire.relay.admin import main
@@ -219,6 +220,53 @@ def test_migrate_creates_then_reports_up_to_date(
     assert code == 0 and "up to date" in out
 
 
+def test_every_user_command_works_on_a_postgresql_url(
+    capsys: pytest.CaptureFixture[str], pg_url: str
+) -> None:
+    code, _, err = run(capsys, "--db", pg_url, "list-users")
+    assert code == 1  # an empty database is not migrated behind the operator's back
+    assert_one_line_error(err, "schema version 0")
+    code, out, _ = run(capsys, "--db", pg_url, "migrate")
+    assert code == 0 and f"v0 -> v{mg.latest_version('postgresql')}" in out
+    assert "backup" not in out  # PostgreSQL is backed up with its own tools
+    code, out, _ = run(capsys, "--db", pg_url, "migrate")
+    assert code == 0 and "up to date" in out
+    token = add(capsys, pg_url, "alice")  # type: ignore[arg-type]
+    add(capsys, pg_url, "bob")  # type: ignore[arg-type]
+    assert run(capsys, "--db", pg_url, "disable-user", "bob")[0] == 0
+    code, out, _ = run(capsys, "--db", pg_url, "list-users", "--json")
+    assert [(u["user"], u["disabled"]) for u in json.loads(out)] == [
+        ("alice", False),
+        ("bob", True),
+    ]
+    code, out, _ = run(capsys, "--db", pg_url, "stats", "--json")
+    stats = json.loads(out)
+    assert (stats["users"], stats["disabled"], stats["queued"]) == (2, 1, 0)
+
+    async def alice() -> tuple[bytes, bytes]:
+        async with await Store.open(pg_url, migrate=False) as store:
+            rec = await store.get_user("alice")
+            assert rec is not None
+            return rec.token_hash, rec.token_salt
+
+    digest, salt = asyncio.run(alice())
+    assert verify_token(token, salt, digest)
+    code, out, _ = run(capsys, "--db", pg_url, "remove-user", "bob")
+    assert code == 0 and "0 queued" in out
+    # What only a SQLite file has is refused, pointing at PostgreSQL's own way.
+    for argv, instead in (
+        (["backup", "x.db"], "pg_dump"),
+        (["restore", "x.db"], "pg_restore"),
+        (["purge", "--older-than", "1"], "retention_days"),
+    ):
+        code, _, err = run(capsys, "--db", pg_url, *argv)
+        assert code == 1
+        assert_one_line_error(err, instead)
+    code, _, err = run(capsys, "--db", pg_url, "remove-user", "bob")
+    assert code == 1
+    assert_one_line_error(err, "bob")
+
+
 def test_stats(capsys: pytest.CaptureFixture[str], db: Path) -> None:
     add(capsys, db, "alice")
     add(capsys, db, "bob")
@@ -253,14 +301,13 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "add-user" in out and "insecure" not in out
 
 
-async def test_disable_reaches_a_running_relay(
-    capsys: pytest.CaptureFixture[str], db: Path
-) -> None:
-    """The relay's open Store sees admin changes via user_events (WAL, two processes)."""
-    async with await Store.open(db) as relay_store:
+async def test_disable_reaches_a_running_relay(store_target: Path | str) -> None:
+    """The relay's open Store sees admin changes via user_events (SQLite's WAL or
+    PostgreSQL, two connections)."""
+    async with await Store.open(store_target) as relay_store:
         await relay_store.add_user("alice", b"h", b"s", now=1)
         cursor = await relay_store.last_user_event()
-        code = await asyncio.to_thread(main, ["--db", str(db), "disable-user", "alice"])
+        code = await asyncio.to_thread(main, ["--db", str(store_target), "disable-user", "alice"])
         assert code == 0
         events = await relay_store.user_events(cursor)
         assert [(e.name, e.kind) for e in events] == [("alice", UserEventKind.DISABLED)]
@@ -355,3 +402,65 @@ def test_example_db_rebuild_is_reproducible(tmp_path: Path) -> None:
 
 def test_admin_module_has_no_stray_defaults() -> None:
     assert admin.DEFAULT_DB == "users.db" and admin.MIN_DH_BITS == 2048
+
+
+def test_copy_store_moves_every_user_key_and_queued_envelope_to_postgresql(
+    capsys: pytest.CaptureFixture[str], db: Path, pg_url: str
+) -> None:
+    ident = IdentityPublic("x25519", b"\x01" * 32, b"\x02" * 32, b"\x03" * 64)
+    spk = SignedPrekey(1, b"\x05" * 32, b"\x06" * 64)
+
+    async def fill() -> list[int]:
+        async with await Store.open(db) as s:
+            for name in ("alice", "bob", "carol"):
+                await s.add_user(name, name.encode(), b"salt", now=10)
+            await s.set_disabled("carol", True, now=11)
+            otks = [OneTimePrekey(i, bytes([i]) * 32) for i in range(3)]
+            await s.publish_keys("bob", identity=ident, signed_prekey=spk, one_time=otks, now=12)
+            await s.fetch_bundle("alice", "bob")  # alice watches bob; one prekey gone
+            mids = await s.enqueue("alice", ["bob", "carol"], b"queued", now=13)
+            acked = await s.enqueue("alice", ["bob"], b"acked", now=14)
+            await s.ack("bob", acked)  # the highest id ever used is gone from the mailbox
+            return mids + acked
+
+    mids = asyncio.run(fill())
+
+    async def look(target: Path | str) -> tuple[object, ...]:
+        async with await Store.open(target) as s:
+            return (
+                await s.list_users(),
+                await s.pending("bob"),
+                await s.pending("carol"),
+                await s.key_status("bob"),
+                await s.mailbox_count("bob"),
+            )
+
+    before = asyncio.run(look(db))
+    code, out, _ = run(capsys, "copy-store", "--from", str(db), "--to", pg_url)
+    assert code == 0, out
+    assert "3 user(s), 2 queued envelope(s), 2 one-time prekey(s)" in out
+    assert asyncio.run(look(pg_url)) == before
+
+    async def carry_on() -> tuple[list[int], object, bool]:
+        async with await Store.open(pg_url) as s:
+            new = await s.enqueue("bob", ["alice"], b"after the move", now=20)
+            result = await s.publish_keys(
+                "bob",
+                identity=IdentityPublic("x25519", b"\x01" * 32, b"\x09" * 32, b"\x03" * 64),
+                signed_prekey=None,
+                one_time=[],
+                now=21,
+            )
+            await s.add_user("dave", b"d", b"s", now=22)  # ids continue after the copy
+            return new, result.watchers, await s.user_exists("dave")
+
+    new, watchers, dave = asyncio.run(carry_on())
+    assert new[0] > max(mids)  # ids are never reused, not even the acked one
+    assert watchers == ["alice"] and dave
+    # Only into an empty store, and never from a URL or to a file.
+    code, _, err = run(capsys, "copy-store", "--from", str(db), "--to", pg_url)
+    assert code == 1
+    assert_one_line_error(err, "already has users")
+    code, _, err = run(capsys, "copy-store", "--from", pg_url, "--to", pg_url)
+    assert code == 1
+    assert_one_line_error(err, "SQLite file")

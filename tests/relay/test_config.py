@@ -66,3 +66,17 @@ def test_help_documents_every_setting_and_the_file():
         assert "--" + name.replace("_", "-") in text
         assert f"  {name} " in text  # the TOML key, in the settings list
     assert "--config" in text and "flags win" in text
+
+
+def test_store_is_a_postgresql_url_from_flag_or_file(tmp_path):
+    assert RelayConfig().store_target == Path("users.db")  # SQLite unless told otherwise
+    url = "postgresql://relay@db.internal/hushwire"
+    assert from_args(["--store", url]).store_target == url
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(f'store = "{url}"\ndb = "state/users.db"\n')
+    config = from_args(["--config", str(cfg)])
+    assert config.store_target == url
+    assert config.cert_path == tmp_path / "state" / "relay-cert.pem"  # TLS files by the db
+    for bad in ("users.db", "sqlite:///users.db", "mysql://db/hushwire"):
+        with pytest.raises(ConfigError, match="postgresql://"):
+            from_args(["--store", bad])

@@ -87,10 +87,13 @@ async def test_sigterm_during_a_burst_keeps_every_acknowledged_send(tmp_path, da
     assert set(acked) <= got
 
 
-async def test_sigkill_loses_no_acknowledged_envelope(tmp_path, daemons):
-    db = tmp_path / "relay.db"
-    tokens = await add_users(db, ("alice", "bob"))
-    relay = await daemons(db, "--send-burst", "100000", "--send-rate", "100000")
+async def test_sigkill_loses_no_acknowledged_envelope(tmp_path, daemons, store_target):
+    """On both backends: an `ok` means committed (SQLite file or PostgreSQL)."""
+    pg = isinstance(store_target, str)
+    db = tmp_path / "relay.db" if pg else store_target  # with PostgreSQL: only TLS files
+    store = ("--store", store_target) if pg else ()
+    tokens = await add_users(store_target, ("alice", "bob"))
+    relay = await daemons(db, *store, "--send-burst", "100000", "--send-rate", "100000")
     alice = await relay.login("alice", tokens["alice"])
     acked, tasks = await burst(alice, total=3000, wait_for=300)
     os.kill(relay.proc.pid, signal.SIGKILL)
@@ -98,7 +101,7 @@ async def test_sigkill_loses_no_acknowledged_envelope(tmp_path, daemons):
     await asyncio.gather(*tasks)
     await alice.close()
 
-    relay = await daemons(db)
+    relay = await daemons(db, *store)
     bob = await relay.login("bob", tokens["bob"])
     got = [d.body for d in await collect(bob, len(acked))]
     assert set(acked) <= set(got)

@@ -1,4 +1,5 @@
-"""The relay over real TLS on 127.0.0.1, with a real SQLite file."""
+"""The relay over real TLS on 127.0.0.1, once with a real SQLite file and once with a
+real PostgreSQL server (the `relay_store` param below)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ from hushwire.common.messages import (
 from hushwire.relay.store import Store
 
 WAIT = 10.0  # generous: these wait on events, the timeout only bounds a failure
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def relay_store(request: pytest.FixtureRequest) -> str | None:
+    """Every test here runs on both backends (overrides tests/conftest.py's)."""
+    return str(request.getfixturevalue("pg_url")) if request.param == "postgresql" else None
 
 
 def identity(seed: int) -> IdentityPublic:
@@ -117,7 +124,7 @@ async def test_failed_logins_are_rate_limited_even_for_the_right_token(relay_fac
 
 async def test_disabled_user_cannot_log_in_and_is_disconnected(relay):
     live = await relay.login("bob")
-    async with await Store.open(relay.config.db) as admin:  # as hushwire-admin would
+    async with await Store.open(relay.config.store_target) as admin:  # as hushwire-admin would
         await admin.set_disabled("bob", True, now=1)
     await asyncio.wait_for(live.wait_closed(), WAIT)
     assert live.closed_reason is not None and live.closed_reason.code == "user_disabled"

@@ -1,4 +1,5 @@
-"""Store: accounts, key directory, mailbox and group commit, on real SQLite files."""
+"""Store: accounts, key directory, mailbox and group commit, on both backends: real
+SQLite files and a real PostgreSQL server (`store_target`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from hushwire.common.errors import ErrorCode, RequestError
@@ -30,18 +32,38 @@ def otks(ids: range, tag: int = 7) -> list[OneTimePrekey]:
 SPK = SignedPrekey(1, b"\x05" * 32, b"\x06" * 64)
 
 
-async def open_store(path: Path, **kw: object) -> Store:
-    return await Store.open(path, **kw)  # type: ignore[arg-type]
+Target = Path | str  # a SQLite file or a PostgreSQL URL
+
+
+async def open_store(target: Target, **kw: object) -> Store:
+    return await Store.open(target, **kw)  # type: ignore[arg-type]
+
+
+async def other_process(target: Target, sqlite_sql: str, pg_sql: str | None = None) -> None:
+    """Run statements on a connection of their own, as the admin CLI would."""
+    if isinstance(target, Path):
+        other = sqlite3.connect(target)
+        other.execute("PRAGMA foreign_keys = ON")
+        other.executescript(sqlite_sql)
+        other.commit()
+        other.close()
+        return
+    conn = await asyncpg.connect(target)
+    try:
+        await conn.execute(pg_sql or sqlite_sql)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
+    """A SQLite file, for what only SQLite has (pragmas, WAL, locks, file migrations)."""
     return tmp_path / "users.db"
 
 
 @pytest.fixture
-async def store(db: Path):
-    s = await open_store(db)
+async def store(store_target: Target):
+    s = await open_store(store_target)
     for name in ("alice", "bob", "carol"):
         await s.add_user(name, b"h" * 32, b"s" * 16, now=NOW)
     yield s
@@ -86,10 +108,10 @@ async def test_disable_enable_and_token_reset(store: Store) -> None:
         await store.remove_user("dave")
 
 
-async def test_record_login_is_persisted(db: Path, store: Store) -> None:
+async def test_record_login_is_persisted(store_target: Target, store: Store) -> None:
     await store.record_login("alice", now=NOW + 50)
     await store.close()
-    s2 = await open_store(db)
+    s2 = await open_store(store_target)
     try:
         assert (await s2.get_user("alice")).last_login_at == NOW + 50  # type: ignore[union-attr]
     finally:
@@ -147,12 +169,15 @@ async def test_user_events_log_every_account_change(store: Store) -> None:
     assert await store.last_user_event() == events[-1].seq
 
 
-async def test_user_events_see_changes_made_by_another_process(db: Path, store: Store) -> None:
+async def test_user_events_see_changes_made_by_another_process(
+    store_target: Target, store: Store
+) -> None:
     start = await store.last_user_event()
-    other = sqlite3.connect(db)
-    other.execute("UPDATE users SET disabled = 1 WHERE name = 'alice'")
-    other.commit()
-    other.close()
+    await other_process(
+        store_target,
+        "UPDATE users SET disabled = 1 WHERE name = 'alice'",
+        "UPDATE users SET disabled = TRUE WHERE name = 'alice'",
+    )
     assert [(e.name, e.kind) for e in await store.user_events(start)] == [
         ("alice", UserEventKind.DISABLED)
     ]
@@ -372,8 +397,8 @@ async def test_bad_recipient_lists(store: Store, recipients: list[str]) -> None:
     assert info.value.code is ErrorCode.BAD_REQUEST
 
 
-async def test_mailbox_limit_is_all_or_nothing(db: Path) -> None:
-    s = await open_store(db, max_mailbox=3)
+async def test_mailbox_limit_is_all_or_nothing(store_target: Target) -> None:
+    s = await open_store(store_target, max_mailbox=3)
     try:
         for name in ("alice", "bob", "carol"):
             await s.add_user(name, b"h", b"s", now=NOW)
@@ -392,11 +417,11 @@ async def test_mailbox_limit_is_all_or_nothing(db: Path) -> None:
         await s.close()
 
 
-async def test_mailbox_count_survives_restart(db: Path, store: Store) -> None:
+async def test_mailbox_count_survives_restart(store_target: Target, store: Store) -> None:
     await store.enqueue("alice", ["bob"], b"1", now=NOW)
     await store.enqueue("alice", ["bob"], b"2", now=NOW)
     await store.close()
-    s = await open_store(db, max_mailbox=2)
+    s = await open_store(store_target, max_mailbox=2)
     try:
         with pytest.raises(RequestError) as info:
             await s.enqueue("alice", ["bob"], b"3", now=NOW)
@@ -416,7 +441,7 @@ async def test_purge_deletes_old_envelopes_and_frees_room(store: Store) -> None:
     assert await store.purge(older_than=NOW - 50) == 0
 
 
-async def test_group_commit_batches_concurrent_enqueues(db: Path, store: Store) -> None:
+async def test_group_commit_batches_concurrent_enqueues(store_target: Target, store: Store) -> None:
     before = store.group_commits
     results = await asyncio.gather(
         *(store.enqueue("alice", ["bob"], i.to_bytes(2, "big"), now=NOW) for i in range(500))
@@ -426,7 +451,7 @@ async def test_group_commit_batches_concurrent_enqueues(db: Path, store: Store) 
     mids = [m for r in results for m in r]
     assert len(set(mids)) == 500
     await store.close()
-    s = await open_store(db)
+    s = await open_store(store_target)
     try:
         got = await s.pending("bob", limit=1000)
         assert len(got) == 500
@@ -451,11 +476,13 @@ async def test_group_commit_batches_acks(store: Store) -> None:
     assert await store.pending("bob") == []
 
 
-async def test_mids_are_never_reused_after_ack_and_restart(db: Path, store: Store) -> None:
+async def test_mids_are_never_reused_after_ack_and_restart(
+    store_target: Target, store: Store
+) -> None:
     mids = await store.enqueue("alice", ["bob"], b"x", now=NOW)
     await store.ack("bob", mids)
     await store.close()
-    s = await open_store(db)
+    s = await open_store(store_target)
     try:
         again = await s.enqueue("alice", ["bob"], b"y", now=NOW)
         assert again[0] > mids[0]
@@ -463,7 +490,7 @@ async def test_mids_are_never_reused_after_ack_and_restart(db: Path, store: Stor
         await s.close()
 
 
-async def test_close_flushes_pending_enqueues(db: Path, store: Store) -> None:
+async def test_close_flushes_pending_enqueues(store_target: Target, store: Store) -> None:
     await store.enqueue("alice", ["carol"], b"warm", now=NOW)  # carol's id is cached
     tasks = [
         asyncio.create_task(store.enqueue("alice", ["carol"], b"z", now=NOW)) for _ in range(20)
@@ -476,7 +503,7 @@ async def test_close_flushes_pending_enqueues(db: Path, store: Store) -> None:
         await store.enqueue("alice", ["carol"], b"late", now=NOW)
     with pytest.raises(StoreError):
         await store.get_user("alice")
-    s = await open_store(db)
+    s = await open_store(store_target)
     try:
         assert [e.mid for e in await s.pending("carol")][1:] == sorted(mids)
     finally:
@@ -510,14 +537,10 @@ async def test_failed_batch_fails_every_waiter(db: Path) -> None:
 
 
 async def test_recipient_removed_by_another_process_fails_only_that_send(
-    db: Path, store: Store
+    store_target: Target, store: Store
 ) -> None:
     await store.enqueue("alice", ["bob", "carol"], b"warm", now=NOW)  # ids cached
-    other = sqlite3.connect(db)
-    other.execute("PRAGMA foreign_keys = ON")
-    other.execute("DELETE FROM users WHERE name = 'carol'")
-    other.commit()
-    other.close()
+    await other_process(store_target, "DELETE FROM users WHERE name = 'carol'")
     before = store.group_commits
     ok, gone = await asyncio.gather(
         store.enqueue("alice", ["bob"], b"fine", now=NOW),
@@ -550,18 +573,25 @@ def enqueue_nowait(
     return fut
 
 
-def mailbox_rows(db: Path) -> list[tuple[int, str]]:
-    """What is on disk, read by a second connection (WAL included)."""
-    raw = sqlite3.connect(db)
+async def mailbox_rows(target: Target) -> list[tuple[int, str]]:
+    """What is committed, read by a second connection (WAL included)."""
+    sql = "SELECT m.id, u.name FROM mailbox m JOIN users u ON u.id = m.recipient_id ORDER BY m.id"
+    if isinstance(target, str):
+        conn = await asyncpg.connect(target)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+    raw = sqlite3.connect(target)
     try:
-        return raw.execute(
-            "SELECT m.id, u.name FROM mailbox m JOIN users u ON u.id = m.recipient_id ORDER BY m.id"
-        ).fetchall()
+        return raw.execute(sql).fetchall()
     finally:
         raw.close()
 
 
-async def test_rows_acked_before_their_commit_are_never_written(db: Path, store: Store) -> None:
+async def test_rows_acked_before_their_commit_are_never_written(
+    store_target: Target, store: Store
+) -> None:
     await store.enqueue("alice", ["bob"], b"warm", now=NOW)  # ids cached
     warm = await store.pending("bob")
     await store.ack("bob", [warm[0].mid])
@@ -575,9 +605,9 @@ async def test_rows_acked_before_their_commit_are_never_written(db: Path, store:
     assert sent.done() and sent.result() == [mid]  # the sender's ok needs no commit
     assert store.elided == before + 1
     after = await store.enqueue("alice", ["bob"], b"kept", now=NOW)  # waits for a commit
-    assert mailbox_rows(db) == [(after[0], "bob")]
+    assert await mailbox_rows(store_target) == [(after[0], "bob")]
     await store.close()
-    s = await open_store(db)
+    s = await open_store(store_target)
     try:
         again = await s.enqueue("alice", ["carol"], b"new", now=NOW)
         # The elided id was never written, yet no later envelope may reuse it.
@@ -587,7 +617,7 @@ async def test_rows_acked_before_their_commit_are_never_written(db: Path, store:
 
 
 async def test_elided_id_stays_used_after_a_restart(
-    db: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+    store_target: Target, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Without the gap a restart leaves, the persisted sequence alone must cover the id.
     monkeypatch.setattr(mailbox_module, "MID_GAP", 0)
@@ -599,8 +629,8 @@ async def test_elided_id_stays_used_after_a_restart(
     (mid,) = reserved
     assert store.ack_nowait("bob", [mid]) == 1
     await store.close()  # the only batch since held nothing but the elided row
-    assert sent.result() == [mid] and mailbox_rows(db) == []
-    s = await open_store(db)
+    assert sent.result() == [mid] and await mailbox_rows(store_target) == []
+    s = await open_store(store_target)
     try:
         (again,) = await s.enqueue("alice", ["bob"], b"new", now=NOW)
         assert again > mid
@@ -608,7 +638,9 @@ async def test_elided_id_stays_used_after_a_restart(
         await s.close()
 
 
-async def test_partial_elision_writes_only_the_rows_not_acked(db: Path, store: Store) -> None:
+async def test_partial_elision_writes_only_the_rows_not_acked(
+    store_target: Target, store: Store
+) -> None:
     await store.enqueue("alice", ["bob", "carol"], b"warm", now=NOW)
     for name in ("bob", "carol"):
         await store.ack(name, [e.mid for e in await store.pending(name)])
@@ -619,7 +651,7 @@ async def test_partial_elision_writes_only_the_rows_not_acked(db: Path, store: S
     assert not sent.done()  # carol's copy still needs its commit
     assert await store.ack("bob", [to_carol]) == 0  # not his: nothing elided or deleted
     assert await sent == [to_bob, to_carol]
-    assert mailbox_rows(db) == [(to_carol, "carol")]
+    assert await mailbox_rows(store_target) == [(to_carol, "carol")]
     assert await store.mailbox_count("bob") == 0
     assert await store.mailbox_count("carol") == 1
 
@@ -648,9 +680,11 @@ async def test_a_failing_callback_neither_stops_the_writer_nor_the_ack(
     assert await store.mailbox_count("carol") == 1
 
 
-async def test_checkpoint_moves_wal_into_main_file(db: Path, store: Store) -> None:
-    await store.enqueue("alice", ["bob"], b"durable", now=NOW)
-    await store.checkpoint()
+async def test_checkpoint_moves_wal_into_main_file(db: Path) -> None:
+    async with await open_store(db) as store:
+        await store.add_user("bob", b"h", b"s", now=NOW)
+        await store.enqueue("alice", ["bob"], b"durable", now=NOW)
+        await store.checkpoint()
     # immutable=1 reads the main file only, ignoring the WAL.
     raw = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
     try:
@@ -713,17 +747,17 @@ async def test_key_status(store: Store) -> None:
     assert await store.key_status("alice") == (True, 3)
 
 
-async def test_polling_last_user_event_drops_stale_ids(db: Path, store: Store) -> None:
+async def test_polling_last_user_event_drops_stale_ids(store_target: Target, store: Store) -> None:
     await store.enqueue("alice", ["carol"], b"warm", now=NOW)  # carol's id is cached
-    other = sqlite3.connect(db)
-    other.execute("PRAGMA foreign_keys = ON")
-    other.execute("DELETE FROM users WHERE name = 'carol'")
-    other.execute(
+    insert = (
         "INSERT INTO users (name, token_hash, token_salt, created_at, updated_at)"
-        " VALUES ('carol', x'00', x'00', 1, 1)"
+        " VALUES ('carol', {0}, {0}, 1, 1);"
     )
-    other.commit()
-    other.close()
+    await other_process(
+        store_target,
+        "DELETE FROM users WHERE name = 'carol';" + insert.format("x'00'"),
+        "DELETE FROM users WHERE name = 'carol';" + insert.format("'\\x00'::bytea"),
+    )
     await store.last_user_event()  # what the relay polls
     mids = await store.enqueue("alice", ["carol"], b"to the new carol", now=NOW)
     assert [e.mid for e in await store.pending("carol")] == mids

@@ -1,0 +1,143 @@
+"""Real database servers for the tests: a PostgreSQL cluster in a temp dir on a free
+loopback port, run as an unprivileged user (PostgreSQL refuses to run as root).
+
+The cluster runs with fsync off: the tests crash relays, never the machine under the
+server, so durability against power loss is not what they check.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_USER = "hushwire"
+# The unprivileged system account the server runs as when the tests run as root.
+RUN_AS = "nobody"
+
+
+def postgres_bindir() -> Path | None:
+    """The newest installed PostgreSQL server's bin dir (Debian keeps it off PATH)."""
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_major, reverse=True):
+        if Path(d, "initdb").exists() and Path(d, "pg_ctl").exists():
+            return Path(d)
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _major(path: str) -> int:
+    part = Path(path).parent.name
+    return int(part) if part.isdigit() else 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PostgresServer:
+    bindir: Path
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hushwire-pg-")))
+    port: int = 0
+    _databases: int = 0
+
+    def _run(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        user = RUN_AS if os.geteuid() == 0 else None
+        return subprocess.run(
+            [str(a) for a in args],
+            cwd=self.root,
+            user=user,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=check,
+        )
+
+    def start(self) -> PostgresServer:
+        """Create the cluster and start it on a free loopback port."""
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam(RUN_AS)
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        self._run(
+            self.bindir / "initdb",
+            "-D",
+            self.root / "data",
+            "-U",
+            PG_USER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        for _ in range(5):  # a port found free can be taken before the server binds it
+            self.port = free_port()
+            started = self.start_server(check=False)
+            if started.returncode == 0:
+                return self
+        log = (self.root / "server.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"PostgreSQL did not start: {started.stderr}\n{log}")
+
+    def start_server(self, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Start the server process (again) on `port`; returns once it accepts."""
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
+        )
+        return self._run(
+            self.bindir / "pg_ctl",
+            "-D",
+            self.root / "data",
+            "-l",
+            self.root / "server.log",
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            opts,
+            "start",
+            check=check,
+        )
+
+    def stop_server(self) -> None:
+        """Stop the server process (fast shutdown: open sessions are cut)."""
+        self._run(self.bindir / "pg_ctl", "-D", self.root / "data", "-m", "fast", "-w", "stop")
+
+    def stop(self) -> None:
+        """Stop the server and delete the cluster."""
+        self.stop_server()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A fresh, empty database; returns its URL."""
+        self._databases += 1
+        name = f"t{self._databases}"
+        self._run(
+            self.bindir / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, name
+        )
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        name = url.rsplit("/", 1)[1]
+        self._run(
+            self.bindir / "dropdb",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            PG_USER,
+            "--force",
+            name,
+        )
