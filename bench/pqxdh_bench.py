@@ -9,16 +9,14 @@ runs; sizes are exact.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.crypto_bench import median_ms
 from hushwire.client.keys import publish_fields, split_upload
 from hushwire.client.session import KeyUpload
 from hushwire.common.crypto.dh import X25519
@@ -36,15 +34,6 @@ from hushwire.common.keys import PQ_BUNDLE_VERSION, PrekeyBundle
 from hushwire.common.messages import BundleOk, PublishKeys, Send
 
 TEXT = b"\x01" + b"x" * 100  # a 100-character chat message
-
-
-def median_ms(fn: Callable[[], object], rounds: int) -> float:
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 def frame_size(message: object) -> int:
