@@ -19,47 +19,30 @@ setup() {
     fi
 }
 
-# --- services the tests start themselves (PostgreSQL, Redis) --------------------------
-# The tests run real servers from these Debian packages, in temp dirs on loopback ports
-# (tests/services.py); here they are only installed, as root, when missing. As another
-# user nothing is installed and those tests skip, saying so loudly (CI fails instead).
-install_test_services() {
+# --- Debian packages the tests use ---------------------------------------------------
+# PostgreSQL and Redis: tests/services.py starts its own servers in temp dirs on loopback
+# ports. promtool (package `prometheus`) validates the metrics exposition, systemd-analyze
+# (package `systemd`) checks the unit file. Installed only when missing, as root with
+# apt-get. Without them those tests skip and say why; under CI=true the PostgreSQL and
+# Redis tests fail instead, so CI never passes by testing nothing.
+install_test_packages() {
     local missing=()
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
     command -v redis-server >/dev/null || missing+=(redis-server)
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "dev.sh: not root, not installing ${missing[*]}: their tests will skip" >&2
-        return 0
-    fi
-    echo "dev.sh: installing ${missing[*]} (Debian packages) for the tests" >&2
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q \
-        --no-install-recommends "${missing[@]}" >/dev/null
-}
-# ----------------------------------------------------------------------------------------
-
-# --- Debian tools for the operator tests (metrics, systemd) ----------------------------
-# promtool (package `prometheus`) validates the metrics exposition in
-# tests/relay/test_metrics.py; systemd-analyze (package `systemd`) checks the unit file in
-# tests/relay/test_sdnotify.py. Installed only when missing, only as root with apt-get;
-# never fatal: without them those tests skip and say why.
-ops_packages() {
-    local missing=()
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-        echo "note: ${missing[*]} not installed (needs root and apt-get); their tests skip" >&2
+        echo "dev.sh: not root with apt-get, not installing ${missing[*]}: their tests skip" >&2
         return 0
     fi
+    echo "dev.sh: installing ${missing[*]} (Debian packages) for the tests" >&2
     if ! { apt-get update -qq &&
-        apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"; } \
-        >/dev/null; then
-        echo "note: could not install ${missing[*]}; their tests skip" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq \
+            --no-install-recommends "${missing[@]}"; } >/dev/null; then
+        echo "dev.sh: could not install ${missing[*]}; their tests skip (or fail under CI)" >&2
     fi
 }
-# ---------------------------------------------------------------------------------------
 
 case "${1:-}" in
 relay)
@@ -71,8 +54,7 @@ relay)
 test)
     shift
     setup
-    install_test_services
-    ops_packages
+    install_test_packages
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
     set +e

@@ -190,11 +190,10 @@ def cmd_tui(args: argparse.Namespace) -> None:
         work = Path(tmp)
         relay = _relay(work)
         try:
-            live = asyncio.run(_fill(work / "alice", args.messages))
-            (work / "live.json").write_text(json.dumps(live))
+            asyncio.run(_fill(work / "alice", args.messages))
             child = [sys.executable, __file__, "tui-child", str(work / "alice"), "u1"]
             out = subprocess.run(
-                [*child, str(work / "live.json")],
+                [*child, str(args.messages)],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -208,30 +207,33 @@ def cmd_tui(args: argparse.Namespace) -> None:
         print(f"| {stage} | {rss} | {hwm} | {took:.1f} s |")
 
 
-async def _fill(profile: Path, n: int) -> list[tuple[str, str]]:
-    """n messages of history with u1 (read), then n more received and not yet shown, as
-    the service has stored them when it emits MessageReceived; returns those (uid, text)."""
+async def _fill(profile: Path, n: int) -> None:
+    """n messages of history with u1, both directions, all read."""
     from hushwire.client.service import HushwireClient
 
     client = await HushwireClient.open(profile, PASSPHRASE)
+    await _store(client, n, "read", prefix="old")
+    await client.close()
+
+
+async def _store(client: Any, n: int, status: str, prefix: str) -> list[tuple[str, str]]:
+    """n messages with u1 in one transaction (incoming ones with `status`); (uid, text)."""
     now = int(time.time() * 1000)
-    live = []
+    rows = []
     async with client.store.transaction():
-        for i in range(2 * n):
-            incoming = i % 2 == 0 or i >= n
-            text = f"{i:05d} {TEXT}"
+        for i in range(n):
+            incoming = status == "received" or i % 2 == 0
+            text = f"{prefix} {i:05d} {TEXT}"
             uid = await client.store.add_message(
                 contact="u1",
                 direction="in" if incoming else "out",
-                status=("read" if i < n else "received") if incoming else "sent",
-                sent_at_ms=now - (2 * n - i) * 1000,
+                status=status if incoming else "sent",
+                sent_at_ms=now - (n - i),
                 now_ms=now,
                 text=text,
             )
-            if i >= n:
-                live.append((uid, text))
-    await client.close()
-    return live
+            rows.append((uid, text))
+    return rows
 
 
 async def _until(check: Any, what: str) -> None:
@@ -242,7 +244,7 @@ async def _until(check: Any, what: str) -> None:
         await asyncio.sleep(0.02)
 
 
-async def child_tui(profile: str, contact: str, live: list[tuple[str, str]], sink: TextIO) -> None:
+async def child_tui(profile: str, contact: str, n: int, sink: TextIO) -> None:
     """Runs in a fresh interpreter: the real ChatApp, driven through a key pipe."""
     from prompt_toolkit.data_structures import Size
     from prompt_toolkit.input import create_pipe_input
@@ -273,12 +275,20 @@ async def child_tui(profile: str, contact: str, live: list[tuple[str, str]], sin
         keys.send_text("/history 2000\r")
         await _until(lambda: len(conv.lines) >= 2000, "/history")
         stage("/history 2000")
+        # as the service does once it has stored a message: the row, then the event
+        live = await _store(client, n, "received", prefix="new")
+        t = time.monotonic()
         now = datetime.now(UTC)
         for uid, text in live:
             client.events.put_nowait(MessageReceived(contact, uid, now, text, uid))
         last = live[-1][1]
         await _until(lambda: conv.lines[-1].text == last, "live messages")
-        stage(f"{len(live)} more arrived live (conversation open; each marked read)")
+        deadline = time.monotonic() + STAGE_TIMEOUT
+        while (await client.store.unread_counts()).get(contact):
+            if time.monotonic() > deadline:
+                raise TimeoutError("mark read")
+            await asyncio.sleep(0.02)
+        stage(f"{n} more arrived live (conversation open; each marked read)")
         keys.send_text("/quit\r")
         await running
     print(json.dumps(stages))
@@ -296,7 +306,7 @@ def main() -> None:
     s = sub.add_parser("tui-child")  # internal: the child of `tui`
     s.add_argument("profile")
     s.add_argument("contact")
-    s.add_argument("live_file")
+    s.add_argument("live", type=int)
     args = p.parse_args()
     if args.cmd == "send":
         cmd_send(args)
@@ -304,8 +314,7 @@ def main() -> None:
         cmd_tui(args)
     else:
         with open(os.devnull, "w") as sink:
-            live = json.loads(Path(args.live_file).read_text())
-            asyncio.run(child_tui(args.profile, args.contact, live, sink))
+            asyncio.run(child_tui(args.profile, args.contact, args.live, sink))
 
 
 if __name__ == "__main__":

@@ -149,7 +149,12 @@ class RelayConnection:
         return conn
 
     async def handshake(
-        self, user: str, token: str, *, versions: tuple[int, ...] = (PROTOCOL_VERSION,)
+        self,
+        user: str,
+        token: str,
+        device: int | None = None,
+        *,
+        versions: tuple[int, ...] = (PROTOCOL_VERSION,),
     ) -> LoginOk:
         """hello then login; raises RequestError (auth_failed, rate_limited...) on refusal.
 
@@ -157,10 +162,15 @@ class RelayConnection:
         "PQXDH"), so a relay that cannot store KEM prekeys answers unsupported_version
         with its list. (Tests of the relay's version-1 service pass `versions=(1,)`.)
         """
+        await self.say_hello(versions)
+        return await self.request(Login, user=user, token=token, device=device)
+
+    async def say_hello(self, versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> HelloOk:
+        """hello alone: what a new device does before it links (it has no login yet)."""
         hello = await self.request(Hello, versions=versions, client=CLIENT_NAME)
         self.hello = checked_hello(hello)
         self.max_frame = self.hello.max_frame
-        return await self.request(Login, user=user, token=token)
+        return self.hello
 
     async def request(self, cls: type[Request], **fields: Any) -> Any:
         """Send `cls(**fields)` with a fresh id and wait for its reply."""
@@ -226,6 +236,7 @@ class RelayConnection:
                     safe_line(msg.message),
                     retry_after=msg.retry_after,
                     versions=msg.versions,
+                    device_lists=msg.device_lists,
                 )
             )
         else:

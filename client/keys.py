@@ -14,7 +14,7 @@ import msgpack
 from hushwire.client.connection import RelayConnection
 from hushwire.client.session import KeyUpload, SessionManager
 from hushwire.common import messages as wire
-from hushwire.common.errors import RequestError
+from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.keys import PQ_BUNDLE_VERSION
 
 MAX_PREKEYS_PER_UPLOAD: Final = 200  # protocol.md publish_keys
@@ -27,6 +27,9 @@ class KeyUpkeep:
         self._sessions = sessions
         self._notify = notify
         self._lock = asyncio.Lock()
+        # Set by `login --replace-identity`: the first upload may replace the account's
+        # identity (and so unlink its other devices); never set on its own.
+        self.replace_identity = False
 
     async def upload(
         self,
@@ -49,13 +52,20 @@ class KeyUpkeep:
             try:
                 await self._publish(conn, upload)
             except RequestError as exc:
+                if exc.code == ErrorCode.ACCOUNT_HAS_DEVICES:
+                    raise  # this profile must not become the account: login says why
                 self._notify(f"could not upload keys: {exc.message}")
 
     async def _publish(self, conn: RelayConnection, upload: KeyUpload) -> None:
         """Publish in as many frames as the relay's max_frame needs (identity first)."""
         for i, part in enumerate(split_upload(upload, conn.max_frame)):
-            await conn.request(wire.PublishKeys, **publish_fields(part))
+            await conn.request(
+                wire.PublishKeys,
+                **publish_fields(part),
+                replace_identity=self.replace_identity and part.identity is not None,
+            )
             if i == 0:
+                self.replace_identity = False
                 await self._sessions.upload_done(upload)
 
     async def maintain(self, conn: RelayConnection) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.errors import ErrorCode, RequestError, echo
 
 # Lower-case ASCII only, so two names can never look alike on screen (no homoglyphs),
 # and nothing that a terminal or a shell would interpret.
@@ -21,5 +21,5 @@ def check_username(name: object) -> str:
         return name
     raise RequestError(
         ErrorCode.BAD_REQUEST,
-        f"invalid username {name!r}: 1-32 characters, a-z first, then a-z 0-9 _ . -",
+        f"invalid username {echo(name)}: 1-32 characters, a-z first, then a-z 0-9 _ . -",
     )

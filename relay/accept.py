@@ -18,6 +18,8 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from hushwire.relay.admission import Admission
+
 log = logging.getLogger("hushwire.relay.accept")
 
 ACCEPT_RETRY = 0.5  # seconds without accepting after the process ran out of descriptors
@@ -51,13 +53,14 @@ class Acceptor:
     def __init__(
         self,
         factory: Callable[[], asyncio.Protocol],
-        context: ssl.SSLContext,
+        admission: Admission,
         *,
         handshake_timeout: float,
         backlog: int = 1024,
     ) -> None:
         self._factory = factory
-        self._context = context
+        self._admission = admission
+        self._context: ssl.SSLContext | None = None
         self._handshake_timeout = handshake_timeout
         self._backlog = backlog
         self._loop = asyncio.get_running_loop()
@@ -66,10 +69,13 @@ class Acceptor:
         self._retry: asyncio.TimerHandle | None = None
         self._closed = False
         # Plain ints, read by the metrics exporter (relay/metrics.py).
-        self.failures = {"accept": 0, "handshake": 0}
+        # "admission": refused at accept (relay/admission.py), closed before any TLS.
+        self.failures = {"accept": 0, "handshake": 0, "admission": 0}
 
-    async def listen(self, host: str, port: int) -> None:
-        """Bind every address `host` resolves to (as create_server does), then accept."""
+    async def bind(self, host: str, port: int) -> None:
+        """Bind every address `host` resolves to (as create_server does); `start` then
+        accepts. Binding first lets a relay that cannot listen fail before it creates
+        any file."""
         infos = await self._loop.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
@@ -86,6 +92,10 @@ class Acceptor:
         except OSError:
             self.close()
             raise
+
+    def start(self, context: ssl.SSLContext) -> None:
+        """Accept connections, doing the TLS handshake with `context`."""
+        self._context = context
         self._start_reading()
 
     @property
@@ -105,7 +115,7 @@ class Acceptor:
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, _ = listener.accept()
+                sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -121,13 +131,20 @@ class Acceptor:
                     self._retry = self._loop.call_later(ACCEPT_RETRY, self._start_reading)
                     return
                 continue
-            task = asyncio.create_task(self._handshake(sock))
+            # Counted from here, not from login: a handshake holds a descriptor too.
+            prefix = self._admission.accept(str(address[0]) if address else "unknown")
+            if prefix is None:
+                self.failures["admission"] += 1
+                sock.close()
+                continue
+            task = asyncio.create_task(self._handshake(sock, prefix))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
-    async def _handshake(self, sock: socket.socket) -> None:
+    async def _handshake(self, sock: socket.socket, prefix: str) -> None:
         peer = _peer(sock)
         sock.setblocking(False)
+        ok = False
         try:
             await self._loop.connect_accepted_socket(
                 self._factory,
@@ -135,6 +152,7 @@ class Acceptor:
                 ssl=self._context,
                 ssl_handshake_timeout=self._handshake_timeout,
             )
+            ok = True
         except asyncio.CancelledError:
             sock.close()
             raise
@@ -151,6 +169,8 @@ class Acceptor:
         except Exception:  # a bug, not the peer: say so, and keep accepting others
             sock.close()
             log.exception("accepting a connection from %s failed", peer)
+        finally:
+            self._admission.handshake_done(prefix, ok=ok)
 
     @property
     def handshaking(self) -> int:

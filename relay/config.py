@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hushwire.common.crypto.devices import MAX_DEVICES
 from hushwire.common.errors import HushwireError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.version import version
 from hushwire.relay.logs import LOG_FORMATS
 from hushwire.relay.ratelimit import Rate
+from hushwire.relay.store.quota import QuotaLimits
 from hushwire.relay.store.urls import is_postgres_url
 
 
@@ -63,6 +65,17 @@ class RelayConfig:
     )
     max_frame: int = _opt(DEFAULT_MAX_FRAME, "largest frame accepted, in bytes")
     max_mailbox: int = _opt(10_000, "envelopes queued per recipient before sends are refused")
+    max_mailbox_bytes: int = _opt(256 * 1024 * 1024, "bytes queued per recipient")
+    max_per_sender: int = _opt(
+        2_000, "envelopes one sender may have queued for one recipient (its share)"
+    )
+    max_per_sender_bytes: int = _opt(
+        32 * 1024 * 1024, "bytes one sender may have queued for one recipient"
+    )
+    min_free_disk: int = _opt(
+        256 * 1024 * 1024,
+        "free bytes on the db's file system below which sends are refused (0: no check)",
+    )
     retention_days: float = _opt(30.0, "undelivered envelopes older than this are purged")
     idle_timeout: float = _opt(
         120.0, "seconds without a frame before a client is dropped (clients ping at half this)"
@@ -70,14 +83,39 @@ class RelayConfig:
     handshake_timeout: float = _opt(10.0, "seconds allowed for TLS + hello + login")
     send_rate: float = _opt(60.0, "envelopes per second per sender (sustained)")
     send_burst: float = _opt(120.0, "envelopes a sender may send at once")
-    login_failures: float = _opt(5.0, "failed logins allowed at once per user and per address")
+    login_failures: float = _opt(
+        5.0, "failed logins allowed at once per user and address prefix (/24 IPv4, /64 IPv6)"
+    )
     login_failure_period: float = _opt(60.0, "seconds for one more failed login to be allowed")
     fetch_burst: float = _opt(20.0, "prekey bundles a user may fetch at once")
     fetch_period: float = _opt(3.0, "seconds for one more bundle fetch to be allowed")
+    target_fetch_burst: float = _opt(
+        10.0, "bundles with a one-time prekey served for one user at once (by all fetchers)"
+    )
+    target_fetch_period: float = _opt(
+        60.0,
+        "seconds for one more such bundle; past this limit fetches get the last-resort "
+        "bundle (signed prekey only)",
+    )
     publish_burst: float = _opt(10.0, "key uploads a user may make at once")
     publish_period: float = _opt(60.0, "seconds for one more key upload to be allowed")
+    ack_rate: float = _opt(10_000.0, "envelope ids a user may ack per second (sustained)")
+    ack_burst: float = _opt(20_000.0, "envelope ids a user may ack at once")
+    request_rate: float = _opt(
+        5.0, "who, prekey_count and ping requests per second per user, each (sustained)"
+    )
+    request_burst: float = _opt(60.0, "who, prekey_count and ping requests at once, each")
     delivery_window: int = _opt(256, "envelopes pushed to a client and not yet acked")
-    max_connections: int = _opt(20_000, "concurrent connections accepted")
+    max_connections: int = _opt(
+        20_000,
+        "concurrent connections, counted from accept (TLS handshakes included); kept below "
+        "the descriptor limit, which the relay raises to its hard value",
+    )
+    max_pending_per_address: int = _opt(
+        128, "TLS handshakes in progress at once from one address prefix (/24 IPv4, /64 IPv6)"
+    )
+    max_devices: int = _opt(5, "devices per account (at most 16, the device list's ceiling)")
+    link_ttl: float = _opt(300.0, "seconds a link code stays valid")
     synchronous: str = _opt(
         "NORMAL",
         "SQLite synchronous mode: NORMAL survives any crash of the process, FULL also a power loss",
@@ -102,8 +140,29 @@ class RelayConfig:
         return Rate(self.login_failures, 1.0 / self.login_failure_period)
 
     @property
+    def quota(self) -> QuotaLimits:
+        return QuotaLimits(
+            envelopes=self.max_mailbox,
+            bytes=self.max_mailbox_bytes,
+            sender_envelopes=self.max_per_sender,
+            sender_bytes=self.max_per_sender_bytes,
+        )
+
+    @property
+    def ack_limit(self) -> Rate:
+        return Rate(self.ack_burst, self.ack_rate)
+
+    @property
+    def request_limit(self) -> Rate:
+        return Rate(self.request_burst, self.request_rate)
+
+    @property
     def fetch_limit(self) -> Rate:
         return Rate(self.fetch_burst, 1.0 / self.fetch_period)
+
+    @property
+    def target_fetch_limit(self) -> Rate:
+        return Rate(self.target_fetch_burst, 1.0 / self.target_fetch_period)
 
     @property
     def publish_limit(self) -> Rate:
@@ -124,13 +183,18 @@ class RelayConfig:
 
     def validate(self) -> RelayConfig:
         positive = (
-            "max_frame max_mailbox retention_days idle_timeout handshake_timeout send_rate "
+            "max_frame max_mailbox max_mailbox_bytes max_per_sender max_per_sender_bytes "
+            "retention_days idle_timeout handshake_timeout send_rate "
             "send_burst login_failures login_failure_period fetch_burst fetch_period "
-            "publish_burst publish_period delivery_window max_connections"
+            "publish_burst publish_period delivery_window max_connections "
+            "max_pending_per_address ack_rate ack_burst request_rate request_burst "
+            "target_fetch_burst target_fetch_period max_devices link_ttl"
         ).split()
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.min_free_disk < 0:
+            raise ConfigError("min_free_disk must be 0 or more")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port must be between 0 and 65535")
         if self.store is not None and not is_postgres_url(self.store):
@@ -147,6 +211,8 @@ class RelayConfig:
             raise ConfigError("min_protocol must be 1 or 2")
         if self.max_frame < 1024:
             raise ConfigError("max_frame must be at least 1024 bytes")
+        if self.max_devices > MAX_DEVICES:
+            raise ConfigError(f"max_devices must be at most {MAX_DEVICES}")
         return self
 
 

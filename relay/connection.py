@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
 import time
 from collections import deque
@@ -33,7 +34,14 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from hushwire.common.errors import ErrorCode, HushwireError, RemoteProtocolError, RequestError
+from hushwire.common.errors import (
+    MAX_ERROR_MESSAGE,
+    ErrorCode,
+    HushwireError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    RequestError,
+)
 from hushwire.common.frames import FrameDecoder, encode_frame
 from hushwire.common.messages import (
     Ack,
@@ -41,12 +49,14 @@ from hushwire.common.messages import (
     Error,
     Message,
     PresenceChanged,
+    Reply,
     Request,
     Send,
     decode_request,
     request_id,
 )
 from hushwire.common.states import ConnState, advance, check
+from hushwire.relay.devices import split_principal
 from hushwire.relay.handlers import Relay
 from hushwire.relay.tls import peer_name
 
@@ -54,6 +64,13 @@ log = logging.getLogger("hushwire.relay.connection")
 
 OUT_HIGH_WATER = 1024 * 1024  # stop reading requests while this much output is queued
 MAX_PIPELINE = 256  # concurrent requests per logged-in connection
+# Of those, requests that need the store (a task each): the db thread serves everyone
+# in arrival order, so this bounds how far one connection can queue ahead of other
+# users' commits (256 pipelined `who` put every commit 256 reads back).
+MAX_TASKS = 8
+# Requests before login: hello, login, a few retries and pings. More is a flood (an
+# unauthenticated `ping` loop kept a core busy) and closes the connection.
+MAX_BEFORE_LOGIN = 16
 
 
 class FlushQueue:
@@ -79,7 +96,18 @@ class FlushQueue:
                 conn.transport.abort()
 
 
+def random_mid() -> int:
+    """A fresh wire id for one delivery: 63 random bits (the wire allows < 2**63)."""
+    return secrets.randbits(63)
+
+
 class Connection(asyncio.Protocol):
+    """Mailbox ids on the wire are not the store's: each delivery gets a random id, valid
+    for acks on this connection only. The store's ids are one counter for the whole
+    relay, so showing them let any user count everyone's traffic between two of its own
+    deliveries (issue #11.8). A redelivery after a reconnect has a new id; clients
+    drop duplicates by the id inside the sealed envelope, never by this one."""
+
     def __init__(
         self,
         relay: Relay,
@@ -87,8 +115,10 @@ class Connection(asyncio.Protocol):
         flushes: FlushQueue,
         admit: Callable[[Connection], bool],
         on_finished: Callable[[Connection], None],
+        new_mid: Callable[[], int] = random_mid,
     ) -> None:
         self.relay = relay
+        self._new_mid = new_mid
         self.config = relay.config
         self._counters = relay.counters
         self._flushes = flushes
@@ -98,7 +128,9 @@ class Connection(asyncio.Protocol):
         self.peer_address = "unknown"
         self.cert_name: str | None = None
         self.state = ConnState.AWAIT_HELLO
-        self.user: str | None = None
+        self.user: str | None = None  # the logged-in principal (relay/devices.py)
+        self.account: str | None = None
+        self.device = 1
         self.token_hash: bytes | None = None
         self.wants_presence = False
         self.version = 0  # the protocol version `hello` agreed on
@@ -112,6 +144,7 @@ class Connection(asyncio.Protocol):
         self._queued: list[dict[str, Any]] = []  # frames read but not yet taken
         self._paused = False  # reading paused by us
         self._handshaking = False  # a hello or login is being answered
+        self._before_login = 0  # requests taken before login
         self._ending = False  # no more requests taken
         self._closing = False  # no more output; the transport is closing
         self._settled = False  # requests taken have finished (or their grace ran out)
@@ -125,7 +158,8 @@ class Connection(asyncio.Protocol):
         self._sends_starting = 0
         self._mailbox_task: asyncio.Task[None] | None = None
         # Deliveries (see the module docstring).
-        self._inflight: set[int] = set()
+        self._inflight: dict[int, int] = {}  # store id -> wire id, pushed and not acked
+        self._by_wire: dict[int, int] = {}  # wire id -> store id, for acks
         self._live: deque[Deliver] = deque()
         self._backlog = False
         self._reading_mailbox = False
@@ -176,8 +210,17 @@ class Connection(asyncio.Protocol):
         self._schedule_flush()
 
     def acked(self, mids: Iterable[int]) -> None:
-        self._inflight.difference_update(mids)
+        inflight, by_wire = self._inflight, self._by_wire
+        for mid in mids:
+            wire = inflight.pop(mid, None)
+            if wire is not None:
+                by_wire.pop(wire, None)
         self._schedule_flush()
+
+    def _store_ids(self, ack: Ack) -> Ack:
+        """The store's ids for the wire ids of an ack (ids not pushed here are dropped)."""
+        by_wire = self._by_wire
+        return Ack(id=ack.id, mids=tuple(by_wire[w] for w in ack.mids if w in by_wire))
 
     def kick(self, code: ErrorCode, message: str) -> None:
         """Tell the client why, flush, and close."""
@@ -286,6 +329,13 @@ class Connection(asyncio.Protocol):
         else:
             self._arm("idle", self.config.idle_timeout - quiet, self._idle_check)
 
+    def hold_handshake(self, seconds: float) -> None:
+        """A new device waits in `link_join` for its old device to answer: neither the
+        handshake nor the idle timeout may cut that wait (the link's expiry bounds it)."""
+        self._arm("handshake", seconds + self.config.handshake_timeout, self._handshake_expired)
+        self._last_read = self._loop.time() + seconds  # quiet only counts from then on
+        self._arm("idle", seconds + self.config.idle_timeout, self._idle_check)
+
     def _handshake_expired(self) -> None:
         self._timers.pop("handshake", None)
         if self.state is not ConnState.READY:
@@ -302,7 +352,7 @@ class Connection(asyncio.Protocol):
             frames = self._decoder.feed(data)
         except RemoteProtocolError as exc:
             log.info("bad frame from %s: %s", self.peer_address, exc.message)
-            self.kick(exc.code, exc.message)
+            self.kick(exc.code, exc.message[:MAX_ERROR_MESSAGE])
             return
         if self._queued:
             frames = self._queued + frames
@@ -318,7 +368,11 @@ class Connection(asyncio.Protocol):
                 if self._ending:
                     return
                 if self._handshaking or (
-                    len(self._tasks) + self._owed >= MAX_PIPELINE and self.state is ConnState.READY
+                    self.state is ConnState.READY
+                    and (
+                        len(self._tasks) + self._owed >= MAX_PIPELINE
+                        or len(self._tasks) >= MAX_TASKS
+                    )
                 ):
                     self._queued = frames[i:]
                     break
@@ -344,12 +398,21 @@ class Connection(asyncio.Protocol):
         self._take_all(frames)
 
     def _take(self, raw: dict[str, Any]) -> None:
+        if self.state is not ConnState.READY:
+            self._before_login += 1
+            if self._before_login > MAX_BEFORE_LOGIN:
+                log.info("%s: too many requests before login", self.peer_address)
+                self.kick(ErrorCode.RATE_LIMITED, "too many requests before login")
+                return
         try:
             request = decode_request(raw)
             check(self.state, request, remote=True)
+            if self.state is ConnState.READY:
+                self.relay.check_rate(self, request, time.time())
         except HushwireError as exc:
             self._counters.errors[exc.code] += 1
-            self._queue(Error(id=request_id(raw), code=exc.code, message=exc.message))
+            message = exc.message[:MAX_ERROR_MESSAGE]
+            self._queue(Error(id=request_id(raw), code=exc.code, message=message))
             return
         if self.state is not ConnState.READY:
             self._handshaking = True
@@ -362,7 +425,9 @@ class Connection(asyncio.Protocol):
             if kind is Send and not self._sends_starting:
                 taken = self.relay.send_nowait(self, request, time.time(), answer)  # type: ignore[arg-type]
             elif kind is Ack:
-                taken = self.relay.ack_nowait(self, request, answer)  # type: ignore[arg-type]
+                request = self._store_ids(request)  # type: ignore[arg-type]
+                answer = partial(self._answer, request)
+                taken = self.relay.ack_nowait(self, request, answer)
             else:
                 taken = False
         except Exception as exc:
@@ -405,12 +470,13 @@ class Connection(asyncio.Protocol):
             reply = Error(
                 id=request.id,
                 code=exc.code,
-                message=exc.message,
+                message=exc.message[:MAX_ERROR_MESSAGE],
                 retry_after=exc.retry_after,
                 versions=exc.versions,
+                device_lists=exc.device_lists,
             )
         elif isinstance(exc, HushwireError):
-            reply = Error(id=request.id, code=exc.code, message=exc.message)
+            reply = Error(id=request.id, code=exc.code, message=exc.message[:MAX_ERROR_MESSAGE])
         else:
             log.error("internal error handling %s", request.TYPE, exc_info=exc)
             reply = Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
@@ -434,7 +500,19 @@ class Connection(asyncio.Protocol):
     def _queue(self, message: Message) -> None:
         if self._closing:
             return
-        frame = encode_frame(message.to_wire(), max_size=self.config.max_frame + 1024)
+        try:
+            frame = encode_frame(message.to_wire(), max_size=self.config.max_frame + 1024)
+        except LocalProtocolError:
+            # Whatever built it, a reply that cannot be sent must still be answered, or
+            # the client waits forever: it becomes a typed error (a push is dropped).
+            log.error("%s too large for %s; not sent", message.TYPE, self.peer_address)
+            rid = getattr(message, "id", None)
+            if not isinstance(message, Reply | Error) or rid is None:
+                return
+            message = Error(
+                id=rid, code=ErrorCode.REPLY_TOO_LARGE, message="the reply exceeds the frame limit"
+            )
+            frame = encode_frame(message.to_wire())
         self._out.append(frame)
         self._out_bytes += len(frame)
         self._schedule_flush()
@@ -507,7 +585,16 @@ class Connection(asyncio.Protocol):
         finally:
             self._reading_mailbox = False
         for row in rows:
-            self._deliver(Deliver(mid=row.mid, sender=row.sender, ts=row.created_at, body=row.body))
+            sender, device = split_principal(row.sender)
+            self._deliver(
+                Deliver(
+                    mid=row.mid,
+                    sender=sender,
+                    ts=row.created_at,
+                    body=row.body,
+                    sender_device=device,
+                )
+            )
         if len(rows) == limit:
             self._backlog = True  # there may be more once acks make room
         if self._backlog:
@@ -524,6 +611,12 @@ class Connection(asyncio.Protocol):
 
     def _deliver(self, d: Deliver) -> None:
         self._counters.deliveries += 1
-        self._inflight.add(d.mid)
+        wire = self._new_mid()
+        while wire in self._by_wire:  # one in 2**63 / window: never, but stay exact
+            wire = self._new_mid()
+        self._inflight[d.mid] = wire
+        self._by_wire[wire] = d.mid
         self._cursor = d.mid
-        self._queue(d)
+        self._queue(
+            Deliver(mid=wire, sender=d.sender, ts=d.ts, body=d.body, sender_device=d.sender_device)
+        )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from hushwire.common.errors import ErrorCode
 
 LOGIN_RESULTS = ("ok", "auth_failed", "user_disabled", "rate_limited", "wrong_certificate")
-RATE_LIMIT_KINDS = ("send", "login", "fetch", "publish")
+RATE_LIMIT_KINDS = ("send", "login", "fetch", "publish", "ack", "who", "prekey_count", "ping")
 # Operations (envelope batches, acks, login stamps) per group commit.
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 # Seconds from handing a group commit to the db thread until it is committed.
@@ -86,7 +86,8 @@ class Snapshot:
 
     authenticated: int  # logged-in connections
     handshaking: int  # in the TLS handshake, or connected and not yet logged in
-    accept_failures: dict[str, int]  # "accept" (the syscall) and "handshake" (TLS)
+    # "accept" (the syscall), "handshake" (TLS), "admission" (refused at accept)
+    accept_failures: dict[str, int]
     sends: int
     envelopes: int
     deliveries: int

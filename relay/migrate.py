@@ -70,10 +70,32 @@ def latest_version(backend: str = "sqlite") -> int:
     return len(migrations(backend))
 
 
+# Owner-only: the db holds token hashes, key directories and queued envelopes. SQLite
+# gives its -wal, -shm and -journal files the mode of the db file.
+PRIVATE_MODE = 0o600
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def make_private(path: str | Path) -> None:
+    """Create `path` empty with mode 0600 if absent; take group and other access away
+    from it and its SQLite companion files if present (dbs made before this rule)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE))
+    for suffix in _COMPANIONS:
+        with contextlib.suppress(FileNotFoundError):
+            name = f"{path}{suffix}"
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, PRIVATE_MODE)
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """A plain connection with the settings every hushwire connection needs."""
+    make_private(path)
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
     conn.execute("PRAGMA foreign_keys = ON")
+    # Deleted rows (acked envelopes, used prekeys, old tokens) are overwritten with
+    # zeros, whatever the SQLite build's default.
+    conn.execute("PRAGMA secure_delete = ON")
     return conn
 
 
@@ -178,7 +200,7 @@ def online_backup(conn: sqlite3.Connection, dest: Path) -> None:
     """
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    make_private(tmp)
     out = sqlite3.connect(str(tmp), isolation_level=None)
     try:
         conn.backup(out)

@@ -20,6 +20,7 @@ from hushwire.common.crypto.dh import group_by_name, load_pem, to_pem
 from hushwire.common.errors import HushwireError, InvalidKey
 from hushwire.relay import sdnotify
 from hushwire.relay.accept import Acceptor
+from hushwire.relay.admission import Admission, raise_descriptor_limit
 from hushwire.relay.config import ConfigError, RelayConfig, host_port
 from hushwire.relay.connection import Connection, FlushQueue
 from hushwire.relay.control import ControlServer
@@ -55,6 +56,13 @@ def load_group(config: RelayConfig) -> GroupInfo:
     except InvalidKey:
         raise ConfigError(f"unknown dh_group {config.dh_group!r}") from None
     return GroupInfo(builtin.name, builtin.public_size, None)
+
+
+def check_paths(config: RelayConfig) -> None:
+    """Before anything is created: every file the relay may create has a directory."""
+    for what, path in (("db", config.db), ("cert", config.cert_path), ("key", config.key_path)):
+        if not path.parent.is_dir():
+            raise ConfigError(f"the directory of {what} {path} ({path.parent}) does not exist")
 
 
 def tls_context(config: RelayConfig) -> tuple[ssl.SSLContext, str]:
@@ -100,24 +108,34 @@ class RelayServer:
 
     async def _start(self) -> None:
         config = self.config
+        # Nothing is created (db, certificate, lock, control socket) before the port is
+        # ours: a relay that cannot listen exits at once and leaves no files behind.
+        check_paths(config)
         group = load_group(config)
+        self._admission = Admission(
+            config.max_connections, config.max_pending_per_address, raise_descriptor_limit()
+        )
+        self._server = Acceptor(
+            self._new_connection,
+            self._admission,
+            handshake_timeout=config.handshake_timeout,
+        )
+        await self._server.bind(config.host, config.port)
+        self.port = self._server.port
         context, self.fingerprint = tls_context(config)
         self._lock = DbLock(config.db).acquire("hushwire-relay")
         self._store = await Store.open(
             config.store_target,
             synchronous=config.synchronous,
-            max_mailbox=config.max_mailbox,
+            quota=config.quota,
+            min_free_disk=config.min_free_disk,
             exclusive=True,
         )
         self._control = ControlServer(config.db, self._control_request)
         await self._control.start()
         self._relay = Relay(config, self._store, group)
         self._flushes = FlushQueue(asyncio.get_running_loop())
-        self._server = Acceptor(
-            self._new_connection, context, handshake_timeout=config.handshake_timeout
-        )
-        await self._server.listen(config.host, config.port)
-        self.port = self._server.port
+        self._server.start(context)
         for loop_fn in (self._watch_accounts, self._maintain):
             task = asyncio.create_task(loop_fn())
             self._background.add(task)
@@ -135,14 +153,18 @@ class RelayServer:
         )
 
     def _admit(self, conn: Connection) -> bool:
-        """After the TLS handshake: refuse while closing or at the connection limit."""
-        if self._closing or len(self.connections) >= self.config.max_connections:
+        """After the TLS handshake (counted since accept, relay/admission.py): refuse
+        while closing."""
+        if self._closing:
+            self._admission.closed()
             return False
         self.connections.add(conn)
         return True
 
     def _finished(self, conn: Connection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.remove(conn)
+            self._admission.closed()
         if self._closing and not self.connections:
             self._all_finished.set()
 

@@ -6,12 +6,14 @@ import asyncio
 import dataclasses
 import re
 import signal
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hushwire.client.connection import RelayConnection, TlsSettings
+from hushwire.common.frames import FrameDecoder, encode_frame
 from hushwire.relay.config import RelayConfig
 from hushwire.relay.server import RelayServer
 from hushwire.relay.store import Store
@@ -157,3 +159,49 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+class RawClient:
+    """A bare TLS connection speaking frames by hand, from a chosen source address
+    (any 127.x.y.z is loopback on Linux, so tests can come from other /24 networks)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self._decoder = FrameDecoder(1 << 20)
+        self._frames: list[dict] = []
+
+    @classmethod
+    async def connect(cls, port: int, source: str = "127.0.0.1") -> RawClient:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx, local_addr=(source, 0)), WAIT
+        )
+        return cls(reader, writer)
+
+    def send(self, frame: dict) -> None:
+        self.writer.write(encode_frame(frame, max_size=1 << 20))
+
+    async def recv(self) -> dict | None:
+        """The next frame, or None once the relay has closed the connection."""
+        while not self._frames:
+            try:
+                data = await asyncio.wait_for(self.reader.read(1 << 16), WAIT)
+            except (ConnectionError, ssl.SSLError):
+                return None
+            if not data:
+                return None
+            self._frames += self._decoder.feed(data)
+        return self._frames.pop(0)
+
+    async def request(self, frame: dict) -> dict | None:
+        """Send one request and return its reply (pushes skipped), None if closed."""
+        self.send(frame)
+        while (reply := await self.recv()) is not None:
+            fatal = reply["t"] == "error" and reply.get("id") is None
+            if fatal or reply.get("id") == frame["id"]:
+                return reply
+        return None
+
+    def close(self) -> None:
+        self.writer.transport.abort()

@@ -8,20 +8,22 @@ operations, one transaction, every caller answered after the commit, so `enqueue
 returning means the rows are durable. Records and limits are in records.py.
 
 Layout: records.py (record types, limits), batching.py (group commit), mailbox.py
-(reservation, limits, acks, id cache), keys.py (checks on uploads), core.py (`Store`),
-sqlite.py (the embedded default backend), postgres.py (asyncpg, imported only for a
-postgresql:// URL), urls.py (telling a path from a URL).
+(reservation, limits, acks, id cache), keys.py (checks on uploads), devices.py
+(accounts with devices), core.py (`Store`), sqlite.py (the embedded default backend)
+with sqlite_devices.py, postgres.py (asyncpg, imported only for a postgresql:// URL)
+with postgres_devices.py, urls.py (telling a path from a URL).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
-from hushwire.common.keys import IdentityPublic, PrekeyBundle, SignedPrekey
+from hushwire.common.keys import IdentityPublic, PrekeyBundle, SignedDeviceList, SignedPrekey
+from hushwire.relay.devices import AccountDevices
 from hushwire.relay.store.batching import Op
 from hushwire.relay.store.core import Store
+from hushwire.relay.store.quota import DiskGuard, QuotaLimits, Usage
 from hushwire.relay.store.records import (
     DISCONNECTING_EVENTS,
     MAX_KEY_BYTES,
@@ -84,9 +86,15 @@ class Backend(Protocol):
         kem: KemUpload,
         version: int,
     ) -> PublishResult: ...
-    async def fetch_bundle(self, fetcher: str, target: str, version: int) -> PrekeyBundle | None:
+    async def fetch_bundle(
+        self, fetcher: str, target: str, version: int, *, one_time: bool
+    ) -> PrekeyBundle | None:
         """RequestError(UNSUPPORTED_VERSION), consuming nothing, if the target's keys are
         for the other protocol version."""
+        ...
+
+    async def contacts(self, user: str) -> set[str]:
+        """Users of whom `user` fetched the bundle, or who fetched `user`'s."""
         ...
 
     async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]: ...
@@ -94,19 +102,67 @@ class Backend(Protocol):
     async def key_status(self, user: str) -> tuple[bool, int]: ...
     async def kem_status(self, user: str) -> tuple[int, int]: ...
 
+    # devices (store/devices.py, sqlite_devices.py; migration 0004)
+    async def list_principals(self) -> list[UserRecord]:
+        """Accounts and their linked devices (`list_users` gives accounts only)."""
+        ...
+
+    async def multi_device_accounts(self) -> set[str]: ...
+    async def account_devices(self, accounts: Sequence[str]) -> dict[str, AccountDevices]: ...
+    async def account_identity(self, account: str) -> IdentityPublic | None: ...
+    async def watch(self, watcher: str, account: str) -> None: ...
+    async def device_seen(self, account: str) -> dict[int, int]: ...
+    async def list_devices(self, account: str) -> list[tuple[int, int, int | None]]: ...
+    async def store_device_list(
+        self,
+        account: str,
+        version: int,
+        signed: SignedDeviceList,
+        *,
+        removed: frozenset[int],
+        now: int,
+    ) -> tuple[list[str], list[str], int]:
+        """(watchers, principals removed, devices left); STALE_DEVICE_LIST if not newer."""
+        ...
+
+    async def add_device(
+        self,
+        account: str,
+        device: int,
+        version: int,
+        signed: SignedDeviceList,
+        *,
+        name: str,
+        token_hash: bytes,
+        salt: bytes,
+        now: int,
+    ) -> tuple[list[str], int]:
+        """(watchers, devices now)."""
+        ...
+
+    async def reset_devices(self, account: str, *, keep: int) -> tuple[list[int], list[str]]:
+        """(device ids unlinked, principals removed)."""
+        ...
+
+    async def remove_device(self, account: str, device: int) -> tuple[str, int]:
+        """(principal removed, devices left); UnknownUser if there is no such device."""
+        ...
+
     # mailbox
     async def pending(self, recipient: str, after: int, limit: int) -> list[StoredEnvelope]: ...
-    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """name -> (user id, envelopes queued) for each of `names` that exists."""
+    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, Usage]]:
+        """name -> (user id, its mailbox's usage: [(sender, envelopes, bytes)]) for each
+        of `names` that exists."""
         ...
 
     async def write_batch(self, batch: list[Op], top: int) -> list[object]:
-        """One group commit (see batching.py): insert, delete, stamp; keep `top` used."""
+        """One group commit (see batching.py): insert, delete, stamp; keep `top` used.
+        An ack's outcome lists (sender, body size) of each row it deleted."""
         ...
 
-    async def purge(self, older_than: int) -> Counter[int]:
+    async def purge(self, older_than: int) -> list[tuple[int, str, int]]:
         """Delete envelopes created before `older_than` and trim user_events to the
-        newest USER_EVENTS_KEPT; return rows deleted per recipient id."""
+        newest USER_EVENTS_KEPT; return (recipient id, sender, body size) per row."""
         ...
 
     async def checkpoint(self) -> None: ...
@@ -120,7 +176,9 @@ __all__ = [
     "MAX_PREKEY_ID",
     "USER_EVENTS_KEPT",
     "Backend",
+    "DiskGuard",
     "PublishResult",
+    "QuotaLimits",
     "Store",
     "StoredEnvelope",
     "UserEvent",

@@ -23,8 +23,9 @@ from hushwire.common.keys import (
 )
 from hushwire.common.names import check_username
 from hushwire.relay.store.batching import Login
+from hushwire.relay.store.devices import DeviceStore
 from hushwire.relay.store.keys import check_kem_publish, check_publish
-from hushwire.relay.store.mailbox import Mailbox
+from hushwire.relay.store.quota import DiskGuard, QuotaLimits
 from hushwire.relay.store.records import (
     PublishResult,
     UserEvent,
@@ -38,13 +39,20 @@ if TYPE_CHECKING:
     from hushwire.relay.store import Backend
 
 
-class Store(Mailbox):
+class Store(DeviceStore):
     """The relay's persistent state; create with `await Store.open(path)`."""
 
     def __init__(
-        self, backend: Backend, *, max_mailbox: int, highest_mid: int, events_seen: int
+        self,
+        backend: Backend,
+        *,
+        limits: QuotaLimits,
+        disk: DiskGuard,
+        highest_mid: int,
+        events_seen: int,
     ) -> None:
-        super().__init__(backend, max_mailbox, highest_mid)
+        super().__init__(backend, limits, disk, highest_mid)
+        self._multi: set[str] = set()  # filled by open() (store/devices.py)
         self._events_seen = events_seen  # newest user_events seq whose cache effects are applied
 
     # ------------------------------------------------------------------ lifecycle
@@ -56,6 +64,8 @@ class Store(Mailbox):
         *,
         synchronous: str = "NORMAL",
         max_mailbox: int = 10_000,
+        quota: QuotaLimits | None = None,
+        min_free_disk: int = 0,
         migrate: bool = True,
         busy_timeout_ms: int = 5000,
         exclusive: bool = False,
@@ -70,9 +80,15 @@ class Store(Mailbox):
         SchemaOutdated for an older or missing one. `exclusive` is for the relay: on
         PostgreSQL it raises DbLocked while another relay uses the database (a SQLite
         relay takes relay/dblock.py's file lock instead).
+
+        `quota` (default: `max_mailbox` envelopes per mailbox, the other limits at their
+        defaults) bounds each mailbox and each sender's share of it; below
+        `min_free_disk` free bytes on a SQLite db's file system (0: no check) sends are
+        refused with `storage_full`.
         """
         if max_mailbox < 1:
             raise ValueError("max_mailbox must be at least 1")
+        limits = quota or QuotaLimits(envelopes=max_mailbox)
         backend: Backend
         if is_postgres_url(target):
             backend = await postgres_module().PostgresBackend.open(
@@ -87,9 +103,20 @@ class Store(Mailbox):
         except BaseException:
             await backend.close()
             raise
-        return cls(
-            backend, max_mailbox=max_mailbox, highest_mid=highest_mid, events_seen=events_seen
+        store = cls(
+            backend,
+            limits=limits,
+            # PostgreSQL's disk is its server's to watch, not this host's.
+            disk=DiskGuard(Path(target), 0 if is_postgres_url(target) else min_free_disk),
+            highest_mid=highest_mid,
+            events_seen=events_seen,
         )
+        try:
+            await store._load_multi()
+        except BaseException:
+            await store.close()
+            raise
+        return store
 
     async def close(self) -> None:
         """Flush every pending group commit, then close the backend. Idempotent."""
@@ -213,7 +240,7 @@ class Store(Mailbox):
         )
 
     async def fetch_bundle(
-        self, fetcher: str, target: str, version: int = BUNDLE_VERSION
+        self, fetcher: str, target: str, version: int = BUNDLE_VERSION, *, one_time: bool = True
     ) -> PrekeyBundle | None:
         """A bundle of protocol `version` for `target`, consuming its lowest one-time
         prekey (and, for version 2, its lowest one-time KEM prekey), or None.
@@ -223,9 +250,15 @@ class Store(Mailbox):
         when the target's keys are for the other version; nothing is consumed then.
         The backend takes the prekeys and returns them in one transaction, so two
         concurrent fetches can never receive the same one-time prekey. Records
-        `fetcher` as a watcher of `target` for key_changed pushes.
+        `fetcher` as a watcher of `target` for key_changed pushes. With `one_time`
+        False the bundle has no one-time prekey and consumes none: the last-resort
+        bundle (X3DH without DH4, the signed prekey alone).
         """
-        return await self._backend.fetch_bundle(fetcher, target, version)
+        return await self._backend.fetch_bundle(fetcher, target, version, one_time=one_time)
+
+    async def contacts(self, user: str) -> set[str]:
+        """Users in a session relation with `user`: one fetched the other's bundle."""
+        return await self._backend.contacts(user)
 
     async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]:
         """Identities that changed since `watcher` last fetched them (for key_changed at login)."""
@@ -244,6 +277,7 @@ class Store(Mailbox):
         return await self._backend.kem_status(user)
 
     async def checkpoint(self) -> None:
-        """Backend housekeeping (SQLite: a passive WAL checkpoint): call periodically,
-        off the hot path."""
+        """Backend housekeeping (SQLite: a WAL checkpoint that truncates the WAL, so rows
+        deleted since the last one are gone from it too): call periodically, off the hot
+        path."""
         await self._backend.checkpoint()

@@ -1,7 +1,8 @@
 """The mailbox's in-memory side, the same for every backend.
 
 Envelope ids come from an in-memory counter (only the relay inserts mailbox rows) and
-per-recipient mailbox counts are kept in memory, so the limit check costs no query.
+each mailbox's usage (envelopes and bytes, in total and per sender: quota.py) is kept in
+memory, so the quota check costs no query.
 Sends and acks ride the group commit (`batching.py`); a send to recipients whose ids
 are cached, and an ack, run without a single await (`enqueue_nowait`, `ack_nowait`).
 """
@@ -25,6 +26,7 @@ from hushwire.relay.store.batching import (
     fail,
     resolve,
 )
+from hushwire.relay.store.quota import DiskGuard, Mailboxes, QuotaLimits
 from hushwire.relay.store.records import MAX_PENDING_LIMIT, MAX_ROWID, StoredEnvelope
 
 if TYPE_CHECKING:
@@ -48,11 +50,14 @@ def valid_mids(mids: Sequence[int]) -> list[int]:
 class Mailbox:
     """Queued envelopes: reservation, limits, acks and the name -> id cache."""
 
-    def __init__(self, backend: Backend, max_mailbox: int, highest_mid: int) -> None:
+    def __init__(
+        self, backend: Backend, limits: QuotaLimits, disk: DiskGuard, highest_mid: int
+    ) -> None:
         self._backend = backend
-        self._max_mailbox = max_mailbox
+        self._disk = disk
         self._ids: dict[str, int] = {}  # name -> users.id, filled on demand
-        self._counts: dict[int, int] = {}  # users.id -> rows committed or in flight
+        # users.id -> usage of rows committed or in flight; a key here means "loaded"
+        self._usage = Mailboxes(limits)
         self._next_mid = highest_mid + 1 + MID_GAP
         # Enqueues waiting for a recipient lookup, in call order (see _resolve_in_turn).
         self._lookup_queue: list[tuple[Sequence[str], asyncio.Future[list[int]]]] = []
@@ -109,10 +114,33 @@ class Mailbox:
         self._reserve(sender, recipients, rids, body, now, on_reserved, fut)
         return await fut
 
+    async def enqueue_each(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        bodies: Sequence[bytes],
+        *,
+        now: int,
+        on_reserved: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
+        """`enqueue` with one body per recipient (a per-device fan-out): still one
+        operation, so the group commit writes all of its rows or none."""
+        if len(bodies) != len(recipients) or not all(isinstance(b, bytes) for b in bodies):
+            raise RequestError(ErrorCode.BAD_REQUEST, "one envelope body per recipient")
+        self._check_recipients(recipients, b"")
+        if self.cached(recipients):
+            rids = [self._ids[n] for n in recipients]
+        else:
+            rids = await self._resolve_in_turn(recipients)
+            self._check_open()
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._reserve(sender, recipients, rids, bodies, now, on_reserved, fut)
+        return await fut
+
     def cached(self, recipients: Sequence[str]) -> bool:
         """True if `enqueue_nowait` can take a send to `recipients` (ids cached)."""
         return self._lookup_waiters == 0 and all(
-            self._ids.get(n) in self._counts for n in recipients
+            self._ids.get(n) in self._usage for n in recipients
         )
 
     def enqueue_nowait(
@@ -151,24 +179,23 @@ class Mailbox:
         sender: str,
         recipients: Sequence[str],
         rids: list[int],
-        body: bytes,
+        body: bytes | Sequence[bytes],
         now: int,
         on_reserved: Callable[[list[int]], None] | None,
         fut: asyncio.Future[list[int]] | Waiter,
     ) -> None:
-        # No await between the check and the reservation: the count cannot change.
+        # No await between the check and the reservation: the usage cannot change.
+        self._disk.check(now)
+        usage, size = self._usage, len(body)
         for name, rid in zip(recipients, rids, strict=True):
-            if self._counts[rid] >= self._max_mailbox:
-                raise RequestError(
-                    ErrorCode.MAILBOX_FULL,
-                    f"the mailbox of {name!r} is full ({self._max_mailbox} envelopes)",
-                )
+            usage.check(sender, rid, name, size)
         for rid in rids:
-            self._counts[rid] += 1
+            usage.add(sender, rid, size)
         first = self._next_mid
         self._next_mid += len(rids)
         mids = list(range(first, first + len(rids)))
-        op = Enqueue(sender, list(recipients), rids, mids, bytes(body), now, fut)
+        body = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else list(body)
+        op = Enqueue(sender, list(recipients), rids, mids, body, now, fut)
         self._submit(op)
         unwritten = self._batch.unwritten
         for mid in mids:
@@ -210,9 +237,13 @@ class Mailbox:
 
     def _ack_ids(self, rid: int, wanted: list[int]) -> int | asyncio.Future[int]:
         batch = self._batch
-        elided = batch.elide(rid, wanted) if batch.unwritten else ()
+        unwritten = batch.unwritten
+        ops = {m: unwritten[m] for m in wanted if m in unwritten}
+        elided = batch.elide(rid, wanted) if ops else ()
         if elided:
-            self._counts[rid] -= len(elided)
+            for mid in elided:
+                op = ops[mid]
+                self._usage.remove(op.sender, rid, len(op.body))
             wanted = [m for m in wanted if m not in elided]
             if not wanted:
                 return len(elided)
@@ -226,7 +257,7 @@ class Mailbox:
             (rid,) = await self._resolve([recipient])
         except RequestError:
             return 0
-        return self._counts[rid]
+        return self._usage.count(rid)
 
     async def purge(self, *, older_than: int) -> int:
         """Retention: delete envelopes created before `older_than`; return the count.
@@ -234,10 +265,9 @@ class Mailbox:
         Also trims user_events to the newest USER_EVENTS_KEPT rows.
         """
         gone = await self._backend.purge(older_than)
-        for rid, n in gone.items():
-            if rid in self._counts:
-                self._counts[rid] -= n
-        return sum(gone.values())
+        for rid, sender, size in gone:
+            self._usage.remove(sender, rid, size)
+        return len(gone)
 
     async def _resolve_in_turn(self, names: Sequence[str]) -> list[int]:
         """`_resolve`, but never overtaking an earlier enqueue that had to look up.
@@ -286,20 +316,18 @@ class Mailbox:
 
     async def _load(self, names: Sequence[str]) -> None:
         """Cache id and mailbox count of each name not cached yet, in one db call."""
-        missing = [n for n in names if self._ids.get(n) not in self._counts]
+        missing = [n for n in names if self._ids.get(n) not in self._usage]
         if not missing:
             return
-        for name, (rid, count) in (await self._backend.recipients(missing)).items():
+        for name, (rid, rows) in (await self._backend.recipients(missing)).items():
             self._ids[name] = rid
-            # setdefault: a count loaded earlier already includes in-flight rows.
-            self._counts.setdefault(rid, count)
+            # A usage loaded earlier already includes in-flight rows: load keeps it.
+            self._usage.load(rid, rows)
 
     def _cached_ids(self, names: Sequence[str]) -> list[int]:
         """Cached ids for `names`; UNKNOWN_USER naming every name that is not there."""
         rids = [self._ids.get(n) for n in names]
-        unknown = [
-            n for n, r in zip(names, rids, strict=True) if r is None or r not in self._counts
-        ]
+        unknown = [n for n, r in zip(names, rids, strict=True) if r is None or r not in self._usage]
         if unknown:
             raise RequestError(
                 ErrorCode.UNKNOWN_USER, f"no such user: {', '.join(sorted(unknown))}"
@@ -309,7 +337,7 @@ class Mailbox:
     def _forget(self, name: str) -> None:
         rid = self._ids.pop(name, None)
         if rid is not None:
-            self._counts.pop(rid, None)
+            self._usage.forget(rid)
 
     def _check_open(self) -> None:
         if self._batch.closing:
@@ -324,8 +352,8 @@ class Mailbox:
         if isinstance(op, Enqueue):
             if isinstance(outcome, Failed):
                 for mid, rid in zip(op.mids, op.rids, strict=True):
-                    if rid in self._counts and not (op.elided and mid in op.elided):
-                        self._counts[rid] -= 1
+                    if not (op.elided and mid in op.elided):
+                        self._usage.remove(op.sender, rid, len(op.body))
                 if outcome.error.code is ErrorCode.UNKNOWN_USER:
                     for name in op.names:
                         self._forget(name)
@@ -336,10 +364,10 @@ class Mailbox:
             if isinstance(outcome, Failed):
                 fail(op.fut, outcome.error)
             else:
-                deleted = int(outcome)  # type: ignore[call-overload]
-                if op.rid in self._counts:
-                    self._counts[op.rid] -= deleted
-                resolve(op.fut, deleted + op.elided)
+                deleted: list[tuple[str, int]] = outcome  # type: ignore[assignment]
+                for sender, size in deleted:
+                    self._usage.remove(sender, op.rid, size)
+                resolve(op.fut, len(deleted) + op.elided)
         elif isinstance(outcome, Failed):
             fail(op.fut, outcome.error)
         else:

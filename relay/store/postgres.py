@@ -15,7 +15,6 @@ is given (install the `postgresql` extra).
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -40,6 +39,8 @@ from hushwire.relay.errors import (
 )
 from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op
 from hushwire.relay.store.keys import check_bundle_version
+from hushwire.relay.store.postgres_devices import PostgresDevices
+from hushwire.relay.store.quota import Usage
 from hushwire.relay.store.records import (
     MAX_ONE_TIME_PREKEYS,
     USER_EVENTS_KEPT,
@@ -144,7 +145,7 @@ async def _relay_lock(url: str) -> asyncpg.Connection:
     return conn
 
 
-class PostgresBackend:
+class PostgresBackend(PostgresDevices):
     """The store's SQL on PostgreSQL; open with `await PostgresBackend.open(url)`."""
 
     def __init__(self, pool: asyncpg.Pool, url: str, holder: asyncpg.Connection | None) -> None:
@@ -244,7 +245,7 @@ class PostgresBackend:
         async with self._conn() as conn:
             rows = await conn.fetch(
                 "SELECT name, token_hash, token_salt, disabled, created_at, last_login_at"
-                ' FROM users ORDER BY name COLLATE "C"'
+                ' FROM users WHERE account_id IS NULL ORDER BY name COLLATE "C"'
             )
         return [user_record(r) for r in rows]
 
@@ -429,7 +430,7 @@ class PostgresBackend:
             return PublishResult(changed, watchers, left, kem_left)
 
     async def fetch_bundle(
-        self, fetcher: str, target: str, version: int = BUNDLE_VERSION
+        self, fetcher: str, target: str, version: int = BUNDLE_VERSION, *, one_time: bool
     ) -> PrekeyBundle | None:
         async with self._conn(transaction=True) as conn:
             tid = await conn.fetchval("SELECT id FROM users WHERE name = $1", target)
@@ -449,12 +450,15 @@ class PostgresBackend:
             kem = None
             if version >= PQ_BUNDLE_VERSION:
                 # A one-time KEM prekey while any is left, else the last-resort one.
-                kem = await conn.fetchrow(
-                    "DELETE FROM kem_prekeys WHERE user_id = $1 AND prekey_id ="
-                    " (SELECT prekey_id FROM kem_prekeys WHERE user_id = $1 AND NOT last_resort"
-                    " ORDER BY prekey_id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                    " RETURNING prekey_id, key, sig",
-                    tid,
+                kem = (
+                    one_time
+                    and await conn.fetchrow(
+                        "DELETE FROM kem_prekeys WHERE user_id = $1 AND prekey_id ="
+                        " (SELECT prekey_id FROM kem_prekeys WHERE user_id = $1"
+                        " AND NOT last_resort ORDER BY prekey_id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                        " RETURNING prekey_id, key, sig",
+                        tid,
+                    )
                 ) or await conn.fetchrow(
                     "SELECT prekey_id, key, sig FROM kem_prekeys"
                     " WHERE user_id = $1 AND last_resort",
@@ -464,13 +468,15 @@ class PostgresBackend:
                     return None
             # SKIP LOCKED: a concurrent fetch takes the next key instead of waiting for
             # this one and then finding it gone; no key is ever handed out twice.
-            otk = await conn.fetchrow(
-                "DELETE FROM one_time_prekeys WHERE user_id = $1 AND prekey_id ="
-                " (SELECT prekey_id FROM one_time_prekeys WHERE user_id = $1"
-                " ORDER BY prekey_id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                " RETURNING prekey_id, key",
-                tid,
-            )
+            otk = None
+            if one_time:
+                otk = await conn.fetchrow(
+                    "DELETE FROM one_time_prekeys WHERE user_id = $1 AND prekey_id ="
+                    " (SELECT prekey_id FROM one_time_prekeys WHERE user_id = $1"
+                    " ORDER BY prekey_id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                    " RETURNING prekey_id, key",
+                    tid,
+                )
             fid = await conn.fetchval("SELECT id FROM users WHERE name = $1", fetcher)
             if fid is not None and fid != tid:
                 # The fetcher now knows the current identity: fresh (again).
@@ -482,6 +488,17 @@ class PostgresBackend:
                     tid,
                 )
             return bundle(target, ident, spk, otk, kem)
+
+    async def contacts(self, user: str) -> set[str]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT u.name FROM identity_watchers w JOIN users u ON u.id = w.target_id"
+                " WHERE w.watcher_id = (SELECT id FROM users WHERE name = $1)"
+                " UNION SELECT u.name FROM identity_watchers w JOIN users u ON u.id = w.watcher_id"
+                " WHERE w.target_id = (SELECT id FROM users WHERE name = $1)",
+                user,
+            )
+        return {str(r[0]) for r in rows}
 
     async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]:
         async with self._conn() as conn:
@@ -532,25 +549,33 @@ class PostgresBackend:
             )
         return [StoredEnvelope(int(i), s, int(c), b) for i, s, c, b in rows]
 
-    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, Usage]]:
         async with self._conn() as conn:
-            rows = await conn.fetch(
-                "SELECT u.name, u.id, (SELECT COUNT(*) FROM mailbox m WHERE m.recipient_id = u.id)"
-                " FROM users u WHERE u.name = ANY($1::text[])",
-                list(names),
+            users = await conn.fetch(
+                "SELECT name, id FROM users WHERE name = ANY($1::text[])", list(names)
             )
-        return {name: (int(rid), int(count)) for name, rid, count in rows}
+            rows = await conn.fetch(
+                "SELECT recipient_id, sender, COUNT(*), SUM(length(body)) FROM mailbox"
+                " WHERE recipient_id = ANY($1::bigint[]) GROUP BY recipient_id, sender",
+                [int(u[1]) for u in users],
+            )
+        usage: dict[int, Usage] = {int(u[1]): [] for u in users}
+        for rid, sender, n, size in rows:
+            usage[int(rid)].append((str(sender), int(n), int(size)))
+        return {str(name): (int(rid), usage[int(rid)]) for name, rid in users}
 
-    async def purge(self, older_than: int) -> Counter[int]:
+    async def purge(self, older_than: int) -> list[tuple[int, str, int]]:
         async with self._conn(transaction=True) as conn:
             rows = await conn.fetch(
-                "DELETE FROM mailbox WHERE created_at < $1 RETURNING recipient_id", older_than
+                "DELETE FROM mailbox WHERE created_at < $1"
+                " RETURNING recipient_id, sender, length(body)",
+                older_than,
             )
             await conn.execute(
                 "DELETE FROM user_events WHERE seq <= (SELECT MAX(seq) FROM user_events) - $1",
                 USER_EVENTS_KEPT,
             )
-        return Counter(int(r[0]) for r in rows)
+        return [(int(rid), str(sender), int(size)) for rid, sender, size in rows]
 
     async def checkpoint(self) -> None:
         """Nothing to do: PostgreSQL checkpoints on its own schedule."""
@@ -631,22 +656,22 @@ async def _apply(conn: asyncpg.Connection, batch: list[Op], top: int) -> list[ob
             list(logins.values()),
         )
     acks = [(m, op.rid) for op in batch if isinstance(op, Ack) for m in op.mids]
-    deleted: set[int] = set()  # each deleted row counts for the first op that acked it
+    # id -> (sender, body size); each deleted row counts for the first op that acked it
+    deleted: dict[int, tuple[str, int]] = {}
     if acks:
         gone = await conn.fetch(
             "DELETE FROM mailbox m USING unnest($1::bigint[], $2::bigint[]) AS a(id, rid)"
-            " WHERE m.id = a.id AND m.recipient_id = a.rid RETURNING m.id",
+            " WHERE m.id = a.id AND m.recipient_id = a.rid"
+            " RETURNING m.id, m.sender, length(m.body)",
             [m for m, _ in acks],
             [r for _, r in acks],
         )
-        deleted = {int(r[0]) for r in gone}
+        deleted = {int(mid): (str(sender), int(size)) for mid, sender, size in gone}
     await raise_top(conn, top)
     outcomes: list[object] = []
     for op in batch:
         if isinstance(op, Ack):
-            mine = deleted.intersection(op.mids)
-            deleted -= mine
-            outcomes.append(len(mine))
+            outcomes.append([deleted.pop(m) for m in op.mids if m in deleted])
         else:
             outcomes.append(None)
     return outcomes

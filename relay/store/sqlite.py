@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
 from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op
 from hushwire.relay.store.keys import check_bundle_version
+from hushwire.relay.store.quota import Usage
 from hushwire.relay.store.records import (
     MAX_ONE_TIME_PREKEYS,
     USER_EVENTS_KEPT,
@@ -41,6 +41,7 @@ from hushwire.relay.store.records import (
     UserEventKind,
     UserRecord,
 )
+from hushwire.relay.store.sqlite_devices import SqliteDevices
 
 T = TypeVar("T")
 
@@ -76,7 +77,7 @@ def _in_transaction(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.
     return run
 
 
-class SqliteBackend:
+class SqliteBackend(SqliteDevices):
     """The store's SQL on SQLite; open with `await SqliteBackend.open(path)`."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
@@ -108,6 +109,7 @@ class SqliteBackend:
             await asyncio.to_thread(migrations.migrate, path)
         elif not path.exists():
             raise SchemaOutdated(f"no hushwire database at {path}; run `hushwire-admin migrate`")
+        migrations.make_private(path)
         db = await aiosqlite.connect(str(path), isolation_level=None)
         backend = cls(db, path)
 
@@ -124,6 +126,9 @@ class SqliteBackend:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {mode}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            # Acked envelopes and used prekeys are overwritten with zeros when deleted,
+            # whatever the SQLite build's default (see also `checkpoint`).
+            conn.execute("PRAGMA secure_delete = ON")
 
         try:
             await backend._run(init)
@@ -203,12 +208,14 @@ class SqliteBackend:
         return await self._run(run)
 
     async def list_users(self) -> list[UserRecord]:
+        return await self._list(_LIST_ACCOUNTS)
+
+    async def list_principals(self) -> list[UserRecord]:
+        return await self._list(_LIST_PRINCIPALS)
+
+    async def _list(self, query: str) -> list[UserRecord]:
         def run(conn: sqlite3.Connection) -> list[UserRecord]:
-            rows = conn.execute(
-                "SELECT name, token_hash, token_salt, disabled, created_at, last_login_at"
-                " FROM users ORDER BY name"
-            ).fetchall()
-            return [user_record(r) for r in rows]
+            return [user_record(r) for r in conn.execute(query).fetchall()]
 
         return await self._run(run)
 
@@ -387,7 +394,7 @@ class SqliteBackend:
         return await self._run(_in_transaction(publish))
 
     async def fetch_bundle(
-        self, fetcher: str, target: str, version: int = BUNDLE_VERSION
+        self, fetcher: str, target: str, version: int = BUNDLE_VERSION, *, one_time: bool
     ) -> PrekeyBundle | None:
         def fetch(conn: sqlite3.Connection) -> PrekeyBundle | None:
             tid = _user_id(conn, target)
@@ -407,28 +414,31 @@ class SqliteBackend:
             kem = None
             if version >= PQ_BUNDLE_VERSION:
                 # A one-time KEM prekey while any is left (each handed out once), else the
-                # last-resort one (PQXDH 3.2).
+                # last-resort one (PQXDH 3.2); past the target's one-time budget, the
+                # last-resort one directly, consuming nothing.
                 kem = (
-                    conn.execute(
+                    one_time
+                    and conn.execute(
                         "DELETE FROM kem_prekeys WHERE user_id = ? AND prekey_id ="
                         " (SELECT MIN(prekey_id) FROM kem_prekeys WHERE user_id = ?"
                         " AND last_resort = 0) RETURNING prekey_id, key, sig",
                         (tid, tid),
                     ).fetchone()
-                    or conn.execute(
-                        "SELECT prekey_id, key, sig FROM kem_prekeys"
-                        " WHERE user_id = ? AND last_resort = 1",
-                        (tid,),
-                    ).fetchone()
-                )
+                ) or conn.execute(
+                    "SELECT prekey_id, key, sig FROM kem_prekeys"
+                    " WHERE user_id = ? AND last_resort = 1",
+                    (tid,),
+                ).fetchone()
                 if kem is None:
                     return None
-            otk = conn.execute(
-                "DELETE FROM one_time_prekeys WHERE user_id = ? AND prekey_id ="
-                " (SELECT MIN(prekey_id) FROM one_time_prekeys WHERE user_id = ?)"
-                " RETURNING prekey_id, key",
-                (tid, tid),
-            ).fetchone()
+            otk = None
+            if one_time:
+                otk = conn.execute(
+                    "DELETE FROM one_time_prekeys WHERE user_id = ? AND prekey_id ="
+                    " (SELECT MIN(prekey_id) FROM one_time_prekeys WHERE user_id = ?)"
+                    " RETURNING prekey_id, key",
+                    (tid, tid),
+                ).fetchone()
             fid = _user_id(conn, fetcher)
             if fid is not None and fid != tid:
                 # The fetcher now knows the current identity: fresh (again).
@@ -440,6 +450,19 @@ class SqliteBackend:
             return bundle(target, ident, spk, otk, kem)
 
         return await self._run(_in_transaction(fetch))
+
+    async def contacts(self, user: str) -> set[str]:
+        def run(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT u.name FROM identity_watchers w JOIN users u ON u.id = w.target_id"
+                " WHERE w.watcher_id = (SELECT id FROM users WHERE name = ?)"
+                " UNION SELECT u.name FROM identity_watchers w JOIN users u ON u.id = w.watcher_id"
+                " WHERE w.target_id = (SELECT id FROM users WHERE name = ?)",
+                (user, user),
+            ).fetchall()
+            return {name for (name,) in rows}
+
+        return await self._run(run)
 
     async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]:
         def run(conn: sqlite3.Connection) -> list[tuple[str, IdentityPublic]]:
@@ -500,31 +523,34 @@ class SqliteBackend:
 
         return await self._run(run)
 
-    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """name -> (users.id, envelopes queued) for each name that exists."""
+    async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, Usage]]:
+        """name -> (users.id, [(sender, envelopes, bytes)] queued) for each existing name."""
 
-        def run(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-            found: dict[str, tuple[int, int]] = {}
+        def run(conn: sqlite3.Connection) -> dict[str, tuple[int, Usage]]:
+            found: dict[str, tuple[int, Usage]] = {}
             for name in names:
                 rid = _user_id(conn, name)
                 if rid is not None:
-                    (count,) = conn.execute(
-                        "SELECT COUNT(*) FROM mailbox WHERE recipient_id = ?", (rid,)
-                    ).fetchone()
-                    found[name] = (rid, int(count))
+                    rows = conn.execute(
+                        "SELECT sender, COUNT(*), SUM(length(body)) FROM mailbox"
+                        " WHERE recipient_id = ? GROUP BY sender",
+                        (rid,),
+                    ).fetchall()
+                    found[name] = (rid, [(s, int(n), int(b)) for s, n, b in rows])
             return found
 
         return await self._run(run)
 
-    async def purge(self, older_than: int) -> Counter[int]:
-        def run(conn: sqlite3.Connection) -> Counter[int]:
-            gone = Counter(
-                int(r[0])
-                for r in conn.execute(
-                    "DELETE FROM mailbox WHERE created_at < ? RETURNING recipient_id",
+    async def purge(self, older_than: int) -> list[tuple[int, str, int]]:
+        def run(conn: sqlite3.Connection) -> list[tuple[int, str, int]]:
+            gone = [
+                (int(rid), sender, int(size))
+                for rid, sender, size in conn.execute(
+                    "DELETE FROM mailbox WHERE created_at < ?"
+                    " RETURNING recipient_id, sender, length(body)",
                     (older_than,),
                 ).fetchall()
-            )
+            ]
             conn.execute(
                 "DELETE FROM user_events WHERE seq <= (SELECT MAX(seq) FROM user_events) - ?",
                 (USER_EVENTS_KEPT,),
@@ -535,7 +561,9 @@ class SqliteBackend:
 
     async def checkpoint(self) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            # TRUNCATE, not PASSIVE: the WAL keeps every page version written since the
+            # last reset, acked envelopes included, until it is truncated.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
         await self._run(run)
 
@@ -592,10 +620,15 @@ def _prekey_count(conn: sqlite3.Connection, uid: int) -> int:
     return int(n)
 
 
+_USER_COLUMNS = "SELECT name, token_hash, token_salt, disabled, created_at, last_login_at"
+_LIST_ACCOUNTS = _USER_COLUMNS + " FROM users WHERE account_id IS NULL ORDER BY name"
+_LIST_PRINCIPALS = _USER_COLUMNS + " FROM users ORDER BY name"
 _INSERT_ENVELOPE = (
     "INSERT INTO mailbox (id, recipient_id, sender, created_at, body) VALUES (?, ?, ?, ?, ?)"
 )
-_DELETE_ENVELOPE = "DELETE FROM mailbox WHERE id = ? AND recipient_id = ?"
+_DELETE_ENVELOPE = (
+    "DELETE FROM mailbox WHERE id = ? AND recipient_id = ? RETURNING sender, length(body)"
+)
 _STAMP_LOGIN = "UPDATE users SET last_login_at = ? WHERE name = ?"
 _SEQ_RAISE = "UPDATE sqlite_sequence SET seq = ? WHERE name = 'mailbox' AND seq < ?"
 _SEQ_CREATE = (
@@ -640,8 +673,12 @@ def _apply_fast(conn: sqlite3.Connection, batch: list[Op]) -> list[object]:
     outcomes: list[object] = []
     for op in batch:
         if isinstance(op, Ack):
-            cur = conn.executemany(_DELETE_ENVELOPE, [(m, op.rid) for m in op.mids])
-            outcomes.append(cur.rowcount)
+            deleted = []
+            for mid in op.mids:
+                row = conn.execute(_DELETE_ENVELOPE, (mid, op.rid)).fetchone()
+                if row is not None:
+                    deleted.append((row[0], int(row[1])))
+            outcomes.append(deleted)
         else:
             outcomes.append(None)
     return outcomes

@@ -122,8 +122,8 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     store = relay.server.relay.store
     real_fetch = store.fetch_bundle
 
-    async def evil_fetch(fetcher, target, version):
-        bundle = await real_fetch(fetcher, target, version)
+    async def evil_fetch(fetcher, target, *args, **kwargs):
+        bundle = await real_fetch(fetcher, target, *args, **kwargs)
         if target != "bob":
             return bundle
         return PrekeyBundle("bob", forged.public(), spk.public(), None, 2, kem.public())

@@ -310,7 +310,7 @@ async def test_key_change_warning_verify_and_trust(relay, chat, login, tmp_path)
     assert " ".join(expected.groups()) == await bob.safety_number("alice")  # both sides
 
     await bob.close()
-    bob2 = await login(relay, "bob", profile=tmp_path / "bob-reinstalled")
+    bob2 = await login(relay, "bob", profile=tmp_path / "bob-reinstalled", replace_identity=True)
     await screen.shows("WARNING: bob's identity key has changed")
     assert "bob !" in screen.chat.list_text()
     screen.type("are you there" + ENTER)
@@ -423,9 +423,9 @@ async def test_long_messages_up_to_the_limit_and_refused_beyond(relay, chat, log
 async def test_page_up_and_down_scroll_long_history(relay, chat, login):
     bob = await login(relay, "bob")
     screen = await chat(relay)
-    for _ in range(8):
+    for _ in range(12):  # more than two pages
         screen.type("/help" + ENTER)
-    await screen.until(lambda: screen.pane.count("/verify NAME [mark]") == 8, "a long pane")
+    await screen.until(lambda: screen.pane.count("/verify NAME [mark]") == 12, "a long pane")
     pane = screen.chat.pane
     assert pane.following
     rows = pane.buffer.document.line_count
@@ -554,3 +554,56 @@ async def test_history_header_first_queued_note_cleared_and_page_up(relay, chat,
     await relay.restart()
     await screen.shows("a queued message was sent")
     assert "typed offline  [queued]" not in screen.pane and "you: typed offline" in screen.pane
+
+
+async def test_the_bottom_view_stays_full_after_a_long_message(relay, chat, login):
+    bob = await login(relay, "bob")
+    screen = await chat(relay)
+    await screen.run("/to bob", "no messages with bob yet")
+    await bob.send("alice", "y" * bob.max_text_bytes("alice"))  # wraps past the window
+    await bob.send("alice", "short after")
+    await screen.shows("short after")
+    pane = screen.chat.pane
+
+    def rows_shown() -> int:
+        info = pane.window.render_info
+        return len(info.visible_line_to_row_col) if info else 0
+
+    def full() -> bool:
+        info = pane.window.render_info
+        return info is not None and rows_shown() == info.window_height
+
+    screen.chat.app.invalidate()
+    # One row shown under 36 blank ones before; the last message sits at the bottom now.
+    await screen.until(full, lambda: f"a full pane, {rows_shown()} rows shown")
+    assert pane.window.render_info.cursor_position.y == pane.window.render_info.window_height - 1
+
+
+HOSTILE_LINES = [
+    "/",
+    "/ ",
+    "/  /",
+    "//",
+    "/to",
+    "/to \x1b[31mred",
+    "/to " + "a" * 5_000,
+    "/history 99999999999999999999999",
+    "/history -1",
+    "/history ٣",  # a non-ASCII digit
+    "/verify bob mark mark",
+    "/trust \u202eevil",
+    "/who extra",
+    "\x1b]52;c;ZXZpbA==\x07",
+    "/\x00",
+    "exit now",
+]
+
+
+async def test_hostile_input_lines_never_break_the_ui(relay, chat):
+    screen = await chat(relay)
+    for line in HOSTILE_LINES:
+        screen.type(KILL_LINE + paste(line) + ENTER)
+    screen.type("/help" + ENTER)
+    await screen.shows("/verify NAME [mark]")
+    assert "internal error" not in screen.pane and not screen.task.done()
+    assert terminal_safe(screen.pane) and terminal_safe(screen.chat.list_text())

@@ -59,7 +59,7 @@ async def test_first_contact_and_a_conversation_both_ways(relay, login):
 
 
 async def test_first_contact_without_one_time_prekeys(relay_factory, login):
-    relay = await relay_factory(fetch_burst=1000)
+    relay = await relay_factory(fetch_burst=1000, target_fetch_burst=1000)
     bob = await login(relay, "bob")
     await bob.close()
     carol = await relay.login("carol", version=2)
@@ -152,6 +152,29 @@ async def test_messages_sent_while_offline_go_out_after_reconnect(relay, login):
     assert (await next_event(bob, MessageReceived)).text == "typed while offline"
 
 
+async def test_a_second_profile_cannot_take_over_an_account_silently(
+    relay, login, reopen, tmp_path
+):
+    """Issue #12: logging in from a second profile used to replace the first one's keys,
+    so messages were lost with the sender told `ok`. Now it is refused and says how to
+    link, and the first profile still decrypts everything sent meanwhile. (The attempt
+    used device 1's credential, so it replaced the first profile's live session: that
+    one reconnects.)"""
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    with pytest.raises(RequestError) as exc:
+        await login(relay, "alice", profile=tmp_path / "alice-second")
+    assert exc.value.code == ErrorCode.ACCOUNT_HAS_DEVICES
+    assert "hushwire link" in exc.value.message and "--link CODE" in exc.value.message
+    assert not (tmp_path / "alice-second").exists()  # nothing half-made is left behind
+    await bob.send("alice", "still reaches the first profile")
+    await alice.close()
+    alice = await reopen("alice")
+    await alice.start()
+    got = await next_event(alice, MessageReceived)
+    assert got.text == "still reaches the first profile"
+
+
 async def test_new_identity_published_for_a_contact_holds_messages_until_trust(
     relay, login, tmp_path
 ):
@@ -160,9 +183,9 @@ async def test_new_identity_published_for_a_contact_holds_messages_until_trust(
     await alice.send("bob", "hi")
     await next_event(bob, MessageReceived)
     await bob.close()
-    # A second profile for bob (a reinstall, or someone with bob's token) publishes a
-    # new identity; the relay pushes key_changed to alice, who fetched bob's keys.
-    bob2 = await login(relay, "bob", profile=tmp_path / "bob-reinstalled")
+    # A second profile for bob (a reinstall, or someone with bob's token) replaces bob's
+    # identity on purpose; the relay pushes key_changed to alice, who fetched bob's keys.
+    bob2 = await login(relay, "bob", profile=tmp_path / "bob-reinstalled", replace_identity=True)
     await next_event(alice, KeyChanged, lambda e: e.contact == "bob")
     state = await alice.contact_state("bob")
     assert state.key_changed and not state.verified
@@ -381,6 +404,6 @@ async def test_start_without_waiting_retries_until_the_relay_is_back(relay, logi
 
 async def test_a_second_login_elsewhere_disconnects_without_a_fight(relay, login, tmp_path):
     alice = await login(relay, "alice")
-    await login(relay, "alice", profile=tmp_path / "alice-elsewhere")
+    await login(relay, "alice", profile=tmp_path / "alice-elsewhere", replace_identity=True)
     gone = await next_event(alice, ConnectionState, lambda e: e.state == "disconnected")
     assert "session_replaced" in gone.detail

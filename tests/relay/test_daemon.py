@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -121,6 +122,9 @@ def test_help_documents_flags_and_config_file():
     for flag in ("--db", "--host", "--port", "--config", "--cert", "--key", "--client-ca"):
         assert flag in out
     assert "TOML" in out and "SIGTERM" in out
+    # Operator settings, as flags and as file keys.
+    assert "--metrics-listen HOST:PORT" in out and "metrics_listen" in out
+    assert "--log-format" in out and "log_format" in out
 
 
 def test_bad_flag_is_a_clear_error(tmp_path):
@@ -150,3 +154,42 @@ def test_too_new_db_is_refused(tmp_path):
     )
     assert proc.returncode == 1
     assert "newer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _run_relay(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hushwire.relay.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,  # before the fix it never exited (the db thread kept it alive)
+        cwd=cwd,
+    )
+
+
+def test_busy_port_exits_promptly_and_creates_nothing(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _run_relay("--db", str(tmp_path / "relay.db"), "--port", str(port), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "address already in use" in proc.stderr.lower() and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no db, no certificate, no key
+
+
+def test_an_address_that_is_not_local_exits_and_creates_nothing(tmp_path):
+    proc = _run_relay(
+        "--db", str(tmp_path / "relay.db"), "--host", "192.0.2.1", "--port", "0", cwd=tmp_path
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_db_in_a_missing_directory_says_so(tmp_path):
+    missing = tmp_path / "nope" / "relay.db"
+    proc = _run_relay("--db", str(missing), "--port", "0", cwd=tmp_path)
+    assert proc.returncode in (1, 2), proc.stderr
+    assert "directory" in proc.stderr and str(missing.parent) in proc.stderr
+    assert "relay-key.pem" not in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -62,3 +62,38 @@ def test_invalid_rates_rejected():
         RateLimiter(Rate(burst=0, per_second=1))
     with pytest.raises(ValueError):
         RateLimiter(Rate(burst=1, per_second=0))
+
+
+def test_refilled_buckets_expire_by_age():
+    lim = RateLimiter(Rate(burst=2, per_second=1.0), max_keys=1000)
+    for i in range(100):
+        lim.consume(i, float(i) / 100)  # all touched within the first second
+    assert len(lim) == 100
+    lim.consume("late", 10.0)  # every earlier bucket has refilled by now: all forgotten
+    assert len(lim) == 1
+
+
+def test_retry_after_stores_nothing_for_unknown_keys():
+    lim = RateLimiter(Rate(burst=1, per_second=1.0))
+    for i in range(100):
+        assert lim.retry_after(f"k{i}", 0.0) == 0
+    assert len(lim) == 0
+
+
+def test_forget_resets_a_key():
+    lim = RateLimiter(Rate(burst=1, per_second=0.001))
+    lim.consume("a", 0.0)
+    assert lim.consume("a", 0.0) > 0
+    lim.forget("a")
+    assert lim.consume("a", 0.0) == 0
+
+
+def test_address_prefixes():
+    from hushwire.relay.addresses import address_prefix
+
+    assert address_prefix("203.0.113.7") == address_prefix("203.0.113.250") == "203.0.113.0/24"
+    assert address_prefix("203.0.114.7") != address_prefix("203.0.113.7")
+    assert address_prefix("2001:db8::1") == address_prefix("2001:db8::ffff:1") == "2001:db8::/64"
+    assert address_prefix("2001:db8:0:1::1") != address_prefix("2001:db8::1")
+    assert address_prefix("::ffff:203.0.113.7") == "203.0.113.0/24"
+    assert address_prefix("unknown") == "unknown"

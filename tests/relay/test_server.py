@@ -226,7 +226,11 @@ async def test_identity_change_is_pushed_to_those_who_fetched_it(relay):
     alice, carol = await relay.login("alice"), await relay.login("carol")
     await alice.request(FetchBundle, user="bob")
     await bob.request(
-        PublishKeys, identity=identity(9), signed_prekey=spk(9), one_time_prekeys=otpks(1, 3)
+        PublishKeys,
+        identity=identity(9),
+        signed_prekey=spk(9),
+        one_time_prekeys=otpks(1, 3),
+        replace_identity=True,
     )
     push = await next_push(alice, KeyChanged)
     assert push.user == "bob" and push.identity == identity(9)
@@ -249,7 +253,7 @@ async def test_offline_envelopes_arrive_in_order_on_login_and_ack_deletes(relay)
     sent = [f"envelope {i}".encode() for i in range(30)]
     for body in sent:
         ok = await alice.request(Send, to=("bob",), body=body)
-        assert len(ok.mids) == 1
+        assert ok.mids == ()  # ids are for the recipient only (docs/protocol.md, send)
     bob = await relay.login("bob")
     got = [await next_push(bob) for _ in sent]
     assert [d.body for d in got] == sent and all(d.sender == "alice" for d in got)
@@ -362,20 +366,32 @@ async def test_send_rate_limit(relay_factory):
     assert err.retry_after > 0
 
 
-async def test_who_and_presence(relay):
+async def test_who_and_presence_only_between_contacts(relay):
+    bob = await relay.login("bob")
+    await bob.request(
+        PublishKeys, identity=identity(2), signed_prekey=spk(2), one_time_prekeys=otpks(1, 3)
+    )
+    await bob.close()
     alice = await relay.login("alice")
+    await alice.request(FetchBundle, user="bob")  # alice and bob are contacts now
     who = await alice.request(Who)
     assert {(p.user, p.online) for p in who.users} == {
         ("alice", True),
         ("bob", False),
         ("carol", False),
     }
+    carol = await relay.login("carol")
+    await carol.request(Who)
     bob = await relay.login("bob")
     push = await next_push(alice, PresenceChanged)
     assert (push.user, push.online) == ("bob", True)
     await bob.close()
     push = await next_push(alice, PresenceChanged)
     assert (push.user, push.online) == ("bob", False)
+    # carol, a stranger to both, saw none of it and sees alice as offline.
+    assert not any(isinstance(p, PresenceChanged) for p in carol.pushes._queue)
+    who = await carol.request(Who)
+    assert ("alice", False) in {(p.user, p.online) for p in who.users}
 
 
 # --- hostile and broken clients ----------------------------------------------------
@@ -570,7 +586,11 @@ async def test_a_watcher_offline_during_a_key_change_hears_of_it_at_login(relay)
     await alice.request(FetchBundle, user="bob")
     await alice.close()
     await bob.request(
-        PublishKeys, identity=identity(7), signed_prekey=spk(7), one_time_prekeys=otpks(1, 3)
+        PublishKeys,
+        identity=identity(7),
+        signed_prekey=spk(7),
+        one_time_prekeys=otpks(1, 3),
+        replace_identity=True,
     )
     for _ in range(2):  # at every login, until alice looks at bob's new keys
         alice = await relay.login("alice")

@@ -1,4 +1,4 @@
--- 0004: PQXDH (protocol version 2). Each user's signed ML-KEM-768 prekeys: one
+-- 0005: PQXDH (protocol version 2). Each user's signed ML-KEM-768 prekeys: one
 -- last-resort key (replaced when it rotates, handed out only when no one-time key is
 -- left) and one-time keys (each handed out once). identity_keys.bundle_version says
 -- which protocol the user's keys are for: 1 (X3DH) or 2 (PQXDH, these keys present).
