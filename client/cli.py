@@ -39,7 +39,9 @@ from hushwire.client.service import (
     MessageRejected,
     Notice,
     RelaySettings,
+    SessionRestarted,
     relay_error_text,
+    restart_text,
 )
 from hushwire.client.store import ProfileStore
 from hushwire.client.text import safe_for_terminal
@@ -151,13 +153,14 @@ def _read_token(args: argparse.Namespace, stdin: TextIO) -> str:
     return token
 
 
-def _relay_settings(args: argparse.Namespace, token: str) -> RelaySettings:
+def _absolute(path: str | None) -> str | None:
     """Paths are stored absolute, so later runs from another directory still find them."""
+    return str(Path(path).resolve()) if path else None
+
+
+def _relay_settings(args: argparse.Namespace, token: str) -> RelaySettings:
     host, port = args.relay
-
-    def absolute(path: str | None) -> str | None:
-        return str(Path(path).resolve()) if path else None
-
+    absolute = _absolute
     return RelaySettings(
         host=host,
         port=port,
@@ -189,6 +192,8 @@ def _report_event(event: object, err: TextIO) -> None:
             f"warning: a message from {event.contact} under their new, not yet accepted "
             f"identity key is kept unread until `hushwire trust {event.contact}`.",
         )
+    elif isinstance(event, SessionRestarted):
+        _warn(err, f"warning: {restart_text(event)}")
     elif isinstance(event, MessageRejected):
         _warn(
             err,
@@ -254,14 +259,83 @@ async def _open_started(args: argparse.Namespace, *, required: bool = True) -> H
 # --- commands -----------------------------------------------------------------------
 
 
+async def _login_link(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.user or args.token or args.token_file or args.client_cert or args.replace_identity:
+        raise CliError(
+            "--link takes the account and a new credential from the code: "
+            "no --user, --token, --client-cert or --replace-identity"
+        )
+    profile = _profile(args)
+    passphrase = read_passphrase(confirm=sys.stdin.isatty())
+    host, port = args.relay
+    client = await HushwireClient.login_link(
+        profile,
+        passphrase,
+        host=host,
+        port=port,
+        code=args.link,
+        name=args.name,
+        fingerprint=args.fingerprint,
+        ca_file=_absolute(args.ca),
+    )
+    try:
+        print(
+            f"linked as device {client.settings.device} of {client.user}; profile {profile}",
+            file=out,
+        )
+        if client.fingerprint_learned:
+            print(f"relay certificate pinned: {client.settings.pin}", file=out)
+        await client.sync()
+        _drain_warnings(client, err)
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
+LINK_NOT_YET = (
+    "note: this version cannot yet send or receive messages once your account has a "
+    "second device (the relay answers mismatched_devices); `hushwire unlink ID` undoes it"
+)
+
+
+async def cmd_link(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    client = await _open_started(args)
+    try:
+        print(LINK_NOT_YET, file=err)
+        offer, expires_at = await client.offer_link(args.ttl)
+        print("On the new machine, run within the next minutes:", file=out)
+        print(
+            f"  hushwire login --relay {client.relay} --link {offer.code.text()}"
+            " --profile NEW_PROFILE",
+            file=out,
+        )
+        print(f"the code works once and expires at {_utc(expires_at)}", file=out, flush=True)
+        device = await client.accept_link(offer)
+        print(safe_for_terminal(f"linked device {device.id} ({device.name})"), file=out)
+        _drain_warnings(client, err)
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
 async def cmd_login(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    if args.link is not None:
+        return await _login_link(args, out, err)
+    if args.user is None:
+        raise CliError("login needs --user NAME (or --link CODE from another device)")
     if (args.client_cert is None) != (args.client_key is None):
         raise CliError("--client-cert and --client-key go together")
     token = _read_token(args, stdin)
     profile = _profile(args)
     passphrase = read_passphrase(confirm=not ProfileStore.exists(profile) and sys.stdin.isatty())
     settings = _relay_settings(args, token)
-    client = await HushwireClient.login(profile, passphrase, settings, fingerprint=args.fingerprint)
+    client = await HushwireClient.login(
+        profile,
+        passphrase,
+        settings,
+        fingerprint=args.fingerprint,
+        replace_identity=args.replace_identity,
+    )
     try:
         fp = client.settings.pin
         if args.ca:
@@ -466,6 +540,52 @@ async def cmd_contacts(args: argparse.Namespace, out: TextIO, err: TextIO, stdin
     return EXIT_OK
 
 
+def _utc(ts: int | None) -> str:
+    if ts is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+async def cmd_devices(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    client = await _open_started(args)
+    try:
+        for d in await client.devices():
+            if args.json:
+                record = {
+                    "id": d.id,
+                    "name": d.name,
+                    "linked_at": d.linked_at,
+                    "last_seen": d.last_seen,
+                    "this": d.this,
+                }
+                print(json.dumps(record), file=out)
+                continue
+            mark = " (this device)" if d.this else ""
+            line = (
+                f"{d.id:>3}  {d.name:<24} linked {_utc(d.linked_at)}, last seen {_utc(d.last_seen)}"
+            )
+            print(safe_for_terminal(line + mark), file=out)
+        _drain_warnings(client, err)
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
+async def cmd_unlink(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    client = await _open_started(args)
+    try:
+        await client.unlink(args.device)
+        print(
+            f"device {args.device} unlinked: the relay revoked it and contacts stop "
+            "encrypting to it",
+            file=out,
+        )
+        _drain_warnings(client, err)
+    finally:
+        await client.close()
+    return EXIT_OK
+
+
 def cmd_chat(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     """The full-screen UI lives in client/tui/ (prompt_toolkit), loaded only here."""
     if importlib.util.find_spec("hushwire.client.tui") is None:
@@ -525,8 +645,17 @@ def build_parser() -> argparse.ArgumentParser:
         "published on the first login. The token is never printed.",
     )
     p.add_argument("--relay", required=True, type=_host_port, metavar="HOST:PORT")
-    p.add_argument("--user", required=True, metavar="NAME")
-    tok = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--user", metavar="NAME")
+    p.add_argument(
+        "--link",
+        metavar="CODE",
+        help="make this new profile a device of the account whose device printed CODE "
+        "(`hushwire link` there); no --user or --token then",
+    )
+    p.add_argument(
+        "--name", default="new device", metavar="NAME", help="this device's name, with --link"
+    )
+    tok = p.add_mutually_exclusive_group()
     tok.add_argument(
         "--token", metavar="TOKEN", help="the login token from your admin; `-` reads it from stdin"
     )
@@ -541,6 +670,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin exactly this certificate fingerprint (AB:CD:...) instead of "
         "trusting the first one seen; also the way to accept a replaced "
         "relay certificate after checking it with the operator",
+    )
+    p.add_argument(
+        "--replace-identity",
+        action="store_true",
+        help="make this profile's keys the account's new identity (after losing the old "
+        "profile): every other device is unlinked and contacts see a key change. Without "
+        "it, logging in from a second profile is refused: link it instead",
     )
     p.set_defaults(func=cmd_login)
 
@@ -603,6 +739,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="JSON lines output")
     p.set_defaults(func=cmd_contacts)
+
+    p = add(
+        "devices",
+        "list your account's devices",
+        "List the devices of your account from its signed device list (checked against "
+        "your identity): id, name, when linked, when last seen by the relay.",
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines output")
+    p.set_defaults(func=cmd_devices)
+
+    p = add(
+        "link",
+        "link a new machine to your account",
+        "Print a one-time link code, then wait for the new machine to use it with "
+        "`hushwire login --link CODE`; it becomes a device of your account with its own "
+        "keys. The code carries a secret and a hash of this device's one-time key, so the "
+        "relay that carries the exchange cannot take part in it. Not yet supported: "
+        "messages to or from an account with several devices (the relay refuses them with "
+        "mismatched_devices until this client sends one copy per device; nothing is lost "
+        "silently). Unlink the extra device to chat again.",
+    )
+    p.add_argument(
+        "--ttl", type=float, default=300.0, metavar="SECONDS", help="code lifetime (300)"
+    )
+    p.set_defaults(func=cmd_link)
+
+    p = add(
+        "unlink",
+        "remove one of your devices",
+        "Sign a device list without device ID and publish it: the relay revokes the "
+        "device's credential and drops its mailbox; contacts stop encrypting to it.",
+    )
+    p.add_argument("device", type=int, metavar="ID", help="the device id (hushwire devices)")
+    p.set_defaults(func=cmd_unlink)
 
     p = add(
         "chat",

@@ -41,6 +41,16 @@ class MessageQuarantined:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionRestarted:
+    """The session with `contact` was dead and a fresh one replaced it. by_peer=False: we
+    could not decrypt `contact`'s messages (some are lost) and started it; True: they
+    could not decrypt ours (recent messages to them may be lost)."""
+
+    contact: str
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRejected:
     """An envelope that was not shown (tampered, replayed, not for us...); it was acked."""
 
@@ -89,6 +99,7 @@ ClientEvent = (
     MessageReceived
     | KeyChanged
     | MessageQuarantined
+    | SessionRestarted
     | MessageRejected
     | ConnectionState
     | Presence

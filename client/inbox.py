@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from hushwire.client.connection import RelayConnection
+from hushwire.client.devices import DeviceLists
 from hushwire.client.errors import ConnectionClosed, ProfileCorrupt
 from hushwire.client.events import (
     ClientEvent,
@@ -19,10 +20,17 @@ from hushwire.client.events import (
     MessageRejected,
     Notice,
     Presence,
+    SessionRestarted,
     utc_from_ms,
 )
 from hushwire.client.keys import KeyUpkeep
-from hushwire.client.session import Outcome, Received, Rejected, SessionManager
+from hushwire.client.session import (
+    Outcome,
+    Received,
+    Rejected,
+    SessionManager,
+    SessionReset,
+)
 from hushwire.client.text import safe_line
 from hushwire.common import messages as wire
 from hushwire.common.errors import HushwireError, RequestError
@@ -42,9 +50,13 @@ class Inbox:
         keys: KeyUpkeep,
         emit: Callable[[ClientEvent], None],
         online: dict[str, bool],
+        restart: Callable[[str], Awaitable[None]],
+        devices: DeviceLists,
     ) -> None:
         self._sessions = sessions
         self._keys = keys
+        self._restart = restart
+        self._devices = devices
         self._emit = emit
         self._online = online
         # For sync(): pushes taken off the queue, and those fully handled (and acked).
@@ -93,9 +105,11 @@ class Inbox:
         # Stored (or deliberately dropped) first, acked second (protocol.md "ack").
         with contextlib.suppress(ConnectionClosed, RequestError):
             await conn.request(wire.Ack, mids=(push.mid,))
-        if isinstance(outcome, Received) and outcome.used_one_time_prekey:
+        if isinstance(outcome, Received | SessionReset) and outcome.used_one_time_prekey:
             with contextlib.suppress(ConnectionClosed, RequestError):
                 await self._keys.maintain(conn)
+        if isinstance(outcome, Rejected) and outcome.dead_session:
+            await self._restart(outcome.contact)
 
     async def _apply(self, push: wire.Push) -> Outcome | None:
         """Store what `push` changes and emit its events; the outcome of a delivery (None
@@ -103,6 +117,13 @@ class Inbox:
         if isinstance(push, wire.KeyChanged):
             if await self._sessions.on_key_changed(push.user, push.identity):
                 self._emit(KeyChanged(push.user))
+            return None
+        if isinstance(push, wire.LinkRequestPush):
+            self._devices.link_requests.put_nowait(push)
+            return None
+        if isinstance(push, wire.DevicesChanged):
+            if is_valid_username(push.user):
+                await self._devices.on_changed(push.user, push.device_list)
             return None
         if isinstance(push, wire.PresenceChanged):
             if not is_valid_username(push.user):
@@ -131,6 +152,10 @@ class Inbox:
                     outcome.uid,
                 )
             )
+        elif isinstance(outcome, SessionReset):
+            if outcome.key_changed:
+                self._emit(KeyChanged(outcome.contact))
+            self._emit(SessionRestarted(outcome.contact, by_peer=True))
         elif isinstance(outcome, Rejected):
             log.warning(
                 "rejected an envelope from %s: %s", safe_line(outcome.contact), outcome.reason

@@ -19,6 +19,7 @@ from hushwire.client.events import (
     MessagesReleased,
     Notice,
     SendResult,
+    SessionRestarted,
     utc_from_ms,
 )
 from hushwire.client.session import Fetch, Outgoing, SessionManager, max_text_bytes
@@ -181,6 +182,23 @@ class Outbox:
             raise ConnectionClosed("connection lost while sending the outbox")
         self._emit(MessageSent(out.contact, out.uid))
         return 1
+
+    async def restart(self, contact: str) -> None:
+        """Replace a dead session with `contact` by a fresh one and tell them (a session
+        reset message), so both sides can read each other again."""
+        async with self._lock:
+            conn = self._live()
+            if conn is None:
+                return
+            try:
+                envelope = await self._sessions.restart(contact, _fetcher(conn))
+                if envelope is None:
+                    return
+                await conn.request(wire.Send, to=(contact,), body=envelope)
+            except (RequestError, ClientError, CryptoError) as exc:
+                self._emit(Notice(f"could not restart the session with {contact}: {exc.message}"))
+                return
+            self._emit(SessionRestarted(contact, by_peer=False))
 
     async def release(self, contact: str) -> int:
         """Accept `contact`'s changed key, show the messages quarantined under it and send

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from hushwire.client.connection import RelayConnection, TlsSettings
+from hushwire.client.devices import DeviceInfo, DeviceLists, hold_list
 from hushwire.client.errors import (
     CertificateMismatch,
     ConnectionClosed,
@@ -48,6 +49,7 @@ from hushwire.client.events import (
     Notice,
     Presence,
     SendResult,
+    SessionRestarted,
     history_item,
 )
 from hushwire.client.inbox import Inbox
@@ -57,7 +59,9 @@ from hushwire.client.session import SessionManager, load_or_create_identity
 from hushwire.client.settings import Backoff, RelaySettings
 from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common import messages as wire
+from hushwire.common.crypto.devices import Device
 from hushwire.common.crypto.dh import DHGroup, group_by_name
+from hushwire.common.crypto.link import LinkCode, LinkJoiner, LinkOffer
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.names import check_username, is_valid_username
@@ -80,14 +84,19 @@ __all__ = [
     "Presence",
     "RelaySettings",
     "SendResult",
+    "SessionRestarted",
     "relay_error_text",
+    "restart_text",
 ]
 
 log = logging.getLogger("hushwire.client")
 
 # The relay closed us on purpose and retrying cannot help until a person acts.
-FATAL_CODES: Final = frozenset({"auth_failed", "user_disabled", "session_replaced"})
+FATAL_CODES: Final = frozenset(
+    {"auth_failed", "user_disabled", "session_replaced", "unsupported_version"}
+)
 HISTORY_DEFAULT: Final = 200
+MAX_WHO_PAGES: Final = 1000  # a relay that never ends its `who` pages is not followed
 
 
 async def _load_group(store: ProfileStore) -> DHGroup:
@@ -126,9 +135,20 @@ class HushwireClient:
         self.fingerprint_learned = False  # set by login(): the pin was learned just now
         emit = self.events.put_nowait
         self._keys = KeyUpkeep(sessions, lambda text: emit(Notice(text)))
-        self._inbox = Inbox(sessions, self._keys, emit, self._online)
+        self._devices = DeviceLists(
+            store,
+            settings.user,
+            settings.device,
+            sessions.identity,
+            sessions.group,
+            lambda text: emit(Notice(text)),
+            clock,
+        )
         self._outbox = Outbox(
             sessions, emit, lambda: self._conn, lambda: self._max_frame, settings.address
+        )
+        self._inbox = Inbox(
+            sessions, self._keys, emit, self._online, self._outbox.restart, self._devices
         )
 
     @property
@@ -185,8 +205,14 @@ class HushwireClient:
         clock: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
         kdf: KdfParams | None = None,
+        replace_identity: bool = False,
     ) -> HushwireClient:
         """Create or update a profile, connect, pin the relay, log in, publish keys.
+
+        A profile whose identity is not the account's is refused by the relay
+        (`account_has_devices`, raised here): a second machine links instead. With
+        `replace_identity` this profile's identity replaces the account's and its other
+        devices are unlinked (a reinstall); contacts see a key change.
 
         Pinning: with a CA file the certificate is validated instead; with `fingerprint`
         exactly that one is accepted; else a pin stored for the same address is kept;
@@ -248,7 +274,16 @@ class HushwireClient:
                 backoff=backoff,
             )
             client.fingerprint_learned = pin is None and settings.ca_file is None
-            await client._adopt(conn, ok)
+            client._keys.replace_identity = replace_identity
+            # Keys first, so a refusal (account_has_devices) fails the login itself.
+            await client._keys.upload(
+                conn,
+                relay_has_identity=ok.has_identity,
+                prekeys_left=ok.prekeys_left,
+                kem_prekeys_left=ok.kem_prekeys_left,
+                key_version=ok.key_version,
+            )
+            await client._adopt(conn, ok, keys_uploaded=True)
             client._runner = asyncio.create_task(client._run())
         except BaseException:
             if conn is not None:
@@ -256,6 +291,85 @@ class HushwireClient:
             await store.close()
             if fresh:
                 _remove_profile_files(Path(profile_dir))
+            raise
+        return client
+
+    @classmethod
+    async def login_link(
+        cls,
+        profile_dir: Path,
+        passphrase: str,
+        *,
+        host: str,
+        port: int,
+        code: str,
+        name: str,
+        fingerprint: str | None = None,
+        ca_file: str | None = None,
+        clock: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
+        kdf: KdfParams | None = None,
+    ) -> HushwireClient:
+        """Make a new profile a device of the account whose device showed `code`
+        (docs/security.md, "Linking a device"): the identity arrives sealed under the
+        code, this device's own keys are made here, and the relay issues its credential.
+        Raises LinkError (mistyped code, a relay in the middle), RequestError
+        (`link_failed`: unknown, expired or used code) or ProfileMismatch."""
+        profile_dir = Path(profile_dir)
+        if ProfileStore.exists(profile_dir):
+            raise ProfileMismatch(f"{profile_dir} already holds a profile; link into a new one")
+        link_code = LinkCode.parse(code)
+        store = await ProfileStore.open(profile_dir, passphrase, create=True, kdf=kdf)
+        conn: RelayConnection | None = None
+        try:
+            pin = None if fingerprint is None else fingerprint.strip().upper()
+            conn = await RelayConnection.connect(
+                host, port, TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
+            )
+            hello = await conn.say_hello()
+            group = group_by_name(hello.group, hello.group_params)
+            fetched = await conn.request(wire.LinkFetch, channel=link_code.channel)
+            joiner = LinkJoiner(group, link_code, name, group.generate())
+            ephemeral, sealed = joiner.request(fetched.ephemeral)
+            joined = await conn.request(
+                wire.LinkJoin, channel=link_code.channel, ephemeral=ephemeral, sealed=sealed
+            )
+            grant = joiner.open_grant(joined.sealed)
+            settings = RelaySettings(
+                host=host,
+                port=port,
+                user=check_username(grant.account),
+                token=joined.token,
+                pin=None if ca_file else conn.fingerprint,
+                ca_file=ca_file,
+                device=joined.device,
+            )
+            async with store.transaction():
+                await store.set_setting("relay", settings.to_record())
+                await store.set_setting("group", group.name)
+                await store.set_setting("group_params", hello.group_params)
+                await store.save_identity(grant.identity.to_bytes(), int(clock() * 1000))
+                await hold_list(store, grant.account, grant.signed_list)
+            ok = await conn.request(
+                wire.Login, user=grant.account, token=joined.token, device=joined.device
+            )
+            sessions = SessionManager(store, grant.account, grant.identity, group, clock=clock)
+            client = cls(store, settings, sessions, clock=clock, backoff=backoff)
+            client.fingerprint_learned = pin is None and ca_file is None
+            await client._keys.upload(
+                conn,
+                relay_has_identity=ok.has_identity,
+                prekeys_left=ok.prekeys_left,
+                kem_prekeys_left=ok.kem_prekeys_left,
+                key_version=ok.key_version,
+            )
+            await client._adopt(conn, ok, keys_uploaded=True)
+            client._runner = asyncio.create_task(client._run())
+        except BaseException:
+            if conn is not None:
+                await conn.close()
+            await store.close()
+            _remove_profile_files(profile_dir)
             raise
         return client
 
@@ -299,7 +413,7 @@ class HushwireClient:
         s = self.settings
         conn = await RelayConnection.connect(s.host, s.port, s.tls())
         try:
-            ok = await conn.handshake(s.user, s.token)
+            ok = await conn.handshake(s.user, s.token, None if s.device == 1 else s.device)
             hello = conn.hello
             if hello is not None and hello.group != self.sessions.group.name:
                 raise ProfileMismatch(
@@ -311,7 +425,9 @@ class HushwireClient:
             raise
         return conn, ok
 
-    async def _adopt(self, conn: RelayConnection, ok: wire.LoginOk) -> None:
+    async def _adopt(
+        self, conn: RelayConnection, ok: wire.LoginOk, *, keys_uploaded: bool = False
+    ) -> None:
         """A fresh logged-in connection: start its loops, upload keys, flush the outbox."""
         self._conn = conn
         if conn.hello is not None and conn.hello.max_frame != self._max_frame:
@@ -323,9 +439,15 @@ class HushwireClient:
             task.add_done_callback(self._conn_tasks.discard)
         self._set_state("connected", f"logged in to {self.relay} as {self.user}")
         try:
-            await self._keys.upload(
-                conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
-            )
+            if not keys_uploaded:  # login() uploads before adopting, to fail on refusal
+                await self._keys.upload(
+                    conn,
+                    relay_has_identity=ok.has_identity,
+                    prekeys_left=ok.prekeys_left,
+                    kem_prekeys_left=ok.kem_prekeys_left,
+                    key_version=ok.key_version,
+                )
+            await self._devices.refresh(conn)
             await self.who()
             await self.flush_outbox()
         except ConnectionClosed:
@@ -432,6 +554,26 @@ class HushwireClient:
         """Send what waited for a connection; returns how many the relay accepted."""
         return await self._outbox.flush(self._require_conn())
 
+    # --- devices ---------------------------------------------------------------------
+
+    async def devices(self) -> list[DeviceInfo]:
+        """This account's devices, from its signed list as verified here."""
+        return await self._devices.devices(self._require_conn())
+
+    async def offer_link(self, ttl: float = 300.0) -> tuple[LinkOffer, int]:
+        """Start linking a new device: show `offer.code.text()` to the user (the relay's
+        expiry, Unix seconds, is returned too), then call `accept_link(offer)`."""
+        return await self._devices.offer_link(self._require_conn(), ttl=ttl)
+
+    async def accept_link(self, offer: LinkOffer) -> Device:
+        """Wait for the device that types the code, list it and hand it the identity."""
+        return await self._devices.accept_link(self._require_conn(), offer)
+
+    async def unlink(self, device_id: int) -> None:
+        """Sign a device list without `device_id` and publish it: the relay revokes the
+        device and contacts stop encrypting to it (UnknownDevice if it is not listed)."""
+        await self._devices.unlink(self._require_conn(), device_id)
+
     # --- contacts, trust, history -----------------------------------------------------
 
     async def who(self) -> list[tuple[str, bool]]:
@@ -439,7 +581,7 @@ class HushwireClient:
         conn = self._require_conn()
         users: list[tuple[str, bool]] = []
         after: str | None = None
-        while True:  # the relay answers in pages that each fit one frame
+        for _ in range(MAX_WHO_PAGES):  # the relay answers in pages that each fit a frame
             reply = await conn.request(wire.Who, after=after)
             users += [(p.user, p.online) for p in reply.users if is_valid_username(p.user)]
             if reply.next is None or reply.next == after:
@@ -509,3 +651,16 @@ def relay_error_text(exc: RequestError) -> str:
     if exc.code is ErrorCode.RATE_LIMITED and exc.retry_after:
         return f"{exc.message} (rate limited; retry in {exc.retry_after:.0f} s)"
     return f"{exc.message} ({exc.code.value})"
+
+
+def restart_text(event: SessionRestarted) -> str:
+    """What a healed session means for the user, in one line (the CLI and the TUI)."""
+    if event.by_peer:
+        return (
+            f"{event.contact} could not decrypt your recent messages and started a new "
+            f"session: some messages you sent to {event.contact} may not have arrived"
+        )
+    return (
+        f"messages from {event.contact} could no longer be decrypted (too many lost); a new "
+        f"session was started: some messages from {event.contact} are lost"
+    )

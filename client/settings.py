@@ -23,6 +23,7 @@ class RelaySettings:
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    device: int = 1  # which device of the account this profile is (1 before devices)
 
     def __repr__(self) -> str:  # never let the token reach a log line
         return f"RelaySettings(host={self.host!r}, port={self.port}, user={self.user!r})"
@@ -43,7 +44,7 @@ class RelaySettings:
         return {
             "host": self.host, "port": self.port, "user": self.user, "token": self.token,
             "pin": self.pin, "ca_file": self.ca_file, "client_cert": self.client_cert,
-            "client_key": self.client_key,
+            "client_key": self.client_key, "device": self.device,
         }  # fmt: skip
 
     @classmethod

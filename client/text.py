@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from hushwire.common.chat_groups import ContentType
+
 REPLACEMENT: Final = "\ufffd"
 
 # Strings (OSC, DCS, SOS, PM, APC) run to a terminator; CSI has parameters then a final
@@ -31,6 +33,7 @@ _CONTROLS: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\
 LINE_LIMIT: Final = 300  # characters of a relay-supplied name or error shown on one line
 
 TEXT_VERSION: Final = 1  # first byte of a message plaintext: the format of what follows
+RESET_FORMAT: Final = int(ContentType.SESSION_RESET)  # docs/protocol.md, content types
 
 
 def safe_for_terminal(text: str) -> str:
@@ -48,6 +51,12 @@ def safe_line(text: str, limit: int = LINE_LIMIT) -> str:
     if len(line) <= limit and len(text) <= limit * 2:
         return line
     return line[: limit - 3] + "..."
+
+
+def encode_reset() -> bytes:
+    """The plaintext of a session reset: "my session with you could not decrypt what you
+    sent; this message starts a new one" (format byte RESET_FORMAT, nothing after)."""
+    return bytes([RESET_FORMAT])
 
 
 def encode_text(text: str) -> bytes:

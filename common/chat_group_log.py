@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Final
 
+from Crypto.Hash import SHA256
+
 from hushwire.common.chat_groups import (
     GROUP_FORMAT,
     MAX_MEMBERS,
@@ -270,6 +272,30 @@ def _check_old_change(
     except CryptoError:
         raise StaleGroupChange(f"epoch {epoch} already applied") from None
     raise GroupForked(f"two different changes signed for epoch {epoch}")
+
+
+def fork_winner(first: bytes, second: bytes) -> bytes:
+    """Of two valid changes signed for one epoch, the one every member can settle on
+    without talking: the lower SHA-256 of its bytes (the relay cannot choose it)."""
+    return min(first, second, key=lambda wire: SHA256.new(wire).digest())
+
+
+def adopt_change(log: GroupLog, data: bytes, pinned: Mapping[str, bytes]) -> GroupLog:
+    """Settle a fork by taking the other branch: drop our states from the change's epoch
+    on and apply `data` to the state before it.
+
+    Only as a decision the user sees (what it undoes must be shown): when the user picks
+    a branch, or by `fork_winner` while nothing has been built on our own branch yet
+    (its change is the last we hold), so a change the relay withheld for long cannot
+    undo later ones. GroupChangeRejected for a change we cannot rewind to (before we
+    joined, or after our current epoch: apply it instead).
+    """
+    signed = SignedChange.from_bytes(data)
+    keep = signed.change.epoch - log.join_epoch
+    if keep < 1 or signed.change.epoch > log.current.epoch:
+        raise GroupChangeRejected("no state of ours to adopt this change onto")
+    trimmed = GroupLog(log.me, log.states[:keep], log.changes[:keep], log.vouched)
+    return apply_change(trimmed, data, pinned)
 
 
 def join_from_create(me: str, data: bytes, pinned: Mapping[str, bytes]) -> GroupLog:

@@ -79,13 +79,14 @@ class ContentType(IntEnum):
     """The first byte of a sealed envelope's plaintext: what the rest is.
 
     TEXT is client/text.py's format (UTF-8 after the byte); the group types are followed
-    by the canonical msgpack of a group message, change or welcome.
+    by a key note (common/crypto/group_payload.py), a change or a welcome.
     """
 
     TEXT = 1
     GROUP_MESSAGE = 2
     GROUP_CHANGE = 3
     GROUP_WELCOME = 4
+    SESSION_RESET = 5  # nothing follows: "I could not decrypt you; this starts anew"
 
 
 def encode_content(kind: ContentType, payload: bytes) -> bytes:

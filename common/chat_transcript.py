@@ -1,9 +1,9 @@
 """Group messages and transcript consistency: each message says what its sender has seen.
 
-A group message travels pairwise, once per recipient device, inside a sealed envelope
-(content type GROUP_MESSAGE, common/chat_groups.py): the sender is the authenticated
-peer of that pairwise session, never a field of the message, so no member can make
-another accept a message as someone else's.
+A group message is encrypted once (common/crypto/group_payload.py) and its key note
+travels pairwise, once per recipient device, inside a sealed envelope (content type
+GROUP_MESSAGE): the sender is the authenticated peer of that pairwise session, never a
+field of the message, so no member can make another accept a message as someone else's.
 
 Each sending device keeps, per group epoch, a numbered hash chain over its messages:
 
@@ -13,8 +13,9 @@ Each sending device keeps, per group epoch, a numbered hash chain over its messa
     chain_n   = SHA-256(b"hushwire/group-chain/v1" ||
                         fields(chain_{n-1} (start(e) for n = 1), msgpack(message[:-1])))
 
-`prev` is [epoch, seq] of that device's previous group message (nil if none), and `seen`
-lists, per other member device, the last message received from it: [user, device,
+`prev` is [epoch, seq] of that device's last message in an earlier epoch (nil if none;
+the same on every message of an epoch, so any one tells how the last epoch ended), and
+`seen` lists, per other member device, the last message received from it: [user, device,
 epoch, seq, first 16 bytes of its chain]. From these a receiver learns
 
 - a drop: a sequence number, a `prev` or another member's `seen` names a message it
@@ -152,7 +153,8 @@ class GroupMessage:
         )
         if len(message.text.encode("utf-8")) > MAX_TEXT_BYTES:
             raise ValueError("text too long")
-        _check_prev(message)
+        if message.prev is not None and message.prev[0] >= message.epoch:
+            raise ValueError("prev must name an earlier epoch")
         for entry in message.seen:
             if entry.epoch > message.epoch:
                 raise ValueError("seen names a later epoch than the message")
@@ -162,14 +164,6 @@ class GroupMessage:
 def _position(value: Any) -> tuple[int, int]:
     epoch, seq = expect_list(value, 2)
     return expect_int(epoch, 1, MAX_EPOCH), expect_int(seq, 1, MAX_SEQ)
-
-
-def _check_prev(message: GroupMessage) -> None:
-    """seq n > 1 follows (epoch, n - 1); seq 1 follows nothing or an earlier epoch."""
-    if message.seq > 1 and message.prev != (message.epoch, message.seq - 1):
-        raise ValueError("prev must be the previous position in the same epoch")
-    if message.seq == 1 and message.prev is not None and message.prev[0] >= message.epoch:
-        raise ValueError("the first message of an epoch follows an earlier epoch")
 
 
 def _seen(value: Any) -> tuple[SeenEntry, ...]:
@@ -347,9 +341,11 @@ class Transcript:
             raise CryptoError(f"malformed transcript: {exc}") from None
         return transcript
 
-    def last_from(self, user: str, device: int) -> tuple[int, int] | None:
-        """The latest (epoch, seq) received from (or sent by) one device."""
-        return _latest(self).get((user, device))
+    def forget_from(self, epoch: int) -> Transcript:
+        """Drop every view of `epoch` and later: after `adopt_change` replaced our state
+        at that epoch, what was sent under the losing state counts for nothing (its
+        messages are not part of the group's history; a sender re-sends its own)."""
+        return replace(self, views={k: v for k, v in self.views.items() if k[2] < epoch})
 
 
 def _stored_view(item: Any) -> tuple[tuple[str, int, int], EpochView]:
@@ -380,6 +376,16 @@ def _bounded(value: Any, most: int) -> list[Any]:
     return value
 
 
+def _last_before(transcript: Transcript, source: Source, epoch: int) -> tuple[int, int] | None:
+    """The last position `source` sent in an epoch before `epoch`, if any."""
+    positions = [
+        (e, view.last)
+        for (user, device, e), view in transcript.views.items()
+        if (user, device) == source and e < epoch and view.last
+    ]
+    return max(positions, default=None)
+
+
 def _latest(transcript: Transcript) -> dict[Source, tuple[int, int]]:
     """Per device, the latest (epoch, seq) this client has from it."""
     latest: dict[Source, tuple[int, int]] = {}
@@ -407,8 +413,9 @@ def new_transcript(log: GroupLog, device: int) -> Transcript:
 
 def compose(log: GroupLog, transcript: Transcript, text: str) -> tuple[Transcript, bytes]:
     """A new group message from this device under the current state, and the transcript
-    that records it; send the bytes (content type GROUP_MESSAGE) to every target of
-    `fan_out`. LocalProtocolError if we are no longer a member or the text is too long."""
+    that records it; seal the bytes with `seal_group_payload` and send the key note
+    (content type GROUP_MESSAGE) to every target of `fan_out`, the payload once.
+    LocalProtocolError if we are no longer a member or the text is too long."""
     if not log.active:
         raise LocalProtocolError("not a member of this group any more")
     if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
@@ -434,7 +441,7 @@ def compose(log: GroupLog, transcript: Transcript, text: str) -> tuple[Transcrip
         epoch=state.epoch,
         state_hash=state.hash,
         seq=seq,
-        prev=transcript.last_from(*me),
+        prev=_last_before(transcript, me, state.epoch),
         seen=tuple(seen),
         text=text,
         chain=b"",

@@ -9,6 +9,12 @@
     └── CryptoError               anything that must never be shown as a valid message
         ├── InvalidKey            bad group element, low-order point, wrong length
         ├── InvalidSignature      a signature that does not verify
+        ├── DeviceListError       a device list or device that must not be used
+        │   ├── StaleDeviceList   a lower version than one already seen, or a fork
+        │   └── UnknownDevice     a device not in the list the identity signed
+        ├── LinkError             a link exchange that must stop here
+        │   ├── LinkExpired       the link code is past its expiry
+        │   └── LinkUsed          the link code was already used once
         ├── UnknownPrekey         an initial message names a prekey we do not hold
         ├── MalformedEnvelope     envelope bytes that do not parse (a DecryptionError)
         ├── DecryptionError       AEAD failure: tampered, wrong key, wrong recipient
@@ -27,6 +33,8 @@ Errors cross the wire only as a code and a short human message, never a tracebac
 from __future__ import annotations
 
 from enum import StrEnum
+
+from hushwire.common.keys import SignedDeviceList
 
 
 class ErrorCode(StrEnum):
@@ -51,6 +59,13 @@ class ErrorCode(StrEnum):
     REPLY_TOO_LARGE = "reply_too_large"
     STORAGE_FULL = "storage_full"
     INTERNAL = "internal"
+    # Accounts with several devices (docs/protocol.md, "Devices").
+    MISMATCHED_DEVICES = "mismatched_devices"
+    STALE_DEVICE_LIST = "stale_device_list"
+    UNKNOWN_DEVICE = "unknown_device"
+    DEVICE_LIMIT = "device_limit"
+    LINK_FAILED = "link_failed"
+    ACCOUNT_HAS_DEVICES = "account_has_devices"
     # Local-only codes (never sent by the relay).
     CRYPTO = "crypto"
     CONNECTION = "connection"
@@ -112,12 +127,23 @@ class MalformedFrame(RemoteProtocolError):
 class RequestError(HushwireError):
     """The relay refused a well-formed request; `code` says why.
 
-    `retry_after` (seconds) is set for rate limits so a client can say when to retry.
+    `retry_after` (seconds) is set for rate limits so a client can say when to retry;
+    `device_lists` (the current signed lists) comes with `mismatched_devices`.
     """
 
-    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        versions: tuple[int, ...] | None = None,
+        device_lists: tuple[SignedDeviceList, ...] = (),
+    ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.versions = versions  # unsupported_version: the versions the relay speaks
+        self.device_lists = device_lists
 
 
 class CryptoError(HushwireError):
@@ -183,3 +209,28 @@ class UnknownPrekey(CryptoError):
 
 class MalformedEnvelope(DecryptionError):
     """Envelope bytes that do not parse strictly; handled exactly like a tampered one."""
+
+
+class DeviceListError(CryptoError):
+    """A device list, or a device named by one, that must not be used."""
+
+
+class StaleDeviceList(DeviceListError):
+    """A list older than one already accepted (a replay), or a different list with the
+    same version (a fork): the relay is lying or the account's devices disagree."""
+
+
+class UnknownDevice(DeviceListError):
+    """A device (or its keys) that is not in the list signed by the verified identity."""
+
+
+class LinkError(CryptoError):
+    """A device-link exchange that failed a check; the link must not go on."""
+
+
+class LinkExpired(LinkError):
+    """The link code is past its expiry."""
+
+
+class LinkUsed(LinkError):
+    """The link code was already used once."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 BUNDLE_VERSION = 1  # X3DH
 PQ_BUNDLE_VERSION = 2  # PQXDH: the bundle carries `kem_prekey`
+KEM_PUBLIC_LEN = 1184  # an ML-KEM-768 encapsulation key (FIPS 203), what the relay checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +57,16 @@ class PrekeyBundle:
     one_time_prekey: OneTimePrekey | None
     version: int = BUNDLE_VERSION
     kem_prekey: KemPrekey | None = None  # version 2: one-time if any was left, else last-resort
+
+
+@dataclass(frozen=True, slots=True)
+class SignedDeviceList:
+    """An account's device list as it travels: the canonical body and the account
+    identity's Ed25519 signature over it (format and checks: common/crypto/devices.py).
+
+    The relay stores and hands it out; only a client that knows the account's identity
+    can tell whether it is genuine.
+    """
+
+    body: bytes
+    sig: bytes

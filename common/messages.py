@@ -4,10 +4,13 @@ Grammar (docs/protocol.md is the full specification):
 
     client -> relay   requests, each with an `id` chosen by the client
         hello login publish_keys fetch_bundle prekey_count send ack who ping
+        devices: fetch_devices publish_devices send_devices
+        linking: link_start link_accept (old device)  link_fetch link_join (new device)
     relay -> client   exactly one reply per request, echoing its `id`
-        ok (fields depend on the request)   error {code, message, retry_after?}
+        ok (fields depend on the request)
+        error {code, message, retry_after?, device_lists?}
     relay -> client   pushes, without `id`
-        deliver key_changed presence
+        deliver key_changed presence devices_changed link_request
 
 A message's wire form is a msgpack map: `t` (its type) plus its fields under their own
 names. Binary fields stay binary. Decoding validates every field's type from the
@@ -24,10 +27,19 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hushwire.common.errors import ErrorCode, MalformedFrame, echo
-from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+from hushwire.common.keys import (
+    IdentityPublic,
+    KemPrekey,
+    OneTimePrekey,
+    PrekeyBundle,
+    SignedDeviceList,
+    SignedPrekey,
+)
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# Version 2 adds PQXDH keys (KEM prekeys in publish_keys, version-2 bundles, KEM counts).
+# Fields it added have defaults, so a version-1 peer may leave them out.
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # what this code can serve; a relay may switch 1 off
 _MAX_INT = 2**63 - 1
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -95,12 +107,15 @@ class LoginOk(Reply):
     user: str
     prekeys_left: int
     has_identity: bool
+    kem_prekeys_left: int = 0  # v2: one-time KEM prekeys left
+    key_version: int = 0  # v2: bundle version of the keys the relay holds (0: none)
 
 
 @dataclass(frozen=True, slots=True)
 class PublishOk(Reply):
     id: int
     prekeys_left: int
+    kem_prekeys_left: int = 0  # v2
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +128,7 @@ class BundleOk(Reply):
 class CountOk(Reply):
     id: int
     count: int
+    kem_count: int = 0  # v2
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +165,65 @@ class Pong(Reply):
     id: int
 
 
+# Accounts with several devices (docs/protocol.md, "Devices" and "Linking").
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSeen:
+    """When one of the caller's own devices was last connected (Unix seconds, 0 never)."""
+
+    device: int
+    last_seen: int
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesOk(Reply):
+    id: int
+    device_list: SignedDeviceList | None  # nil: the account has not published one yet
+    seen: tuple[DeviceSeen, ...]  # filled only when the caller asks for its own account
+
+
+@dataclass(frozen=True, slots=True)
+class PublishDevicesOk(Reply):
+    id: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStartOk(Reply):
+    id: int
+    expires_at: int  # Unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFetchOk(Reply):
+    id: int
+    user: str
+    ephemeral: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkJoinOk(Reply):
+    """The new device's credential, and the old device's sealed grant."""
+
+    id: int
+    user: str
+    device: int
+    token: str
+    sealed: bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"LinkJoinOk(id={self.id}, user={self.user!r}, device={self.device}, token=<redacted>)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LinkAcceptOk(Reply):
+    id: int
+    device: int
+
+
 @dataclass(frozen=True, slots=True)
 class Error(Message):
     """A refused request (with its `id`) or a fatal connection error (`id` None)."""
@@ -158,6 +233,23 @@ class Error(Message):
     code: str
     message: str
     retry_after: float | None = None
+    versions: tuple[int, ...] | None = None  # unsupported_version: what the relay speaks
+    # `mismatched_devices`: the current signed lists of the accounts the send got wrong.
+    device_lists: tuple[SignedDeviceList, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "t": "error",
+            "id": self.id,
+            "code": self.code,
+            "message": self.message,
+            "retry_after": self.retry_after,
+        }
+        if self.versions is not None:  # only unsupported_version carries it
+            out["versions"] = list(self.versions)
+        if self.device_lists:  # only the one code that uses it pays for the field
+            out["device_lists"] = [{"body": s.body, "sig": s.sig} for s in self.device_lists]
+        return out
 
     @property
     def error_code(self) -> ErrorCode | None:
@@ -186,9 +278,10 @@ class Login(Request):
     id: int
     user: str
     token: str
+    device: int | None = None  # which of the account's devices; nil means device 1
 
     def __repr__(self) -> str:  # never let a token reach a log line
-        return f"Login(id={self.id}, user={self.user!r}, token=<redacted>)"
+        return f"Login(id={self.id}, user={self.user!r}, device={self.device}, token=<redacted>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +292,11 @@ class PublishKeys(Request):
     identity: IdentityPublic | None
     signed_prekey: SignedPrekey | None
     one_time_prekeys: tuple[OneTimePrekey, ...]
+    kem_last_resort: KemPrekey | None = None  # v2
+    one_time_kem_prekeys: tuple[KemPrekey, ...] = ()  # v2
+    # A different identity is refused unless this is set: a new profile must link, and
+    # only an explicit reset may replace the account's identity (and unlink the rest).
+    replace_identity: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +305,7 @@ class FetchBundle(Request):
     REPLY = BundleOk
     id: int
     user: str
+    device: int | None = None  # nil means device 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +350,93 @@ class Ping(Request):
     id: int
 
 
+@dataclass(frozen=True, slots=True)
+class FetchDevices(Request):
+    TYPE = "fetch_devices"
+    REPLY = DevicesOk
+    id: int
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishDevices(Request):
+    """A new signed list for the caller's account; devices it leaves out are unlinked."""
+
+    TYPE = "publish_devices"
+    REPLY = PublishDevicesOk
+    id: int
+    device_list: SignedDeviceList
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEnvelope:
+    """One sealed envelope for one device of one account."""
+
+    user: str
+    device: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListVersion:
+    """The device-list version the sender encrypted for."""
+
+    user: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendDevices(Request):
+    """One message to every device of its recipients (and the sender's other devices),
+    committed all or nothing; `lists` names the version each account's fan-out used."""
+
+    TYPE = "send_devices"
+    REPLY = SendOk
+    id: int
+    envelopes: tuple[DeviceEnvelope, ...]
+    lists: tuple[ListVersion, ...]
+
+    def __repr__(self) -> str:
+        return f"SendDevices(id={self.id}, envelopes={len(self.envelopes)}, lists={self.lists!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStart(Request):
+    TYPE = "link_start"
+    REPLY = LinkStartOk
+    id: int
+    channel: bytes
+    ephemeral: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFetch(Request):
+    TYPE = "link_fetch"
+    REPLY = LinkFetchOk
+    id: int
+    channel: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkJoin(Request):
+    TYPE = "link_join"
+    REPLY = LinkJoinOk
+    id: int
+    channel: bytes
+    ephemeral: bytes
+    sealed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkAccept(Request):
+    TYPE = "link_accept"
+    REPLY = LinkAcceptOk
+    id: int
+    channel: bytes
+    device_list: SignedDeviceList
+    sealed: bytes
+
+
 # --- pushes --------------------------------------------------------------------------
 
 
@@ -261,6 +447,7 @@ class Deliver(Push):
     sender: str
     ts: int  # when the relay took it (Unix seconds); the sealed envelope has the sender's
     body: bytes
+    sender_device: int = 1  # the sending device, as authenticated by its login
 
     def __repr__(self) -> str:
         return f"Deliver(mid={self.mid}, sender={self.sender!r}, body=<{len(self.body)} bytes>)"
@@ -272,6 +459,7 @@ class Deliver(Push):
             "sender": self.sender,
             "ts": self.ts,
             "body": self.body,
+            "sender_device": self.sender_device,
         }
 
 
@@ -289,10 +477,45 @@ class PresenceChanged(Push):
     online: bool
 
 
+@dataclass(frozen=True, slots=True)
+class DevicesChanged(Push):
+    TYPE = "devices_changed"
+    user: str
+    device_list: SignedDeviceList
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequestPush(Push):
+    TYPE = "link_request"
+    channel: bytes
+    ephemeral: bytes
+    sealed: bytes
+
+
 REQUESTS: dict[str, type[Request]] = {
-    c.TYPE: c for c in (Hello, Login, PublishKeys, FetchBundle, PrekeyCount, Send, Ack, Who, Ping)
+    c.TYPE: c
+    for c in (
+        Hello,
+        Login,
+        PublishKeys,
+        FetchBundle,
+        PrekeyCount,
+        Send,
+        Ack,
+        Who,
+        Ping,
+        FetchDevices,
+        PublishDevices,
+        SendDevices,
+        LinkStart,
+        LinkFetch,
+        LinkJoin,
+        LinkAccept,
+    )
 }
-PUSHES: dict[str, type[Push]] = {c.TYPE: c for c in (Deliver, KeyChanged, PresenceChanged)}
+PUSHES: dict[str, type[Push]] = {
+    c.TYPE: c for c in (Deliver, KeyChanged, PresenceChanged, DevicesChanged, LinkRequestPush)
+}
 
 
 # --- decoding ------------------------------------------------------------------------

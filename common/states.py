@@ -15,13 +15,20 @@ from hushwire.common.errors import ErrorCode, LocalProtocolError, RemoteProtocol
 from hushwire.common.messages import (
     Ack,
     FetchBundle,
+    FetchDevices,
     Hello,
+    LinkAccept,
+    LinkFetch,
+    LinkJoin,
+    LinkStart,
     Login,
     Ping,
     PrekeyCount,
+    PublishDevices,
     PublishKeys,
     Request,
     Send,
+    SendDevices,
     Who,
 )
 
@@ -38,8 +45,24 @@ class ConnState(Enum):
 
 ALLOWED: dict[ConnState, frozenset[type[Request]]] = {
     ConnState.AWAIT_HELLO: frozenset({Hello}),
-    ConnState.AWAIT_LOGIN: frozenset({Login, Ping}),
-    ConnState.READY: frozenset({PublishKeys, FetchBundle, PrekeyCount, Send, Ack, Who, Ping}),
+    # A new device joins an account (link_fetch, link_join) before it has a credential.
+    ConnState.AWAIT_LOGIN: frozenset({Login, Ping, LinkFetch, LinkJoin}),
+    ConnState.READY: frozenset(
+        {
+            PublishKeys,
+            FetchBundle,
+            PrekeyCount,
+            Send,
+            Ack,
+            Who,
+            Ping,
+            FetchDevices,
+            PublishDevices,
+            SendDevices,
+            LinkStart,
+            LinkAccept,
+        }
+    ),
 }
 
 # A successful reply to these moves the connection on.

@@ -198,6 +198,34 @@ def cmd_remove_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list_devices(args: argparse.Namespace) -> int:
+    devices: list[tuple[int, int, int | None]] = _run(args.db, lambda s: s.list_devices(args.name))
+    if args.json:
+        _print_json(
+            [{"device": d, "linked_at": at, "last_login_at": seen} for d, at, seen in devices]
+        )
+        return 0
+    rows = [("DEVICE", "LINKED", "LAST LOGIN")] + [
+        (str(d), _when(at), _when(seen)) for d, at, seen in devices
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(f"{len(devices)} device(s) of {args.name}")
+    return 0
+
+
+def cmd_remove_device(args: argparse.Namespace) -> int:
+    _run(args.db, lambda s: s.remove_device(args.name, args.device))
+    print(
+        f"removed device {args.device} of {args.name} with its credential, keys and mailbox;"
+        " a running relay closes its session within seconds. Its account's signed device"
+        " list still names it until one of their devices runs `hushwire unlink"
+        f" {args.device}`; until then the relay drops envelopes for it."
+    )
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     if isinstance(args.db, Path):
         start, end = migrations.migrate(args.db)
@@ -413,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_name(command("enable-user", cmd_enable_user, "allow a disabled user to log in again"))
     with_json(with_name(command("reset-token", cmd_reset_token, "replace a user's token")))
     with_name(command("remove-user", cmd_remove_user, "delete a user, keys and mailbox"))
+    with_json(with_name(command("list-devices", cmd_list_devices, "list a user's devices")))
+    removal = with_name(
+        command(
+            "remove-device", cmd_remove_device, "remove one device of a user (credential, mailbox)"
+        )
+    )
+    removal.add_argument("device", type=int, metavar="ID", help="the device id (list-devices)")
     command("migrate", cmd_migrate, "create the db or bring its schema up to date")
     with_json(
         command(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hushwire.common.crypto.devices import MAX_DEVICES
 from hushwire.common.errors import HushwireError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.version import version
@@ -57,6 +58,11 @@ class RelayConfig:
     dh_group: str = _opt(
         "x25519", "built-in DH group: x25519 or ffdhe3072 (ignored with dh_params)"
     )
+    min_protocol: int = _opt(
+        1,
+        "oldest protocol version served: 1 keeps serving version-1 (X3DH) clients, 2 turns "
+        "them away with unsupported_version",
+    )
     max_frame: int = _opt(DEFAULT_MAX_FRAME, "largest frame accepted, in bytes")
     max_mailbox: int = _opt(10_000, "envelopes queued per recipient before sends are refused")
     max_mailbox_bytes: int = _opt(256 * 1024 * 1024, "bytes queued per recipient")
@@ -93,8 +99,8 @@ class RelayConfig:
     )
     publish_burst: float = _opt(10.0, "key uploads a user may make at once")
     publish_period: float = _opt(60.0, "seconds for one more key upload to be allowed")
-    ack_rate: float = _opt(2000.0, "envelope ids a user may ack per second (sustained)")
-    ack_burst: float = _opt(4000.0, "envelope ids a user may ack at once")
+    ack_rate: float = _opt(10_000.0, "envelope ids a user may ack per second (sustained)")
+    ack_burst: float = _opt(20_000.0, "envelope ids a user may ack at once")
     request_rate: float = _opt(
         5.0, "who, prekey_count and ping requests per second per user, each (sustained)"
     )
@@ -108,6 +114,8 @@ class RelayConfig:
     max_pending_per_address: int = _opt(
         128, "TLS handshakes in progress at once from one address prefix (/24 IPv4, /64 IPv6)"
     )
+    max_devices: int = _opt(5, "devices per account (at most 16, the device list's ceiling)")
+    link_ttl: float = _opt(300.0, "seconds a link code stays valid")
     synchronous: str = _opt(
         "NORMAL",
         "SQLite synchronous mode: NORMAL survives any crash of the process, FULL also a power loss",
@@ -180,7 +188,7 @@ class RelayConfig:
             "send_burst login_failures login_failure_period fetch_burst fetch_period "
             "publish_burst publish_period delivery_window max_connections "
             "max_pending_per_address ack_rate ack_burst request_rate request_burst "
-            "target_fetch_burst target_fetch_period"
+            "target_fetch_burst target_fetch_period max_devices link_ttl"
         ).split()
         for name in positive:
             if getattr(self, name) <= 0:
@@ -199,8 +207,12 @@ class RelayConfig:
             raise ConfigError("log_format must be text or json")
         if self.metrics_listen is not None:
             host_port(self.metrics_listen)
+        if self.min_protocol not in (1, 2):
+            raise ConfigError("min_protocol must be 1 or 2")
         if self.max_frame < 1024:
             raise ConfigError("max_frame must be at least 1024 bytes")
+        if self.max_devices > MAX_DEVICES:
+            raise ConfigError(f"max_devices must be at most {MAX_DEVICES}")
         return self
 
 

@@ -56,6 +56,7 @@ from hushwire.common.messages import (
     request_id,
 )
 from hushwire.common.states import ConnState, advance, check
+from hushwire.relay.devices import split_principal
 from hushwire.relay.handlers import Relay
 from hushwire.relay.tls import peer_name
 
@@ -127,9 +128,12 @@ class Connection(asyncio.Protocol):
         self.peer_address = "unknown"
         self.cert_name: str | None = None
         self.state = ConnState.AWAIT_HELLO
-        self.user: str | None = None
+        self.user: str | None = None  # the logged-in principal (relay/devices.py)
+        self.account: str | None = None
+        self.device = 1
         self.token_hash: bytes | None = None
         self.wants_presence = False
+        self.version = 0  # the protocol version `hello` agreed on
         self._decoder = FrameDecoder(self.config.max_frame)
         self._loop = asyncio.get_running_loop()
         self._last_read = 0.0
@@ -325,6 +329,13 @@ class Connection(asyncio.Protocol):
         else:
             self._arm("idle", self.config.idle_timeout - quiet, self._idle_check)
 
+    def hold_handshake(self, seconds: float) -> None:
+        """A new device waits in `link_join` for its old device to answer: neither the
+        handshake nor the idle timeout may cut that wait (the link's expiry bounds it)."""
+        self._arm("handshake", seconds + self.config.handshake_timeout, self._handshake_expired)
+        self._last_read = self._loop.time() + seconds  # quiet only counts from then on
+        self._arm("idle", seconds + self.config.idle_timeout, self._idle_check)
+
     def _handshake_expired(self) -> None:
         self._timers.pop("handshake", None)
         if self.state is not ConnState.READY:
@@ -461,6 +472,8 @@ class Connection(asyncio.Protocol):
                 code=exc.code,
                 message=exc.message[:MAX_ERROR_MESSAGE],
                 retry_after=exc.retry_after,
+                versions=exc.versions,
+                device_lists=exc.device_lists,
             )
         elif isinstance(exc, HushwireError):
             reply = Error(id=request.id, code=exc.code, message=exc.message[:MAX_ERROR_MESSAGE])
@@ -572,7 +585,16 @@ class Connection(asyncio.Protocol):
         finally:
             self._reading_mailbox = False
         for row in rows:
-            self._deliver(Deliver(mid=row.mid, sender=row.sender, ts=row.created_at, body=row.body))
+            sender, device = split_principal(row.sender)
+            self._deliver(
+                Deliver(
+                    mid=row.mid,
+                    sender=sender,
+                    ts=row.created_at,
+                    body=row.body,
+                    sender_device=device,
+                )
+            )
         if len(rows) == limit:
             self._backlog = True  # there may be more once acks make room
         if self._backlog:
@@ -595,4 +617,6 @@ class Connection(asyncio.Protocol):
         self._inflight[d.mid] = wire
         self._by_wire[wire] = d.mid
         self._cursor = d.mid
-        self._queue(Deliver(mid=wire, sender=d.sender, ts=d.ts, body=d.body))
+        self._queue(
+            Deliver(mid=wire, sender=d.sender, ts=d.ts, body=d.body, sender_device=d.sender_device)
+        )

@@ -8,16 +8,23 @@ relay can push to them. Tests can drive this with any `Peer`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.errors import ErrorCode, RequestError, echo
-from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from hushwire.common.keys import (
+    KEM_PUBLIC_LEN,
+    PQ_BUNDLE_VERSION,
+    IdentityPublic,
+    OneTimePrekey,
+    SignedPrekey,
+)
 from hushwire.common.messages import (
-    PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Ack,
     AckOk,
@@ -41,6 +48,7 @@ from hushwire.common.messages import (
     Reply,
     Request,
     Send,
+    SendDevices,
     SendOk,
     Who,
     WhoOk,
@@ -48,6 +56,8 @@ from hushwire.common.messages import (
 from hushwire.common.names import check_username, is_valid_username
 from hushwire.relay.addresses import address_prefix
 from hushwire.relay.config import RelayConfig
+from hushwire.relay.device_handlers import DeviceHandlers
+from hushwire.relay.devices import principal, split_principal
 from hushwire.relay.errors import StoreError
 from hushwire.relay.metrics import RelayCounters
 from hushwire.relay.ratelimit import RateLimiter
@@ -76,13 +86,18 @@ Answer = Callable[[Message | BaseException], None]
 
 
 class Peer(Protocol):
-    """What the relay needs from a connection."""
+    """What the relay needs from a connection. `user` is the logged-in principal (the
+    store's name for one device, relay/devices.py), `account` and `device` say whose
+    and which."""
 
     peer_address: str
     cert_name: str | None
     user: str | None
+    account: str | None
+    device: int
     token_hash: bytes | None
     wants_presence: bool
+    version: int  # the protocol version agreed in `hello` (0 before)
 
     def push(self, message: Message) -> None: ...
     def offer_early(self, delivery: Deliver) -> bool: ...
@@ -90,6 +105,7 @@ class Peer(Protocol):
     def offer(self, delivery: Deliver) -> None: ...
     def acked(self, mids: Iterable[int]) -> None: ...
     def kick(self, code: ErrorCode, message: str) -> None: ...
+    def hold_handshake(self, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,28 +121,38 @@ class _Outgoing:
     """One send between the reservation of its ids and its `ok`: where the early push
     went, so that the commit (or a failure) finishes what it started, in order."""
 
-    __slots__ = ("body", "early", "online", "recipients", "ts", "user")
+    __slots__ = ("bodies", "device", "early", "online", "recipients", "ts", "user")
 
     def __init__(
-        self, online: dict[str, Peer], user: str, recipients: tuple[str, ...], ts: int, body: bytes
+        self,
+        online: dict[str, Peer],
+        sender: Peer,
+        recipients: Sequence[str],
+        ts: int,
+        bodies: Sequence[bytes],
     ) -> None:
         self.online = online  # the relay's live map: who is online when each step runs
-        self.user = user
-        self.recipients = recipients
+        self.user = sender.account or ""
+        self.device = sender.device
+        self.recipients = recipients  # principals
         self.ts = ts
-        self.body = body
+        self.bodies = bodies  # one per recipient
         self.early: dict[int, tuple[Peer, bool]] = {}  # mid -> (session offered, taken)
+
+    def _deliver(self, mid: int, i: int) -> Deliver:
+        return Deliver(
+            mid=mid, sender=self.user, ts=self.ts, body=self.bodies[i], sender_device=self.device
+        )
 
     def push_early(self, mids: list[int]) -> None:
         """Runs when the ids are reserved, before the commit: an online recipient that is
         caught up gets the envelope at once, and if it acks before the commit the store
         never writes the row. The sender still hears `ok` only once the envelope is
         committed or acked (docs/protocol.md, send)."""
-        for recipient, mid in zip(self.recipients, mids, strict=True):
+        for i, (recipient, mid) in enumerate(zip(self.recipients, mids, strict=True)):
             online = self.online.get(recipient)
             if online is not None:
-                d = Deliver(mid=mid, sender=self.user, ts=self.ts, body=self.body)
-                self.early[mid] = (online, online.offer_early(d))
+                self.early[mid] = (online, online.offer_early(self._deliver(mid, i)))
 
     def unhold(self) -> None:
         """The send failed: release the places held for it."""
@@ -136,13 +162,13 @@ class _Outgoing:
 
     def offer_committed(self, mids: list[int]) -> None:
         """After the commit: offer what the early push did not deliver."""
-        for recipient, mid in zip(self.recipients, mids, strict=True):
+        for i, (recipient, mid) in enumerate(zip(self.recipients, mids, strict=True)):
             peer, taken = self.early.get(mid, (None, False))
             online = self.online.get(recipient)
             if peer is not None and not taken and peer is not online:
                 peer.unhold(mid)  # that session is gone; its successor gets it below
             if online is not None and not (taken and online is peer):
-                online.offer(Deliver(mid=mid, sender=self.user, ts=self.ts, body=self.body))
+                online.offer(self._deliver(mid, i))
 
 
 class Relay:
@@ -150,7 +176,8 @@ class Relay:
         self.config = config
         self.store = store
         self.group = group
-        self.online: dict[str, Peer] = {}
+        self.online: dict[str, Peer] = {}  # by principal: one live session per device
+        self._sessions: dict[str, set[Peer]] = {}  # account -> its devices online
         self.counters = RelayCounters()
         # Failed logins per (user, address prefix): see _login.
         self._login_failures = RateLimiter(config.login_limit)
@@ -179,6 +206,8 @@ class Relay:
             Who: self._who,  # type: ignore[dict-item]
             Ping: self._ping,  # type: ignore[dict-item]
         }
+        self.devices = DeviceHandlers(self)
+        self._dispatch.update(self.devices.dispatch)
 
     async def handle(self, peer: Peer, request: Request, now: float) -> Reply:
         """Answer one request (the connection has already checked the state table)."""
@@ -189,7 +218,7 @@ class Relay:
         user's limit (send, fetch_bundle and publish_keys are limited in their handlers,
         which know their cost)."""
         kind = type(request)
-        if kind is Send or kind is FetchBundle or kind is PublishKeys:
+        if kind is Send or kind is SendDevices or kind is FetchBundle or kind is PublishKeys:
             return
         user = self._user(peer)
         if kind is Ack:
@@ -204,20 +233,32 @@ class Relay:
         user = peer.user
         if user is not None and self.online.get(user) is peer:
             del self.online[user]
-            self._announce(user, online=False)
-            self._contacts.pop(user, None)
+            self.devices.disconnected(peer)
+            account = peer.account or user
+            live = self._sessions.get(account)
+            if live is not None:
+                live.discard(peer)
+                if not live:
+                    del self._sessions[account]
+                    self._announce(account, online=False)
+                    self._contacts.pop(account, None)
 
     # --- handshake ---------------------------------------------------------------
 
     async def _hello(self, peer: Peer, req: Hello, now: float) -> HelloOk:
-        if PROTOCOL_VERSION not in req.versions:
+        # The newest version both speak; version 1 only while the operator serves it.
+        served = tuple(v for v in SUPPORTED_VERSIONS if v >= self.config.min_protocol)
+        common = set(req.versions) & set(served)
+        if not common:
             raise RequestError(
                 ErrorCode.UNSUPPORTED_VERSION,
-                f"this relay speaks protocol version(s) {list(SUPPORTED_VERSIONS)}",
+                f"this relay speaks protocol version(s) {list(served)}",
+                versions=served,
             )
+        peer.version = max(common)
         return HelloOk(
             id=req.id,
-            version=PROTOCOL_VERSION,
+            version=peer.version,
             relay=RELAY_NAME,
             group=self.group.name,
             group_params=self.group.params_pem,
@@ -225,19 +266,12 @@ class Relay:
             idle_timeout=self.config.idle_timeout,
         )
 
-    async def _login(self, peer: Peer, req: Login, now: float) -> LoginOk:
-        logins = self.counters.logins
-        if not is_valid_username(req.user):
-            # A name that cannot exist costs nothing: no lookup, no hash, no limiter entry
-            # (a key per arbitrary 64 KB string was a memory leak), and it is not echoed.
-            logins["auth_failed"] += 1
-            log.info("failed login (invalid user name) from %s", peer.peer_address)
-            raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
-        # Failures count per (user, address prefix): guesses from one network lock out
-        # only that network's attempts for that user, never the user's own logins from
-        # elsewhere. Tokens are 256 random bits; the limit bounds work, not guessing odds.
-        key = (req.user, address_prefix(peer.peer_address))
+    def check_login_rate(self, peer: Peer, user: str, now: float) -> tuple[str, str]:
+        """RATE_LIMITED while (user, address prefix) is over its failed-login budget;
+        the limiter key. Link attempts count under the user name ''."""
+        key = (user, address_prefix(peer.peer_address))
         wait = self._login_failures.retry_after(key, now)
+        logins = self.counters.logins
         if wait:
             logins["rate_limited"] += 1
             self.counters.rate_limited["login"] += 1
@@ -246,13 +280,42 @@ class Relay:
                 f"too many failed logins; retry in {math.ceil(wait)} s",
                 retry_after=wait,
             )
-        record = await self.store.get_user(req.user)
+        return key
+
+    def failed_login(self, peer: Peer, user: str, now: float) -> None:
+        """Charge a failed login (or link attempt, user '') to (user, address prefix)."""
+        self._login_failures.consume((user, address_prefix(peer.peer_address)), now)
+
+    async def _login(self, peer: Peer, req: Login, now: float) -> LoginOk:
+        logins = self.counters.logins
+        if not is_valid_username(req.user):
+            # A name that cannot exist costs nothing: no lookup, no hash, no limiter entry
+            # (a key per arbitrary 64 KB string was a memory leak), and it is not echoed.
+            logins["auth_failed"] += 1
+            log.info(
+                "failed login (invalid user name) from %s",
+                peer.peer_address,
+                extra={"event": "login_failed", "peer": peer.peer_address},
+            )
+            raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
+        # Failures count per (user, address prefix): guesses from one network lock out
+        # only that network's attempts for that user, never the user's own logins from
+        # elsewhere. Tokens are 256 random bits; the limit bounds work, not guessing odds.
+        key = self.check_login_rate(peer, req.user, now)
+        device = 1 if req.device is None else req.device
+        name = principal(req.user, device)
+        record = await self.store.get_user(name) if device > 0 else None
         # Hash even for an unknown user, so timing does not reveal which names exist.
         salt, expected = (record.token_salt, record.token_hash) if record else DUMMY
         if not verify_token(req.token, salt, expected) or record is None:
             self._login_failures.consume(key, now)
             logins["auth_failed"] += 1
-            log.info("failed login for %s from %s", req.user, peer.peer_address)
+            log.info(
+                "failed login for %s from %s",
+                req.user,
+                peer.peer_address,
+                extra={"event": "login_failed", "user": req.user, "peer": peer.peer_address},
+            )
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
         self._login_failures.forget(key)
         if record.disabled:
@@ -265,25 +328,42 @@ class Relay:
                 ErrorCode.AUTH_FAILED, f"the client certificate is not for user {req.user}"
             )
         contacts = await self.store.contacts(req.user)
-        previous = self.online.get(req.user)
+        previous = self.online.get(name)
         if previous is not None and previous is not peer:
-            # One live session per user: the newest login wins, as a reconnecting client
+            # One live session per device: the newest login wins, as a reconnecting client
             # must not be locked out by its own half-dead earlier connection.
             previous.kick(ErrorCode.SESSION_REPLACED, "logged in from another connection")
-        peer.user = req.user
+        first = not self._sessions.get(req.user)
+        peer.user, peer.account, peer.device = name, req.user, device
         peer.token_hash = record.token_hash
-        self.online[req.user] = peer
+        self.online[name] = peer
+        self._sessions.setdefault(req.user, set()).add(peer)
         self._contacts[req.user] = contacts
-        await self.store.record_login(req.user, now=int(now))
-        has_identity, left = await self.store.key_status(req.user)
+        await self.store.record_login(name, now=int(now))
+        has_identity, left = await self.store.key_status(name)
+        key_version, kem_left = await self.store.kem_status(name)
         # Key changes that happened while this user was offline: tell them now (again at
         # every login until they fetch the new bundle).
-        for target, identity in await self.store.changed_identities(req.user):
-            peer.push(KeyChanged(user=target, identity=identity))
+        for target, identity in await self.store.changed_identities(name):
+            peer.push(KeyChanged(user=split_principal(target)[0], identity=identity))
         logins["ok"] += 1
-        log.info("login %s from %s", req.user, peer.peer_address)
-        self._announce(req.user, online=True)
-        return LoginOk(id=req.id, user=req.user, prekeys_left=left, has_identity=has_identity)
+        log.info(
+            "login %s device %d from %s",
+            req.user,
+            device,
+            peer.peer_address,
+            extra={"event": "login", "user": req.user, "device": device, "peer": peer.peer_address},
+        )
+        if first:
+            self._announce(req.user, online=True)
+        return LoginOk(
+            id=req.id,
+            user=req.user,
+            prekeys_left=left,
+            has_identity=has_identity,
+            kem_prekeys_left=kem_left,
+            key_version=key_version,
+        )
 
     # --- key directory -----------------------------------------------------------
 
@@ -304,10 +384,41 @@ class Relay:
                 f"{what} must be {self.group.public_size} bytes for {self.group.name}",
             )
 
+    async def _check_account_identity(
+        self, peer: Peer, identity: IdentityPublic, replace: bool
+    ) -> None:
+        """A device publishes the account's identity with its own DH key: a different
+        account key is refused unless it is an explicit reset, and once the account has a
+        device list the DH key must be the one the list gives this device."""
+        account, device = self.account_of(peer)
+        stored = await self.store.account_identity(account)
+        if stored is not None and stored.sign_key != identity.sign_key:
+            if not replace:
+                raise RequestError(
+                    ErrorCode.ACCOUNT_HAS_DEVICES,
+                    f"{account} already has keys on another device; to use this machine "
+                    f"too, run `hushwire link` on a device of {account} and "
+                    "`hushwire login --link CODE` here (or `--replace-identity` to start "
+                    "over with a new identity, which unlinks every other device)",
+                )
+            removed = await self.store.reset_devices(account, keep=device)
+            log.info("%s replaced its identity; %d other device(s) unlinked", account, len(removed))
+            self.devices.unlinked(account, removed)
+            return
+        cur = (await self.devices.current([account]))[account]
+        if cur.signed is not None:
+            listed = DeviceList.decode(cur.signed.body).device(device)
+            if listed is None or listed.dh_key != identity.dh_key:
+                raise RequestError(
+                    ErrorCode.BAD_KEYS, f"device {device}'s key is not the one in the device list"
+                )
+
     async def _publish(self, peer: Peer, req: PublishKeys, now: float) -> PublishOk:
         user = self._user(peer)
+        account, _ = self.account_of(peer)
         if req.identity is not None:
             self._check_identity(req.identity)
+            await self._check_account_identity(peer, req.identity, req.replace_identity)
         spk: SignedPrekey | None = req.signed_prekey
         if spk is not None:
             self._check_public(spk.key, "signed prekey")
@@ -320,41 +431,75 @@ class Relay:
             )
         for otpk in one_time:
             self._check_public(otpk.key, "one-time prekey")
+        self._check_kem(peer, req)
         self._limit(self._publishes, "publish", user, now, "key uploads")
         result = await self.store.publish_keys(
-            user, identity=req.identity, signed_prekey=spk, one_time=one_time, now=int(now)
+            user,
+            identity=req.identity,
+            signed_prekey=spk,
+            one_time=one_time,
+            now=int(now),
+            kem_last_resort=req.kem_last_resort,
+            kem_one_time=req.one_time_kem_prekeys,
+            version=peer.version,
         )
         if result.identity_changed and req.identity is not None:
             log.info(
                 "identity key of %s changed; notifying %d watcher(s)", user, len(result.watchers)
             )
-            push = KeyChanged(user=user, identity=req.identity)
+            push = KeyChanged(user=account, identity=req.identity)
             for watcher in result.watchers:
                 online = self.online.get(watcher)
                 if online is not None:
                     online.push(push)
-        return PublishOk(id=req.id, prekeys_left=result.prekeys_left)
+        return PublishOk(
+            id=req.id, prekeys_left=result.prekeys_left, kem_prekeys_left=result.kem_prekeys_left
+        )
+
+    def _check_kem(self, peer: Peer, req: PublishKeys) -> None:
+        kem = (*req.one_time_kem_prekeys, *filter(None, [req.kem_last_resort]))
+        if kem and peer.version < PQ_BUNDLE_VERSION:
+            raise RequestError(ErrorCode.BAD_REQUEST, "KEM prekeys need protocol version 2")
+        if len(req.one_time_kem_prekeys) > MAX_PREKEYS_PER_UPLOAD:
+            raise RequestError(
+                ErrorCode.BAD_KEYS,
+                f"at most {MAX_PREKEYS_PER_UPLOAD} one-time KEM prekeys per upload",
+            )
+        for key in kem:
+            if len(key.key) != KEM_PUBLIC_LEN or len(key.sig) != ED25519_SIG:
+                raise RequestError(
+                    ErrorCode.BAD_KEYS,
+                    f"a KEM prekey must be {KEM_PUBLIC_LEN} bytes (ML-KEM-768) with a"
+                    f" {ED25519_SIG}-byte signature",
+                )
 
     async def _fetch(self, peer: Peer, req: FetchBundle, now: float) -> BundleOk:
         user = self._user(peer)
         target = check_username(req.user)
+        device = 1 if req.device is None else req.device
         # X3DH 4.7: a client could drain a victim's one-time prekeys; bound the rate.
         self._limit(self._fetches, "fetch", user, now, "prekey bundle fetches")
-        if not await self.store.user_exists(target):
+        name = principal(target, device)
+        if device < 1 or not await self.store.user_exists(name):
+            if device != 1 and await self.store.user_exists(target):
+                raise RequestError(ErrorCode.UNKNOWN_DEVICE, f"{target} has no device {device}")
             raise RequestError(ErrorCode.UNKNOWN_USER, f"no user {target}")
         # Several accounts together must not drain an offline victim either: past the
         # target's own budget, fetches get the last-resort bundle (the signed prekey
         # alone, X3DH without DH4), so sessions still start and no prekey is consumed.
-        one_time = self._one_time_of.consume(target, now) == 0
-        bundle = await self.store.fetch_bundle(user, target, one_time=one_time)
+        one_time = self._one_time_of.consume(name, now) == 0
+        bundle = await self.store.fetch_bundle(user, name, peer.version, one_time=one_time)
         if bundle is None:
             raise RequestError(ErrorCode.NO_KEYS, f"{target} has not published keys yet")
-        if user != target:
-            self._met(user, target)
-        return BundleOk(id=req.id, bundle=bundle)
+        account = peer.account or user
+        if account != target:
+            self._met(account, target)
+        return BundleOk(id=req.id, bundle=dataclasses.replace(bundle, user=target))
 
     async def _count(self, peer: Peer, req: PrekeyCount, now: float) -> CountOk:
-        return CountOk(id=req.id, count=await self.store.prekey_count(self._user(peer)))
+        user = self._user(peer)
+        _, kem_left = await self.store.kem_status(user)
+        return CountOk(id=req.id, count=await self.store.prekey_count(user), kem_count=kem_left)
 
     # --- mailbox -----------------------------------------------------------------
 
@@ -387,8 +532,10 @@ class Relay:
             user, recipients = self._send_checks(peer, req)
             if not self.store.cached(recipients):
                 return False
+        if not self.store.single_device((peer.account or user, *recipients)):
+            return False  # `_send` answers mismatched_devices with the lists
         self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
-        out = _Outgoing(self.online, user, recipients, int(now), req.body)
+        out = _Outgoing(self.online, peer, recipients, int(now), (req.body,) * len(recipients))
         counters = self.counters
 
         def done(mids: list[int] | None, exc: BaseException | None) -> None:
@@ -402,19 +549,29 @@ class Relay:
                 reply(SendOk(id=req.id, mids=(), ts=out.ts))
 
         self.store.enqueue_nowait(
-            user, recipients, out.body, now=out.ts, on_done=done, on_reserved=out.push_early
+            user, recipients, req.body, now=out.ts, on_done=done, on_reserved=out.push_early
         )
         return True
 
     async def _send(self, peer: Peer, req: Send, now: float) -> SendOk:
         user, recipients = self._send_checks(peer, req)
+        account = peer.account or user
+        if not self.store.single_device((account, *recipients)):
+            # A one-body send reaches device 1 only: with more devices it would lose
+            # messages silently, so the client is told to fan out (send_devices).
+            wrong = await self.devices.current(list(dict.fromkeys((account, *recipients))))
+            raise RequestError(
+                ErrorCode.MISMATCHED_DEVICES,
+                "a recipient or the sender has several devices: use send_devices",
+                device_lists=tuple(a.signed for a in wrong.values() if a.signed is not None),
+            )
         self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
-        out = _Outgoing(self.online, user, recipients, int(now), req.body)
+        out = _Outgoing(self.online, peer, recipients, int(now), (req.body,) * len(recipients))
         # Nothing may await before enqueue: the store takes sends in call order, which
         # keeps one sender's envelopes in order even when they are pipelined.
         try:
             mids = await self.store.enqueue(
-                user, recipients, out.body, now=out.ts, on_reserved=out.push_early
+                user, recipients, req.body, now=out.ts, on_reserved=out.push_early
             )
         except BaseException:
             out.unhold()
@@ -423,6 +580,36 @@ class Relay:
         self.counters.envelopes += len(mids)
         out.offer_committed(mids)
         return SendOk(id=req.id, mids=(), ts=out.ts)
+
+    async def send_each(
+        self,
+        peer: Peer,
+        rid: int,
+        recipients: Sequence[str],
+        bodies: Sequence[bytes],
+        now: float,
+        *,
+        keep: Sequence[bool],
+    ) -> SendOk:
+        """Queue one body per recipient principal, all or nothing; `keep` says which of
+        the request's envelopes these are (the others were dropped: 0 in `mids`)."""
+        user = self._user(peer)
+        self._limit(self._sends, "send", user, now, "envelopes", cost=max(len(keep), 1))
+        out = _Outgoing(self.online, peer, recipients, int(now), bodies)
+        mids: list[int] = []
+        if recipients:
+            try:
+                mids = await self.store.enqueue_each(
+                    user, recipients, bodies, now=out.ts, on_reserved=out.push_early
+                )
+            except BaseException:
+                out.unhold()
+                raise
+            out.offer_committed(mids)
+            self.counters.sends += 1
+            self.counters.envelopes += len(mids)
+        # Never the internal mailbox ids (see protocol.md, send): 1 queued, 0 dropped.
+        return SendOk(id=rid, mids=tuple(int(k) for k in keep), ts=out.ts)
 
     def ack_nowait(self, peer: Peer, req: Ack, reply: Answer) -> bool:
         """`ack` without a task: `reply` is called now if every row was elided, else once
@@ -471,12 +658,15 @@ class Relay:
             if not u.disabled and (after is None or u.name > after)
         ]
         page = users[: self._who_page]
-        me = self._user(peer)
+        me = peer.account or self._user(peer)
         visible = self._contacts.get(me, set())
         return WhoOk(
             id=req.id,
             users=tuple(
-                Presence(user=name, online=name in self.online and (name in visible or name == me))
+                Presence(
+                    user=name,
+                    online=name in self._sessions and (name in visible or name == me),
+                )
                 for name in page
             ),
             next=page[-1] if len(users) > len(page) else None,
@@ -491,9 +681,9 @@ class Relay:
         logs in or out, and a login costs O(contacts), not O(online)."""
         push = PresenceChanged(user=user, online=online)
         for name in self._contacts.get(user, ()):
-            other = self.online.get(name)
-            if other is not None and other.wants_presence:
-                other.push(push)
+            for other in self._sessions.get(name, ()):
+                if other.wants_presence:
+                    other.push(push)
 
     def _met(self, user: str, target: str) -> None:
         """`user` fetched `target`'s bundle: from now on each sees the other's presence."""
@@ -502,9 +692,10 @@ class Relay:
             if contacts is None or other in contacts:
                 continue
             contacts.add(other)
-            peer = self.online.get(me)
-            if peer is not None and peer.wants_presence and other in self.online:
-                peer.push(PresenceChanged(user=other, online=True))
+            if other in self._sessions:
+                for peer in self._sessions.get(me, ()):
+                    if peer.wants_presence:
+                        peer.push(PresenceChanged(user=other, online=True))
 
     # --- admin changes made while running ------------------------------------------
 
@@ -512,7 +703,7 @@ class Relay:
         """Drop sessions of users disabled, removed or re-tokened since they logged in."""
         if not self.online:
             return 0
-        records = {u.name: u for u in await self.store.list_users()}
+        records = {u.name: u for u in await self.store.list_principals()}
         dropped = 0
         for name, peer in list(self.online.items()):
             record = records.get(name)
@@ -525,7 +716,7 @@ class Relay:
             else:
                 continue
             code = ErrorCode.USER_DISABLED if record and record.disabled else ErrorCode.AUTH_FAILED
-            log.info("disconnecting %s: %s", name, reason)
+            log.info("disconnecting %s: %s", name, reason, extra={"event": "kicked", "user": name})
             peer.kick(code, reason)
             self.disconnected(peer)
             dropped += 1
@@ -538,6 +729,13 @@ class Relay:
         if peer.user is None:  # the state table makes this unreachable; keep it typed
             raise RequestError(ErrorCode.OUT_OF_ORDER, "log in first")
         return peer.user
+
+    @staticmethod
+    def account_of(peer: Peer) -> tuple[str, int]:
+        """(account, device) of a logged-in connection."""
+        if peer.account is None:
+            raise RequestError(ErrorCode.OUT_OF_ORDER, "log in first")
+        return peer.account, peer.device
 
     def _limit(
         self,

@@ -23,7 +23,9 @@ from hushwire.client.service import (
     MessagesReleased,
     Notice,
     Presence,
+    SessionRestarted,
     relay_error_text,
+    restart_text,
 )
 from hushwire.client.text import safe_for_terminal
 from hushwire.client.tui.commands import COMMANDS, HELP_KEYS, Command, CommandError, parse_input
@@ -234,11 +236,15 @@ class ChatController:
         if not state.key_changed:
             self.model.info(f"{name}'s identity key has not changed; nothing to accept")
             return
+        conv = self.model.conversation(name)
+        conv.key_changed = False  # so a further change found while sending warns again
         released = await self.client.trust(name)
-        self.model.conversation(name).key_changed = False
         self.model.info(
             f"accepted {name}'s new identity key (not verified: compare with /verify {name})"
         )
+        # The flag follows the profile: sending the held messages may have met yet
+        # another key, which then needs its own /trust (and says so).
+        conv.key_changed = (await self.client.contact_state(name)).key_changed
         where = "sent" if self.client.state == "connected" else "queued for the relay"
         self.model.info(f"{released} held message(s) {where}")
 
@@ -270,6 +276,8 @@ class ChatController:
                 "warning",
                 event.contact,
             )
+        elif isinstance(event, SessionRestarted):
+            model.info(restart_text(event), "warning", event.contact)
         elif isinstance(event, MessageRejected):
             model.info(
                 f"a message from {event.contact} was rejected and not shown: {event.reason}",

@@ -32,16 +32,24 @@ def _stamp(at: datetime | None) -> str:
     return local.strftime("%m-%d %H:%M ")
 
 
+# Longest pane row, in characters. prompt_toolkit cannot show the rows under a line that
+# wraps to more rows than the window has (after a 60 KB message the bottom view held one
+# line and 40 blank rows), so longer rows are cut into pieces that wrap to fewer.
+MAX_ROW: Final = 500
+
+
 def render(line: Line) -> list[str]:
     """A Line as display rows: `HH:MM who: text`, continuation rows indented."""
     if line.kind in ("in", "out"):
         note = f"  [{line.note}]" if line.note else ""
         head = f"{_stamp(line.at)}{line.sender}: "
         first, *rest = (line.text + note).split("\n")
-        return [head + first, *(" " * len(head) + r for r in rest)]
-    prefix = {"command": "» ", "error": "! ", "warning": "⚠ "}.get(line.kind, "* ")
-    first, *rest = line.text.split("\n")
-    return [prefix + first, *("  " + r for r in rest)]
+        rows = [head + first, *(" " * len(head) + r for r in rest)]
+    else:
+        prefix = {"command": "» ", "error": "! ", "warning": "⚠ "}.get(line.kind, "* ")
+        first, *rest = line.text.split("\n")
+        rows = [prefix + first, *("  " + r for r in rest)]
+    return [row[i : i + MAX_ROW] for row in rows for i in range(0, max(len(row), 1), MAX_ROW)]
 
 
 class _RowLexer(Lexer):
@@ -132,9 +140,14 @@ class MessagePane:
         info = self.window.render_info
         height = info.window_height if info else 20
         page = max(1, height - 1)
-        row = doc.cursor_position_row  # beyond the view drawn last if keys came faster
+        # The view drawn last may be stale (keys or lines came faster than redraws):
+        # the cursor, or the bottom when following, is where the next draw puts it.
+        row = doc.cursor_position_row
         if pages < 0:
-            top = min(info.first_visible_line(), row) if info else row
+            top = info.first_visible_line() if info else row
+            if self.following:
+                top = max(top, doc.line_count - height)
+            top = min(top, row)
             target = max(0, top - page * -pages)
         else:
             bottom = max(info.last_visible_line(), row) if info else row

@@ -8,9 +8,10 @@ operations, one transaction, every caller answered after the commit, so `enqueue
 returning means the rows are durable. Records and limits are in records.py.
 
 Layout: records.py (record types, limits), batching.py (group commit), mailbox.py
-(reservation, limits, acks, id cache), keys.py (checks on uploads), core.py (`Store`),
-sqlite.py (the embedded default backend), postgres.py (asyncpg, imported only for a
-postgresql:// URL), urls.py (telling a path from a URL).
+(reservation, limits, acks, id cache), keys.py (checks on uploads), devices.py
+(accounts with devices), core.py (`Store`), sqlite.py (the embedded default backend)
+with sqlite_devices.py, postgres.py (asyncpg, imported only for a postgresql:// URL)
+with postgres_devices.py, urls.py (telling a path from a URL).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from hushwire.common.keys import IdentityPublic, PrekeyBundle, SignedPrekey
+from hushwire.common.keys import IdentityPublic, PrekeyBundle, SignedDeviceList, SignedPrekey
+from hushwire.relay.devices import AccountDevices
 from hushwire.relay.store.batching import Op
 from hushwire.relay.store.core import Store
 from hushwire.relay.store.quota import DiskGuard, QuotaLimits, Usage
@@ -29,6 +31,7 @@ from hushwire.relay.store.records import (
     MAX_PENDING_LIMIT,
     MAX_PREKEY_ID,
     USER_EVENTS_KEPT,
+    KemUpload,
     PublishResult,
     StoredEnvelope,
     UserEvent,
@@ -80,10 +83,16 @@ class Backend(Protocol):
         signed_prekey: SignedPrekey | None,
         one_time: Sequence[tuple[int, bytes]],
         now: int,
+        kem: KemUpload,
+        version: int,
     ) -> PublishResult: ...
     async def fetch_bundle(
-        self, fetcher: str, target: str, *, one_time: bool
-    ) -> PrekeyBundle | None: ...
+        self, fetcher: str, target: str, version: int, *, one_time: bool
+    ) -> PrekeyBundle | None:
+        """RequestError(UNSUPPORTED_VERSION), consuming nothing, if the target's keys are
+        for the other protocol version."""
+        ...
+
     async def contacts(self, user: str) -> set[str]:
         """Users of whom `user` fetched the bundle, or who fetched `user`'s."""
         ...
@@ -91,6 +100,53 @@ class Backend(Protocol):
     async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]: ...
     async def prekey_count(self, user: str) -> int: ...
     async def key_status(self, user: str) -> tuple[bool, int]: ...
+    async def kem_status(self, user: str) -> tuple[int, int]: ...
+
+    # devices (store/devices.py, sqlite_devices.py; migration 0004)
+    async def list_principals(self) -> list[UserRecord]:
+        """Accounts and their linked devices (`list_users` gives accounts only)."""
+        ...
+
+    async def multi_device_accounts(self) -> set[str]: ...
+    async def account_devices(self, accounts: Sequence[str]) -> dict[str, AccountDevices]: ...
+    async def account_identity(self, account: str) -> IdentityPublic | None: ...
+    async def watch(self, watcher: str, account: str) -> None: ...
+    async def device_seen(self, account: str) -> dict[int, int]: ...
+    async def list_devices(self, account: str) -> list[tuple[int, int, int | None]]: ...
+    async def store_device_list(
+        self,
+        account: str,
+        version: int,
+        signed: SignedDeviceList,
+        *,
+        removed: frozenset[int],
+        now: int,
+    ) -> tuple[list[str], list[str], int]:
+        """(watchers, principals removed, devices left); STALE_DEVICE_LIST if not newer."""
+        ...
+
+    async def add_device(
+        self,
+        account: str,
+        device: int,
+        version: int,
+        signed: SignedDeviceList,
+        *,
+        name: str,
+        token_hash: bytes,
+        salt: bytes,
+        now: int,
+    ) -> tuple[list[str], int]:
+        """(watchers, devices now)."""
+        ...
+
+    async def reset_devices(self, account: str, *, keep: int) -> tuple[list[int], list[str]]:
+        """(device ids unlinked, principals removed)."""
+        ...
+
+    async def remove_device(self, account: str, device: int) -> tuple[str, int]:
+        """(principal removed, devices left); UnknownUser if there is no such device."""
+        ...
 
     # mailbox
     async def pending(self, recipient: str, after: int, limit: int) -> list[StoredEnvelope]: ...

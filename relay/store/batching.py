@@ -74,13 +74,14 @@ def resolve(fut: asyncio.Future[T] | Waiter, value: T) -> None:
 
 @dataclass(slots=True)
 class Enqueue:
-    """One envelope for one or more recipients: one mailbox row per recipient."""
+    """One envelope for one or more recipients: one mailbox row per recipient (the same
+    body for all, or one body each for a per-device fan-out)."""
 
     sender: str
     names: Sequence[str]
     rids: list[int]
     mids: list[int]
-    body: bytes
+    body: bytes | Sequence[bytes]
     now: int
     fut: asyncio.Future[list[int]] | Waiter
     elided: set[int] | None = None  # mids the recipient acked before this was written
@@ -91,9 +92,15 @@ class Enqueue:
     def rows(self) -> list[tuple[int, int, str, int, bytes]]:
         """(mid, recipient id, sender, created_at, body) of each row still to write."""
         elided = self.elided or ()
+        if isinstance(self.body, bytes):
+            return [
+                (mid, rid, self.sender, self.now, self.body)
+                for mid, rid in zip(self.mids, self.rids, strict=True)
+                if mid not in elided
+            ]
         return [
-            (mid, rid, self.sender, self.now, self.body)
-            for mid, rid in zip(self.mids, self.rids, strict=True)
+            (mid, rid, self.sender, self.now, body)
+            for mid, rid, body in zip(self.mids, self.rids, self.body, strict=True)
             if mid not in elided
         ]
 

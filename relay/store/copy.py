@@ -30,9 +30,12 @@ _COPY_TABLES: tuple[tuple[str, tuple[str, ...], frozenset[str]], ...] = (
             "created_at",
             "updated_at",
             "last_login_at",
+            "account_id",
         ),
         frozenset({"disabled"}),
     ),
+    ("devices", ("account_id", "device_id", "principal_id", "linked_at"), frozenset()),
+    ("device_lists", ("account_id", "version", "body", "sig", "updated_at"), frozenset()),
     (
         "identity_keys",
         ("user_id", "bundle_version", "grp", "sign_key", "dh_key", "dh_sig", "updated_at"),
@@ -40,6 +43,11 @@ _COPY_TABLES: tuple[tuple[str, tuple[str, ...], frozenset[str]], ...] = (
     ),
     ("signed_prekeys", ("user_id", "prekey_id", "key", "sig", "created_at"), frozenset()),
     ("one_time_prekeys", ("user_id", "prekey_id", "key"), frozenset()),
+    (
+        "kem_prekeys",
+        ("user_id", "prekey_id", "last_resort", "key", "sig", "created_at"),
+        frozenset({"last_resort"}),
+    ),
     ("identity_watchers", ("watcher_id", "target_id", "stale"), frozenset({"stale"})),
     ("mailbox", ("id", "recipient_id", "sender", "created_at", "body"), frozenset()),
 )
@@ -88,8 +96,12 @@ async def copy_from_sqlite(path: Path, url: str) -> dict[str, int]:
         async with conn.transaction():
             if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
                 raise StoreError(f"{redact(url)} already has users: copy only into an empty store")
+            # The devices rows are copied as they are: the trigger that makes a new
+            # account its own device 1 must not add them a second time.
+            await conn.execute("ALTER TABLE users DISABLE TRIGGER users_first_device")
             for table, columns, _ in _COPY_TABLES:
                 await conn.copy_records_to_table(table, records=rows[table], columns=columns)
+            await conn.execute("ALTER TABLE users ENABLE TRIGGER users_first_device")
             # New users continue after the copied ids; envelope ids after the highest used.
             await conn.execute(
                 "SELECT setval(pg_get_serial_sequence('users', 'id'),"

@@ -114,6 +114,29 @@ class Mailbox:
         self._reserve(sender, recipients, rids, body, now, on_reserved, fut)
         return await fut
 
+    async def enqueue_each(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        bodies: Sequence[bytes],
+        *,
+        now: int,
+        on_reserved: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
+        """`enqueue` with one body per recipient (a per-device fan-out): still one
+        operation, so the group commit writes all of its rows or none."""
+        if len(bodies) != len(recipients) or not all(isinstance(b, bytes) for b in bodies):
+            raise RequestError(ErrorCode.BAD_REQUEST, "one envelope body per recipient")
+        self._check_recipients(recipients, b"")
+        if self.cached(recipients):
+            rids = [self._ids[n] for n in recipients]
+        else:
+            rids = await self._resolve_in_turn(recipients)
+            self._check_open()
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._reserve(sender, recipients, rids, bodies, now, on_reserved, fut)
+        return await fut
+
     def cached(self, recipients: Sequence[str]) -> bool:
         """True if `enqueue_nowait` can take a send to `recipients` (ids cached)."""
         return self._lookup_waiters == 0 and all(
@@ -156,7 +179,7 @@ class Mailbox:
         sender: str,
         recipients: Sequence[str],
         rids: list[int],
-        body: bytes,
+        body: bytes | Sequence[bytes],
         now: int,
         on_reserved: Callable[[list[int]], None] | None,
         fut: asyncio.Future[list[int]] | Waiter,
@@ -171,7 +194,8 @@ class Mailbox:
         first = self._next_mid
         self._next_mid += len(rids)
         mids = list(range(first, first + len(rids)))
-        op = Enqueue(sender, list(recipients), rids, mids, bytes(body), now, fut)
+        body = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else list(body)
+        op = Enqueue(sender, list(recipients), rids, mids, body, now, fut)
         self._submit(op)
         unwritten = self._batch.unwritten
         for mid in mids:

@@ -8,7 +8,7 @@ import contextlib
 import time
 
 from hushwire.client.service import KeyChanged, MessageQuarantined, MessageReceived, MessageRejected
-from tests.e2e.helpers import next_event
+from tests.e2e.helpers import drain, next_event
 
 
 class Clock:
@@ -60,7 +60,9 @@ async def test_a_message_under_a_new_identity_is_quarantined_until_trust(
     await bob.send("alice", "the real bob")
     assert (await next_event(alice, MessageReceived)).text == "the real bob"
     await bob.close()
-    impostor = await login(relay, "bob", profile=tmp_path / "impostor")
+    # With only the token, a new profile is refused (account_has_devices); an impostor
+    # holding it can still replace the identity on purpose, which is what this attacks.
+    impostor = await login(relay, "bob", profile=tmp_path / "impostor", replace_identity=True)
     await impostor.send("alice", "send the money to account 666")
     await impostor.send("alice", "and again")
     await next_event(alice, KeyChanged, lambda e: e.contact == "bob")
@@ -79,10 +81,3 @@ async def test_a_message_under_a_new_identity_is_quarantined_until_trust(
         "0 shown before alice accepts the key (KeyChanged + quarantine notice); "
         "both shown after `trust`",
     )
-
-
-def drain(client) -> list:
-    events = []
-    while not client.events.empty():
-        events.append(client.events.get_nowait())
-    return events

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from hushwire.client.tui import (
     MessagePane,
     parse_input,
 )
+from hushwire.client.tui.view import MAX_ROW
 from hushwire.common.crypto.safety import safety_number
 from hushwire.common.messages import Deliver
 from tests.adversarial.test_terminal_injection import HOSTILE, terminal_safe
@@ -229,8 +231,9 @@ class Screen:
 @pytest.fixture
 async def relay(relay_factory) -> Harness:
     """A small frame limit keeps the long-message test quick. `login` (tests/conftest.py)
-    starts library clients: the other side of each chat."""
-    return await relay_factory(max_frame=4096)
+    starts library clients: the other side of each chat. At 4 KiB a frame holds only
+    three KEM prekeys, so a first upload takes ~35 frames: allow them."""
+    return await relay_factory(max_frame=4096, publish_burst=1000)
 
 
 async def make_profile(relay: Harness, user: str, profile: Path) -> None:
@@ -309,7 +312,7 @@ async def test_key_change_warning_verify_and_trust(relay, chat, login, tmp_path)
     assert " ".join(expected.groups()) == await bob.safety_number("alice")  # both sides
 
     await bob.close()
-    bob2 = await login(relay, "bob", profile=tmp_path / "bob-reinstalled")
+    bob2 = await login(relay, "bob", profile=tmp_path / "bob-reinstalled", replace_identity=True)
     await screen.shows("WARNING: bob's identity key has changed")
     assert "bob !" in screen.chat.list_text()
     screen.type("are you there" + ENTER)
@@ -422,9 +425,9 @@ async def test_long_messages_up_to_the_limit_and_refused_beyond(relay, chat, log
 async def test_page_up_and_down_scroll_long_history(relay, chat, login):
     bob = await login(relay, "bob")
     screen = await chat(relay)
-    for _ in range(8):
+    for _ in range(12):  # more than two pages
         screen.type("/help" + ENTER)
-    await screen.until(lambda: screen.pane.count("/verify NAME [mark]") == 8, "a long pane")
+    await screen.until(lambda: screen.pane.count("/verify NAME [mark]") == 12, "a long pane")
     pane = screen.chat.pane
     assert pane.following
     rows = pane.buffer.document.line_count
@@ -553,3 +556,62 @@ async def test_history_header_first_queued_note_cleared_and_page_up(relay, chat,
     await relay.restart()
     await screen.shows("a queued message was sent")
     assert "typed offline  [queued]" not in screen.pane and "you: typed offline" in screen.pane
+
+
+async def test_the_bottom_view_stays_full_after_a_long_message(relay, chat, login):
+    bob = await login(relay, "bob")
+    screen = await chat(relay)
+    await screen.run("/to bob", "no messages with bob yet")
+    await bob.send("alice", "y" * bob.max_text_bytes("alice"))  # wraps past the window
+    await bob.send("alice", "short after")
+    await screen.shows("short after")
+    pane = screen.chat.pane
+
+    def rows_shown() -> int:
+        info = pane.window.render_info
+        return len(info.visible_line_to_row_col) if info else 0
+
+    def full() -> bool:
+        # prompt_toolkit scrolls by whole lines: above the top line shown, fewer rows stay
+        # blank than one cut piece (MAX_ROW characters) wraps to. Before, one row was shown
+        # under 36 blank ones.
+        info = pane.window.render_info
+        if info is None:
+            return False
+        blank = info.window_height - rows_shown()
+        return blank < math.ceil(MAX_ROW / info.window_width)
+
+    screen.chat.app.invalidate()
+    await screen.until(full, lambda: f"a full pane, {rows_shown()} rows shown")
+    # The last message is the last row shown (under it, at most those few blank rows).
+    assert pane.window.render_info.cursor_position.y == rows_shown() - 1
+
+
+HOSTILE_LINES = [
+    "/",
+    "/ ",
+    "/  /",
+    "//",
+    "/to",
+    "/to \x1b[31mred",
+    "/to " + "a" * 5_000,
+    "/history 99999999999999999999999",
+    "/history -1",
+    "/history ٣",  # a non-ASCII digit
+    "/verify bob mark mark",
+    "/trust \u202eevil",
+    "/who extra",
+    "\x1b]52;c;ZXZpbA==\x07",
+    "/\x00",
+    "exit now",
+]
+
+
+async def test_hostile_input_lines_never_break_the_ui(relay, chat):
+    screen = await chat(relay)
+    for line in HOSTILE_LINES:
+        screen.type(KILL_LINE + paste(line) + ENTER)
+    screen.type("/help" + ENTER)
+    await screen.shows("/verify NAME [mark]")
+    assert "internal error" not in screen.pane and not screen.task.done()
+    assert terminal_safe(screen.pane) and terminal_safe(screen.chat.list_text())

@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 
 from hushwire.common.chat_group_log import (
     GroupLog,
+    adopt_change,
     apply_change,
     change_recipients,
     create_group,
+    fork_winner,
     join_from_create,
     join_from_welcome,
     make_welcome,
@@ -319,6 +321,29 @@ def test_two_admins_changing_the_same_epoch_is_a_fork_never_a_silent_pick(group)
     with pytest.raises(GroupForked):
         apply_change(bob, a_change, KEYS)
     assert carol.current.name == "alice's" and bob.current.name == "bob's"
+    # Everyone settles on the same change, whichever order they saw them in.
+    winner = fork_winner(a_change, b_change)
+    assert winner == fork_winner(b_change, a_change)
+    settled = []
+    for log, other in ((alice, b_change), (bob, a_change), (carol, b_change)):
+        settled.append(
+            log if fork_winner(log.changes[-1], other) != other else adopt_change(log, other, KEYS)
+        )
+    assert len({log.current for log in settled}) == 1
+    assert settled[0].current.name == ("alice's" if winner == a_change else "bob's")
+
+
+def test_adopting_a_branch_is_bounded_to_what_we_hold(group):
+    alice, create = group
+    bob = members_join(create, "bob")["bob"]
+    with pytest.raises(GroupChangeRejected, match="no state of ours"):
+        adopt_change(bob, create, KEYS)  # nothing before epoch 1 to rewind to
+    _, ahead = propose(alice, IDS["alice"], ChangeOp.RENAME, T0, name="n")
+    with pytest.raises(GroupChangeRejected, match="no state of ours"):
+        adopt_change(bob, ahead, KEYS)
+    forged = next_change(bob, "alice", ChangeOp.RENAME, name="x")
+    with pytest.raises(GroupChangeRejected, match="signature"):
+        adopt_change(apply_change(bob, ahead, KEYS), forge(forged, "mallory"), KEYS)
 
 
 # --- content of changes -----------------------------------------------------------------

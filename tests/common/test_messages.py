@@ -12,7 +12,13 @@ from hushwire.common.errors import (
     RemoteProtocolError,
 )
 from hushwire.common.frames import FrameDecoder, encode_frame
-from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+from hushwire.common.keys import (
+    IdentityPublic,
+    OneTimePrekey,
+    PrekeyBundle,
+    SignedDeviceList,
+    SignedPrekey,
+)
 from hushwire.common.states import ConnState, advance, check
 
 ALL = [*m.REQUESTS.values(), *m.PUSHES.values(), *{c.REPLY for c in m.REQUESTS.values()}, m.Error]
@@ -69,8 +75,21 @@ def test_registry_is_complete():
         "ack",
         "who",
         "ping",
+        "fetch_devices",
+        "publish_devices",
+        "send_devices",
+        "link_start",
+        "link_fetch",
+        "link_join",
+        "link_accept",
     }
-    assert set(m.PUSHES) == {"deliver", "key_changed", "presence"}
+    assert set(m.PUSHES) == {
+        "deliver",
+        "key_changed",
+        "presence",
+        "devices_changed",
+        "link_request",
+    }
     for cls in ALL:
         assert dataclasses.is_dataclass(cls)
         assert cls.__dataclass_params__.frozen
@@ -204,3 +223,26 @@ def test_unrolled_to_wire_matches_the_generic_walk():
         generic = m.Message.to_wire(msg)
         assert msg.to_wire() == generic
         assert encode_frame(msg.to_wire()) == encode_frame(generic)
+
+
+def test_an_error_carries_device_lists_only_when_it_has_some():
+    plain = m.Error(id=1, code="mailbox_full", message="full")
+    assert "device_lists" not in plain.to_wire()
+    lists = (SignedDeviceList(body=b"\x95body", sig=bytes(64)),)
+    mismatch = m.Error(id=2, code="mismatched_devices", message="stale", device_lists=lists)
+    assert wire_round_trip(mismatch) == mismatch
+    assert wire_round_trip(mismatch).error_code == ErrorCode.MISMATCHED_DEVICES
+
+
+def test_device_requests_default_to_device_one_for_older_clients():
+    """A v1 client's login and fetch_bundle carry no device: they mean device 1."""
+    assert m.decode_request({"t": "login", "id": 1, "user": "a", "token": "t"}).device is None
+    assert m.decode_request({"t": "fetch_bundle", "id": 1, "user": "a"}).device is None
+    assert m.decode_from_relay(
+        {"t": "deliver", "mid": 1, "sender": "a", "ts": 1, "body": b"x"}, {}
+    ) == m.Deliver(mid=1, sender="a", ts=1, body=b"x", sender_device=1)
+
+
+def test_tokens_never_reach_a_repr():
+    assert "s3cret" not in repr(m.Login(id=1, user="a", token="s3cret", device=2))
+    assert "s3cret" not in repr(m.LinkJoinOk(id=1, user="a", device=2, token="s3cret", sealed=b""))

@@ -30,3 +30,11 @@ async def next_event(client: HushwireClient, kind: type, pred=None) -> ClientEve
             event = await client.events.get()
             if isinstance(event, kind) and (pred is None or pred(event)):
                 return event
+
+
+def drain(client: HushwireClient) -> list[ClientEvent]:
+    """The events queued right now, without waiting."""
+    events = []
+    while not client.events.empty():
+        events.append(client.events.get_nowait())
+    return events

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hushwire.common.crypto.dh import load_pem
-from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedDeviceList, SignedPrekey
 from hushwire.relay import admin, tls
 from hushwire.relay import migrate as mg
 from hushwire.relay.admin import main
@@ -402,6 +402,35 @@ def test_example_db_rebuild_is_reproducible(tmp_path: Path) -> None:
 
 def test_admin_module_has_no_stray_defaults() -> None:
     assert admin.DEFAULT_DB == "users.db" and admin.MIN_DH_BITS == 2048
+
+
+def test_list_and_remove_devices(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    add(capsys, db, "alice")
+
+    async def link_one() -> None:
+        async with await Store.open(db) as s:
+            await s.add_device(
+                "alice", 2, 2, SignedDeviceList(b"b", b"s"), token_hash=b"h", salt=b"s", now=9
+            )
+            await s.enqueue("alice", ["alice/2"], b"queued", now=9)
+
+    asyncio.run(link_one())
+    code, out, _ = run(capsys, "--db", str(db), "list-devices", "alice", "--json")
+    assert code == 0
+    assert [d["device"] for d in json.loads(out)] == [1, 2]
+    code, out, _ = run(capsys, "--db", str(db), "list-devices", "alice")
+    assert "2 device(s) of alice" in out
+    code, out, _ = run(capsys, "--db", str(db), "remove-device", "alice", "2")
+    assert code == 0 and "hushwire unlink 2" in out
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM mailbox").fetchone() == (0,)
+    assert conn.execute("SELECT name FROM users").fetchall() == [("alice",)]
+    conn.close()
+    code, _, err = run(capsys, "--db", str(db), "remove-device", "alice", "2")
+    assert code == 1
+    assert_one_line_error(err, "no device 2")
+    code, _, err = run(capsys, "--db", str(db), "list-devices", "ghost")
+    assert_one_line_error(err, "ghost")
 
 
 def test_copy_store_moves_every_user_key_and_queued_envelope_to_postgresql(

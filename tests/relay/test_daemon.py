@@ -122,6 +122,9 @@ def test_help_documents_flags_and_config_file():
     for flag in ("--db", "--host", "--port", "--config", "--cert", "--key", "--client-ca"):
         assert flag in out
     assert "TOML" in out and "SIGTERM" in out
+    # Operator settings, as flags and as file keys.
+    assert "--metrics-listen HOST:PORT" in out and "metrics_listen" in out
+    assert "--log-format" in out and "log_format" in out
 
 
 def test_bad_flag_is_a_clear_error(tmp_path):

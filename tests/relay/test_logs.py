@@ -78,6 +78,8 @@ async def test_refused_mutual_tls_handshakes_are_logged_as_json(tmp_path, daemon
         assert r["time"].endswith("+00:00")
     refused = [r for r in records if r.get("event") == "handshake_refused"]
     assert len(refused) == 2
+    logins = [(r["event"], r["user"], r["peer"]) for r in records if "login" in r.get("event", "")]
+    assert logins == [("login_failed", "alice", "127.0.0.1"), ("login", "alice", "127.0.0.1")]
     text = "".join(relay.log)
     assert tokens["alice"] not in text and "WRONG-TOKEN" not in text
     assert key.read_text() not in text

@@ -65,6 +65,22 @@ async def test_relay_notifies_ready_then_stopping(tmp_path, daemons, kind):
             systemd.close()
 
 
+async def test_sigterm_right_at_ready_still_drains(tmp_path, daemons):
+    """systemd may stop a unit the moment it is ready: the relay must drain, not die."""
+    db = tmp_path / "relay.db"
+    await add_users(db, ("alice",))
+    address = f"@hushwire-test-{secrets.token_hex(8)}"
+    systemd = NotifySocket(address)
+    try:
+        relay = await daemons(db, env={**os.environ, "NOTIFY_SOCKET": address})
+        assert (await systemd.receive())["READY"] == "1"
+        relay.proc.send_signal(signal.SIGTERM)
+        assert (await systemd.receive())["STOPPING"] == "1"
+        assert await asyncio.wait_for(relay.proc.wait(), WAIT) == 0
+    finally:
+        systemd.close()
+
+
 def test_notify_without_systemd_does_nothing(tmp_path):
     assert notify("READY=1", {}) is False
     assert notify("READY=1", {"NOTIFY_SOCKET": "vsock:2:1234"}) is False

@@ -226,7 +226,11 @@ async def test_identity_change_is_pushed_to_those_who_fetched_it(relay):
     alice, carol = await relay.login("alice"), await relay.login("carol")
     await alice.request(FetchBundle, user="bob")
     await bob.request(
-        PublishKeys, identity=identity(9), signed_prekey=spk(9), one_time_prekeys=otpks(1, 3)
+        PublishKeys,
+        identity=identity(9),
+        signed_prekey=spk(9),
+        one_time_prekeys=otpks(1, 3),
+        replace_identity=True,
     )
     push = await next_push(alice, KeyChanged)
     assert push.user == "bob" and push.identity == identity(9)
@@ -582,7 +586,11 @@ async def test_a_watcher_offline_during_a_key_change_hears_of_it_at_login(relay)
     await alice.request(FetchBundle, user="bob")
     await alice.close()
     await bob.request(
-        PublishKeys, identity=identity(7), signed_prekey=spk(7), one_time_prekeys=otpks(1, 3)
+        PublishKeys,
+        identity=identity(7),
+        signed_prekey=spk(7),
+        one_time_prekeys=otpks(1, 3),
+        replace_identity=True,
     )
     for _ in range(2):  # at every login, until alice looks at bob's new keys
         alice = await relay.login("alice")
