@@ -197,7 +197,7 @@ def cmd_tui(args: argparse.Namespace) -> None:
                 capture_output=True,
                 text=True,
                 check=True,
-                timeout=STAGE_TIMEOUT,
+                timeout=5 * STAGE_TIMEOUT,  # each stage has its own STAGE_TIMEOUT
             )
         finally:
             relay.stop()
