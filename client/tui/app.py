@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Final
 
@@ -45,6 +46,7 @@ log = logging.getLogger("hushwire.tui")
 
 
 UNDO_CHARS: Final = 200_000  # characters of earlier input-line states kept for undo
+EVENT_BATCH: Final = 500  # client events applied between two redraws, at most
 
 
 def _bound_undo(buffer: Buffer) -> None:
@@ -214,18 +216,30 @@ class ChatApp:
         await self.client.start(wait=False)
 
     async def _consume_events(self) -> None:
+        queue = self.client.events
         while True:
-            event = await self.client.events.get()
-            try:
-                await self.controller.handle_event(event)
-            except HushwireError as exc:
-                self.model.info(error_text(exc), "error")
-            except Exception as exc:  # the receive display must outlive one bad event
-                log.exception("event handling failed")
-                self.model.info(
-                    f"internal error while showing an event ({type(exc).__name__})", "error"
-                )
+            # A burst (an offline queue draining) is applied as one batch: one mark-read
+            # transaction and one redraw, not one of each per message (a full-screen
+            # redraw ran in every per-message db wait: ~50 ms a message).
+            events = [await queue.get()]
+            while not queue.empty() and len(events) < EVENT_BATCH:
+                events.append(queue.get_nowait())
+            for event in events:
+                await self._guarded(self.controller.handle_event(event))
+            await self._guarded(self.controller.mark_shown_read())
             self.app.invalidate()
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        """Run one piece of event handling; the receive display outlives its failure."""
+        try:
+            await work
+        except HushwireError as exc:
+            self.model.info(error_text(exc), "error")
+        except Exception as exc:
+            log.exception("event handling failed")
+            self.model.info(
+                f"internal error while showing an event ({type(exc).__name__})", "error"
+            )
 
     async def _input_worker(self) -> None:
         while True:

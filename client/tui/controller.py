@@ -64,6 +64,7 @@ class ChatController:
         # A history reload and a live message must not interleave (one could hide
         # the other), so both happen under this lock. Sending does not take it.
         self._view_lock = asyncio.Lock()
+        self._shown_unread: list[str] = []  # uids shown in the open conversation, not yet marked
 
     async def load(self) -> None:
         """Conversations and unread counts from the profile, before connecting."""
@@ -250,14 +251,21 @@ class ChatController:
 
     # --- events ------------------------------------------------------------------
 
+    async def mark_shown_read(self) -> None:
+        """Mark read, in one transaction, the messages handle_event showed since last time."""
+        if self._shown_unread:
+            uids, self._shown_unread = tuple(self._shown_unread), []
+            await self.client.mark_read(uids=uids)
+
     async def handle_event(self, event: ClientEvent) -> None:
-        """Apply one client event to the model (and mark shown messages read)."""
+        """Apply one client event to the model; messages shown in the open conversation
+        are marked read by the next `mark_shown_read`."""
         model = self.model
         if isinstance(event, MessageReceived):
             async with self._view_lock:
                 line = Line.message("in", event.contact, event.text, event.sent_at, event.uid)
                 if model.add(event.contact, line) and model.current == event.contact:
-                    await self.client.mark_read(uids=(event.uid,))
+                    self._shown_unread.append(event.uid)
         elif isinstance(event, KeyChanged):
             conv = model.conversation(event.contact)
             if not conv.key_changed:

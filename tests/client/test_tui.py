@@ -615,3 +615,32 @@ async def test_hostile_input_lines_never_break_the_ui(relay, chat):
     await screen.shows("/verify NAME [mark]")
     assert "internal error" not in screen.pane and not screen.task.done()
     assert terminal_safe(screen.pane) and terminal_safe(screen.chat.list_text())
+
+
+async def test_a_burst_of_messages_is_shown_and_marked_read_as_one_batch(relay, chat, login):
+    """Draining a queue of deliveries redraws once, not once per message (each per-message
+    mark-read let a full-screen redraw run: ~50 ms a message, minutes for 10,000)."""
+    bob = await login(relay, "bob")
+    screen = await chat(relay)
+    await screen.run("/to bob", "no messages with bob yet")
+    controller, events = screen.chat.controller, screen.chat.client.events
+    renders = 0
+
+    def count(_app) -> None:
+        nonlocal renders
+        renders += 1
+
+    async with controller._view_lock:  # the consumer stops at the first message...
+        for i in range(30):
+            await bob.send("alice", f"burst {i}")
+        async with asyncio.timeout(WAIT):  # ...while the client queues the other 29
+            while events.qsize() < 29:  # noqa: ASYNC110 - a Queue has no "size reached" event
+                await asyncio.sleep(0.01)
+        screen.chat.app.after_render += count
+    await screen.until(lambda: "burst 29" in screen.pane, "the whole burst")
+    assert all(f"burst {i}" in screen.pane for i in range(30))
+    assert renders <= 3, renders  # one per message before
+    store = screen.chat.client.store
+    async with asyncio.timeout(WAIT):  # shown in the open conversation: read, all 30
+        while await store.unread_counts():  # noqa: ASYNC110 - the db has no event
+            await asyncio.sleep(0.01)
