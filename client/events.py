@@ -82,7 +82,8 @@ class MessagesReleased:
 
 @dataclass(frozen=True, slots=True)
 class MessageSent:
-    """A queued or unconfirmed message was accepted by the relay after a (re)connect."""
+    """A queued or unconfirmed message was accepted by the relay after a (re)connect, or
+    another device of our account sent this one (its sent copy is in the history)."""
 
     contact: str
     uid: str

@@ -598,6 +598,43 @@ class ProfileStore:
             (blob, now_ms, name),
         )
 
+    async def load_device_sessions(self, name: str, device: int) -> list[bytes]:
+        """The sessions with one device of `name` kept in device_sessions, current first."""
+        row = await self._one(
+            "SELECT sessions FROM device_sessions WHERE contact = ? AND device = ?",
+            (name, device),
+        )
+        if row is None:
+            return []
+        ref = f"{name}/{device}"
+        items = _unpack(self.vault.open("device_sessions.sessions", ref, bytes(row[0])))
+        if not isinstance(items, list) or not all(isinstance(i, bytes) for i in items):
+            raise ProfileCorrupt(f"stored sessions for {ref!r} are malformed")
+        return items
+
+    async def save_device_sessions(
+        self, name: str, device: int, sessions: Sequence[bytes], now_ms: int
+    ) -> None:
+        if not sessions:
+            await self._write(
+                "DELETE FROM device_sessions WHERE contact = ? AND device = ?", (name, device)
+            )
+            return
+        blob = self.vault.seal("device_sessions.sessions", f"{name}/{device}", pack(list(sessions)))
+        await self._write(
+            "INSERT INTO device_sessions (contact, device, sessions, updated_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (contact, device)"
+            " DO UPDATE SET sessions = excluded.sessions, updated_at = excluded.updated_at",
+            (name, device, blob, now_ms),
+        )
+
+    async def session_devices(self, name: str) -> list[int]:
+        """The devices of `name` with a row in device_sessions."""
+        rows = await self._all(
+            "SELECT device FROM device_sessions WHERE contact = ? ORDER BY device", (name,)
+        )
+        return [int(r[0]) for r in rows]
+
     # --- messages -------------------------------------------------------------------
 
     def _message(self, row: Any) -> StoredMessage:
