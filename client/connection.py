@@ -28,7 +28,7 @@ from hushwire.common.errors import (
 from hushwire.common.fingerprint import cert_fingerprint
 from hushwire.common.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from hushwire.common.messages import (
-    SUPPORTED_VERSIONS,
+    PROTOCOL_VERSION,
     Error,
     Hello,
     HelloOk,
@@ -148,14 +148,26 @@ class RelayConnection:
             )
         return conn
 
-    async def handshake(self, user: str, token: str, device: int | None = None) -> LoginOk:
-        """hello then login; raises RequestError (auth_failed, rate_limited...) on refusal."""
-        await self.say_hello()
+    async def handshake(
+        self,
+        user: str,
+        token: str,
+        device: int | None = None,
+        *,
+        versions: tuple[int, ...] = (PROTOCOL_VERSION,),
+    ) -> LoginOk:
+        """hello then login; raises RequestError (auth_failed, rate_limited...) on refusal.
+
+        The client offers only version 2: it starts PQXDH sessions only (security.md,
+        "PQXDH"), so a relay that cannot store KEM prekeys answers unsupported_version
+        with its list. (Tests of the relay's version-1 service pass `versions=(1,)`.)
+        """
+        await self.say_hello(versions)
         return await self.request(Login, user=user, token=token, device=device)
 
-    async def say_hello(self) -> HelloOk:
+    async def say_hello(self, versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> HelloOk:
         """hello alone: what a new device does before it links (it has no login yet)."""
-        hello = await self.request(Hello, versions=SUPPORTED_VERSIONS, client=CLIENT_NAME)
+        hello = await self.request(Hello, versions=versions, client=CLIENT_NAME)
         self.hello = checked_hello(hello)
         self.max_frame = self.hello.max_frame
         return self.hello
@@ -223,6 +235,7 @@ class RelayConnection:
                     _code(msg.code),
                     safe_line(msg.message),
                     retry_after=msg.retry_after,
+                    versions=msg.versions,
                     device_lists=msg.device_lists,
                 )
             )

@@ -18,27 +18,17 @@ from hushwire.client.fanout import Plan, Target, encode_record
 from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, Outgoing, SessionManager
 from hushwire.client.text import encode_sent_copy, encode_text
 from hushwire.common.crypto.envelope import Session
-from hushwire.common.crypto.identity import verify_bundle
-from hushwire.common.errors import CryptoError, LocalProtocolError
+from hushwire.common.errors import LocalProtocolError
 from hushwire.common.keys import PrekeyBundle
 from hushwire.common.messages import DeviceEnvelope
 
 
 async def _bundle(sessions: SessionManager, target: Target, fetch: Fetch) -> PrekeyBundle:
-    bundle = await fetch(target.account, target.device)
+    bundle = await sessions.fetch_verified(target.account, fetch, target.device)
     if target.account == sessions.user:
         account = sessions.identity.public()
     else:
         account = (await sessions.contact(target.account)).identity
-    try:
-        if bundle.user != target.account:
-            raise BadBundle(f"the relay answered with {bundle.user}'s keys")
-        verify_bundle(bundle, sessions.group)
-    except CryptoError as exc:
-        raise BadBundle(
-            f"the relay served keys for device {target.device} of {target.account} that do "
-            f"not verify ({exc.message}); nothing was sent"
-        ) from None
     ident = bundle.identity
     if ident.sign_key != account.sign_key or ident.dh_key != target.dh_key:
         raise BadBundle(

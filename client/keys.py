@@ -1,11 +1,13 @@
-"""Key upkeep against the relay: publish our identity and prekeys after login, top up
-one-time prekeys and rotate the signed prekey later, in frames that fit `max_frame`."""
+"""Key upkeep against the relay: publish our identity and prekeys (DH and KEM) after
+login, top up one-time prekeys and rotate the signed prekey and the last-resort KEM
+prekey later, in frames that fit `max_frame`."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import msgpack
 
@@ -13,6 +15,7 @@ from hushwire.client.connection import RelayConnection
 from hushwire.client.session import KeyUpload, SessionManager
 from hushwire.common import messages as wire
 from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.keys import PQ_BUNDLE_VERSION
 
 MAX_PREKEYS_PER_UPLOAD: Final = 200  # protocol.md publish_keys
 
@@ -29,11 +32,20 @@ class KeyUpkeep:
         self.replace_identity = False
 
     async def upload(
-        self, conn: RelayConnection, *, relay_has_identity: bool, prekeys_left: int
+        self,
+        conn: RelayConnection,
+        *,
+        relay_has_identity: bool,
+        prekeys_left: int,
+        kem_prekeys_left: int,
+        key_version: int,
     ) -> None:
         async with self._lock:
             upload = await self._sessions.plan_upload(
-                relay_has_identity=relay_has_identity, prekeys_left=prekeys_left
+                relay_has_identity=relay_has_identity,
+                prekeys_left=prekeys_left,
+                kem_prekeys_left=kem_prekeys_left,
+                key_version=key_version,
             )
             if upload is None:
                 return
@@ -49,9 +61,7 @@ class KeyUpkeep:
         for i, part in enumerate(split_upload(upload, conn.max_frame)):
             await conn.request(
                 wire.PublishKeys,
-                identity=part.identity,
-                signed_prekey=part.signed_prekey,
-                one_time_prekeys=part.one_time_prekeys,
+                **publish_fields(part),
                 replace_identity=self.replace_identity and part.identity is not None,
             )
             if i == 0:
@@ -61,28 +71,46 @@ class KeyUpkeep:
     async def maintain(self, conn: RelayConnection) -> None:
         """Top up one-time prekeys and rotate the signed prekey when due."""
         count = await conn.request(wire.PrekeyCount)
-        await self.upload(conn, relay_has_identity=True, prekeys_left=count.count)
+        await self.upload(
+            conn,
+            relay_has_identity=True,
+            prekeys_left=count.count,
+            kem_prekeys_left=count.kem_count,
+            key_version=PQ_BUNDLE_VERSION,
+        )
+
+
+def publish_fields(part: KeyUpload) -> dict[str, Any]:
+    return {
+        "identity": part.identity,
+        "signed_prekey": part.signed_prekey,
+        "one_time_prekeys": part.one_time_prekeys,
+        "kem_last_resort": part.kem_last_resort,
+        "one_time_kem_prekeys": part.one_time_kem_prekeys,
+    }
 
 
 def split_upload(upload: KeyUpload, max_frame: int) -> list[KeyUpload]:
-    """Cut an upload into parts whose `publish_keys` frames fit under `max_frame`."""
+    """Cut an upload into parts whose `publish_keys` frames fit under `max_frame`.
+
+    The identity, signed prekey and last-resort KEM prekey go in the first part; the
+    one-time DH and KEM prekeys fill it and the parts after it.
+    """
 
     def size(part: KeyUpload) -> int:
-        frame = wire.PublishKeys(
-            id=2**63 - 1,
-            identity=part.identity,
-            signed_prekey=part.signed_prekey,
-            one_time_prekeys=part.one_time_prekeys,
-        ).to_wire()
+        frame = wire.PublishKeys(id=2**63 - 1, **publish_fields(part)).to_wire()
         return len(msgpack.packb(frame, use_bin_type=True))
 
     parts: list[KeyUpload] = []
-    current = KeyUpload(upload.identity, upload.signed_prekey, ())
-    for key in upload.one_time_prekeys:
-        grown = KeyUpload(current.identity, current.signed_prekey, (*current.one_time_prekeys, key))
-        if len(grown.one_time_prekeys) > MAX_PREKEYS_PER_UPLOAD or size(grown) > max_frame:
+    current = dataclasses.replace(upload, one_time_prekeys=(), one_time_kem_prekeys=())
+    empty = KeyUpload(None, None, ())
+    keys: list[tuple[str, Any]] = [("one_time_prekeys", k) for k in upload.one_time_prekeys]
+    keys += [("one_time_kem_prekeys", k) for k in upload.one_time_kem_prekeys]
+    for name, key in keys:
+        grown = dataclasses.replace(current, **{name: (*getattr(current, name), key)})
+        if len(getattr(grown, name)) > MAX_PREKEYS_PER_UPLOAD or size(grown) > max_frame:
             parts.append(current)
-            current = KeyUpload(None, None, (key,))
+            current = dataclasses.replace(empty, **{name: (key,)})
         else:
             current = grown
     parts.append(current)

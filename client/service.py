@@ -92,7 +92,9 @@ __all__ = [
 log = logging.getLogger("hushwire.client")
 
 # The relay closed us on purpose and retrying cannot help until a person acts.
-FATAL_CODES: Final = frozenset({"auth_failed", "user_disabled", "session_replaced"})
+FATAL_CODES: Final = frozenset(
+    {"auth_failed", "user_disabled", "session_replaced", "unsupported_version"}
+)
 HISTORY_DEFAULT: Final = 200
 MAX_WHO_PAGES: Final = 1000  # a relay that never ends its `who` pages is not followed
 
@@ -284,7 +286,11 @@ class HushwireClient:
             client._keys.replace_identity = replace_identity
             # Keys first, so a refusal (account_has_devices) fails the login itself.
             await client._keys.upload(
-                conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
+                conn,
+                relay_has_identity=ok.has_identity,
+                prekeys_left=ok.prekeys_left,
+                kem_prekeys_left=ok.kem_prekeys_left,
+                key_version=ok.key_version,
             )
             await client._adopt(conn, ok, keys_uploaded=True)
             client._runner = asyncio.create_task(client._run())
@@ -362,7 +368,11 @@ class HushwireClient:
             client = cls(store, settings, sessions, clock=clock, backoff=backoff)
             client.fingerprint_learned = pin is None and ca_file is None
             await client._keys.upload(
-                conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
+                conn,
+                relay_has_identity=ok.has_identity,
+                prekeys_left=ok.prekeys_left,
+                kem_prekeys_left=ok.kem_prekeys_left,
+                key_version=ok.key_version,
             )
             await client._adopt(conn, ok, keys_uploaded=True)
             client._runner = asyncio.create_task(client._run())
@@ -442,7 +452,11 @@ class HushwireClient:
         try:
             if not keys_uploaded:  # login() uploads before adopting, to fail on refusal
                 await self._keys.upload(
-                    conn, relay_has_identity=ok.has_identity, prekeys_left=ok.prekeys_left
+                    conn,
+                    relay_has_identity=ok.has_identity,
+                    prekeys_left=ok.prekeys_left,
+                    kem_prekeys_left=ok.kem_prekeys_left,
+                    key_version=ok.key_version,
                 )
             await self._devices.refresh(conn)
             await self.who()

@@ -48,12 +48,14 @@ from hushwire.common.crypto.envelope import Envelope, EnvelopeType, Session
 from hushwire.common.crypto.identity import (
     MAX_PREKEY_ID,
     IdentityKeyPair,
+    KemPrekeyPair,
     OneTimePrekeyPair,
     SignedPrekeyPair,
     generate_one_time_prekeys,
     verify_bundle,
     verify_identity,
 )
+from hushwire.common.crypto.kem import KEM_CIPHERTEXT_LEN
 from hushwire.common.crypto.ratchet import RatchetConfig, RatchetHeader
 from hushwire.common.crypto.safety import SafetyNumber, safety_number
 from hushwire.common.crypto.x3dh import InitialHeader
@@ -68,7 +70,14 @@ from hushwire.common.errors import (
     TooManySkipped,
     UnknownPrekey,
 )
-from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+from hushwire.common.keys import (
+    PQ_BUNDLE_VERSION,
+    IdentityPublic,
+    KemPrekey,
+    OneTimePrekey,
+    PrekeyBundle,
+    SignedPrekey,
+)
 from hushwire.common.messages import Deliver, DeviceEnvelope, ListVersion, SendDevices
 from hushwire.common.names import is_valid_username
 
@@ -77,7 +86,7 @@ SIGNED_PREKEY_ROTATE_MS: Final = 7 * DAY_MS
 # Keep a retired signed prekey's private key past the relay's 30-day retention, so an
 # initial message that waited in a mailbox that long still decrypts.
 SIGNED_PREKEY_GRACE_MS: Final = 35 * DAY_MS
-PREKEY_TARGET: Final = 100  # one-time prekeys the relay should hold
+PREKEY_TARGET: Final = 100  # one-time prekeys (DH, and KEM) the relay should hold
 PREKEY_LOW: Final = 20  # top up below this
 MAX_ARCHIVED_SESSIONS: Final = 3
 # The relay pushes key_changed only to watchers that are online at that moment, so a
@@ -108,23 +117,33 @@ def max_text_bytes(
     """The longest UTF-8 text whose fan-out to `envelopes` devices fits one
     `send_devices` frame under the relay's `max_frame`.
 
-    Measured on a worst case envelope (initial, largest counters and ids, a sent copy's
-    plaintext) with a body large enough that every msgpack length prefix has its widest
-    form, so the bound holds for every text up to it.
+    Measured on a worst case envelope (version 2, initial with the KEM ciphertext,
+    largest counters and ids, a sent copy's plaintext) with a body large enough that
+    every msgpack length prefix has its widest form, so the bound holds for every text
+    up to it.
     """
     big = 70_000
     size = group.public_size
     ident = IdentityPublic(group.name, bytes(32), bytes(size), bytes(64))
     name = max(sender, recipient, key=len)
+    x3dh = InitialHeader(
+        ident,
+        bytes(size),
+        MAX_PREKEY_ID,
+        MAX_PREKEY_ID,
+        MAX_PREKEY_ID,
+        bytes(KEM_CIPHERTEXT_LEN),
+    )
     envelope = Envelope(
         type=EnvelopeType.INITIAL,
         sender=name,
         recipient=name,
         envelope_id=bytes(16),
         sent_at_ms=2**63 - 1,
-        header=RatchetHeader(bytes(size), 2**32 - 1, 2**32 - 1),
-        x3dh=InitialHeader(ident, bytes(size), MAX_PREKEY_ID, MAX_PREKEY_ID),
+        header=RatchetHeader(bytes(size), 2**32 - 1, 2**32 - 1, bytes(32)),
+        x3dh=x3dh,
         ciphertext=bytes(len(encode_sent_copy(name, "x" * big)) + 16),
+        version=2,
     )
     one = DeviceEnvelope(name, 2**31, envelope.to_bytes())
     views = (ListVersion(sender, 2**63 - 1), ListVersion(recipient, 2**63 - 1))
@@ -215,6 +234,8 @@ class KeyUpload:
     identity: IdentityPublic | None
     signed_prekey: SignedPrekey | None
     one_time_prekeys: tuple[OneTimePrekey, ...]
+    kem_last_resort: KemPrekey | None = None
+    one_time_kem_prekeys: tuple[KemPrekey, ...] = ()
 
 
 def describe(exc: CryptoError) -> str:
@@ -235,19 +256,26 @@ def describe(exc: CryptoError) -> str:
 
 
 class _Prekeys:
-    """The responder's private prekeys by id (X3DH PrekeyLookup) for one envelope."""
+    """The responder's private prekeys by id (PQXDH PrekeyLookup) for one envelope."""
 
     def __init__(
-        self, signed: dict[int, SignedPrekeyPair], one_time: dict[int, OneTimePrekeyPair]
+        self,
+        signed: dict[int, SignedPrekeyPair],
+        one_time: dict[int, OneTimePrekeyPair],
+        kem: dict[int, KemPrekeyPair],
     ) -> None:
         self._signed = signed
         self._one_time = one_time
+        self._kem = kem
 
     def signed_prekey(self, prekey_id: int) -> SignedPrekeyPair | None:
         return self._signed.get(prekey_id)
 
     def one_time_prekey(self, prekey_id: int) -> OneTimePrekeyPair | None:
         return self._one_time.get(prekey_id)
+
+    def kem_prekey(self, prekey_id: int) -> KemPrekeyPair | None:
+        return self._kem.get(prekey_id)
 
 
 async def load_or_create_identity(
@@ -317,14 +345,27 @@ class SessionManager:
 
     # --- our keys ---------------------------------------------------------------------
 
-    async def plan_upload(self, *, relay_has_identity: bool, prekeys_left: int) -> KeyUpload | None:
+    async def plan_upload(
+        self,
+        *,
+        relay_has_identity: bool,
+        prekeys_left: int,
+        kem_prekeys_left: int,
+        key_version: int,
+    ) -> KeyUpload | None:
         """What to publish after login: everything on first login, else a top-up/rotation.
 
-        New private keys are committed before they are published, so a peer can never
-        use a key we do not hold.
+        "First" also covers a relay holding only version-1 keys for us (a profile from
+        before PQXDH): everything is published again, with the KEM prekeys. New private
+        keys are committed before they are published, so a peer can never use a key we
+        do not hold.
         """
         now = self.now_ms()
-        first = not (relay_has_identity and await self.store.get_setting("published"))
+        first = not (
+            relay_has_identity
+            and key_version >= PQ_BUNDLE_VERSION
+            and await self.store.get_setting("published")
+        )
         current_id = await self.store.get_setting("signed_prekey_id")
         current = {pid: created for pid, _, created, _ in await self.store.signed_prekeys()}
         spk = None
@@ -342,9 +383,37 @@ class SessionManager:
             pairs = generate_one_time_prekeys(self.group, first_id, count)
             await self.store.add_one_time_prekeys([(p.id, p.to_bytes()) for p in pairs], now)
             one_time = tuple(p.public() for p in pairs)
-        if not first and spk is None and not one_time:
+        kem_last, kem_one_time = await self._plan_kem(
+            now, first=first, rotate=spk is not None, left=0 if first else kem_prekeys_left
+        )
+        if not first and spk is None and not one_time and not kem_one_time:
             return None
-        return KeyUpload(self.identity.public() if first else None, spk, one_time)
+        return KeyUpload(
+            self.identity.public() if first else None, spk, one_time, kem_last, kem_one_time
+        )
+
+    async def _plan_kem(
+        self, now: int, *, first: bool, rotate: bool, left: int
+    ) -> tuple[KemPrekey | None, tuple[KemPrekey, ...]]:
+        """PQXDH keys to publish: a new last-resort one with every signed prekey (or if
+        none is held), and one-time ones topped up like the DH ones."""
+        last = None
+        if first or rotate or await self.store.kem_last_resort() is None:
+            pid = await self.store.next_prekey_ids(1)
+            pair = KemPrekeyPair.generate(self.identity, pid, last_resort=True)
+            await self.store.add_kem_prekeys([(pid, pair.to_bytes(), True)], now)
+            last = pair.public()
+        one_time: tuple[KemPrekey, ...] = ()
+        if first or left < PREKEY_LOW:
+            count = PREKEY_TARGET - left
+            first_id = await self.store.next_prekey_ids(count)
+            pairs = [
+                KemPrekeyPair.generate(self.identity, first_id + i, last_resort=False)
+                for i in range(count)
+            ]
+            await self.store.add_kem_prekeys([(p.id, p.to_bytes(), False) for p in pairs], now)
+            one_time = tuple(p.public() for p in pairs)
+        return last, one_time
 
     async def upload_done(self, upload: KeyUpload) -> None:
         """The relay accepted `upload`: remember it; retire older signed prekeys."""
@@ -355,6 +424,10 @@ class SessionManager:
                 pid = upload.signed_prekey.id
                 await self.store.set_setting("signed_prekey_id", pid)
                 await self.store.retire_signed_prekeys(pid, now, now - SIGNED_PREKEY_GRACE_MS)
+            if upload.kem_last_resort is not None:
+                await self.store.retire_kem_last_resort(
+                    upload.kem_last_resort.id, now, now - SIGNED_PREKEY_GRACE_MS
+                )
 
     async def _prekeys_for(self, header: InitialHeader) -> _Prekeys:
         signed = {
@@ -367,7 +440,13 @@ class SessionManager:
             if secret is not None:
                 pair = OneTimePrekeyPair.from_bytes(secret, self.group)
                 one_time[pair.id] = pair
-        return _Prekeys(signed, one_time)
+        kem = {}
+        if header.kem_prekey_id is not None:
+            secret = await self.store.kem_prekey(header.kem_prekey_id)
+            if secret is not None:
+                kem_pair = KemPrekeyPair.from_bytes(secret)
+                kem[kem_pair.id] = kem_pair
+        return _Prekeys(signed, one_time, kem)
 
     # --- receiving --------------------------------------------------------------------
 
@@ -408,6 +487,14 @@ class SessionManager:
                     continue
                 chosen = i
                 break
+            if message is None and env.type is EnvelopeType.INITIAL and env.version < 2:
+                # Version 2 only: a new X3DH session has no KEM secret, and a relay could
+                # strip PQXDH to get one (security.md, "PQXDH"). Started ones still work.
+                return Rejected(
+                    sender,
+                    "a version-1 (not post-quantum) session start: this client accepts "
+                    f"only version 2; {sender} must upgrade",
+                )
             if (
                 message is None
                 and env.type is EnvelopeType.INITIAL
@@ -465,6 +552,8 @@ class SessionManager:
             used_one_time = used is not None and used.one_time is not None
             if used is not None and used.one_time is not None:  # (narrows `used` for mypy)
                 await self.store.delete_one_time_prekey(used.one_time)
+            if used is not None and used.one_time_kem is not None:
+                await self.store.delete_kem_prekey(used.one_time_kem)
             if message.plaintext == encode_reset():
                 return SessionReset(sender, key_changed, used_one_time)
             try:
@@ -539,10 +628,18 @@ class SessionManager:
             return True
         return not await self.store.load_sessions(name)
 
-    async def _fetch_verified(self, name: str, fetch: Fetch) -> PrekeyBundle:
-        bundle = await fetch(name)
+    async def fetch_verified(self, name: str, fetch: Fetch, device: int = 1) -> PrekeyBundle:
+        """`name`'s bundle (of `device`), refused unless it is post-quantum and both of
+        its signatures verify; which identity it must carry is the caller's check."""
+        bundle = await fetch(name) if device == 1 else await fetch(name, device)
         if bundle.user != name:
             raise BadBundle(f"the relay answered a request for {name}'s keys with {bundle.user}'s")
+        if bundle.version != PQ_BUNDLE_VERSION:
+            # Never downgrade to X3DH: the first message would lack the KEM secret.
+            raise BadBundle(
+                f"the relay served version-{bundle.version} keys for {name}; this client "
+                "starts only post-quantum (version 2) sessions; nothing was sent"
+            )
         try:
             # X3DH 3.3 / 4.5: both signatures before anything else; the relay is not trusted.
             verify_bundle(bundle, self.group)
@@ -556,7 +653,7 @@ class SessionManager:
     async def pin(self, name: str, fetch: Fetch) -> None:
         """Pin `name`'s identity (trust on first use) from their device 1's verified
         bundle, when a first message comes from another of their devices."""
-        bundle = await self._fetch_verified(name, fetch)
+        bundle = await self.fetch_verified(name, fetch)
         async with self.store.transaction():
             if await self.store.get_contact(name) is None:
                 await self.store.add_contact(name, bundle.identity, self.now_ms())
@@ -580,7 +677,7 @@ class SessionManager:
         for _ in range(3):
             bundle = None
             if await self._needs_bundle(name):
-                bundle = await self._fetch_verified(name, fetch)
+                bundle = await self.fetch_verified(name, fetch)
             held = False
             async with self.store.transaction():
                 now = self.now_ms()
@@ -668,7 +765,7 @@ class SessionManager:
         contact = await self.contact(name)
         if contact.pending is not None:
             return None
-        bundle = await self._fetch_verified(name, fetch)
+        bundle = await self.fetch_verified(name, fetch)
         if not same_identity(bundle.identity, contact.identity):
             await self.on_key_changed(name, bundle.identity)
             return None

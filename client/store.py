@@ -514,6 +514,52 @@ class ProfileStore:
         row = await self._one("SELECT count(*) FROM one_time_prekeys")
         return int(row[0])
 
+    async def add_kem_prekeys(self, keys: Sequence[tuple[int, bytes, bool]], now_ms: int) -> None:
+        """Store (id, sealed-to-be secret, last_resort) KEM prekeys in one transaction."""
+        rows = [
+            (pid, self.vault.seal("kem_prekeys.secret", str(pid), secret), int(last), now_ms)
+            for pid, secret, last in keys
+        ]
+        async with self.transaction():
+            await self._db.executemany(
+                "INSERT INTO kem_prekeys (prekey_id, secret, last_resort, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+    async def kem_prekey(self, prekey_id: int) -> bytes | None:
+        row = await self._one("SELECT secret FROM kem_prekeys WHERE prekey_id = ?", (prekey_id,))
+        if row is None:
+            return None
+        return self.vault.open("kem_prekeys.secret", str(prekey_id), bytes(row[0]))
+
+    async def kem_last_resort(self) -> tuple[int, int] | None:
+        """(id, created_at) of the current (unretired) last-resort KEM prekey, if any."""
+        row = await self._one(
+            "SELECT prekey_id, created_at FROM kem_prekeys"
+            " WHERE last_resort = 1 AND retired_at IS NULL ORDER BY prekey_id DESC LIMIT 1"
+        )
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    async def delete_kem_prekey(self, prekey_id: int) -> None:
+        """Forget a used one-time KEM prekey (a last-resort one is never deleted here)."""
+        await self._write(
+            "DELETE FROM kem_prekeys WHERE prekey_id = ? AND last_resort = 0", (prekey_id,)
+        )
+
+    async def retire_kem_last_resort(self, current_id: int, now_ms: int, purge_before: int) -> None:
+        """As `retire_signed_prekeys`, for last-resort KEM prekeys."""
+        async with self.transaction():
+            await self._write(
+                "UPDATE kem_prekeys SET retired_at = ? "
+                "WHERE last_resort = 1 AND prekey_id != ? AND retired_at IS NULL",
+                (now_ms, current_id),
+            )
+            await self._write(
+                "DELETE FROM kem_prekeys WHERE retired_at IS NOT NULL AND retired_at < ?",
+                (purge_before,),
+            )
+
     # --- contacts ------------------------------------------------------------------
 
     def _contact(self, row: Any) -> Contact:

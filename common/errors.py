@@ -137,10 +137,12 @@ class RequestError(HushwireError):
         message: str,
         *,
         retry_after: float | None = None,
+        versions: tuple[int, ...] | None = None,
         device_lists: tuple[SignedDeviceList, ...] = (),
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.versions = versions  # unsupported_version: the versions the relay speaks
         self.device_lists = device_lists
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 BUNDLE_VERSION = 1  # X3DH
 PQ_BUNDLE_VERSION = 2  # PQXDH: the bundle carries `kem_prekey`
+KEM_PUBLIC_LEN = 1184  # an ML-KEM-768 encapsulation key (FIPS 203), what the relay checks
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,14 +29,17 @@ from typing import Any, ClassVar
 from hushwire.common.errors import ErrorCode, MalformedFrame, echo
 from hushwire.common.keys import (
     IdentityPublic,
+    KemPrekey,
     OneTimePrekey,
     PrekeyBundle,
     SignedDeviceList,
     SignedPrekey,
 )
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# Version 2 adds PQXDH keys (KEM prekeys in publish_keys, version-2 bundles, KEM counts).
+# Fields it added have defaults, so a version-1 peer may leave them out.
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # what this code can serve; a relay may switch 1 off
 _MAX_INT = 2**63 - 1
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -104,12 +107,15 @@ class LoginOk(Reply):
     user: str
     prekeys_left: int
     has_identity: bool
+    kem_prekeys_left: int = 0  # v2: one-time KEM prekeys left
+    key_version: int = 0  # v2: bundle version of the keys the relay holds (0: none)
 
 
 @dataclass(frozen=True, slots=True)
 class PublishOk(Reply):
     id: int
     prekeys_left: int
+    kem_prekeys_left: int = 0  # v2
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +128,7 @@ class BundleOk(Reply):
 class CountOk(Reply):
     id: int
     count: int
+    kem_count: int = 0  # v2
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +233,7 @@ class Error(Message):
     code: str
     message: str
     retry_after: float | None = None
+    versions: tuple[int, ...] | None = None  # unsupported_version: what the relay speaks
     # `mismatched_devices`: the current signed lists of the accounts the send got wrong.
     device_lists: tuple[SignedDeviceList, ...] = ()
 
@@ -237,6 +245,8 @@ class Error(Message):
             "message": self.message,
             "retry_after": self.retry_after,
         }
+        if self.versions is not None:  # only unsupported_version carries it
+            out["versions"] = list(self.versions)
         if self.device_lists:  # only the one code that uses it pays for the field
             out["device_lists"] = [{"body": s.body, "sig": s.sig} for s in self.device_lists]
         return out
@@ -282,6 +292,8 @@ class PublishKeys(Request):
     identity: IdentityPublic | None
     signed_prekey: SignedPrekey | None
     one_time_prekeys: tuple[OneTimePrekey, ...]
+    kem_last_resort: KemPrekey | None = None  # v2
+    one_time_kem_prekeys: tuple[KemPrekey, ...] = ()  # v2
     # A different identity is refused unless this is set: a new profile must link, and
     # only an explicit reset may replace the account's identity (and unlink the rest).
     replace_identity: bool = False

@@ -58,6 +58,11 @@ class RelayConfig:
     dh_group: str = _opt(
         "x25519", "built-in DH group: x25519 or ffdhe3072 (ignored with dh_params)"
     )
+    min_protocol: int = _opt(
+        1,
+        "oldest protocol version served: 1 keeps serving version-1 (X3DH) clients, 2 turns "
+        "them away with unsupported_version",
+    )
     max_frame: int = _opt(DEFAULT_MAX_FRAME, "largest frame accepted, in bytes")
     max_mailbox: int = _opt(10_000, "envelopes queued per recipient before sends are refused")
     max_mailbox_bytes: int = _opt(256 * 1024 * 1024, "bytes queued per recipient")
@@ -202,6 +207,8 @@ class RelayConfig:
             raise ConfigError("log_format must be text or json")
         if self.metrics_listen is not None:
             host_port(self.metrics_listen)
+        if self.min_protocol not in (1, 2):
+            raise ConfigError("min_protocol must be 1 or 2")
         if self.max_frame < 1024:
             raise ConfigError("max_frame must be at least 1024 bytes")
         if self.max_devices > MAX_DEVICES:

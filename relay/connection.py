@@ -133,6 +133,7 @@ class Connection(asyncio.Protocol):
         self.device = 1
         self.token_hash: bytes | None = None
         self.wants_presence = False
+        self.version = 0  # the protocol version `hello` agreed on
         self._decoder = FrameDecoder(self.config.max_frame)
         self._loop = asyncio.get_running_loop()
         self._last_read = 0.0
@@ -471,6 +472,7 @@ class Connection(asyncio.Protocol):
                 code=exc.code,
                 message=exc.message[:MAX_ERROR_MESSAGE],
                 retry_after=exc.retry_after,
+                versions=exc.versions,
                 device_lists=exc.device_lists,
             )
         elif isinstance(exc, HushwireError):

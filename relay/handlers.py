@@ -17,9 +17,14 @@ from typing import Protocol
 
 from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.errors import ErrorCode, RequestError, echo
-from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from hushwire.common.keys import (
+    KEM_PUBLIC_LEN,
+    PQ_BUNDLE_VERSION,
+    IdentityPublic,
+    OneTimePrekey,
+    SignedPrekey,
+)
 from hushwire.common.messages import (
-    PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Ack,
     AckOk,
@@ -92,6 +97,7 @@ class Peer(Protocol):
     device: int
     token_hash: bytes | None
     wants_presence: bool
+    version: int  # the protocol version agreed in `hello` (0 before)
 
     def push(self, message: Message) -> None: ...
     def offer_early(self, delivery: Deliver) -> bool: ...
@@ -240,14 +246,19 @@ class Relay:
     # --- handshake ---------------------------------------------------------------
 
     async def _hello(self, peer: Peer, req: Hello, now: float) -> HelloOk:
-        if PROTOCOL_VERSION not in req.versions:
+        # The newest version both speak; version 1 only while the operator serves it.
+        served = tuple(v for v in SUPPORTED_VERSIONS if v >= self.config.min_protocol)
+        common = set(req.versions) & set(served)
+        if not common:
             raise RequestError(
                 ErrorCode.UNSUPPORTED_VERSION,
-                f"this relay speaks protocol version(s) {list(SUPPORTED_VERSIONS)}",
+                f"this relay speaks protocol version(s) {list(served)}",
+                versions=served,
             )
+        peer.version = max(common)
         return HelloOk(
             id=req.id,
-            version=PROTOCOL_VERSION,
+            version=peer.version,
             relay=RELAY_NAME,
             group=self.group.name,
             group_params=self.group.params_pem,
@@ -330,6 +341,7 @@ class Relay:
         self._contacts[req.user] = contacts
         await self.store.record_login(name, now=int(now))
         has_identity, left = await self.store.key_status(name)
+        key_version, kem_left = await self.store.kem_status(name)
         # Key changes that happened while this user was offline: tell them now (again at
         # every login until they fetch the new bundle).
         for target, identity in await self.store.changed_identities(name):
@@ -344,7 +356,14 @@ class Relay:
         )
         if first:
             self._announce(req.user, online=True)
-        return LoginOk(id=req.id, user=req.user, prekeys_left=left, has_identity=has_identity)
+        return LoginOk(
+            id=req.id,
+            user=req.user,
+            prekeys_left=left,
+            has_identity=has_identity,
+            kem_prekeys_left=kem_left,
+            key_version=key_version,
+        )
 
     # --- key directory -----------------------------------------------------------
 
@@ -412,9 +431,17 @@ class Relay:
             )
         for otpk in one_time:
             self._check_public(otpk.key, "one-time prekey")
+        self._check_kem(peer, req)
         self._limit(self._publishes, "publish", user, now, "key uploads")
         result = await self.store.publish_keys(
-            user, identity=req.identity, signed_prekey=spk, one_time=one_time, now=int(now)
+            user,
+            identity=req.identity,
+            signed_prekey=spk,
+            one_time=one_time,
+            now=int(now),
+            kem_last_resort=req.kem_last_resort,
+            kem_one_time=req.one_time_kem_prekeys,
+            version=peer.version,
         )
         if result.identity_changed and req.identity is not None:
             log.info(
@@ -425,7 +452,26 @@ class Relay:
                 online = self.online.get(watcher)
                 if online is not None:
                     online.push(push)
-        return PublishOk(id=req.id, prekeys_left=result.prekeys_left)
+        return PublishOk(
+            id=req.id, prekeys_left=result.prekeys_left, kem_prekeys_left=result.kem_prekeys_left
+        )
+
+    def _check_kem(self, peer: Peer, req: PublishKeys) -> None:
+        kem = (*req.one_time_kem_prekeys, *filter(None, [req.kem_last_resort]))
+        if kem and peer.version < PQ_BUNDLE_VERSION:
+            raise RequestError(ErrorCode.BAD_REQUEST, "KEM prekeys need protocol version 2")
+        if len(req.one_time_kem_prekeys) > MAX_PREKEYS_PER_UPLOAD:
+            raise RequestError(
+                ErrorCode.BAD_KEYS,
+                f"at most {MAX_PREKEYS_PER_UPLOAD} one-time KEM prekeys per upload",
+            )
+        for key in kem:
+            if len(key.key) != KEM_PUBLIC_LEN or len(key.sig) != ED25519_SIG:
+                raise RequestError(
+                    ErrorCode.BAD_KEYS,
+                    f"a KEM prekey must be {KEM_PUBLIC_LEN} bytes (ML-KEM-768) with a"
+                    f" {ED25519_SIG}-byte signature",
+                )
 
     async def _fetch(self, peer: Peer, req: FetchBundle, now: float) -> BundleOk:
         user = self._user(peer)
@@ -442,7 +488,7 @@ class Relay:
         # target's own budget, fetches get the last-resort bundle (the signed prekey
         # alone, X3DH without DH4), so sessions still start and no prekey is consumed.
         one_time = self._one_time_of.consume(name, now) == 0
-        bundle = await self.store.fetch_bundle(user, name, one_time=one_time)
+        bundle = await self.store.fetch_bundle(user, name, peer.version, one_time=one_time)
         if bundle is None:
             raise RequestError(ErrorCode.NO_KEYS, f"{target} has not published keys yet")
         account = peer.account or user
@@ -451,7 +497,9 @@ class Relay:
         return BundleOk(id=req.id, bundle=dataclasses.replace(bundle, user=target))
 
     async def _count(self, peer: Peer, req: PrekeyCount, now: float) -> CountOk:
-        return CountOk(id=req.id, count=await self.store.prekey_count(self._user(peer)))
+        user = self._user(peer)
+        _, kem_left = await self.store.kem_status(user)
+        return CountOk(id=req.id, count=await self.store.prekey_count(user), kem_count=kem_left)
 
     # --- mailbox -----------------------------------------------------------------
 

@@ -52,9 +52,11 @@ class Harness:
         self.conns.append(conn)
         return conn
 
-    async def login(self, user: str) -> RelayConnection:
+    async def login(self, user: str, *, version: int = 1) -> RelayConnection:
+        """A logged-in connection. Version 1 by default: these tests publish hand-made
+        keys without KEM prekeys; the version-2 key directory has its own tests."""
         conn = await self.connect()
-        await conn.handshake(user, self.tokens[user])
+        await conn.handshake(user, self.tokens[user], versions=(version,))
         return conn
 
     async def close(self) -> None:

@@ -32,9 +32,9 @@ from Crypto.PublicKey import MLKEM
 
 from hushwire.common.crypto.primitives import OS_RANDOM, Random
 from hushwire.common.errors import InvalidKey
+from hushwire.common.keys import KEM_PUBLIC_LEN
 
 KEM_NAME: Final = "ml-kem-768"
-KEM_PUBLIC_LEN: Final = 1184
 KEM_CIPHERTEXT_LEN: Final = 1088
 KEM_SEED_LEN: Final = 64  # the private key is FIPS 203's seed d || z
 SHARED_SECRET_LEN: Final = 32

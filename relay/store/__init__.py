@@ -31,6 +31,7 @@ from hushwire.relay.store.records import (
     MAX_PENDING_LIMIT,
     MAX_PREKEY_ID,
     USER_EVENTS_KEPT,
+    KemUpload,
     PublishResult,
     StoredEnvelope,
     UserEvent,
@@ -82,10 +83,16 @@ class Backend(Protocol):
         signed_prekey: SignedPrekey | None,
         one_time: Sequence[tuple[int, bytes]],
         now: int,
+        kem: KemUpload,
+        version: int,
     ) -> PublishResult: ...
     async def fetch_bundle(
-        self, fetcher: str, target: str, *, one_time: bool
-    ) -> PrekeyBundle | None: ...
+        self, fetcher: str, target: str, version: int, *, one_time: bool
+    ) -> PrekeyBundle | None:
+        """RequestError(UNSUPPORTED_VERSION), consuming nothing, if the target's keys are
+        for the other protocol version."""
+        ...
+
     async def contacts(self, user: str) -> set[str]:
         """Users of whom `user` fetched the bundle, or who fetched `user`'s."""
         ...
@@ -93,6 +100,7 @@ class Backend(Protocol):
     async def changed_identities(self, watcher: str) -> list[tuple[str, IdentityPublic]]: ...
     async def prekey_count(self, user: str) -> int: ...
     async def key_status(self, user: str) -> tuple[bool, int]: ...
+    async def kem_status(self, user: str) -> tuple[int, int]: ...
 
     # devices (store/devices.py, sqlite_devices.py; migration 0004)
     async def list_principals(self) -> list[UserRecord]:

@@ -43,6 +43,11 @@ _COPY_TABLES: tuple[tuple[str, tuple[str, ...], frozenset[str]], ...] = (
     ),
     ("signed_prekeys", ("user_id", "prekey_id", "key", "sig", "created_at"), frozenset()),
     ("one_time_prekeys", ("user_id", "prekey_id", "key"), frozenset()),
+    (
+        "kem_prekeys",
+        ("user_id", "prekey_id", "last_resort", "key", "sig", "created_at"),
+        frozenset({"last_resort"}),
+    ),
     ("identity_watchers", ("watcher_id", "target_id", "stale"), frozenset({"stale"})),
     ("mailbox", ("id", "recipient_id", "sender", "created_at", "body"), frozenset()),
 )

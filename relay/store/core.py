@@ -13,11 +13,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from hushwire.common.keys import IdentityPublic, OneTimePrekey, PrekeyBundle, SignedPrekey
+from hushwire.common.keys import (
+    BUNDLE_VERSION,
+    IdentityPublic,
+    KemPrekey,
+    OneTimePrekey,
+    PrekeyBundle,
+    SignedPrekey,
+)
 from hushwire.common.names import check_username
 from hushwire.relay.store.batching import Login
 from hushwire.relay.store.devices import DeviceStore
-from hushwire.relay.store.keys import check_publish
+from hushwire.relay.store.keys import check_kem_publish, check_publish
 from hushwire.relay.store.quota import DiskGuard, QuotaLimits
 from hushwire.relay.store.records import (
     PublishResult,
@@ -208,31 +215,46 @@ class Store(DeviceStore):
         signed_prekey: SignedPrekey | None,
         one_time: Sequence[OneTimePrekey],
         now: int,
+        kem_last_resort: KemPrekey | None = None,
+        kem_one_time: Sequence[KemPrekey] = (),
+        version: int = BUNDLE_VERSION,
     ) -> PublishResult:
         """Store a user's keys in one transaction.
 
         A changed identity (other group, sign_key or dh_key) deletes the user's old
         prekeys, which belong to the old identity, and returns the watchers (users who
-        fetched the old identity) so the relay can push key_changed.
+        fetched the old identity) so the relay can push key_changed. An identity marks
+        the user's keys as of protocol `version`; publishing it over version 1 drops
+        any KEM prekeys (that user's client went back to X3DH).
         """
         otk_rows = check_publish(identity, signed_prekey, one_time)
+        kem = check_kem_publish(kem_last_resort, kem_one_time)
         return await self._backend.publish_keys(
-            user, identity=identity, signed_prekey=signed_prekey, one_time=otk_rows, now=now
+            user,
+            identity=identity,
+            signed_prekey=signed_prekey,
+            one_time=otk_rows,
+            now=now,
+            kem=kem,
+            version=version,
         )
 
     async def fetch_bundle(
-        self, fetcher: str, target: str, *, one_time: bool = True
+        self, fetcher: str, target: str, version: int = BUNDLE_VERSION, *, one_time: bool = True
     ) -> PrekeyBundle | None:
-        """A bundle for `target`, consuming its lowest one-time prekey, or None.
+        """A bundle of protocol `version` for `target`, consuming its lowest one-time
+        prekey (and, for version 2, its lowest one-time KEM prekey), or None.
 
-        None when the target does not exist or has no identity and signed prekey yet.
-        The backend takes the prekey and returns it in one transaction, so two
+        None when the target does not exist or has no complete bundle yet (identity,
+        signed prekey and, for version 2, a KEM prekey). RequestError(UNSUPPORTED_VERSION)
+        when the target's keys are for the other version; nothing is consumed then.
+        The backend takes the prekeys and returns them in one transaction, so two
         concurrent fetches can never receive the same one-time prekey. Records
         `fetcher` as a watcher of `target` for key_changed pushes. With `one_time`
         False the bundle has no one-time prekey and consumes none: the last-resort
         bundle (X3DH without DH4, the signed prekey alone).
         """
-        return await self._backend.fetch_bundle(fetcher, target, one_time=one_time)
+        return await self._backend.fetch_bundle(fetcher, target, version, one_time=one_time)
 
     async def contacts(self, user: str) -> set[str]:
         """Users in a session relation with `user`: one fetched the other's bundle."""
@@ -249,6 +271,10 @@ class Store(DeviceStore):
     async def key_status(self, user: str) -> tuple[bool, int]:
         """(has an identity, one-time prekeys left): what a client needs at login."""
         return await self._backend.key_status(user)
+
+    async def kem_status(self, user: str) -> tuple[int, int]:
+        """(bundle version of the keys held, 0 if none; one-time KEM prekeys left)."""
+        return await self._backend.kem_status(user)
 
     async def checkpoint(self) -> None:
         """Backend housekeeping (SQLite: a WAL checkpoint that truncates the WAL, so rows

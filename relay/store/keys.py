@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hushwire.common.errors import ErrorCode, RequestError
-from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
-from hushwire.relay.store.records import MAX_KEY_BYTES, MAX_ONE_TIME_PREKEYS, MAX_PREKEY_ID
+from hushwire.common.keys import IdentityPublic, KemPrekey, OneTimePrekey, SignedPrekey
+from hushwire.relay.store.records import (
+    MAX_KEY_BYTES,
+    MAX_ONE_TIME_PREKEYS,
+    MAX_PREKEY_ID,
+    KemUpload,
+)
 
 
 def _check_blob(value: object, what: str) -> bytes:
@@ -47,3 +52,41 @@ def check_publish(
         (_check_prekey_id(k.id, "one-time prekey"), _check_blob(k.key, "one-time prekey"))
         for k in one_time
     ]
+
+
+def check_kem_publish(last_resort: KemPrekey | None, one_time: Sequence[KemPrekey]) -> KemUpload:
+    """Raise BAD_KEYS for malformed KEM prekeys; return them as (id, key, sig) rows."""
+    if len(one_time) > MAX_ONE_TIME_PREKEYS:
+        raise RequestError(
+            ErrorCode.BAD_KEYS, f"at most {MAX_ONE_TIME_PREKEYS} one-time KEM prekeys per user"
+        )
+
+    def row(key: KemPrekey, what: str) -> tuple[int, bytes, bytes]:
+        return (
+            _check_prekey_id(key.id, what),
+            _check_blob(key.key, what),
+            _check_blob(key.sig, f"{what} signature"),
+        )
+
+    return KemUpload(
+        None if last_resort is None else row(last_resort, "last-resort KEM prekey"),
+        tuple(row(k, "one-time KEM prekey") for k in one_time),
+    )
+
+
+def check_bundle_version(target: str, held: int, wanted: int) -> None:
+    """UNSUPPORTED_VERSION when `target`'s keys are not for the fetcher's protocol."""
+    if held < wanted:
+        raise RequestError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"{target} has not published protocol version {wanted} (post-quantum) keys:"
+            f" their client speaks only version {held}",
+            versions=(held,),
+        )
+    if held > wanted:
+        raise RequestError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"{target} uses protocol version {held}; this client speaks version {wanted}:"
+            " upgrade it to reach them",
+            versions=(held,),
+        )

@@ -20,7 +20,13 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 
 from hushwire.common.errors import ErrorCode, RequestError
-from hushwire.common.keys import BUNDLE_VERSION, IdentityPublic, PrekeyBundle, SignedPrekey
+from hushwire.common.keys import (
+    BUNDLE_VERSION,
+    PQ_BUNDLE_VERSION,
+    IdentityPublic,
+    PrekeyBundle,
+    SignedPrekey,
+)
 from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import (
     DbLocked,
@@ -32,11 +38,13 @@ from hushwire.relay.errors import (
     UserExists,
 )
 from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op
+from hushwire.relay.store.keys import check_bundle_version
 from hushwire.relay.store.postgres_devices import PostgresDevices
 from hushwire.relay.store.quota import Usage
 from hushwire.relay.store.records import (
     MAX_ONE_TIME_PREKEYS,
     USER_EVENTS_KEPT,
+    KemUpload,
     PublishResult,
     StoredEnvelope,
     UserEvent,
@@ -323,6 +331,8 @@ class PostgresBackend(PostgresDevices):
         signed_prekey: SignedPrekey | None,
         one_time: Sequence[tuple[int, bytes]],
         now: int,
+        kem: KemUpload = KemUpload(),  # noqa: B008 - immutable
+        version: int = BUNDLE_VERSION,
     ) -> PublishResult:
         async with self._conn(transaction=True) as conn:
             uid = await conn.fetchval("SELECT id FROM users WHERE name = $1 FOR UPDATE", user)
@@ -339,6 +349,7 @@ class PostgresBackend(PostgresDevices):
                     changed = True
                     await conn.execute("DELETE FROM signed_prekeys WHERE user_id = $1", uid)
                     await conn.execute("DELETE FROM one_time_prekeys WHERE user_id = $1", uid)
+                    await conn.execute("DELETE FROM kem_prekeys WHERE user_id = $1", uid)
                     await conn.execute(
                         "UPDATE identity_watchers SET stale = TRUE WHERE target_id = $1", uid
                     )
@@ -358,12 +369,14 @@ class PostgresBackend(PostgresDevices):
                     " grp = EXCLUDED.grp, sign_key = EXCLUDED.sign_key, dh_key = EXCLUDED.dh_key,"
                     " dh_sig = EXCLUDED.dh_sig, updated_at = EXCLUDED.updated_at",
                     uid,
-                    BUNDLE_VERSION,
+                    version,
                     *new,
                     identity.dh_sig,
                     now,
                 )
-            elif old is None and (signed_prekey is not None or one_time):
+                if version < PQ_BUNDLE_VERSION:
+                    await conn.execute("DELETE FROM kem_prekeys WHERE user_id = $1", uid)
+            elif old is None and (signed_prekey is not None or one_time or kem):
                 raise RequestError(
                     ErrorCode.NO_KEYS, "publish an identity before publishing prekeys"
                 )
@@ -390,17 +403,34 @@ class PostgresBackend(PostgresDevices):
                     list(keys),
                     list(keys.values()),
                 )
-            left = await _prekey_count(conn, uid)
-            if left > MAX_ONE_TIME_PREKEYS:
+            if kem.last_resort is not None:
+                await conn.execute(
+                    "DELETE FROM kem_prekeys WHERE user_id = $1 AND last_resort", uid
+                )
+            # Later duplicates of an id win, as with SQLite's INSERT OR REPLACE.
+            rows = {k[0]: (*k, False) for k in kem.one_time}
+            if kem.last_resort is not None:
+                rows[kem.last_resort[0]] = (*kem.last_resort, True)
+            if rows:
+                await conn.executemany(
+                    "INSERT INTO kem_prekeys (user_id, prekey_id, key, sig, last_resort,"
+                    " created_at) VALUES ($1, $2, $3, $4, $5, $6)"
+                    " ON CONFLICT (user_id, prekey_id) DO UPDATE SET key = EXCLUDED.key,"
+                    " sig = EXCLUDED.sig, last_resort = EXCLUDED.last_resort,"
+                    " created_at = EXCLUDED.created_at",
+                    [(uid, *row, now) for row in rows.values()],
+                )
+            left, kem_left = await _prekey_count(conn, uid), await _kem_count(conn, uid)
+            if max(left, kem_left) > MAX_ONE_TIME_PREKEYS:
                 raise RequestError(
                     ErrorCode.BAD_KEYS,
-                    f"at most {MAX_ONE_TIME_PREKEYS} one-time prekeys per user"
-                    f" ({left} with this upload)",
+                    f"at most {MAX_ONE_TIME_PREKEYS} one-time prekeys of each kind per user"
+                    f" ({left} DH and {kem_left} KEM with this upload)",
                 )
-            return PublishResult(changed, watchers, left)
+            return PublishResult(changed, watchers, left, kem_left)
 
     async def fetch_bundle(
-        self, fetcher: str, target: str, *, one_time: bool
+        self, fetcher: str, target: str, version: int = BUNDLE_VERSION, *, one_time: bool
     ) -> PrekeyBundle | None:
         async with self._conn(transaction=True) as conn:
             tid = await conn.fetchval("SELECT id FROM users WHERE name = $1", target)
@@ -416,6 +446,26 @@ class PostgresBackend(PostgresDevices):
             )
             if ident is None or spk is None:
                 return None
+            check_bundle_version(target, int(ident[0]), version)
+            kem = None
+            if version >= PQ_BUNDLE_VERSION:
+                # A one-time KEM prekey while any is left, else the last-resort one.
+                kem = (
+                    one_time
+                    and await conn.fetchrow(
+                        "DELETE FROM kem_prekeys WHERE user_id = $1 AND prekey_id ="
+                        " (SELECT prekey_id FROM kem_prekeys WHERE user_id = $1"
+                        " AND NOT last_resort ORDER BY prekey_id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                        " RETURNING prekey_id, key, sig",
+                        tid,
+                    )
+                ) or await conn.fetchrow(
+                    "SELECT prekey_id, key, sig FROM kem_prekeys"
+                    " WHERE user_id = $1 AND last_resort",
+                    tid,
+                )
+                if kem is None:
+                    return None
             # SKIP LOCKED: a concurrent fetch takes the next key instead of waiting for
             # this one and then finding it gone; no key is ever handed out twice.
             otk = None
@@ -437,7 +487,7 @@ class PostgresBackend(PostgresDevices):
                     fid,
                     tid,
                 )
-            return bundle(target, ident, spk, otk)
+            return bundle(target, ident, spk, otk, kem)
 
     async def contacts(self, user: str) -> set[str]:
         async with self._conn() as conn:
@@ -474,6 +524,16 @@ class PostgresBackend(PostgresDevices):
                 return False, 0
             has = await conn.fetchval("SELECT 1 FROM identity_keys WHERE user_id = $1", uid)
             return has is not None, await _prekey_count(conn, uid)
+
+    async def kem_status(self, user: str) -> tuple[int, int]:
+        async with self._conn() as conn:
+            uid = await conn.fetchval("SELECT id FROM users WHERE name = $1", user)
+            if uid is None:
+                return 0, 0
+            held = await conn.fetchval(
+                "SELECT bundle_version FROM identity_keys WHERE user_id = $1", uid
+            )
+            return (0 if held is None else int(held)), await _kem_count(conn, uid)
 
     # ------------------------------------------------------------------ mailbox
 
@@ -551,6 +611,15 @@ class PostgresBackend(PostgresDevices):
 def _count(status: str) -> int:
     """Rows affected, from a command status such as 'UPDATE 1' or 'DELETE 0'."""
     return int(status.rsplit(" ", 1)[1])
+
+
+async def _kem_count(conn: asyncpg.Connection, uid: int) -> int:
+    """One-time KEM prekeys left (the last-resort one is not counted)."""
+    return int(
+        await conn.fetchval(
+            "SELECT COUNT(*) FROM kem_prekeys WHERE user_id = $1 AND NOT last_resort", uid
+        )
+    )
 
 
 async def _prekey_count(conn: asyncpg.Connection, uid: int) -> int:

@@ -41,6 +41,18 @@ class PublishResult:
     identity_changed: bool
     watchers: list[str]
     prekeys_left: int
+    kem_prekeys_left: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KemUpload:
+    """Checked KEM prekeys of one upload (protocol version 2): (id, key, sig) each."""
+
+    last_resort: tuple[int, bytes, bytes] | None = None
+    one_time: tuple[tuple[int, bytes, bytes], ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.last_resort is not None or bool(self.one_time)
 
 
 class UserEventKind(StrEnum):

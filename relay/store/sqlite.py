@@ -19,7 +19,9 @@ import aiosqlite
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.keys import (
     BUNDLE_VERSION,
+    PQ_BUNDLE_VERSION,
     IdentityPublic,
+    KemPrekey,
     OneTimePrekey,
     PrekeyBundle,
     SignedPrekey,
@@ -27,10 +29,12 @@ from hushwire.common.keys import (
 from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
 from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op
+from hushwire.relay.store.keys import check_bundle_version
 from hushwire.relay.store.quota import Usage
 from hushwire.relay.store.records import (
     MAX_ONE_TIME_PREKEYS,
     USER_EVENTS_KEPT,
+    KemUpload,
     PublishResult,
     StoredEnvelope,
     UserEvent,
@@ -314,6 +318,8 @@ class SqliteBackend(SqliteDevices):
         signed_prekey: SignedPrekey | None,
         one_time: Sequence[tuple[int, bytes]],
         now: int,
+        kem: KemUpload = KemUpload(),  # noqa: B008 - immutable
+        version: int = BUNDLE_VERSION,
     ) -> PublishResult:
         def publish(conn: sqlite3.Connection) -> PublishResult:
             uid = _user_id(conn, user)
@@ -330,6 +336,7 @@ class SqliteBackend(SqliteDevices):
                     changed = True
                     conn.execute("DELETE FROM signed_prekeys WHERE user_id = ?", (uid,))
                     conn.execute("DELETE FROM one_time_prekeys WHERE user_id = ?", (uid,))
+                    conn.execute("DELETE FROM kem_prekeys WHERE user_id = ?", (uid,))
                     conn.execute(
                         "UPDATE identity_watchers SET stale = 1 WHERE target_id = ?", (uid,)
                     )
@@ -345,9 +352,11 @@ class SqliteBackend(SqliteDevices):
                 conn.execute(
                     "INSERT OR REPLACE INTO identity_keys (user_id, bundle_version, grp,"
                     " sign_key, dh_key, dh_sig, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (uid, BUNDLE_VERSION, *new, identity.dh_sig, now),
+                    (uid, version, *new, identity.dh_sig, now),
                 )
-            elif old is None and (signed_prekey is not None or one_time):
+                if version < PQ_BUNDLE_VERSION:
+                    conn.execute("DELETE FROM kem_prekeys WHERE user_id = ?", (uid,))
+            elif old is None and (signed_prekey is not None or one_time or kem):
                 raise RequestError(
                     ErrorCode.NO_KEYS, "publish an identity before publishing prekeys"
                 )
@@ -363,19 +372,29 @@ class SqliteBackend(SqliteDevices):
                     " VALUES (?, ?, ?)",
                     [(uid, pid, key) for pid, key in one_time],
                 )
-            left = _prekey_count(conn, uid)
-            if left > MAX_ONE_TIME_PREKEYS:
+            if kem.last_resort is not None:
+                conn.execute(
+                    "DELETE FROM kem_prekeys WHERE user_id = ? AND last_resort = 1", (uid,)
+                )
+            conn.executemany(
+                "INSERT OR REPLACE INTO kem_prekeys (user_id, prekey_id, key, sig, last_resort,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(uid, *k, 0, now) for k in kem.one_time]
+                + ([] if kem.last_resort is None else [(uid, *kem.last_resort, 1, now)]),
+            )
+            left, kem_left = _prekey_count(conn, uid), _kem_count(conn, uid)
+            if max(left, kem_left) > MAX_ONE_TIME_PREKEYS:
                 raise RequestError(
                     ErrorCode.BAD_KEYS,
-                    f"at most {MAX_ONE_TIME_PREKEYS} one-time prekeys per user"
-                    f" ({left} with this upload)",
+                    f"at most {MAX_ONE_TIME_PREKEYS} one-time prekeys of each kind per user"
+                    f" ({left} DH and {kem_left} KEM with this upload)",
                 )
-            return PublishResult(changed, watchers, left)
+            return PublishResult(changed, watchers, left, kem_left)
 
         return await self._run(_in_transaction(publish))
 
     async def fetch_bundle(
-        self, fetcher: str, target: str, *, one_time: bool
+        self, fetcher: str, target: str, version: int = BUNDLE_VERSION, *, one_time: bool
     ) -> PrekeyBundle | None:
         def fetch(conn: sqlite3.Connection) -> PrekeyBundle | None:
             tid = _user_id(conn, target)
@@ -391,6 +410,27 @@ class SqliteBackend(SqliteDevices):
             ).fetchone()
             if ident is None or spk is None:
                 return None
+            check_bundle_version(target, int(ident[0]), version)
+            kem = None
+            if version >= PQ_BUNDLE_VERSION:
+                # A one-time KEM prekey while any is left (each handed out once), else the
+                # last-resort one (PQXDH 3.2); past the target's one-time budget, the
+                # last-resort one directly, consuming nothing.
+                kem = (
+                    one_time
+                    and conn.execute(
+                        "DELETE FROM kem_prekeys WHERE user_id = ? AND prekey_id ="
+                        " (SELECT MIN(prekey_id) FROM kem_prekeys WHERE user_id = ?"
+                        " AND last_resort = 0) RETURNING prekey_id, key, sig",
+                        (tid, tid),
+                    ).fetchone()
+                ) or conn.execute(
+                    "SELECT prekey_id, key, sig FROM kem_prekeys"
+                    " WHERE user_id = ? AND last_resort = 1",
+                    (tid,),
+                ).fetchone()
+                if kem is None:
+                    return None
             otk = None
             if one_time:
                 otk = conn.execute(
@@ -407,7 +447,7 @@ class SqliteBackend(SqliteDevices):
                     " ON CONFLICT DO UPDATE SET stale = 0",
                     (fid, tid),
                 )
-            return bundle(target, ident, spk, otk)
+            return bundle(target, ident, spk, otk, kem)
 
         return await self._run(_in_transaction(fetch))
 
@@ -452,6 +492,18 @@ class SqliteBackend(SqliteDevices):
                 return False, 0
             row = conn.execute("SELECT 1 FROM identity_keys WHERE user_id = ?", (uid,)).fetchone()
             return row is not None, _prekey_count(conn, uid)
+
+        return await self._run(run)
+
+    async def kem_status(self, user: str) -> tuple[int, int]:
+        def run(conn: sqlite3.Connection) -> tuple[int, int]:
+            uid = _user_id(conn, user)
+            if uid is None:
+                return 0, 0
+            row = conn.execute(
+                "SELECT bundle_version FROM identity_keys WHERE user_id = ?", (uid,)
+            ).fetchone()
+            return (0 if row is None else int(row[0])), _kem_count(conn, uid)
 
         return await self._run(run)
 
@@ -532,10 +584,15 @@ def user_record(row: Sequence[Any]) -> UserRecord:
 
 
 def bundle(
-    target: str, ident: Sequence[Any], spk: Sequence[Any], otk: Sequence[Any] | None
+    target: str,
+    ident: Sequence[Any],
+    spk: Sequence[Any],
+    otk: Sequence[Any] | None,
+    kem: Sequence[Any] | None = None,
 ) -> PrekeyBundle:
     """A bundle from the rows (bundle_version, grp, sign_key, dh_key, dh_sig),
-    (prekey_id, key, sig) and, if any left, (prekey_id, key)."""
+    (prekey_id, key, sig), if any left (prekey_id, key) and for version 2 the KEM
+    prekey's (prekey_id, key, sig)."""
     return PrekeyBundle(
         user=target,
         identity=IdentityPublic(
@@ -544,7 +601,16 @@ def bundle(
         signed_prekey=SignedPrekey(id=int(spk[0]), key=spk[1], sig=spk[2]),
         one_time_prekey=None if otk is None else OneTimePrekey(int(otk[0]), otk[1]),
         version=int(ident[0]),
+        kem_prekey=None if kem is None else KemPrekey(int(kem[0]), kem[1], kem[2]),
     )
+
+
+def _kem_count(conn: sqlite3.Connection, uid: int) -> int:
+    """One-time KEM prekeys left (the last-resort one is not counted)."""
+    (n,) = conn.execute(
+        "SELECT COUNT(*) FROM kem_prekeys WHERE user_id = ? AND last_resort = 0", (uid,)
+    ).fetchone()
+    return int(n)
 
 
 def _prekey_count(conn: sqlite3.Connection, uid: int) -> int:

@@ -10,7 +10,7 @@ import dataclasses
 
 from hushwire.client.service import MessageQuarantined, MessageReceived, MessageRejected
 from hushwire.common.crypto.dh import X25519
-from hushwire.common.crypto.identity import IdentityKeyPair, SignedPrekeyPair
+from hushwire.common.crypto.identity import IdentityKeyPair, KemPrekeyPair, SignedPrekeyPair
 from hushwire.common.keys import PrekeyBundle
 from hushwire.common.messages import Deliver
 from tests.e2e.helpers import next_event
@@ -118,14 +118,15 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     alice = await login(relay, "alice")
     forged = IdentityKeyPair.generate(X25519)
     spk = SignedPrekeyPair.generate(forged, X25519, 1)
+    kem = KemPrekeyPair.generate(forged, 2, last_resort=True)
     store = relay.server.relay.store
     real_fetch = store.fetch_bundle
 
-    async def evil_fetch(fetcher, target, **kwargs):
-        bundle = await real_fetch(fetcher, target, **kwargs)
+    async def evil_fetch(fetcher, target, *args, **kwargs):
+        bundle = await real_fetch(fetcher, target, *args, **kwargs)
         if target != "bob":
             return bundle
-        return PrekeyBundle("bob", forged.public(), spk.public(), None)
+        return PrekeyBundle("bob", forged.public(), spk.public(), None, 2, kem.public())
 
     store.fetch_bundle = evil_fetch
     await alice.send("bob", "for the real bob")

@@ -1,4 +1,4 @@
-"""A profile from before per-device fan-out (schema 1) upgrades with nothing queued
+"""A profile from before per-device fan-out (schema 2) upgrades with nothing queued
 lost: its unconfirmed envelope and its queued message go out as fan-outs, in order,
 over a real relay and real TLS."""
 
@@ -31,12 +31,12 @@ async def test_a_profile_from_before_fan_out_upgrades_and_sends_what_waited(
     await old.close()
     db = sqlite3.connect(tmp_path / "profile-alice" / DB_NAME)
     db.execute("DROP TABLE device_sessions")
-    db.execute("PRAGMA user_version = 1")
+    db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
 
     upgraded = await reopen("alice")
-    assert await upgraded.sessions.store.schema_version() == latest_version() == 2
+    assert await upgraded.sessions.store.schema_version() == latest_version() == 3
     await upgraded.start()
     await upgraded.flush_outbox()
     await bob.sync()

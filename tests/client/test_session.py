@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from hushwire.client.errors import BadBundle, MessageHeld, UnknownContact
+from hushwire.client.keys import publish_fields as _publish_fields
 from hushwire.client.keys import split_upload as _split_upload
 from hushwire.client.session import (
     IDENTITY_RECHECK_MS,
@@ -27,11 +28,11 @@ from hushwire.client.session import (
 from hushwire.client.settings import Backoff
 from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common.crypto.dh import X25519
-from hushwire.common.crypto.envelope import Envelope
+from hushwire.common.crypto.envelope import Envelope, Session
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.keys import PrekeyBundle, SignedPrekey
-from hushwire.common.messages import Deliver, ListVersion, SendDevices
+from hushwire.common.messages import Deliver, ListVersion, PublishKeys, SendDevices
 
 
 class Clock:
@@ -43,11 +44,13 @@ class Clock:
 
 
 class Directory:
-    """What the relay's key directory does: hand out bundles, one one-time prekey each."""
+    """What the relay's version-2 key directory does: hand out bundles, one one-time
+    prekey and one one-time KEM prekey each (the last-resort KEM prekey when none left)."""
 
     def __init__(self) -> None:
         self.uploads: dict[str, KeyUpload] = {}
         self.one_time: dict[str, list] = {}
+        self.kem: dict[str, list] = {}
         self.fetches = 0
         self.mids = itertools.count(1)
 
@@ -55,18 +58,28 @@ class Directory:
         old = self.uploads.get(user)
         identity = upload.identity or old.identity
         spk = upload.signed_prekey or old.signed_prekey
+        last = upload.kem_last_resort or old.kem_last_resort
         if upload.identity is not None and old is not None and upload.identity != old.identity:
             self.one_time[user] = []
-        self.uploads[user] = KeyUpload(identity, spk, ())
+            self.kem[user] = []
+        self.uploads[user] = KeyUpload(identity, spk, (), last)
         self.one_time.setdefault(user, []).extend(upload.one_time_prekeys)
+        self.kem.setdefault(user, []).extend(upload.one_time_kem_prekeys)
 
     async def fetch(self, user: str) -> PrekeyBundle:
         self.fetches += 1
         if user not in self.uploads:
             raise RequestError(ErrorCode.UNKNOWN_USER, f"no user {user}")
         up = self.uploads[user]
-        otpks = self.one_time[user]
-        return PrekeyBundle(user, up.identity, up.signed_prekey, otpks.pop(0) if otpks else None)
+        otpks, kems = self.one_time[user], self.kem[user]
+        return PrekeyBundle(
+            user,
+            up.identity,
+            up.signed_prekey,
+            otpks.pop(0) if otpks else None,
+            2,
+            kems.pop(0) if kems else up.kem_last_resort,
+        )
 
     def deliver(self, sender: str, envelope: bytes) -> Deliver:
         return Deliver(mid=next(self.mids), sender=sender, ts=0, body=envelope)
@@ -93,7 +106,9 @@ async def make(tmp_path, clock, directory):
         stores.append(store)
         identity = await load_or_create_identity(store, X25519, 0)
         manager = SessionManager(store, user, identity, X25519, clock=clock)
-        upload = await manager.plan_upload(relay_has_identity=False, prekeys_left=0)
+        upload = await manager.plan_upload(
+            relay_has_identity=False, prekeys_left=0, kem_prekeys_left=0, key_version=2
+        )
         directory.publish(user, upload)
         await manager.upload_done(upload)
         return manager
@@ -257,24 +272,43 @@ async def test_bad_bundles_and_unknown_contacts(make, directory):
 
 async def test_prekey_top_up_and_signed_prekey_rotation(make, directory, clock):
     bob = await make("bob")
-    assert await bob.plan_upload(relay_has_identity=True, prekeys_left=PREKEY_LOW) is None
-    top = await bob.plan_upload(relay_has_identity=True, prekeys_left=PREKEY_LOW - 1)
+    assert (
+        await bob.plan_upload(
+            relay_has_identity=True,
+            prekeys_left=PREKEY_LOW,
+            kem_prekeys_left=PREKEY_LOW,
+            key_version=2,
+        )
+        is None
+    )
+    top = await bob.plan_upload(
+        relay_has_identity=True,
+        prekeys_left=PREKEY_LOW - 1,
+        kem_prekeys_left=PREKEY_LOW - 1,
+        key_version=2,
+    )
     assert top.identity is None and top.signed_prekey is None
     assert len(top.one_time_prekeys) == PREKEY_TARGET - PREKEY_LOW + 1
     first_spk = directory.uploads["bob"].signed_prekey.id
     clock.now += SIGNED_PREKEY_ROTATE_MS / 1000
-    rot = await bob.plan_upload(relay_has_identity=True, prekeys_left=50)
+    rot = await bob.plan_upload(
+        relay_has_identity=True, prekeys_left=50, kem_prekeys_left=50, key_version=2
+    )
     assert rot.signed_prekey is not None and rot.signed_prekey.id != first_spk
     await bob.upload_done(rot)
     # The previous signed prekey stays for the grace period, then goes.
     ids = [pid for pid, *_ in await bob.store.signed_prekeys()]
     assert ids == [first_spk, rot.signed_prekey.id]
     clock.now += SIGNED_PREKEY_GRACE_MS / 1000 + 1
-    rot2 = await bob.plan_upload(relay_has_identity=True, prekeys_left=50)
+    rot2 = await bob.plan_upload(
+        relay_has_identity=True, prekeys_left=50, kem_prekeys_left=50, key_version=2
+    )
     await bob.upload_done(rot2)
     assert first_spk not in [pid for pid, *_ in await bob.store.signed_prekeys()]
     # Relay lost our keys (has_identity False): publish everything again.
-    again = await bob.plan_upload(relay_has_identity=False, prekeys_left=0)
+    again = await bob.plan_upload(
+        relay_has_identity=False, prekeys_left=0, kem_prekeys_left=0, key_version=2
+    )
     assert again.identity == bob.identity.public() and len(again.one_time_prekeys) == 100
 
 
@@ -282,7 +316,9 @@ async def test_initial_message_for_a_rotated_prekey_within_grace(make, directory
     alice, bob = await make("alice"), await make("bob")
     in_flight = await send(alice, "bob", "sent before rotation", directory)
     clock.now += SIGNED_PREKEY_ROTATE_MS / 1000
-    rot = await bob.plan_upload(relay_has_identity=True, prekeys_left=99)
+    rot = await bob.plan_upload(
+        relay_has_identity=True, prekeys_left=99, kem_prekeys_left=99, key_version=2
+    )
     await bob.upload_done(rot)
     assert (await bob.receive(in_flight)).text == "sent before rotation"
 
@@ -294,7 +330,9 @@ async def test_max_text_bytes_is_exact_for_a_real_initial_envelope(make, directo
     views = (ListVersion("alice", 1), ListVersion("bob", 0))
     frame = SendDevices(id=2**40, envelopes=out.envelopes(), lists=views).to_wire()
     size = len(msgpack.packb(frame, use_bin_type=True))
-    assert size <= 4096 and 4096 - size < 64  # tight: the worst case (a sent copy) is a bit larger
+    # Tight: the worst case is only a bit larger (three prekey ids at 5 bytes, not 1;
+    # a sent copy's plaintext; list versions at 9 bytes).
+    assert size <= 4096 and 4096 - size < 64
 
 
 def test_backoff_grows_is_capped_jittered_and_honours_retry_after():
@@ -307,9 +345,87 @@ def test_backoff_grows_is_capped_jittered_and_honours_retry_after():
 
 async def test_uploads_are_split_to_fit_the_frame(make):
     bob = await make("bob")
-    upload = await bob.plan_upload(relay_has_identity=False, prekeys_left=0)
+    upload = await bob.plan_upload(
+        relay_has_identity=False, prekeys_left=0, kem_prekeys_left=0, key_version=2
+    )
     parts = _split_upload(upload, 2048)
     assert len(parts) > 1 and parts[0].identity is not None
     assert all(p.identity is None and p.signed_prekey is None for p in parts[1:])
     assert sum(len(p.one_time_prekeys) for p in parts) == len(upload.one_time_prekeys)
-    assert _split_upload(upload, 65536) == [upload]
+    # 100 KEM prekeys (1,184 bytes each) never fit one 64 KiB frame: the first part keeps
+    # the identity, signed prekey and last-resort KEM prekey; every key goes exactly once.
+    parts = _split_upload(upload, 65536)
+    assert len(parts) == 3 and parts[0].kem_last_resort == upload.kem_last_resort
+    assert all(p.identity is None and p.kem_last_resort is None for p in parts[1:])
+    assert [k for p in parts for k in p.one_time_prekeys] == list(upload.one_time_prekeys)
+    kem = [k for p in parts for k in p.one_time_kem_prekeys]
+    assert kem == list(upload.one_time_kem_prekeys) and len(kem) == PREKEY_TARGET
+    for part in parts:
+        frame = PublishKeys(id=2**63 - 1, **_publish_fields(part)).to_wire()
+        assert len(msgpack.packb(frame, use_bin_type=True)) <= 65536
+
+
+# --- protocol version 2: PQXDH only, KEM prekey upkeep ---------------------------------
+
+
+async def _kem_ids(manager: SessionManager, *ids: int) -> set[int]:
+    """Which of `ids` the profile still holds a KEM prekey for."""
+    return {i for i in ids if await manager.store.kem_prekey(i) is not None}
+
+
+async def test_sessions_are_pqxdh_and_a_used_one_time_kem_prekey_is_deleted(make, directory):
+    alice, bob = await make("alice"), await make("bob")
+    kem_one_time = directory.kem["bob"][0]
+    last_resort = directory.uploads["bob"].kem_last_resort
+    assert await _kem_ids(bob, kem_one_time.id, last_resort.id) == {
+        kem_one_time.id,
+        last_resort.id,
+    }
+    first = await send(alice, "bob", "post-quantum hello", directory)
+    env = Envelope.from_bytes(first.body)
+    assert env.version == 2 and env.x3dh.kem_prekey_id == kem_one_time.id
+    assert (await bob.receive(first)).text == "post-quantum hello"
+    assert await _kem_ids(bob, kem_one_time.id, last_resort.id) == {last_resort.id}
+    # With every one-time KEM prekey gone, the last-resort one serves and stays.
+    directory.kem["bob"].clear()
+    carol = await make("carol")
+    got = await bob.receive(await send(carol, "bob", "via last resort", directory))
+    assert got.text == "via last resort"
+    assert await _kem_ids(bob, last_resort.id) == {last_resort.id}
+
+
+async def test_a_relay_serving_a_version_1_bundle_cannot_downgrade_us(make, directory):
+    """The relay strips bob's KEM prekey and serves his keys as a version-1 bundle."""
+    alice = await make("alice")
+    await make("bob")
+    real = directory.fetch
+
+    async def downgrade(user: str) -> PrekeyBundle:
+        b = await real(user)
+        return PrekeyBundle(b.user, b.identity, b.signed_prekey, b.one_time_prekey)
+
+    with pytest.raises(BadBundle, match="version-1"):
+        await alice.prepare_send("bob", "must not leave without a KEM secret", downgrade)
+    assert await alice.store.load_sessions("bob") == []
+    assert await alice.pending() == []
+
+
+async def test_a_version_1_session_start_is_rejected(make, directory):
+    """An X3DH (version-1) initial envelope, as an old client or a downgrading relay sends."""
+    alice, bob = await make("alice"), await make("bob")
+    b = await directory.fetch("bob")
+    v1 = PrekeyBundle(b.user, b.identity, b.signed_prekey, b.one_time_prekey)
+    _, envelope = Session.initiate(alice.identity, "alice", v1, X25519, 0, b"\x01old")
+    got = await bob.receive(directory.deliver("alice", envelope))
+    assert isinstance(got, Rejected) and "version-1" in got.reason
+    assert await bob.store.count_one_time_prekeys() == PREKEY_TARGET  # nothing consumed
+
+
+async def test_a_profile_from_before_version_2_publishes_its_kem_prekeys(make):
+    bob = await make("bob")
+    upgrade = await bob.plan_upload(
+        relay_has_identity=True, prekeys_left=100, kem_prekeys_left=0, key_version=1
+    )
+    assert upgrade.identity == bob.identity.public()
+    assert upgrade.kem_last_resort is not None
+    assert len(upgrade.one_time_kem_prekeys) == PREKEY_TARGET

@@ -50,7 +50,9 @@ class ChatMachine(RuleBasedStateMachine):
         identity = await load_or_create_identity(store, X25519, 0)
         manager = SessionManager(store, user, identity, X25519, clock=self.clock)
         if first:
-            upload = await manager.plan_upload(relay_has_identity=False, prekeys_left=0)
+            upload = await manager.plan_upload(
+                relay_has_identity=False, prekeys_left=0, kem_prekeys_left=0, key_version=2
+            )
             self.directory.publish(user, upload)
             await manager.upload_done(upload)
         return manager

@@ -229,8 +229,9 @@ class Screen:
 @pytest.fixture
 async def relay(relay_factory) -> Harness:
     """A small frame limit keeps the long-message test quick. `login` (tests/conftest.py)
-    starts library clients: the other side of each chat."""
-    return await relay_factory(max_frame=4096)
+    starts library clients: the other side of each chat. At 4 KiB a frame holds only
+    three KEM prekeys, so a first upload takes ~35 frames: allow them."""
+    return await relay_factory(max_frame=4096, publish_burst=1000)
 
 
 async def make_profile(relay: Harness, user: str, profile: Path) -> None:

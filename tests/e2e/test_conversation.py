@@ -22,7 +22,7 @@ from hushwire.client.service import (
     MessagesReleased,
 )
 from hushwire.common.crypto.dh import X25519
-from hushwire.common.crypto.identity import IdentityKeyPair, SignedPrekeyPair
+from hushwire.common.crypto.identity import IdentityKeyPair, KemPrekeyPair, SignedPrekeyPair
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.messages import Deliver, FetchBundle
 from tests.e2e.helpers import next_event, settings_for
@@ -62,7 +62,7 @@ async def test_first_contact_without_one_time_prekeys(relay_factory, login):
     relay = await relay_factory(fetch_burst=1000, target_fetch_burst=1000)
     bob = await login(relay, "bob")
     await bob.close()
-    carol = await relay.login("carol")
+    carol = await relay.login("carol", version=2)
     drained = 0
     while (await carol.request(FetchBundle, user="bob")).bundle.one_time_prekey is not None:
         drained += 1
@@ -206,10 +206,12 @@ async def test_relay_substituting_a_contacts_keys_is_detected(relay, login):
     bob = await login(relay, "bob")
     await alice.send("bob", "hi")
     await next_event(bob, MessageReceived)
-    # A malicious relay swaps bob's identity and signed prekey for its own (validly
+    await bob.sync()  # bob's top-up after "hi" used a prekey: done before the swap
+    # A malicious relay swaps bob's identity and prekeys for its own (validly
     # self-signed, so only the pin can tell) and sends no key_changed.
     forged = IdentityKeyPair.generate(X25519)
     spk = SignedPrekeyPair.generate(forged, X25519, 7).public()
+    kem = KemPrekeyPair.generate(forged, 8, last_resort=True).public()
     ident = forged.public()
     with sqlite3.connect(relay.config.db) as db:
         uid = db.execute("SELECT id FROM users WHERE name = 'bob'").fetchone()[0]
@@ -222,6 +224,12 @@ async def test_relay_substituting_a_contacts_keys_is_detected(relay, login):
             (spk.key, spk.sig, uid),
         )
         db.execute("DELETE FROM one_time_prekeys WHERE user_id = ?", (uid,))
+        db.execute("DELETE FROM kem_prekeys WHERE user_id = ?", (uid,))
+        db.execute(
+            "INSERT INTO kem_prekeys (user_id, prekey_id, key, sig, last_resort, created_at)"
+            " VALUES (?, 8, ?, ?, 1, 0)",
+            (uid, kem.key, kem.sig),
+        )
     # The existing session is unaffected; a fresh one needs the (forged) bundle.
     await alice.send("bob", "still fine")
     assert (await next_event(bob, MessageReceived)).text == "still fine"
@@ -303,11 +311,13 @@ async def test_envelope_for_another_recipient_is_rejected(relay, login):
 
 
 async def test_long_text_up_to_the_frame_limit(relay_factory, login):
-    relay = await relay_factory(max_frame=2048)
+    # 4 KiB frames: an initial envelope spends ~1.5 KB on keys (1,088 of them the KEM
+    # ciphertext); a first key upload then takes ~35 frames, so allow them.
+    relay = await relay_factory(max_frame=4096, publish_burst=1000)
     alice = await login(relay, "alice")
     bob = await login(relay, "bob")
     limit = alice.max_text_bytes("bob")
-    assert 1500 < limit < 2048
+    assert 2500 < limit < 4096 - 1088
     text = ("é" * (limit // 2)) + ("x" * (limit % 2))
     assert len(text.encode()) == limit
     await alice.send("bob", text)  # the first, largest (initial) envelope

@@ -81,7 +81,7 @@ async def link(relay, old: Device, dlist, *, name: str = "second", now: float = 
     offer = LinkOffer(X25519, now=now, ttl=300)
     await old.conn.request(LinkStart, channel=offer.code.channel, ephemeral=offer.ephemeral)
     new_conn = await relay.connect()
-    await new_conn.say_hello()
+    await new_conn.say_hello((1,))  # version 1, like relay.login in these tests
     fetched = await new_conn.request(LinkFetch, channel=offer.code.channel)
     joiner = LinkJoiner(X25519, LinkCode.parse(offer.code.text()), name, X25519.generate())
     n_pub, sealed = joiner.request(fetched.ephemeral)

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from hushwire.common.errors import HushwireError
-from hushwire.common.keys import IdentityPublic, OneTimePrekey, SignedPrekey
+from hushwire.common.keys import IdentityPublic, KemPrekey, OneTimePrekey, SignedPrekey
 from hushwire.relay import migrate as mg
 from hushwire.relay.errors import DbLocked, NotHushwireDb, SchemaOutdated, SchemaTooNew, StoreError
 from hushwire.relay.store import Store
@@ -203,6 +203,34 @@ async def _script(store: Store) -> list[object]:
         await _attempt(log, "fetch", store.fetch_bundle(fetcher, "bob"))
     await _attempt(log, "fetch none", store.fetch_bundle("alice", "carol"))
     await _attempt(log, "count", store.prekey_count("bob"))
+    # Protocol version 2: KEM prekeys (a repeated id: the later one wins), typed refusals.
+    kems = [KemPrekey(i, bytes([i]) * 1184, bytes([i]) * 64) for i in (21, 20, 21)]
+    last = KemPrekey(30, b"\x1e" * 1184, b"\x1f" * 64)
+    await _attempt(
+        log,
+        "publish v2",
+        store.publish_keys(
+            "carol",
+            identity=_ident(3),
+            signed_prekey=spk,
+            one_time=otks,
+            now=NOW,
+            kem_last_resort=last,
+            kem_one_time=kems,
+            version=2,
+        ),
+    )
+    await _attempt(log, "kem status", store.kem_status("carol"))
+    for fetcher in ("alice", "bob", "alice"):
+        await _attempt(log, "fetch v2", store.fetch_bundle(fetcher, "carol", 2))
+    await _attempt(log, "fetch v2 of a v1 user", store.fetch_bundle("alice", "bob", 2))
+    await _attempt(log, "fetch v1 of a v2 user", store.fetch_bundle("alice", "carol", 1))
+    await _attempt(
+        log,
+        "back to v1",
+        store.publish_keys("carol", identity=_ident(3), signed_prekey=None, one_time=(), now=NOW),
+    )
+    await _attempt(log, "kem status after", store.kem_status("carol"))
     await _attempt(
         log,
         "new identity",

@@ -322,3 +322,23 @@ def test_every_bit_flip_of_a_version_2_initial_envelope_is_rejected():
     for bit in range(len(env) * 8):
         with pytest.raises(CryptoError):
             Session.respond(bob.identity, "bob", prekeys, flip(env, bit))
+
+
+def test_a_session_restored_from_a_copy_does_not_repeat_key_and_nonce(alice, bob, group):
+    """A copied profile: the same persisted session sends twice, different texts. The
+    envelopes share the message key slot but not the AES key and nonce (salt)."""
+    a, env = start_v2(alice, bob)
+    b, _, _ = Session.respond(bob.identity, "bob", bob.prekeys(), env)
+    a.decrypt(b.encrypt(b"ready", NOW))
+    saved = a.to_bytes()
+    first = Envelope.from_bytes(a.encrypt(b"attack at dawn", NOW + 1))
+    copy = Session.from_bytes(saved)
+    second = Envelope.from_bytes(copy.encrypt(b"retreat at six", NOW + 2))
+    h1, h2 = first.header, second.header
+    assert (h1.dh, h1.pn, h1.n) == (h2.dh, h2.pn, h2.n) and h1.salt != h2.salt
+    stream1 = bytes(p ^ c for p, c in zip(b"attack at dawn", first.ciphertext[:14], strict=True))
+    stream2 = bytes(p ^ c for p, c in zip(b"retreat at six", second.ciphertext[:14], strict=True))
+    assert stream1 != stream2  # different AES keystreams, so no plaintext XOR leaks
+    assert b.decrypt(first.to_bytes()).plaintext == b"attack at dawn"
+    with pytest.raises(ReplayError):
+        b.decrypt(second.to_bytes())

@@ -1,4 +1,4 @@
--- 0002: ratchet sessions per device of an account (docs/security.md, "Fan-out").
+-- 0003: ratchet sessions per device of an account (docs/security.md, "Fan-out").
 -- A contact's device 1 keeps its sessions in contacts.sessions (as before devices, so
 -- an upgraded profile keeps them as they are); every other device of a contact, and
 -- every other device of our own account, has a row here. `sessions` is sealed like
