@@ -18,9 +18,9 @@ from hushwire.client.events import (
     MessageQuarantined,
     MessageReceived,
     MessageRejected,
-    MessageSent,
     Notice,
     Presence,
+    SentElsewhere,
     SessionRestarted,
     utc_from_ms,
 )
@@ -175,7 +175,11 @@ class Inbox:
                 )
             )
         elif isinstance(outcome, SentCopy):
-            self._emit(MessageSent(outcome.contact, outcome.uid))
+            self._emit(
+                SentElsewhere(
+                    outcome.contact, utc_from_ms(outcome.sent_at_ms), outcome.text, outcome.uid
+                )
+            )
         elif isinstance(outcome, SessionReset):
             if outcome.key_changed:
                 self._emit(KeyChanged(outcome.contact))

@@ -49,6 +49,7 @@ from hushwire.client.events import (
     Notice,
     Presence,
     SendResult,
+    SentElsewhere,
     SessionRestarted,
     history_item,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "Presence",
     "RelaySettings",
     "SendResult",
+    "SentElsewhere",
     "SessionRestarted",
     "relay_error_text",
     "restart_text",

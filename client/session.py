@@ -203,6 +203,8 @@ class SentCopy:
 
     contact: str
     uid: str
+    sent_at_ms: int
+    text: str
     used_one_time_prekey: bool
 
 
@@ -576,7 +578,7 @@ class SessionManager:
                     text=text,
                     envelope_id=message.envelope_id,
                 )
-                return SentCopy(copy[0], uid, used_one_time)
+                return SentCopy(copy[0], uid, message.sent_at_ms, text, used_one_time)
             uid = await self.store.add_message(
                 contact=sender,
                 direction="in",

@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from hushwire.client.service import ConnectionState, HushwireClient, Notice
+from hushwire.client.service import ConnectionState, HushwireClient, Notice, SentElsewhere
 from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
@@ -77,6 +77,8 @@ async def test_two_devices_each_see_the_whole_conversation_once(relay, reopen, t
 
     await say(alice, "hi bob, from alice's first device")
     await sync(alice2, bob, bob2)
+    copy = await next_event(alice2, SentElsewhere)
+    assert (copy.contact, copy.text) == ("bob", "hi bob, from alice's first device")
     await say(bob2, "hi alice, from bob's phone")
     await say(alice2, "and from alice's laptop")
     await sync(alice, alice2, bob, bob2)
