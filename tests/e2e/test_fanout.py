@@ -198,3 +198,26 @@ async def test_an_unlinked_device_gets_nothing_after_the_next_send(relay, login,
         assert left == 0
     finally:
         await bob2.close()
+
+
+async def test_a_first_message_from_a_contacts_second_device_is_shown_as_theirs(
+    relay, login, tmp_path
+):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    phone = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    try:
+        await phone.send("alice", "first words, from bob's phone")
+        await alice.sync()
+        # alice pinned bob from his device 1's bundle and checked the phone against the
+        # list signed by that identity; bob's first device shows the sent copy.
+        assert await texts(alice, "bob") == [("in", "first words, from bob's phone")]
+        assert (await alice.contact_state("bob")).key_changed is False
+        await bob.sync()
+        assert await texts(bob, "alice") == [("out", "first words, from bob's phone")]
+        await alice.send("bob", "hello to both")
+        await sync(bob, phone)
+        for device in (bob, phone):
+            assert ("in", "hello to both") in await texts(device, "alice")
+    finally:
+        await phone.close()
