@@ -34,7 +34,7 @@ from typing import Final
 import msgpack
 
 from hushwire.client.errors import BadBundle, MessageHeld, ProfileCorrupt, UnknownContact
-from hushwire.client.fanout import listed_key
+from hushwire.client.fanout import HELD_LIST, listed_key
 from hushwire.client.store import Contact, ProfileStore, StoredMessage
 from hushwire.client.text import (
     decode_sent_copy,
@@ -817,6 +817,9 @@ class SessionManager:
         async with self.store.transaction():
             if view.pending is not None:
                 await self.store.accept_identity(name, view.pending, self.now_ms())
+                # The held device list was signed by the old identity: the new one's
+                # lists start again (the relay's mismatched_devices brings it).
+                await self.store.delete_setting(HELD_LIST + name)
             held = await self.store.messages_with_status(("held",), name)
             await self.store.release_incoming(name)
         out = [m for m in held if m.direction == "out"]

@@ -608,13 +608,19 @@ class ProfileStore:
         )
 
     async def accept_identity(self, name: str, identity: IdentityPublic, now_ms: int) -> None:
-        """Pin a new identity: unverified, no pending key, no sessions (they were the old key's)."""
+        """Pin a new identity: unverified, no pending key, no sessions with any of the
+        contact's devices (they were the old key's)."""
         blob = self.vault.seal("contacts.identity", name, encode_identity_record(identity))
-        await self._write(
-            "UPDATE contacts SET identity = ?, pending = NULL, verified = 0, sessions = NULL, "
-            "updated_at = ?, checked_at = 0 WHERE name = ?",
-            (blob, now_ms, name),
-        )
+        async with self.transaction():
+            await self._write(
+                "UPDATE contacts SET identity = ?, pending = NULL, verified = 0, "
+                "sessions = NULL, updated_at = ?, checked_at = 0 WHERE name = ?",
+                (blob, now_ms, name),
+            )
+            await self._write("DELETE FROM device_sessions WHERE contact = ?", (name,))
+
+    async def delete_setting(self, key: str) -> None:
+        await self._write("DELETE FROM settings WHERE key = ?", (key,))
 
     async def set_checked(self, name: str, now_ms: int) -> None:
         await self._write("UPDATE contacts SET checked_at = ? WHERE name = ?", (now_ms, name))

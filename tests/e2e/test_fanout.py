@@ -10,7 +10,14 @@ import sqlite3
 
 import pytest
 
-from hushwire.client.service import ConnectionState, HushwireClient, Notice, SentElsewhere
+from hushwire.client.errors import MessageHeld
+from hushwire.client.service import (
+    ConnectionState,
+    HushwireClient,
+    KeyChanged,
+    Notice,
+    SentElsewhere,
+)
 from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
@@ -221,3 +228,23 @@ async def test_a_first_message_from_a_contacts_second_device_is_shown_as_theirs(
             assert ("in", "hello to both") in await texts(device, "alice")
     finally:
         await phone.close()
+
+
+async def test_after_trusting_a_new_identity_its_new_device_list_is_used(relay, login, tmp_path):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    phone = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    await alice.send("bob", "to bob's two devices")
+    assert (await alice._devices.held("bob"))[1].version == 2
+    await phone.close()
+    await bob.close()
+    # bob starts over with a new identity: his old devices and list are gone, and his new
+    # list (version 1, signed by the new identity) is lower than the one alice held.
+    again = await login(relay, "bob", profile=tmp_path / "bob-new", replace_identity=True)
+    await next_event(alice, KeyChanged, lambda e: e.contact == "bob")
+    with pytest.raises(MessageHeld):
+        await alice.send("bob", "after the reinstall")
+    assert await alice.trust("bob") == 1
+    await again.sync()
+    assert await texts(again, "alice") == [("in", "after the reinstall")]
+    assert (await alice._devices.held("bob"))[1].version == 1
