@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from hushwire.client.errors import MessageHeld
+from hushwire.client.errors import BadBundle, MessageHeld
 from hushwire.client.service import (
     ConnectionState,
     HushwireClient,
@@ -248,3 +248,26 @@ async def test_after_trusting_a_new_identity_its_new_device_list_is_used(relay, 
     await again.sync()
     assert await texts(again, "alice") == [("in", "after the reinstall")]
     assert (await alice._devices.held("bob"))[1].version == 1
+
+
+async def test_a_bundle_the_list_does_not_give_a_device_is_refused(relay, login, tmp_path):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    phone = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    store = relay.server.relay.store
+    real_fetch = store.fetch_bundle
+
+    async def evil_fetch(fetcher, target, *args, **kwargs):
+        # bob's device 1 keys (validly signed by bob) served as his phone's.
+        return await real_fetch(fetcher, "bob" if target == "bob/2" else target, *args, **kwargs)
+
+    store.fetch_bundle = evil_fetch
+    try:
+        with pytest.raises(BadBundle, match="signed device list does not give it"):
+            await alice.send("bob", "never sealed to a key bob did not list")
+        assert [h.status for h in await alice.history("bob", 5)] == ["failed"]
+        await sync(bob, phone)
+        assert await texts(bob, "alice") == [] and await texts(phone, "alice") == []
+    finally:
+        store.fetch_bundle = real_fetch
+        await phone.close()
