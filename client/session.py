@@ -536,7 +536,7 @@ class SessionManager:
             if per_device:
                 # Every device but a contact's device 1 must be in the account's signed
                 # list as this profile verified it, under the account's identity.
-                account = self.identity.public() if own else contact.identity  # type: ignore[union-attr]
+                account = self.identity.public() if own or contact is None else contact.identity
                 if peer.sign_key != account.sign_key or peer.dh_key != await listed_key(
                     self.store, sender, device
                 ):
