@@ -245,7 +245,8 @@ async def _until(check: Any, what: str) -> None:
 
 
 async def child_tui(profile: str, contact: str, n: int, sink: TextIO) -> None:
-    """Runs in a fresh interpreter: the real ChatApp, driven through a key pipe."""
+    """Runs in a fresh interpreter: the real ChatApp, driven through a key pipe; the
+    profile holds n stored messages with `contact`, and n more arrive live."""
     from prompt_toolkit.data_structures import Size
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output.vt100 import Vt100_Output
@@ -270,10 +271,14 @@ async def child_tui(profile: str, contact: str, n: int, sink: TextIO) -> None:
         stage("started, connected")
         keys.send_text(f"/to {contact}\r")
         conv = chat.model.conversation(contact)
-        await _until(lambda: len(conv.lines) >= 50, "/to")
+
+        def loaded(count: int) -> bool:  # stored messages shown (they carry a uid)
+            return sum(1 for line in conv.lines if line.uid) >= min(count, n)
+
+        await _until(lambda: loaded(50), "/to")
         stage(f"/to {contact} (50 loaded)")
         keys.send_text("/history 2000\r")
-        await _until(lambda: len(conv.lines) >= 2000, "/history")
+        await _until(lambda: loaded(2000), "/history")
         stage("/history 2000")
         # as the service does once it has stored a message: the row, then the event
         live = await _store(client, n, "received", prefix="new")

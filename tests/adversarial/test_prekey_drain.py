@@ -20,7 +20,7 @@ async def test_many_fetchers_do_not_drain_a_victim_and_sessions_still_start(
     before = await store.prekey_count("bob")
     with_otpk = last_resort = 0
     for name in drainers:  # each stays within its own per-fetcher budget (20)
-        conn = await relay.login(name)
+        conn = await relay.login(name, version=2)  # bob speaks version 2
         replies = await asyncio.gather(*[conn.request(FetchBundle, user="bob") for _ in range(20)])
         for reply in replies:
             assert reply.bundle.signed_prekey is not None
