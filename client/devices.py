@@ -106,6 +106,9 @@ class DeviceLists:
             )
             return None
         await self._hold(account, signed)
+        for d in changes.removed:  # unlinked: its sessions are never used again
+            if account == self._user or d.id != 1:
+                await self._store.save_device_sessions(account, d.id, [], int(self._clock() * 1000))
         return dlist, changes, held is not None
 
     async def on_changed(self, account: str, signed: SignedDeviceList) -> None:

@@ -680,13 +680,6 @@ class ProfileStore:
             (name, device, blob, now_ms),
         )
 
-    async def session_devices(self, name: str) -> list[int]:
-        """The devices of `name` with a row in device_sessions."""
-        rows = await self._all(
-            "SELECT device FROM device_sessions WHERE contact = ? ORDER BY device", (name,)
-        )
-        return [int(r[0]) for r in rows]
-
     # --- messages -------------------------------------------------------------------
 
     def _message(self, row: Any) -> StoredMessage:

@@ -197,6 +197,7 @@ async def test_an_unlinked_device_gets_nothing_after_the_next_send(relay, login,
         assert ("in", "after the unlink") not in await texts(bob2, "alice")
         held = (await alice._devices.held("bob"))[1]
         assert [d.id for d in held.devices] == [1]
+        assert await alice.sessions.store.load_device_sessions("bob", 2) == []
         mailbox = sqlite3.connect(relay.config.db)
         try:
             (left,) = mailbox.execute("SELECT count(*) FROM users WHERE name = 'bob/2'").fetchone()
