@@ -292,16 +292,9 @@ async def _login_link(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     return EXIT_OK
 
 
-LINK_NOT_YET = (
-    "note: this version cannot yet send or receive messages once your account has a "
-    "second device (the relay answers mismatched_devices); `hushwire unlink ID` undoes it"
-)
-
-
 async def cmd_link(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     client = await _open_started(args)
     try:
-        print(LINK_NOT_YET, file=err)
         offer, expires_at = await client.offer_link(args.ttl)
         print("On the new machine, run within the next minutes:", file=out)
         print(
@@ -755,10 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Print a one-time link code, then wait for the new machine to use it with "
         "`hushwire login --link CODE`; it becomes a device of your account with its own "
         "keys. The code carries a secret and a hash of this device's one-time key, so the "
-        "relay that carries the exchange cannot take part in it. Not yet supported: "
-        "messages to or from an account with several devices (the relay refuses them with "
-        "mismatched_devices until this client sends one copy per device; nothing is lost "
-        "silently). Unlink the extra device to chat again.",
+        "relay that carries the exchange cannot take part in it. Every device of the "
+        "account then receives each message, and a copy of what the others send.",
     )
     p.add_argument(
         "--ttl", type=float, default=300.0, metavar="SECONDS", help="code lifetime (300)"

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hushwire.client.connection import RelayConnection
+from hushwire.client.fanout import HELD_LIST
 from hushwire.client.store import ProfileStore
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import (
@@ -34,12 +35,11 @@ from hushwire.common.errors import CryptoError, DeviceListError, LinkExpired
 from hushwire.common.keys import IdentityPublic, SignedDeviceList
 
 FIRST_DEVICE_NAME = "first device"
-_HELD = "device_list/"  # profile setting + account: the newest list accepted, [body, sig]
 
 
 async def hold_list(store: ProfileStore, account: str, signed: SignedDeviceList) -> None:
     """Keep `signed` as the newest list accepted for `account` (checked by the caller)."""
-    await store.set_setting(_HELD + account, [signed.body, signed.sig])
+    await store.set_setting(HELD_LIST + account, [signed.body, signed.sig])
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,7 @@ class DeviceLists:
 
     async def held(self, account: str) -> tuple[SignedDeviceList, DeviceList] | None:
         """The newest list accepted for `account`, if any."""
-        record = await self._store.get_setting(_HELD + account)
+        record = await self._store.get_setting(HELD_LIST + account)
         if record is None:
             return None
         signed = SignedDeviceList(bytes(record[0]), bytes(record[1]))
@@ -106,6 +106,9 @@ class DeviceLists:
             )
             return None
         await self._hold(account, signed)
+        for d in changes.removed:  # unlinked: its sessions are never used again
+            if account == self._user or d.id != 1:
+                await self._store.save_device_sessions(account, d.id, [], int(self._clock() * 1000))
         return dlist, changes, held is not None
 
     async def on_changed(self, account: str, signed: SignedDeviceList) -> None:

@@ -26,6 +26,17 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class SentElsewhere:
+    """Another device of our account sent `text` to `contact` (its sent copy, now in the
+    history as sent by us). Display `text` via safe_for_terminal."""
+
+    contact: str
+    sent_at: datetime  # that device's clock, UTC
+    text: str
+    uid: str  # the local history row
+
+
+@dataclass(frozen=True, slots=True)
 class KeyChanged:
     """`contact`'s identity key changed: messages to them are held until `trust`."""
 
@@ -97,6 +108,7 @@ class Notice:
 
 ClientEvent = (
     MessageReceived
+    | SentElsewhere
     | KeyChanged
     | MessageQuarantined
     | SessionRestarted

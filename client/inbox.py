@@ -20,14 +20,17 @@ from hushwire.client.events import (
     MessageRejected,
     Notice,
     Presence,
+    SentElsewhere,
     SessionRestarted,
     utc_from_ms,
 )
+from hushwire.client.fanout import fetcher, listed_key
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.session import (
     Outcome,
     Received,
     Rejected,
+    SentCopy,
     SessionManager,
     SessionReset,
 )
@@ -99,17 +102,36 @@ class Inbox:
         # connection must not cut: cancelled between COMMIT and the event, a message
         # would be stored but never shown (its redelivery is a duplicate). The ack may be
         # cut: the relay then delivers again and the duplicate is acked.
+        if isinstance(push, wire.Deliver):
+            await self._know_sender(conn, push)
         outcome = await finish_before_cancel(self._apply(push))
         if not isinstance(push, wire.Deliver) or outcome is None:
             return
         # Stored (or deliberately dropped) first, acked second (protocol.md "ack").
         with contextlib.suppress(ConnectionClosed, RequestError):
             await conn.request(wire.Ack, mids=(push.mid,))
-        if isinstance(outcome, Received | SessionReset) and outcome.used_one_time_prekey:
+        if isinstance(outcome, Received | SessionReset | SentCopy) and outcome.used_one_time_prekey:
             with contextlib.suppress(ConnectionClosed, RequestError):
                 await self._keys.maintain(conn)
         if isinstance(outcome, Rejected) and outcome.dead_session:
             await self._restart(outcome.contact)
+
+    async def _know_sender(self, conn: RelayConnection, push: wire.Deliver) -> None:
+        """Before opening an envelope from a device other than a contact's device 1 (or
+        from our own account's), hold a verified list that names it: fetch the account's
+        list (and, for a contact never seen, pin their identity from device 1's bundle).
+        `receive` then refuses the envelope unless the list gives its key."""
+        sender, device = push.sender, push.sender_device
+        s = self._sessions
+        if not is_valid_username(sender) or (sender != s.user and device == 1):
+            return
+        if await listed_key(s.store, sender, device) is not None:
+            return
+        if sender != s.user and await s.store.get_contact(sender) is None:
+            await s.pin(sender, fetcher(conn))
+        reply = await conn.request(wire.FetchDevices, user=sender)
+        if reply.device_list is not None:
+            await self._devices.on_changed(sender, reply.device_list)
 
     async def _apply(self, push: wire.Push) -> Outcome | None:
         """Store what `push` changes and emit its events; the outcome of a delivery (None
@@ -150,6 +172,12 @@ class Inbox:
                     utc_from_ms(outcome.sent_at_ms),
                     outcome.text,
                     outcome.uid,
+                )
+            )
+        elif isinstance(outcome, SentCopy):
+            self._emit(
+                SentElsewhere(
+                    outcome.contact, utc_from_ms(outcome.sent_at_ms), outcome.text, outcome.uid
                 )
             )
         elif isinstance(outcome, SessionReset):

@@ -1,15 +1,25 @@
 """The outgoing side: encrypt and send, queue while offline, flush the outbox after a
 (re)connect, release held messages after `trust`. One lock covers everything that leaves
 the client, so a new message never overtakes one still waiting: each contact sees them in
-order."""
+order.
+
+Every message goes out as one `send_devices` fan-out (client/fanout.py, client/copies.py).
+When the relay answers `mismatched_devices`, the lists it carries are checked like any
+list (client/devices.py: signed by the identity pinned for that account, version not
+lower); the send is then sealed again for the devices now listed and retried, without
+the user seeing it. A list that is refused leaves the view as it was, so after
+MAX_FANOUT_ATTEMPTS the message fails with the relay's error and the notice says why."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Final
 
 from hushwire.client.connection import RelayConnection
+from hushwire.client.copies import seal_copies
+from hushwire.client.devices import DeviceLists
 from hushwire.client.errors import ClientError, ConnectionClosed, MessageHeld, MessageTooLong
 from hushwire.client.events import (
     ClientEvent,
@@ -22,19 +32,16 @@ from hushwire.client.events import (
     SessionRestarted,
     utc_from_ms,
 )
-from hushwire.client.session import Fetch, Outgoing, SessionManager, max_text_bytes
+from hushwire.client.fanout import decode_record, fetcher, plan
+from hushwire.client.session import Outgoing, SessionManager, max_text_bytes
 from hushwire.common import messages as wire
+from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.errors import CryptoError, ErrorCode, RequestError
-from hushwire.common.keys import PrekeyBundle
 from hushwire.common.names import check_username
 
-
-def _fetcher(conn: RelayConnection) -> Fetch:
-    async def fetch(name: str) -> PrekeyBundle:
-        reply = await conn.request(wire.FetchBundle, user=name)
-        return reply.bundle
-
-    return fetch
+# A send whose device view the relay calls stale is sealed again at most this often:
+# each attempt adopts the verified lists of the previous answer.
+MAX_FANOUT_ATTEMPTS: Final = 3
 
 
 class Outbox:
@@ -47,22 +54,27 @@ class Outbox:
         conn_of: Callable[[], RelayConnection | None],
         max_frame: Callable[[], int],
         relay: str,
+        devices: DeviceLists,
     ) -> None:
         self._sessions = sessions
+        self._devices = devices
         self._emit = emit
         self._conn_of = conn_of
         self._max_frame = max_frame
         self._relay = relay
         self._lock = asyncio.Lock()
+        self._widths: dict[str, int] = {}  # contact -> envelopes of its last planned send
 
     def _live(self) -> RelayConnection | None:
         conn = self._conn_of()
         return None if conn is None or conn.is_closed else conn
 
-    def max_text_bytes(self, contact: str) -> int:
-        """The longest UTF-8 text (in bytes) one message to `contact` may carry."""
+    def max_text_bytes(self, contact: str, envelopes: int | None = None) -> int:
+        """The longest UTF-8 text (in bytes) one message to `contact` may carry, sealed
+        for `envelopes` devices (default: as many as its last fan-out had)."""
         s = self._sessions
-        return max_text_bytes(self._max_frame(), s.group, s.user, contact)
+        count = envelopes or self._widths.get(contact, 1)
+        return max_text_bytes(self._max_frame(), s.group, s.user, contact, count)
 
     async def send(self, contact: str, text: str, *, queue_if_offline: bool = True) -> SendResult:
         """See HushwireClient.send."""
@@ -71,6 +83,9 @@ class Outbox:
             raise ClientError("you cannot send a message to yourself")
         if not text.strip():
             raise ClientError("empty message: nothing to send")
+        s = self._sessions
+        targets = await plan(s.store, s.user, s.device, name)
+        self._widths[name] = 1 + len(targets.targets)
         size, limit = len(text.encode("utf-8")), self.max_text_bytes(name)
         if size > limit:
             raise MessageTooLong(size, limit)
@@ -100,7 +115,7 @@ class Outbox:
                 queued=any(m.uid == uid for m in await self._sessions.waiting()),
             )
         try:
-            out = await self._sessions.prepare_send(name, text, _fetcher(conn))
+            out = await self._sessions.prepare_send(name, text, fetcher(conn))
         except MessageHeld:
             self._emit(KeyChanged(name))
             raise
@@ -119,14 +134,33 @@ class Outbox:
                 )
             )
             return await self._queued(name, text)
-        return await self._transmit(conn, out, keep=queue_if_offline)
+        return await self._transmit(conn, out, text, keep=queue_if_offline)
 
-    async def _transmit(self, conn: RelayConnection, out: Outgoing, *, keep: bool) -> SendResult:
+    async def _fan_out(self, conn: RelayConnection, out: Outgoing, text: str) -> None:
+        """Seal `out` for every verified device and send it in one `send_devices`."""
+        s = self._sessions
+        for attempt in range(1, MAX_FANOUT_ATTEMPTS + 1):
+            targets = await plan(s.store, s.user, s.device, out.contact)
+            out = await seal_copies(s, out, text, targets, fetcher(conn))
+            try:
+                await conn.request(wire.SendDevices, envelopes=out.envelopes(), lists=out.lists)
+            except RequestError as exc:
+                if exc.code is not ErrorCode.MISMATCHED_DEVICES or attempt == MAX_FANOUT_ATTEMPTS:
+                    raise
+                for signed in exc.device_lists:
+                    try:
+                        account = DeviceList.decode(signed.body).account
+                    except CryptoError:
+                        continue  # not even a list: nothing to check it against
+                    await self._devices.on_changed(account, signed)
+                continue
+            return
+
+    async def _transmit(
+        self, conn: RelayConnection, out: Outgoing, text: str, *, keep: bool
+    ) -> SendResult:
         try:
-            await conn.request(wire.Send, to=(out.contact,), body=out.envelope)
-        except RequestError:
-            await self._sessions.mark_failed(out.uid)
-            raise
+            await self._fan_out(conn, out, text)
         except ConnectionClosed:
             if not keep:
                 await self._sessions.mark_failed(out.uid)
@@ -134,6 +168,9 @@ class Outbox:
             return SendResult(
                 out.contact, out.uid, out.envelope_id.hex(), utc_from_ms(out.sent_at_ms), True
             )
+        except (RequestError, ClientError, CryptoError):
+            await self._sessions.mark_failed(out.uid)
+            raise
         await self._sessions.mark_sent(out.uid)
         return SendResult(
             out.contact, out.uid, out.envelope_id.hex(), utc_from_ms(out.sent_at_ms), False
@@ -151,13 +188,22 @@ class Outbox:
             if m.envelope is None:
                 await self._sessions.mark_failed(m.uid)
                 continue
-            out = Outgoing(m.uid, m.contact, m.envelope, m.envelope_id, m.sent_at_ms)
-            sent += await self._flush_one(conn, out)
+            try:
+                envelopes, lists = decode_record(m.envelope, m.contact)
+            except ValueError:
+                await self._sessions.mark_failed(m.uid)
+                self._emit(Notice(f"a stored message to {m.contact} is unreadable: not sent"))
+                continue
+            first = next((e for e in envelopes if (e.user, e.device) == (m.contact, 1)), None)
+            if first is None:
+                await self._sessions.mark_failed(m.uid)
+                continue
+            copies = tuple(e for e in envelopes if e is not first)
+            out = Outgoing(m.uid, m.contact, first.body, m.envelope_id, m.sent_at_ms, copies, lists)
+            sent += await self._flush_one(conn, out, m.text)
         for m in await self._sessions.queued():
             try:
-                out = await self._sessions.prepare_send(
-                    m.contact, m.text, _fetcher(conn), uid=m.uid
-                )
+                out = await self._sessions.prepare_send(m.contact, m.text, fetcher(conn), uid=m.uid)
             except MessageHeld:
                 self._emit(KeyChanged(m.contact))
                 continue
@@ -169,13 +215,13 @@ class Outbox:
                 await self._sessions.mark_failed(m.uid)
                 self._emit(Notice(f"could not send a queued message to {m.contact}: {exc.message}"))
                 continue
-            sent += await self._flush_one(conn, out)
+            sent += await self._flush_one(conn, out, m.text)
         return sent
 
-    async def _flush_one(self, conn: RelayConnection, out: Outgoing) -> int:
+    async def _flush_one(self, conn: RelayConnection, out: Outgoing, text: str) -> int:
         try:
-            await self._transmit(conn, out, keep=True)
-        except RequestError as exc:
+            await self._transmit(conn, out, text, keep=True)
+        except (RequestError, ClientError, CryptoError) as exc:
             self._emit(Notice(f"the relay refused a message to {out.contact}: {exc.message}"))
             return 0
         if conn.is_closed:
@@ -191,7 +237,7 @@ class Outbox:
             if conn is None:
                 return
             try:
-                envelope = await self._sessions.restart(contact, _fetcher(conn))
+                envelope = await self._sessions.restart(contact, fetcher(conn))
                 if envelope is None:
                     return
                 await conn.request(wire.Send, to=(contact,), body=envelope)
@@ -221,7 +267,7 @@ class Outbox:
                 released += 1
                 continue
             try:
-                out = await self._sessions.prepare_send(contact, m.text, _fetcher(conn), uid=m.uid)
+                out = await self._sessions.prepare_send(contact, m.text, fetcher(conn), uid=m.uid)
             except MessageHeld:
                 self._emit(KeyChanged(contact))
                 break
@@ -229,7 +275,7 @@ class Outbox:
                 await self._sessions.store.update_outgoing(m.uid, "queued")
                 released += 1
                 continue
-            await self._transmit(conn, out, keep=True)
+            await self._transmit(conn, out, m.text, keep=True)
             released += 1
         if released:
             self._emit(MessagesReleased(contact, released))

@@ -49,6 +49,7 @@ from hushwire.client.events import (
     Notice,
     Presence,
     SendResult,
+    SentElsewhere,
     SessionRestarted,
     history_item,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "Presence",
     "RelaySettings",
     "SendResult",
+    "SentElsewhere",
     "SessionRestarted",
     "relay_error_text",
     "restart_text",
@@ -145,7 +147,12 @@ class HushwireClient:
             clock,
         )
         self._outbox = Outbox(
-            sessions, emit, lambda: self._conn, lambda: self._max_frame, settings.address
+            sessions,
+            emit,
+            lambda: self._conn,
+            lambda: self._max_frame,
+            settings.address,
+            self._devices,
         )
         self._inbox = Inbox(
             sessions, self._keys, emit, self._online, self._outbox.restart, self._devices
@@ -184,7 +191,9 @@ class HushwireClient:
             client = cls(
                 store,
                 settings,
-                SessionManager(store, settings.user, identity, group, clock=clock),
+                SessionManager(
+                    store, settings.user, identity, group, device=settings.device, clock=clock
+                ),
                 clock=clock,
                 backoff=backoff,
             )
@@ -269,7 +278,9 @@ class HushwireClient:
             client = cls(
                 store,
                 settings,
-                SessionManager(store, settings.user, identity, group, clock=clock),
+                SessionManager(
+                    store, settings.user, identity, group, device=settings.device, clock=clock
+                ),
                 clock=clock,
                 backoff=backoff,
             )
@@ -353,7 +364,9 @@ class HushwireClient:
             ok = await conn.request(
                 wire.Login, user=grant.account, token=joined.token, device=joined.device
             )
-            sessions = SessionManager(store, grant.account, grant.identity, group, clock=clock)
+            sessions = SessionManager(
+                store, grant.account, grant.identity, group, device=joined.device, clock=clock
+            )
             client = cls(store, settings, sessions, clock=clock, backoff=backoff)
             client.fingerprint_learned = pin is None and ca_file is None
             await client._keys.upload(

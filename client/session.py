@@ -34,8 +34,15 @@ from typing import Final
 import msgpack
 
 from hushwire.client.errors import BadBundle, MessageHeld, ProfileCorrupt, UnknownContact
+from hushwire.client.fanout import HELD_LIST, listed_key
 from hushwire.client.store import Contact, ProfileStore, StoredMessage
-from hushwire.client.text import decode_text, encode_reset, encode_text
+from hushwire.client.text import (
+    decode_sent_copy,
+    decode_text,
+    encode_reset,
+    encode_sent_copy,
+    encode_text,
+)
 from hushwire.common.crypto.dh import DHGroup
 from hushwire.common.crypto.envelope import Envelope, EnvelopeType, Session
 from hushwire.common.crypto.identity import (
@@ -71,7 +78,7 @@ from hushwire.common.keys import (
     PrekeyBundle,
     SignedPrekey,
 )
-from hushwire.common.messages import Deliver, Send
+from hushwire.common.messages import Deliver, DeviceEnvelope, ListVersion, SendDevices
 from hushwire.common.names import is_valid_username
 
 DAY_MS: Final = 86_400_000
@@ -95,7 +102,8 @@ RESTART_INTERVAL_MS: Final = 3_600_000
 # what a date can show: 0001-01-01 .. 9999-12-31 (a later one broke every `recv`).
 MAX_SENT_AT_MS: Final = 253_402_300_799_999
 
-Fetch = Callable[[str], Awaitable[PrekeyBundle]]
+# fetch(account) or fetch(account, device): that device's bundle from the relay.
+Fetch = Callable[..., Awaitable[PrekeyBundle]]
 
 
 def same_identity(a: IdentityPublic, b: IdentityPublic) -> bool:
@@ -103,16 +111,21 @@ def same_identity(a: IdentityPublic, b: IdentityPublic) -> bool:
     return (a.group, a.sign_key, a.dh_key) == (b.group, b.sign_key, b.dh_key)
 
 
-def max_text_bytes(max_frame: int, group: DHGroup, sender: str, recipient: str) -> int:
-    """The longest UTF-8 text that fits one `send` frame under the relay's `max_frame`.
+def max_text_bytes(
+    max_frame: int, group: DHGroup, sender: str, recipient: str, envelopes: int = 1
+) -> int:
+    """The longest UTF-8 text whose fan-out to `envelopes` devices fits one
+    `send_devices` frame under the relay's `max_frame`.
 
     Measured on a worst case envelope (version 2, initial with the KEM ciphertext,
-    largest counters and ids) with a body large enough that every msgpack length prefix
-    has its widest form, so the bound holds for every text up to it.
+    largest counters and ids, a sent copy's plaintext) with a body large enough that
+    every msgpack length prefix has its widest form, so the bound holds for every text
+    up to it.
     """
     big = 70_000
     size = group.public_size
     ident = IdentityPublic(group.name, bytes(32), bytes(size), bytes(64))
+    name = max(sender, recipient, key=len)
     x3dh = InitialHeader(
         ident,
         bytes(size),
@@ -123,18 +136,20 @@ def max_text_bytes(max_frame: int, group: DHGroup, sender: str, recipient: str) 
     )
     envelope = Envelope(
         type=EnvelopeType.INITIAL,
-        sender=sender,
-        recipient=recipient,
+        sender=name,
+        recipient=name,
         envelope_id=bytes(16),
         sent_at_ms=2**63 - 1,
         header=RatchetHeader(bytes(size), 2**32 - 1, 2**32 - 1, bytes(32)),
         x3dh=x3dh,
-        ciphertext=bytes(len(encode_text("")) + big + 16),
+        ciphertext=bytes(len(encode_sent_copy(name, "x" * big)) + 16),
         version=2,
     )
-    frame = Send(id=2**63 - 1, to=(recipient,), body=envelope.to_bytes()).to_wire()
-    overhead = len(msgpack.packb(frame, use_bin_type=True)) - big
-    return max(0, max_frame - overhead)
+    one = DeviceEnvelope(name, 2**31, envelope.to_bytes())
+    views = (ListVersion(sender, 2**63 - 1), ListVersion(recipient, 2**63 - 1))
+    frame = SendDevices(id=2**63 - 1, envelopes=(one,) * envelopes, lists=views).to_wire()
+    overhead = len(msgpack.packb(frame, use_bin_type=True)) - big * envelopes
+    return max(0, (max_frame - overhead) // envelopes)
 
 
 # --- results -------------------------------------------------------------------------
@@ -182,7 +197,18 @@ class SessionReset:
     used_one_time_prekey: bool
 
 
-Outcome = Received | Duplicate | Rejected | SessionReset
+@dataclass(frozen=True, slots=True)
+class SentCopy:
+    """What another device of our account sent to `contact`, now stored as sent."""
+
+    contact: str
+    uid: str
+    sent_at_ms: int
+    text: str
+    used_one_time_prekey: bool
+
+
+Outcome = Received | Duplicate | Rejected | SessionReset | SentCopy
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,9 +217,16 @@ class Outgoing:
 
     uid: str
     contact: str
-    envelope: bytes
+    envelope: bytes  # for the contact's device 1
     envelope_id: bytes
     sent_at_ms: int
+    # The same message for the other devices (client/copies.py) and the list versions
+    # the fan-out used: what `send_devices` carries besides `envelope`.
+    copies: tuple[DeviceEnvelope, ...] = ()
+    lists: tuple[ListVersion, ...] = ()
+
+    def envelopes(self) -> tuple[DeviceEnvelope, ...]:
+        return (DeviceEnvelope(self.contact, 1, self.envelope), *self.copies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,10 +305,12 @@ class SessionManager:
         identity: IdentityKeyPair,
         group: DHGroup,
         *,
+        device: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.user = user
+        self.device = device  # which device of `user` this profile is
         self.identity = identity
         self.group = group
         self.config = RatchetConfig(groups=(group,))
@@ -283,6 +318,26 @@ class SessionManager:
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+    def _per_device(self, name: str, device: int) -> bool:
+        """Sessions kept in device_sessions: every device but a contact's device 1."""
+        return name == self.user or device != 1
+
+    async def device_sessions(self, name: str, device: int) -> list[Session]:
+        if self._per_device(name, device):
+            blobs = await self.store.load_device_sessions(name, device)
+        else:
+            blobs = await self.store.load_sessions(name)
+        return [self._load_session(b) for b in blobs]
+
+    async def save_device_sessions(
+        self, name: str, device: int, sessions: list[Session], now: int
+    ) -> None:
+        blobs = [s.to_bytes() for s in sessions]
+        if self._per_device(name, device):
+            await self.store.save_device_sessions(name, device, blobs, now)
+        else:
+            await self.store.save_sessions(name, blobs, now)
 
     def _load_session(self, data: bytes) -> Session:
         try:
@@ -412,12 +467,18 @@ class SessionManager:
             return Rejected(sender, f"envelope is addressed to {env.recipient}, not to us")
         if env.sender != sender:
             return Rejected(sender, f"envelope claims to be from {env.sender}")
+        device = deliver.sender_device
+        own = sender == self.user
+        if own and device == self.device:
+            return Rejected(sender, "the relay says this device sent it to itself")
+        per_device = self._per_device(sender, device)
         async with self.store.transaction():
             if await self.store.seen(env.envelope_id):
                 return Duplicate(sender, env.envelope_id)
             contact = await self.store.get_contact(sender)
-            blobs = await self.store.load_sessions(sender) if contact else []
-            sessions = [self._load_session(b) for b in blobs]
+            if per_device and not own and contact is None:
+                return Rejected(sender, f"device {device} of a contact whose key is not pinned")
+            sessions = await self.device_sessions(sender, device) if contact or own else []
             message, used, chosen = None, None, -1
             error: CryptoError | None = None
             for i, session in enumerate(sessions):
@@ -465,19 +526,30 @@ class SessionManager:
                     )
                 )
                 reason = describe(error or DecryptionError("no session"))
-                return Rejected(sender, reason, dead_session=dead)
+                # Restarts go to a contact's device 1 only (client/outbox.py).
+                return Rejected(sender, reason, dead_session=dead and not per_device)
             sessions.insert(0, sessions.pop(chosen))
             del sessions[1 + MAX_ARCHIVED_SESSIONS :]
             now = self.now_ms()
             peer = sessions[0].peer_identity
             key_changed = False
-            if contact is None:
+            if per_device:
+                # Every device but a contact's device 1 must be in the account's signed
+                # list as this profile verified it, under the account's identity.
+                account = self.identity.public() if own or contact is None else contact.identity
+                if peer.sign_key != account.sign_key or peer.dh_key != await listed_key(
+                    self.store, sender, device
+                ):
+                    return Rejected(
+                        sender, f"device {device} of {sender} is not in its signed device list"
+                    )
+            elif contact is None:
                 await self.store.add_contact(sender, peer, now)  # trust on first use
             elif not same_identity(peer, contact.identity):
                 key_changed = True
                 if contact.pending is None or not same_identity(peer, contact.pending):
                     await self.store.set_pending_identity(sender, peer, now)
-            await self.store.save_sessions(sender, [s.to_bytes() for s in sessions], now)
+            await self.save_device_sessions(sender, device, sessions, now)
             await self.store.mark_seen(env.envelope_id, now)
             used_one_time = used is not None and used.one_time is not None
             if used is not None and used.one_time is not None:  # (narrows `used` for mypy)
@@ -487,10 +559,26 @@ class SessionManager:
             if message.plaintext == encode_reset():
                 return SessionReset(sender, key_changed, used_one_time)
             try:
-                text = decode_text(message.plaintext)
+                copy = decode_sent_copy(message.plaintext)
+                if copy is None and own:
+                    raise ValueError("only sent copies come from our own devices")
+                if copy is not None and not (own and is_valid_username(copy[0])):
+                    raise ValueError("a sent copy from another account")
+                text = decode_text(message.plaintext) if copy is None else copy[1]
             except ValueError:
                 # Authentic but unreadable: keep the ratchet step, show nothing.
                 return Rejected(sender, "message in an unknown format or not UTF-8")
+            if copy is not None:
+                uid = await self.store.add_message(
+                    contact=copy[0],
+                    direction="out",
+                    status="sent",
+                    sent_at_ms=message.sent_at_ms,
+                    now_ms=now,
+                    text=text,
+                    envelope_id=message.envelope_id,
+                )
+                return SentCopy(copy[0], uid, message.sent_at_ms, text, used_one_time)
             uid = await self.store.add_message(
                 contact=sender,
                 direction="in",
@@ -542,8 +630,10 @@ class SessionManager:
             return True
         return not await self.store.load_sessions(name)
 
-    async def _fetch_verified(self, name: str, fetch: Fetch) -> PrekeyBundle:
-        bundle = await fetch(name)
+    async def fetch_verified(self, name: str, fetch: Fetch, device: int = 1) -> PrekeyBundle:
+        """`name`'s bundle (of `device`), refused unless it is post-quantum and both of
+        its signatures verify; which identity it must carry is the caller's check."""
+        bundle = await fetch(name) if device == 1 else await fetch(name, device)
         if bundle.user != name:
             raise BadBundle(f"the relay answered a request for {name}'s keys with {bundle.user}'s")
         if bundle.version != PQ_BUNDLE_VERSION:
@@ -561,6 +651,14 @@ class SessionManager:
                 "nothing was sent"
             ) from None
         return bundle
+
+    async def pin(self, name: str, fetch: Fetch) -> None:
+        """Pin `name`'s identity (trust on first use) from their device 1's verified
+        bundle, when a first message comes from another of their devices."""
+        bundle = await self.fetch_verified(name, fetch)
+        async with self.store.transaction():
+            if await self.store.get_contact(name) is None:
+                await self.store.add_contact(name, bundle.identity, self.now_ms())
 
     async def queue(self, name: str, text: str) -> str:
         """Store a message to encrypt and send once connected; returns its uid."""
@@ -581,7 +679,7 @@ class SessionManager:
         for _ in range(3):
             bundle = None
             if await self._needs_bundle(name):
-                bundle = await self._fetch_verified(name, fetch)
+                bundle = await self.fetch_verified(name, fetch)
             held = False
             async with self.store.transaction():
                 now = self.now_ms()
@@ -669,7 +767,7 @@ class SessionManager:
         contact = await self.contact(name)
         if contact.pending is not None:
             return None
-        bundle = await self._fetch_verified(name, fetch)
+        bundle = await self.fetch_verified(name, fetch)
         if not same_identity(bundle.identity, contact.identity):
             await self.on_key_changed(name, bundle.identity)
             return None
@@ -719,6 +817,9 @@ class SessionManager:
         async with self.store.transaction():
             if view.pending is not None:
                 await self.store.accept_identity(name, view.pending, self.now_ms())
+                # The held device list was signed by the old identity: the new one's
+                # lists start again (the relay's mismatched_devices brings it).
+                await self.store.delete_setting(HELD_LIST + name)
             held = await self.store.messages_with_status(("held",), name)
             await self.store.release_incoming(name)
         out = [m for m in held if m.direction == "out"]

@@ -608,13 +608,19 @@ class ProfileStore:
         )
 
     async def accept_identity(self, name: str, identity: IdentityPublic, now_ms: int) -> None:
-        """Pin a new identity: unverified, no pending key, no sessions (they were the old key's)."""
+        """Pin a new identity: unverified, no pending key, no sessions with any of the
+        contact's devices (they were the old key's)."""
         blob = self.vault.seal("contacts.identity", name, encode_identity_record(identity))
-        await self._write(
-            "UPDATE contacts SET identity = ?, pending = NULL, verified = 0, sessions = NULL, "
-            "updated_at = ?, checked_at = 0 WHERE name = ?",
-            (blob, now_ms, name),
-        )
+        async with self.transaction():
+            await self._write(
+                "UPDATE contacts SET identity = ?, pending = NULL, verified = 0, "
+                "sessions = NULL, updated_at = ?, checked_at = 0 WHERE name = ?",
+                (blob, now_ms, name),
+            )
+            await self._write("DELETE FROM device_sessions WHERE contact = ?", (name,))
+
+    async def delete_setting(self, key: str) -> None:
+        await self._write("DELETE FROM settings WHERE key = ?", (key,))
 
     async def set_checked(self, name: str, now_ms: int) -> None:
         await self._write("UPDATE contacts SET checked_at = ? WHERE name = ?", (now_ms, name))
@@ -642,6 +648,36 @@ class ProfileStore:
         await self._write(
             "UPDATE contacts SET sessions = ?, updated_at = ? WHERE name = ?",
             (blob, now_ms, name),
+        )
+
+    async def load_device_sessions(self, name: str, device: int) -> list[bytes]:
+        """The sessions with one device of `name` kept in device_sessions, current first."""
+        row = await self._one(
+            "SELECT sessions FROM device_sessions WHERE contact = ? AND device = ?",
+            (name, device),
+        )
+        if row is None:
+            return []
+        ref = f"{name}/{device}"
+        items = _unpack(self.vault.open("device_sessions.sessions", ref, bytes(row[0])))
+        if not isinstance(items, list) or not all(isinstance(i, bytes) for i in items):
+            raise ProfileCorrupt(f"stored sessions for {ref!r} are malformed")
+        return items
+
+    async def save_device_sessions(
+        self, name: str, device: int, sessions: Sequence[bytes], now_ms: int
+    ) -> None:
+        if not sessions:
+            await self._write(
+                "DELETE FROM device_sessions WHERE contact = ? AND device = ?", (name, device)
+            )
+            return
+        blob = self.vault.seal("device_sessions.sessions", f"{name}/{device}", pack(list(sessions)))
+        await self._write(
+            "INSERT INTO device_sessions (contact, device, sessions, updated_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (contact, device)"
+            " DO UPDATE SET sessions = excluded.sessions, updated_at = excluded.updated_at",
+            (name, device, blob, now_ms),
         )
 
     # --- messages -------------------------------------------------------------------

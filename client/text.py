@@ -16,6 +16,7 @@ import re
 from typing import Final
 
 from hushwire.common.chat_groups import ContentType
+from hushwire.common.crypto.encoding import expect_list, expect_str, pack, unpack_canonical
 
 REPLACEMENT: Final = "\ufffd"
 
@@ -34,6 +35,7 @@ LINE_LIMIT: Final = 300  # characters of a relay-supplied name or error shown on
 
 TEXT_VERSION: Final = 1  # first byte of a message plaintext: the format of what follows
 RESET_FORMAT: Final = int(ContentType.SESSION_RESET)  # docs/protocol.md, content types
+SENT_COPY_FORMAT: Final = int(ContentType.SENT_COPY)
 
 
 def safe_for_terminal(text: str) -> str:
@@ -72,3 +74,17 @@ def decode_text(plaintext: bytes) -> str:
     if not plaintext or plaintext[0] != TEXT_VERSION:
         raise ValueError("unknown message format")
     return plaintext[1:].decode("utf-8")
+
+
+def encode_sent_copy(to: str, text: str) -> bytes:
+    """The plaintext that tells our other devices what this one sent to `to` (so each
+    device shows the whole conversation): SENT_COPY_FORMAT, then msgpack [to, text]."""
+    return bytes([SENT_COPY_FORMAT]) + pack([to, text])
+
+
+def decode_sent_copy(plaintext: bytes) -> tuple[str, str] | None:
+    """(to, text) of a sent copy; None if `plaintext` is not one; ValueError if malformed."""
+    if not plaintext or plaintext[0] != SENT_COPY_FORMAT:
+        return None
+    to, text = expect_list(unpack_canonical(plaintext[1:]), 2)
+    return expect_str(to), expect_str(text)

@@ -87,6 +87,7 @@ class ContentType(IntEnum):
     GROUP_CHANGE = 3
     GROUP_WELCOME = 4
     SESSION_RESET = 5  # nothing follows: "I could not decrypt you; this starts anew"
+    SENT_COPY = 6  # [to: str, text: str]: what another device of ours sent to `to`
 
 
 def encode_content(kind: ContentType, payload: bytes) -> bytes:

@@ -23,6 +23,7 @@ from hushwire.client.service import (
     MessagesReleased,
     Notice,
     Presence,
+    SentElsewhere,
     SessionRestarted,
     relay_error_text,
     restart_text,
@@ -266,6 +267,9 @@ class ChatController:
                 line = Line.message("in", event.contact, event.text, event.sent_at, event.uid)
                 if model.add(event.contact, line) and model.current == event.contact:
                     self._shown_unread.append(event.uid)
+        elif isinstance(event, SentElsewhere):
+            line = Line.message("out", "you", event.text, event.sent_at, event.uid, "other device")
+            model.add(event.contact, line)
         elif isinstance(event, KeyChanged):
             conv = model.conversation(event.contact)
             if not conv.key_changed:

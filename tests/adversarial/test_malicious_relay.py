@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from hushwire.client.service import MessageQuarantined, MessageReceived, MessageRejected
+import pytest
+
+from hushwire.client.service import (
+    MessageQuarantined,
+    MessageReceived,
+    MessageRejected,
+    Notice,
+)
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair, KemPrekeyPair, SignedPrekeyPair
+from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.keys import PrekeyBundle
 from hushwire.common.messages import Deliver
 from tests.e2e.helpers import next_event
@@ -111,8 +119,9 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     """X3DH 4.1: before a first contact is verified, only safety numbers can tell.
 
     The relay answers alice's first bundle fetch for bob with keys it made itself
-    (validly self-signed). Alice's message to 'bob' then reaches no one readable: bob
-    rejects it, and the safety numbers the two would compare differ.
+    (validly self-signed). Alice's message to 'bob' then goes nowhere: bob's real device
+    list (which the fan-out needs) does not verify under the forged identity she pinned,
+    so she is shown the refusal and the send fails; the safety numbers differ.
     """
     bob = await login(relay, "bob")
     alice = await login(relay, "alice")
@@ -129,9 +138,10 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
         return PrekeyBundle("bob", forged.public(), spk.public(), None, 2, kem.public())
 
     store.fetch_bundle = evil_fetch
-    await alice.send("bob", "for the real bob")
-    rejected = await next_event(bob, MessageRejected)
-    assert rejected.contact == "alice"
+    with pytest.raises(RequestError) as refused:
+        await alice.send("bob", "for the real bob")
+    assert refused.value.code == ErrorCode.MISMATCHED_DEVICES
+    await next_event(alice, Notice, lambda e: "device list for bob that is refused" in e.text)
     store.fetch_bundle = real_fetch
     # Bob has no session with alice, so he starts one from alice's real keys. Alice
     # pinned the forged identity for "bob": the real one is a key change, so his message
@@ -145,6 +155,7 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     assert alice_view != bob_view
     figures.add(
         "relay substitutes bob's bundle at alice's first contact",
-        "bob rejects the message; the real bob's reply is held as a key change; the safety "
+        "bob's signed device list does not verify under the forged identity: alice is told "
+        "and nothing is sent; the real bob's reply is held as a key change; the safety "
         "numbers alice and bob compare differ",
     )

@@ -12,7 +12,7 @@ import pytest
 
 from hushwire.client.cli import main
 from hushwire.common.errors import ErrorCode, RequestError
-from hushwire.common.messages import Send
+from hushwire.common.messages import SendDevices
 from tests.e2e.helpers import PASSPHRASE
 
 # Window title, OSC 52 clipboard write, erase line, cursor up, C1 CSI, bidi overrides.
@@ -48,16 +48,16 @@ async def profiles(relay, login, tmp_path, monkeypatch) -> dict[str, Path]:
 
 async def test_relay_error_messages_reach_stderr_neutralised(relay, profiles, figures):
     handlers = relay.server.relay
-    real = handlers._dispatch[Send]
+    real = handlers._dispatch[SendDevices]
 
     async def refuse(peer, req, now):
         raise RequestError(ErrorCode.BAD_REQUEST, HOSTILE + "A" * 40_000)
 
-    handlers._dispatch[Send] = refuse
+    handlers._dispatch[SendDevices] = refuse
     code, _, err = await asyncio.to_thread(
         run, "--profile", str(profiles["alice"]), "send", "bob", "hi"
     )
-    handlers._dispatch[Send] = real
+    handlers._dispatch[SendDevices] = real
     assert code == 1 and "evil" in err
     assert terminal_safe(err) and "owned" not in err and "ZXZpbA" not in err
     assert len(err) < 1_000  # an echoed 40,000-character message is cut

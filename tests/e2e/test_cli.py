@@ -288,7 +288,7 @@ async def test_link_a_second_machine_then_list_and_unlink_it(cli, relay):
     assert rc == 0 and "linked as device 2 of alice" in out, err
     rest, errs = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0 and b"linked device 2 (laptop)" in rest, errs
-    assert b"mismatched_devices" in errs  # the link command says what does not work yet
+    assert b"mismatched_devices" not in errs  # linked devices chat: no warning any more
     rc, out, _ = await cli.run("--profile", cli.profile("alice"), "devices", "--json")
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["id"], r["name"], r["this"]) for r in rows] == [

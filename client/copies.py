@@ -1,0 +1,79 @@
+"""Sealing one outgoing message for the devices besides the contact's device 1.
+
+`SessionManager.prepare_send` seals for the contact's device 1 (trust on first use, key
+changes, held messages: client/session.py); `seal_copies` then seals the same message for
+every other target of the plan (client/fanout.py): the contact's other devices get the
+text, our own other devices a sent copy. A device without a session starts one from its
+bundle, which must carry the account's identity key and the DH key its verified list
+gives it, so a relay cannot slip in a device or a key of its own. All copies and the
+outbox record are committed together before anything is sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hushwire.client.errors import BadBundle
+from hushwire.client.fanout import Plan, Target, encode_record
+from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, Outgoing, SessionManager
+from hushwire.client.text import encode_sent_copy, encode_text
+from hushwire.common.crypto.envelope import Session
+from hushwire.common.errors import LocalProtocolError
+from hushwire.common.keys import PrekeyBundle
+from hushwire.common.messages import DeviceEnvelope
+
+
+async def _bundle(sessions: SessionManager, target: Target, fetch: Fetch) -> PrekeyBundle:
+    bundle = await sessions.fetch_verified(target.account, fetch, target.device)
+    if target.account == sessions.user:
+        account = sessions.identity.public()
+    else:
+        account = (await sessions.contact(target.account)).identity
+    ident = bundle.identity
+    if ident.sign_key != account.sign_key or ident.dh_key != target.dh_key:
+        raise BadBundle(
+            f"the relay served keys for device {target.device} of {target.account} that its "
+            "signed device list does not give it; nothing was sent"
+        )
+    return bundle
+
+
+async def seal_copies(
+    sessions: SessionManager, out: Outgoing, text: str, plan: Plan, fetch: Fetch
+) -> Outgoing:
+    """`out` with one envelope for every target of `plan` (those it already has are
+    kept as they are, those no longer targeted dropped), committed to the outbox."""
+    have = {(c.user, c.device): c for c in out.copies}
+    bundles: dict[tuple[str, int], PrekeyBundle] = {}
+    for t in plan.targets:
+        key = (t.account, t.device)
+        if key not in have and not await sessions.device_sessions(*key):
+            bundles[key] = await _bundle(sessions, t, fetch)
+    copy_text = encode_sent_copy(out.contact, text)
+    async with sessions.store.transaction():
+        now = sessions.now_ms()
+        copies = []
+        for t in plan.targets:
+            key = (t.account, t.device)
+            if key in have:
+                copies.append(have[key])
+                continue
+            plaintext = copy_text if t.account == sessions.user else encode_text(text)
+            current = await sessions.device_sessions(*key)
+            if current:
+                envelope = current[0].encrypt(plaintext, out.sent_at_ms)
+            elif key in bundles:
+                session, envelope = Session.initiate(
+                    sessions.identity, sessions.user, bundles[key], sessions.group,
+                    out.sent_at_ms, plaintext, config=sessions.config,
+                )  # fmt: skip
+                current = [session]
+            else:
+                raise LocalProtocolError(f"the session with {t.account}/{t.device} vanished")
+            await sessions.save_device_sessions(*key, current[: 1 + MAX_ARCHIVED_SESSIONS], now)
+            copies.append(DeviceEnvelope(t.account, t.device, envelope))
+        sealed = dataclasses.replace(out, copies=tuple(copies), lists=plan.lists)
+        await sessions.store.update_outgoing(
+            out.uid, "pending", envelope=encode_record(sealed.envelopes(), plan.lists)
+        )
+    return sealed

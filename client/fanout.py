@@ -1,0 +1,125 @@
+"""Which devices one message goes to, and the outbox record of a fan-out.
+
+A message to bob is sealed once per device of bob and once per other device of ours
+(a sent copy), every device taken from a signed list this profile verified (client/
+devices.py): a device the relay adds on its own is never a target. docs/security.md,
+"Fan-out", gives the rules; docs/protocol.md, `send_devices`, the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from hushwire.client.connection import RelayConnection
+from hushwire.client.store import ProfileStore
+from hushwire.common import messages as wire
+from hushwire.common.crypto.devices import DeviceList
+from hushwire.common.crypto.encoding import (
+    expect_bytes,
+    expect_int,
+    expect_list,
+    expect_str,
+    pack,
+    unpack_strict,
+)
+from hushwire.common.keys import PrekeyBundle, SignedDeviceList
+from hushwire.common.messages import DeviceEnvelope, ListVersion
+
+HELD_LIST = "device_list/"  # profile setting + account: the newest list accepted, [body, sig]
+_RECORD = "fanout/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A device to seal for besides the contact's device 1, with the DH key its
+    account's verified list gives it (its bundle and envelopes must carry that key)."""
+
+    account: str
+    device: int
+    dh_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The extra devices of one send and the list versions it claims (`lists`)."""
+
+    targets: tuple[Target, ...]
+    lists: tuple[ListVersion, ...]
+
+
+async def held_list(store: ProfileStore, account: str) -> DeviceList | None:
+    """The newest verified list this profile holds for `account`, if any."""
+    record = await store.get_setting(HELD_LIST + account)
+    if record is None:
+        return None
+    return DeviceList.decode(SignedDeviceList(bytes(record[0]), bytes(record[1])).body)
+
+
+async def listed_key(store: ProfileStore, account: str, device: int) -> bytes | None:
+    """The DH key `account`'s verified list gives `device` (None: not listed)."""
+    dlist = await held_list(store, account)
+    listed = None if dlist is None else dlist.device(device)
+    return None if listed is None else listed.dh_key
+
+
+async def plan(store: ProfileStore, user: str, device: int, contact: str) -> Plan:
+    """The devices a message to `contact` goes to besides the contact's device 1: the
+    contact's other listed devices and our own other devices. An account without a
+    verified list counts as device 1 only (version 0); a stale view is corrected by the
+    relay's `mismatched_devices` answer."""
+    targets: list[Target] = []
+    lists: list[ListVersion] = []
+    for account, skip in ((contact, 1), (user, device)):
+        dlist = await held_list(store, account)
+        lists.append(ListVersion(account, 0 if dlist is None else dlist.version))
+        for d in () if dlist is None else dlist.devices:
+            if d.id != skip:
+                targets.append(Target(account, d.id, d.dh_key))
+    return Plan(tuple(targets), tuple(lists))
+
+
+def encode_record(envelopes: Sequence[DeviceEnvelope], lists: Sequence[ListVersion]) -> bytes:
+    """What the outbox keeps for a pending fan-out, resent as it is after a reconnect."""
+    return pack(
+        [
+            _RECORD,
+            [[e.user, e.device, e.body] for e in envelopes],
+            [[v.user, v.version] for v in lists],
+        ]
+    )
+
+
+def decode_record(
+    data: bytes, contact: str
+) -> tuple[tuple[DeviceEnvelope, ...], tuple[ListVersion, ...]]:
+    """Inverse of `encode_record`. A row from before devices holds one envelope for the
+    contact's device 1: it goes out as a fan-out of that one envelope (ValueError if
+    neither)."""
+    try:
+        value = unpack_strict(data)
+    except ValueError:
+        value = None
+    if not (isinstance(value, list) and value and value[0] == _RECORD):
+        return (DeviceEnvelope(contact, 1, data),), ()
+    _, rows, views = expect_list(value, 3)
+    envelopes = tuple(
+        DeviceEnvelope(expect_str(u), expect_int(d, 1, 2**31), expect_bytes(b))
+        for u, d, b in (expect_list(r, 3) for r in rows)
+    )
+    lists = tuple(
+        ListVersion(expect_str(u), expect_int(v, 0, 2**63))
+        for u, v in (expect_list(r, 2) for r in views)
+    )
+    return envelopes, lists
+
+
+def fetcher(conn: RelayConnection) -> Callable[..., Awaitable[PrekeyBundle]]:
+    """Bundles of one account's devices from the relay (verified by the caller)."""
+
+    async def fetch(name: str, device: int = 1) -> PrekeyBundle:
+        one = None if device == 1 else device
+        reply = await conn.request(wire.FetchBundle, user=name, device=one)
+        return reply.bundle
+
+    return fetch

@@ -1,0 +1,274 @@
+"""Accounts with several devices talking through a real relay over real TLS: every
+message is shown once on every device of both accounts (per-device fan-out, sent
+copies), through an offline device and a relay restart; a relay that adds a device, a
+stale view and an unlink during a conversation."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from hushwire.client.errors import BadBundle, MessageHeld
+from hushwire.client.service import (
+    ConnectionState,
+    HushwireClient,
+    KeyChanged,
+    Notice,
+    SentElsewhere,
+)
+from hushwire.common.crypto.devices import DeviceList
+from hushwire.common.crypto.dh import X25519
+from hushwire.common.crypto.identity import IdentityKeyPair
+from hushwire.common.errors import ErrorCode, RequestError
+from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, next_event
+
+
+async def link(relay, old: HushwireClient, profile, name: str) -> HushwireClient:
+    """A new profile becomes a device of `old`'s account (`hushwire login --link`)."""
+    offer, _ = await old.offer_link()
+    joining = asyncio.create_task(
+        HushwireClient.login_link(
+            profile,
+            PASSPHRASE,
+            host="127.0.0.1",
+            port=relay.port,
+            code=offer.code.text(),
+            name=name,
+            fingerprint=relay.server.fingerprint,
+            kdf=FAST_KDF,
+            backoff=FAST_BACKOFF,
+        )
+    )
+    await old.accept_link(offer)
+    return await asyncio.wait_for(joining, 15)
+
+
+async def texts(client: HushwireClient, contact: str) -> list[tuple[str, str]]:
+    """(direction, text) of the conversation with `contact` as this device shows it."""
+    return [(h.direction, h.text) for h in await client.history(contact, 500)]
+
+
+async def sync(*clients: HushwireClient) -> None:
+    for c in clients:
+        await c.sync()
+
+
+def in_order(shown: list[tuple[str, str]], expected: list[tuple[str, str]]) -> bool:
+    """`expected` appears in `shown` in this order (other senders may interleave)."""
+    it = iter(shown)
+    return all(item in it for item in expected)
+
+
+@pytest.fixture
+async def accounts(relay, login, tmp_path):
+    """alice and bob, each with two devices; closes the linked ones at the end."""
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    alice2 = await link(relay, alice, tmp_path / "alice-laptop", "laptop")
+    bob2 = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    linked = [alice2, bob2]
+    yield alice, alice2, bob, bob2, linked
+    for c in linked:
+        await c.close()
+
+
+async def test_two_devices_each_see_the_whole_conversation_once(relay, reopen, tmp_path, accounts):
+    alice, alice2, bob, bob2, linked = accounts
+    sent: list[tuple[HushwireClient, str, str]] = []  # (device, account, text)
+
+    async def say(device: HushwireClient, text: str) -> None:
+        await device.send("bob" if device.user == "alice" else "alice", text)
+        sent.append((device, device.user, text))
+
+    await say(alice, "hi bob, from alice's first device")
+    await sync(alice2, bob, bob2)
+    copy = await next_event(alice2, SentElsewhere)
+    assert (copy.contact, copy.text) == ("bob", "hi bob, from alice's first device")
+    await say(bob2, "hi alice, from bob's phone")
+    await say(alice2, "and from alice's laptop")
+    await sync(alice, alice2, bob, bob2)
+    # bob's phone goes offline; the conversation goes on and the relay restarts.
+    await bob2.close()
+    linked.remove(bob2)
+    await say(bob, "bob's first device, while the phone is off")
+    await say(alice, "alice answers")
+    await relay.restart()
+    for c in (alice, alice2, bob):
+        await next_event(c, ConnectionState, lambda e: e.state == "reconnecting")
+        await next_event(c, ConnectionState, lambda e: e.state == "connected")
+    await say(alice2, "alice's laptop after the restart")
+    await say(bob, "bob after the restart")
+    await sync(alice, alice2, bob)
+    phone = await reopen("bob", profile=tmp_path / "bob-phone")
+    await phone.start()
+    await say(phone, "bob's phone is back")
+    await sync(alice, alice2, bob, phone)
+
+    devices = {"alice": (alice, alice2), "bob": (bob, phone)}
+    for account, contact in (("alice", "bob"), ("bob", "alice")):
+        for device in devices[account]:
+            shown = await texts(device, contact)
+            expected_all = [("out" if who == account else "in", text) for _, who, text in sent]
+            # Exactly once each, nothing else.
+            assert sorted(shown) == sorted(expected_all), (account, device.settings.device)
+            # In order per sending device (a device that was offline shows what its
+            # account's other device sent meanwhile when it catches up).
+            for sender in {id(d) for d, _, _ in sent}:
+                theirs = [
+                    ("out" if who == account else "in", text)
+                    for d, who, text in sent
+                    if id(d) == sender
+                ]
+                assert in_order(shown, theirs), (account, device.settings.device)
+
+
+async def test_a_stale_view_is_corrected_without_the_user_seeing_it(relay, login, tmp_path):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    await alice.send("bob", "before bob's phone")
+    await bob.sync()
+    await alice.close()  # offline: never hears of the phone, so its view goes stale
+    bob2 = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    try:
+        again = await HushwireClient.open(
+            tmp_path / "profile-alice", PASSPHRASE, backoff=FAST_BACKOFF
+        )
+        await again.start()
+        held = await again._devices.held("bob")
+        assert held is not None and [d.id for d in held[1].devices] == [1]
+        result = await again.send("bob", "after bob's phone")
+        assert not result.queued
+        for device in (bob, bob2):
+            await device.sync()
+            assert ("in", "after bob's phone") in await texts(device, "alice")
+        held = await again._devices.held("bob")
+        assert [d.id for d in held[1].devices] == [1, 2]
+        await again.close()
+    finally:
+        await bob2.close()
+
+
+def _forge_list(db, account: str, forged_body: bytes, sig: bytes, version: int) -> None:
+    """What a malicious relay can do: store any list it likes for an account."""
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "UPDATE device_lists SET version = ?, body = ?, sig = ? WHERE account_id ="
+        " (SELECT id FROM users WHERE name = ?)",
+        (version, forged_body, sig, account),
+    )
+    conn.commit()
+    conn.close()
+
+
+async def test_a_device_the_relay_adds_to_a_list_is_refused(relay, login, tmp_path):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    await alice.send("bob", "hello")
+    await bob.sync()
+    held = (await alice._devices.held("bob"))[1]
+    mallory = IdentityKeyPair.generate(X25519)
+    added, _ = held.with_device("relay's own", mallory.dh.public, 1)
+    forged = DeviceList(added.account, added.group, held.version + 1, added.devices)
+    signed = forged.sign(mallory)  # the relay cannot sign with bob's identity
+    _forge_list(relay.config.db, "bob", signed.body, signed.sig, forged.version)
+    with pytest.raises(RequestError) as exc:
+        await alice.send("bob", "not for the relay's device")
+    assert exc.value.code == ErrorCode.MISMATCHED_DEVICES
+    await next_event(alice, Notice, lambda e: "refused" in e.text)
+    held_after = (await alice._devices.held("bob"))[1]
+    assert [d.id for d in held_after.devices] == [1]
+    assert [h.status for h in await alice.history("bob", 5)][-1] == "failed"
+
+
+async def test_an_unlinked_device_gets_nothing_after_the_next_send(relay, login, tmp_path):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    bob2 = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    try:
+        await alice.send("bob", "to both of bob's devices")
+        await sync(bob, bob2)
+        assert ("in", "to both of bob's devices") in await texts(bob2, "alice")
+        await bob.unlink(2)
+        await alice.send("bob", "after the unlink")
+        await bob.sync()
+        assert ("in", "after the unlink") in await texts(bob, "alice")
+        assert ("in", "after the unlink") not in await texts(bob2, "alice")
+        held = (await alice._devices.held("bob"))[1]
+        assert [d.id for d in held.devices] == [1]
+        assert await alice.sessions.store.load_device_sessions("bob", 2) == []
+        mailbox = sqlite3.connect(relay.config.db)
+        try:
+            (left,) = mailbox.execute("SELECT count(*) FROM users WHERE name = 'bob/2'").fetchone()
+        finally:
+            mailbox.close()
+        assert left == 0
+    finally:
+        await bob2.close()
+
+
+async def test_a_first_message_from_a_contacts_second_device_is_shown_as_theirs(
+    relay, login, tmp_path
+):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    phone = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    try:
+        await phone.send("alice", "first words, from bob's phone")
+        await alice.sync()
+        # alice pinned bob from his device 1's bundle and checked the phone against the
+        # list signed by that identity; bob's first device shows the sent copy.
+        assert await texts(alice, "bob") == [("in", "first words, from bob's phone")]
+        assert (await alice.contact_state("bob")).key_changed is False
+        await bob.sync()
+        assert await texts(bob, "alice") == [("out", "first words, from bob's phone")]
+        await alice.send("bob", "hello to both")
+        await sync(bob, phone)
+        for device in (bob, phone):
+            assert ("in", "hello to both") in await texts(device, "alice")
+    finally:
+        await phone.close()
+
+
+async def test_after_trusting_a_new_identity_its_new_device_list_is_used(relay, login, tmp_path):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    phone = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    await alice.send("bob", "to bob's two devices")
+    assert (await alice._devices.held("bob"))[1].version == 2
+    await phone.close()
+    await bob.close()
+    # bob starts over with a new identity: his old devices and list are gone, and his new
+    # list (version 1, signed by the new identity) is lower than the one alice held.
+    again = await login(relay, "bob", profile=tmp_path / "bob-new", replace_identity=True)
+    await next_event(alice, KeyChanged, lambda e: e.contact == "bob")
+    with pytest.raises(MessageHeld):
+        await alice.send("bob", "after the reinstall")
+    assert await alice.trust("bob") == 1
+    await again.sync()
+    assert await texts(again, "alice") == [("in", "after the reinstall")]
+    assert (await alice._devices.held("bob"))[1].version == 1
+
+
+async def test_a_bundle_the_list_does_not_give_a_device_is_refused(relay, login, tmp_path):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    phone = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    store = relay.server.relay.store
+    real_fetch = store.fetch_bundle
+
+    async def evil_fetch(fetcher, target, *args, **kwargs):
+        # bob's device 1 keys (validly signed by bob) served as his phone's.
+        return await real_fetch(fetcher, "bob" if target == "bob/2" else target, *args, **kwargs)
+
+    store.fetch_bundle = evil_fetch
+    try:
+        with pytest.raises(BadBundle, match="signed device list does not give it"):
+            await alice.send("bob", "never sealed to a key bob did not list")
+        assert [h.status for h in await alice.history("bob", 5)] == ["failed"]
+        await sync(bob, phone)
+        assert await texts(bob, "alice") == [] and await texts(phone, "alice") == []
+    finally:
+        store.fetch_bundle = real_fetch
+        await phone.close()
