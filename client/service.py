@@ -286,16 +286,7 @@ class HushwireClient:
             )
             client.fingerprint_learned = pin is None and settings.ca_file is None
             client._keys.replace_identity = replace_identity
-            # Keys first, so a refusal (account_has_devices) fails the login itself.
-            await client._keys.upload(
-                conn,
-                relay_has_identity=ok.has_identity,
-                prekeys_left=ok.prekeys_left,
-                kem_prekeys_left=ok.kem_prekeys_left,
-                key_version=ok.key_version,
-            )
-            await client._adopt(conn, ok, keys_uploaded=True)
-            client._runner = asyncio.create_task(client._run())
+            await client._begin(conn, ok)
         except BaseException:
             if conn is not None:
                 await conn.close()
@@ -369,15 +360,7 @@ class HushwireClient:
             )
             client = cls(store, settings, sessions, clock=clock, backoff=backoff)
             client.fingerprint_learned = pin is None and ca_file is None
-            await client._keys.upload(
-                conn,
-                relay_has_identity=ok.has_identity,
-                prekeys_left=ok.prekeys_left,
-                kem_prekeys_left=ok.kem_prekeys_left,
-                key_version=ok.key_version,
-            )
-            await client._adopt(conn, ok, keys_uploaded=True)
-            client._runner = asyncio.create_task(client._run())
+            await client._begin(conn, ok)
         except BaseException:
             if conn is not None:
                 await conn.close()
@@ -438,6 +421,23 @@ class HushwireClient:
             raise
         return conn, ok
 
+    async def _begin(self, conn: RelayConnection, ok: wire.LoginOk) -> None:
+        """A new profile's first login: keys first, so a refusal (account_has_devices)
+        fails the login itself; then adopt the connection and run."""
+        await self._upload_keys(conn, ok)
+        await self._adopt(conn, ok, keys_uploaded=True)
+        self._runner = asyncio.create_task(self._run())
+
+    async def _upload_keys(self, conn: RelayConnection, ok: wire.LoginOk) -> None:
+        """Publish or top up our keys as the login reply says they stand."""
+        await self._keys.upload(
+            conn,
+            relay_has_identity=ok.has_identity,
+            prekeys_left=ok.prekeys_left,
+            kem_prekeys_left=ok.kem_prekeys_left,
+            key_version=ok.key_version,
+        )
+
     async def _adopt(
         self, conn: RelayConnection, ok: wire.LoginOk, *, keys_uploaded: bool = False
     ) -> None:
@@ -453,13 +453,7 @@ class HushwireClient:
         self._set_state("connected", f"logged in to {self.relay} as {self.user}")
         try:
             if not keys_uploaded:  # login() uploads before adopting, to fail on refusal
-                await self._keys.upload(
-                    conn,
-                    relay_has_identity=ok.has_identity,
-                    prekeys_left=ok.prekeys_left,
-                    kem_prekeys_left=ok.kem_prekeys_left,
-                    key_version=ok.key_version,
-                )
+                await self._upload_keys(conn, ok)
             await self._devices.refresh(conn)
             await self.who()
             await self.flush_outbox()
