@@ -48,7 +48,11 @@ class Admission:
         self._pending: Counter[str] = Counter()
         self.refused = 0
         if self.limit < max_connections:
-            log.warning(
+            # A warning only when the limit itself is short of what was asked; keeping a
+            # few descriptors for the db, logs and listeners is routine.
+            level = logging.WARNING if descriptors < max_connections else logging.INFO
+            log.log(
+                level,
                 "max_connections %d exceeds what %d descriptors allow; taking at most %d",
                 max_connections,
                 descriptors,

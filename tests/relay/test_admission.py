@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import resource
 
 from hushwire.relay.admission import RESERVED_DESCRIPTORS, Admission, raise_descriptor_limit
@@ -38,3 +39,15 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_one():
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_descriptor_reserve_is_routine_a_short_limit_is_warned(caplog):
+    """A default start (max_connections == the descriptor limit) must not warn."""
+    with caplog.at_level(logging.INFO, logger="hushwire.relay.admission"):
+        Admission(20_000, 128, 20_000)
+        Admission(50_000, 128, 1_024)
+    levels = [(r.levelno, r.getMessage().split(" exceeds")[0]) for r in caplog.records]
+    assert levels == [
+        (logging.INFO, "max_connections 20000"),
+        (logging.WARNING, "max_connections 50000"),
+    ]
