@@ -651,12 +651,7 @@ class Relay:
     async def _who(self, peer: Peer, req: Who, now: float) -> WhoOk:
         self._user(peer)
         peer.wants_presence = True
-        after = req.after
-        users = [
-            u.name
-            for u in await self.store.list_users()
-            if not u.disabled and (after is None or u.name > after)
-        ]
+        users = await self.store.page_users(req.after, self._who_page + 1)
         page = users[: self._who_page]
         me = peer.account or self._user(peer)
         visible = self._contacts.get(me, set())

@@ -147,6 +147,10 @@ class Store(DeviceStore):
     async def list_users(self) -> list[UserRecord]:
         return await self._backend.list_users()
 
+    async def page_users(self, after: str | None, limit: int) -> list[str]:
+        """One page of `who`: a query sized by the page, not by the whole user list."""
+        return await self._backend.page_users(after, limit)
+
     async def set_disabled(self, name: str, disabled: bool, *, now: int) -> None:
         """Disable or enable; a running relay sees it through `user_events`."""
         await self._backend.set_disabled(name, disabled, now=now)

@@ -249,6 +249,16 @@ class PostgresBackend(PostgresDevices):
             )
         return [user_record(r) for r in rows]
 
+    async def page_users(self, after: str | None, limit: int) -> list[str]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT name FROM users WHERE account_id IS NULL AND NOT disabled"
+                ' AND name > $1 COLLATE "C" ORDER BY name COLLATE "C" LIMIT $2',
+                after or "",
+                limit,
+            )
+        return [r["name"] for r in rows]
+
     async def _update_user(self, sql: str, name: str, *args: object) -> None:
         async with self._conn() as conn:
             status = await conn.execute(sql, name, *args)

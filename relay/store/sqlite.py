@@ -210,6 +210,17 @@ class SqliteBackend(SqliteDevices):
     async def list_users(self) -> list[UserRecord]:
         return await self._list(_LIST_ACCOUNTS)
 
+    async def page_users(self, after: str | None, limit: int) -> list[str]:
+        def run(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT name FROM users WHERE account_id IS NULL AND disabled = 0"
+                " AND name > ? ORDER BY name LIMIT ?",
+                (after or "", limit),
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(run)
+
     async def list_principals(self) -> list[UserRecord]:
         return await self._list(_LIST_PRINCIPALS)
 

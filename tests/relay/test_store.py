@@ -83,6 +83,16 @@ async def test_add_get_list_users(store: Store) -> None:
     assert await store.user_exists("bob") and not await store.user_exists("dave")
 
 
+async def test_who_pages_come_from_the_database_in_byte_order(store: Store) -> None:
+    for name in ("dave", "al", "alice.b", "zed"):
+        await store.add_user(name, b"h" * 32, b"s" * 16, now=NOW)
+    await store.set_disabled("carol", True, now=NOW)
+    assert await store.page_users(None, 3) == ["al", "alice", "alice.b"]
+    assert await store.page_users("alice.b", 3) == ["bob", "dave", "zed"]  # no carol
+    assert await store.page_users("zed", 3) == []
+    assert await store.page_users("b", 1) == ["bob"]  # `after` need not be a user
+
+
 async def test_duplicate_and_invalid_names_are_refused(store: Store) -> None:
     with pytest.raises(UserExists):
         await store.add_user("alice", b"x", b"y", now=NOW)

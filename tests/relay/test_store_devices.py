@@ -107,6 +107,7 @@ async def test_devices_on_every_backend(store_target):
         assert {u.name for u in await store.list_principals()} == {
             "alice", "alice/2", "alice/3", "bob",
         }  # fmt: skip
+        assert await store.page_users(None, 10) == ["alice", "bob"]  # no device principals
         assert await store.enqueue_each("bob", ["alice", "alice/2"], [b"1", b"2"], now=9)
         assert [e.body for e in await store.pending("alice/2")] == [b"2"]
         with pytest.raises(RequestError) as exc:
