@@ -43,6 +43,7 @@ from hushwire.client.text import (
     encode_sent_copy,
     encode_text,
 )
+from hushwire.common.chat_groups import ContentType
 from hushwire.common.crypto.dh import DHGroup
 from hushwire.common.crypto.envelope import Envelope, EnvelopeType, Session
 from hushwire.common.crypto.identity import (
@@ -208,7 +209,29 @@ class SentCopy:
     used_one_time_prekey: bool
 
 
-Outcome = Received | Duplicate | Rejected | SessionReset | SentCopy
+@dataclass(frozen=True, slots=True)
+class GroupContent:
+    """An authenticated envelope carrying group input (a key note, a change or a
+    welcome): the ratchet step is stored, the content is for client/groups.py, within
+    the same transaction. `sender`/`device` are what the session authenticated."""
+
+    contact: str
+    device: int
+    kind: int  # ContentType.GROUP_MESSAGE, GROUP_CHANGE or GROUP_WELCOME
+    data: bytes  # what follows the content type byte
+    envelope_id: bytes
+    sent_at_ms: int
+    key_changed: bool  # sealed under an identity the user has not accepted (quarantine)
+    used_one_time_prekey: bool
+
+
+# The content types group input starts with (docs/protocol.md, "Plaintext content types").
+GROUP_CONTENT: Final = frozenset(
+    bytes([kind])
+    for kind in (ContentType.GROUP_MESSAGE, ContentType.GROUP_CHANGE, ContentType.GROUP_WELCOME)
+)
+
+Outcome = Received | Duplicate | Rejected | SessionReset | SentCopy | GroupContent
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,6 +581,18 @@ class SessionManager:
                 await self.store.delete_kem_prekey(used.one_time_kem)
             if message.plaintext == encode_reset():
                 return SessionReset(sender, key_changed, used_one_time)
+            if message.plaintext[:1] in GROUP_CONTENT:
+                # Group input: client/groups.py checks and stores it in this transaction.
+                return GroupContent(
+                    sender,
+                    device,
+                    message.plaintext[0],
+                    message.plaintext[1:],
+                    message.envelope_id,
+                    message.sent_at_ms,
+                    key_changed,
+                    used_one_time,
+                )
             try:
                 copy = decode_sent_copy(message.plaintext)
                 if copy is None and own:
