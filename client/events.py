@@ -131,6 +131,7 @@ class GroupNotice:
     gid: str
     text: str  # made of names and group names from peers: display via safe_for_terminal
     uid: str  # the group history row
+    sent_at: datetime  # when what it reports was sent (the sender's clock), UTC
 
 
 ClientEvent = (

@@ -118,7 +118,7 @@ class GroupInbox:
             gid, "event", "received", sender="", device=0, sent_at_ms=sent_at_ms, now_ms=now,
             text=text,
         )  # fmt: skip
-        events.append(GroupNotice(group.current.name, gid, text, uid))
+        events.append(GroupNotice(group.current.name, gid, text, uid, utc_from_ms(sent_at_ms)))
 
     async def on_content(self, got: GroupContent, payload: bytes | None) -> list[ClientEvent]:
         """Check and store one piece of group input (in the caller's transaction)."""

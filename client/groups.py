@@ -154,7 +154,7 @@ class Groups:
             gid, "event", "read", sender="", device=0, sent_at_ms=sent_at_ms,
             now_ms=self._sessions.now_ms(), text=text,
         )  # fmt: skip
-        self._emit(GroupNotice(log.current.name, gid, text, uid))
+        self._emit(GroupNotice(log.current.name, gid, text, uid, utc_from_ms(sent_at_ms)))
 
     async def create(self, name: str, members: Iterable[str]) -> GroupInfo:
         """A new group with us as its admin and `members`; every member's devices get
