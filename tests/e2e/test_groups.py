@@ -4,11 +4,16 @@ its welcome, a removed member learns it and reads nothing after."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from hushwire.client.errors import GroupCommandError, UnknownGroup
-from hushwire.client.service import GroupNotice
+from hushwire.client.service import GroupNotice, MessageRejected
+from hushwire.common.messages import Deliver
+from tests.adversarial.test_malicious_relay import connection_of
 from tests.e2e.helpers import next_event
+from tests.e2e.test_fanout import link
 
 FIVE = ("alice", "bob", "carol", "dave", "erin")
 
@@ -61,3 +66,117 @@ async def test_clear_errors_for_bad_group_commands(relay5, login):
         await bob.groups.add("team", ["carol"])
     with pytest.raises(GroupCommandError, match="already in a group named"):
         await alice.groups.create("team", ["carol"])
+
+
+async def shown(client, group: str = "team") -> list[tuple[str, str]]:
+    """(sender, text) of the group's messages as this device shows them, oldest first."""
+    return [
+        (i.sender, i.text) for i in await client.groups.history(group, 500) if i.kind != "event"
+    ]
+
+
+async def events_of(client, group: str = "team") -> list[str]:
+    return [i.text for i in await client.groups.history(group, 500) if i.kind == "event"]
+
+
+async def sync(*clients) -> None:
+    for c in clients:
+        await c.sync()
+
+
+async def test_five_members_two_with_two_devices_each_see_every_message_once_in_order(
+    relay5, login, reopen, tmp_path
+):
+    alice, bob, carol, dave, erin = [await login(relay5, u) for u in FIVE]
+    alice2 = await link(relay5, alice, tmp_path / "alice-laptop", "laptop")
+    bob2 = await link(relay5, bob, tmp_path / "bob-phone", "phone")
+    try:
+        await alice.groups.create("team", ["bob", "carol", "dave", "erin"])
+        devices = [alice, alice2, bob, bob2, carol, dave, erin]
+        await sync(*devices)
+        sent: list[tuple[str, str]] = []
+
+        async def say(device, text: str) -> None:
+            await device.sync()
+            await device.groups.send("team", text)
+            sent.append((device.user, text))
+
+        await say(alice, "hello team, from alice's first device")
+        await say(bob2, "bob from his phone")
+        await say(carol, "carol here")
+        await say(alice2, "alice from the laptop")
+        # dave goes offline for part of the conversation.
+        await dave.close()
+        devices.remove(dave)
+        await say(erin, "erin, while dave is away")
+        await say(bob, "bob from his first device")
+        await say(alice, "alice again")
+        dave = await reopen("dave")
+        await dave.start()
+        devices.append(dave)
+        await say(dave, "dave is back")
+        await say(carol, "carol's last word")
+        await sync(*devices)
+        for device in devices:
+            got = await shown(device)
+            # Every message exactly once (their own included: sent here or by their
+            # other device), nothing else, in order per sender.
+            assert sorted(got) == sorted(sent), (device.user, device.settings.device)
+            for who in FIVE:
+                assert [t for s, t in got if s == who] == [t for s, t in sent if s == who]
+            assert not [e for e in await events_of(device) if "missed" in e or "fork" in e]
+    finally:
+        await alice2.close()
+        await bob2.close()
+
+
+async def test_a_removed_member_cannot_read_what_follows_even_if_the_relay_forwards_it(
+    relay5, login
+):
+    alice, bob, carol = [await login(relay5, u) for u in FIVE[:3]]
+    await alice.groups.create("team", ["bob", "carol"])
+    await sync(bob, carol)
+    await alice.groups.send("team", "before the removal")
+    await alice.groups.remove("team", ["carol"])
+    await sync(bob, carol)
+    captured: list[Deliver] = []
+    conn = connection_of(relay5, "bob")
+    real = conn._deliver
+    conn._deliver = lambda d: (captured.append(d), real(d))[1]
+    await alice.groups.send("team", "after the removal: not for carol")
+    await bob.sync()
+    assert ("alice", "after the removal: not for carol") in await shown(bob)
+    # The relay hands carol what bob got (the payload and bob's envelope): she cannot
+    # open the envelope, holds no key for the payload, and shows nothing.
+    (group_send,) = [d for d in captured if d.payload is not None]
+    assert b"not for carol" not in group_send.payload
+    relay_conn = connection_of(relay5, "carol")
+    relay_conn._deliver(dataclasses.replace(group_send, mid=group_send.mid + 10_000))
+    rejected = await next_event(carol, MessageRejected)
+    assert "addressed to bob" in rejected.reason
+    await carol.sync()
+    assert await shown(carol) == [("alice", "before the removal")]
+    assert "you were removed by alice: nothing more reaches you here" in await events_of(carol)
+
+
+async def test_an_added_member_cannot_read_what_came_before(relay5, login):
+    alice, bob, dave = [await login(relay5, u) for u in ("alice", "bob", "dave")]
+    await alice.groups.create("team", ["bob"])
+    await bob.sync()
+    captured: list[Deliver] = []
+    conn = connection_of(relay5, "bob")
+    real = conn._deliver
+    conn._deliver = lambda d: (captured.append(d), real(d))[1]
+    await alice.groups.send("team", "secret from before dave")
+    await bob.sync()
+    await alice.groups.add("team", ["dave"])
+    await alice.groups.send("team", "welcome dave")
+    await sync(bob, dave)
+    assert await shown(dave) == [("alice", "welcome dave")]
+    assert await events_of(dave) == ["alice added you"]
+    # Even handed the old group send by the relay, dave reads nothing of it.
+    (old,) = [d for d in captured if d.payload is not None]
+    connection_of(relay5, "dave")._deliver(dataclasses.replace(old, mid=old.mid + 10_000))
+    await next_event(dave, MessageRejected)
+    assert await shown(dave) == [("alice", "welcome dave")]
+    assert [t for _, t in await shown(bob)] == ["secret from before dave", "welcome dave"]
