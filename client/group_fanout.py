@@ -85,7 +85,10 @@ async def _first_bundle(
     if dh_key is not None:
         return await verified_bundle(sessions, Target(account, number, dh_key), fetch)
     bundle = await sessions.fetch_verified(account, fetch)
-    contact = await sessions.contact(account)
+    contact = await sessions.store.get_contact(account)
+    if contact is None:  # never talked: trust on first use, as for a first 1:1 message
+        await sessions.store.add_contact(account, bundle.identity, sessions.now_ms())
+        return bundle
     if contact.pending is not None:
         raise MessageHeld(account)
     if not same_identity(bundle.identity, contact.identity):

@@ -204,7 +204,9 @@ class GroupInbox:
         try:
             updated = apply_change(log, item.data, pinned)
         except StaleGroupChange:
-            if item.data not in log.changes:
+            # The very change from its signer again is harmless (an added member gets
+            # the add in its welcome and as a change); anything else old is shown.
+            if item.data not in log.changes or item.sender != change.signer:
                 await self.event_line(
                     log,
                     f"refused a stale membership change from {item.sender} (epoch "

@@ -151,7 +151,7 @@ async def test_a_removed_member_cannot_read_what_follows_even_if_the_relay_forwa
     (group_send,) = [d for d in captured if d.payload is not None]
     assert b"not for carol" not in group_send.payload
     relay_conn = connection_of(relay5, "carol")
-    relay_conn._deliver(dataclasses.replace(group_send, mid=group_send.mid + 10_000))
+    relay_conn.push(dataclasses.replace(group_send, mid=group_send.mid + 1_000_000))
     rejected = await next_event(carol, MessageRejected)
     assert "addressed to bob" in rejected.reason
     await carol.sync()
@@ -176,7 +176,7 @@ async def test_an_added_member_cannot_read_what_came_before(relay5, login):
     assert await events_of(dave) == ["alice added you"]
     # Even handed the old group send by the relay, dave reads nothing of it.
     (old,) = [d for d in captured if d.payload is not None]
-    connection_of(relay5, "dave")._deliver(dataclasses.replace(old, mid=old.mid + 10_000))
+    connection_of(relay5, "dave").push(dataclasses.replace(old, mid=old.mid + 1_000_000))
     await next_event(dave, MessageRejected)
     assert await shown(dave) == [("alice", "welcome dave")]
     assert [t for _, t in await shown(bob)] == ["secret from before dave", "welcome dave"]
