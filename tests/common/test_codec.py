@@ -99,6 +99,63 @@ def test_fast_send_and_ack_decoders_agree_with_the_generic_codec(id, to, body, m
             assert codec.decode_request(raw) == expected
 
 
+_envelope = st.fixed_dictionaries({"user": names, "device": uint, "body": st.binary(max_size=20)})
+_view = st.fixed_dictionaries({"user": names, "version": uint})
+
+
+# Values just outside each field's type, then anything.
+_junk = st.sampled_from([-1, 2**63, True, None, "x", b"x", []])
+
+
+@st.composite
+def _send_devices(draw):
+    """A well-formed `send_devices`, then (mostly) one field replaced by junk or dropped."""
+    raw = {
+        "t": "send_devices",
+        "id": draw(uint),
+        "envelopes": draw(st.lists(_envelope, max_size=3)),
+        "lists": draw(st.lists(_view, max_size=3)),
+    }
+    places = [raw] + raw["envelopes"] + raw["lists"]
+    for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2]))):
+        where = draw(st.sampled_from(places))
+        key = draw(st.sampled_from(sorted(k for k in where if k != "t")))
+        if draw(st.booleans()):
+            del where[key]
+        else:
+            where[key] = draw(_junk)
+    return raw
+
+
+@given(raw=_send_devices())
+@settings(max_examples=1500)
+def test_fast_send_devices_decoder_agrees_with_the_generic_codec(raw):
+    try:
+        expected = codec._from_wire(m.SendDevices, raw, "send_devices")
+    except MalformedFrame as exc:
+        with pytest.raises(MalformedFrame) as got:
+            codec.decode_request(raw)
+        assert str(got.value) == str(exc)
+    else:
+        assert codec.decode_request(raw) == expected
+
+
+def test_the_fast_send_devices_decoder_takes_a_well_formed_fan_out():
+    raw = {
+        "t": "send_devices",
+        "id": 7,
+        "envelopes": [{"user": "bob", "device": 2, "body": b"x"}],
+        "lists": [{"user": "alice", "version": 0}, {"user": "bob", "version": 3}],
+    }
+    assert codec._fast_send_devices(raw) == m.SendDevices(
+        id=7,
+        envelopes=(m.DeviceEnvelope("bob", 2, b"x"),),
+        lists=(m.ListVersion("alice", 0), m.ListVersion("bob", 3)),
+    )
+    raw["envelopes"][0]["device"] = True  # a bool is not an int on the wire
+    assert codec._fast_send_devices(raw) is None
+
+
 def test_device_requests_default_to_device_one_for_older_clients():
     """A v1 client's login and fetch_bundle carry no device: they mean device 1."""
     assert codec.decode_request({"t": "login", "id": 1, "user": "a", "token": "t"}).device is None
