@@ -180,3 +180,31 @@ async def test_an_added_member_cannot_read_what_came_before(relay5, login):
     await next_event(dave, MessageRejected)
     assert await shown(dave) == [("alice", "welcome dave")]
     assert [t for _, t in await shown(bob)] == ["secret from before dave", "welcome dave"]
+
+
+async def test_a_change_that_arrives_early_is_held_until_the_missing_one_comes(relay5, login):
+    alice, _, carol, _ = [await login(relay5, u) for u in FIVE[:4]]
+    await alice.groups.create("team", ["bob", "carol"])
+    await carol.sync()
+    # The relay holds carol's deliveries back, then hands them over newest first.
+    held: list[Deliver] = []
+    conn = connection_of(relay5, "carol")
+    real = conn._deliver
+    conn._deliver = held.append
+    await alice.groups.rename("team", "renamed")
+    await alice.groups.add("renamed", ["dave"])
+    conn._deliver = real
+    assert len(held) == 2
+    conn.push(dataclasses.replace(held[1], mid=held[1].mid + 1_000_000))
+    await carol.sync()
+    assert (await carol.groups.info("team")).epoch == 1  # epoch 3 waits for epoch 2
+    for d in held:
+        real(d)
+    await carol.sync()
+    info = await carol.groups.info("renamed")
+    assert (info.epoch, info.members) == (3, ("alice", "bob", "carol", "dave"))
+    assert await events_of(carol, "renamed") == [
+        "alice created the group 'team' with bob, you",
+        "alice renamed the group to 'renamed'",
+        "alice added dave",
+    ]
