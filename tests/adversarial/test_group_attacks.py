@@ -11,7 +11,7 @@ import pytest
 
 from hushwire.client.fanout import fetcher
 from hushwire.client.group_fanout import send_to_devices
-from hushwire.client.service import GroupNotice, MessageRejected
+from hushwire.client.service import GroupMessageReceived, GroupNotice, MessageRejected
 from hushwire.common.chat_groups import ChangeOp, ContentType, GroupChange, encode_content
 from hushwire.common.messages import Deliver
 from tests.adversarial.test_malicious_relay import connection_of
@@ -143,3 +143,51 @@ async def test_a_forked_membership_is_detected_shown_and_settled(team):
 async def events_of_gid(client) -> list[str]:
     (info,) = await client.groups.list()
     return [i.text for i in await client.groups.history(info.gid, 500) if i.kind == "event"]
+
+
+async def test_a_member_cannot_pass_off_another_members_message_as_theirs(team):
+    _, alice, bob, carol, _ = team
+    notes = []
+    real = bob._group_inbox.on_content
+
+    async def keep(got, payload):
+        notes.append((got, payload))
+        return await real(got, payload)
+
+    bob._group_inbox.on_content = keep
+    await alice.groups.send("team", "from alice")
+    await bob.sync()
+    await carol.sync()
+    (got, payload), *_ = [(g, p) for g, p in notes if g.kind == ContentType.GROUP_MESSAGE]
+    # bob re-seals alice's key note, with her payload, to carol as if it were his.
+    await insider_send(bob, ["carol"], ContentType.GROUP_MESSAGE, got.data, payload)
+    rejected = await next_event(carol, MessageRejected, lambda e: e.contact == "bob")
+    assert "chain" in rejected.reason
+    history = await carol.groups.history("team", 50)
+    assert [(i.sender, i.text) for i in history if i.kind == "in"] == [("alice", "from alice")]
+
+
+async def test_a_message_the_relay_drops_for_one_member_is_shown_as_missed(team):
+    relay, alice, bob, carol, _ = team
+    conn = connection_of(relay, "carol")
+    real = conn._deliver
+    dropped: list[Deliver] = []
+
+    def drop_first_group_send(d: Deliver) -> None:
+        if d.sender == "alice" and not dropped:
+            dropped.append(d)
+            return
+        real(d)
+
+    conn._deliver = drop_first_group_send
+    await alice.groups.send("team", "one")
+    await alice.groups.send("team", "two")
+    notice = await next_event(carol, GroupNotice, lambda e: "missed" in e.text)
+    assert notice.text == "you may have missed 1 message from alice"
+    got = await next_event(carol, GroupMessageReceived)
+    assert got.text == "two"
+    # bob saw both: his next message tells carol too, without a second notice.
+    await bob.sync()
+    await bob.groups.send("team", "did everyone get one?")
+    await next_event(carol, GroupMessageReceived, lambda e: e.sender == "bob")
+    assert [e for e in await events_of(carol) if "missed" in e] == [notice.text]
