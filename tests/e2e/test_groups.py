@@ -9,7 +9,9 @@ import dataclasses
 import pytest
 
 from hushwire.client.errors import GroupCommandError, UnknownGroup
-from hushwire.client.service import GroupNotice, MessageRejected
+from hushwire.client.group_fanout import send_to_devices
+from hushwire.client.service import GroupNotice, MessageQuarantined, MessageRejected
+from hushwire.common.chat_groups import ChangeOp, ContentType, GroupChange, encode_content
 from hushwire.common.messages import Deliver
 from tests.adversarial.test_malicious_relay import connection_of
 from tests.e2e.helpers import next_event
@@ -208,3 +210,32 @@ async def test_a_change_that_arrives_early_is_held_until_the_missing_one_comes(r
         "alice renamed the group to 'renamed'",
         "alice added dave",
     ]
+
+
+async def test_group_input_under_a_changed_key_waits_for_trust(relay5, login, tmp_path):
+    alice, bob = await login(relay5, "alice"), await login(relay5, "bob")
+    await login(relay5, "carol")
+    info = await alice.groups.create("team", ["bob", "carol"])
+    await bob.sync()
+    await bob.close()
+    # bob reinstalls: a new identity. His first group input reaches alice under it.
+    new_bob = await login(relay5, "bob", profile=tmp_path / "bob-new", replace_identity=True)
+    state = (await alice.groups.store.get(bytes.fromhex(info.gid))).log.current
+    leave = GroupChange(
+        group_id=state.group_id, epoch=state.epoch + 1, prev=state.hash, signer="bob",
+        issued_at_ms=1, op=ChangeOp.LEAVE,
+    ).sign(new_bob.sessions.identity)  # fmt: skip
+
+    async def prepare():
+        return encode_content(ContentType.GROUP_CHANGE, leave), None
+
+    await send_to_devices(
+        new_bob._require_conn(), new_bob.sessions, new_bob._devices, ["alice"], prepare
+    )
+    await next_event(alice, MessageQuarantined, lambda e: e.contact == "bob")
+    await alice.sync()
+    assert (await alice.groups.info("team")).members == ("alice", "bob", "carol")
+    # Accepted, the new key is bob's: his leave now verifies and applies.
+    await alice.trust("bob")
+    await next_event(alice, GroupNotice, lambda e: e.text == "bob left the group")
+    assert (await alice.groups.info("team")).members == ("alice", "carol")
