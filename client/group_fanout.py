@@ -23,9 +23,8 @@ from hushwire.client.errors import MessageHeld
 from hushwire.client.fanout import Target, fetcher, held_list
 from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, SessionManager, same_identity
 from hushwire.common import messages as wire
-from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.crypto.envelope import Session
-from hushwire.common.errors import CryptoError, ErrorCode, LocalProtocolError, RequestError
+from hushwire.common.errors import ErrorCode, LocalProtocolError, RequestError
 from hushwire.common.keys import PrekeyBundle
 from hushwire.common.messages import DeviceEnvelope, ListVersion
 
@@ -182,12 +181,7 @@ async def send_to_devices(
         except RequestError as exc:
             if exc.code is not ErrorCode.MISMATCHED_DEVICES or attempt == MAX_ATTEMPTS:
                 raise
-            for signed in exc.device_lists:
-                try:
-                    account = DeviceList.decode(signed.body).account
-                except CryptoError:
-                    continue  # not even a list: nothing to check it against
-                await devices.on_changed(account, signed)
+            await devices.on_mismatch(exc.device_lists)
             attempt += 1
             continue
         return len(envelopes)

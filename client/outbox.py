@@ -35,7 +35,6 @@ from hushwire.client.events import (
 from hushwire.client.fanout import decode_record, fetcher, plan
 from hushwire.client.session import Outgoing, SessionManager, max_text_bytes
 from hushwire.common import messages as wire
-from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.errors import CryptoError, ErrorCode, RequestError
 from hushwire.common.names import check_username
 
@@ -147,12 +146,7 @@ class Outbox:
             except RequestError as exc:
                 if exc.code is not ErrorCode.MISMATCHED_DEVICES or attempt == MAX_FANOUT_ATTEMPTS:
                     raise
-                for signed in exc.device_lists:
-                    try:
-                        account = DeviceList.decode(signed.body).account
-                    except CryptoError:
-                        continue  # not even a list: nothing to check it against
-                    await self._devices.on_changed(account, signed)
+                await self._devices.on_mismatch(exc.device_lists)
                 continue
             return
 

@@ -12,7 +12,7 @@ from hushwire.client.errors import GroupCommandError, UnknownGroup
 from hushwire.client.group_fanout import send_to_devices
 from hushwire.client.service import GroupNotice, MessageQuarantined, MessageRejected
 from hushwire.common.chat_groups import ChangeOp, ContentType, GroupChange, encode_content
-from hushwire.common.messages import Deliver
+from tests.adversarial.test_group_attacks import NEEDS_PAYLOAD, spy, withhold
 from tests.adversarial.test_malicious_relay import connection_of
 from tests.e2e.helpers import next_event
 from tests.e2e.test_fanout import link
@@ -86,6 +86,7 @@ async def sync(*clients) -> None:
         await c.sync()
 
 
+@NEEDS_PAYLOAD
 async def test_five_members_two_with_two_devices_each_see_every_message_once_in_order(
     relay5, login, reopen, tmp_path
 ):
@@ -132,6 +133,7 @@ async def test_five_members_two_with_two_devices_each_see_every_message_once_in_
         await bob2.close()
 
 
+@NEEDS_PAYLOAD
 async def test_a_removed_member_cannot_read_what_follows_even_if_the_relay_forwards_it(
     relay5, login
 ):
@@ -141,10 +143,7 @@ async def test_a_removed_member_cannot_read_what_follows_even_if_the_relay_forwa
     await alice.groups.send("team", "before the removal")
     await alice.groups.remove("team", ["carol"])
     await sync(bob, carol)
-    captured: list[Deliver] = []
-    conn = connection_of(relay5, "bob")
-    real = conn._deliver
-    conn._deliver = lambda d: (captured.append(d), real(d))[1]
+    captured = spy(relay5, "bob")
     await alice.groups.send("team", "after the removal: not for carol")
     await bob.sync()
     assert ("alice", "after the removal: not for carol") in await shown(bob)
@@ -161,14 +160,12 @@ async def test_a_removed_member_cannot_read_what_follows_even_if_the_relay_forwa
     assert "you were removed by alice: nothing more reaches you here" in await events_of(carol)
 
 
+@NEEDS_PAYLOAD
 async def test_an_added_member_cannot_read_what_came_before(relay5, login):
     alice, bob, dave = [await login(relay5, u) for u in ("alice", "bob", "dave")]
     await alice.groups.create("team", ["bob"])
     await bob.sync()
-    captured: list[Deliver] = []
-    conn = connection_of(relay5, "bob")
-    real = conn._deliver
-    conn._deliver = lambda d: (captured.append(d), real(d))[1]
+    captured = spy(relay5, "bob")
     await alice.groups.send("team", "secret from before dave")
     await bob.sync()
     await alice.groups.add("team", ["dave"])
@@ -189,19 +186,14 @@ async def test_a_change_that_arrives_early_is_held_until_the_missing_one_comes(r
     await alice.groups.create("team", ["bob", "carol"])
     await carol.sync()
     # The relay holds carol's deliveries back, then hands them over newest first.
-    held: list[Deliver] = []
-    conn = connection_of(relay5, "carol")
-    real = conn._deliver
-    conn._deliver = held.append
+    held, release = withhold(relay5, "carol")
     await alice.groups.rename("team", "renamed")
     await alice.groups.add("renamed", ["dave"])
-    conn._deliver = real
     assert len(held) == 2
-    conn.push(dataclasses.replace(held[1], mid=held[1].mid + 1_000_000))
+    connection_of(relay5, "carol").push(dataclasses.replace(held[1], mid=held[1].mid + 1_000_000))
     await carol.sync()
     assert (await carol.groups.info("team")).epoch == 1  # epoch 3 waits for epoch 2
-    for d in held:
-        real(d)
+    release()
     await carol.sync()
     info = await carol.groups.info("renamed")
     assert (info.epoch, info.members) == (3, ("alice", "bob", "carol", "dave"))
