@@ -204,8 +204,6 @@ def _report_event(event: object, err: TextIO) -> None:
         )
     elif isinstance(event, Notice):
         _warn(err, f"note: {event.text}")
-    elif isinstance(event, GroupNotice):
-        _warn(err, f"note: #{event.group}: {event.text}")
     elif (
         isinstance(event, ConnectionState)
         and event.state == "disconnected"

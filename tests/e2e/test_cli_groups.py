@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.adversarial.test_group_attacks import NEEDS_PAYLOAD
 from tests.e2e.helpers import PASSPHRASE
 from tests.e2e.test_cli import Cli
 
@@ -20,8 +21,8 @@ async def cli(relay_factory, tmp_path, monkeypatch) -> Cli:
     return c
 
 
-async def as_user(cli: Cli, user: str, *argv: str) -> tuple[int, str, str]:
-    return await cli.run("--profile", cli.profile(user), *argv)
+async def as_user(cli: Cli, user: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+    return await cli.run("--profile", cli.profile(user), *argv, stdin=stdin)
 
 
 async def test_group_commands_and_their_errors(cli):
@@ -64,3 +65,24 @@ async def test_group_commands_and_their_errors(cli):
     assert out == "#team  3 members, epoch 3, 2 unread, left\n"
     code, out, err = await cli.run("group", "--help")
     assert code == 0 and "create" in out and "at most 50 members" in out
+
+
+@NEEDS_PAYLOAD
+async def test_send_to_a_group_and_recv_it_as_json_lines(cli):
+    assert (await as_user(cli, "alice", "group", "create", "team", "bob", "carol"))[0] == 0
+    code, out, err = await as_user(cli, "alice", "send", "#team", "hello", "team")
+    assert (code, out, err) == (0, "", "")
+    code, out, err = await as_user(cli, "carol", "send", "#team", stdin="carol\x1b[2J here\n")
+    assert (code, err) == (0, "")
+    code, out, err = await as_user(cli, "bob", "recv", "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    messages = [(m["group"], m["sender"], m["text"]) for m in lines if "text" in m]
+    assert messages == [("team", "alice", "hello team"), ("team", "carol", "carol\x1b[2J here")]
+    assert all(m["gid"] == lines[0]["gid"] for m in lines)
+    assert "\x1b" not in out  # JSON escapes it
+    code, out, err = await as_user(cli, "bob", "recv")
+    assert (code, out) == (0, "")  # each line once: marked read after it was printed
+    code, out, err = await as_user(cli, "carol", "recv")
+    assert code == 0, err
+    assert "#team alice " in out and out.rstrip().endswith("hello team") and "\x1b" not in out
