@@ -22,7 +22,6 @@ from hushwire.client.devices import DeviceLists
 from hushwire.client.errors import MessageHeld
 from hushwire.client.fanout import Target, fetcher, held_list
 from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, SessionManager, same_identity
-from hushwire.common import messages as wire
 from hushwire.common.crypto.envelope import Session
 from hushwire.common.errors import ErrorCode, LocalProtocolError, RequestError
 from hushwire.common.keys import PrekeyBundle
@@ -175,9 +174,8 @@ async def send_to_devices(
                 content = await prepare()
             have = await _seal_all(sessions, plan, content[0], have, bundles)
         envelopes = tuple(have[device] for device, _ in plan.targets)
-        extra = {} if content[1] is None else {"payload": content[1]}
         try:
-            await conn.request(wire.SendDevices, envelopes=envelopes, lists=plan.lists, **extra)
+            await conn.send_devices(envelopes, plan.lists, payload=content[1])
         except RequestError as exc:
             if exc.code is not ErrorCode.MISMATCHED_DEVICES or attempt == MAX_ATTEMPTS:
                 raise

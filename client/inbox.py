@@ -168,8 +168,7 @@ class Inbox:
             async with self._sessions.store.transaction():
                 outcome = await self._sessions.receive(push)
                 if isinstance(outcome, GroupContent):
-                    payload = getattr(push, "payload", None)
-                    group_events = await self._groups.on_content(outcome, payload)
+                    group_events = await self._groups.on_content(outcome, push.payload)
         except ProfileCorrupt as exc:
             # Not acked: the envelope stays at the relay until the profile is repaired.
             self._emit(Notice(f"cannot store a message: {exc.message}"))

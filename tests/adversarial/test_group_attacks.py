@@ -18,11 +18,6 @@ from hushwire.common.messages import Deliver
 from tests.adversarial.test_malicious_relay import connection_of
 from tests.e2e.helpers import drain, next_event
 
-# Until the relay's group payload (branch g13relay) is merged: removed with that merge.
-NEEDS_PAYLOAD = pytest.mark.skipif(
-    "payload" not in Deliver.__dataclass_fields__, reason="relay without group payloads yet"
-)
-
 USERS = ("alice", "bob", "carol", "dave")
 
 
@@ -162,7 +157,6 @@ async def events_of_gid(client) -> list[str]:
     return [i.text for i in await client.groups.history(info.gid, 500) if i.kind == "event"]
 
 
-@NEEDS_PAYLOAD
 async def test_a_member_cannot_pass_off_another_members_message_as_theirs(team):
     _, alice, bob, carol, _ = team
     notes = []
@@ -185,7 +179,6 @@ async def test_a_member_cannot_pass_off_another_members_message_as_theirs(team):
     assert [(i.sender, i.text) for i in history if i.kind == "in"] == [("alice", "from alice")]
 
 
-@NEEDS_PAYLOAD
 async def test_a_message_the_relay_drops_for_one_member_is_shown_as_missed(team):
     relay, alice, bob, carol, _ = team
     conn = connection_of(relay, "carol")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from tests.adversarial.test_group_attacks import NEEDS_PAYLOAD
 from tests.e2e.helpers import PASSPHRASE
 from tests.e2e.test_cli import Cli
 
@@ -67,7 +66,6 @@ async def test_group_commands_and_their_errors(cli):
     assert code == 0 and "create" in out and "at most 50 members" in out
 
 
-@NEEDS_PAYLOAD
 async def test_send_to_a_group_and_recv_it_as_json_lines(cli):
     assert (await as_user(cli, "alice", "group", "create", "team", "bob", "carol"))[0] == 0
     code, out, err = await as_user(cli, "alice", "send", "#team", "hello", "team")

@@ -12,7 +12,7 @@ from hushwire.client.errors import GroupCommandError, UnknownGroup
 from hushwire.client.group_fanout import send_to_devices
 from hushwire.client.service import GroupNotice, MessageQuarantined, MessageRejected
 from hushwire.common.chat_groups import ChangeOp, ContentType, GroupChange, encode_content
-from tests.adversarial.test_group_attacks import NEEDS_PAYLOAD, spy, withhold
+from tests.adversarial.test_group_attacks import spy, withhold
 from tests.adversarial.test_malicious_relay import connection_of
 from tests.e2e.helpers import next_event
 from tests.e2e.test_fanout import link
@@ -86,7 +86,6 @@ async def sync(*clients) -> None:
         await c.sync()
 
 
-@NEEDS_PAYLOAD
 async def test_five_members_two_with_two_devices_each_see_every_message_once_in_order(
     relay5, login, reopen, tmp_path
 ):
@@ -133,7 +132,6 @@ async def test_five_members_two_with_two_devices_each_see_every_message_once_in_
         await bob2.close()
 
 
-@NEEDS_PAYLOAD
 async def test_a_removed_member_cannot_read_what_follows_even_if_the_relay_forwards_it(
     relay5, login
 ):
@@ -160,7 +158,6 @@ async def test_a_removed_member_cannot_read_what_follows_even_if_the_relay_forwa
     assert "you were removed by alice: nothing more reaches you here" in await events_of(carol)
 
 
-@NEEDS_PAYLOAD
 async def test_an_added_member_cannot_read_what_came_before(relay5, login):
     alice, bob, dave = [await login(relay5, u) for u in ("alice", "bob", "dave")]
     await alice.groups.create("team", ["bob"])
