@@ -85,7 +85,7 @@ class ChatApp:
             prompt="> ",
             multiline=False,
             wrap_lines=True,
-            completer=ChatCompleter(self.model.names),
+            completer=ChatCompleter(self.model.names, self.model.groups, self.model.members),
             complete_while_typing=True,
             history=InMemoryHistory(),
             accept_handler=self._accept,
@@ -152,7 +152,8 @@ class ChatApp:
         """Enter: queue the line for the worker (in order); keep it if it is too long."""
         text = buffer.text
         name = self.model.current
-        if name and not text.lstrip().startswith("/") and text.strip() != "exit":
+        group = name is not None and bool(self.model.conversation(name).gid)
+        if name and not group and not text.lstrip().startswith("/") and text.strip() != "exit":
             size, limit = len(text.encode("utf-8")), self.client.max_text_bytes(name)
             if size > limit:
                 self.model.info(
