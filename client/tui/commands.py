@@ -59,6 +59,13 @@ GROUP_COMMANDS: Final[dict[str, tuple[str, bool]]] = {
 }
 
 
+GROUP_HELP: Final = (
+    "groups: #GROUP is a group's name as listed (one word here; else its id from /group "
+    "info). Every change is signed by an admin and checked by every member; a group has "
+    f"at most {MAX_MEMBERS} members. Changes, missed messages and forks show in the group."
+)
+
+
 class CommandError(ValueError):
     """A typed line that is not a valid command; the text says what to type instead."""
 

@@ -38,7 +38,15 @@ from hushwire.client.service import (
     restart_text,
 )
 from hushwire.client.text import safe_for_terminal
-from hushwire.client.tui.commands import COMMANDS, HELP_KEYS, Command, CommandError, parse_input
+from hushwire.client.tui.commands import (
+    COMMANDS,
+    GROUP_COMMANDS,
+    GROUP_HELP,
+    HELP_KEYS,
+    Command,
+    CommandError,
+    parse_input,
+)
 from hushwire.client.tui.model import HISTORY_ON_OPEN, ChatModel, Conversation, Line, LineKind
 from hushwire.common.errors import ErrorCode, HushwireError, RequestError
 
@@ -142,6 +150,9 @@ class ChatController:
         elif cmd.name == "help":
             for spec in COMMANDS.values():
                 self.model.info(f"  {spec.usage:<22} {spec.summary}")
+            for usage, _ in GROUP_COMMANDS.values():
+                self.model.info(f"    {usage}")
+            self.model.info(GROUP_HELP)
             self.model.info(HELP_KEYS)
         elif cmd.name == "to":
             await self.open(cmd.target)
