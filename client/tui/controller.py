@@ -78,10 +78,13 @@ def _held_text(name: str) -> str:
 _ALERTS = ("missed", "forked", "refused", "identity key", "you were removed")
 
 
+def _notice_kind(text: str) -> LineKind:
+    return "warning" if any(a in text for a in _ALERTS) else "system"
+
+
 def _group_line(item: GroupLineItem) -> Line:
     if item.kind == "event":
-        kind: LineKind = "warning" if any(a in item.text for a in _ALERTS) else "system"
-        return Line.info(item.text, kind, item.sent_at, item.uid)
+        return Line.info(item.text, _notice_kind(item.text), item.sent_at, item.uid)
     note = "failed" if item.status == "failed" else ""
     if item.kind == "out":
         return Line.message("out", "you", item.text, item.sent_at, item.uid, note)
@@ -404,11 +407,10 @@ class ChatController:
         with contextlib.suppress(UnknownGroup):
             self._group_info(await self.client.groups.info(event.gid))  # members, name
         conv = model.group(event.gid, event.group)
-        alert = any(a in event.text for a in _ALERTS)
-        line = Line.info(event.text, "warning" if alert else "system", event.sent_at, event.uid)
+        line = Line.info(event.text, _notice_kind(event.text), event.sent_at, event.uid)
         if model.add(conv.name, line) and model.current == conv.name:
             self._shown_group_unread.append(event.uid)
-        if alert and model.current != conv.name:
+        if line.kind == "warning" and model.current != conv.name:
             model.info(f"{conv.name}: {event.text} (/to {conv.name})", "warning")
 
     async def mark_shown_read(self) -> None:

@@ -11,6 +11,7 @@ from prompt_toolkit.document import Document
 from hushwire.client.service import GroupMessageReceived, GroupNotice
 from hushwire.client.tui import ChatCompleter, ChatModel, Command, CommandError, parse_input
 from hushwire.common.messages import Deliver
+from tests.adversarial.test_group_attacks import withhold
 from tests.adversarial.test_malicious_relay import connection_of
 from tests.client import test_tui
 from tests.client.test_tui import ENTER, KILL_LINE, TAB, Screen
@@ -254,3 +255,36 @@ async def test_a_missed_message_and_a_removal_elsewhere_are_shown(relay4, chat, 
     await screen.shows("⚠ #team: you were removed by bob: nothing more reaches you here")
     await carol.sync()
     assert await next_event(carol, GroupNotice, lambda e: "bob removed alice" in e.text)
+
+
+async def test_a_key_an_admin_vouched_for_that_is_not_the_pinned_one_is_a_warning(
+    relay4, chat, login, tmp_path
+):
+    bob, carol = await login(relay4, "bob"), await login(relay4, "carol")
+    screen = await chat(relay4)
+    await carol.send("alice", "hi")  # alice pins carol's key
+    await screen.until(listed(screen, "carol (1)"), "carol's message")
+    await carol.close()
+    await login(relay4, "carol", profile=tmp_path / "carol-new", replace_identity=True)
+    await bob.groups.create("team", ["alice"])
+    await screen.until(listed(screen, "#team"), "#team listed")
+    await bob.groups.add("team", ["carol"])  # bob vouches for carol's new key
+    await screen.shows("⚠ #team: the identity key an admin vouched for carol is not the one")
+    await screen.run("/to #team", "* bob added carol")
+    assert "⚠ the identity key an admin vouched for carol" in screen.pane
+
+
+async def test_a_forked_history_is_a_warning_in_the_group(relay4, chat, login):
+    bob, _ = await login(relay4, "bob"), await login(relay4, "carol")
+    await login(relay4, "dave")
+    screen = await chat(relay4)
+    await bob.groups.create("team", ["alice", "carol"])
+    await bob.groups.promote("team", ["alice"])
+    await screen.until(listed(screen, "#team"), "#team listed")
+    await screen.run("/to #team", "bob made you admin")
+    # The relay keeps alice's change from bob until bob has signed his own.
+    _, release = withhold(relay4, "bob")
+    await screen.run("/group add #team dave", "* you added dave")
+    await bob.groups.remove("team", ["carol"])
+    release()
+    await screen.shows("⚠ the group's history forked at epoch 3")
