@@ -23,7 +23,9 @@ from hushwire.common.keys import PrekeyBundle
 from hushwire.common.messages import DeviceEnvelope
 
 
-async def _bundle(sessions: SessionManager, target: Target, fetch: Fetch) -> PrekeyBundle:
+async def device_bundle(sessions: SessionManager, target: Target, fetch: Fetch) -> PrekeyBundle:
+    """`target`'s verified bundle, refused (BadBundle) unless its identity record carries
+    the account's Ed25519 key and the DH key the account's verified list gives it."""
     bundle = await sessions.fetch_verified(target.account, fetch, target.device)
     if target.account == sessions.user:
         account = sessions.identity.public()
@@ -48,7 +50,7 @@ async def seal_copies(
     for t in plan.targets:
         key = (t.account, t.device)
         if key not in have and not await sessions.device_sessions(*key):
-            bundles[key] = await _bundle(sessions, t, fetch)
+            bundles[key] = await device_bundle(sessions, t, fetch)
     copy_text = encode_sent_copy(out.contact, text)
     async with sessions.store.transaction():
         now = sessions.now_ms()

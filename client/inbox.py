@@ -53,7 +53,7 @@ class Inbox:
         keys: KeyUpkeep,
         emit: Callable[[ClientEvent], None],
         online: dict[str, bool],
-        restart: Callable[[str], Awaitable[None]],
+        restart: Callable[[str, int], Awaitable[None]],
         devices: DeviceLists,
     ) -> None:
         self._sessions = sessions
@@ -114,7 +114,7 @@ class Inbox:
             with contextlib.suppress(ConnectionClosed, RequestError):
                 await self._keys.maintain(conn)
         if isinstance(outcome, Rejected) and outcome.dead_session:
-            await self._restart(outcome.contact)
+            await self._restart(outcome.contact, outcome.device)
 
     async def _know_sender(self, conn: RelayConnection, push: wire.Deliver) -> None:
         """Before opening an envelope from a device other than a contact's device 1 (or

@@ -33,6 +33,7 @@ from hushwire.client.events import (
     utc_from_ms,
 )
 from hushwire.client.fanout import decode_record, fetcher, plan
+from hushwire.client.restart import restart, views
 from hushwire.client.session import Outgoing, SessionManager, max_text_bytes
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import DeviceList
@@ -147,14 +148,19 @@ class Outbox:
             except RequestError as exc:
                 if exc.code is not ErrorCode.MISMATCHED_DEVICES or attempt == MAX_FANOUT_ATTEMPTS:
                     raise
-                for signed in exc.device_lists:
-                    try:
-                        account = DeviceList.decode(signed.body).account
-                    except CryptoError:
-                        continue  # not even a list: nothing to check it against
-                    await self._devices.on_changed(account, signed)
+                await self._adopt(exc)
                 continue
             return
+
+    async def _adopt(self, exc: RequestError) -> None:
+        """Check and hold the lists of a `mismatched_devices` answer (refused ones are
+        shown and leave the view as it was)."""
+        for signed in exc.device_lists:
+            try:
+                account = DeviceList.decode(signed.body).account
+            except CryptoError:
+                continue  # not even a list: nothing to check it against
+            await self._devices.on_changed(account, signed)
 
     async def _transmit(
         self, conn: RelayConnection, out: Outgoing, text: str, *, keep: bool
@@ -229,18 +235,32 @@ class Outbox:
         self._emit(MessageSent(out.contact, out.uid))
         return 1
 
-    async def restart(self, contact: str) -> None:
-        """Replace a dead session with `contact` by a fresh one and tell them (a session
-        reset message), so both sides can read each other again."""
+    async def restart(self, contact: str, device: int = 1) -> None:
+        """Replace a dead session with `contact`'s `device` by a fresh one and tell that
+        device alone (a session reset), so both sides can read each other again."""
         async with self._lock:
             conn = self._live()
             if conn is None:
                 return
+            s = self._sessions
             try:
-                envelope = await self._sessions.restart(contact, fetcher(conn))
+                envelope = await restart(s, contact, device, fetcher(conn))
                 if envelope is None:
                     return
-                await conn.request(wire.Send, to=(contact,), body=envelope)
+                for attempt in range(1, MAX_FANOUT_ATTEMPTS + 1):
+                    lists = await views(s, contact)
+                    try:
+                        await conn.request(
+                            wire.SendDevices, envelopes=(envelope,), lists=lists, partial=True
+                        )
+                        break
+                    except RequestError as exc:
+                        if (
+                            exc.code is not ErrorCode.MISMATCHED_DEVICES
+                            or attempt == MAX_FANOUT_ATTEMPTS
+                        ):
+                            raise
+                        await self._adopt(exc)
             except (RequestError, ClientError, CryptoError) as exc:
                 self._emit(Notice(f"could not restart the session with {contact}: {exc.message}"))
                 return

@@ -94,10 +94,6 @@ MAX_ARCHIVED_SESSIONS: Final = 3
 # re-fetch a contact's bundle when the pinned identity was last confirmed longer ago
 # than this (it costs the contact one one-time prekey per interval).
 IDENTITY_RECHECK_MS: Final = DAY_MS
-# A dead session is restarted at most this often per contact: the skipped-message check
-# runs before authentication, so a relay could forge "dead" envelopes, and each restart
-# costs the contact a one-time prekey.
-RESTART_INTERVAL_MS: Final = 3_600_000
 # The envelope format allows any 63-bit send time; a peer's clock is not trusted beyond
 # what a date can show: 0001-01-01 .. 9999-12-31 (a later one broke every `recv`).
 MAX_SENT_AT_MS: Final = 253_402_300_799_999
@@ -180,12 +176,14 @@ class Duplicate:
 class Rejected:
     """Not shown: malformed, tampered, replayed, not for us. Ack it so it stops coming.
 
-    `dead_session`: the contact's messages cannot be decrypted any more (more than
-    MAX_SKIP lost in one chain, or we hold no session): `restart` heals it."""
+    `dead_session`: the messages of the contact's `device` cannot be decrypted any more
+    (more than MAX_SKIP lost in one chain, or we hold no session): client/restart.py
+    heals that device's session."""
 
     contact: str
     reason: str
     dead_session: bool = False
+    device: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,19 +513,14 @@ class SessionManager:
                 except CryptoError as exc:
                     error = exc
             if message is None:
-                # A known contact whose messages no session of ours can open any more: the
-                # caller starts a fresh session (as Signal does), or nothing ever heals.
-                dead = (
-                    contact is not None
-                    and contact.pending is None
-                    and (
-                        isinstance(error, TooManySkipped)
-                        or (not sessions and env.type is EnvelopeType.MESSAGE)
-                    )
+                # A known device whose messages no session of ours can open any more: the
+                # caller starts a fresh session with it (as Signal does), or nothing heals.
+                dead = (own or (contact is not None and contact.pending is None)) and (
+                    isinstance(error, TooManySkipped)
+                    or (not sessions and env.type is EnvelopeType.MESSAGE)
                 )
                 reason = describe(error or DecryptionError("no session"))
-                # Restarts go to a contact's device 1 only (client/outbox.py).
-                return Rejected(sender, reason, dead_session=dead and not per_device)
+                return Rejected(sender, reason, dead_session=dead, device=device)
             sessions.insert(0, sessions.pop(chosen))
             del sessions[1 + MAX_ARCHIVED_SESSIONS :]
             now = self.now_ms()
@@ -755,33 +748,6 @@ class SessionManager:
                 raise MessageHeld(name)
             return Outgoing(uid, name, envelope, envelope_id, now)
         raise LocalProtocolError(f"could not start a session with {name}")
-
-    async def restart(self, name: str, fetch: Fetch) -> bytes | None:
-        """A fresh session with `name` whose first message is a session reset (kept in
-        front of the old ones); its envelope, or None when not due (see
-        RESTART_INTERVAL_MS) or when `name`'s identity changed (that waits for `trust`)."""
-        key = f"restarted:{name}"
-        last = await self.store.get_setting(key)
-        if last is not None and self.now_ms() - last < RESTART_INTERVAL_MS:
-            return None
-        contact = await self.contact(name)
-        if contact.pending is not None:
-            return None
-        bundle = await self.fetch_verified(name, fetch)
-        if not same_identity(bundle.identity, contact.identity):
-            await self.on_key_changed(name, bundle.identity)
-            return None
-        async with self.store.transaction():
-            now = self.now_ms()
-            session, envelope = Session.initiate(
-                self.identity, self.user, bundle, self.group, now, encode_reset(),
-                config=self.config,
-            )  # fmt: skip
-            old = [self._load_session(b) for b in await self.store.load_sessions(name)]
-            sessions = [session, *old][: 1 + MAX_ARCHIVED_SESSIONS]
-            await self.store.save_sessions(name, [s.to_bytes() for s in sessions], now)
-            await self.store.set_setting(key, now)
-        return envelope
 
     async def mark_sent(self, uid: str) -> None:
         await self.store.update_outgoing(uid, "sent")

@@ -388,16 +388,22 @@ class ListVersion:
 @dataclass(frozen=True, slots=True)
 class SendDevices(Request):
     """One message to every device of its recipients (and the sender's other devices),
-    committed all or nothing; `lists` names the version each account's fan-out used."""
+    committed all or nothing; `lists` names the version each account's fan-out used.
+    `partial`: the envelopes target some of those devices on purpose (a session reset
+    goes to the one device whose session died)."""
 
     TYPE = "send_devices"
     REPLY = SendOk
     id: int
     envelopes: tuple[DeviceEnvelope, ...]
     lists: tuple[ListVersion, ...]
+    partial: bool = False
 
     def __repr__(self) -> str:
-        return f"SendDevices(id={self.id}, envelopes={len(self.envelopes)}, lists={self.lists!r})"
+        return (
+            f"SendDevices(id={self.id}, envelopes={len(self.envelopes)}, lists={self.lists!r},"
+            f" partial={self.partial})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,7 @@ class DeviceHandlers:
         if not all(env.body for env in req.envelopes):
             raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
         cur = await self.current(list(claimed))
-        wrong = mismatched(account, device, req.envelopes, claimed, cur)
+        wrong = mismatched(account, device, req.envelopes, claimed, cur, partial=req.partial)
         if wrong:
             raise RequestError(
                 ErrorCode.MISMATCHED_DEVICES,

@@ -5,7 +5,6 @@ stale view and an unlink during a conversation."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 
 import pytest
@@ -22,37 +21,7 @@ from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.errors import ErrorCode, RequestError
-from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, next_event
-
-
-async def link(relay, old: HushwireClient, profile, name: str) -> HushwireClient:
-    """A new profile becomes a device of `old`'s account (`hushwire login --link`)."""
-    offer, _ = await old.offer_link()
-    joining = asyncio.create_task(
-        HushwireClient.login_link(
-            profile,
-            PASSPHRASE,
-            host="127.0.0.1",
-            port=relay.port,
-            code=offer.code.text(),
-            name=name,
-            fingerprint=relay.server.fingerprint,
-            kdf=FAST_KDF,
-            backoff=FAST_BACKOFF,
-        )
-    )
-    await old.accept_link(offer)
-    return await asyncio.wait_for(joining, 15)
-
-
-async def texts(client: HushwireClient, contact: str) -> list[tuple[str, str]]:
-    """(direction, text) of the conversation with `contact` as this device shows it."""
-    return [(h.direction, h.text) for h in await client.history(contact, 500)]
-
-
-async def sync(*clients: HushwireClient) -> None:
-    for c in clients:
-        await c.sync()
+from tests.e2e.helpers import FAST_BACKOFF, PASSPHRASE, link, next_event, sync, texts
 
 
 def in_order(shown: list[tuple[str, str]], expected: list[tuple[str, str]]) -> bool:
