@@ -17,7 +17,7 @@ from hushwire.client.errors import BadBundle
 from hushwire.client.fanout import Plan, Target, encode_record
 from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, Outgoing, SessionManager
 from hushwire.client.text import encode_sent_copy, encode_text
-from hushwire.common.crypto.envelope import Session
+from hushwire.common.crypto.envelope import Envelope, Session
 from hushwire.common.errors import LocalProtocolError
 from hushwire.common.keys import PrekeyBundle
 from hushwire.common.messages import DeviceEnvelope
@@ -75,7 +75,15 @@ async def seal_copies(
             await sessions.save_device_sessions(*key, current[: 1 + MAX_ARCHIVED_SESSIONS], now)
             copies.append(DeviceEnvelope(t.account, t.device, envelope))
         sealed = dataclasses.replace(out, copies=tuple(copies), lists=plan.lists)
+        first_id = None
+        if not out.envelope_id and copies:  # no device 1: the message takes a copy's id
+            first_id = Envelope.from_bytes(copies[0].body).envelope_id
+            sealed = dataclasses.replace(sealed, envelope_id=first_id)
         await sessions.store.update_outgoing(
-            out.uid, "pending", envelope=encode_record(sealed.envelopes(), plan.lists)
+            out.uid,
+            "pending",
+            text=None if first_id is None else text,
+            envelope_id=first_id,
+            envelope=encode_record(sealed.envelopes(), plan.lists),
         )
     return sealed

@@ -42,10 +42,13 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The extra devices of one send and the list versions it claims (`lists`)."""
+    """The extra devices of one send and the list versions it claims (`lists`).
+    `primary`: the contact's device 1 is a target (sealed by `prepare_send`, not here):
+    true unless the contact's verified list leaves device 1 out."""
 
     targets: tuple[Target, ...]
     lists: tuple[ListVersion, ...]
+    primary: bool = True
 
 
 async def held_list(store: ProfileStore, account: str) -> DeviceList | None:
@@ -63,20 +66,34 @@ async def listed_key(store: ProfileStore, account: str, device: int) -> bytes | 
     return None if listed is None else listed.dh_key
 
 
-async def plan(store: ProfileStore, user: str, device: int, contact: str) -> Plan:
-    """The devices a message to `contact` goes to besides the contact's device 1: the
-    contact's other listed devices and our own other devices. An account without a
-    verified list counts as device 1 only (version 0); a stale view is corrected by the
-    relay's `mismatched_devices` answer."""
+async def device_one_listed(store: ProfileStore, account: str) -> bool:
+    """Whether `account`'s device 1 is a target: no verified list yet, or one naming it."""
+    dlist = await held_list(store, account)
+    return dlist is None or dlist.device(1) is not None
+
+
+async def plan(
+    store: ProfileStore, user: str, device: int, contact: str, *, first_sealed: bool = True
+) -> Plan:
+    """The devices a message to `contact` goes to besides the one `prepare_send` sealed
+    for (the contact's device 1, when `first_sealed`): the contact's other listed devices
+    and our own other devices. An account without a verified list counts as device 1
+    only (version 0); a stale view is corrected by the relay's `mismatched_devices`
+    answer. A contact whose list leaves device 1 out gets exactly its listed devices."""
     targets: list[Target] = []
     lists: list[ListVersion] = []
+    primary = True
     for account, skip in ((contact, 1), (user, device)):
         dlist = await held_list(store, account)
         lists.append(ListVersion(account, 0 if dlist is None else dlist.version))
+        if account == contact and dlist is not None and dlist.device(1) is None:
+            primary = False
+        if account == contact and not first_sealed:
+            skip = 0
         for d in () if dlist is None else dlist.devices:
             if d.id != skip:
                 targets.append(Target(account, d.id, d.dh_key))
-    return Plan(tuple(targets), tuple(lists))
+    return Plan(tuple(targets), tuple(lists), primary)
 
 
 def encode_record(envelopes: Sequence[DeviceEnvelope], lists: Sequence[ListVersion]) -> bytes:

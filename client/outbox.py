@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Final
 
@@ -86,7 +87,7 @@ class Outbox:
             raise ClientError("empty message: nothing to send")
         s = self._sessions
         targets = await plan(s.store, s.user, s.device, name)
-        self._widths[name] = 1 + len(targets.targets)
+        self._widths[name] = int(targets.primary) + len(targets.targets)
         size, limit = len(text.encode("utf-8")), self.max_text_bytes(name)
         if size > limit:
             raise MessageTooLong(size, limit)
@@ -141,7 +142,11 @@ class Outbox:
         """Seal `out` for every verified device and send it in one `send_devices`."""
         s = self._sessions
         for attempt in range(1, MAX_FANOUT_ATTEMPTS + 1):
-            targets = await plan(s.store, s.user, s.device, out.contact)
+            targets = await plan(
+                s.store, s.user, s.device, out.contact, first_sealed=bool(out.envelope)
+            )
+            if not targets.primary:  # the contact's list leaves device 1 out
+                out = dataclasses.replace(out, envelope=b"")
             out = await seal_copies(s, out, text, targets, fetcher(conn))
             try:
                 await conn.request(wire.SendDevices, envelopes=out.envelopes(), lists=out.lists)
@@ -201,11 +206,9 @@ class Outbox:
                 self._emit(Notice(f"a stored message to {m.contact} is unreadable: not sent"))
                 continue
             first = next((e for e in envelopes if (e.user, e.device) == (m.contact, 1)), None)
-            if first is None:
-                await self._sessions.mark_failed(m.uid)
-                continue
             copies = tuple(e for e in envelopes if e is not first)
-            out = Outgoing(m.uid, m.contact, first.body, m.envelope_id, m.sent_at_ms, copies, lists)
+            body = b"" if first is None else first.body
+            out = Outgoing(m.uid, m.contact, body, m.envelope_id, m.sent_at_ms, copies, lists)
             sent += await self._flush_one(conn, out, m.text)
         for m in await self._sessions.queued():
             try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Final
 
 from hushwire.client.copies import device_bundle
-from hushwire.client.fanout import Target, held_list, listed_key
+from hushwire.client.fanout import Target, device_one_listed, held_list, listed_key
 from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, SessionManager, same_identity
 from hushwire.client.text import encode_reset
 from hushwire.common.crypto.envelope import Session
@@ -44,8 +44,7 @@ async def _bundle(
         contact = await sessions.contact(account)
         if contact.pending is not None:
             return None
-        held = await held_list(sessions.store, account)
-        if device == 1 and (held is None or held.device(1) is not None):
+        if device == 1 and await device_one_listed(sessions.store, account):
             bundle = await sessions.fetch_verified(account, fetch)
             if not same_identity(bundle.identity, contact.identity):
                 await sessions.on_key_changed(account, bundle.identity)

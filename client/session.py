@@ -34,7 +34,7 @@ from typing import Final
 import msgpack
 
 from hushwire.client.errors import BadBundle, MessageHeld, ProfileCorrupt, UnknownContact
-from hushwire.client.fanout import HELD_LIST, listed_key
+from hushwire.client.fanout import HELD_LIST, device_one_listed, listed_key
 from hushwire.client.store import Contact, ProfileStore, StoredMessage
 from hushwire.client.text import (
     decode_sent_copy,
@@ -215,7 +215,9 @@ class Outgoing:
 
     uid: str
     contact: str
-    envelope: bytes  # for the contact's device 1
+    # For the contact's device 1; empty when its verified list leaves device 1 out (then
+    # every envelope is a copy, and `envelope_id` is the first copy's once sealed).
+    envelope: bytes
     envelope_id: bytes
     sent_at_ms: int
     # The same message for the other devices (client/copies.py) and the list versions
@@ -224,6 +226,8 @@ class Outgoing:
     lists: tuple[ListVersion, ...] = ()
 
     def envelopes(self) -> tuple[DeviceEnvelope, ...]:
+        if not self.envelope:
+            return self.copies
         return (DeviceEnvelope(self.contact, 1, self.envelope), *self.copies)
 
 
@@ -476,6 +480,9 @@ class SessionManager:
             contact = await self.store.get_contact(sender)
             if per_device and not own and contact is None:
                 return Rejected(sender, f"device {device} of a contact whose key is not pinned")
+            if not per_device and not await device_one_listed(self.store, sender):
+                # Unlinked: the contact's verified list no longer names it.
+                return Rejected(sender, f"device 1 of {sender} is not in its signed device list")
             sessions = await self.device_sessions(sender, device) if contact or own else []
             message, used, chosen = None, None, -1
             error: CryptoError | None = None
@@ -663,15 +670,19 @@ class SessionManager:
     async def prepare_send(
         self, name: str, text: str, fetch: Fetch, *, uid: str | None = None
     ) -> Outgoing:
-        """Encrypt `text` for `name` and commit it as `pending`; raises MessageHeld.
+        """Encrypt `text` for `name`'s device 1 and commit it as `pending`; raises
+        MessageHeld.
 
         `uid` re-uses an outbox row (queued or held) instead of adding a new one. A held
-        message is committed before MessageHeld is raised.
+        message is committed before MessageHeld is raised. When the contact's verified
+        list leaves device 1 out, nothing is sealed here: the row stays `queued` until
+        client/copies.py seals it for the listed devices.
         """
         plaintext = encode_text(text)
+        primary = await device_one_listed(self.store, name)
         for _ in range(3):
             bundle = None
-            if await self._needs_bundle(name):
+            if primary and await self._needs_bundle(name):
                 bundle = await self.fetch_verified(name, fetch)
             held = False
             async with self.store.transaction():
@@ -704,6 +715,12 @@ class SessionManager:
                         )
                     else:
                         await self.store.update_outgoing(uid, "held")
+                elif not primary:
+                    if uid is None:
+                        uid = await self.queue(name, text)
+                    else:
+                        await self.store.update_outgoing(uid, "queued")
+                    return Outgoing(uid, name, b"", b"", now)
                 else:
                     blobs = await self.store.load_sessions(name)
                     sessions = [self._load_session(b) for b in blobs]

@@ -241,3 +241,42 @@ async def test_a_bundle_the_list_does_not_give_a_device_is_refused(relay, login,
     finally:
         store.fetch_bundle = real_fetch
         await phone.close()
+
+
+async def test_an_account_whose_list_leaves_out_device_1_gets_exactly_its_devices(
+    relay, login, reopen, tmp_path
+):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    phone = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    try:
+        await alice.send("bob", "to both")
+        await sync(bob, phone)
+        await alice.close()  # offline: its view of bob's list goes stale
+        await phone.unlink(1)  # bob retires his first machine
+        again = await reopen("alice")
+        await again.start()
+        # The stale view targets device 1; the relay's answer drops it, unseen.
+        result = await again.send("bob", "after device 1 left")
+        assert not result.queued
+        held = (await again._devices.held("bob"))[1]
+        assert [d.id for d in held.devices] == [2]
+        # The next send is sealed for the listed devices only from the start.
+        await again.send("bob", "and again")
+        await phone.sync()
+        shown = await texts(phone, "alice")
+        assert ("in", "after device 1 left") in shown and ("in", "and again") in shown
+        assert [h.status for h in await again.history("bob", 5)][-2:] == ["sent", "sent"]
+        await phone.send("alice", "from the phone")
+        await again.sync()
+        assert ("in", "from the phone") in await texts(again, "bob")
+        # Offline, the message waits; after the login it goes to the phone alone.
+        await again.close()
+        offline = await reopen("alice")
+        assert (await offline.send("bob", "written offline")).queued
+        await offline.start()
+        await offline.sync()
+        await phone.sync()
+        assert ("in", "written offline") in await texts(phone, "alice")
+    finally:
+        await phone.close()
