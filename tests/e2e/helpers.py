@@ -40,15 +40,18 @@ def drain(client: HushwireClient) -> list[ClientEvent]:
     return events
 
 
-async def link(relay, old: HushwireClient, profile, name: str) -> HushwireClient:
-    """A new profile becomes a device of `old`'s account (`hushwire login --link`)."""
+async def link(
+    relay, old: HushwireClient, profile, name: str, *, port: int | None = None
+) -> HushwireClient:
+    """A new profile becomes a device of `old`'s account (`hushwire login --link`),
+    reaching the relay at `port` (default: the relay's own)."""
     offer, _ = await old.offer_link()
     joining = asyncio.create_task(
         HushwireClient.login_link(
             profile,
             PASSPHRASE,
             host="127.0.0.1",
-            port=relay.port,
+            port=port or relay.port,
             code=offer.code.text(),
             name=name,
             fingerprint=relay.server.fingerprint,
