@@ -202,10 +202,13 @@ class DeviceLists:
         made with the code) or RequestError from the relay."""
         while True:
             remaining = offer.expires_at - self._clock()
-            if remaining <= 0:
-                raise LinkExpired("the link code expired before a device used it")
-            async with asyncio.timeout(remaining):
-                push = await self.link_requests.get()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
+                    push = await self.link_requests.get()
+            except TimeoutError:
+                raise LinkExpired("the link code expired before a device used it") from None
             if push.channel == offer.code.channel:
                 break
         request = offer.open_request(push.ephemeral, push.sealed, now=self._clock())
