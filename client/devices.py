@@ -32,6 +32,7 @@ from hushwire.common.crypto.dh import DHGroup
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.crypto.link import LinkOffer
 from hushwire.common.errors import CryptoError, DeviceListError, LinkExpired
+from hushwire.common.fingerprint import fingerprint_digest
 from hushwire.common.keys import IdentityPublic, SignedDeviceList
 
 FIRST_DEVICE_NAME = "first device"
@@ -188,8 +189,10 @@ class DeviceLists:
 
     async def offer_link(self, conn: RelayConnection, *, ttl: float) -> tuple[LinkOffer, int]:
         """Open a link channel; returns the offer (its `code.text()` is for the user) and
-        the relay's expiry (Unix seconds)."""
-        offer = LinkOffer(self._group, now=self._clock(), ttl=ttl)
+        the relay's expiry (Unix seconds). The code pins the relay's certificate as this
+        device's connection has it (checked against its pin or CA), for the new device."""
+        pin = fingerprint_digest(conn.fingerprint)
+        offer = LinkOffer(self._group, now=self._clock(), ttl=ttl, pin=pin)
         reply = await conn.request(
             wire.LinkStart, channel=offer.code.channel, ephemeral=offer.ephemeral
         )

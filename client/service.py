@@ -63,7 +63,7 @@ from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import Device
 from hushwire.common.crypto.dh import DHGroup, group_by_name
 from hushwire.common.crypto.link import LinkCode, LinkJoiner, LinkOffer
-from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.errors import ErrorCode, LinkError, RequestError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.names import check_username, is_valid_username
 
@@ -315,19 +315,20 @@ class HushwireClient:
         """Make a new profile a device of the account whose device showed `code`
         (docs/security.md, "Linking a device"): the identity arrives sealed under the
         code, this device's own keys are made here, and the relay issues its credential.
-        Raises LinkError (mistyped code, a relay in the middle), RequestError
-        (`link_failed`: unknown, expired or used code) or ProfileMismatch."""
+        The relay's certificate must be the one the code pins (the old device's view).
+        Raises LinkError (mistyped code, a relay in the middle, a `fingerprint` other than
+        the code's), CertificateMismatch (the relay is not the one the code pins),
+        RequestError (`link_failed`: unknown, expired or used code) or ProfileMismatch."""
         profile_dir = Path(profile_dir)
         if ProfileStore.exists(profile_dir):
             raise ProfileMismatch(f"{profile_dir} already holds a profile; link into a new one")
         link_code = LinkCode.parse(code)
+        pin = _link_pin(link_code, fingerprint)
         store = await ProfileStore.open(profile_dir, passphrase, create=True, kdf=kdf)
         conn: RelayConnection | None = None
         try:
-            pin = None if fingerprint is None else fingerprint.strip().upper()
-            conn = await RelayConnection.connect(
-                host, port, TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
-            )
+            tls = TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
+            conn = await _connect_linking(host, port, link_code, tls)
             hello = await conn.say_hello()
             group = group_by_name(hello.group, hello.group_params)
             fetched = await conn.request(wire.LinkFetch, channel=link_code.channel)
@@ -641,6 +642,39 @@ class HushwireClient:
         Offline, held messages become queued and go out after the next login.
         """
         return await self._outbox.release(contact)
+
+
+def _link_pin(code: LinkCode, fingerprint: str | None) -> str | None:
+    """The certificate a linking device accepts: the code's pin (and the user's
+    `--fingerprint`, which must then be the same), else the user's, else none (TOFU)."""
+    given = None if fingerprint is None else fingerprint.strip().upper()
+    pinned = code.fingerprint()
+    if pinned is not None and given is not None and given != pinned:
+        raise LinkError(
+            "the --fingerprint given is not the relay certificate your other device uses "
+            f"(the link code pins {pinned}); leave --fingerprint out or check it"
+        )
+    return pinned or given
+
+
+async def _connect_linking(
+    host: str, port: int, code: LinkCode, tls: TlsSettings
+) -> RelayConnection:
+    """Connect for `login --link`; a certificate other than the one the code pins is
+    refused with a message that says where that pin came from."""
+    if code.pin is None:
+        return await RelayConnection.connect(host, port, tls)
+    conn = await RelayConnection.connect(host, port, TlsSettings(ca_file=tls.ca_file))
+    if conn.fingerprint != code.fingerprint():
+        await conn.close()
+        raise CertificateMismatch(
+            f"the relay at {host}:{port} presented a certificate other than the one your "
+            f"other device uses (pinned in the link code).\n  link code: {code.fingerprint()}"
+            f"\n  presented: {conn.fingerprint}\nSomeone may be intercepting the connection, "
+            "or --relay names another relay than your other device's. Nothing was sent and "
+            "no device was linked."
+        )
+    return conn
 
 
 def _remove_profile_files(profile_dir: Path) -> None:
