@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar
 
 from hushwire.client.errors import CertificateMismatch, ConnectionClosed
 from hushwire.client.text import safe_line
+from hushwire.common.codec import decode_from_relay
 from hushwire.common.errors import (
     ErrorCode,
     RemoteProtocolError,
@@ -37,7 +38,6 @@ from hushwire.common.messages import (
     Push,
     Reply,
     Request,
-    decode_from_relay,
 )
 from hushwire.common.states import ConnState, advance, check
 
