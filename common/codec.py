@@ -98,7 +98,8 @@ def _fast_send_devices(obj: Mapping[str, Any]) -> SendDevices | None:
     rid, envs, views = obj.get("id"), obj.get("envelopes"), obj.get("lists")
     if not (type(rid) is int and 0 <= rid <= _MAX_INT and type(envs) is list):
         return None
-    if type(views) is not list:
+    partial = obj.get("partial", False)
+    if type(views) is not list or type(partial) is not bool:
         return None
     envelopes = []
     for env in envs:
@@ -118,7 +119,7 @@ def _fast_send_devices(obj: Mapping[str, Any]) -> SendDevices | None:
         if type(user) is not str or type(version) is not int or not 0 <= version <= _MAX_INT:
             return None
         lists.append(ListVersion(user, version))
-    return SendDevices(rid, tuple(envelopes), tuple(lists))
+    return SendDevices(rid, tuple(envelopes), tuple(lists), partial)
 
 
 # The relay's hottest requests skip the annotation-driven codec when well-formed.
