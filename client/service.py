@@ -95,7 +95,13 @@ log = logging.getLogger("hushwire.client")
 
 # The relay closed us on purpose and retrying cannot help until a person acts.
 FATAL_CODES: Final = frozenset(
-    {"auth_failed", "user_disabled", "session_replaced", "unsupported_version"}
+    {
+        "auth_failed",
+        "user_disabled",
+        "session_replaced",
+        "unsupported_version",
+        "account_has_devices",  # another profile holds the account now: retrying cannot help
+    }
 )
 HISTORY_DEFAULT: Final = 200
 MAX_WHO_PAGES: Final = 1000  # a relay that never ends its `who` pages is not followed
@@ -255,10 +261,7 @@ class HushwireClient:
                     client_key=Path(settings.client_key) if settings.client_key else None,
                 ),
             )
-            ok = await conn.handshake(settings.user, settings.token)
-            hello = conn.hello
-            if hello is None:
-                raise ConnectionClosed("the relay did not answer hello")
+            hello = await conn.say_hello()
             group = group_by_name(hello.group, hello.group_params)
             stored_group = await store.get_setting("group")
             if stored_group is not None and stored_group != group.name:
@@ -267,6 +270,13 @@ class HushwireClient:
                     f"{stored_group}; a new profile is needed"
                 )
             now_ms = int(clock() * 1000)
+            identity = await load_or_create_identity(store, group, now_ms)
+            # Naming our identity lets the relay refuse a second profile on a copied
+            # token before its login replaces the live device (unless we start over).
+            sign_key = None if replace_identity else identity.sign_key
+            ok = await conn.request(
+                wire.Login, user=settings.user, token=settings.token, sign_key=sign_key
+            )
             settings = RelaySettings(
                 **{**settings.to_record(), "pin": None if settings.ca_file else conn.fingerprint}
             )
@@ -274,7 +284,6 @@ class HushwireClient:
                 await store.set_setting("relay", settings.to_record())
                 await store.set_setting("group", group.name)
                 await store.set_setting("group_params", hello.group_params)
-            identity = await load_or_create_identity(store, group, now_ms)
             client = cls(
                 store,
                 settings,
@@ -354,7 +363,11 @@ class HushwireClient:
                 await store.save_identity(grant.identity.to_bytes(), int(clock() * 1000))
                 await hold_list(store, grant.account, grant.signed_list)
             ok = await conn.request(
-                wire.Login, user=grant.account, token=joined.token, device=joined.device
+                wire.Login,
+                user=grant.account,
+                token=joined.token,
+                device=joined.device,
+                sign_key=grant.identity.sign_key,
             )
             sessions = SessionManager(
                 store, grant.account, grant.identity, group, device=joined.device, clock=clock
@@ -410,7 +423,12 @@ class HushwireClient:
         s = self.settings
         conn = await RelayConnection.connect(s.host, s.port, s.tls())
         try:
-            ok = await conn.handshake(s.user, s.token, None if s.device == 1 else s.device)
+            ok = await conn.handshake(
+                s.user,
+                s.token,
+                None if s.device == 1 else s.device,
+                sign_key=self.sessions.identity.sign_key,
+            )
             hello = conn.hello
             if hello is not None and hello.group != self.sessions.group.name:
                 raise ProfileMismatch(

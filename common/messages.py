@@ -275,6 +275,9 @@ class Login(Request):
     user: str
     token: str
     device: int | None = None  # which of the account's devices; nil means device 1
+    # The account identity's Ed25519 key this device holds: a login whose key is not the
+    # account's is refused (account_has_devices) before it can replace a live session.
+    sign_key: bytes | None = None
 
     def __repr__(self) -> str:  # never let a token reach a log line
         return f"Login(id={self.id}, user={self.user!r}, device={self.device}, token=<redacted>)"
