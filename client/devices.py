@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hushwire.client.connection import RelayConnection
-from hushwire.client.fanout import HELD_LIST
+from hushwire.client.fanout import HeldLists
 from hushwire.client.store import ProfileStore
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import (
@@ -38,11 +38,6 @@ from hushwire.common.keys import IdentityPublic, SignedDeviceList
 FIRST_DEVICE_NAME = "first device"
 
 
-async def hold_list(store: ProfileStore, account: str, signed: SignedDeviceList) -> None:
-    """Keep `signed` as the newest list accepted for `account` (checked by the caller)."""
-    await store.set_setting(HELD_LIST + account, [signed.body, signed.sig])
-
-
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     """One device of the account, for `hushwire devices`."""
@@ -60,6 +55,7 @@ class DeviceLists:
     def __init__(
         self,
         store: ProfileStore,
+        lists: HeldLists,
         user: str,
         device: int,
         identity: IdentityKeyPair,
@@ -68,6 +64,7 @@ class DeviceLists:
         clock: Callable[[], float],
     ) -> None:
         self._store = store
+        self._lists = lists
         self._user = user
         self._device = device
         self._identity = identity
@@ -79,14 +76,10 @@ class DeviceLists:
 
     async def held(self, account: str) -> tuple[SignedDeviceList, DeviceList] | None:
         """The newest list accepted for `account`, if any."""
-        record = await self._store.get_setting(HELD_LIST + account)
-        if record is None:
-            return None
-        signed = SignedDeviceList(bytes(record[0]), bytes(record[1]))
-        return signed, DeviceList.decode(signed.body)
+        return await self._lists.signed(account)
 
     async def _hold(self, account: str, signed: SignedDeviceList) -> None:
-        await hold_list(self._store, account, signed)
+        await self._lists.hold(account, signed)
 
     async def _check(
         self, account: str, signed: SignedDeviceList, identity: IdentityPublic, whose: str

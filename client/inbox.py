@@ -24,7 +24,7 @@ from hushwire.client.events import (
     SessionRestarted,
     utc_from_ms,
 )
-from hushwire.client.fanout import fetcher, listed_key
+from hushwire.client.fanout import fetcher
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.session import (
     Outcome,
@@ -125,7 +125,7 @@ class Inbox:
         s = self._sessions
         if not is_valid_username(sender) or (sender != s.user and device == 1):
             return
-        if await listed_key(s.store, sender, device) is not None:
+        if await s.lists.listed_key(sender, device) is not None:
             return
         if sender != s.user and await s.store.get_contact(sender) is None:
             await s.pin(sender, fetcher(conn))

@@ -86,7 +86,7 @@ class Outbox:
         if not text.strip():
             raise ClientError("empty message: nothing to send")
         s = self._sessions
-        targets = await plan(s.store, s.user, s.device, name)
+        targets = await plan(s.lists, s.user, s.device, name)
         self._widths[name] = int(targets.primary) + len(targets.targets)
         size, limit = len(text.encode("utf-8")), self.max_text_bytes(name)
         if size > limit:
@@ -143,7 +143,7 @@ class Outbox:
         s = self._sessions
         for attempt in range(1, MAX_FANOUT_ATTEMPTS + 1):
             targets = await plan(
-                s.store, s.user, s.device, out.contact, first_sealed=bool(out.envelope)
+                s.lists, s.user, s.device, out.contact, first_sealed=bool(out.envelope)
             )
             if not targets.primary:  # the contact's list leaves device 1 out
                 out = dataclasses.replace(out, envelope=b"")

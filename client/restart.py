@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Final
 
 from hushwire.client.copies import device_bundle
-from hushwire.client.fanout import Target, device_one_listed, held_list, listed_key
+from hushwire.client.fanout import Target
 from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, SessionManager, same_identity
 from hushwire.client.text import encode_reset
 from hushwire.common.crypto.envelope import Session
@@ -44,13 +44,13 @@ async def _bundle(
         contact = await sessions.contact(account)
         if contact.pending is not None:
             return None
-        if device == 1 and await device_one_listed(sessions.store, account):
+        if device == 1 and await sessions.lists.device_one_listed(account):
             bundle = await sessions.fetch_verified(account, fetch)
             if not same_identity(bundle.identity, contact.identity):
                 await sessions.on_key_changed(account, bundle.identity)
                 return None
             return bundle
-    dh_key = await listed_key(sessions.store, account, device)
+    dh_key = await sessions.lists.listed_key(account, device)
     if dh_key is None:
         return None
     return await device_bundle(sessions, Target(account, device, dh_key), fetch)
@@ -87,6 +87,6 @@ async def views(sessions: SessionManager, account: str) -> tuple[ListVersion, ..
     names = dict.fromkeys((account, sessions.user))
     out = []
     for name in names:
-        dlist = await held_list(sessions.store, name)
+        dlist = await sessions.lists.get(name)
         out.append(ListVersion(name, 0 if dlist is None else dlist.version))
     return tuple(out)

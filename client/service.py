@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from hushwire.client.connection import RelayConnection, TlsSettings
-from hushwire.client.devices import DeviceInfo, DeviceLists, hold_list
+from hushwire.client.devices import DeviceInfo, DeviceLists
 from hushwire.client.errors import (
     CertificateMismatch,
     ConnectionClosed,
@@ -53,6 +53,7 @@ from hushwire.client.events import (
     SessionRestarted,
     history_item,
 )
+from hushwire.client.fanout import HeldLists
 from hushwire.client.inbox import Inbox
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.outbox import Outbox
@@ -145,6 +146,7 @@ class HushwireClient:
         self._keys = KeyUpkeep(sessions, lambda text: emit(Notice(text)))
         self._devices = DeviceLists(
             store,
+            sessions.lists,
             settings.user,
             settings.device,
             sessions.identity,
@@ -361,7 +363,7 @@ class HushwireClient:
                 await store.set_setting("group", group.name)
                 await store.set_setting("group_params", hello.group_params)
                 await store.save_identity(grant.identity.to_bytes(), int(clock() * 1000))
-                await hold_list(store, grant.account, grant.signed_list)
+                await HeldLists(store).hold(grant.account, grant.signed_list)
             ok = await conn.request(
                 wire.Login,
                 user=grant.account,

@@ -34,7 +34,7 @@ from typing import Final
 import msgpack
 
 from hushwire.client.errors import BadBundle, MessageHeld, ProfileCorrupt, UnknownContact
-from hushwire.client.fanout import HELD_LIST, device_one_listed, listed_key
+from hushwire.client.fanout import HeldLists
 from hushwire.client.store import Contact, ProfileStore, StoredMessage
 from hushwire.client.text import (
     decode_sent_copy,
@@ -316,6 +316,7 @@ class SessionManager:
         self.identity = identity
         self.group = group
         self.config = RatchetConfig(groups=(group,))
+        self.lists = HeldLists(store)  # the device lists this profile accepted
         self._clock = clock
 
     def now_ms(self) -> int:
@@ -480,7 +481,7 @@ class SessionManager:
             contact = await self.store.get_contact(sender)
             if per_device and not own and contact is None:
                 return Rejected(sender, f"device {device} of a contact whose key is not pinned")
-            if not per_device and not await device_one_listed(self.store, sender):
+            if not per_device and not await self.lists.device_one_listed(sender):
                 # Unlinked: the contact's verified list no longer names it.
                 return Rejected(sender, f"device 1 of {sender} is not in its signed device list")
             sessions = await self.device_sessions(sender, device) if contact or own else []
@@ -537,8 +538,8 @@ class SessionManager:
                 # Every device but a contact's device 1 must be in the account's signed
                 # list as this profile verified it, under the account's identity.
                 account = self.identity.public() if own or contact is None else contact.identity
-                if peer.sign_key != account.sign_key or peer.dh_key != await listed_key(
-                    self.store, sender, device
+                if peer.sign_key != account.sign_key or peer.dh_key != await self.lists.listed_key(
+                    sender, device
                 ):
                     return Rejected(
                         sender, f"device {device} of {sender} is not in its signed device list"
@@ -679,7 +680,7 @@ class SessionManager:
         client/copies.py seals it for the listed devices.
         """
         plaintext = encode_text(text)
-        primary = await device_one_listed(self.store, name)
+        primary = await self.lists.device_one_listed(name)
         for _ in range(3):
             bundle = None
             if primary and await self._needs_bundle(name):
@@ -802,7 +803,7 @@ class SessionManager:
                 await self.store.accept_identity(name, view.pending, self.now_ms())
                 # The held device list was signed by the old identity: the new one's
                 # lists start again (the relay's mismatched_devices brings it).
-                await self.store.delete_setting(HELD_LIST + name)
+                await self.lists.forget(name)
             held = await self.store.messages_with_status(("held",), name)
             await self.store.release_incoming(name)
         out = [m for m in held if m.direction == "out"]
