@@ -15,7 +15,8 @@ import dataclasses
 
 from hushwire.client.errors import BadBundle
 from hushwire.client.fanout import Plan, Target, encode_record
-from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, Outgoing, SessionManager
+from hushwire.client.outcomes import Outgoing
+from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, SessionManager
 from hushwire.client.text import encode_sent_copy, encode_text
 from hushwire.common.crypto.envelope import Envelope, Session
 from hushwire.common.errors import LocalProtocolError

@@ -26,14 +26,8 @@ from hushwire.client.events import (
 )
 from hushwire.client.fanout import fetcher
 from hushwire.client.keys import KeyUpkeep
-from hushwire.client.session import (
-    Outcome,
-    Received,
-    Rejected,
-    SentCopy,
-    SessionManager,
-    SessionReset,
-)
+from hushwire.client.outcomes import Outcome, Received, Rejected, SentCopy, SessionReset
+from hushwire.client.session import SessionManager
 from hushwire.client.text import safe_line
 from hushwire.common import messages as wire
 from hushwire.common.errors import HushwireError, RequestError

@@ -34,8 +34,10 @@ from hushwire.client.events import (
     utc_from_ms,
 )
 from hushwire.client.fanout import decode_record, fetcher, plan
+from hushwire.client.limits import max_text_bytes
+from hushwire.client.outcomes import Outgoing
 from hushwire.client.restart import restart, views
-from hushwire.client.session import Outgoing, SessionManager, max_text_bytes
+from hushwire.client.session import SessionManager
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.errors import CryptoError, ErrorCode, RequestError

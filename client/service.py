@@ -57,7 +57,8 @@ from hushwire.client.fanout import HeldLists
 from hushwire.client.inbox import Inbox
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.outbox import Outbox
-from hushwire.client.session import SessionManager, load_or_create_identity
+from hushwire.client.prekeys import load_or_create_identity
+from hushwire.client.session import SessionManager
 from hushwire.client.settings import Backoff, RelaySettings
 from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common import messages as wire
