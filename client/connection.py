@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 
 from hushwire.client.errors import CertificateMismatch, ConnectionClosed
 from hushwire.client.text import safe_line
+from hushwire.common.codec import decode_from_relay
 from hushwire.common.errors import (
     ErrorCode,
     RemoteProtocolError,
@@ -42,7 +43,6 @@ from hushwire.common.messages import (
     Request,
     SendDevices,
     SendOk,
-    decode_from_relay,
 )
 from hushwire.common.states import ConnState, advance, check
 

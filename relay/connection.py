@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
+from hushwire.common.codec import decode_request, request_id
 from hushwire.common.errors import (
     MAX_ERROR_MESSAGE,
     ErrorCode,
@@ -53,8 +54,6 @@ from hushwire.common.messages import (
     Request,
     Send,
     SendDevices,
-    decode_request,
-    request_id,
 )
 from hushwire.common.states import ConnState, advance, check
 from hushwire.relay.devices import split_principal
