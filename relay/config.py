@@ -18,6 +18,7 @@ from hushwire.common.crypto.devices import MAX_DEVICES
 from hushwire.common.errors import HushwireError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.version import version
+from hushwire.relay.control import control_path
 from hushwire.relay.logs import LOG_FORMATS
 from hushwire.relay.ratelimit import Rate
 from hushwire.relay.store.quota import QuotaLimits
@@ -40,6 +41,12 @@ class RelayConfig:
         "keep the relay's state in PostgreSQL instead of the SQLite db: a postgresql:// URL "
         "(schema created or upgraded at start; needs the `postgresql` extra)",
         metavar="URL",
+    )
+    control_socket: Path | None = _opt(
+        None,
+        "the local socket hushwire-admin asks for stats and purge (default: DB.control beside "
+        "the db; set one per relay when relays share a PostgreSQL store)",
+        metavar="PATH",
     )
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(7443, "TCP port to listen on (0 picks a free one)")
@@ -172,6 +179,10 @@ class RelayConfig:
     def store_target(self) -> Path | str:
         """Where the relay's state lives: the PostgreSQL URL if set, else the SQLite db."""
         return self.store or self.db
+
+    @property
+    def control_path(self) -> Path:
+        return self.control_socket or control_path(self.db)
 
     @property
     def cert_path(self) -> Path:

@@ -60,7 +60,12 @@ def load_group(config: RelayConfig) -> GroupInfo:
 
 def check_paths(config: RelayConfig) -> None:
     """Before anything is created: every file the relay may create has a directory."""
-    for what, path in (("db", config.db), ("cert", config.cert_path), ("key", config.key_path)):
+    for what, path in (
+        ("db", config.db),
+        ("cert", config.cert_path),
+        ("key", config.key_path),
+        ("control_socket", config.control_path),
+    ):
         if not path.parent.is_dir():
             raise ConfigError(f"the directory of {what} {path} ({path.parent}) does not exist")
 
@@ -131,7 +136,7 @@ class RelayServer:
             min_free_disk=config.min_free_disk,
             exclusive=True,
         )
-        self._control = ControlServer(config.db, self._control_request)
+        self._control = ControlServer(config.control_path, self._control_request)
         await self._control.start()
         self._relay = Relay(config, self._store, group)
         self._flushes = FlushQueue(asyncio.get_running_loop())
