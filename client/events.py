@@ -71,10 +71,14 @@ class MessageRejected:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionState:
-    """state: "connected", "reconnecting" or "disconnected" (gave up: see detail)."""
+    """state: "connected", "reconnecting" or "disconnected" (gave up: see detail).
+
+    `failover`: the connection dropped and another relay of the profile is being tried
+    at once (no backoff); `recv` keeps waiting through it."""
 
     state: str
     detail: str
+    failover: bool = False
 
 
 @dataclass(frozen=True, slots=True)

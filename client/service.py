@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -53,11 +54,18 @@ from hushwire.client.events import (
     SessionRestarted,
     history_item,
 )
+from hushwire.client.failover import first_reachable
 from hushwire.client.inbox import Inbox
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.outbox import Outbox
 from hushwire.client.session import SessionManager, load_or_create_identity
-from hushwire.client.settings import Backoff, RelaySettings
+from hushwire.client.settings import (
+    Address,
+    Backoff,
+    RelaySettings,
+    format_address,
+    parse_relays,
+)
 from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import Device
@@ -87,6 +95,7 @@ __all__ = [
     "SendResult",
     "SentElsewhere",
     "SessionRestarted",
+    "parse_relays",
     "relay_error_text",
     "restart_text",
 ]
@@ -98,6 +107,7 @@ FATAL_CODES: Final = frozenset(
     {"auth_failed", "user_disabled", "session_replaced", "unsupported_version"}
 )
 HISTORY_DEFAULT: Final = 200
+LAST_RELAY: Final = "relay_last"  # profile setting: the address that last worked
 MAX_WHO_PAGES: Final = 1000  # a relay that never ends its `who` pages is not followed
 
 
@@ -134,6 +144,9 @@ class HushwireClient:
         self._max_frame = DEFAULT_MAX_FRAME
         self._closing = False
         self._closed = False
+        self._current = 0  # index in settings.addresses of the relay that last worked
+        self._state_changed = asyncio.Event()
+        self._failing_over = False  # a drop is being answered by trying the next relay
         self.fingerprint_learned = False  # set by login(): the pin was learned just now
         emit = self.events.put_nowait
         self._keys = KeyUpkeep(sessions, lambda text: emit(Notice(text)))
@@ -151,7 +164,7 @@ class HushwireClient:
             emit,
             lambda: self._conn,
             lambda: self._max_frame,
-            settings.address,
+            settings.relays,
             self._devices,
         )
         self._inbox = Inbox(
@@ -164,7 +177,13 @@ class HushwireClient:
 
     @property
     def relay(self) -> str:
-        return self.settings.address
+        """The relay this client is (or was last) connected to."""
+        return format_address(self.settings.addresses[self._current])
+
+    @property
+    def relays(self) -> str:
+        """Every relay of the profile, as `login --relay` takes them."""
+        return self.settings.relays
 
     # --- opening --------------------------------------------------------------------
 
@@ -198,6 +217,9 @@ class HushwireClient:
                 backoff=backoff,
             )
             client._max_frame = await store.get_setting("max_frame") or DEFAULT_MAX_FRAME
+            last = await store.get_setting(LAST_RELAY)
+            names = [format_address(a) for a in settings.addresses]
+            client._current = names.index(last) if last in names else 0
         except BaseException:
             await store.close()
             raise
@@ -243,19 +265,14 @@ class HushwireClient:
             if settings.ca_file is None:
                 if fingerprint is not None:
                     pin = fingerprint.strip().upper()
-                elif old is not None and old.address == settings.address:
-                    pin = old.pin
-            conn = await RelayConnection.connect(
-                settings.host,
-                settings.port,
-                TlsSettings(
-                    pin=pin,
-                    ca_file=Path(settings.ca_file) if settings.ca_file else None,
-                    client_cert=Path(settings.client_cert) if settings.client_cert else None,
-                    client_key=Path(settings.client_key) if settings.client_key else None,
-                ),
-            )
-            ok = await conn.handshake(settings.user, settings.token)
+                elif old is not None and set(old.addresses) & set(settings.addresses):
+                    pin = old.pin  # the same deployment: its pin holds for every address
+            tls = dataclasses.replace(settings.tls(), pin=pin)
+
+            async def attempt(address: Address) -> tuple[RelayConnection, wire.LoginOk]:
+                return await _open_session(address, tls, settings.user, settings.token, None)
+
+            current, (conn, ok) = await first_reachable(settings.addresses, 0, attempt)
             hello = conn.hello
             if hello is None:
                 raise ConnectionClosed("the relay did not answer hello")
@@ -272,6 +289,7 @@ class HushwireClient:
             )
             async with store.transaction():
                 await store.set_setting("relay", settings.to_record())
+                await store.set_setting(LAST_RELAY, format_address(settings.addresses[current]))
                 await store.set_setting("group", group.name)
                 await store.set_setting("group_params", hello.group_params)
             identity = await load_or_create_identity(store, group, now_ms)
@@ -285,6 +303,7 @@ class HushwireClient:
                 backoff=backoff,
             )
             client.fingerprint_learned = pin is None and settings.ca_file is None
+            client._current = current
             client._keys.replace_identity = replace_identity
             await client._begin(conn, ok)
         except BaseException:
@@ -306,6 +325,7 @@ class HushwireClient:
         port: int,
         code: str,
         name: str,
+        alternates: tuple[Address, ...] = (),
         fingerprint: str | None = None,
         ca_file: str | None = None,
         clock: Callable[[], float] = time.time,
@@ -325,10 +345,11 @@ class HushwireClient:
         conn: RelayConnection | None = None
         try:
             pin = None if fingerprint is None else fingerprint.strip().upper()
-            conn = await RelayConnection.connect(
-                host, port, TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
+            tls = TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
+            addresses = ((host, port), *alternates)
+            current, (conn, hello) = await first_reachable(
+                addresses, 0, lambda address: _open_hello(address, tls)
             )
-            hello = await conn.say_hello()
             group = group_by_name(hello.group, hello.group_params)
             fetched = await conn.request(wire.LinkFetch, channel=link_code.channel)
             joiner = LinkJoiner(group, link_code, name, group.generate())
@@ -345,9 +366,11 @@ class HushwireClient:
                 pin=None if ca_file else conn.fingerprint,
                 ca_file=ca_file,
                 device=joined.device,
+                alternates=alternates,
             )
             async with store.transaction():
                 await store.set_setting("relay", settings.to_record())
+                await store.set_setting(LAST_RELAY, format_address(addresses[current]))
                 await store.set_setting("group", group.name)
                 await store.set_setting("group_params", hello.group_params)
                 await store.save_identity(grant.identity.to_bytes(), int(clock() * 1000))
@@ -360,6 +383,7 @@ class HushwireClient:
             )
             client = cls(store, settings, sessions, clock=clock, backoff=backoff)
             client.fingerprint_learned = pin is None and ca_file is None
+            client._current = current
             await client._begin(conn, ok)
         except BaseException:
             if conn is not None:
@@ -399,26 +423,38 @@ class HushwireClient:
         await self.store.close()
         self._set_state("disconnected", "closed")
 
-    def _set_state(self, state: str, detail: str) -> None:
+    def _set_state(self, state: str, detail: str, *, failover: bool = False) -> None:
         changed = state != self.state
         self.state = state
+        self._failing_over = failover
         if changed or state != "connected":
-            self.events.put_nowait(ConnectionState(state, detail))
+            self.events.put_nowait(ConnectionState(state, detail, failover))
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
 
-    async def _connect(self) -> tuple[RelayConnection, wire.LoginOk]:
+    async def _connect(self, start: int | None = None) -> tuple[RelayConnection, wire.LoginOk]:
+        """Log in to the first relay that answers, from `start` (default: the one that
+        last worked) on; remembered, so the next run starts there too."""
         s = self.settings
-        conn = await RelayConnection.connect(s.host, s.port, s.tls())
-        try:
-            ok = await conn.handshake(s.user, s.token, None if s.device == 1 else s.device)
+        device = None if s.device == 1 else s.device
+        tls = s.tls()
+
+        async def attempt(address: Address) -> tuple[RelayConnection, wire.LoginOk]:
+            conn, ok = await _open_session(address, tls, s.user, s.token, device)
             hello = conn.hello
             if hello is not None and hello.group != self.sessions.group.name:
+                await conn.close()
                 raise ProfileMismatch(
                     f"the relay now uses DH group {hello.group}, this profile's keys are "
                     f"{self.sessions.group.name}"
                 )
-        except BaseException:
-            await conn.close()
-            raise
+            return conn, ok
+
+        first = self._current if start is None else start
+        current, (conn, ok) = await first_reachable(s.addresses, first, attempt)
+        if current != self._current:
+            self._current = current
+            await self.store.set_setting(LAST_RELAY, self.relay)
         return conn, ok
 
     async def _begin(self, conn: RelayConnection, ok: wire.LoginOk) -> None:
@@ -475,10 +511,11 @@ class HushwireClient:
     async def _run(self) -> None:
         """Keep a connection up until close() or a fatal refusal."""
         attempt = 0
+        start: int | None = None  # after a drop: the relay after the one we lost
         while not self._closing:
             if self._conn is None:
                 try:
-                    conn, ok = await self._connect()
+                    conn, ok = await self._connect(start)
                 except (CertificateMismatch, ProfileMismatch) as exc:
                     self._set_state("disconnected", exc.message)
                     return
@@ -493,7 +530,7 @@ class HushwireClient:
                     await self._wait_retry(attempt, exc.message, None)
                     attempt += 1
                     continue
-                attempt = 0
+                attempt, start = 0, None
                 await self._adopt(conn, ok)
             conn = self._conn
             if conn is None:
@@ -507,7 +544,14 @@ class HushwireClient:
                 self._set_state("disconnected", f"{reason.message} ({reason.code})")
                 return
             detail = f"{reason.message} ({reason.code})" if reason else "connection lost"
-            self._set_state("reconnecting", detail)
+            addresses = self.settings.addresses
+            if len(addresses) > 1:
+                # Another relay of the deployment, at once: the one we lost goes last.
+                start = (self._current + 1) % len(addresses)
+                following = format_address(addresses[start])
+                self._set_state("reconnecting", f"{detail}; trying {following}", failover=True)
+            else:
+                self._set_state("reconnecting", detail)
 
     async def _wait_retry(self, attempt: int, detail: str, retry_after: float | None) -> None:
         delay = self._backoff.delay(attempt, retry_after)
@@ -534,8 +578,31 @@ class HushwireClient:
 
     async def sync(self, limit: float = 30.0) -> None:
         """Return once every envelope the relay has queued for us is handled and acked
-        (ConnectionClosed if not connected)."""
-        await self._inbox.sync(self._require_conn, limit)
+        (ConnectionClosed if not connected). A connection lost meanwhile is waited out
+        while another relay of the profile is tried at once (failover)."""
+        async with asyncio.timeout(limit):
+            while True:
+                conn = self._conn
+                try:
+                    return await self._inbox.sync(self._require_conn, limit)
+                except ConnectionClosed:
+                    if not await self._failed_over(conn):
+                        raise
+
+    async def _failed_over(self, lost: RelayConnection | None) -> bool:
+        """After `lost` dropped: True once another connection is up, False when the
+        client backs off, gives up or has no other relay to try."""
+        if len(self.settings.addresses) == 1:
+            return False
+        while not self._closing:
+            changed = self._state_changed
+            conn = self._conn
+            if self.state == "connected" and conn is not None and conn is not lost:
+                return True
+            if self.state != "connected" and not self._failing_over:
+                return False
+            await changed.wait()
+        return False
 
     def _require_conn(self) -> RelayConnection:
         conn = self._conn
@@ -641,6 +708,28 @@ class HushwireClient:
         Offline, held messages become queued and go out after the next login.
         """
         return await self._outbox.release(contact)
+
+
+async def _open_hello(address: Address, tls: TlsSettings) -> tuple[RelayConnection, wire.HelloOk]:
+    """A connection to `address` that has said hello (closed again if that fails)."""
+    conn = await RelayConnection.connect(*address, tls)
+    try:
+        return conn, await conn.say_hello()
+    except BaseException:
+        await conn.close()
+        raise
+
+
+async def _open_session(
+    address: Address, tls: TlsSettings, user: str, token: str, device: int | None
+) -> tuple[RelayConnection, wire.LoginOk]:
+    """A connection to `address`, logged in (closed again if that fails)."""
+    conn = await RelayConnection.connect(*address, tls)
+    try:
+        return conn, await conn.handshake(user, token, device)
+    except BaseException:
+        await conn.close()
+        raise
 
 
 def _remove_profile_files(profile_dir: Path) -> None:

@@ -205,3 +205,74 @@ class RawClient:
 
     def close(self) -> None:
         self.writer.transport.abort()
+
+
+class Cutter:
+    """A TCP forwarder in front of a relay: a second address for the same relay that
+    can die. `cut()` stops listening (connects are refused) and drops every connection
+    through it, as a relay machine that fails mid-session would."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> Cutter:
+        self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _on_client(self, creader, cwriter) -> None:
+        self.accepted += 1
+        rreader, rwriter = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.update((cwriter, rwriter))
+        pipes = [
+            asyncio.create_task(self._pipe(creader, rwriter)),
+            asyncio.create_task(self._pipe(rreader, cwriter)),
+        ]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for w in (cwriter, rwriter):
+            w.transport.abort()
+
+    @staticmethod
+    async def _pipe(reader, writer) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            return
+
+    async def cut(self) -> None:
+        self._server.close()
+        for w in self._writers:
+            w.transport.abort()
+        for t in self._tasks:
+            t.cancel()
+        await self._server.wait_closed()
+
+
+class Dropper:
+    """Accepts TCP connections and closes them at once: a TLS handshake there fails."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> Dropper:
+        self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _on_client(self, reader, writer) -> None:
+        self.accepted += 1
+        writer.transport.abort()
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
