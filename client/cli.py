@@ -215,7 +215,7 @@ def _report_event(event: object, err: TextIO) -> None:
 
 def _raise_if_lost(event: object) -> None:
     """`recv` stops with an error when the relay goes away or refuses us (disabled);
-    not while another relay of the profile is being tried (failover)."""
+    not during the reconnect made at once after a drop (failover), only if it fails."""
     if isinstance(event, ConnectionState) and event.state != "connected":
         if event.detail != "closed" and not event.failover:
             raise CliError(f"stopped receiving: lost the relay ({event.detail})")

@@ -73,8 +73,9 @@ class MessageRejected:
 class ConnectionState:
     """state: "connected", "reconnecting" or "disconnected" (gave up: see detail).
 
-    `failover`: the connection dropped and another relay of the profile is being tried
-    at once (no backoff); `recv` keeps waiting through it."""
+    `failover`: the connection dropped and the client reconnects at once, to the next
+    relay of the profile (or the same address, e.g. a load balancer), without backoff;
+    `recv` keeps waiting through it."""
 
     state: str
     detail: str

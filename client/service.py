@@ -544,14 +544,13 @@ class HushwireClient:
                 self._set_state("disconnected", f"{reason.message} ({reason.code})")
                 return
             detail = f"{reason.message} ({reason.code})" if reason else "connection lost"
+            # One attempt at once, from the next address (the one we lost goes last; with
+            # one address, the same: a load balancer there picks another relay). If it
+            # fails, the loop above backs off as usual.
             addresses = self.settings.addresses
-            if len(addresses) > 1:
-                # Another relay of the deployment, at once: the one we lost goes last.
-                start = (self._current + 1) % len(addresses)
-                following = format_address(addresses[start])
-                self._set_state("reconnecting", f"{detail}; trying {following}", failover=True)
-            else:
-                self._set_state("reconnecting", detail)
+            start = (self._current + 1) % len(addresses)
+            following = format_address(addresses[start])
+            self._set_state("reconnecting", f"{detail}; trying {following}", failover=True)
 
     async def _wait_retry(self, attempt: int, detail: str, retry_after: float | None) -> None:
         delay = self._backoff.delay(attempt, retry_after)
@@ -579,7 +578,8 @@ class HushwireClient:
     async def sync(self, limit: float = 30.0) -> None:
         """Return once every envelope the relay has queued for us is handled and acked
         (ConnectionClosed if not connected). A connection lost meanwhile is waited out
-        while another relay of the profile is tried at once (failover)."""
+        while the client reconnects at once (failover), to the next relay if there are
+        several."""
         async with asyncio.timeout(limit):
             while True:
                 conn = self._conn
@@ -591,9 +591,7 @@ class HushwireClient:
 
     async def _failed_over(self, lost: RelayConnection | None) -> bool:
         """After `lost` dropped: True once another connection is up, False when the
-        client backs off, gives up or has no other relay to try."""
-        if len(self.settings.addresses) == 1:
-            return False
+        immediate attempt failed (the client backs off) or the client gave up."""
         while not self._closing:
             changed = self._state_changed
             conn = self._conn

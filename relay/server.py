@@ -124,6 +124,7 @@ class RelayServer:
             self._new_connection,
             self._admission,
             handshake_timeout=config.handshake_timeout,
+            proxies=config.proxies,
         )
         await self._server.bind(config.host, config.port)
         self.port = self._server.port
@@ -152,9 +153,13 @@ class RelayServer:
         log.info("listening on %s:%d", config.host, self.port)
         sdnotify.notify(f"READY=1\nSTATUS=listening on {config.host}:{self.port}")
 
-    def _new_connection(self) -> Connection:
+    def _new_connection(self, forwarded_for: str | None) -> Connection:
         return Connection(
-            self.relay, flushes=self._flushes, admit=self._admit, on_finished=self._finished
+            self.relay,
+            flushes=self._flushes,
+            admit=self._admit,
+            on_finished=self._finished,
+            forwarded_for=forwarded_for,
         )
 
     def _admit(self, conn: Connection) -> bool:

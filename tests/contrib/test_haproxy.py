@@ -1,6 +1,7 @@
 """contrib/haproxy/hushwire.cfg: valid for `haproxy -c`, and, run for real in front of
-two addresses of a relay, its health check passes them, fails what is not a relay, and
-a client whose relay goes away is carried to the other through the one address."""
+two addresses of a relay (which requires HAProxy's PROXY v2 header), its health check
+passes them, fails what is not a relay, and a client whose relay goes away is carried
+to the other through the one address."""
 
 from __future__ import annotations
 
@@ -102,7 +103,12 @@ async def wait_checked(stats: Path) -> dict[str, tuple[str, str]]:
             await asyncio.sleep(0.1)
 
 
-async def test_real_haproxy_checks_relays_and_carries_a_client_to_the_other(relay, login, tmp_path):
+async def test_real_haproxy_checks_relays_and_carries_a_client_to_the_other(
+    relay_factory, tmp_path
+):
+    # The relay takes connections from 127.0.0.1 only with a PROXY v2 header: HAProxy's
+    # sessions and health checks must carry one, or nothing here connects.
+    relay = await relay_factory(proxy_protocol="127.0.0.1")
     first = await Cutter(relay.port).start()  # relay-a: the relay, through a forwarder
     broken = await Dropper().start()  # not a relay: its TLS breaks at once
     listen, stats = free_port(), tmp_path / "haproxy.sock"
@@ -112,18 +118,25 @@ async def test_real_haproxy_checks_relays_and_carries_a_client_to_the_other(rela
     proc = await asyncio.create_subprocess_exec(
         haproxy(), "-db", "-f", str(config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    bob: HushwireClient | None = None
+    clients: list[HushwireClient] = []
+
+    async def login(user: str) -> HushwireClient:
+        settings = RelaySettings("127.0.0.1", listen, user, relay.tokens[user])
+        clients.append(
+            await HushwireClient.login(
+                tmp_path / user, PASSPHRASE, settings, kdf=FAST_KDF, backoff=FAST_BACKOFF
+            )
+        )
+        return clients[-1]
+
     try:
         states = await wait_checked(stats)
         # The hello check passes both addresses of the relay, and fails the impostor.
         assert states["relay-a"] == ("UP", "L7OK") and states["relay-b"] == ("UP", "L7OK")
         assert states["junk"][0] == "DOWN" and states["junk"][1].startswith(("L4", "L6"))
-        settings = RelaySettings("127.0.0.1", listen, "bob", relay.tokens["bob"])
-        bob = await HushwireClient.login(
-            tmp_path / "bob", PASSPHRASE, settings, kdf=FAST_KDF, backoff=FAST_BACKOFF
-        )
+        bob = await login("bob")
         assert bob.settings.pin == relay.server.fingerprint  # TLS passed through untouched
-        alice = await login(relay, "alice")
+        alice = await login("alice")
         await alice.send("bob", "via relay-a")
         assert (await next_event(bob, MessageReceived)).text == "via relay-a"
         await first.cut()  # relay-a goes away with bob's session
@@ -133,8 +146,8 @@ async def test_real_haproxy_checks_relays_and_carries_a_client_to_the_other(rela
         assert (await next_event(bob, MessageReceived)).text == "via relay-b"
         assert bob.relay == f"127.0.0.1:{listen}"  # the one address it knows
     finally:
-        if bob is not None:
-            await bob.close()
+        for client in clients:
+            await client.close()
         proc.terminate()
         out, _ = await asyncio.wait_for(proc.communicate(), WAIT)
         await broken.close()
