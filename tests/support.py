@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from abc import ABC, abstractmethod
 import re
 import signal
 import ssl
@@ -207,26 +208,44 @@ class RawClient:
         self.writer.transport.abort()
 
 
-class Cutter:
+class Listener(ABC):
+    """A TCP server on a free loopback port counting what it accepts; subclasses say
+    what happens to each connection (`_on_client`)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self):
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader, writer) -> None:
+        self.accepted += 1
+        await self._on_client(reader, writer)
+
+    @abstractmethod
+    async def _on_client(self, reader, writer) -> None: ...
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+class Cutter(Listener):
     """A TCP forwarder in front of a relay: a second address for the same relay that
     can die. `cut()` stops listening (connects are refused) and drops every connection
     through it, as a relay machine that fails mid-session would."""
 
     def __init__(self, target_port: int) -> None:
+        super().__init__()
         self.target_port = target_port
-        self.port = 0
-        self.accepted = 0
-        self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task] = set()
 
-    async def start(self) -> Cutter:
-        self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
     async def _on_client(self, creader, cwriter) -> None:
-        self.accepted += 1
         rreader, rwriter = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers.update((cwriter, rwriter))
         pipes = [
@@ -256,23 +275,8 @@ class Cutter:
         await self._server.wait_closed()
 
 
-class Dropper:
+class Dropper(Listener):
     """Accepts TCP connections and closes them at once: a TLS handshake there fails."""
 
-    def __init__(self) -> None:
-        self.port = 0
-        self.accepted = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> Dropper:
-        self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
     async def _on_client(self, reader, writer) -> None:
-        self.accepted += 1
         writer.transport.abort()
-
-    async def close(self) -> None:
-        self._server.close()
-        await self._server.wait_closed()
