@@ -3,10 +3,12 @@
 All relays of one deployment present one certificate or certificates of one CA, so the
 same TLS settings hold for each. What fails over is what says nothing about who is at
 the other end: a refused or timed-out connect, a TLS handshake that breaks, a connection
-closed before login completes. A certificate that is not the pinned one (or that the CA
-does not validate) is CertificateMismatch and stops the search: it may be an attacker,
-and trying the next address would hide that. A relay's refusal (wrong token, disabled
-account) is the deployment's answer and stops it too.
+closed before login completes, and a relay that answers it cannot serve now (`internal`,
+e.g. its database link is down, or `shutting_down`). A certificate that is not the
+pinned one (or that the CA does not validate) is CertificateMismatch and stops the
+search: it may be an attacker, and trying the next address would hide that. A relay's
+refusal (wrong token, disabled account, rate limit) is the deployment's answer and
+stops it too.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from typing import TypeVar
 
 from hushwire.client.errors import ConnectionClosed
 from hushwire.client.settings import Address, format_address
+from hushwire.common.errors import ErrorCode, RequestError
 
 log = logging.getLogger("hushwire.client")
 
 T = TypeVar("T")
+# Refusals that are about that relay, not about us: another relay may serve.
+UNAVAILABLE = frozenset({ErrorCode.INTERNAL, ErrorCode.SHUTTING_DOWN})
 
 
 async def first_reachable(
@@ -29,7 +34,7 @@ async def first_reachable(
     attempt: Callable[[Address], Awaitable[T]],
 ) -> tuple[int, T]:
     """`attempt` on each address from index `start` on, wrapping around; the index and
-    result of the first that does not raise ConnectionClosed.
+    result of the first that does not raise ConnectionClosed or an UNAVAILABLE refusal.
 
     With one address its own ConnectionClosed is raised unchanged; with several, one
     ConnectionClosed names them all and why each failed.
@@ -38,12 +43,17 @@ async def first_reachable(
     failures: list[str] = []
     for step in range(count):
         index = (start + step) % count
+        name = format_address(addresses[index])
         try:
             return index, await attempt(addresses[index])
         except ConnectionClosed as exc:
             if count == 1:
                 raise
-            log.info("relay %s unreachable: %s", format_address(addresses[index]), exc.message)
             failures.append(exc.message)
+        except RequestError as exc:
+            if count == 1 or exc.code not in UNAVAILABLE:
+                raise
+            failures.append(f"{name} answered {exc.code.value}: {exc.message}")
+        log.info("relay %s: %s; trying the next", name, failures[-1])
     names = ", ".join(format_address(a) for a in addresses)
     raise ConnectionClosed(f"could not reach any of {names} ({'; '.join(failures)})")

@@ -18,6 +18,8 @@ from hushwire.client.service import (
     parse_relays,
 )
 from hushwire.client.store import ProfileStore
+from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.messages import Login
 from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, WAIT, next_event
 from tests.services import free_port
 from tests.support import Cutter, Dropper
@@ -184,3 +186,28 @@ async def test_with_a_ca_a_certificate_it_does_not_validate_is_refused_not_skipp
             tmp_path / "bob",
             settings("bob", relay.tokens["bob"], other.port, relay.port, ca_file=ca),
         )
+
+
+async def test_a_relay_that_cannot_serve_now_is_passed_over_a_refusal_is_not(
+    relay, relay_factory, tmp_path
+):
+    (tmp_path / "sick").mkdir()
+    # Another relay of the deployment (same certificate) whose database link is down.
+    sick = await relay_factory(
+        db=tmp_path / "sick" / "relay.db",
+        cert=relay.config.cert_path,
+        key=relay.config.key_path,
+    )
+
+    async def database_down(peer, req, now):
+        raise RequestError(ErrorCode.INTERNAL, "database error: connection refused")
+
+    sick.server.relay._dispatch[Login] = database_down
+    s = settings("alice", relay.tokens["alice"], sick.port, relay.port)
+    alice = await login_with(tmp_path / "alice", s)
+    assert alice.relay == f"{LOCAL}:{relay.port}"
+    await alice.close()
+    # A wrong token is the deployment's answer: not tried elsewhere.
+    with pytest.raises(RequestError) as refused:
+        await login_with(tmp_path / "bob", settings("bob", "hw_wrong", relay.port, sick.port))
+    assert refused.value.code is ErrorCode.AUTH_FAILED
