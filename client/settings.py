@@ -93,12 +93,14 @@ class RelaySettings:
         )
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        record = {
             "host": self.host, "port": self.port, "user": self.user, "token": self.token,
             "pin": self.pin, "ca_file": self.ca_file, "client_cert": self.client_cert,
             "client_key": self.client_key, "device": self.device,
-            "alternates": [list(a) for a in self.alternates],
         }  # fmt: skip
+        if self.alternates:  # only then: an older hushwire still opens a one-relay profile
+            record["alternates"] = [list(a) for a in self.alternates]
+        return record
 
     @classmethod
     def from_record(cls, record: Any) -> RelaySettings:

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from hushwire.client.errors import CertificateMismatch, ClientError, ConnectionClosed
+from hushwire.client.errors import (
+    CertificateMismatch,
+    ClientError,
+    ConnectionClosed,
+    ProfileCorrupt,
+)
 from hushwire.client.service import (
     ConnectionState,
     HushwireClient,
@@ -70,6 +75,18 @@ def test_relay_lists_parse_or_name_the_bad_entry():
     ):
         with pytest.raises(ClientError, match=fragment):
             parse_relays(bad)
+
+
+def test_the_stored_record_keeps_the_list_and_a_one_relay_profile_stays_as_before():
+    one = RelaySettings("a", 7443, "alice", "hw_t")
+    assert "alternates" not in one.to_record()  # what an older hushwire can still read
+    assert RelaySettings.from_record(one.to_record()) == one
+    many = RelaySettings("a", 7443, "alice", "hw_t", alternates=(("b", 7444), ("::1", 7445)))
+    assert RelaySettings.from_record(many.to_record()) == many
+    assert many.relays == "a:7443,b:7444,[::1]:7445"
+    for bad in ([["b"]], [["b", "x"]], "b:7444", [None]):
+        with pytest.raises(ProfileCorrupt):
+            RelaySettings.from_record({**one.to_record(), "alternates": bad})
 
 
 async def test_login_passes_a_dead_and_a_broken_relay_and_next_time_starts_where_it_worked(
