@@ -26,10 +26,10 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from hushwire.client.connection import RelayConnection, TlsSettings
-from hushwire.client.devices import DeviceInfo, DeviceLists, hold_list
+from hushwire.client.devices import DeviceInfo, DeviceLists
 from hushwire.client.errors import (
     CertificateMismatch,
     ConnectionClosed,
@@ -55,10 +55,12 @@ from hushwire.client.events import (
     history_item,
 )
 from hushwire.client.failover import first_reachable
+from hushwire.client.fanout import HeldLists
 from hushwire.client.inbox import Inbox
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.outbox import Outbox
-from hushwire.client.session import SessionManager, load_or_create_identity
+from hushwire.client.prekeys import load_or_create_identity
+from hushwire.client.session import SessionManager
 from hushwire.client.settings import (
     Address,
     Backoff,
@@ -70,8 +72,9 @@ from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import Device
 from hushwire.common.crypto.dh import DHGroup, group_by_name
+from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.crypto.link import LinkCode, LinkJoiner, LinkOffer
-from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.errors import ErrorCode, LinkError, RequestError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.names import check_username, is_valid_username
 
@@ -104,7 +107,13 @@ log = logging.getLogger("hushwire.client")
 
 # The relay closed us on purpose and retrying cannot help until a person acts.
 FATAL_CODES: Final = frozenset(
-    {"auth_failed", "user_disabled", "session_replaced", "unsupported_version"}
+    {
+        "auth_failed",
+        "user_disabled",
+        "session_replaced",
+        "unsupported_version",
+        "account_has_devices",  # another profile holds the account now: retrying cannot help
+    }
 )
 HISTORY_DEFAULT: Final = 200
 LAST_RELAY: Final = "relay_last"  # profile setting: the address that last worked
@@ -152,6 +161,7 @@ class HushwireClient:
         self._keys = KeyUpkeep(sessions, lambda text: emit(Notice(text)))
         self._devices = DeviceLists(
             store,
+            sessions.lists,
             settings.user,
             settings.device,
             sessions.identity,
@@ -246,7 +256,7 @@ class HushwireClient:
         devices are unlinked (a reinstall); contacts see a key change.
 
         Pinning: with a CA file the certificate is validated instead; with `fingerprint`
-        exactly that one is accepted; else a pin stored for the same address is kept;
+        exactly that one is accepted; else a pin stored for a list sharing an address is kept;
         else the presented certificate is pinned (trust on first use). Returns a started
         client; its `fingerprint_learned` says whether the pin was learned just now.
         """
@@ -268,22 +278,30 @@ class HushwireClient:
                 elif old is not None and set(old.addresses) & set(settings.addresses):
                     pin = old.pin  # the same deployment: its pin holds for every address
             tls = dataclasses.replace(settings.tls(), pin=pin)
+            user, token = settings.user, settings.token
 
-            async def attempt(address: Address) -> tuple[RelayConnection, wire.LoginOk]:
-                return await _open_session(address, tls, settings.user, settings.token, None)
+            async def attempt(address: Address) -> _FirstLogin:
+                conn, hello = await _said_hello(await RelayConnection.connect(*address, tls))
+                try:
+                    group = group_by_name(hello.group, hello.group_params)
+                    stored_group = await store.get_setting("group")
+                    if stored_group is not None and stored_group != group.name:
+                        raise ProfileMismatch(
+                            f"the relay now uses DH group {group.name}, this profile's keys "
+                            f"are {stored_group}; a new profile is needed"
+                        )
+                    identity = await load_or_create_identity(store, group, int(clock() * 1000))
+                    # Naming our identity lets the relay refuse a second profile on a copied
+                    # token before its login replaces the live device (unless we start over).
+                    sign_key = None if replace_identity else identity.sign_key
+                    ok = await conn.request(wire.Login, user=user, token=token, sign_key=sign_key)
+                except BaseException:
+                    await conn.close()
+                    raise
+                return _FirstLogin(conn, hello, group, identity, ok)
 
-            current, (conn, ok) = await first_reachable(settings.addresses, 0, attempt)
-            hello = conn.hello
-            if hello is None:
-                raise ConnectionClosed("the relay did not answer hello")
-            group = group_by_name(hello.group, hello.group_params)
-            stored_group = await store.get_setting("group")
-            if stored_group is not None and stored_group != group.name:
-                raise ProfileMismatch(
-                    f"the relay now uses DH group {group.name}, this profile's keys are "
-                    f"{stored_group}; a new profile is needed"
-                )
-            now_ms = int(clock() * 1000)
+            current, first = await first_reachable(settings.addresses, 0, attempt)
+            conn, hello, group, identity, ok = first
             settings = RelaySettings(
                 **{**settings.to_record(), "pin": None if settings.ca_file else conn.fingerprint}
             )
@@ -292,7 +310,6 @@ class HushwireClient:
                 await store.set_setting(LAST_RELAY, format_address(settings.addresses[current]))
                 await store.set_setting("group", group.name)
                 await store.set_setting("group_params", hello.group_params)
-            identity = await load_or_create_identity(store, group, now_ms)
             client = cls(
                 store,
                 settings,
@@ -335,21 +352,25 @@ class HushwireClient:
         """Make a new profile a device of the account whose device showed `code`
         (docs/security.md, "Linking a device"): the identity arrives sealed under the
         code, this device's own keys are made here, and the relay issues its credential.
-        Raises LinkError (mistyped code, a relay in the middle), RequestError
-        (`link_failed`: unknown, expired or used code) or ProfileMismatch."""
+        The relay's certificate must be the one the code pins (the old device's view).
+        Raises LinkError (mistyped code, a relay in the middle, a `fingerprint` other than
+        the code's), CertificateMismatch (the relay is not the one the code pins),
+        RequestError (`link_failed`: unknown, expired or used code) or ProfileMismatch."""
         profile_dir = Path(profile_dir)
         if ProfileStore.exists(profile_dir):
             raise ProfileMismatch(f"{profile_dir} already holds a profile; link into a new one")
         link_code = LinkCode.parse(code)
+        pin = _link_pin(link_code, fingerprint)
         store = await ProfileStore.open(profile_dir, passphrase, create=True, kdf=kdf)
         conn: RelayConnection | None = None
         try:
-            pin = None if fingerprint is None else fingerprint.strip().upper()
             tls = TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
             addresses = ((host, port), *alternates)
-            current, (conn, hello) = await first_reachable(
-                addresses, 0, lambda address: _open_hello(address, tls)
-            )
+
+            async def attempt(address: Address) -> tuple[RelayConnection, wire.HelloOk]:
+                return await _said_hello(await _connect_linking(*address, link_code, tls))
+
+            current, (conn, hello) = await first_reachable(addresses, 0, attempt)
             group = group_by_name(hello.group, hello.group_params)
             fetched = await conn.request(wire.LinkFetch, channel=link_code.channel)
             joiner = LinkJoiner(group, link_code, name, group.generate())
@@ -374,9 +395,13 @@ class HushwireClient:
                 await store.set_setting("group", group.name)
                 await store.set_setting("group_params", hello.group_params)
                 await store.save_identity(grant.identity.to_bytes(), int(clock() * 1000))
-                await hold_list(store, grant.account, grant.signed_list)
+                await HeldLists(store).hold(grant.account, grant.signed_list)
             ok = await conn.request(
-                wire.Login, user=grant.account, token=joined.token, device=joined.device
+                wire.Login,
+                user=grant.account,
+                token=joined.token,
+                device=joined.device,
+                sign_key=grant.identity.sign_key,
             )
             sessions = SessionManager(
                 store, grant.account, grant.identity, group, device=joined.device, clock=clock
@@ -440,7 +465,14 @@ class HushwireClient:
         tls = s.tls()
 
         async def attempt(address: Address) -> tuple[RelayConnection, wire.LoginOk]:
-            conn, ok = await _open_session(address, tls, s.user, s.token, device)
+            conn = await RelayConnection.connect(*address, tls)
+            try:
+                ok = await conn.handshake(
+                    s.user, s.token, device, sign_key=self.sessions.identity.sign_key
+                )
+            except BaseException:
+                await conn.close()
+                raise
             hello = conn.hello
             if hello is not None and hello.group != self.sessions.group.name:
                 await conn.close()
@@ -708,9 +740,18 @@ class HushwireClient:
         return await self._outbox.release(contact)
 
 
-async def _open_hello(address: Address, tls: TlsSettings) -> tuple[RelayConnection, wire.HelloOk]:
-    """A connection to `address` that has said hello (closed again if that fails)."""
-    conn = await RelayConnection.connect(*address, tls)
+class _FirstLogin(NamedTuple):
+    """What a profile's first login learns from the relay that answered."""
+
+    conn: RelayConnection
+    hello: wire.HelloOk
+    group: DHGroup
+    identity: IdentityKeyPair
+    ok: wire.LoginOk
+
+
+async def _said_hello(conn: RelayConnection) -> tuple[RelayConnection, wire.HelloOk]:
+    """`conn` once it has said hello (closed again if that fails)."""
     try:
         return conn, await conn.say_hello()
     except BaseException:
@@ -718,16 +759,37 @@ async def _open_hello(address: Address, tls: TlsSettings) -> tuple[RelayConnecti
         raise
 
 
-async def _open_session(
-    address: Address, tls: TlsSettings, user: str, token: str, device: int | None
-) -> tuple[RelayConnection, wire.LoginOk]:
-    """A connection to `address`, logged in (closed again if that fails)."""
-    conn = await RelayConnection.connect(*address, tls)
-    try:
-        return conn, await conn.handshake(user, token, device)
-    except BaseException:
+def _link_pin(code: LinkCode, fingerprint: str | None) -> str | None:
+    """The certificate a linking device accepts: the code's pin (and the user's
+    `--fingerprint`, which must then be the same), else the user's, else none (TOFU)."""
+    given = None if fingerprint is None else fingerprint.strip().upper()
+    pinned = code.fingerprint()
+    if pinned is not None and given is not None and given != pinned:
+        raise LinkError(
+            "the --fingerprint given is not the relay certificate your other device uses "
+            f"(the link code pins {pinned}); leave --fingerprint out or check it"
+        )
+    return pinned or given
+
+
+async def _connect_linking(
+    host: str, port: int, code: LinkCode, tls: TlsSettings
+) -> RelayConnection:
+    """Connect for `login --link`; a certificate other than the one the code pins is
+    refused with a message that says where that pin came from."""
+    if code.pin is None:
+        return await RelayConnection.connect(host, port, tls)
+    conn = await RelayConnection.connect(host, port, TlsSettings(ca_file=tls.ca_file))
+    if conn.fingerprint != code.fingerprint():
         await conn.close()
-        raise
+        raise CertificateMismatch(
+            f"the relay at {host}:{port} presented a certificate other than the one your "
+            f"other device uses (pinned in the link code).\n  link code: {code.fingerprint()}"
+            f"\n  presented: {conn.fingerprint}\nSomeone may be intercepting the connection, "
+            "or --relay names another relay than your other device's. Nothing was sent and "
+            "no device was linked."
+        )
+    return conn
 
 
 def _remove_profile_files(profile_dir: Path) -> None:

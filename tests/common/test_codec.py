@@ -116,6 +116,8 @@ def _send_devices(draw):
         "envelopes": draw(st.lists(_envelope, max_size=3)),
         "lists": draw(st.lists(_view, max_size=3)),
     }
+    if draw(st.booleans()):  # optional: a session reset sends it true
+        raw["partial"] = draw(st.booleans())
     places = [raw] + raw["envelopes"] + raw["lists"]
     for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2]))):
         where = draw(st.sampled_from(places))
@@ -152,6 +154,11 @@ def test_the_fast_send_devices_decoder_takes_a_well_formed_fan_out():
         envelopes=(m.DeviceEnvelope("bob", 2, b"x"),),
         lists=(m.ListVersion("alice", 0), m.ListVersion("bob", 3)),
     )
+    raw["partial"] = True
+    assert codec._fast_send_devices(raw).partial is True
+    raw["partial"] = 1  # an int is not a bool on the wire
+    assert codec._fast_send_devices(raw) is None
+    raw["partial"] = False
     raw["envelopes"][0]["device"] = True  # a bool is not an int on the wire
     assert codec._fast_send_devices(raw) is None
 
