@@ -28,6 +28,7 @@ from hushwire.relay.dblock import DbLock
 from hushwire.relay.handlers import GroupInfo, Relay
 from hushwire.relay.metrics import Snapshot
 from hushwire.relay.store import Store
+from hushwire.relay.store.urls import is_postgres_url
 from hushwire.relay.tls import ensure_server_cert, fingerprint, server_context
 
 if TYPE_CHECKING:
@@ -123,13 +124,13 @@ class RelayServer:
         await self._server.bind(config.host, config.port)
         self.port = self._server.port
         context, self.fingerprint = tls_context(config)
-        self._lock = DbLock(config.db).acquire("hushwire-relay")
+        if not is_postgres_url(config.store_target):  # several relays may share PostgreSQL
+            self._lock = DbLock(config.db).acquire("hushwire-relay")
         self._store = await Store.open(
             config.store_target,
             synchronous=config.synchronous,
             quota=config.quota,
             min_free_disk=config.min_free_disk,
-            exclusive=True,
         )
         self._control = ControlServer(config.db, self._control_request)
         await self._control.start()
