@@ -41,6 +41,12 @@ class RelayConfig:
         "(schema created or upgraded at start; needs the `postgresql` extra)",
         metavar="URL",
     )
+    bus: str | None = _opt(
+        None,
+        "a redis:// URL: the bus between several relays sharing one PostgreSQL store "
+        "(wake-ups, pushes, kicks, shared rate limits); needs `store` and the `cluster` extra",
+        metavar="URL",
+    )
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(7443, "TCP port to listen on (0 picks a free one)")
     cert: Path | None = _opt(
@@ -199,6 +205,14 @@ class RelayConfig:
             raise ConfigError("port must be between 0 and 65535")
         if self.store is not None and not is_postgres_url(self.store):
             raise ConfigError("store must be a postgresql:// URL (a SQLite file is set by db)")
+        if self.bus is not None:
+            if self.store is None:
+                raise ConfigError(
+                    "bus needs a PostgreSQL store (--store postgresql://...): relays share "
+                    "state through the database, and a SQLite file has one relay"
+                )
+            if not self.bus.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError("bus must be a redis:// (or rediss://, unix://) URL")
         if self.synchronous.upper() not in ("NORMAL", "FULL"):
             raise ConfigError("synchronous must be NORMAL or FULL")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

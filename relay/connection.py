@@ -209,6 +209,13 @@ class Connection(asyncio.Protocol):
             self._live.append(delivery)
         self._schedule_flush()
 
+    def wake(self) -> None:
+        """Committed envelopes may wait in the mailbox (a shared store: sent through
+        this relay or another): read it once the window has room."""
+        if self.state is ConnState.READY and not self._closing:
+            self._backlog = True
+            self._schedule_flush()
+
     def acked(self, mids: Iterable[int]) -> None:
         inflight, by_wire = self._inflight, self._by_wire
         for mid in mids:

@@ -55,6 +55,7 @@ from hushwire.common.messages import (
 )
 from hushwire.common.names import check_username, is_valid_username
 from hushwire.relay.addresses import address_prefix
+from hushwire.relay.bus import REPLACED, Bus, LocalBus, RelayEvents
 from hushwire.relay.config import RelayConfig
 from hushwire.relay.device_handlers import DeviceHandlers
 from hushwire.relay.devices import principal, split_principal
@@ -104,6 +105,7 @@ class Peer(Protocol):
     def unhold(self, mid: int) -> None: ...
     def offer(self, delivery: Deliver) -> None: ...
     def acked(self, mids: Iterable[int]) -> None: ...
+    def wake(self) -> None: ...
     def kick(self, code: ErrorCode, message: str) -> None: ...
     def hold_handshake(self, seconds: float) -> None: ...
 
@@ -121,17 +123,19 @@ class _Outgoing:
     """One send between the reservation of its ids and its `ok`: where the early push
     went, so that the commit (or a failure) finishes what it started, in order."""
 
-    __slots__ = ("bodies", "device", "early", "online", "recipients", "ts", "user")
+    __slots__ = ("bodies", "bus", "device", "early", "online", "recipients", "ts", "user")
 
     def __init__(
         self,
-        online: dict[str, Peer],
+        delivery: tuple[dict[str, Peer], Bus | None],
         sender: Peer,
         recipients: Sequence[str],
         ts: int,
         bodies: Sequence[bytes],
     ) -> None:
-        self.online = online  # the relay's live map: who is online when each step runs
+        # The relay's live map (who is online when each step runs), and the bus when the
+        # store is shared: then recipients are woken wherever they are and read it.
+        self.online, self.bus = delivery
         self.user = sender.account or ""
         self.device = sender.device
         self.recipients = recipients  # principals
@@ -162,6 +166,11 @@ class _Outgoing:
 
     def offer_committed(self, mids: list[int]) -> None:
         """After the commit: offer what the early push did not deliver."""
+        if self.bus is not None:
+            # Other relays' envelopes to these devices commit too: a live offer could
+            # overtake one of them, so the connection reads its mailbox instead.
+            self.bus.envelopes(self.recipients)
+            return
         for i, (recipient, mid) in enumerate(zip(self.recipients, mids, strict=True)):
             peer, taken = self.early.get(mid, (None, False))
             online = self.online.get(recipient)
@@ -172,11 +181,17 @@ class _Outgoing:
 
 
 class Relay:
-    def __init__(self, config: RelayConfig, store: Store, group: GroupInfo) -> None:
+    def __init__(
+        self, config: RelayConfig, store: Store, group: GroupInfo, bus: Bus | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.group = group
         self.online: dict[str, Peer] = {}  # by principal: one live session per device
+        # What other relays are told (bus.py); `events` is what their messages do here.
+        self.bus: Bus = bus or LocalBus()
+        self.events = RelayEvents(self)
+        self._delivery = (self.online, self.bus if store.shared else None)
         self._sessions: dict[str, set[Peer]] = {}  # account -> its devices online
         self.counters = RelayCounters()
         # Failed logins per (user, address prefix): see _login.
@@ -233,6 +248,7 @@ class Relay:
         user = peer.user
         if user is not None and self.online.get(user) is peer:
             del self.online[user]
+            self.events.ended(user)
             self.devices.disconnected(peer)
             account = peer.account or user
             live = self._sessions.get(account)
@@ -328,11 +344,13 @@ class Relay:
                 ErrorCode.AUTH_FAILED, f"the client certificate is not for user {req.user}"
             )
         contacts = await self.store.contacts(req.user)
+        if not await self.bus.claim(name):
+            raise RequestError(ErrorCode.SESSION_REPLACED, REPLACED)
         previous = self.online.get(name)
         if previous is not None and previous is not peer:
             # One live session per device: the newest login wins, as a reconnecting client
             # must not be locked out by its own half-dead earlier connection.
-            previous.kick(ErrorCode.SESSION_REPLACED, "logged in from another connection")
+            previous.kick(ErrorCode.SESSION_REPLACED, REPLACED)
         first = not self._sessions.get(req.user)
         peer.user, peer.account, peer.device = name, req.user, device
         peer.token_hash = record.token_hash
@@ -447,11 +465,9 @@ class Relay:
             log.info(
                 "identity key of %s changed; notifying %d watcher(s)", user, len(result.watchers)
             )
-            push = KeyChanged(user=account, identity=req.identity)
-            for watcher in result.watchers:
-                online = self.online.get(watcher)
-                if online is not None:
-                    online.push(push)
+            self.bus.push(
+                KeyChanged(user=account, identity=req.identity), principals=result.watchers
+            )
         return PublishOk(
             id=req.id, prekeys_left=result.prekeys_left, kem_prekeys_left=result.kem_prekeys_left
         )
@@ -535,7 +551,7 @@ class Relay:
         if not self.store.single_device((peer.account or user, *recipients)):
             return False  # `_send` answers mismatched_devices with the lists
         self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
-        out = _Outgoing(self.online, peer, recipients, int(now), (req.body,) * len(recipients))
+        out = _Outgoing(self._delivery, peer, recipients, int(now), (req.body,) * len(recipients))
         counters = self.counters
 
         def done(mids: list[int] | None, exc: BaseException | None) -> None:
@@ -566,7 +582,7 @@ class Relay:
                 device_lists=tuple(a.signed for a in wrong.values() if a.signed is not None),
             )
         self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
-        out = _Outgoing(self.online, peer, recipients, int(now), (req.body,) * len(recipients))
+        out = _Outgoing(self._delivery, peer, recipients, int(now), (req.body,) * len(recipients))
         # Nothing may await before enqueue: the store takes sends in call order, which
         # keeps one sender's envelopes in order even when they are pipelined.
         try:
@@ -595,7 +611,7 @@ class Relay:
         the request's envelopes these are (the others were dropped: 0 in `mids`)."""
         user = self._user(peer)
         self._limit(self._sends, "send", user, now, "envelopes", cost=max(len(keep), 1))
-        out = _Outgoing(self.online, peer, recipients, int(now), bodies)
+        out = _Outgoing(self._delivery, peer, recipients, int(now), bodies)
         mids: list[int] = []
         if recipients:
             try:
@@ -660,7 +676,7 @@ class Relay:
             users=tuple(
                 Presence(
                     user=name,
-                    online=name in self._sessions and (name in visible or name == me),
+                    online=(name in visible or name == me) and self.is_online(name),
                 )
                 for name in page
             ),
@@ -679,6 +695,28 @@ class Relay:
             for other in self._sessions.get(name, ()):
                 if other.wants_presence:
                     other.push(push)
+        self.bus.presence(user, online=online)
+
+    def tell_contacts(self, push: PresenceChanged) -> None:
+        """Presence of an account on another relay, to the contacts of it online here."""
+        for me, contacts in self._contacts.items():
+            if push.user in contacts:
+                for peer in self._sessions.get(me, ()):
+                    if peer.wants_presence:
+                        peer.push(push)
+
+    def is_local(self, account: str) -> bool:
+        return account in self._sessions
+
+    def is_online(self, account: str) -> bool:
+        """Online here or on another relay of the deployment."""
+        return account in self._sessions or self.events.remote_online(account)
+
+    def online_accounts(self) -> list[str]:
+        return list(self._sessions)
+
+    def sessions_of(self, account: str) -> Iterable[Peer]:
+        return tuple(self._sessions.get(account, ()))
 
     def _met(self, user: str, target: str) -> None:
         """`user` fetched `target`'s bundle: from now on each sees the other's presence."""
@@ -687,7 +725,7 @@ class Relay:
             if contacts is None or other in contacts:
                 continue
             contacts.add(other)
-            if other in self._sessions:
+            if self.is_online(other):
                 for peer in self._sessions.get(me, ()):
                     if peer.wants_presence:
                         peer.push(PresenceChanged(user=other, online=True))

@@ -21,6 +21,7 @@ from hushwire.common.errors import HushwireError, InvalidKey
 from hushwire.relay import sdnotify
 from hushwire.relay.accept import Acceptor
 from hushwire.relay.admission import Admission, raise_descriptor_limit
+from hushwire.relay.bus import Bus, open_bus
 from hushwire.relay.config import ConfigError, RelayConfig, host_port
 from hushwire.relay.connection import Connection, FlushQueue
 from hushwire.relay.control import ControlServer
@@ -92,6 +93,7 @@ class RelayServer:
         self._exporter: MetricsExporter | None = None
         self._lock: DbLock | None = None
         self._control: ControlServer | None = None
+        self._bus: Bus | None = None
 
     @property
     def relay(self) -> Relay:
@@ -134,7 +136,9 @@ class RelayServer:
         )
         self._control = ControlServer(config.db, self._control_request)
         await self._control.start()
-        self._relay = Relay(config, self._store, group)
+        self._bus = open_bus(config.bus)
+        self._relay = Relay(config, self._store, group, self._bus)
+        await self._bus.start(self._relay.events)
         self._flushes = FlushQueue(asyncio.get_running_loop())
         self._server.start(context)
         for loop_fn in (self._watch_accounts, self._maintain):
@@ -215,6 +219,8 @@ class RelayServer:
                     )
             if self._control is not None:
                 await self._control.close()
+            if self._bus is not None:
+                await self._bus.close()
             if self._store is not None:
                 await self._store.close()
                 log.info(
