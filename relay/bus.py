@@ -58,6 +58,15 @@ class Bus(Protocol):
         """The account's first device came online here, or its last one left."""
         ...
 
+    async def spend(self, key: str, window: float) -> None:
+        """Count one more against the deployment's shared counter `key`, which starts
+        at the first count and lasts `window` seconds."""
+        ...
+
+    async def spent(self, key: str) -> tuple[int, float]:
+        """(count of the shared counter `key`, seconds until it resets)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -92,6 +101,12 @@ class LocalBus:
 
     def presence(self, account: str, *, online: bool) -> None:
         """Nothing to tell: the relay announced it to its own sessions."""
+
+    async def spend(self, key: str, window: float) -> None:
+        """Nothing to share: the relay's own limiters hold the whole budget."""
+
+    async def spent(self, key: str) -> tuple[int, float]:
+        return 0, 0.0
 
     async def close(self) -> None:
         self.events = None

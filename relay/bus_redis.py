@@ -12,8 +12,11 @@ publish, or one this relay missed), every connected device re-reads its mailbox.
 Publishing never blocks a request: messages queue and one task sends them; while Redis
 is down they are dropped (and counted), which the receivers see as a gap once it is back.
 
-Logins claim their device with INCR on a per-device key: the highest claim wins, on
-whichever relay, and the other relay closes its session with `session_replaced`.
+Shared rate limits: failed logins per (user, address prefix) count in a Redis key
+(INCR, EXPIRE) that every relay reads before checking a token, so guesses spread over
+the relays get one budget. Logins claim their device with INCR on a per-device key: the
+highest claim wins, on whichever relay, and the other relay closes its session with
+`session_replaced`.
 Presence: each relay announces accounts coming and going, plus the whole list every
 HEARTBEAT seconds; a relay not heard for PRESENCE_TTL counts as gone.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +43,7 @@ log = logging.getLogger("hushwire.relay.bus")
 
 CHANNEL = "hushwire:bus"
 CLAIM_KEY = "hushwire:claim:"
+COUNTER_KEY = "hushwire:count:"  # shared rate-limit counters (INCR, EXPIRE)
 HEARTBEAT = 5.0
 RECONNECT_MIN = 0.1  # seconds before the first retry; doubles up to RECONNECT_MAX
 RECONNECT_MAX = 2.0
@@ -111,6 +116,28 @@ class RedisBus(LocalBus):
 
     def presence(self, account: str, *, online: bool) -> None:
         self._say("o", a=[account], on=online)
+
+    async def spend(self, key: str, window: float) -> None:
+        key = COUNTER_KEY + key
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, max(1, math.ceil(window)), nx=True)
+                await pipe.execute()
+        except _ERRORS as exc:
+            log.warning("a shared counter was not updated (the bus is down): %s", exc)
+
+    async def spent(self, key: str) -> tuple[int, float]:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(COUNTER_KEY + key)
+                pipe.pttl(COUNTER_KEY + key)
+                count, ttl = await pipe.execute()
+        except _ERRORS as exc:
+            # Redis down: each relay's own limiter still holds (the budget is per relay).
+            log.warning("a shared counter could not be read (the bus is down): %s", exc)
+            return 0, 0.0
+        return int(count or 0), max(0.0, int(ttl) / 1000)
 
     def _say(self, kind: str, **fields: Any) -> None:
         self._sent += 1

@@ -197,7 +197,7 @@ class DeviceHandlers:
         try:
             channel = self.links.find(req.channel, now=now)
         except RequestError:
-            self.relay.failed_login(peer, "", now)
+            await self.relay.failed_login(peer, "", now)
             raise
         return LinkFetchOk(id=req.id, user=channel.account, ephemeral=channel.ephemeral)
 
@@ -206,7 +206,7 @@ class DeviceHandlers:
         try:
             channel = self.links.join(req.channel, now=now)
         except RequestError:
-            self.relay.failed_login(peer, "", now)
+            await self.relay.failed_login(peer, "", now)
             raise
         old = self.relay.online.get(principal(channel.account, channel.device))
         if old is None or channel.granted is None:

@@ -298,9 +298,37 @@ class Relay:
             )
         return key
 
-    def failed_login(self, peer: Peer, user: str, now: float) -> None:
-        """Charge a failed login (or link attempt, user '') to (user, address prefix)."""
-        self._login_failures.consume((user, address_prefix(peer.peer_address)), now)
+    async def failed_login(self, peer: Peer, user: str, now: float) -> None:
+        """Charge a failed login (or link attempt, user '') to (user, address prefix),
+        here and in the deployment's shared counter (bus.py), before the refusal goes
+        out: the next guess, on any relay, already counts it."""
+        key = (user, address_prefix(peer.peer_address))
+        self._login_failures.consume(key, now)
+        await self.bus.spend(self._shared_key(key), self._shared_window())
+
+    async def check_shared_login_rate(self, peer: Peer, user: str) -> None:
+        """RATE_LIMITED while (user, address prefix) used its failed-login budget on the
+        relays of the deployment together: guesses spread over N relays get one budget,
+        not N. (One relay: its own limiter is the whole budget; nothing to ask.)"""
+        key = self._shared_key((user, address_prefix(peer.peer_address)))
+        spent, wait = await self.bus.spent(key)
+        if spent >= self.config.login_failures:
+            self.counters.logins["rate_limited"] += 1
+            self.counters.rate_limited["login"] += 1
+            raise RequestError(
+                ErrorCode.RATE_LIMITED,
+                f"too many failed logins; retry in {math.ceil(wait)} s",
+                retry_after=wait,
+            )
+
+    @staticmethod
+    def _shared_key(key: tuple[str, str]) -> str:
+        return f"login:{key[0]}:{key[1]}"
+
+    def _shared_window(self) -> float:
+        """A fixed window with the token bucket's long-run rate: `login_failures` per
+        `login_failures` x `login_failure_period` seconds."""
+        return self.config.login_failures * self.config.login_failure_period
 
     async def _login(self, peer: Peer, req: Login, now: float) -> LoginOk:
         logins = self.counters.logins
@@ -317,14 +345,15 @@ class Relay:
         # Failures count per (user, address prefix): guesses from one network lock out
         # only that network's attempts for that user, never the user's own logins from
         # elsewhere. Tokens are 256 random bits; the limit bounds work, not guessing odds.
-        key = self.check_login_rate(peer, req.user, now)
+        self.check_login_rate(peer, req.user, now)
+        await self.check_shared_login_rate(peer, req.user)
         device = 1 if req.device is None else req.device
         name = principal(req.user, device)
         record = await self.store.get_user(name) if device > 0 else None
         # Hash even for an unknown user, so timing does not reveal which names exist.
         salt, expected = (record.token_salt, record.token_hash) if record else DUMMY
         if not verify_token(req.token, salt, expected) or record is None:
-            self._login_failures.consume(key, now)
+            await self.failed_login(peer, req.user, now)
             logins["auth_failed"] += 1
             log.info(
                 "failed login for %s from %s",
@@ -333,7 +362,7 @@ class Relay:
                 extra={"event": "login_failed", "user": req.user, "peer": peer.peer_address},
             )
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
-        self._login_failures.forget(key)
+        self._login_failures.forget((req.user, address_prefix(peer.peer_address)))
         if record.disabled:
             logins["user_disabled"] += 1
             raise RequestError(ErrorCode.USER_DISABLED, f"user {req.user} is disabled")

@@ -26,6 +26,7 @@ from hushwire.relay.config import ConfigError, RelayConfig, host_port
 from hushwire.relay.connection import Connection, FlushQueue
 from hushwire.relay.control import ControlServer
 from hushwire.relay.dblock import DbLock
+from hushwire.relay.errors import StoreError
 from hushwire.relay.handlers import GroupInfo, Relay
 from hushwire.relay.metrics import Snapshot
 from hushwire.relay.store import Store
@@ -178,24 +179,30 @@ class RelayServer:
         seq = await store.last_user_event()
         while True:
             await asyncio.sleep(ACCOUNT_POLL)
-            latest = await store.last_user_event()
-            if latest != seq:
-                seq = latest
-                await self.relay.enforce_accounts()
+            try:
+                latest = await store.last_user_event()
+                if latest != seq:
+                    await self.relay.enforce_accounts()
+                    seq = latest
+            except StoreError as exc:  # the database is down: keep polling until it is back
+                log.warning("checking for account changes failed: %s", exc.message)
 
     async def _maintain(self) -> None:
         store = self.relay.store
         last_purge = 0.0
         while True:
             await asyncio.sleep(CHECKPOINT_EVERY)
-            await store.checkpoint()
-            now = time.time()
-            if now - last_purge >= PURGE_EVERY:
-                last_purge = now
-                cutoff = int(now - self.config.retention_days * 86400)
-                purged = await store.purge(older_than=cutoff)
-                if purged:
-                    log.info("purged %d envelope(s) past retention", purged)
+            try:
+                await store.checkpoint()
+                now = time.time()
+                if now - last_purge >= PURGE_EVERY:
+                    cutoff = int(now - self.config.retention_days * 86400)
+                    purged = await store.purge(older_than=cutoff)
+                    last_purge = now
+                    if purged:
+                        log.info("purged %d envelope(s) past retention", purged)
+            except StoreError as exc:  # the database is down: try again next round
+                log.warning("store maintenance failed: %s", exc.message)
 
     async def close(self) -> None:
         if self._closing:

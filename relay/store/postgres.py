@@ -33,6 +33,7 @@ from hushwire.relay.errors import (
     SchemaError,
     SchemaOutdated,
     StoreError,
+    StoreUnavailable,
     UnknownUser,
     UserExists,
 )
@@ -57,6 +58,15 @@ POOL_SIZE = 8
 # Held while migrating, so two relays starting at once never apply a migration twice.
 _MIGRATE_LOCK = 0x68757368  # "hush"
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# The server is down or restarting, or the connection to it broke: retryable.
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
 
 
 async def _version(conn: asyncpg.Connection) -> int:
@@ -174,6 +184,8 @@ class PostgresBackend(PostgresDevices):
                         yield conn
                 else:
                     yield conn
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"the database is unreachable, retry later: {exc}") from exc
         except _ERRORS as exc:
             raise StoreError(f"database error: {exc}") from exc
 

@@ -14,7 +14,13 @@ import pytest
 from hushwire.common.errors import ErrorCode, HushwireError, RequestError
 from hushwire.common.keys import IdentityPublic, KemPrekey, OneTimePrekey, SignedPrekey
 from hushwire.relay import migrate as mg
-from hushwire.relay.errors import NotHushwireDb, SchemaOutdated, SchemaTooNew, StoreError
+from hushwire.relay.errors import (
+    NotHushwireDb,
+    SchemaOutdated,
+    SchemaTooNew,
+    StoreError,
+    StoreUnavailable,
+)
 from hushwire.relay.store import QuotaLimits, Store
 from hushwire.relay.store.postgres import current_version, migrate_schema, raise_top
 from hushwire.relay.store.urls import is_postgres_url, redact
@@ -220,9 +226,10 @@ async def test_sends_fail_while_the_server_is_down_and_work_once_it_is_back(
                 await store.add_user(name, b"h", b"s", now=NOW)
             before = await store.enqueue("alice", ["bob"], b"before", now=NOW)
             server.stop_server()
-            with pytest.raises(StoreError):
+            with pytest.raises(StoreUnavailable) as down:
                 await store.enqueue("alice", ["bob"], b"refused", now=NOW)
-            with pytest.raises(StoreError):
+            assert down.value.code is ErrorCode.UNAVAILABLE and down.value.retry_after > 0
+            with pytest.raises(StoreUnavailable):
                 await store.pending("bob")
             server.start_server()
             # Pooled connections that died with the server fail once each, then the pool
