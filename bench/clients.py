@@ -163,13 +163,27 @@ def body_for(seq: int, size: int) -> bytes:
 
 
 class HushwireClient(Client):
-    """hello + login, then pre-built `send` frames; acks every delivery (one ack per read)."""
+    """hello + login, then pre-built `send` frames; acks every delivery (one ack per read).
 
-    def __init__(self, stats: Stats, index: int, user: str, token: str, names: list[str]) -> None:
+    With `devices`, every message is a `send_devices` with one envelope for the
+    recipient's device 1, naming both accounts' list versions (0: none published), as
+    real clients send (docs/protocol.md, "Devices")."""
+
+    def __init__(
+        self,
+        stats: Stats,
+        index: int,
+        user: str,
+        token: str,
+        names: list[str],
+        *,
+        devices: bool = False,
+    ) -> None:
         super().__init__(stats, index)
         self.user = user
         self.token = token
         self.names = names
+        self.devices = devices
         self.ack_ids = ACK_ID_BASE
 
     @staticmethod
@@ -181,11 +195,17 @@ class HushwireClient(Client):
         self.write(self.frame({"t": "hello", "id": 1, "versions": [1], "client": "bench"}))
 
     def send_msg(self, dest: int, seq: int, size: int) -> None:
-        self.write(
-            self.frame(
-                {"t": "send", "id": seq, "to": [self.names[dest]], "body": body_for(seq, size)}
-            )
-        )
+        to, body = self.names[dest], body_for(seq, size)
+        if self.devices:
+            msg = {
+                "t": "send_devices",
+                "id": seq,
+                "envelopes": [{"user": to, "device": 1, "body": body}],
+                "lists": [{"user": self.user, "version": 0}, {"user": to, "version": 0}],
+            }
+        else:
+            msg = {"t": "send", "id": seq, "to": [to], "body": body}
+        self.write(self.frame(msg))
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data

@@ -10,6 +10,7 @@ versions compare in seconds, with far less noise than bench/run.py.
 
     .venv/bin/python bench/hotpath.py                 # 200 users, 100k messages
     .venv/bin/python bench/hotpath.py --profile       # and where the time goes
+    .venv/bin/python bench/hotpath.py --devices       # send_devices, as real clients send
     .venv/bin/python bench/hotpath.py --store postgresql://...   # an empty database
 
 With --store the Store runs on PostgreSQL: the figure then includes asyncpg's work in
@@ -91,7 +92,9 @@ class ClientClock:
         return timed
 
 
-async def run(users: int, messages: int, profile: bool, store_url: str | None) -> None:
+async def run(
+    users: int, messages: int, profile: bool, store_url: str | None, devices: bool
+) -> None:
     work = Path(tempfile.mkdtemp(prefix="hushwire-hotpath-"))
     token = await make_db(store_url or work / "relay.db", users)
     extra = ["--store", store_url] if store_url else []
@@ -104,7 +107,7 @@ async def run(users: int, messages: int, profile: bool, store_url: str | None) -
     clients: list[HushwireClient] = []
     flushes = FlushQueue(asyncio.get_running_loop())
     for i in range(users):
-        client = HushwireClient(stats, i, names[i], token, names)
+        client = HushwireClient(stats, i, names[i], token, names, devices=devices)
         conn = Connection(relay, flushes=flushes, admit=lambda c: True, on_finished=lambda c: None)
         client._flush = clock.wrap(client._flush)  # type: ignore[method-assign]
         conn.connection_made(Pipe(clock.wrap(client.data_received)))
@@ -165,10 +168,13 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--profile", action="store_true", help="print the cProfile top 30")
     p.add_argument("--store", metavar="URL", help="an empty PostgreSQL database instead")
+    p.add_argument(
+        "--devices", action="store_true", help="send with send_devices, as real clients do"
+    )
     args = p.parse_args()
     import uvloop
 
-    uvloop.run(run(args.users, args.messages, args.profile, args.store))
+    uvloop.run(run(args.users, args.messages, args.profile, args.store, args.devices))
 
 
 if __name__ == "__main__":

@@ -323,6 +323,10 @@ def spread(values: list[float]) -> str:
 # reach with QoS 1's four frames and nothing else: a ceiling for any relay written in it.
 RATIOS = (
     ("hushwire", "hushwire-baseline"),
+    ("hushwire-devices", "hushwire-baseline-devices"),
+    ("hushwire-devices", "hushwire"),
+    ("hushwire-devices", "ejabberd"),
+    ("hushwire-devices", "floor-acked"),
     ("hushwire", "prosody"),
     ("hushwire", "prosody-gen"),
     ("hushwire", "ejabberd"),
@@ -394,6 +398,9 @@ async def main_async(args: argparse.Namespace) -> None:
     def hushwire_client(stats: Stats, index: int, **kw: Any) -> Client:
         return HushwireClient(stats, index, names[index], token, names)
 
+    def hushwire_devices(stats: Stats, index: int, **kw: Any) -> Client:
+        return HushwireClient(stats, index, names[index], token, names, devices=True)
+
     def mqtt(qos: int) -> Callable[..., Client]:
         return lambda stats, index, **kw: MqttClient(stats, index, qos, **kw)
 
@@ -407,11 +414,16 @@ async def main_async(args: argparse.Namespace) -> None:
         servers.floor(work, SERVER_CORE, acks=True).start(),
     ]
     hw, mq, fl, fla = started
-    systems = [System("hushwire", hw, 2, hushwire_client)]
+    # hushwire-devices: the same relay, sent to as real clients send (send_devices).
+    systems = [
+        System("hushwire", hw, 2, hushwire_client),
+        System("hushwire-devices", hw, 2, hushwire_devices),
+    ]
     if args.baseline is not None:
         base = servers.hushwire(work, SERVER_CORE, tuple(args.relay_flag), args.baseline)
         started.append(base.start())
         systems.append(System("hushwire-baseline", base, 2, hushwire_client))
+        systems.append(System("hushwire-baseline-devices", base, 2, hushwire_devices))
     systems += [
         System("mosquitto-qos1", mq, 2, mqtt(1)),
         System("mosquitto-qos0", mq, 1, mqtt(0), stores=False),
@@ -444,7 +456,9 @@ async def main_async(args: argparse.Namespace) -> None:
         started.append(srv.start())
         systems.append(System("ejabberd", srv, 2, xmpp, skip=xmpp_skip, fresh=True))
         print(f"ejabberd users in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    systems = [s for s in systems if s.name in args.systems or s.name == "hushwire-baseline"]
+    baselines = {"hushwire": "hushwire-baseline", "hushwire-devices": "hushwire-baseline-devices"}
+    wanted = set(args.systems) | {baselines[n] for n in args.systems if n in baselines}
+    systems = [s for s in systems if s.name in wanted]
     res = Results()
     try:
         for rnd in range(args.rounds):
@@ -534,6 +548,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[
             "hushwire",
+            "hushwire-devices",
             "prosody",
             "prosody-gen",
             "ejabberd",

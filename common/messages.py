@@ -13,20 +13,17 @@ Grammar (docs/protocol.md is the full specification):
         deliver key_changed presence devices_changed link_request
 
 A message's wire form is a msgpack map: `t` (its type) plus its fields under their own
-names. Binary fields stay binary. Decoding validates every field's type from the
-dataclass annotations, so a handler only ever sees well-typed values.
+names. Binary fields stay binary. `to_wire` builds that map; decoding, which validates
+every field's type from these dataclass annotations, lives in `hushwire.common.codec`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from hushwire.common.errors import ErrorCode, MalformedFrame, echo
+from hushwire.common.errors import ErrorCode
 from hushwire.common.keys import (
     IdentityPublic,
     KemPrekey,
@@ -40,7 +37,6 @@ from hushwire.common.keys import (
 # Fields it added have defaults, so a version-1 peer may leave them out.
 PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)  # what this code can serve; a relay may switch 1 off
-_MAX_INT = 2**63 - 1
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
@@ -395,9 +391,22 @@ class SendDevices(Request):
     id: int
     envelopes: tuple[DeviceEnvelope, ...]
     lists: tuple[ListVersion, ...]
+    # v2: a group send's encrypted message, carried once for every envelope (absent or
+    # nil: none). Left out of the wire form when None, so a plain send is unchanged.
+    payload: bytes | None = None
 
     def __repr__(self) -> str:
-        return f"SendDevices(id={self.id}, envelopes={len(self.envelopes)}, lists={self.lists!r})"
+        size = "" if self.payload is None else f", payload=<{len(self.payload)} bytes>"
+        return (
+            f"SendDevices(id={self.id}, envelopes={len(self.envelopes)}, "
+            f"lists={self.lists!r}{size})"
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        out = Message.to_wire(self)
+        if self.payload is None:
+            del out["payload"]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,12 +457,18 @@ class Deliver(Push):
     ts: int  # when the relay took it (Unix seconds); the sealed envelope has the sender's
     body: bytes
     sender_device: int = 1  # the sending device, as authenticated by its login
+    # v2: the payload of the group send this envelope came with; the key is absent from
+    # a deliver without one (docs/protocol.md, deliver).
+    payload: bytes | None = None
 
     def __repr__(self) -> str:
-        return f"Deliver(mid={self.mid}, sender={self.sender!r}, body=<{len(self.body)} bytes>)"
+        size = "" if self.payload is None else f", payload=<{len(self.payload)} bytes>"
+        return (
+            f"Deliver(mid={self.mid}, sender={self.sender!r}, body=<{len(self.body)} bytes>{size})"
+        )
 
     def to_wire(self) -> dict[str, Any]:  # hot path: the generic walk, unrolled
-        return {
+        out = {
             "t": "deliver",
             "mid": self.mid,
             "sender": self.sender,
@@ -461,6 +476,9 @@ class Deliver(Push):
             "body": self.body,
             "sender_device": self.sender_device,
         }
+        if self.payload is not None:
+            out["payload"] = self.payload
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,81 +536,7 @@ PUSHES: dict[str, type[Push]] = {
 }
 
 
-# --- decoding ------------------------------------------------------------------------
-
-
-def decode_request(obj: Mapping[str, Any]) -> Request:
-    """Relay side: a raw frame map to a typed request (MalformedFrame if it is not one)."""
-    fast = _FAST_REQUESTS.get(obj["t"])
-    if fast is not None and (request := fast(obj)) is not None:
-        return request
-    cls = REQUESTS.get(obj["t"])
-    if cls is None:
-        raise MalformedFrame(f"unknown request type {echo(obj['t'])}")
-    return _from_wire(cls, obj, obj["t"])
-
-
-def decode_from_relay(
-    obj: Mapping[str, Any], expected: Mapping[int, type[Reply]]
-) -> Reply | Error | Push:
-    """Client side: `expected` maps outstanding request ids to their reply classes."""
-    t = obj["t"]
-    if t == Error.TYPE:
-        return _from_wire(Error, obj, t)
-    if t == Reply.TYPE:
-        rid = obj.get("id")
-        cls = expected.get(rid) if isinstance(rid, int) else None
-        if cls is None:
-            raise MalformedFrame(f"reply to unknown request id {echo(rid)}")
-        return _from_wire(cls, obj, t)
-    push = PUSHES.get(t)
-    if push is None:
-        raise MalformedFrame(f"unknown message type {echo(t)}")
-    return _from_wire(push, obj, t)
-
-
-def _fast_send(obj: Mapping[str, Any]) -> Send | None:
-    """A well-formed `send`, accepted exactly when `_from_wire` would accept it; None for
-    anything else, which then takes the generic path (and gets its precise error)."""
-    rid, to, body = obj.get("id"), obj.get("to"), obj.get("body")
-    if (
-        type(rid) is int
-        and 0 <= rid <= _MAX_INT
-        and type(body) is bytes
-        and type(to) is list
-        and all(type(r) is str for r in to)
-    ):
-        return Send(rid, tuple(to), body)
-    return None
-
-
-def _fast_ack(obj: Mapping[str, Any]) -> Ack | None:
-    """A well-formed `ack` (see `_fast_send`)."""
-    rid, mids = obj.get("id"), obj.get("mids")
-    if (
-        type(rid) is int
-        and 0 <= rid <= _MAX_INT
-        and type(mids) is list
-        and all(type(m) is int and 0 <= m <= _MAX_INT for m in mids)
-    ):
-        return Ack(rid, tuple(mids))
-    return None
-
-
-# The relay's hottest requests skip the annotation-driven codec when well-formed.
-_FAST_REQUESTS: dict[str, Callable[[Mapping[str, Any]], Request | None]] = {
-    Send.TYPE: _fast_send,
-    Ack.TYPE: _fast_ack,
-}
-
-
-def request_id(obj: Mapping[str, Any]) -> int | None:
-    """The `id` of a raw map if it has a usable one, so even a bad request gets its reply."""
-    rid = obj.get("id")
-    return rid if isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0 else None
-
-
-# --- the field codec, driven by annotations ------------------------------------------
+# --- encoding: records inside a message, walked into maps and arrays ---------------
 
 
 def _to_wire(value: Any) -> Any:
@@ -601,96 +545,3 @@ def _to_wire(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_to_wire(v) for v in value]
     return value
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        all_hints = typing.get_type_hints(cls)
-        hints = {f.name: all_hints[f.name] for f in dataclasses.fields(cls)}
-        _HINTS[cls] = hints
-    return hints
-
-
-_Field = tuple[str, Any, Any]  # name, annotation, default (MISSING if required)
-_PLANS: dict[type, tuple[_Field, ...]] = {}
-
-
-def _plan(cls: type) -> tuple[_Field, ...]:
-    """Each field's name, type and default, computed once per class (the hot path)."""
-    plan = _PLANS.get(cls)
-    if plan is None:
-        hints = _hints(cls)
-        plan = _PLANS[cls] = tuple(
-            (f.name, hints[f.name], f.default) for f in dataclasses.fields(cls)
-        )
-    return plan
-
-
-def _from_wire(cls: type, obj: Any, path: str) -> Any:
-    if not isinstance(obj, Mapping):
-        raise MalformedFrame(f"{path}: expected a map")
-    kwargs = {}
-    for name, tp, default in _plan(cls):
-        if name in obj:
-            value = obj[name]
-            # Fast path for the common scalar fields; everything else takes _convert.
-            if tp is int:
-                if type(value) is not int or not 0 <= value <= _MAX_INT:
-                    raise MalformedFrame(f"{path}.{name}: expected a non-negative integer")
-            elif tp is bytes or tp is str:
-                if type(value) is not tp:
-                    value = _convert(value, tp, f"{path}.{name}")
-            else:
-                value = _convert(value, tp, f"{path}.{name}")
-            kwargs[name] = value
-        elif default is not dataclasses.MISSING:
-            kwargs[name] = default
-        else:
-            raise MalformedFrame(f"{path}: missing field {name!r}")
-    return cls(**kwargs)
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, path)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise MalformedFrame(f"{path}: expected an array")
-        (inner, _ellipsis) = typing.get_args(tp)
-        if inner is str or inner is bytes:
-            # `send.to`: a list of names; one type check per item, no recursion.
-            if all(type(v) is inner for v in value):
-                return tuple(value)
-        elif inner is int and all(type(v) is int and 0 <= v <= _MAX_INT for v in value):
-            return tuple(value)  # `ack.mids`
-        return tuple(_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise MalformedFrame(f"{path}: expected a boolean")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT:
-            raise MalformedFrame(f"{path}: expected a non-negative integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise MalformedFrame(f"{path}: expected a number")
-        if not 0.0 <= value < float("inf"):  # also false for NaN
-            raise MalformedFrame(f"{path}: expected a finite non-negative number")
-        return float(value)
-    if tp is str or tp is bytes:
-        if not isinstance(value, tp):
-            raise MalformedFrame(f"{path}: expected {'a string' if tp is str else 'binary'}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _from_wire(tp, value, path)
-    raise TypeError(f"no wire codec for {tp!r}")  # a bug in this module, not the peer

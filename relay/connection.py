@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
+from hushwire.common.codec import decode_request, request_id
 from hushwire.common.errors import (
     MAX_ERROR_MESSAGE,
     ErrorCode,
@@ -52,8 +53,7 @@ from hushwire.common.messages import (
     Reply,
     Request,
     Send,
-    decode_request,
-    request_id,
+    SendDevices,
 )
 from hushwire.common.states import ConnState, advance, check
 from hushwire.relay.devices import split_principal
@@ -444,7 +444,7 @@ class Connection(asyncio.Protocol):
             return
         if not taken:  # not send/ack, or the store needs a lookup: take a task
             self._owed -= 1
-            if kind is Send:
+            if kind is Send or kind is SendDevices:
                 self._sends_starting += 1
             self._start(self._serve(request))
 
@@ -497,8 +497,10 @@ class Connection(asyncio.Protocol):
         return reply
 
     async def _serve(self, request: Request, *, handshake: bool = False) -> None:
-        if type(request) is Send:
-            self._sends_starting -= 1  # it reserves its ids in this step (Relay._send)
+        if type(request) is Send or type(request) is SendDevices:
+            # It takes its turn in this step (relay/sending.py, SendOrder): later sends
+            # queue behind it from here on.
+            self._sends_starting -= 1
         try:
             reply: Message = await self.relay.handle(self, request, time.time())
             self.state = advance(self.state, request)
@@ -606,6 +608,7 @@ class Connection(asyncio.Protocol):
                     ts=row.created_at,
                     body=row.body,
                     sender_device=device,
+                    payload=row.payload,
                 )
             )
         if len(rows) == limit:
@@ -638,5 +641,12 @@ class Connection(asyncio.Protocol):
         self._by_wire[wire] = d.mid
         self._cursor = d.mid
         self._queue(
-            Deliver(mid=wire, sender=d.sender, ts=d.ts, body=d.body, sender_device=d.sender_device)
+            Deliver(
+                mid=wire,
+                sender=d.sender,
+                ts=d.ts,
+                body=d.body,
+                sender_device=d.sender_device,
+                payload=d.payload,
+            )
         )

@@ -1,6 +1,7 @@
-"""The relay's device requests: device lists, the per-device fan-out, and linking.
+"""The relay's device requests: device lists and linking (the per-device fan-out,
+`send_devices`, is relay/sending.py's).
 
-Kept apart from relay/handlers.py (which owns login, keys and the single-body mailbox)
+Kept apart from relay/handlers.py (which owns login, keys, acks and presence)
 because it is one concern with its own state, the open link channels. A connection's
 `user` is its principal (relay/devices.py: `alice` for device 1, `alice/2` for others);
 `account` and `device` name the account and which of its devices it is.
@@ -34,8 +35,6 @@ from hushwire.common.messages import (
     PublishDevicesOk,
     Reply,
     Request,
-    SendDevices,
-    SendOk,
 )
 from hushwire.common.names import check_username
 from hushwire.relay.devices import (
@@ -43,10 +42,8 @@ from hushwire.relay.devices import (
     check_list,
     device_limit,
     linked_by,
-    mismatched,
     principal,
     removed_by,
-    send_accounts,
 )
 from hushwire.relay.links import LinkChannels, link_failed
 from hushwire.relay.tokens import hash_token, new_salt, new_token
@@ -68,7 +65,6 @@ class DeviceHandlers:
         self.dispatch: dict[type[Request], Callable[[Peer, Request, float], Awaitable[Reply]]] = {
             FetchDevices: self._fetch,  # type: ignore[dict-item]
             PublishDevices: self._publish,  # type: ignore[dict-item]
-            SendDevices: self._send,  # type: ignore[dict-item]
             LinkStart: self._link_start,  # type: ignore[dict-item]
             LinkFetch: self._link_fetch,  # type: ignore[dict-item]
             LinkJoin: self._link_join,  # type: ignore[dict-item]
@@ -145,34 +141,6 @@ class DeviceHandlers:
         self.unlinked(account, removed)
         self.announce(account, req.device_list, watchers)
         return PublishDevicesOk(id=req.id, version=dlist.version)
-
-    # --- fan-out -------------------------------------------------------------------
-
-    async def _send(self, peer: Peer, req: SendDevices, now: float) -> SendOk:
-        account, device = self.relay.account_of(peer)
-        claimed = send_accounts(account, req.envelopes, req.lists)
-        for name in claimed:
-            check_username(name)
-        if not all(env.body for env in req.envelopes):
-            raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
-        cur = await self.current(list(claimed))
-        wrong = mismatched(account, device, req.envelopes, claimed, cur)
-        if wrong:
-            raise RequestError(
-                ErrorCode.MISMATCHED_DEVICES,
-                "the device lists of " + ", ".join(a.account for a in wrong) + " changed",
-                device_lists=tuple(a.signed for a in wrong if a.signed is not None),
-            )
-        # Devices the operator removed but the signed list still names: dropped (mid 0).
-        live = [env for env in req.envelopes if env.device in cur[env.user].live_ids]
-        return await self.relay.send_each(
-            peer,
-            req.id,
-            [principal(env.user, env.device) for env in live],
-            [env.body for env in live],
-            now,
-            keep=[env.device in cur[env.user].live_ids for env in req.envelopes],
-        )
 
     # --- linking -------------------------------------------------------------------
 

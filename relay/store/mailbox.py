@@ -127,11 +127,15 @@ class Mailbox:
         *,
         now: int,
         on_reserved: Callable[[list[int]], None] | None = None,
+        payload: bytes | None = None,
     ) -> list[int]:
         """`enqueue` with one body per recipient (a per-device fan-out): still one
-        operation, so the group commit writes all of its rows or none."""
+        operation, so the group commit writes all of its rows or none. A group send's
+        `payload` is written once with them; each row counts it against its mailbox."""
         if len(bodies) != len(recipients) or not all(isinstance(b, bytes) for b in bodies):
             raise RequestError(ErrorCode.BAD_REQUEST, "one envelope body per recipient")
+        if payload is not None and not isinstance(payload, bytes):
+            raise RequestError(ErrorCode.BAD_REQUEST, "the payload must be bytes")
         self._check_recipients(recipients, b"")
         if self.cached(recipients):
             rids = [self._ids[n] for n in recipients]
@@ -139,7 +143,7 @@ class Mailbox:
             rids = await self._resolve_in_turn(recipients)
             self._check_open()
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._reserve(sender, recipients, rids, bodies, now, on_reserved, fut)
+        self._reserve(sender, recipients, rids, bodies, now, on_reserved, fut, payload)
         return await fut
 
     def cached(self, recipients: Sequence[str]) -> bool:
@@ -188,23 +192,27 @@ class Mailbox:
         now: int,
         on_reserved: Callable[[list[int]], None] | None,
         fut: asyncio.Future[list[int]] | Waiter,
+        payload: bytes | None = None,
     ) -> None:
         # No await between the check and the reservation: the usage cannot change.
         if self.shared:
             # The backend checks the quotas and numbers the rows in the commit; the
             # recipients are told once it is done (no early push without ids).
-            self._submit(Enqueue(sender, list(recipients), rids, [], _body(body), now, fut))
+            body = _body(body)
+            self._submit(
+                Enqueue(sender, list(recipients), rids, [], body, now, fut, payload=payload)
+            )
             return
         self._disk.check(now)
-        usage, size = self._usage, len(body)
-        for name, rid in zip(recipients, rids, strict=True):
-            usage.check(sender, rid, name, size)
-        for rid in rids:
-            usage.add(sender, rid, size)
         first = self._next_mid
-        self._next_mid += len(rids)
         mids = list(range(first, first + len(rids)))
-        op = Enqueue(sender, list(recipients), rids, mids, _body(body), now, fut)
+        op = Enqueue(sender, list(recipients), rids, mids, _body(body), now, fut, payload=payload)
+        usage, sizes = self._usage, op.sizes()
+        for name, rid, size in zip(recipients, rids, sizes, strict=True):
+            usage.check(sender, rid, name, size)
+        for rid, size in zip(rids, sizes, strict=True):
+            usage.add(sender, rid, size)
+        self._next_mid += len(rids)
         self._submit(op)
         unwritten = self._batch.unwritten
         for mid in mids:
@@ -252,7 +260,7 @@ class Mailbox:
         if elided:
             for mid in elided:
                 op = ops[mid]
-                self._usage.remove(op.sender, rid, len(op.body))
+                self._usage.remove(op.sender, rid, op.size(mid))
             wanted = [m for m in wanted if m not in elided]
             if not wanted:
                 return len(elided)
@@ -373,9 +381,9 @@ class Mailbox:
                 resolve(op.fut, op.mids if isinstance(op, Enqueue) else None)
         elif isinstance(op, Enqueue):
             if isinstance(outcome, Failed):
-                for mid, rid in zip(op.mids, op.rids, strict=True):
+                for mid, rid, size in zip(op.mids, op.rids, op.sizes(), strict=True):
                     if not (op.elided and mid in op.elided):
-                        self._usage.remove(op.sender, rid, len(op.body))
+                        self._usage.remove(op.sender, rid, size)
                 if outcome.error.code is ErrorCode.UNKNOWN_USER:
                     for name in op.names:
                         self._forget(name)

@@ -37,7 +37,7 @@ from hushwire.relay.errors import (
     UnknownUser,
     UserExists,
 )
-from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op
+from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op, enqueued_rows
 from hushwire.relay.store.keys import check_bundle_version
 from hushwire.relay.store.postgres_devices import PostgresDevices
 from hushwire.relay.store.quota import Mailboxes, QuotaLimits, Usage
@@ -275,13 +275,17 @@ class PostgresBackend(PostgresDevices):
                 "SELECT (SELECT COUNT(*) FROM users),"
                 " (SELECT COUNT(*) FROM users WHERE disabled),"
                 " (SELECT COUNT(*) FROM mailbox),"
+                " (SELECT COUNT(*) FROM payloads),"
+                " (SELECT COALESCE(SUM(length(body)), 0) FROM payloads),"
                 " pg_database_size(current_database())"
             )
         return {
             "users": int(row[0]),
             "disabled": int(row[1]),
             "queued": int(row[2]),
-            "db_bytes": int(row[3]),
+            "payloads": int(row[3]),
+            "payload_bytes": int(row[4]),
+            "db_bytes": int(row[5]),
         }
 
     async def queued_by_user(self) -> dict[str, int]:
@@ -533,14 +537,15 @@ class PostgresBackend(PostgresDevices):
     async def pending(self, recipient: str, after: int, limit: int) -> list[StoredEnvelope]:
         async with self._conn() as conn:
             rows = await conn.fetch(
-                "SELECT m.id, m.sender, m.created_at, m.body FROM mailbox m"
+                "SELECT m.id, m.sender, m.created_at, m.body, p.body FROM mailbox m"
                 " JOIN users u ON u.id = m.recipient_id"
+                " LEFT JOIN payloads p ON p.id = m.payload_id"
                 " WHERE u.name = $1 AND m.id > $2 ORDER BY m.id LIMIT $3",
                 recipient,
                 after,
                 limit,
             )
-        return [StoredEnvelope(int(i), s, int(c), b) for i, s, c, b in rows]
+        return [StoredEnvelope(int(i), s, int(c), b, p) for i, s, c, b, p in rows]
 
     async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, Usage]]:
         async with self._conn() as conn:
@@ -548,7 +553,8 @@ class PostgresBackend(PostgresDevices):
                 "SELECT name, id FROM users WHERE name = ANY($1::text[])", list(names)
             )
             rows = await conn.fetch(
-                "SELECT recipient_id, sender, COUNT(*), SUM(length(body)) FROM mailbox"
+                "SELECT recipient_id, sender, COUNT(*), SUM(length(body) + payload_bytes)"
+                " FROM mailbox"
                 " WHERE recipient_id = ANY($1::bigint[]) GROUP BY recipient_id, sender",
                 [int(u[1]) for u in users],
             )
@@ -561,7 +567,7 @@ class PostgresBackend(PostgresDevices):
         async with self._conn(transaction=True) as conn:
             rows = await conn.fetch(
                 "DELETE FROM mailbox WHERE created_at < $1"
-                " RETURNING recipient_id, sender, length(body)",
+                " RETURNING recipient_id, sender, length(body) + payload_bytes",
                 older_than,
             )
             await conn.execute(
@@ -649,7 +655,7 @@ async def _admit(
         "SELECT id FROM users WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE", rids
     )
     found = await conn.fetch(
-        "SELECT recipient_id, sender, COUNT(*), SUM(length(body)) FROM mailbox"
+        "SELECT recipient_id, sender, COUNT(*), SUM(length(body) + payload_bytes) FROM mailbox"
         " WHERE recipient_id = ANY($1::bigint[]) GROUP BY recipient_id, sender",
         rids,
     )
@@ -662,7 +668,8 @@ async def _admit(
     wanted = 0
     for i, op in enqueues:
         sizes = [len(op.body)] * len(op.rids) if isinstance(op.body, bytes) else map(len, op.body)
-        rows = list(zip(op.names, op.rids, sizes, strict=True))
+        extra = 0 if op.payload is None else len(op.payload)  # as Enqueue.sizes counts
+        rows = [(n, r, size + extra) for n, r, size in zip(op.names, op.rids, sizes, strict=True)]
         try:
             for name, rid, size in rows:
                 usage.check(op.sender, rid, name, size)
@@ -688,18 +695,30 @@ async def _apply(
     enqueues = [(i, op) for i, op in enumerate(batch) if isinstance(op, Enqueue)]
     if enqueues:
         await _admit(conn, enqueues, outcomes, quota)
-    rows = [row for i, op in enqueues if outcomes[i] is None for row in op.rows()]
-    if rows:
-        mids, rids, senders, times, bodies = zip(*rows, strict=True)
+    admitted = [op for i, op in enqueues if outcomes[i] is None]
+    rows, payloads = enqueued_rows(admitted)
+    if payloads:
+        ids, refs, blobs = zip(*payloads, strict=True)
         await conn.execute(
-            "INSERT INTO mailbox (id, recipient_id, sender, created_at, body)"
-            " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[],"
-            " $5::bytea[])",
+            "INSERT INTO payloads (id, refs, body)"
+            " SELECT * FROM unnest($1::bigint[], $2::integer[], $3::bytea[])",
+            ids,
+            refs,
+            blobs,
+        )
+    if rows:
+        mids, rids, senders, times, bodies, pids, plens = zip(*rows, strict=True)
+        await conn.execute(
+            "INSERT INTO mailbox (id, recipient_id, sender, created_at, body, payload_id,"
+            " payload_bytes) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[],"
+            " $4::bigint[], $5::bytea[], $6::bigint[], $7::integer[])",
             mids,
             rids,
             senders,
             times,
             bodies,
+            pids,
+            plens,
         )
     logins = {op.name: op.now for op in batch if isinstance(op, Login)}  # the last wins
     if logins:
@@ -716,7 +735,7 @@ async def _apply(
         gone = await conn.fetch(
             "DELETE FROM mailbox m USING unnest($1::bigint[], $2::bigint[]) AS a(id, rid)"
             " WHERE m.id = a.id AND m.recipient_id = a.rid"
-            " RETURNING m.id, m.sender, length(m.body)",
+            " RETURNING m.id, m.sender, length(m.body) + m.payload_bytes",
             [m for m, _ in acks],
             [r for _, r in acks],
         )

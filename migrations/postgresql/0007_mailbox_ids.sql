@@ -1,4 +1,4 @@
--- 0006 (PostgreSQL twin of sqlite/0006_mailbox_ids.sql): envelope ids from the database,
+-- 0007 (PostgreSQL twin of sqlite/0007_mailbox_ids.sql): envelope ids from the database,
 -- so several relays can share it (docs/operations.md, "Several relays").
 --
 -- A relay draws ids from mailbox_ids inside its group commit, after locking the rows of
