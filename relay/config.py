@@ -49,6 +49,12 @@ class RelayConfig:
         "the db; set one per relay when relays share a PostgreSQL store)",
         metavar="PATH",
     )
+    bus: str | None = _opt(
+        None,
+        "a redis:// URL: the bus between several relays sharing one PostgreSQL store "
+        "(wake-ups, pushes, kicks, shared rate limits); needs `store` and the `cluster` extra",
+        metavar="URL",
+    )
     host: str = _opt("127.0.0.1", "address to listen on")
     proxy_protocol: str | None = _opt(
         None,
@@ -222,6 +228,14 @@ class RelayConfig:
             raise ConfigError("port must be between 0 and 65535")
         if self.store is not None and not is_postgres_url(self.store):
             raise ConfigError("store must be a postgresql:// URL (a SQLite file is set by db)")
+        if self.bus is not None:
+            if self.store is None:
+                raise ConfigError(
+                    "bus needs a PostgreSQL store (--store postgresql://...): relays share "
+                    "state through the database, and a SQLite file has one relay"
+                )
+            if not self.bus.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError("bus must be a redis:// (or rediss://, unix://) URL")
         if self.synchronous.upper() not in ("NORMAL", "FULL"):
             raise ConfigError("synchronous must be NORMAL or FULL")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

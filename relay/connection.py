@@ -57,6 +57,7 @@ from hushwire.common.messages import (
 )
 from hushwire.common.states import ConnState, advance, check
 from hushwire.relay.devices import split_principal
+from hushwire.relay.errors import StoreUnavailable
 from hushwire.relay.handlers import Relay
 from hushwire.relay.tls import peer_name
 
@@ -210,6 +211,13 @@ class Connection(asyncio.Protocol):
         else:
             self._live.append(delivery)
         self._schedule_flush()
+
+    def wake(self) -> None:
+        """Committed envelopes may wait in the mailbox (a shared store: sent through
+        this relay or another): read it once the window has room."""
+        if self.state is ConnState.READY and not self._closing:
+            self._backlog = True
+            self._schedule_flush()
 
     def acked(self, mids: Iterable[int]) -> None:
         inflight, by_wire = self._inflight, self._by_wire
@@ -481,7 +489,12 @@ class Connection(asyncio.Protocol):
                 device_lists=exc.device_lists,
             )
         elif isinstance(exc, HushwireError):
-            reply = Error(id=request.id, code=exc.code, message=exc.message[:MAX_ERROR_MESSAGE])
+            reply = Error(
+                id=request.id,
+                code=exc.code,
+                message=exc.message[:MAX_ERROR_MESSAGE],
+                retry_after=getattr(exc, "retry_after", None),  # StoreUnavailable has one
+            )
         else:
             log.error("internal error handling %s", request.TYPE, exc_info=exc)
             reply = Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
@@ -611,10 +624,17 @@ class Connection(asyncio.Protocol):
     def _mailbox_done(self, task: asyncio.Task[None]) -> None:
         self._mailbox_task = None
         if not task.cancelled() and (exc := task.exception()) is not None:
-            if not self._closing:
-                log.error("mailbox read for %s failed: %r", self.peer_address, exc)
-            if not self._lost:
-                self.transport.abort()
+            if isinstance(exc, StoreUnavailable) and not self._closing:
+                # The database is down or restarting: nothing was delivered, read again
+                # later (the client keeps its connection, and its sends get the same
+                # `unavailable` answer meanwhile).
+                self._backlog = True
+                self._arm("mailbox", exc.retry_after, self._schedule_flush)
+            else:
+                if not self._closing:
+                    log.error("mailbox read for %s failed: %r", self.peer_address, exc)
+                if not self._lost:
+                    self.transport.abort()
         self._maybe_finished()
 
     def _deliver(self, d: Deliver) -> None:

@@ -3,6 +3,7 @@
     common.errors.HushwireError
     └── RelayError                 root of this module; never crosses the wire as-is
         ├── StoreError             the database failed or the store is closed (internal)
+        │   └── StoreUnavailable   the database server cannot be reached (unavailable)
         ├── SchemaError            the db schema and this code do not match
         │   ├── SchemaTooNew       the db was migrated by a newer hushwire: refuse
         │   ├── SchemaOutdated     the db needs `hushwire-admin migrate` first
@@ -35,6 +36,14 @@ class StoreError(RelayError):
     """The database failed (or the store was closed); nothing was reported as stored."""
 
     code = ErrorCode.INTERNAL
+
+
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached (down, restarting, network): nothing was
+    stored, and the same request will work once it is back."""
+
+    code = ErrorCode.UNAVAILABLE
+    retry_after = 1.0  # seconds: what the client is told to wait before retrying
 
 
 class SchemaError(RelayError):
