@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from hushwire.client.connection import RelayConnection
-from hushwire.client.copies import verified_bundle
+from hushwire.client.copies import device_bundle
 from hushwire.client.devices import DeviceLists
 from hushwire.client.errors import MessageHeld
-from hushwire.client.fanout import Target, fetcher, held_list
+from hushwire.client.fanout import Target, fetcher
 from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, SessionManager, same_identity
 from hushwire.common.crypto.envelope import Session
 from hushwire.common.errors import ErrorCode, LocalProtocolError, RequestError
@@ -44,19 +44,21 @@ async def device_plan(
     sessions: SessionManager, accounts: Iterable[str], *, own_devices: bool = True
 ) -> DevicePlan:
     """Every device of `accounts` (this account excluded from them) and, with
-    `own_devices`, this account's other devices; `lists` names them all and us."""
+    `own_devices`, this account's other devices; `lists` names them all and us. A
+    contact's device 1 is a target unless its verified list leaves it out."""
     me = sessions.user
     targets: list[tuple[Device, bytes | None]] = []
     lists: list[ListVersion] = []
     for account in sorted({*accounts, me}):
-        dlist = await held_list(sessions.store, account)
+        dlist = await sessions.lists.get(account)
         lists.append(ListVersion(account, 0 if dlist is None else dlist.version))
         listed = () if dlist is None else dlist.devices
         if account == me:
             if own_devices:
                 targets += [((me, d.id), d.dh_key) for d in listed if d.id != sessions.device]
             continue
-        targets.append(((account, 1), None))
+        if dlist is None or dlist.device(1) is not None:
+            targets.append(((account, 1), None))  # sealed as for a 1:1 message
         targets += [((account, d.id), d.dh_key) for d in listed if d.id != 1]
     return DevicePlan(tuple(targets), tuple(lists))
 
@@ -81,7 +83,7 @@ async def _first_bundle(
 ) -> PrekeyBundle:
     account, number = device
     if dh_key is not None:
-        return await verified_bundle(sessions, Target(account, number, dh_key), fetch)
+        return await device_bundle(sessions, Target(account, number, dh_key), fetch)
     bundle = await sessions.fetch_verified(account, fetch)
     contact = await sessions.store.get_contact(account)
     if contact is None:  # never talked: trust on first use, as for a first 1:1 message

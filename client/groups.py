@@ -33,7 +33,7 @@ from hushwire.client.events import (
     GroupNotice,
     utc_from_ms,
 )
-from hushwire.client.fanout import fetcher, held_list
+from hushwire.client.fanout import fetcher
 from hushwire.client.group_fanout import pin_member, send_to_devices
 from hushwire.client.group_inbox import describe_change
 from hushwire.client.group_store import GroupLine, GroupStore, StoredGroup
@@ -103,9 +103,10 @@ class Groups:
         state = group.log.current
         devices = {}
         for member in state.members:
-            dlist = await held_list(self._sessions.store, member)
-            ids = {d.id for d in dlist.devices} if dlist is not None else set()
-            ids.add(self._sessions.device if member == self._me else 1)
+            dlist = await self._sessions.lists.get(member)
+            ids = {d.id for d in dlist.devices} if dlist is not None else {1}
+            if member == self._me:
+                ids.add(self._sessions.device)
             devices[member] = tuple(sorted(ids))
         return GroupInfo(
             state.name, group.gid, state.epoch, state.members, state.admins, devices,

@@ -22,6 +22,7 @@ from hushwire.relay.devices import mismatched, principal, send_accounts
 from hushwire.relay.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from hushwire.relay.bus import Bus
     from hushwire.relay.handlers import Answer, Peer, Relay
 
 MAX_RECIPIENTS: Final = 50
@@ -37,18 +38,30 @@ class _Outgoing:
     """One send between the reservation of its ids and its `ok`: where the early push
     went, so that the commit (or a failure) finishes what it started, in order."""
 
-    __slots__ = ("bodies", "device", "early", "online", "payload", "recipients", "ts", "user")
+    __slots__ = (
+        "bodies",
+        "bus",
+        "device",
+        "early",
+        "online",
+        "payload",
+        "recipients",
+        "ts",
+        "user",
+    )
 
     def __init__(
         self,
-        online: dict[str, Peer],
+        delivery: tuple[dict[str, Peer], Bus | None],
         sender: Peer,
         recipients: Sequence[str],
         ts: int,
         bodies: Sequence[bytes],
         payload: bytes | None = None,
     ) -> None:
-        self.online = online  # the relay's live map: who is online when each step runs
+        # The relay's live map (who is online when each step runs), and the bus when the
+        # store is shared: then recipients are woken wherever they are and read it.
+        self.online, self.bus = delivery
         self.user = sender.account or ""
         self.device = sender.device
         self.recipients = recipients  # principals
@@ -85,6 +98,11 @@ class _Outgoing:
 
     def offer_committed(self, mids: list[int]) -> None:
         """After the commit: offer what the early push did not deliver."""
+        if self.bus is not None:
+            # Other relays' envelopes to these devices commit too: a live offer could
+            # overtake one of them, so the connection reads its mailbox instead.
+            self.bus.envelopes(self.recipients)
+            return
         for i, (recipient, mid) in enumerate(zip(self.recipients, mids, strict=True)):
             peer, taken = self.early.get(mid, (None, False))
             online = self.online.get(recipient)
@@ -185,7 +203,7 @@ class SendHandlers:
             return False  # `_send` answers mismatched_devices with the lists
         self._limit(user, now, len(recipients))
         out = _Outgoing(
-            self.relay.online, peer, recipients, int(now), (req.body,) * len(recipients)
+            self.relay.delivery, peer, recipients, int(now), (req.body,) * len(recipients)
         )
         counters = self.counters
 
@@ -222,7 +240,7 @@ class SendHandlers:
             await _wait_turn(before)
             self._limit(user, now, len(recipients))
             out = _Outgoing(
-                self.relay.online, peer, recipients, int(now), (req.body,) * len(recipients)
+                self.relay.delivery, peer, recipients, int(now), (req.body,) * len(recipients)
             )
             # Nothing may await before enqueue reserves: the store takes sends in call
             # order, which keeps one sender's envelopes in order even when pipelined.
@@ -304,7 +322,7 @@ class SendHandlers:
             raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
         self._check_payload(peer, req)
         cur = await self.relay.devices.current(list(claimed))
-        wrong = mismatched(account, device, req.envelopes, claimed, cur)
+        wrong = mismatched(account, device, req.envelopes, claimed, cur, partial=req.partial)
         if wrong:
             raise RequestError(
                 ErrorCode.MISMATCHED_DEVICES,
@@ -318,7 +336,7 @@ class SendHandlers:
         self._limit(user, now, max(len(keep), 1))
         recipients = [principal(env.user, env.device) for env in live]
         bodies = [env.body for env in live]
-        out = _Outgoing(self.relay.online, peer, recipients, int(now), bodies, req.payload)
+        out = _Outgoing(self.relay.delivery, peer, recipients, int(now), bodies, req.payload)
         if recipients:
             pending = self.store.enqueue_each(
                 user,
