@@ -101,6 +101,7 @@ class ListEntry:
     online: bool | None
     key_changed: bool
     current: bool
+    left: bool  # a group we left or were removed from
 
 
 class ChatModel:
@@ -210,6 +211,7 @@ class ChatModel:
                 self.online.get(name),
                 conv.key_changed,
                 name == self.current,
+                not conv.active,
             )
             for name, conv in sorted(self.conversations.items())
         ]

@@ -10,11 +10,12 @@ from prompt_toolkit.document import Document
 
 from hushwire.client.service import GroupMessageReceived, GroupNotice
 from hushwire.client.tui import ChatCompleter, ChatModel, Command, CommandError, parse_input
+from hushwire.common.chat_transcript import MAX_TEXT_BYTES
 from hushwire.common.messages import Deliver
 from tests.adversarial.test_group_attacks import withhold
 from tests.adversarial.test_malicious_relay import connection_of
 from tests.client import test_tui
-from tests.client.test_tui import ENTER, KILL_LINE, TAB, Screen
+from tests.client.test_tui import ENTER, KILL_LINE, TAB, Screen, paste
 from tests.e2e.helpers import next_event
 
 chat = test_tui.chat  # the fixture: a real ChatApp on a pipe, against the relay given
@@ -153,6 +154,11 @@ async def test_sending_to_a_group_from_the_input_line(relay4, chat, login):
     await screen.run("/to #team", "you created the group 'team' with bob, carol")
     screen.type("hello team" + ENTER)
     await screen.shows("you: hello team")
+    too_long = "é" * (MAX_TEXT_BYTES // 2 + 1)
+    screen.type(paste(too_long) + ENTER)
+    await screen.shows(f"too long: {MAX_TEXT_BYTES + 2} bytes of UTF-8, a group message holds")
+    assert screen.typed == too_long
+    screen.type(KILL_LINE)
     for member in (bob, carol):
         got = await next_event(member, GroupMessageReceived)
         assert (got.group, got.sender, got.text) == ("team", "alice", "hello team")
@@ -225,6 +231,7 @@ async def test_membership_changes_shown_inline_and_completion(relay4, chat, logi
     screen.type("still there?" + ENTER)
     await screen.shows("not sent: you are no longer a member of #team")
     assert screen.chat.model.groups() == []  # no longer offered
+    assert "#team (left)" in screen.chat.list_text()
 
 
 async def test_a_missed_message_and_a_removal_elsewhere_are_shown(relay4, chat, login):
