@@ -16,7 +16,7 @@ from tests.adversarial.test_group_attacks import withhold
 from tests.adversarial.test_malicious_relay import connection_of
 from tests.client import test_tui
 from tests.client.test_tui import ENTER, KILL_LINE, TAB, Screen, paste
-from tests.e2e.helpers import next_event
+from tests.e2e.helpers import link, next_event
 
 chat = test_tui.chat  # the fixture: a real ChatApp on a pipe, against the relay given
 
@@ -295,3 +295,20 @@ async def test_a_forked_history_is_a_warning_in_the_group(relay4, chat, login):
     await bob.groups.remove("team", ["carol"])
     release()
     await screen.shows("⚠ the group's history forked at epoch 3")
+
+
+async def test_a_group_message_from_our_other_device_shows_as_ours(relay4, chat, login, tmp_path):
+    bob = await login(relay4, "bob")
+    screen = await chat(relay4)
+    laptop = await link(relay4, screen.chat.client, tmp_path / "alice-laptop", "laptop")
+    try:
+        await bob.groups.create("team", ["alice"])
+        await screen.until(listed(screen, "#team"), "#team listed")
+        await screen.run("/to #team", "members: alice, bob")
+        await laptop.sync()
+        await laptop.groups.send("team", "from the laptop")
+        await screen.shows("you: from the laptop  [other device]")
+        got = await next_event(bob, GroupMessageReceived)
+        assert (got.sender, got.text) == ("alice", "from the laptop")
+    finally:
+        await laptop.close()
