@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final, Literal
@@ -124,8 +125,10 @@ class ChatController:
             conv = self.model.conversation(c.name)
             conv.unread = c.unread
             conv.key_changed = c.key_changed
+        # Unread counts messages, as for contacts (notices are not counted).
+        unread = Counter(i.gid for i in await self.client.groups.unread() if i.kind == "in")
         for info in await self.client.groups.list():
-            self._group_info(info).unread = info.unread
+            self._group_info(info).unread = unread[info.gid]
         # To the console by name: the user may already have typed `/to NAME`.
         self.model.info(
             f"hushwire: {self.model.user}@{self.model.relay}. /to NAME starts a "

@@ -7,16 +7,25 @@ from __future__ import annotations
 import pytest
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
 
-from hushwire.client.service import GroupMessageReceived, GroupNotice
-from hushwire.client.tui import ChatCompleter, ChatModel, Command, CommandError, parse_input
+from hushwire.client.service import GroupMessageReceived, GroupNotice, HushwireClient
+from hushwire.client.tui import (
+    ChatApp,
+    ChatCompleter,
+    ChatModel,
+    Command,
+    CommandError,
+    parse_input,
+)
 from hushwire.common.chat_transcript import MAX_TEXT_BYTES
 from hushwire.common.messages import Deliver
 from tests.adversarial.test_group_attacks import withhold
 from tests.adversarial.test_malicious_relay import connection_of
 from tests.client import test_tui
 from tests.client.test_tui import ENTER, KILL_LINE, TAB, Screen, paste
-from tests.e2e.helpers import link, next_event
+from tests.e2e.helpers import FAST_BACKOFF, PASSPHRASE, link, next_event
 
 chat = test_tui.chat  # the fixture: a real ChatApp on a pipe, against the relay given
 
@@ -312,3 +321,28 @@ async def test_a_group_message_from_our_other_device_shows_as_ours(relay4, chat,
         assert (got.sender, got.text) == ("alice", "from the laptop")
     finally:
         await laptop.close()
+
+
+async def test_unread_group_messages_in_the_profile_are_counted_at_start(
+    relay4, login, tmp_path
+):
+    bob = await login(relay4, "bob")
+    profile = tmp_path / "tui-alice"
+    await test_tui.make_profile(relay4, "alice", profile)
+    await bob.groups.create("team", ["alice"])
+    await bob.groups.send("team", "while you were away")
+    await bob.groups.send("team", "and again")
+    fetch = await HushwireClient.open(profile, PASSPHRASE, backoff=FAST_BACKOFF)
+    await fetch.start()
+    await fetch.sync()  # stored in the profile, unread
+    await fetch.close()
+    client = await HushwireClient.open(profile, PASSPHRASE, backoff=FAST_BACKOFF)
+    with create_pipe_input() as pipe:
+        screen = Screen(ChatApp(client, input=pipe, output=DummyOutput()), pipe)
+        try:
+            # Two messages; the notice that bob created the group is not counted.
+            await screen.until(listed(screen, "#team (2)"), lambda: screen.chat.list_text())
+            await screen.run("/to #team", "bob: and again")
+            assert "(2)" not in screen.chat.list_text()
+        finally:
+            await screen.stop()
