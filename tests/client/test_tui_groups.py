@@ -323,9 +323,7 @@ async def test_a_group_message_from_our_other_device_shows_as_ours(relay4, chat,
         await laptop.close()
 
 
-async def test_unread_group_messages_in_the_profile_are_counted_at_start(
-    relay4, login, tmp_path
-):
+async def test_unread_group_messages_in_the_profile_are_counted_at_start(relay4, login, tmp_path):
     bob = await login(relay4, "bob")
     profile = tmp_path / "tui-alice"
     await test_tui.make_profile(relay4, "alice", profile)
