@@ -160,7 +160,8 @@ class ChatController:
                 f"no contact named {parsed.target} yet: exchange a message first", "error"
             )
         except UnknownGroup as exc:
-            self.model.info(f"{exc.message}; /group lists yours", "error")
+            # The client's text names the CLI's command; here it is /group.
+            self.model.info(exc.message.replace("`hushwire group list`", "/group"), "error")
         except HushwireError as exc:
             self.model.info(error_text(exc), "error")
 
@@ -320,8 +321,7 @@ class ChatController:
             for info in infos:
                 conv = self._group_info(info)
                 state = "" if info.active else ", left"
-                unread = f", {info.unread} unread" if info.unread else ""
-                self.model.info(f"  {conv.name}  {len(info.members)} members{unread}{state}")
+                self.model.info(f"  {conv.name}  {len(info.members)} members{state}")
             return
         if cmd.sub == "info":
             current = self.model.current or ""

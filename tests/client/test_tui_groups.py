@@ -153,6 +153,11 @@ async def test_group_listed_with_unread_count_messages_in_order_cleared_on_open(
     await carol.groups.send("team", "c2")
     await screen.shows("carol: c2")
     await screen.until(lambda: "(1)" not in screen.chat.list_text(), "no unread")
+    await screen.run("/group leave #team", "* you left the group")
+    await next_event(bob, GroupNotice, lambda e: e.text == "alice left the group")
+    await screen.until(listed(screen, "#team (left)"), "#team left")
+    screen.type("anyone?" + ENTER)
+    await screen.shows("not sent: you are no longer a member of #team")
 
 
 async def test_sending_to_a_group_from_the_input_line(relay4, chat, login):
@@ -188,7 +193,7 @@ async def test_group_command_errors_are_shown(relay4, chat, login):
     await screen.run("/group create " + "x" * 65 + " bob", "group name must be 1-64")
     many = " ".join(f"user{i}" for i in range(50))
     await screen.run("/group create big " + many, "at most 50 members, you included")
-    await screen.run("/group add #nope bob", "no group named 'nope' here")
+    await screen.run("/group add #nope bob", "no group named 'nope' here; /group shows yours")
     await bob.groups.create("crew", ["alice"])
     await screen.until(listed(screen, "#crew"), "#crew listed")
     await screen.run("/group add #crew carol", "you are not an admin of #crew; ask one of: bob")
