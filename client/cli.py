@@ -285,6 +285,8 @@ async def _login_link(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         )
         if client.fingerprint_learned:
             print(f"relay certificate pinned: {client.settings.pin}", file=out)
+        elif args.fingerprint is None and client.settings.pin:
+            print(f"relay certificate pinned from the link code: {client.settings.pin}", file=out)
         await client.sync()
         _drain_warnings(client, err)
     finally:

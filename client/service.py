@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from hushwire.client.connection import RelayConnection, TlsSettings
-from hushwire.client.devices import DeviceInfo, DeviceLists, hold_list
+from hushwire.client.devices import DeviceInfo, DeviceLists
 from hushwire.client.errors import (
     CertificateMismatch,
     ConnectionClosed,
@@ -53,17 +53,19 @@ from hushwire.client.events import (
     SessionRestarted,
     history_item,
 )
+from hushwire.client.fanout import HeldLists
 from hushwire.client.inbox import Inbox
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.outbox import Outbox
-from hushwire.client.session import SessionManager, load_or_create_identity
+from hushwire.client.prekeys import load_or_create_identity
+from hushwire.client.session import SessionManager
 from hushwire.client.settings import Backoff, RelaySettings
 from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import Device
 from hushwire.common.crypto.dh import DHGroup, group_by_name
 from hushwire.common.crypto.link import LinkCode, LinkJoiner, LinkOffer
-from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.errors import ErrorCode, LinkError, RequestError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.names import check_username, is_valid_username
 
@@ -95,7 +97,13 @@ log = logging.getLogger("hushwire.client")
 
 # The relay closed us on purpose and retrying cannot help until a person acts.
 FATAL_CODES: Final = frozenset(
-    {"auth_failed", "user_disabled", "session_replaced", "unsupported_version"}
+    {
+        "auth_failed",
+        "user_disabled",
+        "session_replaced",
+        "unsupported_version",
+        "account_has_devices",  # another profile holds the account now: retrying cannot help
+    }
 )
 HISTORY_DEFAULT: Final = 200
 MAX_WHO_PAGES: Final = 1000  # a relay that never ends its `who` pages is not followed
@@ -139,6 +147,7 @@ class HushwireClient:
         self._keys = KeyUpkeep(sessions, lambda text: emit(Notice(text)))
         self._devices = DeviceLists(
             store,
+            sessions.lists,
             settings.user,
             settings.device,
             sessions.identity,
@@ -255,10 +264,7 @@ class HushwireClient:
                     client_key=Path(settings.client_key) if settings.client_key else None,
                 ),
             )
-            ok = await conn.handshake(settings.user, settings.token)
-            hello = conn.hello
-            if hello is None:
-                raise ConnectionClosed("the relay did not answer hello")
+            hello = await conn.say_hello()
             group = group_by_name(hello.group, hello.group_params)
             stored_group = await store.get_setting("group")
             if stored_group is not None and stored_group != group.name:
@@ -267,6 +273,13 @@ class HushwireClient:
                     f"{stored_group}; a new profile is needed"
                 )
             now_ms = int(clock() * 1000)
+            identity = await load_or_create_identity(store, group, now_ms)
+            # Naming our identity lets the relay refuse a second profile on a copied
+            # token before its login replaces the live device (unless we start over).
+            sign_key = None if replace_identity else identity.sign_key
+            ok = await conn.request(
+                wire.Login, user=settings.user, token=settings.token, sign_key=sign_key
+            )
             settings = RelaySettings(
                 **{**settings.to_record(), "pin": None if settings.ca_file else conn.fingerprint}
             )
@@ -274,7 +287,6 @@ class HushwireClient:
                 await store.set_setting("relay", settings.to_record())
                 await store.set_setting("group", group.name)
                 await store.set_setting("group_params", hello.group_params)
-            identity = await load_or_create_identity(store, group, now_ms)
             client = cls(
                 store,
                 settings,
@@ -315,19 +327,20 @@ class HushwireClient:
         """Make a new profile a device of the account whose device showed `code`
         (docs/security.md, "Linking a device"): the identity arrives sealed under the
         code, this device's own keys are made here, and the relay issues its credential.
-        Raises LinkError (mistyped code, a relay in the middle), RequestError
-        (`link_failed`: unknown, expired or used code) or ProfileMismatch."""
+        The relay's certificate must be the one the code pins (the old device's view).
+        Raises LinkError (mistyped code, a relay in the middle, a `fingerprint` other than
+        the code's), CertificateMismatch (the relay is not the one the code pins),
+        RequestError (`link_failed`: unknown, expired or used code) or ProfileMismatch."""
         profile_dir = Path(profile_dir)
         if ProfileStore.exists(profile_dir):
             raise ProfileMismatch(f"{profile_dir} already holds a profile; link into a new one")
         link_code = LinkCode.parse(code)
+        pin = _link_pin(link_code, fingerprint)
         store = await ProfileStore.open(profile_dir, passphrase, create=True, kdf=kdf)
         conn: RelayConnection | None = None
         try:
-            pin = None if fingerprint is None else fingerprint.strip().upper()
-            conn = await RelayConnection.connect(
-                host, port, TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
-            )
+            tls = TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
+            conn = await _connect_linking(host, port, link_code, tls)
             hello = await conn.say_hello()
             group = group_by_name(hello.group, hello.group_params)
             fetched = await conn.request(wire.LinkFetch, channel=link_code.channel)
@@ -351,9 +364,13 @@ class HushwireClient:
                 await store.set_setting("group", group.name)
                 await store.set_setting("group_params", hello.group_params)
                 await store.save_identity(grant.identity.to_bytes(), int(clock() * 1000))
-                await hold_list(store, grant.account, grant.signed_list)
+                await HeldLists(store).hold(grant.account, grant.signed_list)
             ok = await conn.request(
-                wire.Login, user=grant.account, token=joined.token, device=joined.device
+                wire.Login,
+                user=grant.account,
+                token=joined.token,
+                device=joined.device,
+                sign_key=grant.identity.sign_key,
             )
             sessions = SessionManager(
                 store, grant.account, grant.identity, group, device=joined.device, clock=clock
@@ -409,7 +426,12 @@ class HushwireClient:
         s = self.settings
         conn = await RelayConnection.connect(s.host, s.port, s.tls())
         try:
-            ok = await conn.handshake(s.user, s.token, None if s.device == 1 else s.device)
+            ok = await conn.handshake(
+                s.user,
+                s.token,
+                None if s.device == 1 else s.device,
+                sign_key=self.sessions.identity.sign_key,
+            )
             hello = conn.hello
             if hello is not None and hello.group != self.sessions.group.name:
                 raise ProfileMismatch(
@@ -641,6 +663,39 @@ class HushwireClient:
         Offline, held messages become queued and go out after the next login.
         """
         return await self._outbox.release(contact)
+
+
+def _link_pin(code: LinkCode, fingerprint: str | None) -> str | None:
+    """The certificate a linking device accepts: the code's pin (and the user's
+    `--fingerprint`, which must then be the same), else the user's, else none (TOFU)."""
+    given = None if fingerprint is None else fingerprint.strip().upper()
+    pinned = code.fingerprint()
+    if pinned is not None and given is not None and given != pinned:
+        raise LinkError(
+            "the --fingerprint given is not the relay certificate your other device uses "
+            f"(the link code pins {pinned}); leave --fingerprint out or check it"
+        )
+    return pinned or given
+
+
+async def _connect_linking(
+    host: str, port: int, code: LinkCode, tls: TlsSettings
+) -> RelayConnection:
+    """Connect for `login --link`; a certificate other than the one the code pins is
+    refused with a message that says where that pin came from."""
+    if code.pin is None:
+        return await RelayConnection.connect(host, port, tls)
+    conn = await RelayConnection.connect(host, port, TlsSettings(ca_file=tls.ca_file))
+    if conn.fingerprint != code.fingerprint():
+        await conn.close()
+        raise CertificateMismatch(
+            f"the relay at {host}:{port} presented a certificate other than the one your "
+            f"other device uses (pinned in the link code).\n  link code: {code.fingerprint()}"
+            f"\n  presented: {conn.fingerprint}\nSomeone may be intercepting the connection, "
+            "or --relay names another relay than your other device's. Nothing was sent and "
+            "no device was linked."
+        )
+    return conn
 
 
 def _remove_profile_files(profile_dir: Path) -> None:

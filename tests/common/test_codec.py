@@ -118,6 +118,8 @@ def _send_devices(draw):
     }
     if draw(st.booleans()):  # a group send's payload (v2), or nil
         raw["payload"] = draw(st.one_of(st.none(), st.binary(max_size=8)))
+    if draw(st.booleans()):  # optional: a session reset sends it true
+        raw["partial"] = draw(st.booleans())
     places = [raw] + raw["envelopes"] + raw["lists"]
     for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2]))):
         where = draw(st.sampled_from(places))
@@ -162,6 +164,11 @@ def test_the_fast_send_devices_decoder_takes_a_well_formed_fan_out():
         codec.decode_request(raw)
     raw["payload"] = None
     assert codec._fast_send_devices(raw).payload is None
+    raw["partial"] = True
+    assert codec._fast_send_devices(raw).partial is True
+    raw["partial"] = 1  # an int is not a bool on the wire
+    assert codec._fast_send_devices(raw) is None
+    raw["partial"] = False
     raw["envelopes"][0]["device"] = True  # a bool is not an int on the wire
     assert codec._fast_send_devices(raw) is None
 
