@@ -135,6 +135,13 @@ class RelayConnection:
                 )
         except TimeoutError:
             raise ConnectionClosed(f"timed out connecting to {host}:{port}") from None
+        except ssl.SSLCertVerificationError as exc:
+            # Like a pin mismatch: who answered is not the relay; never failed over.
+            raise CertificateMismatch(
+                f"the relay at {host}:{port} presented a certificate that {tls.ca_file} "
+                f"does not validate: {exc.verify_message}. Someone may be intercepting the "
+                "connection, or the relay's certificate is not from that CA."
+            ) from None
         except ssl.SSLError as exc:
             raise ConnectionClosed(f"TLS with {host}:{port} failed: {exc.reason}") from None
         except OSError as exc:

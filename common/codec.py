@@ -99,6 +99,9 @@ def _fast_send_devices(obj: Mapping[str, Any]) -> SendDevices | None:
     if not (type(rid) is int and 0 <= rid <= _MAX_INT and type(envs) is list):
         return None
     partial = obj.get("partial", False)
+    payload = obj.get("payload")  # v2, optional: absent or nil is none
+    if payload is not None and type(payload) is not bytes:
+        return None
     if type(views) is not list or type(partial) is not bool:
         return None
     envelopes = []
@@ -119,9 +122,6 @@ def _fast_send_devices(obj: Mapping[str, Any]) -> SendDevices | None:
         if type(user) is not str or type(version) is not int or not 0 <= version <= _MAX_INT:
             return None
         lists.append(ListVersion(user, version))
-    payload = obj.get("payload")
-    if payload is not None and type(payload) is not bytes:
-        return None
     return SendDevices(rid, tuple(envelopes), tuple(lists), partial, payload)
 
 

@@ -60,7 +60,12 @@ def load_group(config: RelayConfig) -> GroupInfo:
 
 def check_paths(config: RelayConfig) -> None:
     """Before anything is created: every file the relay may create has a directory."""
-    for what, path in (("db", config.db), ("cert", config.cert_path), ("key", config.key_path)):
+    for what, path in (
+        ("db", config.db),
+        ("cert", config.cert_path),
+        ("key", config.key_path),
+        ("control_socket", config.control_path),
+    ):
         if not path.parent.is_dir():
             raise ConfigError(f"the directory of {what} {path} ({path.parent}) does not exist")
 
@@ -119,6 +124,7 @@ class RelayServer:
             self._new_connection,
             self._admission,
             handshake_timeout=config.handshake_timeout,
+            proxies=config.proxies,
         )
         await self._server.bind(config.host, config.port)
         self.port = self._server.port
@@ -131,7 +137,7 @@ class RelayServer:
             min_free_disk=config.min_free_disk,
             exclusive=True,
         )
-        self._control = ControlServer(config.db, self._control_request)
+        self._control = ControlServer(config.control_path, self._control_request)
         await self._control.start()
         self._relay = Relay(config, self._store, group)
         self._flushes = FlushQueue(asyncio.get_running_loop())
@@ -147,9 +153,13 @@ class RelayServer:
         log.info("listening on %s:%d", config.host, self.port)
         sdnotify.notify(f"READY=1\nSTATUS=listening on {config.host}:{self.port}")
 
-    def _new_connection(self) -> Connection:
+    def _new_connection(self, forwarded_for: str | None) -> Connection:
         return Connection(
-            self.relay, flushes=self._flushes, admit=self._admit, on_finished=self._finished
+            self.relay,
+            flushes=self._flushes,
+            admit=self._admit,
+            on_finished=self._finished,
+            forwarded_for=forwarded_for,
         )
 
     def _admit(self, conn: Connection) -> bool:

@@ -342,6 +342,7 @@ class ChatController:
             if event.state == "disconnected" and event.detail != "closed":
                 model.info(f"disconnected: {event.detail}", "error")
             elif event.state == "connected":
+                model.relay = self.client.relay  # another relay after a failover
                 # Presence pushes only report changes: take the full picture once.
                 with contextlib.suppress(ConnectionClosed, RequestError):
                     model.online.update(dict(await self.client.who()))

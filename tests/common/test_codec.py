@@ -116,10 +116,10 @@ def _send_devices(draw):
         "envelopes": draw(st.lists(_envelope, max_size=3)),
         "lists": draw(st.lists(_view, max_size=3)),
     }
-    if draw(st.booleans()):  # a group send's payload (v2), or nil
-        raw["payload"] = draw(st.one_of(st.none(), st.binary(max_size=8)))
     if draw(st.booleans()):  # optional: a session reset sends it true
         raw["partial"] = draw(st.booleans())
+    if draw(st.booleans()):  # a group send's payload (v2), or nil
+        raw["payload"] = draw(st.one_of(st.none(), st.binary(max_size=8)))
     places = [raw] + raw["envelopes"] + raw["lists"]
     for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2]))):
         where = draw(st.sampled_from(places))
@@ -156,6 +156,11 @@ def test_the_fast_send_devices_decoder_takes_a_well_formed_fan_out():
         envelopes=(m.DeviceEnvelope("bob", 2, b"x"),),
         lists=(m.ListVersion("alice", 0), m.ListVersion("bob", 3)),
     )
+    raw["partial"] = True
+    assert codec._fast_send_devices(raw).partial is True
+    raw["partial"] = 1  # an int is not a bool on the wire
+    assert codec._fast_send_devices(raw) is None
+    raw["partial"] = False
     raw["payload"] = b"group payload"
     assert codec._fast_send_devices(raw).payload == b"group payload"
     raw["payload"] = "text"  # not bin: the generic codec names the field
@@ -164,11 +169,6 @@ def test_the_fast_send_devices_decoder_takes_a_well_formed_fan_out():
         codec.decode_request(raw)
     raw["payload"] = None
     assert codec._fast_send_devices(raw).payload is None
-    raw["partial"] = True
-    assert codec._fast_send_devices(raw).partial is True
-    raw["partial"] = 1  # an int is not a bool on the wire
-    assert codec._fast_send_devices(raw) is None
-    raw["partial"] = False
     raw["envelopes"][0]["device"] = True  # a bool is not an int on the wire
     assert codec._fast_send_devices(raw) is None
 

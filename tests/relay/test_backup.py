@@ -213,7 +213,9 @@ async def test_purge_goes_through_the_running_relay(tmp_path, daemons):
     assert rc == 0, err
     assert out.startswith("purged 0 envelope(s)") and "by the running relay" in out
     # What the command sends, with a cutoff after every envelope (the CLI's is now - DAYS).
-    answer = await asyncio.to_thread(control.ask, db, {"op": "purge", "older_than": 2**40})
+    answer = await asyncio.to_thread(
+        control.ask, control.control_path(db), {"op": "purge", "older_than": 2**40}
+    )
     assert answer["purged"] == 2
     assert summary(db).queued == 0
     await relay.wait_log("purged 2 envelope")

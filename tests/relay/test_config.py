@@ -80,3 +80,12 @@ def test_store_is_a_postgresql_url_from_flag_or_file(tmp_path):
     for bad in ("users.db", "sqlite:///users.db", "mysql://db/hushwire"):
         with pytest.raises(ConfigError, match="postgresql://"):
             from_args(["--store", bad])
+
+
+def test_control_socket_from_flag_or_file_relative_to_the_file(tmp_path):
+    assert from_args(["--db", "/srv/r/users.db"]).control_path == Path("/srv/r/users.db.control")
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text('control_socket = "run/relay-a.control"\n')
+    assert from_args(["--config", str(cfg)]).control_path == tmp_path / "run/relay-a.control"
+    flag = from_args(["--config", str(cfg), "--control-socket", "/run/b.control"])
+    assert flag.control_path == Path("/run/b.control")
