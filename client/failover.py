@@ -4,11 +4,11 @@ All relays of one deployment present one certificate or certificates of one CA, 
 same TLS settings hold for each. What fails over is what says nothing about who is at
 the other end: a refused or timed-out connect, a TLS handshake that breaks, a connection
 closed before login completes, and a relay that answers it cannot serve now
-(`unavailable` or `internal`: its database is unreachable; `shutting_down`). A certificate that is not the
-pinned one (or that the CA does not validate) is CertificateMismatch and stops the
-search: it may be an attacker, and trying the next address would hide that. A relay's
-refusal (wrong token, disabled account, rate limit) is the deployment's answer and
-stops it too.
+(`unavailable` or `internal`: its database is unreachable; `shutting_down`). A
+certificate that is not the pinned one (or that the CA does not validate) is
+CertificateMismatch and stops the search: it may be an attacker, and trying the next
+address would hide that. A relay's refusal (wrong token, disabled account, rate limit)
+is the deployment's answer and stops it too.
 """
 
 from __future__ import annotations
