@@ -228,6 +228,8 @@ def open_bus(url: str | None) -> Bus:
         return LocalBus()
     try:
         from hushwire.relay.bus_redis import RedisBus
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis":
+            raise
         raise ConfigError(f"bus needs redis-py (pip install 'hushwire[cluster]'): {exc}") from None
     return RedisBus(url)

@@ -35,8 +35,9 @@ import msgpack
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from hushwire.common.codec import decode_from_relay
 from hushwire.common.errors import ErrorCode, HushwireError
-from hushwire.common.messages import Push, decode_from_relay
+from hushwire.common.messages import Push
 from hushwire.relay.bus import LocalBus, RelayEvents
 
 log = logging.getLogger("hushwire.relay.bus")
