@@ -228,8 +228,8 @@ def open_bus(url: str | None) -> Bus:
         return LocalBus()
     try:
         from hushwire.relay.bus_redis import RedisBus
-    except ModuleNotFoundError as exc:
-        if exc.name != "redis":
-            raise
+    except ImportError as exc:
+        if exc.name is None or exc.name.partition(".")[0] != "redis":
+            raise  # our own import error is a bug, not a missing extra
         raise ConfigError(f"bus needs redis-py (pip install 'hushwire[cluster]'): {exc}") from None
     return RedisBus(url)

@@ -117,6 +117,7 @@ class Connection(asyncio.Protocol):
         admit: Callable[[Connection], bool],
         on_finished: Callable[[Connection], None],
         new_mid: Callable[[], int] = random_mid,
+        forwarded_for: str | None = None,
     ) -> None:
         self.relay = relay
         self._new_mid = new_mid
@@ -127,6 +128,7 @@ class Connection(asyncio.Protocol):
         self._on_finished = on_finished
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer_address = "unknown"
+        self.forwarded_for = forwarded_for
         self.cert_name: str | None = None
         self.state = ConnState.AWAIT_HELLO
         self.user: str | None = None  # the logged-in principal (relay/devices.py)
@@ -244,7 +246,10 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer_address = str(peer[0]) if peer else "unknown"
+        if self.forwarded_for is None:
+            self.peer_address = str(peer[0]) if peer else "unknown"
+        else:  # the client's address a trusted proxy reported (relay/proxy_protocol.py)
+            self.peer_address = self.forwarded_for
         ssl_object = transport.get_extra_info("ssl_object")
         # With --client-ca, the verified certificate's CN names the only user it may be.
         self.cert_name = peer_name(ssl_object) if ssl_object is not None else None

@@ -13,6 +13,7 @@
         ├── DbLocked               a relay (or a restore) already holds the db's lock file
         ├── ControlError           the running relay's control socket failed to answer
         ├── BackupError            a backup target exists, or a backup file is damaged
+        ├── ProxyHeaderError       a trusted proxy's connection lacks a valid PROXY v2 header
         └── TlsMaterialError       certificate/key files missing, half-present or unusable
 
 Wire-level refusals (unknown recipient, full mailbox, bad keys) stay
@@ -89,3 +90,7 @@ class ControlError(RelayError):
 
 class BackupError(RelayError):
     """A backup would overwrite a file, or a file to restore is missing or damaged."""
+
+
+class ProxyHeaderError(RelayError):
+    """A connection from a trusted proxy did not open with a valid PROXY v2 header."""

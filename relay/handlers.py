@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hushwire.common.crypto.devices import DeviceList
+from hushwire.common.crypto.primitives import ct_equal
 from hushwire.common.errors import ErrorCode, RequestError, echo
 from hushwire.common.keys import (
     KEM_PUBLIC_LEN,
@@ -312,6 +313,8 @@ class Relay:
             raise RequestError(
                 ErrorCode.AUTH_FAILED, f"the client certificate is not for user {req.user}"
             )
+        if req.sign_key is not None:
+            await self._check_login_identity(req.user, req.sign_key)
         contacts = await self.store.contacts(req.user)
         if not await self.bus.claim(name):
             raise RequestError(ErrorCode.SESSION_REPLACED, REPLACED)
@@ -371,6 +374,24 @@ class Relay:
                 f"{what} must be {self.group.public_size} bytes for {self.group.name}",
             )
 
+    async def _check_login_identity(self, account: str, sign_key: bytes) -> None:
+        """A login that names an identity other than the account's: refused before it
+        replaces the device's live session (a copied token with a new profile)."""
+        stored = await self.store.account_identity(account)
+        if stored is not None and not ct_equal(stored.sign_key, sign_key):
+            self.counters.logins["account_has_devices"] += 1
+            raise self._has_devices(account)
+
+    @staticmethod
+    def _has_devices(account: str) -> RequestError:
+        return RequestError(
+            ErrorCode.ACCOUNT_HAS_DEVICES,
+            f"{account} already has keys on another device; to use this machine "
+            f"too, run `hushwire link` on a device of {account} and "
+            "`hushwire login --link CODE` here (or `--replace-identity` to start "
+            "over with a new identity, which unlinks every other device)",
+        )
+
     async def _check_account_identity(
         self, peer: Peer, identity: IdentityPublic, replace: bool
     ) -> None:
@@ -381,13 +402,7 @@ class Relay:
         stored = await self.store.account_identity(account)
         if stored is not None and stored.sign_key != identity.sign_key:
             if not replace:
-                raise RequestError(
-                    ErrorCode.ACCOUNT_HAS_DEVICES,
-                    f"{account} already has keys on another device; to use this machine "
-                    f"too, run `hushwire link` on a device of {account} and "
-                    "`hushwire login --link CODE` here (or `--replace-identity` to start "
-                    "over with a new identity, which unlinks every other device)",
-                )
+                raise self._has_devices(account)
             removed = await self.store.reset_devices(account, keep=device)
             log.info("%s replaced its identity; %d other device(s) unlinked", account, len(removed))
             self.devices.unlinked(account, removed)

@@ -322,7 +322,7 @@ class SendHandlers:
             raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
         self._check_payload(peer, req)
         cur = await self.relay.devices.current(list(claimed))
-        wrong = mismatched(account, device, req.envelopes, claimed, cur)
+        wrong = mismatched(account, device, req.envelopes, claimed, cur, partial=req.partial)
         if wrong:
             raise RequestError(
                 ErrorCode.MISMATCHED_DEVICES,

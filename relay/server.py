@@ -63,7 +63,12 @@ def load_group(config: RelayConfig) -> GroupInfo:
 
 def check_paths(config: RelayConfig) -> None:
     """Before anything is created: every file the relay may create has a directory."""
-    for what, path in (("db", config.db), ("cert", config.cert_path), ("key", config.key_path)):
+    for what, path in (
+        ("db", config.db),
+        ("cert", config.cert_path),
+        ("key", config.key_path),
+        ("control_socket", config.control_path),
+    ):
         if not path.parent.is_dir():
             raise ConfigError(f"the directory of {what} {path} ({path.parent}) does not exist")
 
@@ -123,6 +128,7 @@ class RelayServer:
             self._new_connection,
             self._admission,
             handshake_timeout=config.handshake_timeout,
+            proxies=config.proxies,
         )
         await self._server.bind(config.host, config.port)
         self.port = self._server.port
@@ -135,7 +141,7 @@ class RelayServer:
             quota=config.quota,
             min_free_disk=config.min_free_disk,
         )
-        self._control = ControlServer(config.db, self._control_request)
+        self._control = ControlServer(config.control_path, self._control_request)
         await self._control.start()
         self._bus = open_bus(config.bus)
         self._relay = Relay(config, self._store, group, self._bus)
@@ -153,9 +159,13 @@ class RelayServer:
         log.info("listening on %s:%d", config.host, self.port)
         sdnotify.notify(f"READY=1\nSTATUS=listening on {config.host}:{self.port}")
 
-    def _new_connection(self) -> Connection:
+    def _new_connection(self, forwarded_for: str | None) -> Connection:
         return Connection(
-            self.relay, flushes=self._flushes, admit=self._admit, on_finished=self._finished
+            self.relay,
+            flushes=self._flushes,
+            admit=self._admit,
+            on_finished=self._finished,
+            forwarded_for=forwarded_for,
         )
 
     def _admit(self, conn: Connection) -> bool:

@@ -49,6 +49,9 @@ class PostgresServer:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hushwire-pg-")))
     port: int = 0
     _databases: int = 0
+    # Tests crash relays, not the machine, so they skip syncs; bench/ measures the
+    # server as an operator runs it (fsync on).
+    durable: bool = False
 
     def _run(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
         user = RUN_AS if os.geteuid() == 0 else None
@@ -89,10 +92,9 @@ class PostgresServer:
 
     def start_server(self, *, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Start the server process (again) on `port`; returns once it accepts."""
-        opts = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-            "-c fsync=off -c full_page_writes=off -c max_connections=200"
-        )
+        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200"
+        if not self.durable:
+            opts += " -c fsync=off -c full_page_writes=off"
         return self._run(
             self.bindir / "pg_ctl",
             "-D",

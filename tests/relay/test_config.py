@@ -82,6 +82,15 @@ def test_store_is_a_postgresql_url_from_flag_or_file(tmp_path):
             from_args(["--store", bad])
 
 
+def test_control_socket_from_flag_or_file_relative_to_the_file(tmp_path):
+    assert from_args(["--db", "/srv/r/users.db"]).control_path == Path("/srv/r/users.db.control")
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text('control_socket = "run/relay-a.control"\n')
+    assert from_args(["--config", str(cfg)]).control_path == tmp_path / "run/relay-a.control"
+    flag = from_args(["--config", str(cfg), "--control-socket", "/run/b.control"])
+    assert flag.control_path == Path("/run/b.control")
+
+
 def test_a_bus_needs_a_postgresql_store(tmp_path):
     conf = tmp_path / "relay.toml"
     conf.write_text('store = "postgresql://hw@db/hw"\nbus = "redis://127.0.0.1:6379/0"\n')

@@ -17,8 +17,8 @@ async def _counts(store: Store) -> tuple[int, int, int]:
     return s["queued"], s["payloads"], s["payload_bytes"]
 
 
+@one_relay_only
 async def test_rows_acked_before_the_commit_are_not_counted_as_references(store_target):
-    one_relay_only(store_target)
     async with await Store.open(store_target) as store:
         for name in ("alice", "bob", "carol", "dave"):
             await store.add_user(name, b"h" * 32, b"s" * 16, now=1)
