@@ -23,7 +23,16 @@ import pytest
 
 from hushwire.client.connection import ConnectionClosed, RelayConnection, TlsSettings
 from hushwire.common.errors import ErrorCode, RequestError
-from hushwire.common.messages import Ack, Deliver, DeviceEnvelope, ListVersion, Ping, Send
+from hushwire.common.messages import (
+    Ack,
+    Deliver,
+    DeviceEnvelope,
+    ListVersion,
+    Ping,
+    PresenceChanged,
+    Send,
+    Who,
+)
 from hushwire.relay.store import Store
 from hushwire.relay.tokens import hash_token, new_salt, new_token
 from tests.relay.test_store_devices import _signed_lists
@@ -391,3 +400,27 @@ async def test_linked_devices_on_different_relays_get_every_fan_out(cluster: Clu
     assert (len(alice1.bodies), len(alice2.bodies), len(bob.bodies)) == (n, 2 * n, n)
     for inbox in (alice1, alice2, bob):
         await inbox.close()
+
+
+async def test_presence_crosses_relays_between_contacts_only(cluster: Cluster) -> None:
+    """alice (relay 0) sees her contact bob come and go on relay 1, and bob's `who`
+    shows her online; carol, no contact of bob's, hears nothing of him."""
+    await cluster.start(2, ("alice", "bob", "carol"))
+    async with await Store.open(cluster.pg_url) as store:
+        await store.watch("alice", "bob")  # alice fetched bob's keys: contacts
+    alice, carol = await cluster.login(0, "alice"), await cluster.login(0, "carol")
+    for conn in (alice, carol):
+        await conn.request(Who)  # asks for presence pushes
+    bob = await cluster.login(1, "bob")
+    seen = await asyncio.wait_for(alice.pushes.get(), WAIT)
+    assert seen == PresenceChanged(user="bob", online=True)
+    page = await bob.request(Who)
+    assert {p.user: p.online for p in page.users} == {"alice": True, "bob": True, "carol": False}
+    await bob.close()
+    gone = await asyncio.wait_for(alice.pushes.get(), WAIT)
+    assert gone == PresenceChanged(user="bob", online=False)
+    await alice.request(Ping)  # after both pushes: carol's queue is as full as it gets
+    await carol.request(Ping)
+    assert carol.pushes.empty()
+    await alice.close()
+    await carol.close()
