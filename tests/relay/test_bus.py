@@ -6,13 +6,16 @@ small stand-in holding connections that count their wake-ups (the bus is under t
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
+
+import pytest
 
 from hushwire.common.errors import ErrorCode
 from hushwire.common.messages import Message, PresenceChanged
-from hushwire.relay.bus import LocalBus, RelayEvents, open_bus
+from hushwire.relay.bus import PRESENCE_TTL, LocalBus, RelayEvents, open_bus
 from hushwire.relay.bus_redis import RedisBus
-from tests.services import RedisServer
+from tests.services import RedisServer, free_port
 
 WAIT = 20.0
 
@@ -109,3 +112,36 @@ async def test_messages_cross_relays_and_a_gap_rereads_every_mailbox(
     finally:
         await one.close()
         await two.close()
+
+
+async def test_an_unreachable_bus_is_retried_and_its_password_never_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = RedisBus(f"redis://:s3cret@127.0.0.1:{free_port()}/0")
+    with caplog.at_level(logging.INFO, logger="hushwire.relay.bus"):
+        await bus.start(RelayEvents(StandIn()))  # type: ignore[arg-type]
+        try:
+            assert "unreachable; retrying in the background" in caplog.text
+            assert await bus.claim("bob") is True  # a login still goes ahead
+            assert await bus.spent("login:bob:x") == (0, 0.0)
+        finally:
+            await bus.close()
+    assert "s3cret" not in caplog.text and "127.0.0.1" in caplog.text
+
+
+async def test_a_relay_silent_past_the_ttl_counts_as_gone() -> None:
+    """Presence of a relay that was SIGKILLed: its accounts go offline once it has sent
+    no heartbeat for PRESENCE_TTL (clock injected)."""
+    now = [100.0]
+    alice = Conn("alice", "alice")
+    events = RelayEvents(StandIn(alice), clock=lambda: now[0])  # type: ignore[arg-type]
+    events.presence("relay-9", ["bob"], online=True)
+    assert alice.pushed == [PresenceChanged(user="bob", online=True)]
+    assert events.remote_online("bob")
+    now[0] += PRESENCE_TTL - 1
+    events.expire()
+    assert events.remote_online("bob") and len(alice.pushed) == 1
+    now[0] += 2
+    events.expire()
+    assert not events.remote_online("bob")
+    assert alice.pushed[-1] == PresenceChanged(user="bob", online=False)
