@@ -53,6 +53,7 @@ from hushwire.common.messages import (
     Reply,
     Request,
     Send,
+    SendDevices,
 )
 from hushwire.common.states import ConnState, advance, check
 from hushwire.relay.devices import split_principal
@@ -152,9 +153,10 @@ class Connection(asyncio.Protocol):
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._owed = 0  # requests taken without a task, not answered yet
-        # Sends handed to a task that has not run yet: later sends must not take the
-        # task-free path before it, or they would reserve their ids first (reordering).
+        # Sends handed to a task that has not reserved its ids yet: later sends must not
+        # take the task-free path before them, or they would reserve first (reordering).
         self._sends_starting = 0
+        self._last_turn: asyncio.Future[None] | None = None  # see _send_turn
         self._mailbox_task: asyncio.Task[None] | None = None
         # Deliveries (see the module docstring).
         self._inflight: dict[int, int] = {}  # store id -> wire id, pushed and not acked
@@ -421,7 +423,11 @@ class Connection(asyncio.Protocol):
         answer = partial(self._answer, request)
         self._owed += 1
         try:
-            if kind is Send and not self._sends_starting:
+            # The hot path: sends and acks answered by callbacks, no task (see the module
+            # docstring). A send never overtakes one handed to a task (`_sends_starting`).
+            if kind is SendDevices and not self._sends_starting:
+                taken = self.relay.devices.send_nowait(self, request, time.time(), answer)  # type: ignore[arg-type]
+            elif kind is Send and not self._sends_starting:
                 taken = self.relay.send_nowait(self, request, time.time(), answer)  # type: ignore[arg-type]
             elif kind is Ack:
                 request = self._store_ids(request)  # type: ignore[arg-type]
@@ -435,7 +441,7 @@ class Connection(asyncio.Protocol):
             return
         if not taken:  # not send/ack, or the store needs a lookup: take a task
             self._owed -= 1
-            if kind is Send:
+            if kind is Send or kind is SendDevices:
                 self._sends_starting += 1
             self._start(self._serve(request))
 
@@ -483,9 +489,10 @@ class Connection(asyncio.Protocol):
         return reply
 
     async def _serve(self, request: Request, *, handshake: bool = False) -> None:
-        if type(request) is Send:
-            self._sends_starting -= 1  # it reserves its ids in this step (Relay._send)
+        kind = type(request)
         try:
+            if kind is Send or kind is SendDevices:
+                await self._send_turn(request)  # then it reserves its ids in this step
             reply: Message = await self.relay.handle(self, request, time.time())
             self.state = advance(self.state, request)
             if self.state is ConnState.READY and self.user is not None and handshake:
@@ -493,6 +500,24 @@ class Connection(asyncio.Protocol):
         except Exception as exc:
             reply = self._error_reply(request, exc)
         self._queue(reply)
+
+    async def _send_turn(self, request: Request) -> None:
+        """Wait until a send handed to a task may reserve its ids: after the sends handed
+        to tasks before it (one may wait for a device-list read, the next not), with its
+        accounts' device lists cached, so that `handle` reserves in the same step. Sends
+        taken later use the task-free path only once no send waits here."""
+        ahead = self._last_turn
+        mine = self._last_turn = self._loop.create_future()
+        try:
+            if ahead is not None:
+                await ahead
+            if type(request) is SendDevices:
+                await self.relay.devices.load(self, request)  # type: ignore[arg-type]
+        finally:
+            self._sends_starting -= 1
+            mine.set_result(None)
+            if self._last_turn is mine:
+                self._last_turn = None
 
     # --- writing -------------------------------------------------------------------
 

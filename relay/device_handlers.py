@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from hushwire.common.crypto.devices import DeviceList
@@ -52,7 +52,7 @@ from hushwire.relay.links import LinkChannels, link_failed
 from hushwire.relay.tokens import hash_token, new_salt, new_token
 
 if TYPE_CHECKING:
-    from hushwire.relay.handlers import Peer, Relay
+    from hushwire.relay.handlers import Answer, Peer, Relay
 
 log = logging.getLogger("hushwire.relay")
 
@@ -151,14 +151,55 @@ class DeviceHandlers:
 
     # --- fan-out -------------------------------------------------------------------
 
+    def send_nowait(self, peer: Peer, req: SendDevices, now: float, reply: Answer) -> bool:
+        """`send_devices` without a task (every real client's send), when the store has
+        every named account's devices cached: the checks of `_send`, then
+        `Relay.send_each_nowait`. False means "not now": await `handle()` instead."""
+        account, device = self.relay.account_of(peer)
+        claimed = self._claimed(account, req)
+        cur = self.store.cached_devices(claimed)
+        if cur is None:
+            return False
+        recipients, bodies, keep = self._fan_out(account, device, req, claimed, cur)
+        return self.relay.send_each_nowait(
+            peer, req.id, recipients, bodies, now, keep=keep, reply=reply
+        )
+
+    async def load(self, peer: Peer, req: SendDevices) -> None:
+        """Return once the devices of every account `req` names are cached (a read that
+        raced a device change is not cached: read again)."""
+        account, _ = self.relay.account_of(peer)
+        claimed = self._claimed(account, req)
+        while self.store.cached_devices(claimed) is None:
+            await self.current(list(claimed))
+
     async def _send(self, peer: Peer, req: SendDevices, now: float) -> SendOk:
         account, device = self.relay.account_of(peer)
+        claimed = self._claimed(account, req)
+        cur = self.store.cached_devices(claimed) or await self.current(list(claimed))
+        recipients, bodies, keep = self._fan_out(account, device, req, claimed, cur)
+        return await self.relay.send_each(peer, req.id, recipients, bodies, now, keep=keep)
+
+    @staticmethod
+    def _claimed(account: str, req: SendDevices) -> dict[str, int]:
+        """The accounts the request names, with the list versions it claims (checked)."""
         claimed = send_accounts(account, req.envelopes, req.lists)
         for name in claimed:
             check_username(name)
         if not all(env.body for env in req.envelopes):
             raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
-        cur = await self.current(list(claimed))
+        return claimed
+
+    @staticmethod
+    def _fan_out(
+        account: str,
+        device: int,
+        req: SendDevices,
+        claimed: dict[str, int],
+        cur: Mapping[str, AccountDevices],
+    ) -> tuple[list[str], list[bytes], list[bool]]:
+        """(recipient principals, their bodies, which envelopes are kept), or
+        MISMATCHED_DEVICES with the current lists if the sender's view is stale."""
         wrong = mismatched(account, device, req.envelopes, claimed, cur)
         if wrong:
             raise RequestError(
@@ -167,15 +208,9 @@ class DeviceHandlers:
                 device_lists=tuple(a.signed for a in wrong if a.signed is not None),
             )
         # Devices the operator removed but the signed list still names: dropped (mid 0).
-        live = [env for env in req.envelopes if env.device in cur[env.user].live_ids]
-        return await self.relay.send_each(
-            peer,
-            req.id,
-            [principal(env.user, env.device) for env in live],
-            [env.body for env in live],
-            now,
-            keep=[env.device in cur[env.user].live_ids for env in req.envelopes],
-        )
+        keep = [env.device in cur[env.user].live_ids for env in req.envelopes]
+        live = [env for env, kept in zip(req.envelopes, keep, strict=True) if kept]
+        return [principal(env.user, env.device) for env in live], [env.body for env in live], keep
 
     # --- linking -------------------------------------------------------------------
 

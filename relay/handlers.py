@@ -536,6 +536,39 @@ class Relay:
             return False  # `_send` answers mismatched_devices with the lists
         self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
         out = _Outgoing(self.online, peer, recipients, int(now), (req.body,) * len(recipients))
+        self._enqueue_nowait(out, user, req.body, SendOk(id=req.id, mids=(), ts=out.ts), reply)
+        return True
+
+    def send_each_nowait(
+        self,
+        peer: Peer,
+        rid: int,
+        recipients: Sequence[str],
+        bodies: Sequence[bytes],
+        now: float,
+        *,
+        keep: Sequence[bool],
+        reply: Answer,
+    ) -> bool:
+        """`send_each` without a task or coroutine (see `send_nowait`): the path of every
+        `send_devices` whose accounts and device mailboxes the store has cached."""
+        if recipients and not self.store.cached(recipients):
+            return False
+        user = self._user(peer)
+        self._limit(self._sends, "send", user, now, "envelopes", cost=max(len(keep), 1))
+        out = _Outgoing(self.online, peer, recipients, int(now), bodies)
+        ok = SendOk(id=rid, mids=tuple(int(k) for k in keep), ts=out.ts)
+        if recipients:
+            self._enqueue_nowait(out, user, bodies, ok, reply)
+        else:
+            reply(ok)  # every envelope was for a removed device: nothing to queue
+        return True
+
+    def _enqueue_nowait(
+        self, out: _Outgoing, user: str, body: bytes | Sequence[bytes], ok: SendOk, reply: Answer
+    ) -> None:
+        """Reserve the ids now (pushing early to caught-up recipients); `reply(ok)` once
+        the envelopes are committed or all acked, `reply(error)` if the commit fails."""
         counters = self.counters
 
         def done(mids: list[int] | None, exc: BaseException | None) -> None:
@@ -546,12 +579,11 @@ class Relay:
                 counters.sends += 1
                 counters.envelopes += len(mids)
                 out.offer_committed(mids)
-                reply(SendOk(id=req.id, mids=(), ts=out.ts))
+                reply(ok)
 
         self.store.enqueue_nowait(
-            user, recipients, req.body, now=out.ts, on_done=done, on_reserved=out.push_early
+            user, out.recipients, body, now=out.ts, on_done=done, on_reserved=out.push_early
         )
-        return True
 
     async def _send(self, peer: Peer, req: Send, now: float) -> SendOk:
         user, recipients = self._send_checks(peer, req)

@@ -89,6 +89,11 @@ class Enqueue:
     def all_elided(self) -> bool:
         return self.elided is not None and len(self.elided) == len(self.mids)
 
+    def size(self, i: int) -> int:
+        """Bytes of the i-th row's body (what the mailbox quotas count)."""
+        body = self.body
+        return len(body) if isinstance(body, bytes) else len(body[i])
+
     def rows(self) -> list[tuple[int, int, str, int, bytes]]:
         """(mid, recipient id, sender, created_at, body) of each row still to write."""
         elided = self.elided or ()

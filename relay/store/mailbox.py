@@ -125,9 +125,7 @@ class Mailbox:
     ) -> list[int]:
         """`enqueue` with one body per recipient (a per-device fan-out): still one
         operation, so the group commit writes all of its rows or none."""
-        if len(bodies) != len(recipients) or not all(isinstance(b, bytes) for b in bodies):
-            raise RequestError(ErrorCode.BAD_REQUEST, "one envelope body per recipient")
-        self._check_recipients(recipients, b"")
+        self._check_recipients(recipients, bodies)
         if self.cached(recipients):
             rids = [self._ids[n] for n in recipients]
         else:
@@ -147,13 +145,14 @@ class Mailbox:
         self,
         sender: str,
         recipients: Sequence[str],
-        body: bytes,
+        body: bytes | Sequence[bytes],
         *,
         now: int,
         on_done: Callable[[list[int] | None, BaseException | None], None],
         on_reserved: Callable[[list[int]], None] | None = None,
     ) -> None:
-        """`enqueue` without a coroutine, for callers that found `cached(recipients)` true
+        """`enqueue` (one body for all) or `enqueue_each` (a sequence of bodies, one per
+        recipient) without a coroutine, for callers that found `cached(recipients)` true
         in this same step (so it still is).
 
         Raises at once for a refused send. Otherwise `on_done(mids, None)` or
@@ -165,14 +164,19 @@ class Mailbox:
         rids = [ids[n] for n in recipients]
         self._reserve(sender, recipients, rids, body, now, on_reserved, Waiter(on_done))
 
-    def _check_recipients(self, recipients: Sequence[str], body: bytes) -> None:
+    def _check_recipients(self, recipients: Sequence[str], body: bytes | Sequence[bytes]) -> None:
+        """`body`: one for every recipient, or a sequence of one per recipient."""
         self._check_open()
         if not recipients:
             raise RequestError(ErrorCode.BAD_REQUEST, "no recipients")
         if len(recipients) > 1 and len(set(recipients)) != len(recipients):
             raise RequestError(ErrorCode.BAD_REQUEST, "a recipient is named twice")
-        if not isinstance(body, bytes | bytearray | memoryview):
+        if isinstance(body, bytes | bytearray | memoryview):
+            return
+        if isinstance(body, str) or not isinstance(body, Sequence):
             raise RequestError(ErrorCode.BAD_REQUEST, "envelope body must be bytes")
+        if len(body) != len(recipients) or not all(isinstance(b, bytes) for b in body):
+            raise RequestError(ErrorCode.BAD_REQUEST, "one envelope body per recipient")
 
     def _reserve(
         self,
@@ -186,15 +190,20 @@ class Mailbox:
     ) -> None:
         # No await between the check and the reservation: the usage cannot change.
         self._disk.check(now)
-        usage, size = self._usage, len(body)
-        for name, rid in zip(recipients, rids, strict=True):
+        usage = self._usage
+        if isinstance(body, bytes | bytearray | memoryview):
+            body = bytes(body)
+            sizes = [len(body)] * len(rids)
+        else:
+            body = list(body)
+            sizes = [len(b) for b in body]  # quotas count each device's own envelope
+        for name, rid, size in zip(recipients, rids, sizes, strict=True):
             usage.check(sender, rid, name, size)
-        for rid in rids:
+        for rid, size in zip(rids, sizes, strict=True):
             usage.add(sender, rid, size)
         first = self._next_mid
         self._next_mid += len(rids)
         mids = list(range(first, first + len(rids)))
-        body = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else list(body)
         op = Enqueue(sender, list(recipients), rids, mids, body, now, fut)
         self._submit(op)
         unwritten = self._batch.unwritten
@@ -243,7 +252,7 @@ class Mailbox:
         if elided:
             for mid in elided:
                 op = ops[mid]
-                self._usage.remove(op.sender, rid, len(op.body))
+                self._usage.remove(op.sender, rid, op.size(op.mids.index(mid)))
             wanted = [m for m in wanted if m not in elided]
             if not wanted:
                 return len(elided)
@@ -351,9 +360,9 @@ class Mailbox:
         """Apply a committed (or failed) op to the in-memory counts and answer it."""
         if isinstance(op, Enqueue):
             if isinstance(outcome, Failed):
-                for mid, rid in zip(op.mids, op.rids, strict=True):
+                for i, (mid, rid) in enumerate(zip(op.mids, op.rids, strict=True)):
                     if not (op.elided and mid in op.elided):
-                        self._usage.remove(op.sender, rid, len(op.body))
+                        self._usage.remove(op.sender, rid, op.size(i))
                 if outcome.error.code is ErrorCode.UNKNOWN_USER:
                     for name in op.names:
                         self._forget(name)
