@@ -189,6 +189,11 @@ class RelayConnection:
         self.state = advance(self.state, req)
         return reply
 
+    def notify(self, req: Request) -> None:
+        """Send a request that wants no reply (an `ack` with a nil `id`, protocol v2)."""
+        check(self.state, req, remote=False)
+        self._send(req)
+
     def _send(self, req: Request) -> None:
         if self._closed.is_set():
             raise ConnectionClosed("the connection to the relay is closed", self.closed_reason)

@@ -228,7 +228,12 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         self._counters.errors[code] += 1
-        self._queue(Error(id=None, code=code, message=message))
+        self._close_with(Error(id=None, code=code, message=message))
+
+    def _close_with(self, error: Error) -> None:
+        if self._closing:
+            return
+        self._queue(error)
         self._shut()
         self._end()
 
@@ -405,6 +410,7 @@ class Connection(asyncio.Protocol):
                 log.info("%s: too many requests before login", self.peer_address)
                 self.kick(ErrorCode.RATE_LIMITED, "too many requests before login")
                 return
+        request = None
         try:
             request = decode_request(raw)
             check(self.state, request, remote=True)
@@ -413,7 +419,11 @@ class Connection(asyncio.Protocol):
         except HushwireError as exc:
             self._counters.errors[exc.code] += 1
             message = exc.message[:MAX_ERROR_MESSAGE]
-            self._queue(Error(id=request_id(raw), code=exc.code, message=message))
+            error = Error(id=request_id(raw), code=exc.code, message=message)
+            if request is None:
+                self._queue(error)
+            else:
+                self._reply(request, error)
             return
         if self.state is not ConnState.READY:
             self._handshaking = True
@@ -437,7 +447,7 @@ class Connection(asyncio.Protocol):
                 taken = False
         except Exception as exc:
             self._owed -= 1
-            self._queue(self._error_reply(request, exc))
+            self._reply(request, self._error_reply(request, exc))
             return
         if not taken:  # not send/ack, or the store needs a lookup: take a task
             self._owed -= 1
@@ -460,8 +470,19 @@ class Connection(asyncio.Protocol):
         connection's turn (its ack settled our send), so it only queues: frames held
         back are taken by the next flush, never from here."""
         self._owed -= 1
-        self._queue(reply if isinstance(reply, Message) else self._error_reply(request, reply))
+        self._reply(
+            request, reply if isinstance(reply, Message) else self._error_reply(request, reply)
+        )
         self._request_done()
+
+    def _reply(self, request: Request, reply: Message) -> None:
+        """Queue a request's reply. An `ack` with a nil `id` (protocol v2) wants none, which
+        spares a frame per message: it succeeds silently, and its failure closes the
+        connection (its envelopes are then pushed again after the next login)."""
+        if request.id is not None:
+            self._queue(reply)
+        elif isinstance(reply, Error):
+            self._close_with(reply)
 
     def _request_done(self) -> None:
         if self._ending:
@@ -499,7 +520,7 @@ class Connection(asyncio.Protocol):
                 self._backlog = True  # just logged in: deliver what waited
         except Exception as exc:
             reply = self._error_reply(request, exc)
-        self._queue(reply)
+        self._reply(request, reply)
 
     async def _send_turn(self, request: Request) -> None:
         """Wait until a send handed to a task may reserve its ids: after the sends handed
