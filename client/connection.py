@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import logging
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -30,14 +31,18 @@ from hushwire.common.fingerprint import cert_fingerprint
 from hushwire.common.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from hushwire.common.messages import (
     PROTOCOL_VERSION,
+    DeviceEnvelope,
     Error,
     Hello,
     HelloOk,
+    ListVersion,
     Login,
     LoginOk,
     Push,
     Reply,
     Request,
+    SendDevices,
+    SendOk,
 )
 from hushwire.common.states import ConnState, advance, check
 
@@ -193,6 +198,21 @@ class RelayConnection:
         """Send a request that wants no reply (an `ack` with a nil `id`, protocol v2)."""
         check(self.state, req, remote=False)
         self._send(req)
+
+    async def send_devices(
+        self,
+        envelopes: Sequence[DeviceEnvelope],
+        lists: Sequence[ListVersion],
+        *,
+        payload: bytes | None = None,
+    ) -> SendOk:
+        """One `send_devices`: a sealed envelope per device, all or nothing. A group send
+        gives `payload` (the once-encrypted group message, common/crypto/group_payload.py):
+        the relay carries it once and hands it out with every one of these envelopes, as
+        `Deliver.payload` (protocol version 2; docs/protocol.md, send_devices)."""
+        return await self.request(  # type: ignore[no-any-return]
+            SendDevices, envelopes=tuple(envelopes), lists=tuple(lists), payload=payload
+        )
 
     def _send(self, req: Request) -> None:
         if self._closed.is_set():

@@ -143,7 +143,7 @@ class Outbox:
             targets = await plan(s.store, s.user, s.device, out.contact)
             out = await seal_copies(s, out, text, targets, fetcher(conn))
             try:
-                await conn.request(wire.SendDevices, envelopes=out.envelopes(), lists=out.lists)
+                await conn.send_devices(out.envelopes(), out.lists)
             except RequestError as exc:
                 if exc.code is not ErrorCode.MISMATCHED_DEVICES or attempt == MAX_FANOUT_ATTEMPTS:
                     raise

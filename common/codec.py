@@ -117,7 +117,10 @@ def _fast_send_devices(obj: Mapping[str, Any]) -> SendDevices | None:
         if type(user) is not str or type(version) is not int or not 0 <= version <= _MAX_INT:
             return None
         lists.append(ListVersion(user, version))
-    return SendDevices(rid, tuple(envelopes), tuple(lists))
+    payload = obj.get("payload")
+    if payload is not None and type(payload) is not bytes:
+        return None
+    return SendDevices(rid, tuple(envelopes), tuple(lists), payload=payload)
 
 
 # The relay's hottest requests skip the annotation-driven codec when well-formed.

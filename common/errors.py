@@ -66,6 +66,8 @@ class ErrorCode(StrEnum):
     DEVICE_LIMIT = "device_limit"
     LINK_FAILED = "link_failed"
     ACCOUNT_HAS_DEVICES = "account_has_devices"
+    # A send_devices over its size limits (payload, or payload and envelopes together).
+    SEND_TOO_LARGE = "send_too_large"
     # Local-only codes (never sent by the relay).
     CRYPTO = "crypto"
     CONNECTION = "connection"

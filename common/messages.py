@@ -393,9 +393,22 @@ class SendDevices(Request):
     id: int
     envelopes: tuple[DeviceEnvelope, ...]
     lists: tuple[ListVersion, ...]
+    # v2: a group send's encrypted message, carried once for every envelope (absent or
+    # nil: none). Left out of the wire form when None, so a plain send is unchanged.
+    payload: bytes | None = None
 
     def __repr__(self) -> str:
-        return f"SendDevices(id={self.id}, envelopes={len(self.envelopes)}, lists={self.lists!r})"
+        size = "" if self.payload is None else f", payload=<{len(self.payload)} bytes>"
+        return (
+            f"SendDevices(id={self.id}, envelopes={len(self.envelopes)}, "
+            f"lists={self.lists!r}{size})"
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        out = Message.to_wire(self)
+        if self.payload is None:
+            del out["payload"]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,12 +459,18 @@ class Deliver(Push):
     ts: int  # when the relay took it (Unix seconds); the sealed envelope has the sender's
     body: bytes
     sender_device: int = 1  # the sending device, as authenticated by its login
+    # v2: the payload of the group send this envelope came with; the key is absent from
+    # a deliver without one (docs/protocol.md, deliver).
+    payload: bytes | None = None
 
     def __repr__(self) -> str:
-        return f"Deliver(mid={self.mid}, sender={self.sender!r}, body=<{len(self.body)} bytes>)"
+        size = "" if self.payload is None else f", payload=<{len(self.payload)} bytes>"
+        return (
+            f"Deliver(mid={self.mid}, sender={self.sender!r}, body=<{len(self.body)} bytes>{size})"
+        )
 
     def to_wire(self) -> dict[str, Any]:  # hot path: the generic walk, unrolled
-        return {
+        out = {
             "t": "deliver",
             "mid": self.mid,
             "sender": self.sender,
@@ -459,6 +478,9 @@ class Deliver(Push):
             "body": self.body,
             "sender_device": self.sender_device,
         }
+        if self.payload is not None:
+            out["payload"] = self.payload
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -278,6 +278,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
     print(f"users:    {stats['users']} ({stats['disabled']} disabled)")
     print(f"queued:   {stats['queued']} envelope(s)")
+    print(
+        f"payloads: {stats['payloads']} group payload(s), {stats['payload_bytes']:,} bytes"
+        " (stored once per group send)"
+    )
     print(f"db size:  {stats['db_bytes']:,} bytes")
     if live is None:
         print("relay:    not running")
@@ -346,7 +350,8 @@ def cmd_copy_store(args: argparse.Namespace) -> int:
         lock.release()
     print(
         f"copied {source} to {redact(args.to)}: {counts['users']} user(s), "
-        f"{counts['mailbox']} queued envelope(s), {counts['one_time_prekeys']} one-time "
+        f"{counts['mailbox']} queued envelope(s) with {counts['payloads']} group payload(s), "
+        f"{counts['one_time_prekeys']} one-time "
         "prekey(s); start the relay with --store and that URL"
     )
     return 0

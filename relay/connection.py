@@ -153,10 +153,9 @@ class Connection(asyncio.Protocol):
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._owed = 0  # requests taken without a task, not answered yet
-        # Sends handed to a task that has not reserved its ids yet: later sends must not
-        # take the task-free path before them, or they would reserve first (reordering).
+        # Sends handed to a task that has not run yet: later sends must not take the
+        # task-free path before it, or they would reserve their ids first (reordering).
         self._sends_starting = 0
-        self._last_turn: asyncio.Future[None] | None = None  # see _send_turn
         self._mailbox_task: asyncio.Task[None] | None = None
         # Deliveries (see the module docstring).
         self._inflight: dict[int, int] = {}  # store id -> wire id, pushed and not acked
@@ -436,7 +435,7 @@ class Connection(asyncio.Protocol):
             # The hot path: sends and acks answered by callbacks, no task (see the module
             # docstring). A send never overtakes one handed to a task (`_sends_starting`).
             if kind is SendDevices and not self._sends_starting:
-                taken = self.relay.devices.send_nowait(self, request, time.time(), answer)  # type: ignore[arg-type]
+                taken = self.relay.sends.send_devices_nowait(self, request, time.time(), answer)  # type: ignore[arg-type]
             elif kind is Send and not self._sends_starting:
                 taken = self.relay.send_nowait(self, request, time.time(), answer)  # type: ignore[arg-type]
             elif kind is Ack:
@@ -510,10 +509,11 @@ class Connection(asyncio.Protocol):
         return reply
 
     async def _serve(self, request: Request, *, handshake: bool = False) -> None:
-        kind = type(request)
+        if type(request) is Send or type(request) is SendDevices:
+            # It takes its turn in this step (relay/sending.py, SendOrder): later sends
+            # queue behind it from here on.
+            self._sends_starting -= 1
         try:
-            if kind is Send or kind is SendDevices:
-                await self._send_turn(request)  # then it reserves its ids in this step
             reply: Message = await self.relay.handle(self, request, time.time())
             self.state = advance(self.state, request)
             if self.state is ConnState.READY and self.user is not None and handshake:
@@ -521,24 +521,6 @@ class Connection(asyncio.Protocol):
         except Exception as exc:
             reply = self._error_reply(request, exc)
         self._reply(request, reply)
-
-    async def _send_turn(self, request: Request) -> None:
-        """Wait until a send handed to a task may reserve its ids: after the sends handed
-        to tasks before it (one may wait for a device-list read, the next not), with its
-        accounts' device lists cached, so that `handle` reserves in the same step. Sends
-        taken later use the task-free path only once no send waits here."""
-        ahead = self._last_turn
-        mine = self._last_turn = self._loop.create_future()
-        try:
-            if ahead is not None:
-                await ahead
-            if type(request) is SendDevices:
-                await self.relay.devices.load(self, request)  # type: ignore[arg-type]
-        finally:
-            self._sends_starting -= 1
-            mine.set_result(None)
-            if self._last_turn is mine:
-                self._last_turn = None
 
     # --- writing -------------------------------------------------------------------
 
@@ -638,6 +620,7 @@ class Connection(asyncio.Protocol):
                     ts=row.created_at,
                     body=row.body,
                     sender_device=device,
+                    payload=row.payload,
                 )
             )
         if len(rows) == limit:
@@ -663,5 +646,12 @@ class Connection(asyncio.Protocol):
         self._by_wire[wire] = d.mid
         self._cursor = d.mid
         self._queue(
-            Deliver(mid=wire, sender=d.sender, ts=d.ts, body=d.body, sender_device=d.sender_device)
+            Deliver(
+                mid=wire,
+                sender=d.sender,
+                ts=d.ts,
+                body=d.body,
+                sender_device=d.sender_device,
+                payload=d.payload,
+            )
         )

@@ -1,6 +1,7 @@
-"""The relay's device requests: device lists, the per-device fan-out, and linking.
+"""The relay's device requests: device lists and linking (the per-device fan-out,
+`send_devices`, is relay/sending.py's).
 
-Kept apart from relay/handlers.py (which owns login, keys and the single-body mailbox)
+Kept apart from relay/handlers.py (which owns login, keys, acks and presence)
 because it is one concern with its own state, the open link channels. A connection's
 `user` is its principal (relay/devices.py: `alice` for device 1, `alice/2` for others);
 `account` and `device` name the account and which of its devices it is.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from hushwire.common.crypto.devices import DeviceList
@@ -34,8 +35,6 @@ from hushwire.common.messages import (
     PublishDevicesOk,
     Reply,
     Request,
-    SendDevices,
-    SendOk,
 )
 from hushwire.common.names import check_username
 from hushwire.relay.devices import (
@@ -43,16 +42,14 @@ from hushwire.relay.devices import (
     check_list,
     device_limit,
     linked_by,
-    mismatched,
     principal,
     removed_by,
-    send_accounts,
 )
 from hushwire.relay.links import LinkChannels, link_failed
 from hushwire.relay.tokens import hash_token, new_salt, new_token
 
 if TYPE_CHECKING:
-    from hushwire.relay.handlers import Answer, Peer, Relay
+    from hushwire.relay.handlers import Peer, Relay
 
 log = logging.getLogger("hushwire.relay")
 
@@ -68,7 +65,6 @@ class DeviceHandlers:
         self.dispatch: dict[type[Request], Callable[[Peer, Request, float], Awaitable[Reply]]] = {
             FetchDevices: self._fetch,  # type: ignore[dict-item]
             PublishDevices: self._publish,  # type: ignore[dict-item]
-            SendDevices: self._send,  # type: ignore[dict-item]
             LinkStart: self._link_start,  # type: ignore[dict-item]
             LinkFetch: self._link_fetch,  # type: ignore[dict-item]
             LinkJoin: self._link_join,  # type: ignore[dict-item]
@@ -148,69 +144,6 @@ class DeviceHandlers:
         self.unlinked(account, removed)
         self.announce(account, req.device_list, watchers)
         return PublishDevicesOk(id=req.id, version=dlist.version)
-
-    # --- fan-out -------------------------------------------------------------------
-
-    def send_nowait(self, peer: Peer, req: SendDevices, now: float, reply: Answer) -> bool:
-        """`send_devices` without a task (every real client's send), when the store has
-        every named account's devices cached: the checks of `_send`, then
-        `Relay.send_each_nowait`. False means "not now": await `handle()` instead."""
-        account, device = self.relay.account_of(peer)
-        claimed = self._claimed(account, req)
-        cur = self.store.cached_devices(claimed)
-        if cur is None:
-            return False
-        recipients, bodies, keep = self._fan_out(account, device, req, claimed, cur)
-        return self.relay.send_each_nowait(
-            peer, req.id, recipients, bodies, now, keep=keep, reply=reply
-        )
-
-    async def load(self, peer: Peer, req: SendDevices) -> None:
-        """Return once the devices of every account `req` names are cached (a read that
-        raced a device change is not cached: read again)."""
-        account, _ = self.relay.account_of(peer)
-        claimed = self._claimed(account, req)
-        while self.store.cached_devices(claimed) is None:
-            await self.current(list(claimed))
-
-    async def _send(self, peer: Peer, req: SendDevices, now: float) -> SendOk:
-        account, device = self.relay.account_of(peer)
-        claimed = self._claimed(account, req)
-        cur = self.store.cached_devices(claimed) or await self.current(list(claimed))
-        recipients, bodies, keep = self._fan_out(account, device, req, claimed, cur)
-        return await self.relay.send_each(peer, req.id, recipients, bodies, now, keep=keep)
-
-    @staticmethod
-    def _claimed(account: str, req: SendDevices) -> dict[str, int]:
-        """The accounts the request names, with the list versions it claims (checked)."""
-        claimed = send_accounts(account, req.envelopes, req.lists)
-        for name in claimed:
-            check_username(name)
-        if not all(env.body for env in req.envelopes):
-            raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
-        return claimed
-
-    @staticmethod
-    def _fan_out(
-        account: str,
-        device: int,
-        req: SendDevices,
-        claimed: dict[str, int],
-        cur: Mapping[str, AccountDevices],
-    ) -> tuple[list[str], list[bytes], list[bool]]:
-        """(recipient principals, their bodies, which envelopes are kept), or
-        MISMATCHED_DEVICES with the current lists if the sender's view is stale."""
-        wrong = mismatched(account, device, req.envelopes, claimed, cur)
-        if wrong:
-            raise RequestError(
-                ErrorCode.MISMATCHED_DEVICES,
-                "the device lists of " + ", ".join(a.account for a in wrong) + " changed",
-                device_lists=tuple(a.signed for a in wrong if a.signed is not None),
-            )
-        # Devices the operator removed but the signed list still names: dropped (mid 0).
-        keep = [env.device in cur[env.user].live_ids for env in req.envelopes]
-        live = [env for env, kept in zip(req.envelopes, keep, strict=True) if kept]
-        return [principal(env.user, env.device) for env in live], [env.body for env in live], keep
 
     # --- linking -------------------------------------------------------------------
 

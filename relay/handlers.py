@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,7 +49,6 @@ from hushwire.common.messages import (
     Request,
     Send,
     SendDevices,
-    SendOk,
     Who,
     WhoOk,
 )
@@ -61,13 +60,13 @@ from hushwire.relay.devices import principal, split_principal
 from hushwire.relay.errors import StoreError
 from hushwire.relay.metrics import RelayCounters
 from hushwire.relay.ratelimit import RateLimiter
+from hushwire.relay.sending import SendHandlers
 from hushwire.relay.store import Store
 from hushwire.relay.tokens import DUMMY, verify_token
 
 log = logging.getLogger("hushwire.relay")
 
 RELAY_NAME = "hushwire-relay/0.1"
-MAX_RECIPIENTS = 50
 MAX_PREKEYS_PER_UPLOAD = 200
 # `who` pages: a presence entry is at most 48 bytes of msgpack (a 32-character name), so
 # a page sized from max_frame always fits one frame, however many users there are.
@@ -117,60 +116,6 @@ class GroupInfo:
     params_pem: str | None = None
 
 
-class _Outgoing:
-    """One send between the reservation of its ids and its `ok`: where the early push
-    went, so that the commit (or a failure) finishes what it started, in order."""
-
-    __slots__ = ("bodies", "device", "early", "online", "recipients", "ts", "user")
-
-    def __init__(
-        self,
-        online: dict[str, Peer],
-        sender: Peer,
-        recipients: Sequence[str],
-        ts: int,
-        bodies: Sequence[bytes],
-    ) -> None:
-        self.online = online  # the relay's live map: who is online when each step runs
-        self.user = sender.account or ""
-        self.device = sender.device
-        self.recipients = recipients  # principals
-        self.ts = ts
-        self.bodies = bodies  # one per recipient
-        self.early: dict[int, tuple[Peer, bool]] = {}  # mid -> (session offered, taken)
-
-    def _deliver(self, mid: int, i: int) -> Deliver:
-        return Deliver(
-            mid=mid, sender=self.user, ts=self.ts, body=self.bodies[i], sender_device=self.device
-        )
-
-    def push_early(self, mids: list[int]) -> None:
-        """Runs when the ids are reserved, before the commit: an online recipient that is
-        caught up gets the envelope at once, and if it acks before the commit the store
-        never writes the row. The sender still hears `ok` only once the envelope is
-        committed or acked (docs/protocol.md, send)."""
-        for i, (recipient, mid) in enumerate(zip(self.recipients, mids, strict=True)):
-            online = self.online.get(recipient)
-            if online is not None:
-                self.early[mid] = (online, online.offer_early(self._deliver(mid, i)))
-
-    def unhold(self) -> None:
-        """The send failed: release the places held for it."""
-        for mid, (peer, taken) in self.early.items():
-            if not taken:
-                peer.unhold(mid)
-
-    def offer_committed(self, mids: list[int]) -> None:
-        """After the commit: offer what the early push did not deliver."""
-        for i, (recipient, mid) in enumerate(zip(self.recipients, mids, strict=True)):
-            peer, taken = self.early.get(mid, (None, False))
-            online = self.online.get(recipient)
-            if peer is not None and not taken and peer is not online:
-                peer.unhold(mid)  # that session is gone; its successor gets it below
-            if online is not None and not (taken and online is peer):
-                online.offer(self._deliver(mid, i))
-
-
 class Relay:
     def __init__(self, config: RelayConfig, store: Store, group: GroupInfo) -> None:
         self.config = config
@@ -181,7 +126,6 @@ class Relay:
         self.counters = RelayCounters()
         # Failed logins per (user, address prefix): see _login.
         self._login_failures = RateLimiter(config.login_limit)
-        self._sends = RateLimiter(config.send_limit)
         self._fetches = RateLimiter(config.fetch_limit)
         # One-time prekeys handed out per target, by all fetchers together (X3DH 4.7).
         self._one_time_of = RateLimiter(config.target_fetch_limit)
@@ -201,13 +145,14 @@ class Relay:
             PublishKeys: self._publish,  # type: ignore[dict-item]
             FetchBundle: self._fetch,  # type: ignore[dict-item]
             PrekeyCount: self._count,  # type: ignore[dict-item]
-            Send: self._send,  # type: ignore[dict-item]
             Ack: self._ack,  # type: ignore[dict-item]
             Who: self._who,  # type: ignore[dict-item]
             Ping: self._ping,  # type: ignore[dict-item]
         }
         self.devices = DeviceHandlers(self)
         self._dispatch.update(self.devices.dispatch)
+        self.sends = SendHandlers(self)
+        self._dispatch.update(self.sends.dispatch)
 
     async def handle(self, peer: Peer, request: Request, now: float) -> Reply:
         """Answer one request (the connection has already checked the state table)."""
@@ -220,14 +165,14 @@ class Relay:
         kind = type(request)
         if kind is Send or kind is SendDevices or kind is FetchBundle or kind is PublishKeys:
             return
-        user = self._user(peer)
+        user = self.user_of(peer)
         if kind is Ack:
             ids = len(request.mids)  # type: ignore[attr-defined]
             if ids > MAX_ACK_IDS:
                 raise RequestError(ErrorCode.BAD_REQUEST, f"at most {MAX_ACK_IDS} ids per ack")
-            self._limit(self._acks, "ack", user, now, "acked ids", cost=ids)
+            self.limit(self._acks, "ack", user, now, "acked ids", cost=ids)
         else:
-            self._limit(self._requests, request.TYPE, (user, kind), now, f"{request.TYPE} requests")
+            self.limit(self._requests, request.TYPE, (user, kind), now, f"{request.TYPE} requests")
 
     def disconnected(self, peer: Peer) -> None:
         user = peer.user
@@ -414,7 +359,7 @@ class Relay:
                 )
 
     async def _publish(self, peer: Peer, req: PublishKeys, now: float) -> PublishOk:
-        user = self._user(peer)
+        user = self.user_of(peer)
         account, _ = self.account_of(peer)
         if req.identity is not None:
             self._check_identity(req.identity)
@@ -432,7 +377,7 @@ class Relay:
         for otpk in one_time:
             self._check_public(otpk.key, "one-time prekey")
         self._check_kem(peer, req)
-        self._limit(self._publishes, "publish", user, now, "key uploads")
+        self.limit(self._publishes, "publish", user, now, "key uploads")
         result = await self.store.publish_keys(
             user,
             identity=req.identity,
@@ -474,11 +419,11 @@ class Relay:
                 )
 
     async def _fetch(self, peer: Peer, req: FetchBundle, now: float) -> BundleOk:
-        user = self._user(peer)
+        user = self.user_of(peer)
         target = check_username(req.user)
         device = 1 if req.device is None else req.device
         # X3DH 4.7: a client could drain a victim's one-time prekeys; bound the rate.
-        self._limit(self._fetches, "fetch", user, now, "prekey bundle fetches")
+        self.limit(self._fetches, "fetch", user, now, "prekey bundle fetches")
         name = principal(target, device)
         if device < 1 or not await self.store.user_exists(name):
             if device != 1 and await self.store.user_exists(target):
@@ -497,157 +442,21 @@ class Relay:
         return BundleOk(id=req.id, bundle=dataclasses.replace(bundle, user=target))
 
     async def _count(self, peer: Peer, req: PrekeyCount, now: float) -> CountOk:
-        user = self._user(peer)
+        user = self.user_of(peer)
         _, kem_left = await self.store.kem_status(user)
         return CountOk(id=req.id, count=await self.store.prekey_count(user), kem_count=kem_left)
 
     # --- mailbox -----------------------------------------------------------------
 
-    def _send_checks(self, peer: Peer, req: Send) -> tuple[str, tuple[str, ...]]:
-        user = self._user(peer)
-        to = req.to
-        recipients = tuple(check_username(r) for r in to)
-        # One mid per named recipient, in order: a name given twice is refused, not merged
-        # (merging would hand back fewer mids than names; docs/protocol.md, send).
-        if len(recipients) > 1 and len(set(recipients)) != len(recipients):
-            raise RequestError(ErrorCode.BAD_REQUEST, "a recipient is named twice")
-        if not recipients or len(recipients) > MAX_RECIPIENTS:
-            raise RequestError(
-                ErrorCode.BAD_REQUEST, f"send needs 1 to {MAX_RECIPIENTS} distinct recipients"
-            )
-        if not req.body:
-            raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
-        return user, recipients
-
     def send_nowait(self, peer: Peer, req: Send, now: float, reply: Answer) -> bool:
-        """`send` without a task or coroutine: the hot path, when every recipient's id is
-        cached in the store. Raises RequestError at once for a refused send; otherwise
-        `reply(SendOk or exception)` is called once, later. False means "not now": await
-        `handle()` instead (nothing was consumed).
-        """
-        recipients = req.to
-        if len(recipients) == 1 and req.body and self.store.cached(recipients):
-            user = self._user(peer)  # one known user: a valid name, nothing to dedupe
-        else:
-            user, recipients = self._send_checks(peer, req)
-            if not self.store.cached(recipients):
-                return False
-        if not self.store.single_device((peer.account or user, *recipients)):
-            return False  # `_send` answers mismatched_devices with the lists
-        self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
-        out = _Outgoing(self.online, peer, recipients, int(now), (req.body,) * len(recipients))
-        self._enqueue_nowait(out, user, req.body, SendOk(id=req.id, mids=(), ts=out.ts), reply)
-        return True
-
-    def send_each_nowait(
-        self,
-        peer: Peer,
-        rid: int,
-        recipients: Sequence[str],
-        bodies: Sequence[bytes],
-        now: float,
-        *,
-        keep: Sequence[bool],
-        reply: Answer,
-    ) -> bool:
-        """`send_each` without a task or coroutine (see `send_nowait`): the path of every
-        `send_devices` whose accounts and device mailboxes the store has cached."""
-        if recipients and not self.store.cached(recipients):
-            return False
-        user = self._user(peer)
-        self._limit(self._sends, "send", user, now, "envelopes", cost=max(len(keep), 1))
-        out = _Outgoing(self.online, peer, recipients, int(now), bodies)
-        ok = SendOk(id=rid, mids=tuple(int(k) for k in keep), ts=out.ts)
-        if recipients:
-            self._enqueue_nowait(out, user, bodies, ok, reply)
-        else:
-            reply(ok)  # every envelope was for a removed device: nothing to queue
-        return True
-
-    def _enqueue_nowait(
-        self, out: _Outgoing, user: str, body: bytes | Sequence[bytes], ok: SendOk, reply: Answer
-    ) -> None:
-        """Reserve the ids now (pushing early to caught-up recipients); `reply(ok)` once
-        the envelopes are committed or all acked, `reply(error)` if the commit fails."""
-        counters = self.counters
-
-        def done(mids: list[int] | None, exc: BaseException | None) -> None:
-            if exc is not None:
-                out.unhold()
-                reply(exc)
-            elif mids is not None:
-                counters.sends += 1
-                counters.envelopes += len(mids)
-                out.offer_committed(mids)
-                reply(ok)
-
-        self.store.enqueue_nowait(
-            user, out.recipients, body, now=out.ts, on_done=done, on_reserved=out.push_early
-        )
-
-    async def _send(self, peer: Peer, req: Send, now: float) -> SendOk:
-        user, recipients = self._send_checks(peer, req)
-        account = peer.account or user
-        if not self.store.single_device((account, *recipients)):
-            # A one-body send reaches device 1 only: with more devices it would lose
-            # messages silently, so the client is told to fan out (send_devices).
-            wrong = await self.devices.current(list(dict.fromkeys((account, *recipients))))
-            raise RequestError(
-                ErrorCode.MISMATCHED_DEVICES,
-                "a recipient or the sender has several devices: use send_devices",
-                device_lists=tuple(a.signed for a in wrong.values() if a.signed is not None),
-            )
-        self._limit(self._sends, "send", user, now, "envelopes", cost=len(recipients))
-        out = _Outgoing(self.online, peer, recipients, int(now), (req.body,) * len(recipients))
-        # Nothing may await before enqueue: the store takes sends in call order, which
-        # keeps one sender's envelopes in order even when they are pipelined.
-        try:
-            mids = await self.store.enqueue(
-                user, recipients, req.body, now=out.ts, on_reserved=out.push_early
-            )
-        except BaseException:
-            out.unhold()
-            raise
-        self.counters.sends += 1
-        self.counters.envelopes += len(mids)
-        out.offer_committed(mids)
-        return SendOk(id=req.id, mids=(), ts=out.ts)
-
-    async def send_each(
-        self,
-        peer: Peer,
-        rid: int,
-        recipients: Sequence[str],
-        bodies: Sequence[bytes],
-        now: float,
-        *,
-        keep: Sequence[bool],
-    ) -> SendOk:
-        """Queue one body per recipient principal, all or nothing; `keep` says which of
-        the request's envelopes these are (the others were dropped: 0 in `mids`)."""
-        user = self._user(peer)
-        self._limit(self._sends, "send", user, now, "envelopes", cost=max(len(keep), 1))
-        out = _Outgoing(self.online, peer, recipients, int(now), bodies)
-        mids: list[int] = []
-        if recipients:
-            try:
-                mids = await self.store.enqueue_each(
-                    user, recipients, bodies, now=out.ts, on_reserved=out.push_early
-                )
-            except BaseException:
-                out.unhold()
-                raise
-            out.offer_committed(mids)
-            self.counters.sends += 1
-            self.counters.envelopes += len(mids)
-        # Never the internal mailbox ids (see protocol.md, send): 1 queued, 0 dropped.
-        return SendOk(id=rid, mids=tuple(int(k) for k in keep), ts=out.ts)
+        """`send` without a task (relay/sending.py); False: await `handle()` instead."""
+        return self.sends.send_nowait(peer, req, now, reply)
 
     def ack_nowait(self, peer: Peer, req: Ack, reply: Answer) -> bool:
         """`ack` without a task: `reply` is called now if every row was elided, else once
         the deletes commit. False means "not now": await `handle()` instead.
         """
-        user = self._user(peer)
+        user = self.user_of(peer)
         deleted = self.store.ack_nowait(user, req.mids)
         if deleted is None:
             return False
@@ -672,7 +481,7 @@ class Relay:
         return True
 
     async def _ack(self, peer: Peer, req: Ack, now: float) -> AckOk:
-        user = self._user(peer)
+        user = self.user_of(peer)
         deleted = await self.store.ack(user, req.mids)
         self.counters.acks += deleted
         peer.acked(req.mids)
@@ -681,11 +490,11 @@ class Relay:
     # --- presence ----------------------------------------------------------------
 
     async def _who(self, peer: Peer, req: Who, now: float) -> WhoOk:
-        self._user(peer)
+        self.user_of(peer)
         peer.wants_presence = True
         users = await self.store.page_users(req.after, self._who_page + 1)
         page = users[: self._who_page]
-        me = peer.account or self._user(peer)
+        me = peer.account or self.user_of(peer)
         visible = self._contacts.get(me, set())
         return WhoOk(
             id=req.id,
@@ -752,7 +561,7 @@ class Relay:
     # --- helpers -------------------------------------------------------------------
 
     @staticmethod
-    def _user(peer: Peer) -> str:
+    def user_of(peer: Peer) -> str:
         if peer.user is None:  # the state table makes this unreachable; keep it typed
             raise RequestError(ErrorCode.OUT_OF_ORDER, "log in first")
         return peer.user
@@ -764,7 +573,7 @@ class Relay:
             raise RequestError(ErrorCode.OUT_OF_ORDER, "log in first")
         return peer.account, peer.device
 
-    def _limit(
+    def limit(
         self,
         limiter: RateLimiter,
         kind: str,

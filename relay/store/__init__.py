@@ -160,13 +160,15 @@ class Backend(Protocol):
         ...
 
     async def write_batch(self, batch: list[Op], top: int) -> list[object]:
-        """One group commit (see batching.py): insert, delete, stamp; keep `top` used.
-        An ack's outcome lists (sender, body size) of each row it deleted."""
+        """One group commit (see batching.py): insert rows and the payloads they name,
+        delete, stamp; keep `top` used. An ack's outcome lists (sender, size) of each row
+        it deleted, size being its body and payload bytes (what quotas count)."""
         ...
 
     async def purge(self, older_than: int) -> list[tuple[int, str, int]]:
         """Delete envelopes created before `older_than` and trim user_events to the
-        newest USER_EVENTS_KEPT; return (recipient id, sender, body size) per row."""
+        newest USER_EVENTS_KEPT; return (recipient id, sender, size) per row (body and
+        payload bytes). A payload goes with the last row naming it (migration 0006)."""
         ...
 
     async def checkpoint(self) -> None: ...

@@ -13,6 +13,7 @@ from the batch (`elide`), so it is never written nor deleted.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -72,10 +73,15 @@ def resolve(fut: asyncio.Future[T] | Waiter, value: T) -> None:
         fut.set_result(value)
 
 
+# A mailbox row: (id, recipient id, sender, created_at, body, payload id, payload bytes).
+Row = tuple[int, int, str, int, bytes, int | None, int]
+
+
 @dataclass(slots=True)
 class Enqueue:
     """One envelope for one or more recipients: one mailbox row per recipient (the same
-    body for all, or one body each for a per-device fan-out)."""
+    body for all, or one body each for a per-device fan-out), and for a group send one
+    `payload` that every row names, stored once (migration 0006)."""
 
     sender: str
     names: Sequence[str]
@@ -85,29 +91,41 @@ class Enqueue:
     now: int
     fut: asyncio.Future[list[int]] | Waiter
     elided: set[int] | None = None  # mids the recipient acked before this was written
+    payload: bytes | None = None
 
     def all_elided(self) -> bool:
         return self.elided is not None and len(self.elided) == len(self.mids)
 
-    def size(self, i: int) -> int:
-        """Bytes of the i-th row's body (what the mailbox quotas count)."""
-        body = self.body
-        return len(body) if isinstance(body, bytes) else len(body[i])
-
-    def rows(self) -> list[tuple[int, int, str, int, bytes]]:
-        """(mid, recipient id, sender, created_at, body) of each row still to write."""
-        elided = self.elided or ()
+    def sizes(self) -> list[int]:
+        """What each row counts against its mailbox, in order: its envelope and the
+        payload (which every recipient receives, though it is stored once)."""
+        extra = 0 if self.payload is None else len(self.payload)
         if isinstance(self.body, bytes):
-            return [
-                (mid, rid, self.sender, self.now, self.body)
-                for mid, rid in zip(self.mids, self.rids, strict=True)
-                if mid not in elided
-            ]
+            return [len(self.body) + extra] * len(self.mids)
+        return [len(b) + extra for b in self.body]
+
+    def size(self, mid: int) -> int:
+        return self.sizes()[self.mids.index(mid)]
+
+    def rows(self) -> list[Row]:
+        """(mid, recipient id, sender, created_at, body, payload id, payload bytes) of
+        each row still to write."""
+        elided = self.elided or ()
+        payload = self.payload
+        pid, plen = (None, 0) if payload is None else (self.mids[0], len(payload))
+        bodies = itertools.repeat(self.body) if isinstance(self.body, bytes) else iter(self.body)
         return [
-            (mid, rid, self.sender, self.now, body)
-            for mid, rid, body in zip(self.mids, self.rids, self.body, strict=True)
+            (mid, rid, self.sender, self.now, body, pid, plen)
+            for mid, rid, body in zip(self.mids, self.rids, bodies, strict=False)
             if mid not in elided
         ]
+
+    def payload_row(self, written: int) -> tuple[int, int, bytes] | None:
+        """(id, refs, body) of the payload, if this send has one and writes `written`
+        rows: stored once, in the same transaction as the rows that name it."""
+        if self.payload is None or not written:
+            return None
+        return self.mids[0], written, self.payload
 
 
 @dataclass(slots=True)
@@ -133,6 +151,22 @@ class Failed:
     """Per-op failure inside an otherwise committed batch."""
 
     error: HushwireError
+
+
+def enqueued_rows(batch: Sequence[Op]) -> tuple[list[Row], list[tuple[int, int, bytes]]]:
+    """The mailbox rows and the payloads (id, refs, body) the batch's enqueues write:
+    a payload only for rows actually written (acked early ones are not), with that many
+    refs."""
+    rows: list[Row] = []
+    payloads: list[tuple[int, int, bytes]] = []
+    for op in batch:
+        if isinstance(op, Enqueue):
+            mine = op.rows()
+            rows.extend(mine)
+            payload = op.payload_row(len(mine))
+            if payload is not None:
+                payloads.append(payload)
+    return rows, payloads
 
 
 # write_batch(batch, top): one transaction; an outcome per op: None, Failed, or for an

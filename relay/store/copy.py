@@ -49,7 +49,12 @@ _COPY_TABLES: tuple[tuple[str, tuple[str, ...], frozenset[str]], ...] = (
         frozenset({"last_resort"}),
     ),
     ("identity_watchers", ("watcher_id", "target_id", "stale"), frozenset({"stale"})),
-    ("mailbox", ("id", "recipient_id", "sender", "created_at", "body"), frozenset()),
+    ("payloads", ("id", "refs", "body"), frozenset()),
+    (
+        "mailbox",
+        ("id", "recipient_id", "sender", "created_at", "body", "payload_id", "payload_bytes"),
+        frozenset(),
+    ),
 )
 
 

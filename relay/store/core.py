@@ -176,7 +176,8 @@ class Store(DeviceStore):
         return await self._backend.user_exists(name)
 
     async def stats(self) -> dict[str, int]:
-        """Counts for `hushwire-admin stats`: users, disabled, queued, db_bytes."""
+        """Counts for `hushwire-admin stats`: users, disabled, queued, payloads (group
+        payloads stored, each once), payload_bytes, db_bytes."""
         return await self._backend.stats()
 
     async def queued_by_user(self) -> dict[str, int]:

@@ -122,17 +122,19 @@ class Mailbox:
         *,
         now: int,
         on_reserved: Callable[[list[int]], None] | None = None,
+        payload: bytes | None = None,
     ) -> list[int]:
         """`enqueue` with one body per recipient (a per-device fan-out): still one
-        operation, so the group commit writes all of its rows or none."""
-        self._check_recipients(recipients, bodies)
+        operation, so the group commit writes all of its rows or none. A group send's
+        `payload` is written once with them; each row counts it against its mailbox."""
+        self._check_each(recipients, bodies, payload)
         if self.cached(recipients):
             rids = [self._ids[n] for n in recipients]
         else:
             rids = await self._resolve_in_turn(recipients)
             self._check_open()
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._reserve(sender, recipients, rids, bodies, now, on_reserved, fut)
+        self._reserve(sender, recipients, rids, bodies, now, on_reserved, fut, payload)
         return await fut
 
     def cached(self, recipients: Sequence[str]) -> bool:
@@ -150,33 +152,41 @@ class Mailbox:
         now: int,
         on_done: Callable[[list[int] | None, BaseException | None], None],
         on_reserved: Callable[[list[int]], None] | None = None,
+        payload: bytes | None = None,
     ) -> None:
-        """`enqueue` (one body for all) or `enqueue_each` (a sequence of bodies, one per
-        recipient) without a coroutine, for callers that found `cached(recipients)` true
-        in this same step (so it still is).
+        """`enqueue` (one `body` for all) or `enqueue_each` (a sequence of bodies, one per
+        recipient, maybe a `payload`) without a coroutine, for callers that found
+        `cached(recipients)` true in this same step (so it still is).
 
         Raises at once for a refused send. Otherwise `on_done(mids, None)` or
         `on_done(None, error)` is called once, when `enqueue` would return or raise, from
         whatever settles it (the recipient's ack, or the commit).
         """
-        self._check_recipients(recipients, body)
+        if isinstance(body, bytes):
+            self._check_recipients(recipients, body)
+        else:
+            self._check_each(recipients, body, payload)
         ids = self._ids
         rids = [ids[n] for n in recipients]
-        self._reserve(sender, recipients, rids, body, now, on_reserved, Waiter(on_done))
+        self._reserve(sender, recipients, rids, body, now, on_reserved, Waiter(on_done), payload)
 
-    def _check_recipients(self, recipients: Sequence[str], body: bytes | Sequence[bytes]) -> None:
-        """`body`: one for every recipient, or a sequence of one per recipient."""
+    def _check_each(
+        self, recipients: Sequence[str], bodies: Sequence[bytes], payload: bytes | None
+    ) -> None:
+        if len(bodies) != len(recipients) or not all(isinstance(b, bytes) for b in bodies):
+            raise RequestError(ErrorCode.BAD_REQUEST, "one envelope body per recipient")
+        if payload is not None and not isinstance(payload, bytes):
+            raise RequestError(ErrorCode.BAD_REQUEST, "the payload must be bytes")
+        self._check_recipients(recipients, b"")
+
+    def _check_recipients(self, recipients: Sequence[str], body: bytes) -> None:
         self._check_open()
         if not recipients:
             raise RequestError(ErrorCode.BAD_REQUEST, "no recipients")
         if len(recipients) > 1 and len(set(recipients)) != len(recipients):
             raise RequestError(ErrorCode.BAD_REQUEST, "a recipient is named twice")
-        if isinstance(body, bytes | bytearray | memoryview):
-            return
-        if isinstance(body, str) or not isinstance(body, Sequence):
+        if not isinstance(body, bytes | bytearray | memoryview):
             raise RequestError(ErrorCode.BAD_REQUEST, "envelope body must be bytes")
-        if len(body) != len(recipients) or not all(isinstance(b, bytes) for b in body):
-            raise RequestError(ErrorCode.BAD_REQUEST, "one envelope body per recipient")
 
     def _reserve(
         self,
@@ -187,24 +197,20 @@ class Mailbox:
         now: int,
         on_reserved: Callable[[list[int]], None] | None,
         fut: asyncio.Future[list[int]] | Waiter,
+        payload: bytes | None = None,
     ) -> None:
         # No await between the check and the reservation: the usage cannot change.
         self._disk.check(now)
-        usage = self._usage
-        if isinstance(body, bytes | bytearray | memoryview):
-            body = bytes(body)
-            sizes = [len(body)] * len(rids)
-        else:
-            body = list(body)
-            sizes = [len(b) for b in body]  # quotas count each device's own envelope
+        body = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else list(body)
+        first = self._next_mid
+        mids = list(range(first, first + len(rids)))
+        op = Enqueue(sender, list(recipients), rids, mids, body, now, fut, payload=payload)
+        usage, sizes = self._usage, op.sizes()
         for name, rid, size in zip(recipients, rids, sizes, strict=True):
             usage.check(sender, rid, name, size)
         for rid, size in zip(rids, sizes, strict=True):
             usage.add(sender, rid, size)
-        first = self._next_mid
         self._next_mid += len(rids)
-        mids = list(range(first, first + len(rids)))
-        op = Enqueue(sender, list(recipients), rids, mids, body, now, fut)
         self._submit(op)
         unwritten = self._batch.unwritten
         for mid in mids:
@@ -252,7 +258,7 @@ class Mailbox:
         if elided:
             for mid in elided:
                 op = ops[mid]
-                self._usage.remove(op.sender, rid, op.size(op.mids.index(mid)))
+                self._usage.remove(op.sender, rid, op.size(mid))
             wanted = [m for m in wanted if m not in elided]
             if not wanted:
                 return len(elided)
@@ -360,9 +366,9 @@ class Mailbox:
         """Apply a committed (or failed) op to the in-memory counts and answer it."""
         if isinstance(op, Enqueue):
             if isinstance(outcome, Failed):
-                for i, (mid, rid) in enumerate(zip(op.mids, op.rids, strict=True)):
+                for mid, rid, size in zip(op.mids, op.rids, op.sizes(), strict=True):
                     if not (op.elided and mid in op.elided):
-                        self._usage.remove(op.sender, rid, op.size(i))
+                        self._usage.remove(op.sender, rid, size)
                 if outcome.error.code is ErrorCode.UNKNOWN_USER:
                     for name in op.names:
                         self._forget(name)

@@ -37,7 +37,7 @@ from hushwire.relay.errors import (
     UnknownUser,
     UserExists,
 )
-from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op
+from hushwire.relay.store.batching import Ack, Failed, Login, Op, enqueued_rows
 from hushwire.relay.store.keys import check_bundle_version
 from hushwire.relay.store.postgres_devices import PostgresDevices
 from hushwire.relay.store.quota import Usage
@@ -292,13 +292,17 @@ class PostgresBackend(PostgresDevices):
                 "SELECT (SELECT COUNT(*) FROM users),"
                 " (SELECT COUNT(*) FROM users WHERE disabled),"
                 " (SELECT COUNT(*) FROM mailbox),"
+                " (SELECT COUNT(*) FROM payloads),"
+                " (SELECT COALESCE(SUM(length(body)), 0) FROM payloads),"
                 " pg_database_size(current_database())"
             )
         return {
             "users": int(row[0]),
             "disabled": int(row[1]),
             "queued": int(row[2]),
-            "db_bytes": int(row[3]),
+            "payloads": int(row[3]),
+            "payload_bytes": int(row[4]),
+            "db_bytes": int(row[5]),
         }
 
     async def queued_by_user(self) -> dict[str, int]:
@@ -550,14 +554,15 @@ class PostgresBackend(PostgresDevices):
     async def pending(self, recipient: str, after: int, limit: int) -> list[StoredEnvelope]:
         async with self._conn() as conn:
             rows = await conn.fetch(
-                "SELECT m.id, m.sender, m.created_at, m.body FROM mailbox m"
+                "SELECT m.id, m.sender, m.created_at, m.body, p.body FROM mailbox m"
                 " JOIN users u ON u.id = m.recipient_id"
+                " LEFT JOIN payloads p ON p.id = m.payload_id"
                 " WHERE u.name = $1 AND m.id > $2 ORDER BY m.id LIMIT $3",
                 recipient,
                 after,
                 limit,
             )
-        return [StoredEnvelope(int(i), s, int(c), b) for i, s, c, b in rows]
+        return [StoredEnvelope(int(i), s, int(c), b, p) for i, s, c, b, p in rows]
 
     async def recipients(self, names: Sequence[str]) -> dict[str, tuple[int, Usage]]:
         async with self._conn() as conn:
@@ -565,7 +570,8 @@ class PostgresBackend(PostgresDevices):
                 "SELECT name, id FROM users WHERE name = ANY($1::text[])", list(names)
             )
             rows = await conn.fetch(
-                "SELECT recipient_id, sender, COUNT(*), SUM(length(body)) FROM mailbox"
+                "SELECT recipient_id, sender, COUNT(*), SUM(length(body) + payload_bytes)"
+                " FROM mailbox"
                 " WHERE recipient_id = ANY($1::bigint[]) GROUP BY recipient_id, sender",
                 [int(u[1]) for u in users],
             )
@@ -578,7 +584,7 @@ class PostgresBackend(PostgresDevices):
         async with self._conn(transaction=True) as conn:
             rows = await conn.fetch(
                 "DELETE FROM mailbox WHERE created_at < $1"
-                " RETURNING recipient_id, sender, length(body)",
+                " RETURNING recipient_id, sender, length(body) + payload_bytes",
                 older_than,
             )
             await conn.execute(
@@ -643,18 +649,29 @@ async def raise_top(conn: asyncpg.Connection, top: int) -> None:
 
 async def _apply(conn: asyncpg.Connection, batch: list[Op], top: int) -> list[object]:
     """Insert every envelope row, stamp logins, delete acked rows: a few statements."""
-    rows = [row for op in batch if isinstance(op, Enqueue) for row in op.rows()]
-    if rows:
-        mids, rids, senders, times, bodies = zip(*rows, strict=True)
+    rows, payloads = enqueued_rows(batch)
+    if payloads:
+        ids, refs, blobs = zip(*payloads, strict=True)
         await conn.execute(
-            "INSERT INTO mailbox (id, recipient_id, sender, created_at, body)"
-            " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[],"
-            " $5::bytea[])",
+            "INSERT INTO payloads (id, refs, body)"
+            " SELECT * FROM unnest($1::bigint[], $2::integer[], $3::bytea[])",
+            ids,
+            refs,
+            blobs,
+        )
+    if rows:
+        mids, rids, senders, times, bodies, pids, plens = zip(*rows, strict=True)
+        await conn.execute(
+            "INSERT INTO mailbox (id, recipient_id, sender, created_at, body, payload_id,"
+            " payload_bytes) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[],"
+            " $4::bigint[], $5::bytea[], $6::bigint[], $7::integer[])",
             mids,
             rids,
             senders,
             times,
             bodies,
+            pids,
+            plens,
         )
         top = max(top, max(mids))
     logins = {op.name: op.now for op in batch if isinstance(op, Login)}  # the last wins
@@ -672,7 +689,7 @@ async def _apply(conn: asyncpg.Connection, batch: list[Op], top: int) -> list[ob
         gone = await conn.fetch(
             "DELETE FROM mailbox m USING unnest($1::bigint[], $2::bigint[]) AS a(id, rid)"
             " WHERE m.id = a.id AND m.recipient_id = a.rid"
-            " RETURNING m.id, m.sender, length(m.body)",
+            " RETURNING m.id, m.sender, length(m.body) + m.payload_bytes",
             [m for m, _ in acks],
             [r for _, r in acks],
         )

@@ -34,6 +34,7 @@ class StoredEnvelope:
     sender: str
     created_at: int
     body: bytes
+    payload: bytes | None = None  # a group send's payload, stored once for all its rows
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from hushwire.common.keys import (
 )
 from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
-from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op
+from hushwire.relay.store.batching import Ack, Failed, Login, Op, enqueued_rows
 from hushwire.relay.store.keys import check_bundle_version
 from hushwire.relay.store.quota import Usage
 from hushwire.relay.store.records import (
@@ -271,6 +271,9 @@ class SqliteBackend(SqliteDevices):
                 "SELECT COUNT(*), COALESCE(SUM(disabled), 0) FROM users"
             ).fetchone()
             (queued,) = conn.execute("SELECT COUNT(*) FROM mailbox").fetchone()
+            payloads, payload_bytes = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM payloads"
+            ).fetchone()
             (pages,) = conn.execute("PRAGMA page_count").fetchone()
             (page_size,) = conn.execute("PRAGMA page_size").fetchone()
             wal = Path(f"{self._path}-wal")
@@ -279,6 +282,8 @@ class SqliteBackend(SqliteDevices):
                 "users": int(users),
                 "disabled": int(disabled),
                 "queued": int(queued),
+                "payloads": int(payloads),
+                "payload_bytes": int(payload_bytes),
                 "db_bytes": int(pages) * int(page_size) + wal_bytes,
             }
 
@@ -526,11 +531,12 @@ class SqliteBackend(SqliteDevices):
             if rid is None:
                 return []
             rows = conn.execute(
-                "SELECT id, sender, created_at, body FROM mailbox"
-                " WHERE recipient_id = ? AND id > ? ORDER BY id LIMIT ?",
+                "SELECT m.id, m.sender, m.created_at, m.body, p.body FROM mailbox m"
+                " LEFT JOIN payloads p ON p.id = m.payload_id"
+                " WHERE m.recipient_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
                 (rid, after, limit),
             ).fetchall()
-            return [StoredEnvelope(int(i), s, int(c), b) for i, s, c, b in rows]
+            return [StoredEnvelope(int(i), s, int(c), b, p) for i, s, c, b, p in rows]
 
         return await self._run(run)
 
@@ -543,7 +549,7 @@ class SqliteBackend(SqliteDevices):
                 rid = _user_id(conn, name)
                 if rid is not None:
                     rows = conn.execute(
-                        "SELECT sender, COUNT(*), SUM(length(body)) FROM mailbox"
+                        "SELECT sender, COUNT(*), SUM(length(body) + payload_bytes) FROM mailbox"
                         " WHERE recipient_id = ? GROUP BY sender",
                         (rid,),
                     ).fetchall()
@@ -558,7 +564,7 @@ class SqliteBackend(SqliteDevices):
                 (int(rid), sender, int(size))
                 for rid, sender, size in conn.execute(
                     "DELETE FROM mailbox WHERE created_at < ?"
-                    " RETURNING recipient_id, sender, length(body)",
+                    " RETURNING recipient_id, sender, length(body) + payload_bytes",
                     (older_than,),
                 ).fetchall()
             ]
@@ -635,10 +641,14 @@ _USER_COLUMNS = "SELECT name, token_hash, token_salt, disabled, created_at, last
 _LIST_ACCOUNTS = _USER_COLUMNS + " FROM users WHERE account_id IS NULL ORDER BY name"
 _LIST_PRINCIPALS = _USER_COLUMNS + " FROM users ORDER BY name"
 _INSERT_ENVELOPE = (
-    "INSERT INTO mailbox (id, recipient_id, sender, created_at, body) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO mailbox (id, recipient_id, sender, created_at, body, payload_id,"
+    " payload_bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_PAYLOAD = "INSERT INTO payloads (id, refs, body) VALUES (?, ?, ?)"
+# The trigger of migration 0006 releases the row's payload with it.
 _DELETE_ENVELOPE = (
-    "DELETE FROM mailbox WHERE id = ? AND recipient_id = ? RETURNING sender, length(body)"
+    "DELETE FROM mailbox WHERE id = ? AND recipient_id = ?"
+    " RETURNING sender, length(body) + payload_bytes"
 )
 _STAMP_LOGIN = "UPDATE users SET last_login_at = ? WHERE name = ?"
 _SEQ_RAISE = "UPDATE sqlite_sequence SET seq = ? WHERE name = 'mailbox' AND seq < ?"
@@ -675,7 +685,9 @@ def _write_batch(conn: sqlite3.Connection, batch: list[Op], top: int) -> list[ob
 
 
 def _apply_fast(conn: sqlite3.Connection, batch: list[Op]) -> list[object]:
-    rows = [row for op in batch if isinstance(op, Enqueue) for row in op.rows()]
+    rows, payloads = enqueued_rows(batch)
+    if payloads:
+        conn.executemany(_INSERT_PAYLOAD, payloads)
     if rows:
         conn.executemany(_INSERT_ENVELOPE, rows)
     logins = [(op.now, op.name) for op in batch if isinstance(op, Login)]

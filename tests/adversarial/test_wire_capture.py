@@ -80,13 +80,13 @@ async def test_no_plaintext_token_or_private_key_on_the_wire_or_at_the_relay(
         return real_ack(peer, request, answer)
 
     hub.handle, hub.send_nowait, hub.ack_nowait = recording_handle, recording_send, recording_ack
-    real_fan_out = hub.devices.send_nowait
+    real_fan_out = hub.sends.send_devices_nowait
 
     def recording_fan_out(peer, request, now, answer):
         relay_view.append(msgpack.packb(request.to_wire()))
         return real_fan_out(peer, request, now, answer)
 
-    hub.devices.send_nowait = recording_fan_out
+    hub.sends.send_devices_nowait = recording_fan_out
     clients = {}
     for user in ("alice", "bob"):
         settings = RelaySettings(

@@ -448,6 +448,10 @@ def test_copy_store_moves_every_user_key_and_queued_envelope_to_postgresql(
             await s.publish_keys("bob", identity=ident, signed_prekey=spk, one_time=otks, now=12)
             await s.fetch_bundle("alice", "bob")  # alice watches bob; one prekey gone
             mids = await s.enqueue("alice", ["bob", "carol"], b"queued", now=13)
+            # A queued group send: two notes, one payload stored once.
+            mids += await s.enqueue_each(
+                "alice", ["bob", "carol"], [b"note-b", b"note-c"], now=13, payload=b"group"
+            )
             acked = await s.enqueue("alice", ["bob"], b"acked", now=14)
             await s.ack("bob", acked)  # the highest id ever used is gone from the mailbox
             return mids + acked
@@ -462,13 +466,27 @@ def test_copy_store_moves_every_user_key_and_queued_envelope_to_postgresql(
                 await s.pending("carol"),
                 await s.key_status("bob"),
                 await s.mailbox_count("bob"),
+                {k: v for k, v in (await s.stats()).items() if k != "db_bytes"},
             )
 
     before = asyncio.run(look(db))
+    assert [e.payload for e in before[1]] == [None, b"group"]  # type: ignore[attr-defined]
     code, out, _ = run(capsys, "copy-store", "--from", str(db), "--to", pg_url)
     assert code == 0, out
-    assert "3 user(s), 2 queued envelope(s), 2 one-time prekey(s)" in out
+    assert "3 user(s), 4 queued envelope(s) with 1 group payload(s), 2 one-time" in out
     assert asyncio.run(look(pg_url)) == before
+
+    async def ack_group_send() -> tuple[int, int]:
+        """The copied payload is still shared: it goes with the last row naming it."""
+        async with await Store.open(pg_url) as s:
+            (bob_note,) = [e.mid for e in await s.pending("bob") if e.payload]
+            await s.ack("bob", [bob_note])
+            left = (await s.stats())["payloads"]
+            (carol_note,) = [e.mid for e in await s.pending("carol") if e.payload]
+            await s.ack("carol", [carol_note])
+            return left, (await s.stats())["payloads"]
+
+    assert asyncio.run(ack_group_send()) == (1, 0)
 
     async def carry_on() -> tuple[list[int], object, bool]:
         async with await Store.open(pg_url) as s:
