@@ -168,7 +168,8 @@ class HushwireClient(Client):
     With `devices`, it speaks as real clients do (protocol version 2, docs/protocol.md
     "Devices"): every message is a `send_devices` with one envelope for the recipient's
     device 1, naming both accounts' list versions (0: none published), and acks carry a
-    nil `id` (no reply)."""
+    nil `id` (no reply) unless `quiet_acks` is False (what clients did before that, and
+    all a relay from before it understands)."""
 
     def __init__(
         self,
@@ -179,12 +180,14 @@ class HushwireClient(Client):
         names: list[str],
         *,
         devices: bool = False,
+        quiet_acks: bool | None = None,
     ) -> None:
         super().__init__(stats, index)
         self.user = user
         self.token = token
         self.names = names
         self.devices = devices
+        self.quiet_acks = devices if quiet_acks is None else quiet_acks
         self.ack_ids = ACK_ID_BASE
 
     @staticmethod
@@ -249,7 +252,7 @@ class HushwireClient(Client):
                     st.errors += 1
         self.buf = buf[pos:]
         if mids:
-            if self.devices:  # as real clients ack since protocol version 2: no reply
+            if self.quiet_acks:  # as real clients ack since protocol version 2: no reply
                 self.write(self.frame({"t": "ack", "id": None, "mids": mids}))
             else:
                 self.ack_ids += 1
