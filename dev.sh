@@ -31,6 +31,7 @@ install_test_packages() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
+    command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
         echo "dev.sh: not root with apt-get, not installing ${missing[*]}: their tests skip" >&2

@@ -8,8 +8,14 @@ it prints messages/s and envelopes/s end to end. The first row is the same run w
 one-body `send` of a single-device account, for comparison.
 Client: the CPU one message costs the sender, sealing it for K device sessions (Double
 Ratchet encrypt and envelope encoding per device, X25519), measured in-process.
+Client send (`--client`): the real `HushwireClient.send` of alice (who has a second
+device) to bob with K linked devices, through a relay process on core 0: the sending
+process's CPU per message (plan, seal for K + 1 devices, the profile transaction, one
+`send_devices`, TLS), with the accepted device lists cached in memory as shipped and,
+for comparison, read from the profile on every use (`uncached`).
 
     .venv/bin/python bench/devices_bench.py [--messages 2000] [--devices 1 2 5]
+    .venv/bin/python bench/devices_bench.py --client [--messages 200] [--devices 1 2 5]
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.servers import hushwire, make_db, tls_material, user_name
 from hushwire.client.connection import RelayConnection, TlsSettings
+from hushwire.client.service import HushwireClient, RelaySettings
+from hushwire.client.store import KdfParams
 from hushwire.common.crypto.devices import first_device_list
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.envelope import Session
@@ -141,11 +150,79 @@ def client_cpu_us(devices: int, rounds: int = 400) -> float:
     return (time.process_time() - start) / rounds * 1e6
 
 
+class _Forgetful(dict):
+    """A cache that keeps nothing: every list read goes to the profile (the baseline)."""
+
+    def __setitem__(self, key: object, value: object) -> None:
+        return None
+
+
+async def _linked(old: HushwireClient, work: Path, name: str, port: int) -> HushwireClient:
+    offer, _ = await old.offer_link()
+    joining = asyncio.create_task(
+        HushwireClient.login_link(
+            work / name, "bench", host="127.0.0.1", port=port, code=offer.code.text(),
+            name=name, kdf=KdfParams(n=2**10),
+        )
+    )  # fmt: skip
+    await old.accept_link(offer)
+    return await joining
+
+
+async def client_send_run(devices: int, messages: int) -> tuple[float, float, float]:
+    """(CPU us per send with the list cache, without it, wall ms per send with it):
+    alice, with a second device, sends to bob's `devices` devices (offline: only the
+    sender's work is in this process)."""
+    with tempfile.TemporaryDirectory(prefix="hushwire-devices-client-") as tmp:
+        work = Path(tmp)
+        token = await make_db(work / "relay.db", 2)
+        _, _, pin = tls_material(work)
+        relay = hushwire(work, core=0).start()
+        try:
+            login = []
+            for i in range(2):
+                settings = RelaySettings("127.0.0.1", relay.port, user_name(i), token, pin=pin)
+                login.append(
+                    await HushwireClient.login(
+                        work / user_name(i), "bench", settings, kdf=KdfParams(n=2**10)
+                    )
+                )
+            alice, bob = login
+            others = [await _linked(alice, work, "alice-2", relay.port)]
+            for d in range(2, devices + 1):
+                others.append(await _linked(bob, work, f"bob-{d}", relay.port))
+            for c in (*others, bob):
+                await c.close()
+            await alice.send(bob.user, "warm-up: sessions with every device")
+            results = []
+            for cached in (True, False):
+                if not cached:
+                    alice.sessions.lists._cache = _Forgetful()
+                cpu, wall = time.process_time(), time.perf_counter()
+                for i in range(messages):
+                    await alice.send(bob.user, f"message {i}")
+                cpu = time.process_time() - cpu
+                wall = time.perf_counter() - wall
+                results.append((cpu / messages * 1e6, wall / messages * 1e3))
+            await alice.close()
+        finally:
+            relay.stop()
+    (cached_us, cached_ms), (uncached_us, _) = results
+    return cached_us, uncached_us, cached_ms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 5])
+    parser.add_argument("--client", action="store_true", help="the client send table")
     args = parser.parse_args()
+    if args.client:
+        print("bob's devices  envelopes  client CPU us/send  uncached lists  wall ms/send")
+        for k in args.devices:
+            cached, uncached, wall = asyncio.run(client_send_run(k, args.messages))
+            print(f"{k:>13}  {k + 1:>9}  {cached:>18,.0f}  {uncached:>14,.0f}  {wall:>12.1f}")
+        return
     print("devices  relay msgs/s  relay envelopes/s  client CPU us/msg")
     msgs, envs = asyncio.run(relay_run(args.messages, 1, legacy=True))
     print(f"{'1 send':>7}  {msgs:>12,.0f}  {envs:>17,.0f}  {client_cpu_us(1):>17,.0f}")

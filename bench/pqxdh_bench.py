@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.crypto_bench import median_ms
 from hushwire.client.keys import publish_fields, split_upload
-from hushwire.client.session import KeyUpload
+from hushwire.client.prekeys import KeyUpload
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.envelope import Session
 from hushwire.common.crypto.identity import (

@@ -2,6 +2,13 @@
 
     .venv/bin/python bench/run.py --quick     # ~2-3 minutes, one round
     .venv/bin/python bench/run.py             # full: 5 rounds, every shape (~25 min)
+    # the relay on PostgreSQL: one relay, then 1-3 relays with a Redis bus, and SQLite
+    .venv/bin/python bench/run.py --systems hushwire hushwire-pg hushwire-pg1 \
+        hushwire-pg2 hushwire-pg3 --shapes chat --chat 200 --idle 200
+
+hushwire-pg* systems start their own PostgreSQL (fsync on) and redis-server, pinned to
+the servers' core with the relays; each process's CPU is read from /proc/PID/stat
+(PostgreSQL's: the postmaster and all its backends).
 
 Servers run pinned to core 0, this generator to core 1, everything over TLS on
 127.0.0.1. Each round runs every shape against every system in turn (the order rotates
@@ -45,7 +52,7 @@ GEN_BOUND = 0.85  # generator CPU share above which a result is flagged
 @dataclass
 class System:
     name: str
-    server: servers.Server
+    server: servers.Server | servers.Cluster
     events: int
     make: Callable[..., Client]
     stores: bool = True  # can hold messages for offline recipients
@@ -66,7 +73,8 @@ CTX: ssl.SSLContext | None = None
 async def connect(system: System, stats: Stats, index: int, **kw: Any) -> Client:
     loop = asyncio.get_running_loop()
     proto = system.make(stats, index, **kw)
-    await loop.create_connection(lambda: proto, "127.0.0.1", system.server.port, ssl=CTX)
+    port = system.server.port_for(index)
+    await loop.create_connection(lambda: proto, "127.0.0.1", port, ssl=CTX)
     await asyncio.wait_for(proto.ready, CONNECT_TIMEOUT)
     return proto
 
@@ -89,21 +97,27 @@ async def close_all(conns: list[Client]) -> None:
 
 
 class Meter:
-    """Generator and server CPU over a measured interval."""
+    """Generator and server CPU over a measured interval; for a cluster, also each of
+    its processes' (`cpu_relay0`, `cpu_postgres`, `cpu_redis`: share of one core)."""
 
-    def __init__(self, server: servers.Server) -> None:
+    def __init__(self, server: servers.Server | servers.Cluster) -> None:
         self.server = server
         self.wall = time.perf_counter()
         self.cpu = time.process_time()
         self.srv = server.cpu()
+        self.parts = server.parts() if isinstance(server, servers.Cluster) else {}
 
     def stop(self) -> dict[str, float]:
         wall = time.perf_counter() - self.wall
-        return {
+        out = {
             "wall": wall,
             "gen_cpu": (time.process_time() - self.cpu) / wall,
             "srv_cpu": (self.server.cpu() - self.srv) / wall,
         }
+        if isinstance(self.server, servers.Cluster):
+            now = self.server.parts()
+            out |= {f"cpu_{k}": (now[k] - v) / wall for k, v in self.parts.items()}
+        return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -337,6 +351,20 @@ RATIOS = (
 )
 
 
+def print_processes(systems: dict[str, list[dict[str, float]]]) -> None:
+    """For clusters: each process's share of a core and CPU per message (the one near
+    100% is what bound the system: every server process shares core 0)."""
+    rows = []
+    for name, runs in systems.items():
+        for key in [k for k in runs[0] if k.startswith("cpu_")]:
+            share = statistics.median(r[key] for r in runs)
+            per_msg = [r[key] / r["rate"] * 1e6 for r in runs if r["rate"] > 0]
+            rows.append(f"| {name} | {key[4:]} | {share:.0%} | {spread(per_msg)} |")
+    if rows:
+        print("\n| system | process | CPU (share of a core) | us/msg |\n|---|---|---|---|")
+        print("\n".join(rows))
+
+
 def print_table(res: Results, label: str, unit: str, extra: tuple[str, ...] = ()) -> None:
     systems = res.rows.get(label, {})
     if not systems:
@@ -364,6 +392,7 @@ def print_table(res: Results, label: str, unit: str, extra: tuple[str, ...] = ()
         per_msg = [r["srv_cpu"] / r["rate"] * 1e6 for r in runs if "srv_cpu" in r and r["rate"] > 0]
         cols.append(spread(per_msg) if per_msg else "-")
         print("| " + " | ".join(cols) + " |")
+    print_processes(systems)
     for one, other in RATIOS:
         base, runs = systems.get(one), systems.get(other)
         if not base or not runs:
@@ -462,6 +491,34 @@ async def main_async(args: argparse.Namespace) -> None:
         started.append(srv.start())
         systems.append(System("ejabberd", srv, 2, xmpp, skip=xmpp_skip, fresh=True))
         print(f"ejabberd users in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    infra: list[servers.Postgres | servers.Server] = []  # stopped after the systems
+    clustered = [n for n in args.systems if n.startswith("hushwire-pg")]
+    if clustered:
+        # hushwire-pg: one relay on PostgreSQL, no bus (what a single relay runs);
+        # hushwire-pgN: N relays on one PostgreSQL database with a Redis bus.
+        postgres = servers.Postgres(SERVER_CORE)
+        infra.append(postgres)
+        bus = None
+        if clustered != ["hushwire-pg"]:
+            bus = servers.redis(work, SERVER_CORE).start()
+            infra.append(bus)
+        for name in clustered:
+            url = postgres.database()
+            t = time.perf_counter()
+            await servers.make_db(url, nusers, token)
+            print(f"{name}: {nusers} users in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            n = int(name.removeprefix("hushwire-pg") or 1)
+            cluster = servers.hushwire_cluster(
+                work,
+                SERVER_CORE,
+                postgres,
+                url,
+                n,
+                None if name == "hushwire-pg" else bus,
+                tuple(args.relay_flag),
+            )
+            started.append(cluster.start())
+            systems.append(System(name, cluster, 2, hushwire_client))
     baselines = {"hushwire": "hushwire-baseline", "hushwire-devices": "hushwire-baseline-devices"}
     wanted = set(args.systems) | {baselines[n] for n in args.systems if n in baselines}
     systems = [s for s in systems if s.name in wanted]
@@ -511,7 +568,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     res.add(f"idle: RSS per authenticated TLS connection, {n} conns", s.name, r)
                     log(s.name, f"idle {n}", r)
     finally:
-        for srv in started:
+        for srv in [*started, *infra]:
             srv.stop()
     print(
         f"\n## Results ({args.rounds} round(s), {time.strftime('%Y-%m-%d %H:%M')}, "

@@ -66,10 +66,10 @@ def user_name(i: int) -> str:
     return f"u{i}"
 
 
-async def make_db(db: Path | str, n: int) -> str:
+async def make_db(db: Path | str, n: int, token: str | None = None) -> str:
     """A fresh relay db (a file, or an empty PostgreSQL database's URL) with users
-    u0..u{n-1}, all with one token (bench only)."""
-    token = new_token()
+    u0..u{n-1}, all with one token (bench only): `token`, or a new one."""
+    token = token or new_token()
     async with await Store.open(db) as store:
         for i in range(n):
             salt = new_salt()
@@ -136,11 +136,14 @@ class Server:
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not start within {START_WAIT} s")
 
+    def port_for(self, index: int) -> int:
+        """The port client `index` connects to (one server: its only one)."""
+        return self.port
+
     def cpu(self) -> float:
         """User + system CPU seconds of the server process (all threads)."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
+        return process_cpu(self.proc.pid)
 
     def rss(self) -> int:
         assert self.proc is not None
@@ -156,6 +159,151 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat fields after the command name (field 3, the state, is index 0)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from /proc (parent pid is stat field 4)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+            except (OSError, IndexError):
+                continue  # exited meanwhile
+    return children
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of `pid` and every descendant alive, plus what its exited children
+    used (cutime + cstime): PostgreSQL's postmaster and its backends, as one server."""
+    children = _children()
+    fields = _stat(pid)
+    total = (int(fields[13]) + int(fields[14])) / TICK
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += process_cpu(p)
+        except OSError:
+            continue
+        todo += children.get(p, [])
+    return total
+
+
+class Postgres:
+    """A PostgreSQL cluster of its own (tests/services.py starts it: temp dir, free
+    loopback port, unprivileged user), with fsync on as an operator runs it, pinned to
+    `core` like the other servers (backends inherit the postmaster's affinity)."""
+
+    def __init__(self, core: int) -> None:
+        from tests.services import PostgresServer, postgres_bindir
+
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+        self.server = PostgresServer(bindir, durable=True).start()
+        pid_file = self.server.root / "data" / "postmaster.pid"
+        self.pid = int(pid_file.read_text().split()[0])
+        for p in [self.pid, *_children().get(self.pid, [])]:
+            os.sched_setaffinity(p, {core})
+
+    def database(self) -> str:
+        return self.server.create_database()
+
+    def cpu(self) -> float:
+        return tree_cpu(self.pid)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+class Cluster:
+    """`relays` hushwire-relay processes on one PostgreSQL database (and one Redis bus),
+    as one system: client i connects to relay i % n; `cpu()` is the relays' CPU and
+    `parts()` says which process spent what (each relay, PostgreSQL, Redis)."""
+
+    def __init__(
+        self, name: str, relays: list[Server], postgres: Postgres, redis: Server | None
+    ) -> None:
+        self.name = name
+        self.relays = relays
+        self.postgres = postgres
+        self.redis = redis
+
+    @property
+    def port(self) -> int:
+        return self.relays[0].port
+
+    def port_for(self, index: int) -> int:
+        return self.relays[index % len(self.relays)].port
+
+    def start(self) -> Cluster:
+        for r in self.relays:
+            r.start()
+        return self
+
+    def cpu(self) -> float:
+        return sum(r.cpu() for r in self.relays)
+
+    def parts(self) -> dict[str, float]:
+        parts = {f"relay{i}": r.cpu() for i, r in enumerate(self.relays)}
+        parts["postgres"] = self.postgres.cpu()
+        if self.redis is not None:
+            parts["redis"] = self.redis.cpu()
+        return parts
+
+    def rss(self) -> int:
+        return sum(r.rss() for r in self.relays)
+
+    def stop(self) -> None:
+        for r in self.relays:
+            r.stop()
+
+
+def redis(workdir: Path, core: int) -> Server:
+    """redis-server without persistence, as the bus only needs (docs/operations.md)."""
+    binary = ensure_package("/usr/bin/redis-server", ("redis-server",))
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+    argv += ["no", "--dir", str(workdir)]
+    return Server("redis", argv, workdir / "redis.log", core, port=port)
+
+
+def hushwire_cluster(
+    workdir: Path,
+    core: int,
+    postgres: Postgres,
+    url: str,
+    relays: int,
+    bus: Server | None,
+    extra: tuple[str, ...] = (),
+) -> Cluster:
+    """`relays` relays on the database at `url` (users made by the caller), each with its
+    own directory (control socket), all with the one certificate; with the bus when
+    `bus` is given."""
+    name = f"hushwire-pg{relays}" if bus is not None else "hushwire-pg"
+    servers = []
+    for i in range(relays):
+        home = workdir / f"{name}-{i}"
+        home.mkdir(exist_ok=True)
+        argv = [sys.executable, "-m", "hushwire.relay.cli", "--db", str(home / "relay.db")]
+        argv += ["--cert", str(workdir / "relay-cert.pem"), "--key", str(workdir / "relay-key.pem")]
+        argv += ["--store", url, "--port", "0", *RELAY_FLAGS, *extra]
+        if bus is not None:
+            argv += ["--bus", f"redis://127.0.0.1:{bus.port}/0"]
+        servers.append(Server(f"{name}-{i}", argv, home / "relay.log", core))
+    return Cluster(name, servers, postgres, bus)
 
 
 def tls_material(workdir: Path) -> tuple[Path, Path, str]:

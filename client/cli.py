@@ -40,6 +40,7 @@ from hushwire.client.service import (
     Notice,
     RelaySettings,
     SessionRestarted,
+    parse_relays,
     relay_error_text,
     restart_text,
 )
@@ -109,11 +110,11 @@ def _profile(args: argparse.Namespace) -> Path:
     return Path(args.profile or DEFAULT_PROFILE).expanduser()
 
 
-def _host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+def _relays(value: str) -> tuple[tuple[str, int], ...]:
+    try:
+        return parse_relays(value)
+    except ClientError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _fingerprint(value: str) -> str:
@@ -159,11 +160,12 @@ def _absolute(path: str | None) -> str | None:
 
 
 def _relay_settings(args: argparse.Namespace, token: str) -> RelaySettings:
-    host, port = args.relay
+    (host, port), *alternates = args.relay
     absolute = _absolute
     return RelaySettings(
         host=host,
         port=port,
+        alternates=tuple(alternates),
         user=args.user,
         token=token,
         ca_file=absolute(args.ca),
@@ -201,6 +203,8 @@ def _report_event(event: object, err: TextIO) -> None:
         )
     elif isinstance(event, Notice):
         _warn(err, f"note: {event.text}")
+    elif isinstance(event, ConnectionState) and event.failover:
+        _warn(err, f"note: lost the relay ({event.detail})")
     elif (
         isinstance(event, ConnectionState)
         and event.state == "disconnected"
@@ -210,9 +214,10 @@ def _report_event(event: object, err: TextIO) -> None:
 
 
 def _raise_if_lost(event: object) -> None:
-    """`recv` stops with an error when the relay goes away or refuses us (disabled)."""
+    """`recv` stops with an error when the relay goes away or refuses us (disabled);
+    not during the reconnect made at once after a drop (failover), only if it fails."""
     if isinstance(event, ConnectionState) and event.state != "connected":
-        if event.detail != "closed":
+        if event.detail != "closed" and not event.failover:
             raise CliError(f"stopped receiving: lost the relay ({event.detail})")
 
 
@@ -267,12 +272,13 @@ async def _login_link(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         )
     profile = _profile(args)
     passphrase = read_passphrase(confirm=sys.stdin.isatty())
-    host, port = args.relay
+    (host, port), *alternates = args.relay
     client = await HushwireClient.login_link(
         profile,
         passphrase,
         host=host,
         port=port,
+        alternates=tuple(alternates),
         code=args.link,
         name=args.name,
         fingerprint=args.fingerprint,
@@ -285,6 +291,8 @@ async def _login_link(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         )
         if client.fingerprint_learned:
             print(f"relay certificate pinned: {client.settings.pin}", file=out)
+        elif args.fingerprint is None and client.settings.pin:
+            print(f"relay certificate pinned from the link code: {client.settings.pin}", file=out)
         await client.sync()
         _drain_warnings(client, err)
     finally:
@@ -298,7 +306,7 @@ async def cmd_link(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
         offer, expires_at = await client.offer_link(args.ttl)
         print("On the new machine, run within the next minutes:", file=out)
         print(
-            f"  hushwire login --relay {client.relay} --link {offer.code.text()}"
+            f"  hushwire login --relay {client.relays} --link {offer.code.text()}"
             " --profile NEW_PROFILE",
             file=out,
         )
@@ -637,7 +645,16 @@ def build_parser() -> argparse.ArgumentParser:
         "certificate is validated against that CA instead. Keys are generated and "
         "published on the first login. The token is never printed.",
     )
-    p.add_argument("--relay", required=True, type=_host_port, metavar="HOST:PORT")
+    p.add_argument(
+        "--relay",
+        required=True,
+        type=_relays,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the relay, or several relays of one deployment (one certificate or one CA): "
+        "tried in order, starting from the last one that worked; a connection that cannot "
+        "be made or drops moves on to the next (a certificate that is not the pinned one "
+        "never does: it is an error)",
+    )
     p.add_argument("--user", metavar="NAME")
     p.add_argument(
         "--link",

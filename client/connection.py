@@ -135,6 +135,13 @@ class RelayConnection:
                 )
         except TimeoutError:
             raise ConnectionClosed(f"timed out connecting to {host}:{port}") from None
+        except ssl.SSLCertVerificationError as exc:
+            # Like a pin mismatch: who answered is not the relay; never failed over.
+            raise CertificateMismatch(
+                f"the relay at {host}:{port} presented a certificate that {tls.ca_file} "
+                f"does not validate: {exc.verify_message}. Someone may be intercepting the "
+                "connection, or the relay's certificate is not from that CA."
+            ) from None
         except ssl.SSLError as exc:
             raise ConnectionClosed(f"TLS with {host}:{port} failed: {exc.reason}") from None
         except OSError as exc:
@@ -159,16 +166,18 @@ class RelayConnection:
         token: str,
         device: int | None = None,
         *,
+        sign_key: bytes | None = None,
         versions: tuple[int, ...] = (PROTOCOL_VERSION,),
     ) -> LoginOk:
-        """hello then login; raises RequestError (auth_failed, rate_limited...) on refusal.
+        """hello then login; raises RequestError (auth_failed, rate_limited,
+        account_has_devices for a `sign_key` that is not the account's...) on refusal.
 
         The client offers only version 2: it starts PQXDH sessions only (security.md,
         "PQXDH"), so a relay that cannot store KEM prekeys answers unsupported_version
         with its list. (Tests of the relay's version-1 service pass `versions=(1,)`.)
         """
         await self.say_hello(versions)
-        return await self.request(Login, user=user, token=token, device=device)
+        return await self.request(Login, user=user, token=token, device=device, sign_key=sign_key)
 
     async def say_hello(self, versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> HelloOk:
         """hello alone: what a new device does before it links (it has no login yet)."""

@@ -15,15 +15,18 @@ import dataclasses
 
 from hushwire.client.errors import BadBundle
 from hushwire.client.fanout import Plan, Target, encode_record
-from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, Outgoing, SessionManager
+from hushwire.client.outcomes import Outgoing
+from hushwire.client.session import MAX_ARCHIVED_SESSIONS, Fetch, SessionManager
 from hushwire.client.text import encode_sent_copy, encode_text
-from hushwire.common.crypto.envelope import Session
+from hushwire.common.crypto.envelope import Envelope, Session
 from hushwire.common.errors import LocalProtocolError
 from hushwire.common.keys import PrekeyBundle
 from hushwire.common.messages import DeviceEnvelope
 
 
-async def _bundle(sessions: SessionManager, target: Target, fetch: Fetch) -> PrekeyBundle:
+async def device_bundle(sessions: SessionManager, target: Target, fetch: Fetch) -> PrekeyBundle:
+    """`target`'s verified bundle, refused (BadBundle) unless its identity record carries
+    the account's Ed25519 key and the DH key the account's verified list gives it."""
     bundle = await sessions.fetch_verified(target.account, fetch, target.device)
     if target.account == sessions.user:
         account = sessions.identity.public()
@@ -48,7 +51,7 @@ async def seal_copies(
     for t in plan.targets:
         key = (t.account, t.device)
         if key not in have and not await sessions.device_sessions(*key):
-            bundles[key] = await _bundle(sessions, t, fetch)
+            bundles[key] = await device_bundle(sessions, t, fetch)
     copy_text = encode_sent_copy(out.contact, text)
     async with sessions.store.transaction():
         now = sessions.now_ms()
@@ -73,7 +76,15 @@ async def seal_copies(
             await sessions.save_device_sessions(*key, current[: 1 + MAX_ARCHIVED_SESSIONS], now)
             copies.append(DeviceEnvelope(t.account, t.device, envelope))
         sealed = dataclasses.replace(out, copies=tuple(copies), lists=plan.lists)
+        first_id = None
+        if not out.envelope_id and copies:  # no device 1: the message takes a copy's id
+            first_id = Envelope.from_bytes(copies[0].body).envelope_id
+            sealed = dataclasses.replace(sealed, envelope_id=first_id)
         await sessions.store.update_outgoing(
-            out.uid, "pending", envelope=encode_record(sealed.envelopes(), plan.lists)
+            out.uid,
+            "pending",
+            text=None if first_id is None else text,
+            envelope_id=first_id,
+            envelope=encode_record(sealed.envelopes(), plan.lists),
         )
     return sealed

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hushwire.client.connection import RelayConnection
-from hushwire.client.fanout import HELD_LIST
+from hushwire.client.fanout import HeldLists
 from hushwire.client.store import ProfileStore
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import (
@@ -32,14 +32,10 @@ from hushwire.common.crypto.dh import DHGroup
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.crypto.link import LinkOffer
 from hushwire.common.errors import CryptoError, DeviceListError, LinkExpired
+from hushwire.common.fingerprint import fingerprint_digest
 from hushwire.common.keys import IdentityPublic, SignedDeviceList
 
 FIRST_DEVICE_NAME = "first device"
-
-
-async def hold_list(store: ProfileStore, account: str, signed: SignedDeviceList) -> None:
-    """Keep `signed` as the newest list accepted for `account` (checked by the caller)."""
-    await store.set_setting(HELD_LIST + account, [signed.body, signed.sig])
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +55,7 @@ class DeviceLists:
     def __init__(
         self,
         store: ProfileStore,
+        lists: HeldLists,
         user: str,
         device: int,
         identity: IdentityKeyPair,
@@ -67,6 +64,7 @@ class DeviceLists:
         clock: Callable[[], float],
     ) -> None:
         self._store = store
+        self._lists = lists
         self._user = user
         self._device = device
         self._identity = identity
@@ -78,14 +76,10 @@ class DeviceLists:
 
     async def held(self, account: str) -> tuple[SignedDeviceList, DeviceList] | None:
         """The newest list accepted for `account`, if any."""
-        record = await self._store.get_setting(HELD_LIST + account)
-        if record is None:
-            return None
-        signed = SignedDeviceList(bytes(record[0]), bytes(record[1]))
-        return signed, DeviceList.decode(signed.body)
+        return await self._lists.signed(account)
 
     async def _hold(self, account: str, signed: SignedDeviceList) -> None:
-        await hold_list(self._store, account, signed)
+        await self._lists.hold(account, signed)
 
     async def _check(
         self, account: str, signed: SignedDeviceList, identity: IdentityPublic, whose: str
@@ -188,8 +182,10 @@ class DeviceLists:
 
     async def offer_link(self, conn: RelayConnection, *, ttl: float) -> tuple[LinkOffer, int]:
         """Open a link channel; returns the offer (its `code.text()` is for the user) and
-        the relay's expiry (Unix seconds)."""
-        offer = LinkOffer(self._group, now=self._clock(), ttl=ttl)
+        the relay's expiry (Unix seconds). The code pins the relay's certificate as this
+        device's connection has it (checked against its pin or CA), for the new device."""
+        pin = fingerprint_digest(conn.fingerprint)
+        offer = LinkOffer(self._group, now=self._clock(), ttl=ttl, pin=pin)
         reply = await conn.request(
             wire.LinkStart, channel=offer.code.channel, ephemeral=offer.ephemeral
         )
@@ -202,10 +198,13 @@ class DeviceLists:
         made with the code) or RequestError from the relay."""
         while True:
             remaining = offer.expires_at - self._clock()
-            if remaining <= 0:
-                raise LinkExpired("the link code expired before a device used it")
-            async with asyncio.timeout(remaining):
-                push = await self.link_requests.get()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
+                    push = await self.link_requests.get()
+            except TimeoutError:
+                raise LinkExpired("the link code expired before a device used it") from None
             if push.channel == offer.code.channel:
                 break
         request = offer.open_request(push.ephemeral, push.sealed, now=self._clock())

@@ -71,10 +71,15 @@ class MessageRejected:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionState:
-    """state: "connected", "reconnecting" or "disconnected" (gave up: see detail)."""
+    """state: "connected", "reconnecting" or "disconnected" (gave up: see detail).
+
+    `failover`: the connection dropped and the client reconnects at once, to the next
+    relay of the profile (or the same address, e.g. a load balancer), without backoff;
+    `recv` keeps waiting through it."""
 
     state: str
     detail: str
+    failover: bool = False
 
 
 @dataclass(frozen=True, slots=True)

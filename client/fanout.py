@@ -42,41 +42,90 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The extra devices of one send and the list versions it claims (`lists`)."""
+    """The extra devices of one send and the list versions it claims (`lists`).
+    `primary`: the contact's device 1 is a target (sealed by `prepare_send`, not here):
+    true unless the contact's verified list leaves device 1 out."""
 
     targets: tuple[Target, ...]
     lists: tuple[ListVersion, ...]
+    primary: bool = True
 
 
-async def held_list(store: ProfileStore, account: str) -> DeviceList | None:
-    """The newest verified list this profile holds for `account`, if any."""
-    record = await store.get_setting(HELD_LIST + account)
-    if record is None:
-        return None
-    return DeviceList.decode(SignedDeviceList(bytes(record[0]), bytes(record[1])).body)
+class HeldLists:
+    """The newest verified list of each account as this profile holds it (the setting
+    `device_list/ACCOUNT`, checked by client/devices.py before it is held), cached in
+    memory: every send and every envelope from a device reads it. Every change goes
+    through `hold` or `forget`, which drop the cached entry after writing, so the next
+    read comes from the profile (also after a transaction that rolled the write back)."""
+
+    def __init__(self, store: ProfileStore) -> None:
+        self._store = store
+        self._cache: dict[str, tuple[SignedDeviceList, DeviceList] | None] = {}
+
+    async def signed(self, account: str) -> tuple[SignedDeviceList, DeviceList] | None:
+        """The list held for `account`, as signed and as read; None if none is held."""
+        if account in self._cache:
+            return self._cache[account]
+        record = await self._store.get_setting(HELD_LIST + account)
+        held = None
+        if record is not None:
+            signed = SignedDeviceList(bytes(record[0]), bytes(record[1]))
+            held = signed, DeviceList.decode(signed.body)
+        self._cache[account] = held
+        return held
+
+    async def get(self, account: str) -> DeviceList | None:
+        held = await self.signed(account)
+        return None if held is None else held[1]
+
+    async def listed_key(self, account: str, device: int) -> bytes | None:
+        """The DH key `account`'s verified list gives `device` (None: not listed)."""
+        dlist = await self.get(account)
+        listed = None if dlist is None else dlist.device(device)
+        return None if listed is None else listed.dh_key
+
+    async def device_one_listed(self, account: str) -> bool:
+        """Whether `account`'s device 1 is a target: no verified list yet, or one naming it."""
+        dlist = await self.get(account)
+        return dlist is None or dlist.device(1) is not None
+
+    async def hold(self, account: str, signed: SignedDeviceList) -> None:
+        """Keep `signed` as the newest list accepted for `account` (checked by the caller)."""
+        try:
+            await self._store.set_setting(HELD_LIST + account, [signed.body, signed.sig])
+        finally:
+            self._cache.pop(account, None)
+
+    async def forget(self, account: str) -> None:
+        """Drop the list held for `account` (its identity changed)."""
+        try:
+            await self._store.delete_setting(HELD_LIST + account)
+        finally:
+            self._cache.pop(account, None)
 
 
-async def listed_key(store: ProfileStore, account: str, device: int) -> bytes | None:
-    """The DH key `account`'s verified list gives `device` (None: not listed)."""
-    dlist = await held_list(store, account)
-    listed = None if dlist is None else dlist.device(device)
-    return None if listed is None else listed.dh_key
-
-
-async def plan(store: ProfileStore, user: str, device: int, contact: str) -> Plan:
-    """The devices a message to `contact` goes to besides the contact's device 1: the
-    contact's other listed devices and our own other devices. An account without a
-    verified list counts as device 1 only (version 0); a stale view is corrected by the
-    relay's `mismatched_devices` answer."""
+async def plan(
+    lists: HeldLists, user: str, device: int, contact: str, *, first_sealed: bool = True
+) -> Plan:
+    """The devices a message to `contact` goes to besides the one `prepare_send` sealed
+    for (the contact's device 1, when `first_sealed`): the contact's other listed devices
+    and our own other devices. An account without a verified list counts as device 1
+    only (version 0); a stale view is corrected by the relay's `mismatched_devices`
+    answer. A contact whose list leaves device 1 out gets exactly its listed devices."""
     targets: list[Target] = []
-    lists: list[ListVersion] = []
+    views: list[ListVersion] = []
+    primary = True
     for account, skip in ((contact, 1), (user, device)):
-        dlist = await held_list(store, account)
-        lists.append(ListVersion(account, 0 if dlist is None else dlist.version))
+        dlist = await lists.get(account)
+        views.append(ListVersion(account, 0 if dlist is None else dlist.version))
+        if account == contact and dlist is not None and dlist.device(1) is None:
+            primary = False
+        if account == contact and not first_sealed:
+            skip = 0
         for d in () if dlist is None else dlist.devices:
             if d.id != skip:
                 targets.append(Target(account, d.id, d.dh_key))
-    return Plan(tuple(targets), tuple(lists))
+    return Plan(tuple(targets), tuple(views), primary)
 
 
 def encode_record(envelopes: Sequence[DeviceEnvelope], lists: Sequence[ListVersion]) -> bytes:

@@ -24,16 +24,10 @@ from hushwire.client.events import (
     SessionRestarted,
     utc_from_ms,
 )
-from hushwire.client.fanout import fetcher, listed_key
+from hushwire.client.fanout import fetcher
 from hushwire.client.keys import KeyUpkeep
-from hushwire.client.session import (
-    Outcome,
-    Received,
-    Rejected,
-    SentCopy,
-    SessionManager,
-    SessionReset,
-)
+from hushwire.client.outcomes import Outcome, Received, Rejected, SentCopy, SessionReset
+from hushwire.client.session import SessionManager
 from hushwire.client.text import safe_line
 from hushwire.common import messages as wire
 from hushwire.common.errors import HushwireError, RequestError
@@ -53,7 +47,7 @@ class Inbox:
         keys: KeyUpkeep,
         emit: Callable[[ClientEvent], None],
         online: dict[str, bool],
-        restart: Callable[[str], Awaitable[None]],
+        restart: Callable[[str, int], Awaitable[None]],
         devices: DeviceLists,
     ) -> None:
         self._sessions = sessions
@@ -119,7 +113,7 @@ class Inbox:
             with contextlib.suppress(ConnectionClosed, RequestError):
                 await self._keys.maintain(conn)
         if isinstance(outcome, Rejected) and outcome.dead_session:
-            await self._restart(outcome.contact)
+            await self._restart(outcome.contact, outcome.device)
 
     async def _know_sender(self, conn: RelayConnection, push: wire.Deliver) -> None:
         """Before opening an envelope from a device other than a contact's device 1 (or
@@ -130,7 +124,7 @@ class Inbox:
         s = self._sessions
         if not is_valid_username(sender) or (sender != s.user and device == 1):
             return
-        if await listed_key(s.store, sender, device) is not None:
+        if await s.lists.listed_key(sender, device) is not None:
             return
         if sender != s.user and await s.store.get_contact(sender) is None:
             await s.pin(sender, fetcher(conn))

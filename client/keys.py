@@ -12,7 +12,8 @@ from typing import Any, Final
 import msgpack
 
 from hushwire.client.connection import RelayConnection
-from hushwire.client.session import KeyUpload, SessionManager
+from hushwire.client.prekeys import KeyUpload
+from hushwire.client.session import SessionManager
 from hushwire.common import messages as wire
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.keys import PQ_BUNDLE_VERSION
@@ -41,7 +42,7 @@ class KeyUpkeep:
         key_version: int,
     ) -> None:
         async with self._lock:
-            upload = await self._sessions.plan_upload(
+            upload = await self._sessions.keys.plan_upload(
                 relay_has_identity=relay_has_identity,
                 prekeys_left=prekeys_left,
                 kem_prekeys_left=kem_prekeys_left,
@@ -66,7 +67,7 @@ class KeyUpkeep:
             )
             if i == 0:
                 self.replace_identity = False
-                await self._sessions.upload_done(upload)
+                await self._sessions.keys.upload_done(upload)
 
     async def maintain(self, conn: RelayConnection) -> None:
         """Top up one-time prekeys and rotate the signed prekey when due."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Final
 
@@ -33,7 +34,10 @@ from hushwire.client.events import (
     utc_from_ms,
 )
 from hushwire.client.fanout import decode_record, fetcher, plan
-from hushwire.client.session import Outgoing, SessionManager, max_text_bytes
+from hushwire.client.limits import max_text_bytes
+from hushwire.client.outcomes import Outgoing
+from hushwire.client.restart import restart, views
+from hushwire.client.session import SessionManager
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.errors import CryptoError, ErrorCode, RequestError
@@ -84,8 +88,8 @@ class Outbox:
         if not text.strip():
             raise ClientError("empty message: nothing to send")
         s = self._sessions
-        targets = await plan(s.store, s.user, s.device, name)
-        self._widths[name] = 1 + len(targets.targets)
+        targets = await plan(s.lists, s.user, s.device, name)
+        self._widths[name] = int(targets.primary) + len(targets.targets)
         size, limit = len(text.encode("utf-8")), self.max_text_bytes(name)
         if size > limit:
             raise MessageTooLong(size, limit)
@@ -140,21 +144,30 @@ class Outbox:
         """Seal `out` for every verified device and send it in one `send_devices`."""
         s = self._sessions
         for attempt in range(1, MAX_FANOUT_ATTEMPTS + 1):
-            targets = await plan(s.store, s.user, s.device, out.contact)
+            targets = await plan(
+                s.lists, s.user, s.device, out.contact, first_sealed=bool(out.envelope)
+            )
+            if not targets.primary:  # the contact's list leaves device 1 out
+                out = dataclasses.replace(out, envelope=b"")
             out = await seal_copies(s, out, text, targets, fetcher(conn))
             try:
                 await conn.send_devices(out.envelopes(), out.lists)
             except RequestError as exc:
                 if exc.code is not ErrorCode.MISMATCHED_DEVICES or attempt == MAX_FANOUT_ATTEMPTS:
                     raise
-                for signed in exc.device_lists:
-                    try:
-                        account = DeviceList.decode(signed.body).account
-                    except CryptoError:
-                        continue  # not even a list: nothing to check it against
-                    await self._devices.on_changed(account, signed)
+                await self._adopt(exc)
                 continue
             return
+
+    async def _adopt(self, exc: RequestError) -> None:
+        """Check and hold the lists of a `mismatched_devices` answer (refused ones are
+        shown and leave the view as it was)."""
+        for signed in exc.device_lists:
+            try:
+                account = DeviceList.decode(signed.body).account
+            except CryptoError:
+                continue  # not even a list: nothing to check it against
+            await self._devices.on_changed(account, signed)
 
     async def _transmit(
         self, conn: RelayConnection, out: Outgoing, text: str, *, keep: bool
@@ -195,11 +208,9 @@ class Outbox:
                 self._emit(Notice(f"a stored message to {m.contact} is unreadable: not sent"))
                 continue
             first = next((e for e in envelopes if (e.user, e.device) == (m.contact, 1)), None)
-            if first is None:
-                await self._sessions.mark_failed(m.uid)
-                continue
             copies = tuple(e for e in envelopes if e is not first)
-            out = Outgoing(m.uid, m.contact, first.body, m.envelope_id, m.sent_at_ms, copies, lists)
+            body = b"" if first is None else first.body
+            out = Outgoing(m.uid, m.contact, body, m.envelope_id, m.sent_at_ms, copies, lists)
             sent += await self._flush_one(conn, out, m.text)
         for m in await self._sessions.queued():
             try:
@@ -229,18 +240,32 @@ class Outbox:
         self._emit(MessageSent(out.contact, out.uid))
         return 1
 
-    async def restart(self, contact: str) -> None:
-        """Replace a dead session with `contact` by a fresh one and tell them (a session
-        reset message), so both sides can read each other again."""
+    async def restart(self, contact: str, device: int = 1) -> None:
+        """Replace a dead session with `contact`'s `device` by a fresh one and tell that
+        device alone (a session reset), so both sides can read each other again."""
         async with self._lock:
             conn = self._live()
             if conn is None:
                 return
+            s = self._sessions
             try:
-                envelope = await self._sessions.restart(contact, fetcher(conn))
+                envelope = await restart(s, contact, device, fetcher(conn))
                 if envelope is None:
                     return
-                await conn.request(wire.Send, to=(contact,), body=envelope)
+                for attempt in range(1, MAX_FANOUT_ATTEMPTS + 1):
+                    lists = await views(s, contact)
+                    try:
+                        await conn.request(
+                            wire.SendDevices, envelopes=(envelope,), lists=lists, partial=True
+                        )
+                        break
+                    except RequestError as exc:
+                        if (
+                            exc.code is not ErrorCode.MISMATCHED_DEVICES
+                            or attempt == MAX_FANOUT_ATTEMPTS
+                        ):
+                            raise
+                        await self._adopt(exc)
             except (RequestError, ClientError, CryptoError) as exc:
                 self._emit(Notice(f"could not restart the session with {contact}: {exc.message}"))
                 return

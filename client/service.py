@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from hushwire.client.connection import RelayConnection, TlsSettings
-from hushwire.client.devices import DeviceInfo, DeviceLists, hold_list
+from hushwire.client.devices import DeviceInfo, DeviceLists
 from hushwire.client.errors import (
     CertificateMismatch,
     ConnectionClosed,
@@ -53,17 +54,27 @@ from hushwire.client.events import (
     SessionRestarted,
     history_item,
 )
+from hushwire.client.failover import first_reachable
+from hushwire.client.fanout import HeldLists
 from hushwire.client.inbox import Inbox
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.outbox import Outbox
-from hushwire.client.session import SessionManager, load_or_create_identity
-from hushwire.client.settings import Backoff, RelaySettings
+from hushwire.client.prekeys import load_or_create_identity
+from hushwire.client.session import SessionManager
+from hushwire.client.settings import (
+    Address,
+    Backoff,
+    RelaySettings,
+    format_address,
+    parse_relays,
+)
 from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import Device
 from hushwire.common.crypto.dh import DHGroup, group_by_name
+from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.crypto.link import LinkCode, LinkJoiner, LinkOffer
-from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.errors import ErrorCode, LinkError, RequestError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.names import check_username, is_valid_username
 
@@ -87,6 +98,7 @@ __all__ = [
     "SendResult",
     "SentElsewhere",
     "SessionRestarted",
+    "parse_relays",
     "relay_error_text",
     "restart_text",
 ]
@@ -95,9 +107,16 @@ log = logging.getLogger("hushwire.client")
 
 # The relay closed us on purpose and retrying cannot help until a person acts.
 FATAL_CODES: Final = frozenset(
-    {"auth_failed", "user_disabled", "session_replaced", "unsupported_version"}
+    {
+        "auth_failed",
+        "user_disabled",
+        "session_replaced",
+        "unsupported_version",
+        "account_has_devices",  # another profile holds the account now: retrying cannot help
+    }
 )
 HISTORY_DEFAULT: Final = 200
+LAST_RELAY: Final = "relay_last"  # profile setting: the address that last worked
 MAX_WHO_PAGES: Final = 1000  # a relay that never ends its `who` pages is not followed
 
 
@@ -134,11 +153,15 @@ class HushwireClient:
         self._max_frame = DEFAULT_MAX_FRAME
         self._closing = False
         self._closed = False
+        self._current = 0  # index in settings.addresses of the relay that last worked
+        self._state_changed = asyncio.Event()
+        self._failing_over = False  # a drop is being answered by trying the next relay
         self.fingerprint_learned = False  # set by login(): the pin was learned just now
         emit = self.events.put_nowait
         self._keys = KeyUpkeep(sessions, lambda text: emit(Notice(text)))
         self._devices = DeviceLists(
             store,
+            sessions.lists,
             settings.user,
             settings.device,
             sessions.identity,
@@ -151,7 +174,7 @@ class HushwireClient:
             emit,
             lambda: self._conn,
             lambda: self._max_frame,
-            settings.address,
+            settings.relays,
             self._devices,
         )
         self._inbox = Inbox(
@@ -164,7 +187,13 @@ class HushwireClient:
 
     @property
     def relay(self) -> str:
-        return self.settings.address
+        """The relay this client is (or was last) connected to."""
+        return format_address(self.settings.addresses[self._current])
+
+    @property
+    def relays(self) -> str:
+        """Every relay of the profile, as `login --relay` takes them."""
+        return self.settings.relays
 
     # --- opening --------------------------------------------------------------------
 
@@ -198,6 +227,9 @@ class HushwireClient:
                 backoff=backoff,
             )
             client._max_frame = await store.get_setting("max_frame") or DEFAULT_MAX_FRAME
+            last = await store.get_setting(LAST_RELAY)
+            names = [format_address(a) for a in settings.addresses]
+            client._current = names.index(last) if last in names else 0
         except BaseException:
             await store.close()
             raise
@@ -224,7 +256,7 @@ class HushwireClient:
         devices are unlinked (a reinstall); contacts see a key change.
 
         Pinning: with a CA file the certificate is validated instead; with `fingerprint`
-        exactly that one is accepted; else a pin stored for the same address is kept;
+        exactly that one is accepted; else a pin stored for a list sharing an address is kept;
         else the presented certificate is pinned (trust on first use). Returns a started
         client; its `fingerprint_learned` says whether the pin was learned just now.
         """
@@ -243,38 +275,41 @@ class HushwireClient:
             if settings.ca_file is None:
                 if fingerprint is not None:
                     pin = fingerprint.strip().upper()
-                elif old is not None and old.address == settings.address:
-                    pin = old.pin
-            conn = await RelayConnection.connect(
-                settings.host,
-                settings.port,
-                TlsSettings(
-                    pin=pin,
-                    ca_file=Path(settings.ca_file) if settings.ca_file else None,
-                    client_cert=Path(settings.client_cert) if settings.client_cert else None,
-                    client_key=Path(settings.client_key) if settings.client_key else None,
-                ),
-            )
-            ok = await conn.handshake(settings.user, settings.token)
-            hello = conn.hello
-            if hello is None:
-                raise ConnectionClosed("the relay did not answer hello")
-            group = group_by_name(hello.group, hello.group_params)
-            stored_group = await store.get_setting("group")
-            if stored_group is not None and stored_group != group.name:
-                raise ProfileMismatch(
-                    f"the relay now uses DH group {group.name}, this profile's keys are "
-                    f"{stored_group}; a new profile is needed"
-                )
-            now_ms = int(clock() * 1000)
+                elif old is not None and set(old.addresses) & set(settings.addresses):
+                    pin = old.pin  # the same deployment: its pin holds for every address
+            tls = dataclasses.replace(settings.tls(), pin=pin)
+            user, token = settings.user, settings.token
+
+            async def attempt(address: Address) -> _FirstLogin:
+                conn, hello = await _said_hello(await RelayConnection.connect(*address, tls))
+                try:
+                    group = group_by_name(hello.group, hello.group_params)
+                    stored_group = await store.get_setting("group")
+                    if stored_group is not None and stored_group != group.name:
+                        raise ProfileMismatch(
+                            f"the relay now uses DH group {group.name}, this profile's keys "
+                            f"are {stored_group}; a new profile is needed"
+                        )
+                    identity = await load_or_create_identity(store, group, int(clock() * 1000))
+                    # Naming our identity lets the relay refuse a second profile on a copied
+                    # token before its login replaces the live device (unless we start over).
+                    sign_key = None if replace_identity else identity.sign_key
+                    ok = await conn.request(wire.Login, user=user, token=token, sign_key=sign_key)
+                except BaseException:
+                    await conn.close()
+                    raise
+                return _FirstLogin(conn, hello, group, identity, ok)
+
+            current, first = await first_reachable(settings.addresses, 0, attempt)
+            conn, hello, group, identity, ok = first
             settings = RelaySettings(
                 **{**settings.to_record(), "pin": None if settings.ca_file else conn.fingerprint}
             )
             async with store.transaction():
                 await store.set_setting("relay", settings.to_record())
+                await store.set_setting(LAST_RELAY, format_address(settings.addresses[current]))
                 await store.set_setting("group", group.name)
                 await store.set_setting("group_params", hello.group_params)
-            identity = await load_or_create_identity(store, group, now_ms)
             client = cls(
                 store,
                 settings,
@@ -285,6 +320,7 @@ class HushwireClient:
                 backoff=backoff,
             )
             client.fingerprint_learned = pin is None and settings.ca_file is None
+            client._current = current
             client._keys.replace_identity = replace_identity
             await client._begin(conn, ok)
         except BaseException:
@@ -306,6 +342,7 @@ class HushwireClient:
         port: int,
         code: str,
         name: str,
+        alternates: tuple[Address, ...] = (),
         fingerprint: str | None = None,
         ca_file: str | None = None,
         clock: Callable[[], float] = time.time,
@@ -315,20 +352,25 @@ class HushwireClient:
         """Make a new profile a device of the account whose device showed `code`
         (docs/security.md, "Linking a device"): the identity arrives sealed under the
         code, this device's own keys are made here, and the relay issues its credential.
-        Raises LinkError (mistyped code, a relay in the middle), RequestError
-        (`link_failed`: unknown, expired or used code) or ProfileMismatch."""
+        The relay's certificate must be the one the code pins (the old device's view).
+        Raises LinkError (mistyped code, a relay in the middle, a `fingerprint` other than
+        the code's), CertificateMismatch (the relay is not the one the code pins),
+        RequestError (`link_failed`: unknown, expired or used code) or ProfileMismatch."""
         profile_dir = Path(profile_dir)
         if ProfileStore.exists(profile_dir):
             raise ProfileMismatch(f"{profile_dir} already holds a profile; link into a new one")
         link_code = LinkCode.parse(code)
+        pin = _link_pin(link_code, fingerprint)
         store = await ProfileStore.open(profile_dir, passphrase, create=True, kdf=kdf)
         conn: RelayConnection | None = None
         try:
-            pin = None if fingerprint is None else fingerprint.strip().upper()
-            conn = await RelayConnection.connect(
-                host, port, TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
-            )
-            hello = await conn.say_hello()
+            tls = TlsSettings(pin=pin, ca_file=Path(ca_file) if ca_file else None)
+            addresses = ((host, port), *alternates)
+
+            async def attempt(address: Address) -> tuple[RelayConnection, wire.HelloOk]:
+                return await _said_hello(await _connect_linking(*address, link_code, tls))
+
+            current, (conn, hello) = await first_reachable(addresses, 0, attempt)
             group = group_by_name(hello.group, hello.group_params)
             fetched = await conn.request(wire.LinkFetch, channel=link_code.channel)
             joiner = LinkJoiner(group, link_code, name, group.generate())
@@ -345,21 +387,28 @@ class HushwireClient:
                 pin=None if ca_file else conn.fingerprint,
                 ca_file=ca_file,
                 device=joined.device,
+                alternates=alternates,
             )
             async with store.transaction():
                 await store.set_setting("relay", settings.to_record())
+                await store.set_setting(LAST_RELAY, format_address(addresses[current]))
                 await store.set_setting("group", group.name)
                 await store.set_setting("group_params", hello.group_params)
                 await store.save_identity(grant.identity.to_bytes(), int(clock() * 1000))
-                await hold_list(store, grant.account, grant.signed_list)
+                await HeldLists(store).hold(grant.account, grant.signed_list)
             ok = await conn.request(
-                wire.Login, user=grant.account, token=joined.token, device=joined.device
+                wire.Login,
+                user=grant.account,
+                token=joined.token,
+                device=joined.device,
+                sign_key=grant.identity.sign_key,
             )
             sessions = SessionManager(
                 store, grant.account, grant.identity, group, device=joined.device, clock=clock
             )
             client = cls(store, settings, sessions, clock=clock, backoff=backoff)
             client.fingerprint_learned = pin is None and ca_file is None
+            client._current = current
             await client._begin(conn, ok)
         except BaseException:
             if conn is not None:
@@ -399,26 +448,45 @@ class HushwireClient:
         await self.store.close()
         self._set_state("disconnected", "closed")
 
-    def _set_state(self, state: str, detail: str) -> None:
+    def _set_state(self, state: str, detail: str, *, failover: bool = False) -> None:
         changed = state != self.state
         self.state = state
+        self._failing_over = failover
         if changed or state != "connected":
-            self.events.put_nowait(ConnectionState(state, detail))
+            self.events.put_nowait(ConnectionState(state, detail, failover))
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
 
-    async def _connect(self) -> tuple[RelayConnection, wire.LoginOk]:
+    async def _connect(self, start: int | None = None) -> tuple[RelayConnection, wire.LoginOk]:
+        """Log in to the first relay that answers, from `start` (default: the one that
+        last worked) on; remembered, so the next run starts there too."""
         s = self.settings
-        conn = await RelayConnection.connect(s.host, s.port, s.tls())
-        try:
-            ok = await conn.handshake(s.user, s.token, None if s.device == 1 else s.device)
+        device = None if s.device == 1 else s.device
+        tls = s.tls()
+
+        async def attempt(address: Address) -> tuple[RelayConnection, wire.LoginOk]:
+            conn = await RelayConnection.connect(*address, tls)
+            try:
+                ok = await conn.handshake(
+                    s.user, s.token, device, sign_key=self.sessions.identity.sign_key
+                )
+            except BaseException:
+                await conn.close()
+                raise
             hello = conn.hello
             if hello is not None and hello.group != self.sessions.group.name:
+                await conn.close()
                 raise ProfileMismatch(
                     f"the relay now uses DH group {hello.group}, this profile's keys are "
                     f"{self.sessions.group.name}"
                 )
-        except BaseException:
-            await conn.close()
-            raise
+            return conn, ok
+
+        first = self._current if start is None else start
+        current, (conn, ok) = await first_reachable(s.addresses, first, attempt)
+        if current != self._current:
+            self._current = current
+            await self.store.set_setting(LAST_RELAY, self.relay)
         return conn, ok
 
     async def _begin(self, conn: RelayConnection, ok: wire.LoginOk) -> None:
@@ -475,10 +543,11 @@ class HushwireClient:
     async def _run(self) -> None:
         """Keep a connection up until close() or a fatal refusal."""
         attempt = 0
+        start: int | None = None  # after a drop: the relay after the one we lost
         while not self._closing:
             if self._conn is None:
                 try:
-                    conn, ok = await self._connect()
+                    conn, ok = await self._connect(start)
                 except (CertificateMismatch, ProfileMismatch) as exc:
                     self._set_state("disconnected", exc.message)
                     return
@@ -493,7 +562,7 @@ class HushwireClient:
                     await self._wait_retry(attempt, exc.message, None)
                     attempt += 1
                     continue
-                attempt = 0
+                attempt, start = 0, None
                 await self._adopt(conn, ok)
             conn = self._conn
             if conn is None:
@@ -507,7 +576,13 @@ class HushwireClient:
                 self._set_state("disconnected", f"{reason.message} ({reason.code})")
                 return
             detail = f"{reason.message} ({reason.code})" if reason else "connection lost"
-            self._set_state("reconnecting", detail)
+            # One attempt at once, from the next address (the one we lost goes last; with
+            # one address, the same: a load balancer there picks another relay). If it
+            # fails, the loop above backs off as usual.
+            addresses = self.settings.addresses
+            start = (self._current + 1) % len(addresses)
+            following = format_address(addresses[start])
+            self._set_state("reconnecting", f"{detail}; trying {following}", failover=True)
 
     async def _wait_retry(self, attempt: int, detail: str, retry_after: float | None) -> None:
         delay = self._backoff.delay(attempt, retry_after)
@@ -534,8 +609,30 @@ class HushwireClient:
 
     async def sync(self, limit: float = 30.0) -> None:
         """Return once every envelope the relay has queued for us is handled and acked
-        (ConnectionClosed if not connected)."""
-        await self._inbox.sync(self._require_conn, limit)
+        (ConnectionClosed if not connected). A connection lost meanwhile is waited out
+        while the client reconnects at once (failover), to the next relay if there are
+        several."""
+        async with asyncio.timeout(limit):
+            while True:
+                conn = self._conn
+                try:
+                    return await self._inbox.sync(self._require_conn, limit)
+                except ConnectionClosed:
+                    if not await self._failed_over(conn):
+                        raise
+
+    async def _failed_over(self, lost: RelayConnection | None) -> bool:
+        """After `lost` dropped: True once another connection is up, False when the
+        immediate attempt failed (the client backs off) or the client gave up."""
+        while not self._closing:
+            changed = self._state_changed
+            conn = self._conn
+            if self.state == "connected" and conn is not None and conn is not lost:
+                return True
+            if self.state != "connected" and not self._failing_over:
+                return False
+            await changed.wait()
+        return False
 
     def _require_conn(self) -> RelayConnection:
         conn = self._conn
@@ -641,6 +738,58 @@ class HushwireClient:
         Offline, held messages become queued and go out after the next login.
         """
         return await self._outbox.release(contact)
+
+
+class _FirstLogin(NamedTuple):
+    """What a profile's first login learns from the relay that answered."""
+
+    conn: RelayConnection
+    hello: wire.HelloOk
+    group: DHGroup
+    identity: IdentityKeyPair
+    ok: wire.LoginOk
+
+
+async def _said_hello(conn: RelayConnection) -> tuple[RelayConnection, wire.HelloOk]:
+    """`conn` once it has said hello (closed again if that fails)."""
+    try:
+        return conn, await conn.say_hello()
+    except BaseException:
+        await conn.close()
+        raise
+
+
+def _link_pin(code: LinkCode, fingerprint: str | None) -> str | None:
+    """The certificate a linking device accepts: the code's pin (and the user's
+    `--fingerprint`, which must then be the same), else the user's, else none (TOFU)."""
+    given = None if fingerprint is None else fingerprint.strip().upper()
+    pinned = code.fingerprint()
+    if pinned is not None and given is not None and given != pinned:
+        raise LinkError(
+            "the --fingerprint given is not the relay certificate your other device uses "
+            f"(the link code pins {pinned}); leave --fingerprint out or check it"
+        )
+    return pinned or given
+
+
+async def _connect_linking(
+    host: str, port: int, code: LinkCode, tls: TlsSettings
+) -> RelayConnection:
+    """Connect for `login --link`; a certificate other than the one the code pins is
+    refused with a message that says where that pin came from."""
+    if code.pin is None:
+        return await RelayConnection.connect(host, port, tls)
+    conn = await RelayConnection.connect(host, port, TlsSettings(ca_file=tls.ca_file))
+    if conn.fingerprint != code.fingerprint():
+        await conn.close()
+        raise CertificateMismatch(
+            f"the relay at {host}:{port} presented a certificate other than the one your "
+            f"other device uses (pinned in the link code).\n  link code: {code.fingerprint()}"
+            f"\n  presented: {conn.fingerprint}\nSomeone may be intercepting the connection, "
+            "or --relay names another relay than your other device's. Nothing was sent and "
+            "no device was linked."
+        )
+    return conn
 
 
 def _remove_profile_files(profile_dir: Path) -> None:

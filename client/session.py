@@ -1,8 +1,10 @@
-"""Sessions, contacts, key changes, prekeys and the outbox: the client's protocol logic.
+"""Sessions, contacts, key changes and the outbox: the client's protocol logic.
 
 No sockets here: `SessionManager` works on the profile store and takes the one network
 operation it needs (fetching a bundle) as a callable, so every rule below is tested
-without a relay (tests/client/test_session.py).
+without a relay (tests/client/test_session.py). Split from it along its seams: this
+device's own prekeys (client/prekeys.py, `SessionManager.keys`), the results of
+receiving and sending (client/outcomes.py) and the longest text (client/limits.py).
 
 Rules it enforces:
 
@@ -28,76 +30,58 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Final
 
-import msgpack
-
 from hushwire.client.errors import BadBundle, MessageHeld, ProfileCorrupt, UnknownContact
-from hushwire.client.fanout import HELD_LIST, listed_key
+from hushwire.client.fanout import HeldLists
+from hushwire.client.outcomes import (
+    Duplicate,
+    Outcome,
+    Outgoing,
+    Received,
+    Rejected,
+    SentCopy,
+    SessionReset,
+    describe,
+)
+from hushwire.client.prekeys import DAY_MS, OwnKeys
 from hushwire.client.store import Contact, ProfileStore, StoredMessage
 from hushwire.client.text import (
     decode_sent_copy,
     decode_text,
     encode_reset,
-    encode_sent_copy,
     encode_text,
 )
 from hushwire.common.crypto.dh import DHGroup
 from hushwire.common.crypto.envelope import Envelope, EnvelopeType, Session
 from hushwire.common.crypto.identity import (
-    MAX_PREKEY_ID,
     IdentityKeyPair,
-    KemPrekeyPair,
-    OneTimePrekeyPair,
-    SignedPrekeyPair,
-    generate_one_time_prekeys,
     verify_bundle,
     verify_identity,
 )
-from hushwire.common.crypto.kem import KEM_CIPHERTEXT_LEN
-from hushwire.common.crypto.ratchet import RatchetConfig, RatchetHeader
+from hushwire.common.crypto.ratchet import RatchetConfig
 from hushwire.common.crypto.safety import SafetyNumber, safety_number
-from hushwire.common.crypto.x3dh import InitialHeader
 from hushwire.common.errors import (
     CryptoError,
     DecryptionError,
-    InvalidKey,
-    InvalidSignature,
     LocalProtocolError,
     MalformedEnvelope,
-    ReplayError,
     TooManySkipped,
-    UnknownPrekey,
 )
 from hushwire.common.keys import (
     PQ_BUNDLE_VERSION,
     IdentityPublic,
-    KemPrekey,
-    OneTimePrekey,
     PrekeyBundle,
-    SignedPrekey,
 )
-from hushwire.common.messages import Deliver, DeviceEnvelope, ListVersion, SendDevices
+from hushwire.common.messages import Deliver
 from hushwire.common.names import is_valid_username
 
-DAY_MS: Final = 86_400_000
-SIGNED_PREKEY_ROTATE_MS: Final = 7 * DAY_MS
-# Keep a retired signed prekey's private key past the relay's 30-day retention, so an
-# initial message that waited in a mailbox that long still decrypts.
-SIGNED_PREKEY_GRACE_MS: Final = 35 * DAY_MS
-PREKEY_TARGET: Final = 100  # one-time prekeys (DH, and KEM) the relay should hold
-PREKEY_LOW: Final = 20  # top up below this
 MAX_ARCHIVED_SESSIONS: Final = 3
 # The relay pushes key_changed only to watchers that are online at that moment, so a
 # client that was offline would keep encrypting to a replaced identity. Before sending,
 # re-fetch a contact's bundle when the pinned identity was last confirmed longer ago
 # than this (it costs the contact one one-time prekey per interval).
 IDENTITY_RECHECK_MS: Final = DAY_MS
-# A dead session is restarted at most this often per contact: the skipped-message check
-# runs before authentication, so a relay could forge "dead" envelopes, and each restart
-# costs the contact a one-time prekey.
-RESTART_INTERVAL_MS: Final = 3_600_000
 # The envelope format allows any 63-bit send time; a peer's clock is not trusted beyond
 # what a date can show: 0001-01-01 .. 9999-12-31 (a later one broke every `recv`).
 MAX_SENT_AT_MS: Final = 253_402_300_799_999
@@ -109,190 +93,6 @@ Fetch = Callable[..., Awaitable[PrekeyBundle]]
 def same_identity(a: IdentityPublic, b: IdentityPublic) -> bool:
     """Equal keys (the signature is implied by them; Ed25519 signing is deterministic)."""
     return (a.group, a.sign_key, a.dh_key) == (b.group, b.sign_key, b.dh_key)
-
-
-def max_text_bytes(
-    max_frame: int, group: DHGroup, sender: str, recipient: str, envelopes: int = 1
-) -> int:
-    """The longest UTF-8 text whose fan-out to `envelopes` devices fits one
-    `send_devices` frame under the relay's `max_frame`.
-
-    Measured on a worst case envelope (version 2, initial with the KEM ciphertext,
-    largest counters and ids, a sent copy's plaintext) with a body large enough that
-    every msgpack length prefix has its widest form, so the bound holds for every text
-    up to it.
-    """
-    big = 70_000
-    size = group.public_size
-    ident = IdentityPublic(group.name, bytes(32), bytes(size), bytes(64))
-    name = max(sender, recipient, key=len)
-    x3dh = InitialHeader(
-        ident,
-        bytes(size),
-        MAX_PREKEY_ID,
-        MAX_PREKEY_ID,
-        MAX_PREKEY_ID,
-        bytes(KEM_CIPHERTEXT_LEN),
-    )
-    envelope = Envelope(
-        type=EnvelopeType.INITIAL,
-        sender=name,
-        recipient=name,
-        envelope_id=bytes(16),
-        sent_at_ms=2**63 - 1,
-        header=RatchetHeader(bytes(size), 2**32 - 1, 2**32 - 1, bytes(32)),
-        x3dh=x3dh,
-        ciphertext=bytes(len(encode_sent_copy(name, "x" * big)) + 16),
-        version=2,
-    )
-    one = DeviceEnvelope(name, 2**31, envelope.to_bytes())
-    views = (ListVersion(sender, 2**63 - 1), ListVersion(recipient, 2**63 - 1))
-    frame = SendDevices(id=2**63 - 1, envelopes=(one,) * envelopes, lists=views).to_wire()
-    overhead = len(msgpack.packb(frame, use_bin_type=True)) - big * envelopes
-    return max(0, (max_frame - overhead) // envelopes)
-
-
-# --- results -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A message that authenticated and is now stored: safe to ack."""
-
-    contact: str
-    uid: str
-    envelope_id: bytes
-    sent_at_ms: int
-    text: str
-    key_changed: bool  # this message came with an identity other than the pinned one
-    used_one_time_prekey: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Duplicate:
-    """Already stored once (a redelivery): ack it again, show nothing."""
-
-    contact: str
-    envelope_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """Not shown: malformed, tampered, replayed, not for us. Ack it so it stops coming.
-
-    `dead_session`: the contact's messages cannot be decrypted any more (more than
-    MAX_SKIP lost in one chain, or we hold no session): `restart` heals it."""
-
-    contact: str
-    reason: str
-    dead_session: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class SessionReset:
-    """The contact could not decrypt what we sent and started a new session (stored)."""
-
-    contact: str
-    key_changed: bool
-    used_one_time_prekey: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SentCopy:
-    """What another device of our account sent to `contact`, now stored as sent."""
-
-    contact: str
-    uid: str
-    sent_at_ms: int
-    text: str
-    used_one_time_prekey: bool
-
-
-Outcome = Received | Duplicate | Rejected | SessionReset | SentCopy
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """An encrypted, committed message ready for `send`."""
-
-    uid: str
-    contact: str
-    envelope: bytes  # for the contact's device 1
-    envelope_id: bytes
-    sent_at_ms: int
-    # The same message for the other devices (client/copies.py) and the list versions
-    # the fan-out used: what `send_devices` carries besides `envelope`.
-    copies: tuple[DeviceEnvelope, ...] = ()
-    lists: tuple[ListVersion, ...] = ()
-
-    def envelopes(self) -> tuple[DeviceEnvelope, ...]:
-        return (DeviceEnvelope(self.contact, 1, self.envelope), *self.copies)
-
-
-@dataclass(frozen=True, slots=True)
-class KeyUpload:
-    """What to publish now (fields of `publish_keys`); `upload_done` after the relay's ok."""
-
-    identity: IdentityPublic | None
-    signed_prekey: SignedPrekey | None
-    one_time_prekeys: tuple[OneTimePrekey, ...]
-    kem_last_resort: KemPrekey | None = None
-    one_time_kem_prekeys: tuple[KemPrekey, ...] = ()
-
-
-def describe(exc: CryptoError) -> str:
-    """A short reason for a rejected envelope (never contains key material)."""
-    if isinstance(exc, ReplayError):
-        return f"replayed message (its key was already used): {exc.message}"
-    if isinstance(exc, TooManySkipped):
-        return f"too many skipped messages: {exc.message}"
-    if isinstance(exc, MalformedEnvelope):
-        return f"malformed envelope: {exc.message}"
-    if isinstance(exc, UnknownPrekey):
-        return f"initial message for a prekey we do not hold: {exc.message}"
-    if isinstance(exc, InvalidSignature | InvalidKey):
-        return f"invalid sender keys: {exc.message}"
-    if isinstance(exc, DecryptionError):
-        return f"message failed authentication (tampered or not for us): {exc.message}"
-    return f"undecryptable message: {exc.message}"
-
-
-class _Prekeys:
-    """The responder's private prekeys by id (PQXDH PrekeyLookup) for one envelope."""
-
-    def __init__(
-        self,
-        signed: dict[int, SignedPrekeyPair],
-        one_time: dict[int, OneTimePrekeyPair],
-        kem: dict[int, KemPrekeyPair],
-    ) -> None:
-        self._signed = signed
-        self._one_time = one_time
-        self._kem = kem
-
-    def signed_prekey(self, prekey_id: int) -> SignedPrekeyPair | None:
-        return self._signed.get(prekey_id)
-
-    def one_time_prekey(self, prekey_id: int) -> OneTimePrekeyPair | None:
-        return self._one_time.get(prekey_id)
-
-    def kem_prekey(self, prekey_id: int) -> KemPrekeyPair | None:
-        return self._kem.get(prekey_id)
-
-
-async def load_or_create_identity(
-    store: ProfileStore, group: DHGroup, now_ms: int
-) -> IdentityKeyPair:
-    """The profile's identity key pair, generated in `group` on first use."""
-    secret = await store.load_identity()
-    if secret is None:
-        identity = IdentityKeyPair.generate(group)
-        await store.save_identity(identity.to_bytes(), now_ms)
-        return identity
-    try:
-        return IdentityKeyPair.from_bytes(secret, group)
-    except CryptoError as exc:
-        raise ProfileCorrupt(f"stored identity key is unusable: {exc.message}") from None
 
 
 class SessionManager:
@@ -314,6 +114,8 @@ class SessionManager:
         self.identity = identity
         self.group = group
         self.config = RatchetConfig(groups=(group,))
+        self.lists = HeldLists(store)  # the device lists this profile accepted
+        self.keys = OwnKeys(store, identity, group, self.now_ms)  # our prekeys
         self._clock = clock
 
     def now_ms(self) -> int:
@@ -345,111 +147,6 @@ class SessionManager:
         except CryptoError as exc:
             raise ProfileCorrupt(f"stored session is unusable: {exc.message}") from None
 
-    # --- our keys ---------------------------------------------------------------------
-
-    async def plan_upload(
-        self,
-        *,
-        relay_has_identity: bool,
-        prekeys_left: int,
-        kem_prekeys_left: int,
-        key_version: int,
-    ) -> KeyUpload | None:
-        """What to publish after login: everything on first login, else a top-up/rotation.
-
-        "First" also covers a relay holding only version-1 keys for us (a profile from
-        before PQXDH): everything is published again, with the KEM prekeys. New private
-        keys are committed before they are published, so a peer can never use a key we
-        do not hold.
-        """
-        now = self.now_ms()
-        first = not (
-            relay_has_identity
-            and key_version >= PQ_BUNDLE_VERSION
-            and await self.store.get_setting("published")
-        )
-        current_id = await self.store.get_setting("signed_prekey_id")
-        current = {pid: created for pid, _, created, _ in await self.store.signed_prekeys()}
-        spk = None
-        due = current_id not in current or now - current[current_id] >= SIGNED_PREKEY_ROTATE_MS
-        if first or due:
-            pid = await self.store.next_prekey_ids(1)
-            pair = SignedPrekeyPair.generate(self.identity, self.group, pid)
-            await self.store.add_signed_prekey(pid, pair.to_bytes(), now)
-            spk = pair.public()
-        left = 0 if first else prekeys_left
-        one_time: tuple[OneTimePrekey, ...] = ()
-        if first or left < PREKEY_LOW:
-            count = PREKEY_TARGET - left
-            first_id = await self.store.next_prekey_ids(count)
-            pairs = generate_one_time_prekeys(self.group, first_id, count)
-            await self.store.add_one_time_prekeys([(p.id, p.to_bytes()) for p in pairs], now)
-            one_time = tuple(p.public() for p in pairs)
-        kem_last, kem_one_time = await self._plan_kem(
-            now, first=first, rotate=spk is not None, left=0 if first else kem_prekeys_left
-        )
-        if not first and spk is None and not one_time and not kem_one_time:
-            return None
-        return KeyUpload(
-            self.identity.public() if first else None, spk, one_time, kem_last, kem_one_time
-        )
-
-    async def _plan_kem(
-        self, now: int, *, first: bool, rotate: bool, left: int
-    ) -> tuple[KemPrekey | None, tuple[KemPrekey, ...]]:
-        """PQXDH keys to publish: a new last-resort one with every signed prekey (or if
-        none is held), and one-time ones topped up like the DH ones."""
-        last = None
-        if first or rotate or await self.store.kem_last_resort() is None:
-            pid = await self.store.next_prekey_ids(1)
-            pair = KemPrekeyPair.generate(self.identity, pid, last_resort=True)
-            await self.store.add_kem_prekeys([(pid, pair.to_bytes(), True)], now)
-            last = pair.public()
-        one_time: tuple[KemPrekey, ...] = ()
-        if first or left < PREKEY_LOW:
-            count = PREKEY_TARGET - left
-            first_id = await self.store.next_prekey_ids(count)
-            pairs = [
-                KemPrekeyPair.generate(self.identity, first_id + i, last_resort=False)
-                for i in range(count)
-            ]
-            await self.store.add_kem_prekeys([(p.id, p.to_bytes(), False) for p in pairs], now)
-            one_time = tuple(p.public() for p in pairs)
-        return last, one_time
-
-    async def upload_done(self, upload: KeyUpload) -> None:
-        """The relay accepted `upload`: remember it; retire older signed prekeys."""
-        now = self.now_ms()
-        async with self.store.transaction():
-            await self.store.set_setting("published", True)
-            if upload.signed_prekey is not None:
-                pid = upload.signed_prekey.id
-                await self.store.set_setting("signed_prekey_id", pid)
-                await self.store.retire_signed_prekeys(pid, now, now - SIGNED_PREKEY_GRACE_MS)
-            if upload.kem_last_resort is not None:
-                await self.store.retire_kem_last_resort(
-                    upload.kem_last_resort.id, now, now - SIGNED_PREKEY_GRACE_MS
-                )
-
-    async def _prekeys_for(self, header: InitialHeader) -> _Prekeys:
-        signed = {
-            pid: SignedPrekeyPair.from_bytes(secret, self.group)
-            for pid, secret, _, _ in await self.store.signed_prekeys()
-        }
-        one_time = {}
-        if header.one_time_prekey_id is not None:
-            secret = await self.store.one_time_prekey(header.one_time_prekey_id)
-            if secret is not None:
-                pair = OneTimePrekeyPair.from_bytes(secret, self.group)
-                one_time[pair.id] = pair
-        kem = {}
-        if header.kem_prekey_id is not None:
-            secret = await self.store.kem_prekey(header.kem_prekey_id)
-            if secret is not None:
-                kem_pair = KemPrekeyPair.from_bytes(secret)
-                kem[kem_pair.id] = kem_pair
-        return _Prekeys(signed, one_time, kem)
-
     # --- receiving --------------------------------------------------------------------
 
     async def receive(self, deliver: Deliver) -> Outcome:
@@ -478,6 +175,9 @@ class SessionManager:
             contact = await self.store.get_contact(sender)
             if per_device and not own and contact is None:
                 return Rejected(sender, f"device {device} of a contact whose key is not pinned")
+            if not per_device and not await self.lists.device_one_listed(sender):
+                # Unlinked: the contact's verified list no longer names it.
+                return Rejected(sender, f"device 1 of {sender} is not in its signed device list")
             sessions = await self.device_sessions(sender, device) if contact or own else []
             message, used, chosen = None, None, -1
             error: CryptoError | None = None
@@ -506,7 +206,7 @@ class SessionManager:
                 and not any(s.x3dh == env.x3dh for s in sessions)
             ):
                 try:
-                    prekeys = await self._prekeys_for(env.x3dh)
+                    prekeys = await self.keys.prekeys_for(env.x3dh)
                     session, message, used = Session.respond(
                         self.identity, self.user, prekeys, env, config=self.config
                     )
@@ -515,19 +215,14 @@ class SessionManager:
                 except CryptoError as exc:
                     error = exc
             if message is None:
-                # A known contact whose messages no session of ours can open any more: the
-                # caller starts a fresh session (as Signal does), or nothing ever heals.
-                dead = (
-                    contact is not None
-                    and contact.pending is None
-                    and (
-                        isinstance(error, TooManySkipped)
-                        or (not sessions and env.type is EnvelopeType.MESSAGE)
-                    )
+                # A known device whose messages no session of ours can open any more: the
+                # caller starts a fresh session with it (as Signal does), or nothing heals.
+                dead = (own or (contact is not None and contact.pending is None)) and (
+                    isinstance(error, TooManySkipped)
+                    or (not sessions and env.type is EnvelopeType.MESSAGE)
                 )
                 reason = describe(error or DecryptionError("no session"))
-                # Restarts go to a contact's device 1 only (client/outbox.py).
-                return Rejected(sender, reason, dead_session=dead and not per_device)
+                return Rejected(sender, reason, dead_session=dead, device=device)
             sessions.insert(0, sessions.pop(chosen))
             del sessions[1 + MAX_ARCHIVED_SESSIONS :]
             now = self.now_ms()
@@ -537,8 +232,8 @@ class SessionManager:
                 # Every device but a contact's device 1 must be in the account's signed
                 # list as this profile verified it, under the account's identity.
                 account = self.identity.public() if own or contact is None else contact.identity
-                if peer.sign_key != account.sign_key or peer.dh_key != await listed_key(
-                    self.store, sender, device
+                if peer.sign_key != account.sign_key or peer.dh_key != await self.lists.listed_key(
+                    sender, device
                 ):
                     return Rejected(
                         sender, f"device {device} of {sender} is not in its signed device list"
@@ -670,15 +365,19 @@ class SessionManager:
     async def prepare_send(
         self, name: str, text: str, fetch: Fetch, *, uid: str | None = None
     ) -> Outgoing:
-        """Encrypt `text` for `name` and commit it as `pending`; raises MessageHeld.
+        """Encrypt `text` for `name`'s device 1 and commit it as `pending`; raises
+        MessageHeld.
 
         `uid` re-uses an outbox row (queued or held) instead of adding a new one. A held
-        message is committed before MessageHeld is raised.
+        message is committed before MessageHeld is raised. When the contact's verified
+        list leaves device 1 out, nothing is sealed here: the row stays `queued` until
+        client/copies.py seals it for the listed devices.
         """
         plaintext = encode_text(text)
+        primary = await self.lists.device_one_listed(name)
         for _ in range(3):
             bundle = None
-            if await self._needs_bundle(name):
+            if primary and await self._needs_bundle(name):
                 bundle = await self.fetch_verified(name, fetch)
             held = False
             async with self.store.transaction():
@@ -711,6 +410,12 @@ class SessionManager:
                         )
                     else:
                         await self.store.update_outgoing(uid, "held")
+                elif not primary:
+                    if uid is None:
+                        uid = await self.queue(name, text)
+                    else:
+                        await self.store.update_outgoing(uid, "queued")
+                    return Outgoing(uid, name, b"", b"", now)
                 else:
                     blobs = await self.store.load_sessions(name)
                     sessions = [self._load_session(b) for b in blobs]
@@ -756,33 +461,6 @@ class SessionManager:
             return Outgoing(uid, name, envelope, envelope_id, now)
         raise LocalProtocolError(f"could not start a session with {name}")
 
-    async def restart(self, name: str, fetch: Fetch) -> bytes | None:
-        """A fresh session with `name` whose first message is a session reset (kept in
-        front of the old ones); its envelope, or None when not due (see
-        RESTART_INTERVAL_MS) or when `name`'s identity changed (that waits for `trust`)."""
-        key = f"restarted:{name}"
-        last = await self.store.get_setting(key)
-        if last is not None and self.now_ms() - last < RESTART_INTERVAL_MS:
-            return None
-        contact = await self.contact(name)
-        if contact.pending is not None:
-            return None
-        bundle = await self.fetch_verified(name, fetch)
-        if not same_identity(bundle.identity, contact.identity):
-            await self.on_key_changed(name, bundle.identity)
-            return None
-        async with self.store.transaction():
-            now = self.now_ms()
-            session, envelope = Session.initiate(
-                self.identity, self.user, bundle, self.group, now, encode_reset(),
-                config=self.config,
-            )  # fmt: skip
-            old = [self._load_session(b) for b in await self.store.load_sessions(name)]
-            sessions = [session, *old][: 1 + MAX_ARCHIVED_SESSIONS]
-            await self.store.save_sessions(name, [s.to_bytes() for s in sessions], now)
-            await self.store.set_setting(key, now)
-        return envelope
-
     async def mark_sent(self, uid: str) -> None:
         await self.store.update_outgoing(uid, "sent")
 
@@ -819,7 +497,7 @@ class SessionManager:
                 await self.store.accept_identity(name, view.pending, self.now_ms())
                 # The held device list was signed by the old identity: the new one's
                 # lists start again (the relay's mismatched_devices brings it).
-                await self.store.delete_setting(HELD_LIST + name)
+                await self.lists.forget(name)
             held = await self.store.messages_with_status(("held",), name)
             await self.store.release_incoming(name)
         out = [m for m in held if m.direction == "out"]

@@ -97,7 +97,11 @@ def _fast_send_devices(obj: Mapping[str, Any]) -> SendDevices | None:
     rid, envs, views = obj.get("id"), obj.get("envelopes"), obj.get("lists")
     if not (type(rid) is int and 0 <= rid <= _MAX_INT and type(envs) is list):
         return None
-    if type(views) is not list:
+    partial = obj.get("partial", False)
+    payload = obj.get("payload")  # v2, optional: absent or nil is none
+    if payload is not None and type(payload) is not bytes:
+        return None
+    if type(views) is not list or type(partial) is not bool:
         return None
     envelopes = []
     for env in envs:
@@ -117,10 +121,7 @@ def _fast_send_devices(obj: Mapping[str, Any]) -> SendDevices | None:
         if type(user) is not str or type(version) is not int or not 0 <= version <= _MAX_INT:
             return None
         lists.append(ListVersion(user, version))
-    payload = obj.get("payload")
-    if payload is not None and type(payload) is not bytes:
-        return None
-    return SendDevices(rid, tuple(envelopes), tuple(lists), payload=payload)
+    return SendDevices(rid, tuple(envelopes), tuple(lists), partial, payload)
 
 
 # The relay's hottest requests skip the annotation-driven codec when well-formed.

@@ -58,6 +58,7 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     REPLY_TOO_LARGE = "reply_too_large"
     STORAGE_FULL = "storage_full"
+    UNAVAILABLE = "unavailable"  # the relay's database is unreachable: retry (retry_after)
     INTERNAL = "internal"
     # Accounts with several devices (docs/protocol.md, "Devices").
     MISMATCHED_DEVICES = "mismatched_devices"

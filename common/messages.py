@@ -275,6 +275,9 @@ class Login(Request):
     user: str
     token: str
     device: int | None = None  # which of the account's devices; nil means device 1
+    # The account identity's Ed25519 key this device holds: a login whose key is not the
+    # account's is refused (account_has_devices) before it can replace a live session.
+    sign_key: bytes | None = None
 
     def __repr__(self) -> str:  # never let a token reach a log line
         return f"Login(id={self.id}, user={self.user!r}, device={self.device}, token=<redacted>)"
@@ -386,26 +389,33 @@ class ListVersion:
 @dataclass(frozen=True, slots=True)
 class SendDevices(Request):
     """One message to every device of its recipients (and the sender's other devices),
-    committed all or nothing; `lists` names the version each account's fan-out used."""
+    committed all or nothing; `lists` names the version each account's fan-out used.
+    `partial`: the envelopes target some of those devices on purpose (a session reset
+    goes to the one device whose session died)."""
 
     TYPE = "send_devices"
     REPLY = SendOk
     id: int
     envelopes: tuple[DeviceEnvelope, ...]
     lists: tuple[ListVersion, ...]
+    # A session reset to one device targets some of the expected devices (docs/protocol.md).
+    partial: bool = False
     # v2: a group send's encrypted message, carried once for every envelope (absent or
-    # nil: none). Left out of the wire form when None, so a plain send is unchanged.
+    # nil: none).
     payload: bytes | None = None
 
     def __repr__(self) -> str:
         size = "" if self.payload is None else f", payload=<{len(self.payload)} bytes>"
         return (
             f"SendDevices(id={self.id}, envelopes={len(self.envelopes)}, "
-            f"lists={self.lists!r}{size})"
+            f"lists={self.lists!r}, partial={self.partial}{size})"
         )
 
     def to_wire(self) -> dict[str, Any]:
+        # Optional keys are left out at their defaults: a plain send is unchanged on the wire.
         out = Message.to_wire(self)
+        if not self.partial:
+            del out["partial"]
         if self.payload is None:
             del out["payload"]
         return out

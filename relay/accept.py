@@ -7,6 +7,10 @@ uvloop (libuv) also hides a failed accept() such as EMFILE. So the relay accepts
 itself: one reader callback per listening socket accepts every pending connection and
 hands it to `loop.connect_accepted_socket(ssl=...)`, whose failure names the peer.
 Each failure is one log line with the peer address and the reason, never a secret.
+
+Behind a load balancer speaking the PROXY protocol (relay/proxy_protocol.py), a
+connection from a trusted proxy first has its header read (within the handshake
+timeout); the client's address it names is what admission, rate limits and logs see.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+from hushwire.relay import proxy_protocol
 from hushwire.relay.admission import Admission
+from hushwire.relay.errors import ProxyHeaderError
 
 log = logging.getLogger("hushwire.relay.accept")
 
@@ -48,21 +55,24 @@ def _reason(exc: BaseException) -> str:
 
 class Acceptor:
     """Listens on `host:port`; each accepted socket does the TLS handshake in a task and,
-    once it succeeds, gets a protocol from `factory` (as create_server would)."""
+    once it succeeds, gets a protocol from `factory` (as create_server would), called
+    with the client's address when a trusted proxy reported it, else None."""
 
     def __init__(
         self,
-        factory: Callable[[], asyncio.Protocol],
+        factory: Callable[[str | None], asyncio.Protocol],
         admission: Admission,
         *,
         handshake_timeout: float,
         backlog: int = 1024,
+        proxies: tuple[proxy_protocol.Network, ...] = (),
     ) -> None:
         self._factory = factory
         self._admission = admission
         self._context: ssl.SSLContext | None = None
         self._handshake_timeout = handshake_timeout
         self._backlog = backlog
+        self._proxies = proxies
         self._loop = asyncio.get_running_loop()
         self.sockets: list[socket.socket] = []
         self._handshakes: set[asyncio.Task[None]] = set()
@@ -131,23 +141,72 @@ class Acceptor:
                     self._retry = self._loop.call_later(ACCEPT_RETRY, self._start_reading)
                     return
                 continue
-            # Counted from here, not from login: a handshake holds a descriptor too.
-            prefix = self._admission.accept(str(address[0]) if address else "unknown")
-            if prefix is None:
-                self.failures["admission"] += 1
-                sock.close()
+            source = str(address[0]) if address else "unknown"
+            if self._proxies and proxy_protocol.trusted(source, self._proxies):
+                # Admitted once its header names the client (the proxy is one address
+                # for many clients); its own time is bounded by the handshake timeout.
+                self._track(self._proxied(sock, source))
                 continue
-            task = asyncio.create_task(self._handshake(sock, prefix))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            # Counted from here, not from login: a handshake holds a descriptor too.
+            prefix = self._admit(sock, source)
+            if prefix is not None:
+                self._track(self._handshake(sock, prefix, None))
 
-    async def _handshake(self, sock: socket.socket, prefix: str) -> None:
-        peer = _peer(sock)
+    def _admit(self, sock: socket.socket, address: str) -> str | None:
+        prefix = self._admission.accept(address)
+        if prefix is None:
+            self.failures["admission"] += 1
+            sock.close()
+        return prefix
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _proxied(self, sock: socket.socket, proxy: str) -> None:
+        """Read the PROXY v2 header a trusted proxy sends first, exactly (the TLS
+        ClientHello follows it), then admit and shake hands as the client it names."""
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(self._handshake_timeout):
+                header = await self._read_exactly(sock, proxy_protocol.HEADER)
+                body = await self._read_exactly(sock, proxy_protocol.body_length(header))
+            client = proxy_protocol.source_address(header, body)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except (OSError, TimeoutError, EOFError, ProxyHeaderError) as exc:
+            sock.close()
+            self.failures["handshake"] += 1
+            reason = exc.message if isinstance(exc, ProxyHeaderError) else _reason(exc)
+            log.info(
+                "PROXY header from %s refused: %s",
+                proxy,
+                reason,
+                extra={"event": "handshake_refused", "peer": proxy, "reason": reason},
+            )
+            return
+        prefix = self._admit(sock, client or proxy)
+        if prefix is not None:
+            await self._handshake(sock, prefix, client)
+
+    async def _read_exactly(self, sock: socket.socket, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = await self._loop.sock_recv(sock, size - len(data))
+            if not chunk:
+                raise EOFError("closed before the PROXY header ended")
+            data += chunk
+        return data
+
+    async def _handshake(self, sock: socket.socket, prefix: str, client: str | None) -> None:
+        peer = client or _peer(sock)
         sock.setblocking(False)
         ok = False
         try:
             await self._loop.connect_accepted_socket(
-                self._factory,
+                lambda: self._factory(client),
                 sock,
                 ssl=self._context,
                 ssl_handshake_timeout=self._handshake_timeout,

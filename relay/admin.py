@@ -7,7 +7,8 @@ admin change is one short transaction (waiting up to a few seconds for the relay
 current commit), and account changes reach the running relay through the
 `user_events` table, which it polls (see docs/operations.md). `restore` is the
 exception: it refuses while a relay holds the db's lock (relay/dblock.py). `stats` and
-`purge` ask a running relay over its control socket (relay/control.py).
+`purge` ask a running relay over its control socket (relay/control.py): found beside a
+SQLite db, named by `--control` for relays over PostgreSQL.
 
 Exit status: 0 ok, 1 an operational error (unknown user, missing db, ...), 2 bad usage.
 Errors are one line on stderr, never a traceback.
@@ -250,8 +251,8 @@ def _sqlite_file(db: Path | str, command: str, instead: str) -> Path:
 
 
 def _relay_running(db: Path | str) -> bool:
-    """Whether a relay holds the db's lock (relay/dblock.py). A relay on PostgreSQL has
-    no local lock or control socket: False."""
+    """Whether a relay holds the SQLite db's lock (relay/dblock.py). False for a URL:
+    relays over PostgreSQL hold no local lock; reach one with --control."""
     if not isinstance(db, Path):
         return False
     try:
@@ -261,13 +262,24 @@ def _relay_running(db: Path | str) -> bool:
     return False
 
 
+def _control_socket(args: argparse.Namespace) -> Path | None:
+    """The control socket of the relay to ask: --control if given (it must answer), else
+    the default one beside a SQLite db whose lock a relay holds, else None (no relay)."""
+    if args.control is not None:
+        return Path(args.control)
+    if _relay_running(args.db):
+        return control.control_path(args.db)
+    return None
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     async def read(store: Store) -> dict[str, Any]:
         return {**await store.stats(), "queued_by_user": await store.queued_by_user()}
 
     stats: dict[str, Any] = _run(args.db, read)
     # Only the running relay knows who is connected: it answers on its control socket.
-    live = control.ask(args.db, {"op": "stats"}) if _relay_running(args.db) else None
+    socket = _control_socket(args)
+    live = control.ask(socket, {"op": "stats"}) if socket is not None else None
     if live is not None:
         stats["queued_by_user"] = live["queued_by_user"]
         stats["relay"] = {k: live[k] for k in ("online", "connections", "counters")}
@@ -283,8 +295,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         " (stored once per group send)"
     )
     print(f"db size:  {stats['db_bytes']:,} bytes")
-    if live is None:
+    if live is None and isinstance(args.db, Path):
         print("relay:    not running")
+    elif live is None:
+        print("relay:    not asked (--control SOCKET reaches a running relay)")
     else:
         conns = live["connections"]
         print(
@@ -320,17 +334,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    # A relay keeps per-user mailbox counts that must see a purge; on PostgreSQL there is
-    # no control socket to ask it through, so its own retention (retention_days) purges.
-    _sqlite_file(args.db, "purge", "the relay purges by itself (retention_days)")
     cutoff = int(_now() - args.older_than * 86400)
-    if _relay_running(args.db):
+    socket = _control_socket(args)
+    if socket is not None:
         # Through the relay: it keeps per-user mailbox counts that must see the purge.
-        purged = int(control.ask(args.db, {"op": "purge", "older_than": cutoff})["purged"])
+        purged = int(control.ask(socket, {"op": "purge", "older_than": cutoff})["purged"])
         where = "by the running relay"
-    else:
+    elif isinstance(args.db, Path):
         purged = _run(args.db, lambda s: s.purge(older_than=cutoff))
         where = "in the db (no relay running)"
+    else:
+        # Relays over PostgreSQL cannot be seen from here, and each keeps mailbox counts
+        # a purge behind its back would leave wrong.
+        raise HushwireError(
+            "purge on PostgreSQL goes through a running relay: give --control SOCKET (its "
+            "control_socket); otherwise the relays purge by themselves (retention_days)"
+        )
     print(f"purged {purged} envelope(s) older than {args.older_than:g} day(s) {where}")
     return 0
 
@@ -361,9 +380,13 @@ def cmd_issue_client_cert(args: argparse.Namespace) -> int:
     async def exists(store: Store) -> bool:
         return await store.user_exists(args.name)
 
+    if args.ca_dir is None and not isinstance(args.db, Path):
+        raise HushwireError(
+            "with a postgresql:// --db, say where the relays' client CA lives: --ca-dir DIR"
+        )
     if not _run(args.db, exists):
         raise UnknownUser(f"no user named {args.name!r}")
-    ca_dir = args.ca_dir or (args.db.resolve().parent if isinstance(args.db, Path) else Path.cwd())
+    ca_dir = args.ca_dir or args.db.resolve().parent
     cert, key = tls.issue_client_cert(ca_dir, args.name, args.out)
     print(f"client certificate for {args.name}: {cert}")
     print(f"private key (mode 0600): {key}")
@@ -423,6 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH|URL",
         help="SQLite database file (default ./users.db) or a postgresql:// URL",
     )
+    p.add_argument(
+        "--control",
+        type=Path,
+        default=None,
+        metavar="SOCKET",
+        help="the running relay's control socket for stats and purge (default: DB.control "
+        "beside a SQLite db; with a postgresql:// URL, the control_socket of one of its relays)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     def command(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> Any:
@@ -481,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="where the relay's client CA lives (default: next to the db file, or here)",
+        help="where the relay's client CA lives (default: next to the db file; required "
+        "with a postgresql:// URL)",
     )
     dh = command("dhparams", cmd_dhparams, "generate a safe-prime DH group (takes minutes)")
     dh.add_argument("--bits", type=int, default=3072, help="size of p (>= 2048, default 3072)")

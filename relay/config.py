@@ -18,7 +18,9 @@ from hushwire.common.crypto.devices import MAX_DEVICES
 from hushwire.common.errors import HushwireError
 from hushwire.common.frames import DEFAULT_MAX_FRAME
 from hushwire.common.version import version
+from hushwire.relay.control import control_path
 from hushwire.relay.logs import LOG_FORMATS
+from hushwire.relay.proxy_protocol import Network, parse_networks
 from hushwire.relay.ratelimit import Rate
 from hushwire.relay.store.quota import QuotaLimits
 from hushwire.relay.store.urls import is_postgres_url
@@ -41,7 +43,26 @@ class RelayConfig:
         "(schema created or upgraded at start; needs the `postgresql` extra)",
         metavar="URL",
     )
+    control_socket: Path | None = _opt(
+        None,
+        "the local socket hushwire-admin asks for stats and purge (default: DB.control beside "
+        "the db; set one per relay when relays share a PostgreSQL store)",
+        metavar="PATH",
+    )
+    bus: str | None = _opt(
+        None,
+        "a redis:// URL: the bus between several relays sharing one PostgreSQL store "
+        "(wake-ups, pushes, kicks, shared rate limits); needs `store` and the `cluster` extra",
+        metavar="URL",
+    )
     host: str = _opt("127.0.0.1", "address to listen on")
+    proxy_protocol: str | None = _opt(
+        None,
+        "addresses or networks (comma-separated, CIDR) of load balancers that open each "
+        "connection with a PROXY protocol v2 header naming the client (HAProxy "
+        "send-proxy-v2); connections from there must carry it, others are served directly",
+        metavar="ADDRS",
+    )
     port: int = _opt(7443, "TCP port to listen on (0 picks a free one)")
     cert: Path | None = _opt(
         None,
@@ -174,6 +195,14 @@ class RelayConfig:
         return self.store or self.db
 
     @property
+    def proxies(self) -> tuple[Network, ...]:
+        return () if self.proxy_protocol is None else parse_networks(self.proxy_protocol)
+
+    @property
+    def control_path(self) -> Path:
+        return self.control_socket or control_path(self.db)
+
+    @property
     def cert_path(self) -> Path:
         return self.cert or self.db.parent / "relay-cert.pem"
 
@@ -199,6 +228,14 @@ class RelayConfig:
             raise ConfigError("port must be between 0 and 65535")
         if self.store is not None and not is_postgres_url(self.store):
             raise ConfigError("store must be a postgresql:// URL (a SQLite file is set by db)")
+        if self.bus is not None:
+            if self.store is None:
+                raise ConfigError(
+                    "bus needs a PostgreSQL store (--store postgresql://...): relays share "
+                    "state through the database, and a SQLite file has one relay"
+                )
+            if not self.bus.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError("bus must be a redis:// (or rediss://, unix://) URL")
         if self.synchronous.upper() not in ("NORMAL", "FULL"):
             raise ConfigError("synchronous must be NORMAL or FULL")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -207,6 +244,11 @@ class RelayConfig:
             raise ConfigError("log_format must be text or json")
         if self.metrics_listen is not None:
             host_port(self.metrics_listen)
+        if self.proxy_protocol is not None:
+            try:
+                parse_networks(self.proxy_protocol)
+            except ValueError as exc:
+                raise ConfigError(f"proxy_protocol: {exc}") from None
         if self.min_protocol not in (1, 2):
             raise ConfigError("min_protocol must be 1 or 2")
         if self.max_frame < 1024:

@@ -57,6 +57,7 @@ from hushwire.common.messages import (
 )
 from hushwire.common.states import ConnState, advance, check
 from hushwire.relay.devices import split_principal
+from hushwire.relay.errors import StoreUnavailable
 from hushwire.relay.handlers import Relay
 from hushwire.relay.tls import peer_name
 
@@ -116,6 +117,7 @@ class Connection(asyncio.Protocol):
         admit: Callable[[Connection], bool],
         on_finished: Callable[[Connection], None],
         new_mid: Callable[[], int] = random_mid,
+        forwarded_for: str | None = None,
     ) -> None:
         self.relay = relay
         self._new_mid = new_mid
@@ -126,6 +128,7 @@ class Connection(asyncio.Protocol):
         self._on_finished = on_finished
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer_address = "unknown"
+        self.forwarded_for = forwarded_for
         self.cert_name: str | None = None
         self.state = ConnState.AWAIT_HELLO
         self.user: str | None = None  # the logged-in principal (relay/devices.py)
@@ -209,6 +212,13 @@ class Connection(asyncio.Protocol):
             self._live.append(delivery)
         self._schedule_flush()
 
+    def wake(self) -> None:
+        """Committed envelopes may wait in the mailbox (a shared store: sent through
+        this relay or another): read it once the window has room."""
+        if self.state is ConnState.READY and not self._closing:
+            self._backlog = True
+            self._schedule_flush()
+
     def acked(self, mids: Iterable[int]) -> None:
         inflight, by_wire = self._inflight, self._by_wire
         for mid in mids:
@@ -241,7 +251,10 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer_address = str(peer[0]) if peer else "unknown"
+        if self.forwarded_for is None:
+            self.peer_address = str(peer[0]) if peer else "unknown"
+        else:  # the client's address a trusted proxy reported (relay/proxy_protocol.py)
+            self.peer_address = self.forwarded_for
         ssl_object = transport.get_extra_info("ssl_object")
         # With --client-ca, the verified certificate's CN names the only user it may be.
         self.cert_name = peer_name(ssl_object) if ssl_object is not None else None
@@ -501,7 +514,12 @@ class Connection(asyncio.Protocol):
                 device_lists=exc.device_lists,
             )
         elif isinstance(exc, HushwireError):
-            reply = Error(id=request.id, code=exc.code, message=exc.message[:MAX_ERROR_MESSAGE])
+            reply = Error(
+                id=request.id,
+                code=exc.code,
+                message=exc.message[:MAX_ERROR_MESSAGE],
+                retry_after=getattr(exc, "retry_after", None),  # StoreUnavailable has one
+            )
         else:
             log.error("internal error handling %s", request.TYPE, exc_info=exc)
             reply = Error(id=request.id, code=ErrorCode.INTERNAL, message="internal error")
@@ -631,10 +649,17 @@ class Connection(asyncio.Protocol):
     def _mailbox_done(self, task: asyncio.Task[None]) -> None:
         self._mailbox_task = None
         if not task.cancelled() and (exc := task.exception()) is not None:
-            if not self._closing:
-                log.error("mailbox read for %s failed: %r", self.peer_address, exc)
-            if not self._lost:
-                self.transport.abort()
+            if isinstance(exc, StoreUnavailable) and not self._closing:
+                # The database is down or restarting: nothing was delivered, read again
+                # later (the client keeps its connection, and its sends get the same
+                # `unavailable` answer meanwhile).
+                self._backlog = True
+                self._arm("mailbox", exc.retry_after, self._schedule_flush)
+            else:
+                if not self._closing:
+                    log.error("mailbox read for %s failed: %r", self.peer_address, exc)
+                if not self._lost:
+                    self.transport.abort()
         self._maybe_finished()
 
     def _deliver(self, d: Deliver) -> None:

@@ -1,4 +1,5 @@
-"""The running relay's local control socket: `DB.control`, mode 0600, beside the db.
+"""The running relay's local control socket: `DB.control` beside the db by default
+(`control_socket` sets another path, e.g. for relays over PostgreSQL), mode 0600.
 
 `hushwire-admin stats` asks it who is online and how many connections are open (only
 the relay knows), and `hushwire-admin purge` asks the relay to purge through its own
@@ -38,6 +39,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def control_path(db: Path) -> Path:
+    """The default socket of a relay whose db is `db` (no `control_socket` set)."""
     return Path(f"{db}.control")
 
 
@@ -59,16 +61,34 @@ def _peer_uid(sock: socket.socket) -> int:
     return int(struct.unpack("3i", creds)[1])
 
 
-class ControlServer:
-    """Serves the control socket until `close()`. The relay holds the db lock, so a
-    socket file already there is a leftover of a relay that was killed: replaced."""
+def _answers(path: Path) -> bool:
+    """Whether a process listens on the socket at `path` (a relay, as far as we know)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            with _address(path) as address:
+                sock.connect(address)
+        except OSError:
+            return False
+    return True
 
-    def __init__(self, db: Path, handler: Handler) -> None:
-        self.path = control_path(db)
+
+class ControlServer:
+    """Serves the control socket until `close()`. A socket file already there that no
+    process listens on is a leftover of a relay that was killed: replaced. One that
+    answers belongs to a running relay (two relays given the same `control_socket`):
+    ControlError, never stolen."""
+
+    def __init__(self, path: Path, handler: Handler) -> None:
+        self.path = path
         self._handler = handler
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        if _answers(self.path):
+            raise ControlError(
+                f"the control socket {self.path} is in use by another running relay; "
+                "give each relay its own control_socket"
+            )
         self.path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -113,9 +133,9 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
 
 
-def ask(db: Path, request: dict[str, Any], *, timeout: float = TIMEOUT) -> dict[str, Any]:
-    """Send one request to the relay running on `db`; its answer, or ControlError."""
-    path = control_path(db)
+def ask(path: Path, request: dict[str, Any], *, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """Send one request to the relay listening on the socket `path`; its answer, or
+    ControlError."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)

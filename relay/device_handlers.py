@@ -102,18 +102,15 @@ class DeviceHandlers:
     def announce(self, account: str, signed: SignedDeviceList, watchers: Sequence[str]) -> None:
         """`devices_changed` to online watchers and to the account's own devices."""
         push = DevicesChanged(user=account, device_list=signed)
-        for peer in self.relay.online.values():
-            if peer.account == account or peer.user in watchers:
-                peer.push(push)
+        self.relay.bus.push(push, principals=watchers, accounts=[account])
 
     def unlinked(self, account: str, devices: frozenset[int]) -> None:
-        """Close the live sessions of devices that no longer exist."""
-        for device in devices:
-            peer = self.relay.online.get(principal(account, device))
-            if peer is not None:
-                log.info("disconnecting %s/%d: unlinked", account, device)
-                peer.kick(ErrorCode.AUTH_FAILED, "this device was unlinked from its account")
-                self.relay.disconnected(peer)
+        """Close the live sessions of devices that no longer exist, on every relay."""
+        self.relay.bus.kick(
+            [principal(account, device) for device in devices],
+            ErrorCode.AUTH_FAILED,
+            "this device was unlinked from its account",
+        )
 
     def disconnected(self, peer: Peer) -> None:
         if peer.account is not None:
@@ -168,7 +165,7 @@ class DeviceHandlers:
         try:
             channel = self.links.find(req.channel, now=now)
         except RequestError:
-            self.relay.failed_login(peer, "", now)
+            await self.relay.failed_login(peer, "", now)
             raise
         return LinkFetchOk(id=req.id, user=channel.account, ephemeral=channel.ephemeral)
 
@@ -177,7 +174,7 @@ class DeviceHandlers:
         try:
             channel = self.links.join(req.channel, now=now)
         except RequestError:
-            self.relay.failed_login(peer, "", now)
+            await self.relay.failed_login(peer, "", now)
             raise
         old = self.relay.online.get(principal(channel.account, channel.device))
         if old is None or channel.granted is None:

@@ -149,9 +149,12 @@ def mismatched(
     envelopes: Iterable[DeviceEnvelope],
     claimed: Mapping[str, int],
     current: Mapping[str, AccountDevices],
+    *,
+    partial: bool = False,
 ) -> list[AccountDevices]:
     """The accounts whose claimed version or targeted devices are not the current ones
-    (the sender's own device excluded); empty when the send may be queued."""
+    (the sender's own device excluded; with `partial`, targets must be some of them);
+    empty when the send may be queued."""
     targeted: dict[str, set[int]] = {name: set() for name in claimed}
     for env in envelopes:
         targeted[env.user].add(env.device)
@@ -159,6 +162,7 @@ def mismatched(
     for name, version in claimed.items():
         cur = current[name]
         expected = cur.device_ids - {sender_device} if name == sender else cur.device_ids
-        if version != cur.version or targeted[name] != expected:
+        fits = targeted[name] <= expected if partial else targeted[name] == expected
+        if version != cur.version or not fits:
             wrong.append(cur)
     return wrong

@@ -3,6 +3,7 @@
     common.errors.HushwireError
     └── RelayError                 root of this module; never crosses the wire as-is
         ├── StoreError             the database failed or the store is closed (internal)
+        │   └── StoreUnavailable   the database server cannot be reached (unavailable)
         ├── SchemaError            the db schema and this code do not match
         │   ├── SchemaTooNew       the db was migrated by a newer hushwire: refuse
         │   ├── SchemaOutdated     the db needs `hushwire-admin migrate` first
@@ -12,6 +13,7 @@
         ├── DbLocked               a relay (or a restore) already holds the db's lock file
         ├── ControlError           the running relay's control socket failed to answer
         ├── BackupError            a backup target exists, or a backup file is damaged
+        ├── ProxyHeaderError       a trusted proxy's connection lacks a valid PROXY v2 header
         └── TlsMaterialError       certificate/key files missing, half-present or unusable
 
 Wire-level refusals (unknown recipient, full mailbox, bad keys) stay
@@ -34,6 +36,14 @@ class StoreError(RelayError):
     """The database failed (or the store was closed); nothing was reported as stored."""
 
     code = ErrorCode.INTERNAL
+
+
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached (down, restarting, network): nothing was
+    stored, and the same request will work once it is back."""
+
+    code = ErrorCode.UNAVAILABLE
+    retry_after = 1.0  # seconds: what the client is told to wait before retrying
 
 
 class SchemaError(RelayError):
@@ -80,3 +90,7 @@ class ControlError(RelayError):
 
 class BackupError(RelayError):
     """A backup would overwrite a file, or a file to restore is missing or damaged."""
+
+
+class ProxyHeaderError(RelayError):
+    """A connection from a trusted proxy did not open with a valid PROXY v2 header."""

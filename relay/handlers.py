@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hushwire.common.crypto.devices import DeviceList
+from hushwire.common.crypto.primitives import ct_equal
 from hushwire.common.errors import ErrorCode, RequestError, echo
 from hushwire.common.keys import (
     KEM_PUBLIC_LEN,
@@ -54,6 +55,7 @@ from hushwire.common.messages import (
 )
 from hushwire.common.names import check_username, is_valid_username
 from hushwire.relay.addresses import address_prefix
+from hushwire.relay.bus import REPLACED, Bus, LocalBus, RelayEvents
 from hushwire.relay.config import RelayConfig
 from hushwire.relay.device_handlers import DeviceHandlers
 from hushwire.relay.devices import principal, split_principal
@@ -103,6 +105,7 @@ class Peer(Protocol):
     def unhold(self, mid: int) -> None: ...
     def offer(self, delivery: Deliver) -> None: ...
     def acked(self, mids: Iterable[int]) -> None: ...
+    def wake(self) -> None: ...
     def kick(self, code: ErrorCode, message: str) -> None: ...
     def hold_handshake(self, seconds: float) -> None: ...
 
@@ -117,11 +120,19 @@ class GroupInfo:
 
 
 class Relay:
-    def __init__(self, config: RelayConfig, store: Store, group: GroupInfo) -> None:
+    def __init__(
+        self, config: RelayConfig, store: Store, group: GroupInfo, bus: Bus | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.group = group
         self.online: dict[str, Peer] = {}  # by principal: one live session per device
+        # What other relays are told (bus.py); `events` is what their messages do here.
+        self.bus: Bus = bus or LocalBus()
+        self.events = RelayEvents(self)
+        # Where a committed send goes: live to the recipients online here, or (a shared
+        # store) a wake-up, through the bus, of their connections wherever they are.
+        self.delivery = (self.online, self.bus if store.shared else None)
         self._sessions: dict[str, set[Peer]] = {}  # account -> its devices online
         self.counters = RelayCounters()
         # Failed logins per (user, address prefix): see _login.
@@ -178,6 +189,7 @@ class Relay:
         user = peer.user
         if user is not None and self.online.get(user) is peer:
             del self.online[user]
+            self.events.ended(user)
             self.devices.disconnected(peer)
             account = peer.account or user
             live = self._sessions.get(account)
@@ -227,9 +239,37 @@ class Relay:
             )
         return key
 
-    def failed_login(self, peer: Peer, user: str, now: float) -> None:
-        """Charge a failed login (or link attempt, user '') to (user, address prefix)."""
-        self._login_failures.consume((user, address_prefix(peer.peer_address)), now)
+    async def failed_login(self, peer: Peer, user: str, now: float) -> None:
+        """Charge a failed login (or link attempt, user '') to (user, address prefix),
+        here and in the deployment's shared counter (bus.py), before the refusal goes
+        out: the next guess, on any relay, already counts it."""
+        key = (user, address_prefix(peer.peer_address))
+        self._login_failures.consume(key, now)
+        await self.bus.spend(self._shared_key(key), self._shared_window())
+
+    async def check_shared_login_rate(self, peer: Peer, user: str) -> None:
+        """RATE_LIMITED while (user, address prefix) used its failed-login budget on the
+        relays of the deployment together: guesses spread over N relays get one budget,
+        not N. (One relay: its own limiter is the whole budget; nothing to ask.)"""
+        key = self._shared_key((user, address_prefix(peer.peer_address)))
+        spent, wait = await self.bus.spent(key)
+        if spent >= self.config.login_failures:
+            self.counters.logins["rate_limited"] += 1
+            self.counters.rate_limited["login"] += 1
+            raise RequestError(
+                ErrorCode.RATE_LIMITED,
+                f"too many failed logins; retry in {math.ceil(wait)} s",
+                retry_after=wait,
+            )
+
+    @staticmethod
+    def _shared_key(key: tuple[str, str]) -> str:
+        return f"login:{key[0]}:{key[1]}"
+
+    def _shared_window(self) -> float:
+        """A fixed window with the token bucket's long-run rate: `login_failures` per
+        `login_failures` x `login_failure_period` seconds."""
+        return self.config.login_failures * self.config.login_failure_period
 
     async def _login(self, peer: Peer, req: Login, now: float) -> LoginOk:
         logins = self.counters.logins
@@ -246,14 +286,15 @@ class Relay:
         # Failures count per (user, address prefix): guesses from one network lock out
         # only that network's attempts for that user, never the user's own logins from
         # elsewhere. Tokens are 256 random bits; the limit bounds work, not guessing odds.
-        key = self.check_login_rate(peer, req.user, now)
+        self.check_login_rate(peer, req.user, now)
+        await self.check_shared_login_rate(peer, req.user)
         device = 1 if req.device is None else req.device
         name = principal(req.user, device)
         record = await self.store.get_user(name) if device > 0 else None
         # Hash even for an unknown user, so timing does not reveal which names exist.
         salt, expected = (record.token_salt, record.token_hash) if record else DUMMY
         if not verify_token(req.token, salt, expected) or record is None:
-            self._login_failures.consume(key, now)
+            await self.failed_login(peer, req.user, now)
             logins["auth_failed"] += 1
             log.info(
                 "failed login for %s from %s",
@@ -262,7 +303,7 @@ class Relay:
                 extra={"event": "login_failed", "user": req.user, "peer": peer.peer_address},
             )
             raise RequestError(ErrorCode.AUTH_FAILED, "unknown user or wrong token")
-        self._login_failures.forget(key)
+        self._login_failures.forget((req.user, address_prefix(peer.peer_address)))
         if record.disabled:
             logins["user_disabled"] += 1
             raise RequestError(ErrorCode.USER_DISABLED, f"user {req.user} is disabled")
@@ -272,12 +313,16 @@ class Relay:
             raise RequestError(
                 ErrorCode.AUTH_FAILED, f"the client certificate is not for user {req.user}"
             )
+        if req.sign_key is not None:
+            await self._check_login_identity(req.user, req.sign_key)
         contacts = await self.store.contacts(req.user)
+        if not await self.bus.claim(name):
+            raise RequestError(ErrorCode.SESSION_REPLACED, REPLACED)
         previous = self.online.get(name)
         if previous is not None and previous is not peer:
             # One live session per device: the newest login wins, as a reconnecting client
             # must not be locked out by its own half-dead earlier connection.
-            previous.kick(ErrorCode.SESSION_REPLACED, "logged in from another connection")
+            previous.kick(ErrorCode.SESSION_REPLACED, REPLACED)
         first = not self._sessions.get(req.user)
         peer.user, peer.account, peer.device = name, req.user, device
         peer.token_hash = record.token_hash
@@ -329,6 +374,24 @@ class Relay:
                 f"{what} must be {self.group.public_size} bytes for {self.group.name}",
             )
 
+    async def _check_login_identity(self, account: str, sign_key: bytes) -> None:
+        """A login that names an identity other than the account's: refused before it
+        replaces the device's live session (a copied token with a new profile)."""
+        stored = await self.store.account_identity(account)
+        if stored is not None and not ct_equal(stored.sign_key, sign_key):
+            self.counters.logins["account_has_devices"] += 1
+            raise self._has_devices(account)
+
+    @staticmethod
+    def _has_devices(account: str) -> RequestError:
+        return RequestError(
+            ErrorCode.ACCOUNT_HAS_DEVICES,
+            f"{account} already has keys on another device; to use this machine "
+            f"too, run `hushwire link` on a device of {account} and "
+            "`hushwire login --link CODE` here (or `--replace-identity` to start "
+            "over with a new identity, which unlinks every other device)",
+        )
+
     async def _check_account_identity(
         self, peer: Peer, identity: IdentityPublic, replace: bool
     ) -> None:
@@ -339,13 +402,7 @@ class Relay:
         stored = await self.store.account_identity(account)
         if stored is not None and stored.sign_key != identity.sign_key:
             if not replace:
-                raise RequestError(
-                    ErrorCode.ACCOUNT_HAS_DEVICES,
-                    f"{account} already has keys on another device; to use this machine "
-                    f"too, run `hushwire link` on a device of {account} and "
-                    "`hushwire login --link CODE` here (or `--replace-identity` to start "
-                    "over with a new identity, which unlinks every other device)",
-                )
+                raise self._has_devices(account)
             removed = await self.store.reset_devices(account, keep=device)
             log.info("%s replaced its identity; %d other device(s) unlinked", account, len(removed))
             self.devices.unlinked(account, removed)
@@ -392,11 +449,9 @@ class Relay:
             log.info(
                 "identity key of %s changed; notifying %d watcher(s)", user, len(result.watchers)
             )
-            push = KeyChanged(user=account, identity=req.identity)
-            for watcher in result.watchers:
-                online = self.online.get(watcher)
-                if online is not None:
-                    online.push(push)
+            self.bus.push(
+                KeyChanged(user=account, identity=req.identity), principals=result.watchers
+            )
         return PublishOk(
             id=req.id, prekeys_left=result.prekeys_left, kem_prekeys_left=result.kem_prekeys_left
         )
@@ -501,7 +556,7 @@ class Relay:
             users=tuple(
                 Presence(
                     user=name,
-                    online=name in self._sessions and (name in visible or name == me),
+                    online=(name in visible or name == me) and self.is_online(name),
                 )
                 for name in page
             ),
@@ -520,6 +575,28 @@ class Relay:
             for other in self._sessions.get(name, ()):
                 if other.wants_presence:
                     other.push(push)
+        self.bus.presence(user, online=online)
+
+    def tell_contacts(self, push: PresenceChanged) -> None:
+        """Presence of an account on another relay, to the contacts of it online here."""
+        for me, contacts in self._contacts.items():
+            if push.user in contacts:
+                for peer in self._sessions.get(me, ()):
+                    if peer.wants_presence:
+                        peer.push(push)
+
+    def is_local(self, account: str) -> bool:
+        return account in self._sessions
+
+    def is_online(self, account: str) -> bool:
+        """Online here or on another relay of the deployment."""
+        return account in self._sessions or self.events.remote_online(account)
+
+    def online_accounts(self) -> list[str]:
+        return list(self._sessions)
+
+    def sessions_of(self, account: str) -> Iterable[Peer]:
+        return tuple(self._sessions.get(account, ()))
 
     def _met(self, user: str, target: str) -> None:
         """`user` fetched `target`'s bundle: from now on each sees the other's presence."""
@@ -528,7 +605,7 @@ class Relay:
             if contacts is None or other in contacts:
                 continue
             contacts.add(other)
-            if other in self._sessions:
+            if self.is_online(other):
                 for peer in self._sessions.get(me, ()):
                     if peer.wants_presence:
                         peer.push(PresenceChanged(user=other, online=True))

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 from hushwire.common.errors import ErrorCode
 
-LOGIN_RESULTS = ("ok", "auth_failed", "user_disabled", "rate_limited", "wrong_certificate")
+LOGIN_RESULTS = (
+    "ok",
+    "auth_failed",
+    "user_disabled",
+    "rate_limited",
+    "wrong_certificate",
+    "account_has_devices",
+)
 RATE_LIMIT_KINDS = ("send", "login", "fetch", "publish", "ack", "who", "prekey_count", "ping")
 # Operations (envelope batches, acks, login stamps) per group commit.
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)

@@ -22,6 +22,7 @@ from hushwire.relay.devices import AccountDevices, mismatched, principal, send_a
 from hushwire.relay.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from hushwire.relay.bus import Bus
     from hushwire.relay.handlers import Answer, Peer, Relay
 
 MAX_RECIPIENTS: Final = 50
@@ -37,18 +38,30 @@ class _Outgoing:
     """One send between the reservation of its ids and its `ok`: where the early push
     went, so that the commit (or a failure) finishes what it started, in order."""
 
-    __slots__ = ("bodies", "device", "early", "online", "payload", "recipients", "ts", "user")
+    __slots__ = (
+        "bodies",
+        "bus",
+        "device",
+        "early",
+        "online",
+        "payload",
+        "recipients",
+        "ts",
+        "user",
+    )
 
     def __init__(
         self,
-        online: dict[str, Peer],
+        delivery: tuple[dict[str, Peer], Bus | None],
         sender: Peer,
         recipients: Sequence[str],
         ts: int,
         bodies: Sequence[bytes],
         payload: bytes | None = None,
     ) -> None:
-        self.online = online  # the relay's live map: who is online when each step runs
+        # The relay's live map (who is online when each step runs), and the bus when the
+        # store is shared: then recipients are woken wherever they are and read it.
+        self.online, self.bus = delivery
         self.user = sender.account or ""
         self.device = sender.device
         self.recipients = recipients  # principals
@@ -85,6 +98,11 @@ class _Outgoing:
 
     def offer_committed(self, mids: list[int]) -> None:
         """After the commit: offer what the early push did not deliver."""
+        if self.bus is not None:
+            # Other relays' envelopes to these devices commit too: a live offer could
+            # overtake one of them, so the connection reads its mailbox instead.
+            self.bus.envelopes(self.recipients)
+            return
         for i, (recipient, mid) in enumerate(zip(self.recipients, mids, strict=True)):
             peer, taken = self.early.get(mid, (None, False))
             online = self.online.get(recipient)
@@ -185,7 +203,7 @@ class SendHandlers:
             return False  # `_send` answers mismatched_devices with the lists
         self._limit(user, now, len(recipients))
         out = _Outgoing(
-            self.relay.online, peer, recipients, int(now), (req.body,) * len(recipients)
+            self.relay.delivery, peer, recipients, int(now), (req.body,) * len(recipients)
         )
         self._enqueue_nowait(out, user, req.body, SendOk(id=req.id, mids=(), ts=out.ts), reply)
         return True
@@ -241,7 +259,7 @@ class SendHandlers:
             await _wait_turn(before)
             self._limit(user, now, len(recipients))
             out = _Outgoing(
-                self.relay.online, peer, recipients, int(now), (req.body,) * len(recipients)
+                self.relay.delivery, peer, recipients, int(now), (req.body,) * len(recipients)
             )
             # Nothing may await before enqueue reserves: the store takes sends in call
             # order, which keeps one sender's envelopes in order even when pipelined.
@@ -322,7 +340,7 @@ class SendHandlers:
         if recipients and not self.store.cached(recipients):
             return False
         self._limit(user, now, max(len(keep), 1))
-        out = _Outgoing(self.relay.online, peer, recipients, int(now), bodies, req.payload)
+        out = _Outgoing(self.relay.delivery, peer, recipients, int(now), bodies, req.payload)
         # Never the internal mailbox ids (see protocol.md, send): 1 queued, 0 dropped.
         ok = SendOk(id=req.id, mids=tuple(int(k) for k in keep), ts=out.ts)
         if recipients:
@@ -356,7 +374,7 @@ class SendHandlers:
         recipients, bodies, keep = _targets(account, device, req, claimed, cur)
         await _wait_turn(before)
         self._limit(user, now, max(len(keep), 1))
-        out = _Outgoing(self.relay.online, peer, recipients, int(now), bodies, req.payload)
+        out = _Outgoing(self.relay.delivery, peer, recipients, int(now), bodies, req.payload)
         if recipients:
             pending = self.store.enqueue_each(
                 user,
@@ -383,7 +401,7 @@ def _targets(
 ) -> tuple[list[str], list[bytes], list[bool]]:
     """(recipient principals, their bodies, which of the request's envelopes are kept),
     or MISMATCHED_DEVICES with the current lists if the sender's view is stale."""
-    wrong = mismatched(account, device, req.envelopes, claimed, cur)
+    wrong = mismatched(account, device, req.envelopes, claimed, cur, partial=req.partial)
     if wrong:
         raise RequestError(
             ErrorCode.MISMATCHED_DEVICES,

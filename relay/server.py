@@ -21,13 +21,16 @@ from hushwire.common.errors import HushwireError, InvalidKey
 from hushwire.relay import sdnotify
 from hushwire.relay.accept import Acceptor
 from hushwire.relay.admission import Admission, raise_descriptor_limit
+from hushwire.relay.bus import Bus, open_bus
 from hushwire.relay.config import ConfigError, RelayConfig, host_port
 from hushwire.relay.connection import Connection, FlushQueue
 from hushwire.relay.control import ControlServer
 from hushwire.relay.dblock import DbLock
+from hushwire.relay.errors import StoreError
 from hushwire.relay.handlers import GroupInfo, Relay
 from hushwire.relay.metrics import Snapshot
 from hushwire.relay.store import Store
+from hushwire.relay.store.urls import is_postgres_url
 from hushwire.relay.tls import ensure_server_cert, fingerprint, server_context
 
 if TYPE_CHECKING:
@@ -60,7 +63,12 @@ def load_group(config: RelayConfig) -> GroupInfo:
 
 def check_paths(config: RelayConfig) -> None:
     """Before anything is created: every file the relay may create has a directory."""
-    for what, path in (("db", config.db), ("cert", config.cert_path), ("key", config.key_path)):
+    for what, path in (
+        ("db", config.db),
+        ("cert", config.cert_path),
+        ("key", config.key_path),
+        ("control_socket", config.control_path),
+    ):
         if not path.parent.is_dir():
             raise ConfigError(f"the directory of {what} {path} ({path.parent}) does not exist")
 
@@ -91,6 +99,7 @@ class RelayServer:
         self._exporter: MetricsExporter | None = None
         self._lock: DbLock | None = None
         self._control: ControlServer | None = None
+        self._bus: Bus | None = None
 
     @property
     def relay(self) -> Relay:
@@ -119,21 +128,24 @@ class RelayServer:
             self._new_connection,
             self._admission,
             handshake_timeout=config.handshake_timeout,
+            proxies=config.proxies,
         )
         await self._server.bind(config.host, config.port)
         self.port = self._server.port
         context, self.fingerprint = tls_context(config)
-        self._lock = DbLock(config.db).acquire("hushwire-relay")
+        if not is_postgres_url(config.store_target):  # several relays may share PostgreSQL
+            self._lock = DbLock(config.db).acquire("hushwire-relay")
         self._store = await Store.open(
             config.store_target,
             synchronous=config.synchronous,
             quota=config.quota,
             min_free_disk=config.min_free_disk,
-            exclusive=True,
         )
-        self._control = ControlServer(config.db, self._control_request)
+        self._control = ControlServer(config.control_path, self._control_request)
         await self._control.start()
-        self._relay = Relay(config, self._store, group)
+        self._bus = open_bus(config.bus)
+        self._relay = Relay(config, self._store, group, self._bus)
+        await self._bus.start(self._relay.events)
         self._flushes = FlushQueue(asyncio.get_running_loop())
         self._server.start(context)
         for loop_fn in (self._watch_accounts, self._maintain):
@@ -147,9 +159,13 @@ class RelayServer:
         log.info("listening on %s:%d", config.host, self.port)
         sdnotify.notify(f"READY=1\nSTATUS=listening on {config.host}:{self.port}")
 
-    def _new_connection(self) -> Connection:
+    def _new_connection(self, forwarded_for: str | None) -> Connection:
         return Connection(
-            self.relay, flushes=self._flushes, admit=self._admit, on_finished=self._finished
+            self.relay,
+            flushes=self._flushes,
+            admit=self._admit,
+            on_finished=self._finished,
+            forwarded_for=forwarded_for,
         )
 
     def _admit(self, conn: Connection) -> bool:
@@ -173,24 +189,30 @@ class RelayServer:
         seq = await store.last_user_event()
         while True:
             await asyncio.sleep(ACCOUNT_POLL)
-            latest = await store.last_user_event()
-            if latest != seq:
-                seq = latest
-                await self.relay.enforce_accounts()
+            try:
+                latest = await store.last_user_event()
+                if latest != seq:
+                    await self.relay.enforce_accounts()
+                    seq = latest
+            except StoreError as exc:  # the database is down: keep polling until it is back
+                log.warning("checking for account changes failed: %s", exc.message)
 
     async def _maintain(self) -> None:
         store = self.relay.store
         last_purge = 0.0
         while True:
             await asyncio.sleep(CHECKPOINT_EVERY)
-            await store.checkpoint()
-            now = time.time()
-            if now - last_purge >= PURGE_EVERY:
-                last_purge = now
-                cutoff = int(now - self.config.retention_days * 86400)
-                purged = await store.purge(older_than=cutoff)
-                if purged:
-                    log.info("purged %d envelope(s) past retention", purged)
+            try:
+                await store.checkpoint()
+                now = time.time()
+                if now - last_purge >= PURGE_EVERY:
+                    cutoff = int(now - self.config.retention_days * 86400)
+                    purged = await store.purge(older_than=cutoff)
+                    last_purge = now
+                    if purged:
+                        log.info("purged %d envelope(s) past retention", purged)
+            except StoreError as exc:  # the database is down: try again next round
+                log.warning("store maintenance failed: %s", exc.message)
 
     async def close(self) -> None:
         if self._closing:
@@ -214,6 +236,8 @@ class RelayServer:
                     )
             if self._control is not None:
                 await self._control.close()
+            if self._bus is not None:
+                await self._bus.close()
             if self._store is not None:
                 await self._store.close()
                 log.info(

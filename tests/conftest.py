@@ -15,7 +15,7 @@ from hushwire.client.service import HushwireClient
 from hushwire.relay.config import RelayConfig
 from hushwire.relay.server import RelayServer
 from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, settings_for
-from tests.services import PostgresServer, postgres_bindir
+from tests.services import PostgresServer, RedisServer, postgres_bindir, redis_binary
 from tests.support import DEMO_USERS, Daemon, Harness, add_users
 
 
@@ -151,6 +151,20 @@ def postgres() -> Iterator[PostgresServer]:
             pytest.fail(reason + "; CI must run the PostgreSQL tests (.ci/run installs it)")
         pytest.skip(reason)
     server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for one test (tests restart it), stopped at the end."""
+    binary = redis_binary()
+    if binary is None:
+        reason = "redis-server not installed (apt-get install redis-server): NOT TESTED"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI must run the cluster tests (.ci/run installs it)")
+        pytest.skip(reason)
+    server = RedisServer(binary).start()
     yield server
     server.stop()
 

@@ -1,5 +1,6 @@
 """Real database servers for the tests: a PostgreSQL cluster in a temp dir on a free
-loopback port, run as an unprivileged user (PostgreSQL refuses to run as root).
+loopback port, run as an unprivileged user (PostgreSQL refuses to run as root), and a
+redis-server the same way (the bus between relays).
 
 The cluster runs with fsync off: the tests crash relays, never the machine under the
 server, so durability against power loss is not what they check.
@@ -48,6 +49,9 @@ class PostgresServer:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hushwire-pg-")))
     port: int = 0
     _databases: int = 0
+    # Tests crash relays, not the machine, so they skip syncs; bench/ measures the
+    # server as an operator runs it (fsync on).
+    durable: bool = False
 
     def _run(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
         user = RUN_AS if os.geteuid() == 0 else None
@@ -88,10 +92,9 @@ class PostgresServer:
 
     def start_server(self, *, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Start the server process (again) on `port`; returns once it accepts."""
-        opts = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-            "-c fsync=off -c full_page_writes=off -c max_connections=200"
-        )
+        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200"
+        if not self.durable:
+            opts += " -c fsync=off -c full_page_writes=off"
         return self._run(
             self.bindir / "pg_ctl",
             "-D",
@@ -141,3 +144,72 @@ class PostgresServer:
             "--force",
             name,
         )
+
+
+def redis_binary() -> Path | None:
+    found = shutil.which("redis-server")
+    return Path(found) if found else None
+
+
+@dataclass
+class RedisServer:
+    """A redis-server on a free loopback port, in a temp dir, without persistence (the
+    relays keep nothing in Redis that matters after a restart)."""
+
+    binary: Path
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hushwire-redis-")))
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        for _ in range(5):  # a port found free can be taken before the server binds it
+            self.port = self.port or free_port()
+            if self.start_server():
+                return self
+            self.port = 0
+        raise RuntimeError(f"redis-server did not start: {self._log()}")
+
+    def start_server(self) -> bool:
+        """Start (again, on `port`); True once it accepts connections."""
+        self.proc = subprocess.Popen(
+            [
+                *(str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--dir", str(self.root), "--save", "", "--appendonly", "no"),
+                *("--logfile", str(self.root / "redis.log")),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(200):
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                pass
+            try:
+                self.proc.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        return False
+
+    def stop_server(self) -> None:
+        """Stop the server process at once (SIGKILL: its clients see the connection drop)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        self.stop_server()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _log(self) -> str:
+        log = self.root / "redis.log"
+        return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"

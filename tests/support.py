@@ -9,6 +9,7 @@ import signal
 import ssl
 import subprocess
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,3 +206,77 @@ class RawClient:
 
     def close(self) -> None:
         self.writer.transport.abort()
+
+
+class Listener(ABC):
+    """A TCP server on a free loopback port counting what it accepts; subclasses say
+    what happens to each connection (`_on_client`)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self):
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader, writer) -> None:
+        self.accepted += 1
+        await self._on_client(reader, writer)
+
+    @abstractmethod
+    async def _on_client(self, reader, writer) -> None: ...
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+class Cutter(Listener):
+    """A TCP forwarder in front of a relay: a second address for the same relay that
+    can die. `cut()` stops listening (connects are refused) and drops every connection
+    through it, as a relay machine that fails mid-session would."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__()
+        self.target_port = target_port
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def _on_client(self, creader, cwriter) -> None:
+        rreader, rwriter = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.update((cwriter, rwriter))
+        pipes = [
+            asyncio.create_task(self._pipe(creader, rwriter)),
+            asyncio.create_task(self._pipe(rreader, cwriter)),
+        ]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for w in (cwriter, rwriter):
+            w.transport.abort()
+
+    @staticmethod
+    async def _pipe(reader, writer) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            return
+
+    async def cut(self) -> None:
+        self._server.close()
+        for w in self._writers:
+            w.transport.abort()
+        for t in self._tasks:
+            t.cancel()
+        await self._server.wait_closed()
+
+
+class Dropper(Listener):
+    """Accepts TCP connections and closes them at once: a TLS handshake there fails."""
+
+    async def _on_client(self, reader, writer) -> None:
+        writer.transport.abort()

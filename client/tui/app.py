@@ -75,7 +75,7 @@ class ChatApp:
     ) -> None:
         self.client = client
         self.model = ChatModel(client.user, client.relay, max_lines=max_lines)
-        self.controller = ChatController(client, self.model, self.exit)
+        self.controller = ChatController(client, self.model, self.exit, self._background)
         self.pane = MessagePane(max_lines)
         self.model.on_append = lambda conv, line: self.pane.append(line)
         self.model.on_switch = lambda conv: self.pane.replace(conv.lines)
@@ -240,6 +240,13 @@ class ChatApp:
             self.model.info(
                 f"internal error while showing an event ({type(exc).__name__})", "error"
             )
+
+    def _background(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            await self._guarded(work)
+            self.app.invalidate()
+
+        self.app.create_background_task(run())
 
     async def _input_worker(self) -> None:
         while True:

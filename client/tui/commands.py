@@ -33,6 +33,7 @@ COMMANDS: Final[dict[str, CommandSpec]] = {
     ),
     "trust": CommandSpec("/trust NAME", "accept NAME's changed key, send held messages", True),
     "history": CommandSpec("/history [N]", f"the last N messages here (default {HISTORY_ON_OPEN})"),
+    "link": CommandSpec("/link", "link a new device: a one-time code for `hushwire login --link`"),
     "help": CommandSpec("/help", "commands and keys"),
     "quit": CommandSpec("/quit", "leave (also `exit`, Ctrl-C, Ctrl-D on an empty line)"),
 }

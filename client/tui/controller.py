@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Final, Literal
 
 from hushwire.client.errors import ConnectionClosed, MessageHeld, MessageTooLong, UnknownContact
 from hushwire.client.service import (
@@ -31,7 +31,10 @@ from hushwire.client.service import (
 from hushwire.client.text import safe_for_terminal
 from hushwire.client.tui.commands import COMMANDS, HELP_KEYS, Command, CommandError, parse_input
 from hushwire.client.tui.model import HISTORY_ON_OPEN, ChatModel, Line, LineKind
+from hushwire.common.crypto.link import LinkOffer
 from hushwire.common.errors import ErrorCode, HushwireError, RequestError
+
+LINK_TTL: Final = 300.0  # seconds, as `hushwire link`
 
 # --- controller --------------------------------------------------------------------
 
@@ -56,12 +59,23 @@ def _held_text(name: str) -> str:
 
 
 class ChatController:
-    """Commands and client events applied to the model; the UI stays a thin shell."""
+    """Commands and client events applied to the model; the UI stays a thin shell.
 
-    def __init__(self, client: HushwireClient, model: ChatModel, exit: Callable[[], None]) -> None:
+    `background` runs work that outlives the command that started it (waiting for the
+    new device of a `/link`) without holding up later input; the app redraws after it."""
+
+    def __init__(
+        self,
+        client: HushwireClient,
+        model: ChatModel,
+        exit: Callable[[], None],
+        background: Callable[[Awaitable[None]], object],
+    ) -> None:
         self.client = client
         self.model = model
         self._exit = exit
+        self._background = background
+        self.link_ttl = LINK_TTL  # seconds a /link code stays valid
         # A history reload and a live message must not interleave (one could hide
         # the other), so both happen under this lock. Sending does not take it.
         self._view_lock = asyncio.Lock()
@@ -121,6 +135,8 @@ class ChatController:
             await self.verify(cmd.target, mark=cmd.mark)
         elif cmd.name == "trust":
             await self.trust(cmd.target)
+        elif cmd.name == "link":
+            await self.link()
         elif cmd.name == "history":
             if self.model.current is None:
                 self.model.info("no conversation: /to NAME first", "error")
@@ -250,6 +266,31 @@ class ChatController:
         where = "sent" if self.client.state == "connected" else "queued for the relay"
         self.model.info(f"{released} held message(s) {where}")
 
+    async def link(self) -> None:
+        """Show a one-time link code and its expiry; the outcome is shown when the new
+        device uses it (or the code expires)."""
+        if self.client.state != "connected":
+            self.model.info("not connected: linking needs the relay", "error")
+            return
+        offer, expires_at = await self.client.offer_link(self.link_ttl)
+        code = offer.code.text()
+        until = datetime.fromtimestamp(expires_at, UTC).strftime("%H:%M:%S UTC")
+        self.model.info(f"link code: {code}")
+        self.model.info(
+            f"on the new machine: hushwire login --relay {self.model.relay} --link {code} "
+            "--profile NEW_PROFILE"
+        )
+        self.model.info(f"the code works once and expires at {until}; waiting for the device")
+        self._background(self._await_link(offer))
+
+    async def _await_link(self, offer: LinkOffer) -> None:
+        try:
+            device = await self.client.accept_link(offer)
+        except HushwireError as exc:
+            self.model.info(f"linking failed: {error_text(exc)}", "error")
+            return
+        self.model.info(safe_for_terminal(f"linked {device.name} as device {device.id}"))
+
     # --- events ------------------------------------------------------------------
 
     async def mark_shown_read(self) -> None:
@@ -301,6 +342,7 @@ class ChatController:
             if event.state == "disconnected" and event.detail != "closed":
                 model.info(f"disconnected: {event.detail}", "error")
             elif event.state == "connected":
+                model.relay = self.client.relay  # another relay after a failover
                 # Presence pushes only report changes: take the full picture once.
                 with contextlib.suppress(ConnectionClosed, RequestError):
                     model.online.update(dict(await self.client.who()))

@@ -3,7 +3,9 @@
 The existing device E makes an ephemeral key pair e and a 128-bit secret s and shows the
 link code; the new device N types it in. The relay only forwards:
 
-    code    = "hw1-" + base32(channel || s), channel = SHA-256(ctx/channel || fields(group, e))[:16]
+    code    = "hw1-" + base32(channel || s [|| pin]),
+              channel = SHA-256(ctx/channel || fields(group, e))[:16],
+              pin = SHA-256 of the relay's certificate as E's connection has it (32 bytes)
     E -> relay    link_start  channel, e
     N -> relay    link_fetch  channel            -> e      N checks channel == H(e)
     N             n fresh; k_req || k_resp = HKDF(DH(n, e), salt = s,
@@ -17,7 +19,9 @@ message, and AD = ctx || fields(channel, e, n).) The relay knows e and n but not
 can neither read the request or the grant nor make either up: swapping e for its own key
 fails the hash in the code, and swapping n fails the AEAD under a key that needs s.
 
-E accepts one request per code, and none after the expiry; a request that fails to open
+N connects only to a relay presenting the certificate whose hash is `pin`, so a new device
+never trusts the relay's certificate on first use. E accepts one request per code, and
+none after the expiry; a request that fails to open
 (a guess, a relay's forgery) does not use the code up. N accepts one grant, and only if
 the device list inside verifies under the identity seed it carries and lists N's own key.
 Both sides take the time and randomness as arguments.
@@ -66,6 +70,7 @@ from hushwire.common.errors import (
     LinkExpired,
     LinkUsed,
 )
+from hushwire.common.fingerprint import FINGERPRINT_LEN, show_fingerprint
 from hushwire.common.keys import SignedDeviceList
 
 LINK_CONTEXT: Final = b"hushwire/link/v1"
@@ -91,11 +96,19 @@ class LinkCode:
 
     channel: bytes
     secret: bytes = field(repr=False)
+    # SHA-256 of the relay's certificate as the existing device knows it (None: a code
+    # from a client that did not carry it; the new device then needs its own pin or CA).
+    pin: bytes | None = None
 
     def text(self) -> str:
         """`hw1-` then base32 in groups of four, lower case (typed or pasted)."""
-        raw = base64.b32encode(self.channel + self.secret).decode().rstrip("=").lower()
+        data = self.channel + self.secret + (self.pin or b"")
+        raw = base64.b32encode(data).decode().rstrip("=").lower()
         return "-".join([CODE_PREFIX, *(raw[i : i + 4] for i in range(0, len(raw), 4))])
+
+    def fingerprint(self) -> str | None:
+        """The pinned certificate in the "AB:CD:..." form, if the code carries one."""
+        return None if self.pin is None else show_fingerprint(self.pin)
 
     @classmethod
     def parse(cls, text: str) -> LinkCode:
@@ -108,9 +121,10 @@ class LinkCode:
             data = base64.b32decode(raw + "=" * (-len(raw) % 8))
         except (binascii.Error, ValueError):
             raise LinkError("the link code is mistyped") from None
-        if len(data) != CHANNEL_LEN + SECRET_LEN:
+        short = CHANNEL_LEN + SECRET_LEN
+        if len(data) not in (short, short + FINGERPRINT_LEN):
             raise LinkError("the link code is mistyped (wrong length)")
-        return cls(data[:CHANNEL_LEN], data[CHANNEL_LEN:])
+        return cls(data[:CHANNEL_LEN], data[CHANNEL_LEN:short], data[short:] or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +159,18 @@ class LinkOffer:
     """The existing device's side: one code, one request, one grant."""
 
     def __init__(
-        self, group: DHGroup, *, now: float, ttl: float, rng: Random = secrets.token_bytes
+        self,
+        group: DHGroup,
+        *,
+        now: float,
+        ttl: float,
+        pin: bytes | None = None,
+        rng: Random = secrets.token_bytes,
     ) -> None:
         self.group = group
         self._ephemeral = group.generate()
-        self.code = LinkCode(channel_of(group, self._ephemeral.public), rng(SECRET_LEN))
+        channel = channel_of(group, self._ephemeral.public)
+        self.code = LinkCode(channel, rng(SECRET_LEN), pin)
         self.expires_at = now + ttl
         self._resp_key: bytes | None = None
         self._ad = b""

@@ -71,7 +71,6 @@ class Store(DeviceStore):
         min_free_disk: int = 0,
         migrate: bool = True,
         busy_timeout_ms: int = 5000,
-        exclusive: bool = False,
     ) -> Store:
         """Open (and with `migrate`, create or upgrade) the store at `target`: a SQLite
         file path, or a postgresql:// URL.
@@ -80,9 +79,9 @@ class Store(DeviceStore):
         also survives power loss, at several times the commit cost. PostgreSQL commits
         as its server is configured (synchronous_commit) and ignores both settings.
         Raises SchemaTooNew for a db newer than this code, and with migrate=False
-        SchemaOutdated for an older or missing one. `exclusive` is for the relay: on
-        PostgreSQL it raises DbLocked while another relay uses the database (a SQLite
-        relay takes relay/dblock.py's file lock instead).
+        SchemaOutdated for an older or missing one. Several relays may open one
+        PostgreSQL database (ids and quotas come from it: mailbox.py); a SQLite relay
+        takes relay/dblock.py's file lock.
 
         `quota` (default: `max_mailbox` envelopes per mailbox, the other limits at their
         defaults) bounds each mailbox and each sender's share of it; below
@@ -94,9 +93,9 @@ class Store(DeviceStore):
         limits = quota or QuotaLimits(envelopes=max_mailbox)
         backend: Backend
         if is_postgres_url(target):
-            backend = await postgres_module().PostgresBackend.open(
-                str(target), migrate=migrate, exclusive=exclusive
-            )
+            pg = await postgres_module().PostgresBackend.open(str(target), migrate=migrate)
+            pg.quota = limits
+            backend = pg
         else:
             backend = await SqliteBackend.open(
                 target, synchronous=synchronous, migrate=migrate, busy_timeout_ms=busy_timeout_ms

@@ -7,7 +7,9 @@ mailbox: removing one drops its name from the mailbox's id cache.
 
 The devices cache is exact for changes made through this store (every one ends in
 `_note`) and follows the admin CLI's through the user-events poll (`_forget`), like the
-mailbox's id cache. A read that raced a change is not cached (`_lists_epoch`).
+mailbox's id cache. A read that raced a change is not cached (`_lists_epoch`). A store
+several relays share (`shared`: PostgreSQL with the bus) keeps no such cache: another
+relay's change would not reach it, so every `send_devices` reads the lists there.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class DeviceStore(Mailbox):
 
     def cached_devices(self, accounts: Iterable[str]) -> dict[str, AccountDevices] | None:
         """Every account's devices if all are cached, else None (ask `account_devices`)."""
+        if self.shared:
+            return None
         lists = self._lists
         try:
             return {name: lists[name] for name in accounts}
@@ -68,7 +72,7 @@ class DeviceStore(Mailbox):
         """Each existing account's devices and stored list (unknown names are left out)."""
         epoch = self._lists_epoch
         found = await self._backend.account_devices(accounts)
-        if epoch == self._lists_epoch:  # no change landed while we read
+        if epoch == self._lists_epoch and not self.shared:  # no change landed meanwhile
             self._lists.update(found)
         return found
 

@@ -1,8 +1,11 @@
 """The mailbox's in-memory side, the same for every backend.
 
-Envelope ids come from an in-memory counter (only the relay inserts mailbox rows) and
-each mailbox's usage (envelopes and bytes, in total and per sender: quota.py) is kept in
-memory, so the quota check costs no query.
+On a store that one relay owns (SQLite), envelope ids come from an in-memory counter
+(only the relay inserts mailbox rows) and each mailbox's usage (envelopes and bytes, in
+total and per sender: quota.py) is kept in memory, so the quota check costs no query.
+On a store several relays share (the backend says `shared`: PostgreSQL), the backend
+numbers the envelopes and checks the quotas inside each group commit instead, against
+the database; ids are then known only after the commit, so there is no early push.
 Sends and acks ride the group commit (`batching.py`); a send to recipients whose ids
 are cached, and an ack, run without a single await (`enqueue_nowait`, `ack_nowait`).
 """
@@ -54,6 +57,8 @@ class Mailbox:
         self, backend: Backend, limits: QuotaLimits, disk: DiskGuard, highest_mid: int
     ) -> None:
         self._backend = backend
+        # Ids and quotas from the database (several relays), or from memory (one relay).
+        self.shared: bool = getattr(backend, "shared", False)
         self._disk = disk
         self._ids: dict[str, int] = {}  # name -> users.id, filled on demand
         # users.id -> usage of rows committed or in flight; a key here means "loaded"
@@ -200,11 +205,18 @@ class Mailbox:
         payload: bytes | None = None,
     ) -> None:
         # No await between the check and the reservation: the usage cannot change.
+        if self.shared:
+            # The backend checks the quotas and numbers the rows in the commit; the
+            # recipients are told once it is done (no early push without ids).
+            body = _body(body)
+            self._submit(
+                Enqueue(sender, list(recipients), rids, [], body, now, fut, payload=payload)
+            )
+            return
         self._disk.check(now)
-        body = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else list(body)
         first = self._next_mid
         mids = list(range(first, first + len(rids)))
-        op = Enqueue(sender, list(recipients), rids, mids, body, now, fut, payload=payload)
+        op = Enqueue(sender, list(recipients), rids, mids, _body(body), now, fut, payload=payload)
         usage, sizes = self._usage, op.sizes()
         for name, rid, size in zip(recipients, rids, sizes, strict=True):
             usage.check(sender, rid, name, size)
@@ -268,6 +280,9 @@ class Mailbox:
 
     async def mailbox_count(self, recipient: str) -> int:
         """Envelopes queued for `recipient`, including ones whose commit is in flight."""
+        if self.shared:  # other relays add and ack too: ask the database
+            found = await self._backend.recipients([recipient])
+            return sum(n for _, n, _ in found[recipient][1]) if recipient in found else 0
         try:
             (rid,) = await self._resolve([recipient])
         except RequestError:
@@ -364,7 +379,17 @@ class Mailbox:
 
     def _settle(self, op: Op, outcome: object) -> None:
         """Apply a committed (or failed) op to the in-memory counts and answer it."""
-        if isinstance(op, Enqueue):
+        if self.shared:  # no counts in memory
+            if isinstance(outcome, Failed):
+                if outcome.error.code is ErrorCode.UNKNOWN_USER and isinstance(op, Enqueue):
+                    for name in op.names:
+                        self._forget(name)
+                fail(op.fut, outcome.error)
+            elif isinstance(op, Ack):
+                resolve(op.fut, len(outcome))  # type: ignore[arg-type]
+            else:
+                resolve(op.fut, op.mids if isinstance(op, Enqueue) else None)
+        elif isinstance(op, Enqueue):
             if isinstance(outcome, Failed):
                 for mid, rid, size in zip(op.mids, op.rids, op.sizes(), strict=True):
                     if not (op.elided and mid in op.elided):
@@ -387,3 +412,8 @@ class Mailbox:
             fail(op.fut, outcome.error)
         else:
             resolve(op.fut, None)
+
+
+def _body(body: bytes | Sequence[bytes]) -> bytes | list[bytes]:
+    """One body for every recipient (bytes), or one body each (a list)."""
+    return bytes(body) if isinstance(body, bytes | bytearray | memoryview) else list(body)

@@ -29,18 +29,18 @@ from hushwire.common.keys import (
 )
 from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import (
-    DbLocked,
     NotHushwireDb,
     SchemaError,
     SchemaOutdated,
     StoreError,
+    StoreUnavailable,
     UnknownUser,
     UserExists,
 )
-from hushwire.relay.store.batching import Ack, Failed, Login, Op, enqueued_rows
+from hushwire.relay.store.batching import Ack, Enqueue, Failed, Login, Op, enqueued_rows
 from hushwire.relay.store.keys import check_bundle_version
 from hushwire.relay.store.postgres_devices import PostgresDevices
-from hushwire.relay.store.quota import Usage
+from hushwire.relay.store.quota import Mailboxes, QuotaLimits, Usage
 from hushwire.relay.store.records import (
     MAX_ONE_TIME_PREKEYS,
     USER_EVENTS_KEPT,
@@ -57,11 +57,16 @@ from hushwire.relay.store.urls import redact
 POOL_SIZE = 8
 # Held while migrating, so two relays starting at once never apply a migration twice.
 _MIGRATE_LOCK = 0x68757368  # "hush"
-# Held by a relay for as long as it runs: envelope ids and mailbox counts live in the
-# relay's memory (mailbox.py), so a second relay on the same database is refused.
-_RELAY_LOCK = 0x68777279  # "hwry"
-RELAY_LOCK_WAIT_S = 5.0
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# The server is down or restarting, or the connection to it broke: retryable.
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
 
 
 async def _version(conn: asyncpg.Connection) -> int:
@@ -124,47 +129,26 @@ async def migrate_schema(url: str, *, target: int | None = None) -> tuple[int, i
         await conn.close()
 
 
-async def _relay_lock(url: str) -> asyncpg.Connection:
-    """A connection holding _RELAY_LOCK; the server drops it when this process dies.
-
-    Waits up to RELAY_LOCK_WAIT_S: a relay restarted right after a crash may find its
-    predecessor's session not yet ended by the server."""
-    conn = await connect(url)
-    try:
-        await conn.execute(f"SET lock_timeout = {int(RELAY_LOCK_WAIT_S * 1000)}")
-        try:
-            await conn.execute("SELECT pg_advisory_lock($1)", _RELAY_LOCK)
-        except asyncpg.LockNotAvailableError:
-            raise DbLocked(
-                f"another relay is using {redact(url)}: one relay per database"
-            ) from None
-        await conn.execute("RESET lock_timeout")
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
-
-
 class PostgresBackend(PostgresDevices):
     """The store's SQL on PostgreSQL; open with `await PostgresBackend.open(url)`."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str, holder: asyncpg.Connection | None) -> None:
+    # Several relays may share the database: envelope ids come from it and each batch
+    # checks mailbox quotas against it (mailbox.py asks for this with `shared`).
+    shared = True
+
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self._pool = pool
         self._url = url
-        self._holder = holder  # the connection holding _RELAY_LOCK, if exclusive
         self._closed = False
+        self.quota = QuotaLimits()  # set by the Store: checked in every group commit
 
     @classmethod
-    async def open(
-        cls, url: str, *, migrate: bool = True, exclusive: bool = False
-    ) -> PostgresBackend:
+    async def open(cls, url: str, *, migrate: bool = True) -> PostgresBackend:
         """Connect (and with `migrate`, create or upgrade the schema). Raises
         SchemaTooNew for a newer schema, with migrate=False SchemaOutdated for an older
-        or missing one, StoreError when the server cannot be reached, and with
-        `exclusive` (a relay) DbLocked while another relay uses the database."""
+        or missing one, StoreError when the server cannot be reached."""
         if migrate:
             await migrate_schema(url)
-        holder = await _relay_lock(url) if exclusive else None
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE)
         except _ERRORS as exc:
@@ -181,16 +165,12 @@ class PostgresBackend(PostgresDevices):
                 )
         except BaseException:
             await pool.close()
-            if holder is not None:
-                await holder.close()
             raise
-        return cls(pool, url, holder)
+        return cls(pool, url)
 
     async def close(self) -> None:
         self._closed = True
         await self._pool.close()
-        if self._holder is not None:
-            await self._holder.close()  # ends the session: the lock goes with it
 
     @contextlib.asynccontextmanager
     async def _conn(self, *, transaction: bool = False) -> AsyncIterator[asyncpg.Connection]:
@@ -204,6 +184,8 @@ class PostgresBackend(PostgresDevices):
                         yield conn
                 else:
                     yield conn
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"the database is unreachable, retry later: {exc}") from exc
         except _ERRORS as exc:
             raise StoreError(f"database error: {exc}") from exc
 
@@ -211,7 +193,8 @@ class PostgresBackend(PostgresDevices):
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 "SELECT GREATEST((SELECT id FROM mailbox_top),"
-                " COALESCE((SELECT MAX(id) FROM mailbox), 0)),"
+                " COALESCE((SELECT MAX(id) FROM mailbox), 0),"
+                " (SELECT last_value - CASE WHEN is_called THEN 0 ELSE 1 END FROM mailbox_ids)),"
                 " COALESCE((SELECT MAX(seq) FROM user_events), 0)"
             )
         return int(row[0]), int(row[1])
@@ -603,7 +586,7 @@ class PostgresBackend(PostgresDevices):
         async with self._conn() as conn:
             try:
                 async with conn.transaction():
-                    return await _apply(conn, batch, top)
+                    return await _apply(conn, batch, top, self.quota)
             except asyncpg.ForeignKeyViolationError:
                 pass
             async with conn.transaction():
@@ -611,7 +594,7 @@ class PostgresBackend(PostgresDevices):
                 for op in batch:
                     try:
                         async with conn.transaction():  # a savepoint
-                            outcomes.extend(await _apply(conn, [op], 0))
+                            outcomes.extend(await _apply(conn, [op], 0, self.quota))
                     except asyncpg.ForeignKeyViolationError:
                         outcomes.append(
                             Failed(
@@ -643,13 +626,77 @@ async def _prekey_count(conn: asyncpg.Connection, uid: int) -> int:
 
 
 async def raise_top(conn: asyncpg.Connection, top: int) -> None:
+    """Keep ids up to `top` used: new envelopes get higher ones (copy-store)."""
     if top:
         await conn.execute("UPDATE mailbox_top SET id = GREATEST(id, $1)", top)
+        await conn.execute(
+            "SELECT setval('mailbox_ids', GREATEST($1, (SELECT last_value FROM mailbox_ids)))",
+            top,
+        )
 
 
-async def _apply(conn: asyncpg.Connection, batch: list[Op], top: int) -> list[object]:
-    """Insert every envelope row, stamp logins, delete acked rows: a few statements."""
-    rows, payloads = enqueued_rows(batch)
+async def _admit(
+    conn: asyncpg.Connection,
+    enqueues: list[tuple[int, Enqueue]],
+    outcomes: list[object],
+    quota: QuotaLimits,
+) -> None:
+    """Lock the recipients, check each send against their committed mailboxes, and give
+    the admitted ones their ids (`op.mids`); a refused send's outcome becomes Failed.
+
+    The lock (the recipients' users rows, taken in id order so relays never deadlock)
+    is held until COMMIT and taken before any id is drawn: for one recipient, ids are
+    drawn and become visible in the same order (docs/operations.md, "Several relays").
+    It also makes the quota check exact: no other relay adds to these mailboxes until
+    this batch commits. One query for all the batch's mailboxes, not one per send.
+    """
+    rids = sorted({r for _, op in enqueues for r in op.rids})
+    await conn.execute(
+        "SELECT id FROM users WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE", rids
+    )
+    found = await conn.fetch(
+        "SELECT recipient_id, sender, COUNT(*), SUM(length(body) + payload_bytes) FROM mailbox"
+        " WHERE recipient_id = ANY($1::bigint[]) GROUP BY recipient_id, sender",
+        rids,
+    )
+    loaded: dict[int, Usage] = {rid: [] for rid in rids}
+    for rid, sender, n, size in found:
+        loaded[int(rid)].append((str(sender), int(n), int(size)))
+    usage = Mailboxes(quota)
+    for rid, rows in loaded.items():
+        usage.load(rid, rows)
+    wanted = 0
+    for i, op in enqueues:
+        sizes = [len(op.body)] * len(op.rids) if isinstance(op.body, bytes) else map(len, op.body)
+        extra = 0 if op.payload is None else len(op.payload)  # as Enqueue.sizes counts
+        rows = [(n, r, size + extra) for n, r, size in zip(op.names, op.rids, sizes, strict=True)]
+        try:
+            for name, rid, size in rows:
+                usage.check(op.sender, rid, name, size)
+        except RequestError as exc:
+            outcomes[i] = Failed(exc)
+            continue
+        for _, rid, size in rows:
+            usage.add(op.sender, rid, size)
+        wanted += len(rows)
+    drawn = await conn.fetch("SELECT nextval('mailbox_ids') FROM generate_series(1, $1)", wanted)
+    ids = iter(sorted(int(r[0]) for r in drawn))
+    for i, op in enqueues:
+        if outcomes[i] is None:
+            op.mids = [next(ids) for _ in op.rids]
+
+
+async def _apply(
+    conn: asyncpg.Connection, batch: list[Op], top: int, quota: QuotaLimits
+) -> list[object]:
+    """Admit and number the envelopes, insert their rows, stamp logins, delete acked
+    rows: a few statements."""
+    outcomes: list[object] = [None] * len(batch)
+    enqueues = [(i, op) for i, op in enumerate(batch) if isinstance(op, Enqueue)]
+    if enqueues:
+        await _admit(conn, enqueues, outcomes, quota)
+    admitted = [op for i, op in enqueues if outcomes[i] is None]
+    rows, payloads = enqueued_rows(admitted)
     if payloads:
         ids, refs, blobs = zip(*payloads, strict=True)
         await conn.execute(
@@ -673,7 +720,6 @@ async def _apply(conn: asyncpg.Connection, batch: list[Op], top: int) -> list[ob
             pids,
             plens,
         )
-        top = max(top, max(mids))
     logins = {op.name: op.now for op in batch if isinstance(op, Login)}  # the last wins
     if logins:
         await conn.execute(
@@ -695,10 +741,7 @@ async def _apply(conn: asyncpg.Connection, batch: list[Op], top: int) -> list[ob
         )
         deleted = {int(mid): (str(sender), int(size)) for mid, sender, size in gone}
     await raise_top(conn, top)
-    outcomes: list[object] = []
-    for op in batch:
+    for i, op in enumerate(batch):
         if isinstance(op, Ack):
-            outcomes.append([deleted.pop(m) for m in op.mids if m in deleted])
-        else:
-            outcomes.append(None)
+            outcomes[i] = [deleted.pop(m) for m in op.mids if m in deleted]
     return outcomes

@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 
 from hushwire.client.connection import RelayConnection
+from hushwire.client.errors import CertificateMismatch
 from hushwire.client.service import HushwireClient, Notice
 from hushwire.common.crypto.devices import DeviceList, first_device_list
 from hushwire.common.crypto.dh import X25519
@@ -166,3 +167,59 @@ async def test_a_new_profile_links_with_the_code_and_logs_in_again_later(
     again = await reopen("alice", profile=tmp_path / "alice-laptop")
     await again.start()
     assert [d.id for d in await again.devices() if d.this] == [2]
+
+
+async def _join(relay, old_client, profile, *, port=None, fingerprint=None):
+    """`hushwire login --link` with the code `old_client` offers (no --fingerprint)."""
+    offer, _ = await old_client.offer_link()
+    return offer, HushwireClient.login_link(
+        profile,
+        PASSPHRASE,
+        host="127.0.0.1",
+        port=port or relay.port,
+        code=offer.code.text(),
+        name="laptop",
+        fingerprint=fingerprint,
+        kdf=FAST_KDF,
+        backoff=FAST_BACKOFF,
+    )
+
+
+async def test_the_link_code_pins_the_relay_certificate_for_the_new_device(
+    relay, relay_factory, login, tmp_path
+):
+    alice = await login(relay, "alice")
+    offer, joining = await _join(relay, alice, tmp_path / "laptop")
+    assert offer.code.fingerprint() == relay.server.fingerprint
+    task = asyncio.create_task(joining)
+    await alice.accept_link(offer)
+    laptop = await asyncio.wait_for(task, 15)
+    try:
+        # Pinned from the code, not learned on first use.
+        assert laptop.settings.pin == relay.server.fingerprint
+        assert laptop.fingerprint_learned is False
+    finally:
+        await laptop.close()
+
+
+async def test_a_relay_other_than_the_one_the_code_pins_is_refused(
+    relay, relay_factory, login, tmp_path
+):
+    """An impostor (another certificate) at the address the new device was given: the
+    link stops before anything is sent, with an error that says why."""
+    alice = await login(relay, "alice")
+    (tmp_path / "impostor").mkdir()
+    impostor = await relay_factory(db=tmp_path / "impostor" / "relay.db")
+    assert impostor.server.fingerprint != relay.server.fingerprint
+    _, joining = await _join(relay, alice, tmp_path / "laptop", port=impostor.port)
+    with pytest.raises(CertificateMismatch, match="pinned in the link code") as exc:
+        await joining
+    assert relay.server.fingerprint in exc.value.message
+    assert impostor.server.fingerprint in exc.value.message
+    assert not (tmp_path / "laptop").exists()  # no half-made profile left behind
+    # A --fingerprint that contradicts the code is refused before connecting.
+    _, joining = await _join(
+        relay, alice, tmp_path / "laptop", fingerprint=impostor.server.fingerprint
+    )
+    with pytest.raises(LinkError, match="link code pins"):
+        await joining

@@ -1,8 +1,8 @@
-"""client/session.py driven without a network: two profiles and an in-memory relay."""
+"""client/session.py driven without a network: two profiles and an in-memory relay
+(tests/client/conftest.py)."""
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import msgpack
@@ -11,117 +11,20 @@ import pytest
 from hushwire.client.errors import BadBundle, MessageHeld, UnknownContact
 from hushwire.client.keys import publish_fields as _publish_fields
 from hushwire.client.keys import split_upload as _split_upload
-from hushwire.client.session import (
-    IDENTITY_RECHECK_MS,
-    PREKEY_LOW,
+from hushwire.client.outcomes import Duplicate, Received, Rejected
+from hushwire.client.prekeys import (
     PREKEY_TARGET,
-    SIGNED_PREKEY_GRACE_MS,
-    SIGNED_PREKEY_ROTATE_MS,
-    Duplicate,
     KeyUpload,
-    Received,
-    Rejected,
-    SessionManager,
-    load_or_create_identity,
-    max_text_bytes,
 )
+from hushwire.client.session import IDENTITY_RECHECK_MS, SessionManager
 from hushwire.client.settings import Backoff
-from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.envelope import Envelope, Session
 from hushwire.common.crypto.identity import IdentityKeyPair
-from hushwire.common.errors import ErrorCode, RequestError
+from hushwire.common.errors import RequestError
 from hushwire.common.keys import PrekeyBundle, SignedPrekey
-from hushwire.common.messages import Deliver, ListVersion, PublishKeys, SendDevices
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Directory:
-    """What the relay's version-2 key directory does: hand out bundles, one one-time
-    prekey and one one-time KEM prekey each (the last-resort KEM prekey when none left)."""
-
-    def __init__(self) -> None:
-        self.uploads: dict[str, KeyUpload] = {}
-        self.one_time: dict[str, list] = {}
-        self.kem: dict[str, list] = {}
-        self.fetches = 0
-        self.mids = itertools.count(1)
-
-    def publish(self, user: str, upload: KeyUpload) -> None:
-        old = self.uploads.get(user)
-        identity = upload.identity or old.identity
-        spk = upload.signed_prekey or old.signed_prekey
-        last = upload.kem_last_resort or old.kem_last_resort
-        if upload.identity is not None and old is not None and upload.identity != old.identity:
-            self.one_time[user] = []
-            self.kem[user] = []
-        self.uploads[user] = KeyUpload(identity, spk, (), last)
-        self.one_time.setdefault(user, []).extend(upload.one_time_prekeys)
-        self.kem.setdefault(user, []).extend(upload.one_time_kem_prekeys)
-
-    async def fetch(self, user: str) -> PrekeyBundle:
-        self.fetches += 1
-        if user not in self.uploads:
-            raise RequestError(ErrorCode.UNKNOWN_USER, f"no user {user}")
-        up = self.uploads[user]
-        otpks, kems = self.one_time[user], self.kem[user]
-        return PrekeyBundle(
-            user,
-            up.identity,
-            up.signed_prekey,
-            otpks.pop(0) if otpks else None,
-            2,
-            kems.pop(0) if kems else up.kem_last_resort,
-        )
-
-    def deliver(self, sender: str, envelope: bytes) -> Deliver:
-        return Deliver(mid=next(self.mids), sender=sender, ts=0, body=envelope)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def directory() -> Directory:
-    return Directory()
-
-
-@pytest.fixture
-async def make(tmp_path, clock, directory):
-    stores = []
-
-    async def new(user: str, profile: str | None = None) -> SessionManager:
-        store = await ProfileStore.open(
-            tmp_path / (profile or user), "pw", create=True, kdf=KdfParams(n=2**10)
-        )
-        stores.append(store)
-        identity = await load_or_create_identity(store, X25519, 0)
-        manager = SessionManager(store, user, identity, X25519, clock=clock)
-        upload = await manager.plan_upload(
-            relay_has_identity=False, prekeys_left=0, kem_prekeys_left=0, key_version=2
-        )
-        directory.publish(user, upload)
-        await manager.upload_done(upload)
-        return manager
-
-    yield new
-    for s in stores:
-        await s.close()
-
-
-async def send(a: SessionManager, to: str, text: str, directory: Directory) -> Deliver:
-    out = await a.prepare_send(to, text, directory.fetch)
-    await a.mark_sent(out.uid)
-    return directory.deliver(a.user, out.envelope)
+from hushwire.common.messages import Deliver, PublishKeys
+from tests.client.conftest import send
 
 
 async def test_first_contact_reply_and_prekey_consumption(make, directory):
@@ -270,71 +173,6 @@ async def test_bad_bundles_and_unknown_contacts(make, directory):
     assert await alice.store.history("bob", 5) == []
 
 
-async def test_prekey_top_up_and_signed_prekey_rotation(make, directory, clock):
-    bob = await make("bob")
-    assert (
-        await bob.plan_upload(
-            relay_has_identity=True,
-            prekeys_left=PREKEY_LOW,
-            kem_prekeys_left=PREKEY_LOW,
-            key_version=2,
-        )
-        is None
-    )
-    top = await bob.plan_upload(
-        relay_has_identity=True,
-        prekeys_left=PREKEY_LOW - 1,
-        kem_prekeys_left=PREKEY_LOW - 1,
-        key_version=2,
-    )
-    assert top.identity is None and top.signed_prekey is None
-    assert len(top.one_time_prekeys) == PREKEY_TARGET - PREKEY_LOW + 1
-    first_spk = directory.uploads["bob"].signed_prekey.id
-    clock.now += SIGNED_PREKEY_ROTATE_MS / 1000
-    rot = await bob.plan_upload(
-        relay_has_identity=True, prekeys_left=50, kem_prekeys_left=50, key_version=2
-    )
-    assert rot.signed_prekey is not None and rot.signed_prekey.id != first_spk
-    await bob.upload_done(rot)
-    # The previous signed prekey stays for the grace period, then goes.
-    ids = [pid for pid, *_ in await bob.store.signed_prekeys()]
-    assert ids == [first_spk, rot.signed_prekey.id]
-    clock.now += SIGNED_PREKEY_GRACE_MS / 1000 + 1
-    rot2 = await bob.plan_upload(
-        relay_has_identity=True, prekeys_left=50, kem_prekeys_left=50, key_version=2
-    )
-    await bob.upload_done(rot2)
-    assert first_spk not in [pid for pid, *_ in await bob.store.signed_prekeys()]
-    # Relay lost our keys (has_identity False): publish everything again.
-    again = await bob.plan_upload(
-        relay_has_identity=False, prekeys_left=0, kem_prekeys_left=0, key_version=2
-    )
-    assert again.identity == bob.identity.public() and len(again.one_time_prekeys) == 100
-
-
-async def test_initial_message_for_a_rotated_prekey_within_grace(make, directory, clock):
-    alice, bob = await make("alice"), await make("bob")
-    in_flight = await send(alice, "bob", "sent before rotation", directory)
-    clock.now += SIGNED_PREKEY_ROTATE_MS / 1000
-    rot = await bob.plan_upload(
-        relay_has_identity=True, prekeys_left=99, kem_prekeys_left=99, key_version=2
-    )
-    await bob.upload_done(rot)
-    assert (await bob.receive(in_flight)).text == "sent before rotation"
-
-
-async def test_max_text_bytes_is_exact_for_a_real_initial_envelope(make, directory):
-    alice, _ = await make("alice"), await make("bob")
-    limit = max_text_bytes(4096, X25519, "alice", "bob")
-    out = await alice.prepare_send("bob", "x" * limit, directory.fetch)
-    views = (ListVersion("alice", 1), ListVersion("bob", 0))
-    frame = SendDevices(id=2**40, envelopes=out.envelopes(), lists=views).to_wire()
-    size = len(msgpack.packb(frame, use_bin_type=True))
-    # Tight: the worst case is only a bit larger (three prekey ids at 5 bytes, not 1;
-    # a sent copy's plaintext; list versions at 9 bytes).
-    assert size <= 4096 and 4096 - size < 64
-
-
 def test_backoff_grows_is_capped_jittered_and_honours_retry_after():
     b = Backoff(initial=1.0, maximum=8.0)
     for attempt, cap in [(0, 1.0), (1, 2.0), (3, 8.0), (10, 8.0)]:
@@ -345,7 +183,7 @@ def test_backoff_grows_is_capped_jittered_and_honours_retry_after():
 
 async def test_uploads_are_split_to_fit_the_frame(make):
     bob = await make("bob")
-    upload = await bob.plan_upload(
+    upload = await bob.keys.plan_upload(
         relay_has_identity=False, prekeys_left=0, kem_prekeys_left=0, key_version=2
     )
     parts = _split_upload(upload, 2048)
@@ -419,13 +257,3 @@ async def test_a_version_1_session_start_is_rejected(make, directory):
     got = await bob.receive(directory.deliver("alice", envelope))
     assert isinstance(got, Rejected) and "version-1" in got.reason
     assert await bob.store.count_one_time_prekeys() == PREKEY_TARGET  # nothing consumed
-
-
-async def test_a_profile_from_before_version_2_publishes_its_kem_prekeys(make):
-    bob = await make("bob")
-    upgrade = await bob.plan_upload(
-        relay_has_identity=True, prekeys_left=100, kem_prekeys_left=0, key_version=1
-    )
-    assert upgrade.identity == bob.identity.public()
-    assert upgrade.kem_last_resort is not None
-    assert len(upgrade.one_time_kem_prekeys) == PREKEY_TARGET

@@ -17,11 +17,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from hushwire.client.session import Duplicate, Received, SessionManager, load_or_create_identity
+from hushwire.client.outcomes import Duplicate, Received
+from hushwire.client.prekeys import load_or_create_identity
+from hushwire.client.session import SessionManager
 from hushwire.client.store import KdfParams, ProfileStore
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.messages import Deliver
-from tests.client.test_session import Clock, Directory
+from tests.client.conftest import Clock, Directory
 
 USERS = ("alice", "bob")
 
@@ -50,11 +52,11 @@ class ChatMachine(RuleBasedStateMachine):
         identity = await load_or_create_identity(store, X25519, 0)
         manager = SessionManager(store, user, identity, X25519, clock=self.clock)
         if first:
-            upload = await manager.plan_upload(
+            upload = await manager.keys.plan_upload(
                 relay_has_identity=False, prekeys_left=0, kem_prekeys_left=0, key_version=2
             )
             self.directory.publish(user, upload)
-            await manager.upload_done(upload)
+            await manager.keys.upload_done(upload)
         return manager
 
     def teardown(self) -> None:

@@ -644,3 +644,34 @@ async def test_a_burst_of_messages_is_shown_and_marked_read_as_one_batch(relay, 
     async with asyncio.timeout(WAIT):  # shown in the open conversation: read, all 30
         while await store.unread_counts():  # noqa: ASYNC110 - the db has no event
             await asyncio.sleep(0.01)
+
+
+async def test_link_shows_the_code_then_the_linked_device_or_the_failure(relay, chat, tmp_path):
+    screen = await chat(relay)
+    await screen.run("/link", "waiting for the device")
+    code = re.search(r"link code: (hw1-[a-z2-7-]+)", screen.pane)
+    assert code is not None
+    assert f"--relay 127.0.0.1:{relay.port} --link {code.group(1)}" in screen.pane
+    assert re.search(r"expires at \d\d:\d\d:\d\d UTC", screen.pane)
+    screen.type("typing goes on meanwhile")  # the wait does not hold the input line
+    await screen.until(lambda: screen.typed == "typing goes on meanwhile", "the input")
+    laptop = await HushwireClient.login_link(
+        tmp_path / "alice-laptop",
+        PASSPHRASE,
+        host="127.0.0.1",
+        port=relay.port,
+        code=code.group(1),
+        name="laptop",
+        fingerprint=relay.server.fingerprint,
+        kdf=FAST_KDF,
+        backoff=FAST_BACKOFF,
+    )
+    try:
+        await screen.shows("linked laptop as device 2")
+        assert laptop.settings.device == 2
+    finally:
+        await laptop.close()
+    # A code nobody uses in time: the failure is shown.
+    screen.chat.controller.link_ttl = 0.5
+    screen.type("\x15")  # Ctrl-U: clear the line typed above
+    await screen.run("/link", "linking failed: the link code expired")

@@ -116,6 +116,10 @@ def _send_devices(draw):
         "envelopes": draw(st.lists(_envelope, max_size=3)),
         "lists": draw(st.lists(_view, max_size=3)),
     }
+    if draw(st.booleans()):  # optional: a session reset sends it true
+        raw["partial"] = draw(st.booleans())
+    if draw(st.booleans()):  # a group send's payload (v2), or nil
+        raw["payload"] = draw(st.one_of(st.none(), st.binary(max_size=8)))
     places = [raw] + raw["envelopes"] + raw["lists"]
     for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2]))):
         where = draw(st.sampled_from(places))
@@ -152,8 +156,32 @@ def test_the_fast_send_devices_decoder_takes_a_well_formed_fan_out():
         envelopes=(m.DeviceEnvelope("bob", 2, b"x"),),
         lists=(m.ListVersion("alice", 0), m.ListVersion("bob", 3)),
     )
+    raw["partial"] = True
+    assert codec._fast_send_devices(raw).partial is True
+    raw["partial"] = 1  # an int is not a bool on the wire
+    assert codec._fast_send_devices(raw) is None
+    raw["partial"] = False
+    raw["payload"] = b"group payload"
+    assert codec._fast_send_devices(raw).payload == b"group payload"
+    raw["payload"] = "text"  # not bin: the generic codec names the field
+    assert codec._fast_send_devices(raw) is None
+    with pytest.raises(MalformedFrame, match="payload"):
+        codec.decode_request(raw)
+    raw["payload"] = None
+    assert codec._fast_send_devices(raw).payload is None
     raw["envelopes"][0]["device"] = True  # a bool is not an int on the wire
     assert codec._fast_send_devices(raw) is None
+
+
+def test_a_deliver_carries_its_payload_only_when_it_has_one():
+    plain = m.Deliver(mid=1, sender="alice", ts=2, body=b"x")
+    assert "payload" not in plain.to_wire()  # byte-for-byte what it was before payloads
+    group = m.Deliver(mid=1, sender="alice", ts=2, body=b"x", payload=b"\x00payload")
+    assert group.to_wire()["payload"] == b"\x00payload"
+    assert codec.decode_from_relay(group.to_wire(), {}) == group
+    assert codec.decode_from_relay({**plain.to_wire(), "payload": None}, {}) == plain
+    with pytest.raises(MalformedFrame, match="payload"):
+        codec.decode_from_relay({**plain.to_wire(), "payload": "text"}, {})
 
 
 def test_device_requests_default_to_device_one_for_older_clients():

@@ -38,3 +38,36 @@ def drain(client: HushwireClient) -> list[ClientEvent]:
     while not client.events.empty():
         events.append(client.events.get_nowait())
     return events
+
+
+async def link(
+    relay, old: HushwireClient, profile, name: str, *, port: int | None = None
+) -> HushwireClient:
+    """A new profile becomes a device of `old`'s account (`hushwire login --link`),
+    reaching the relay at `port` (default: the relay's own)."""
+    offer, _ = await old.offer_link()
+    joining = asyncio.create_task(
+        HushwireClient.login_link(
+            profile,
+            PASSPHRASE,
+            host="127.0.0.1",
+            port=port or relay.port,
+            code=offer.code.text(),
+            name=name,
+            fingerprint=relay.server.fingerprint,
+            kdf=FAST_KDF,
+            backoff=FAST_BACKOFF,
+        )
+    )
+    await old.accept_link(offer)
+    return await asyncio.wait_for(joining, 15)
+
+
+async def texts(client: HushwireClient, contact: str) -> list[tuple[str, str]]:
+    """(direction, text) of the conversation with `contact` as this device shows it."""
+    return [(h.direction, h.text) for h in await client.history(contact, 500)]
+
+
+async def sync(*clients: HushwireClient) -> None:
+    for c in clients:
+        await c.sync()

@@ -286,6 +286,7 @@ async def test_link_a_second_machine_then_list_and_unlink_it(cli, relay):
         "laptop",
     )
     assert rc == 0 and "linked as device 2 of alice" in out, err
+    assert f"relay certificate pinned from the link code: {relay.server.fingerprint}" in out
     rest, errs = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0 and b"linked device 2 (laptop)" in rest, errs
     assert b"mismatched_devices" not in errs  # linked devices chat: no warning any more

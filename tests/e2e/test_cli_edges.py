@@ -16,6 +16,8 @@ from hushwire.client.cli import main
 from tests.e2e.helpers import PASSPHRASE, WAIT
 from tests.e2e.test_cli import Cli
 from tests.e2e.test_cli import cli as cli  # the fixture
+from tests.services import free_port
+from tests.support import Cutter
 
 NOT_UTF8 = "the message is not valid UTF-8 text; nothing was sent"
 
@@ -80,7 +82,64 @@ async def test_recv_wait_fails_when_the_relay_goes_away(cli, relay, login):
     await relay.server.close()
     code, out, err = await asyncio.wait_for(recv, WAIT)
     assert code == 1 and out.endswith(" before the relay goes\n")
-    assert err.startswith("hushwire: error: stopped receiving: lost the relay")
+    *notes, error = err.splitlines()  # (the reconnect tried at once,) then the error
+    assert all(n.startswith("hushwire: note: lost the relay (") for n in notes)
+    assert error.startswith("hushwire: error: stopped receiving: lost the relay")
+
+
+async def test_recv_wait_fails_over_to_the_next_relay_and_keeps_receiving(cli, relay, login):
+    front = await Cutter(relay.port).start()  # address a: the same relay, until cut
+    code, out, err = await cli.run(
+        "--profile",
+        cli.profile("bob"),
+        "login",
+        "--relay",
+        f"127.0.0.1:{front.port},127.0.0.1:{relay.port}",
+        "--user",
+        "bob",
+        "--token",
+        "-",
+        stdin=relay.tokens["bob"] + "\n",
+    )
+    assert code == 0 and f"logged in to 127.0.0.1:{front.port} as bob" in out, err
+    alice = await login(relay, "alice")
+    await alice.send("bob", "through a")
+    recv = asyncio.create_task(cli.run("--profile", cli.profile("bob"), "recv", "--wait", "60"))
+    store = relay.server.relay.store
+    async with asyncio.timeout(WAIT):
+        while await store.pending("bob") or "bob" not in relay.server.relay.online:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    await front.cut()
+    await alice.send("bob", "through b")
+    async with asyncio.timeout(WAIT):  # acked: recv got it over the relay's own address
+        while await store.pending("bob"):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    await relay.server.close()  # now every address is gone: recv stops
+    code, out, err = await asyncio.wait_for(recv, WAIT)
+    assert [line.split(" ", 2)[2] for line in out.splitlines()] == ["through a", "through b"]
+    assert f"note: lost the relay (connection lost; trying 127.0.0.1:{relay.port})" in err
+    assert code == 1 and "stopped receiving: lost the relay" in err
+
+
+async def test_relay_lists_bad_or_all_down_are_one_clear_line(cli):
+    for relays, fragment in (
+        ("127.0.0.1:7443,127.0.0.1:7443", "127.0.0.1:7443 is listed twice"),
+        ("127.0.0.1:7443,", "got ''"),
+        ("127.0.0.1:7443;127.0.0.1:7444", "got '127.0.0.1:7443;127.0.0.1:7444'"),
+        ("::1:7443", "an IPv6 address in [brackets]"),
+    ):
+        argv = ("--profile", cli.profile("x"), "login", "--relay", relays, "--user", "x")
+        code, _, err = await cli.run(*argv, "--token", "t")
+        assert code == 2 and fragment in err and "Traceback" not in err, err
+    a, b = free_port(), free_port()
+    code, _, err = await cli.run(
+        "--profile", cli.profile("x"), "login", "--relay", f"127.0.0.1:{a},127.0.0.1:{b}",
+        "--user", "x", "--token", "t",
+    )  # fmt: skip
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(
+        f"hushwire: error: relay unreachable: could not reach any of 127.0.0.1:{a}, 127.0.0.1:{b}"
+    )
 
 
 HOSTILE_ARGV = [

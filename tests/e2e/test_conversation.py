@@ -25,7 +25,7 @@ from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair, KemPrekeyPair, SignedPrekeyPair
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.messages import Deliver, FetchBundle
-from tests.e2e.helpers import next_event, settings_for
+from tests.e2e.helpers import drain, next_event, settings_for
 from tests.support import Harness
 
 
@@ -157,22 +157,22 @@ async def test_a_second_profile_cannot_take_over_an_account_silently(
 ):
     """Issue #12: logging in from a second profile used to replace the first one's keys,
     so messages were lost with the sender told `ok`. Now it is refused and says how to
-    link, and the first profile still decrypts everything sent meanwhile. (The attempt
-    used device 1's credential, so it replaced the first profile's live session: that
-    one reconnects.)"""
+    link, and the first profile still decrypts everything sent meanwhile. The refusal
+    comes at login (the second profile names its identity), so the first profile's live
+    session is never replaced: it stays connected and keeps receiving."""
     alice = await login(relay, "alice")
     bob = await login(relay, "bob")
+    drain(alice)
     with pytest.raises(RequestError) as exc:
         await login(relay, "alice", profile=tmp_path / "alice-second")
     assert exc.value.code == ErrorCode.ACCOUNT_HAS_DEVICES
     assert "hushwire link" in exc.value.message and "--link CODE" in exc.value.message
     assert not (tmp_path / "alice-second").exists()  # nothing half-made is left behind
     await bob.send("alice", "still reaches the first profile")
-    await alice.close()
-    alice = await reopen("alice")
-    await alice.start()
     got = await next_event(alice, MessageReceived)
     assert got.text == "still reaches the first profile"
+    assert alice.state == "connected"
+    assert not [e for e in drain(alice) if isinstance(e, ConnectionState)]
 
 
 async def test_new_identity_published_for_a_contact_holds_messages_until_trust(

@@ -5,7 +5,6 @@ stale view and an unlink during a conversation."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 
 import pytest
@@ -22,37 +21,7 @@ from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.errors import ErrorCode, RequestError
-from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, next_event
-
-
-async def link(relay, old: HushwireClient, profile, name: str) -> HushwireClient:
-    """A new profile becomes a device of `old`'s account (`hushwire login --link`)."""
-    offer, _ = await old.offer_link()
-    joining = asyncio.create_task(
-        HushwireClient.login_link(
-            profile,
-            PASSPHRASE,
-            host="127.0.0.1",
-            port=relay.port,
-            code=offer.code.text(),
-            name=name,
-            fingerprint=relay.server.fingerprint,
-            kdf=FAST_KDF,
-            backoff=FAST_BACKOFF,
-        )
-    )
-    await old.accept_link(offer)
-    return await asyncio.wait_for(joining, 15)
-
-
-async def texts(client: HushwireClient, contact: str) -> list[tuple[str, str]]:
-    """(direction, text) of the conversation with `contact` as this device shows it."""
-    return [(h.direction, h.text) for h in await client.history(contact, 500)]
-
-
-async def sync(*clients: HushwireClient) -> None:
-    for c in clients:
-        await c.sync()
+from tests.e2e.helpers import FAST_BACKOFF, PASSPHRASE, link, next_event, sync, texts
 
 
 def in_order(shown: list[tuple[str, str]], expected: list[tuple[str, str]]) -> bool:
@@ -273,4 +242,43 @@ async def test_a_bundle_the_list_does_not_give_a_device_is_refused(relay, login,
         assert await texts(bob, "alice") == [] and await texts(phone, "alice") == []
     finally:
         store.fetch_bundle = real_fetch
+        await phone.close()
+
+
+async def test_an_account_whose_list_leaves_out_device_1_gets_exactly_its_devices(
+    relay, login, reopen, tmp_path
+):
+    alice = await login(relay, "alice")
+    bob = await login(relay, "bob")
+    phone = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    try:
+        await alice.send("bob", "to both")
+        await sync(bob, phone)
+        await alice.close()  # offline: its view of bob's list goes stale
+        await phone.unlink(1)  # bob retires his first machine
+        again = await reopen("alice")
+        await again.start()
+        # The stale view targets device 1; the relay's answer drops it, unseen.
+        result = await again.send("bob", "after device 1 left")
+        assert not result.queued
+        held = (await again._devices.held("bob"))[1]
+        assert [d.id for d in held.devices] == [2]
+        # The next send is sealed for the listed devices only from the start.
+        await again.send("bob", "and again")
+        await phone.sync()
+        shown = await texts(phone, "alice")
+        assert ("in", "after device 1 left") in shown and ("in", "and again") in shown
+        assert [h.status for h in await again.history("bob", 5)][-2:] == ["sent", "sent"]
+        await phone.send("alice", "from the phone")
+        await again.sync()
+        assert ("in", "from the phone") in await texts(again, "bob")
+        # Offline, the message waits; after the login it goes to the phone alone.
+        await again.close()
+        offline = await reopen("alice")
+        assert (await offline.send("bob", "written offline")).queued
+        await offline.start()
+        await offline.sync()
+        await phone.sync()
+        assert ("in", "written offline") in await texts(phone, "alice")
+    finally:
         await phone.close()

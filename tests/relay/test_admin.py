@@ -267,6 +267,70 @@ def test_every_user_command_works_on_a_postgresql_url(
     assert_one_line_error(err, "bob")
 
 
+def test_every_other_command_works_on_a_postgresql_url_or_refuses_clearly(
+    capsys: pytest.CaptureFixture[str], pg_url: str, tmp_path: Path
+) -> None:
+    assert run(capsys, "--db", pg_url, "migrate")[0] == 0
+    old = add(capsys, pg_url, "alice")  # type: ignore[arg-type]
+    code, out, _ = run(capsys, "--db", pg_url, "reset-token", "alice", "--json")
+    new = json.loads(out)["token"]
+    assert code == 0 and new != old
+    assert run(capsys, "--db", pg_url, "disable-user", "alice")[0] == 0
+    assert run(capsys, "--db", pg_url, "enable-user", "alice")[0] == 0
+
+    async def look() -> tuple[bool, bytes, bytes]:
+        async with await Store.open(pg_url, migrate=False) as s:
+            await s.add_device(
+                "alice", 2, 2, SignedDeviceList(b"b", b"s"), token_hash=b"h", salt=b"s", now=9
+            )
+            rec = await s.get_user("alice")
+            assert rec is not None
+            return rec.disabled, rec.token_hash, rec.token_salt
+
+    disabled, digest, salt = asyncio.run(look())
+    assert not disabled and verify_token(new, salt, digest)
+    code, out, _ = run(capsys, "--db", pg_url, "list-devices", "alice", "--json")
+    assert code == 0 and [d["device"] for d in json.loads(out)] == [1, 2]
+    code, out, _ = run(capsys, "--db", pg_url, "remove-device", "alice", "2")
+    assert code == 0 and "removed device 2" in out
+    code, out, _ = run(capsys, "--db", pg_url, "list-devices", "alice", "--json")
+    assert [d["device"] for d in json.loads(out)] == [1]
+    # A client CA has no "beside the db" on a server: it must be named.
+    certs = tmp_path / "certs"
+    code, _, err = run(capsys, "--db", pg_url, "issue-client-cert", "alice", "--out", str(certs))
+    assert code == 1
+    assert_one_line_error(err, "--ca-dir")
+    assert not certs.exists()
+    code, out, _ = run(
+        capsys,
+        "--db",
+        pg_url,
+        "issue-client-cert",
+        "alice",
+        "--out",
+        str(certs),
+        "--ca-dir",
+        str(tmp_path / "ca"),
+    )
+    assert code == 0 and (certs / "alice-cert.pem").exists()
+    assert (tmp_path / "ca" / tls.CA_CERT).exists()
+    # Nothing to find a relay by: stats says so, purge refuses and names the way.
+    code, out, _ = run(capsys, "--db", pg_url, "stats")
+    assert code == 0 and "not asked (--control SOCKET" in out
+    code, _, err = run(capsys, "--db", pg_url, "purge", "--older-than", "1")
+    assert code == 1
+    assert_one_line_error(err, "--control SOCKET")
+    code, _, err = run(
+        capsys, "--db", pg_url, "--control", str(tmp_path / "none.sock"), "stats", "--json"
+    )
+    assert code == 1
+    assert_one_line_error(err, "cannot reach the relay's control socket")
+    # copy-store only goes from a file to a URL.
+    code, _, err = run(capsys, "copy-store", "--from", str(tmp_path / "x.db"), "--to", "y.db")
+    assert code == 1
+    assert_one_line_error(err, "must be a postgresql:// URL")
+
+
 def test_stats(capsys: pytest.CaptureFixture[str], db: Path) -> None:
     add(capsys, db, "alice")
     add(capsys, db, "bob")

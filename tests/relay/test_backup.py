@@ -14,7 +14,7 @@ import pytest
 
 from hushwire.client.connection import ConnectionClosed
 from hushwire.common.errors import RequestError
-from hushwire.common.messages import Ack, Deliver, Send
+from hushwire.common.messages import Ack, Deliver, DeviceEnvelope, ListVersion, Send
 from hushwire.relay import control
 from hushwire.relay.backup import summary
 from tests.support import WAIT, add_users
@@ -86,12 +86,14 @@ async def test_backup_while_sending_is_a_consistent_snapshot(tmp_path, daemons):
     assert await relay.stop() == 0
 
 
-async def collect(conn, n: int) -> list[bytes]:
+async def collect(conn, n: int, payloads: list[bytes | None] | None = None) -> list[bytes]:
     got = []
     while len(got) < n:
         push = await asyncio.wait_for(conn.pushes.get(), WAIT)
         if isinstance(push, Deliver):
             got.append(push.body)
+            if payloads is not None:
+                payloads.append(push.payload)
             await conn.request(Ack, mids=(push.mid,))
     return got
 
@@ -101,9 +103,14 @@ async def test_restore_refuses_a_running_relay_then_brings_back_queued_envelopes
     tokens = await add_users(db, ("alice", "bob"))
     relay = await daemons(db)
     alice = await relay.login("alice", tokens["alice"])
-    queued = [b"queued-%d" % i for i in range(5)]
+    queued = [b"queued-%d" % i for i in range(4)]
     for body in queued:
         await alice.request(Send, to=("bob",), body=body)
+    # And a group send: its payload (table payloads) is in the backup too.
+    group = (DeviceEnvelope("bob", 1, b"queued-note"),)
+    views = (ListVersion("alice", 0), ListVersion("bob", 0))
+    await alice.send_devices(group, views, payload=b"group payload")
+    queued.append(b"queued-note")
     backup = tmp_path / "backup.db"
     rc, _, err = await admin(db, "backup", str(backup))
     assert rc == 0, err
@@ -130,7 +137,9 @@ async def test_restore_refuses_a_running_relay_then_brings_back_queued_envelopes
 
     relay = await daemons(db)
     bob = await relay.login("bob", tokens["bob"])
-    assert await collect(bob, 5) == queued
+    payloads: list[bytes | None] = []
+    assert await collect(bob, 5, payloads) == queued
+    assert payloads == [None] * 4 + [b"group payload"]
     await bob.close()
     assert await relay.stop() == 0
 
@@ -204,7 +213,9 @@ async def test_purge_goes_through_the_running_relay(tmp_path, daemons):
     assert rc == 0, err
     assert out.startswith("purged 0 envelope(s)") and "by the running relay" in out
     # What the command sends, with a cutoff after every envelope (the CLI's is now - DAYS).
-    answer = await asyncio.to_thread(control.ask, db, {"op": "purge", "older_than": 2**40})
+    answer = await asyncio.to_thread(
+        control.ask, control.control_path(db), {"op": "purge", "older_than": 2**40}
+    )
     assert answer["purged"] == 2
     assert summary(db).queued == 0
     await relay.wait_log("purged 2 envelope")

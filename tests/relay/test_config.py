@@ -80,3 +80,23 @@ def test_store_is_a_postgresql_url_from_flag_or_file(tmp_path):
     for bad in ("users.db", "sqlite:///users.db", "mysql://db/hushwire"):
         with pytest.raises(ConfigError, match="postgresql://"):
             from_args(["--store", bad])
+
+
+def test_control_socket_from_flag_or_file_relative_to_the_file(tmp_path):
+    assert from_args(["--db", "/srv/r/users.db"]).control_path == Path("/srv/r/users.db.control")
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text('control_socket = "run/relay-a.control"\n')
+    assert from_args(["--config", str(cfg)]).control_path == tmp_path / "run/relay-a.control"
+    flag = from_args(["--config", str(cfg), "--control-socket", "/run/b.control"])
+    assert flag.control_path == Path("/run/b.control")
+
+
+def test_a_bus_needs_a_postgresql_store(tmp_path):
+    conf = tmp_path / "relay.toml"
+    conf.write_text('store = "postgresql://hw@db/hw"\nbus = "redis://127.0.0.1:6379/0"\n')
+    cfg = from_args(["--config", str(conf)])
+    assert cfg.bus == "redis://127.0.0.1:6379/0" and cfg.store == "postgresql://hw@db/hw"
+    with pytest.raises(ConfigError, match="bus needs a PostgreSQL store"):
+        from_args(["--bus", "redis://127.0.0.1:6379/0"])
+    with pytest.raises(ConfigError, match="bus must be a redis://"):
+        from_args(["--store", "postgresql://hw@db/hw", "--bus", "http://x"])

@@ -111,6 +111,23 @@ def test_a_stale_view_names_exactly_the_accounts_it_got_wrong(envs, views, wrong
     assert [a.account for a in mismatched("alice", 1, envs, claimed, CURRENT)] == wrong
 
 
+def test_a_partial_send_targets_some_current_devices_at_current_versions():
+    """A session reset goes to one device: allowed with `partial`, never to a device the
+    account does not have, to the sender itself, or under a stale version."""
+    views = [ListVersion("bob", 3), ListVersion("alice", 2)]
+    one = [_env("bob", 4)]
+    claimed = send_accounts("alice", one, views)
+    assert [a.account for a in mismatched("alice", 1, one, claimed, CURRENT)] == ["bob", "alice"]
+    assert mismatched("alice", 1, one, claimed, CURRENT, partial=True) == []
+    for envs, stale in (
+        ([_env("bob", 5)], views),  # not a device of bob
+        ([_env("alice", 1)], views),  # the sending device itself
+        (one, [ListVersion("bob", 2), ListVersion("alice", 2)]),  # stale version
+    ):
+        claimed = send_accounts("alice", envs, stale)
+        assert mismatched("alice", 1, envs, claimed, CURRENT, partial=True) != []
+
+
 @pytest.mark.parametrize(
     ("envs", "views"),
     [

@@ -244,6 +244,32 @@ async def test_a_second_login_with_new_keys_is_refused_and_says_how_to_link(rela
     assert "hushwire link" in err.message and "--link" in err.message
 
 
+async def test_a_login_naming_another_identity_is_refused_without_touching_the_live_device(
+    relay,
+):
+    """A copied token with a new profile: refused at login (it names its identity), so
+    device 1's live session is not replaced and keeps receiving."""
+    alice1, _ = await first_device(relay, "alice")
+    again = await relay.connect()
+    newcomer = IdentityKeyPair.generate(X25519)
+    err = await expect_error(
+        ErrorCode.ACCOUNT_HAS_DEVICES,
+        again.handshake("alice", relay.tokens["alice"], sign_key=newcomer.sign_key, versions=(1,)),
+    )
+    assert "hushwire link" in err.message
+    assert not alice1.conn.is_closed
+    bob = await relay.login("bob")
+    await bob.request(Send, to=("alice",), body=b"still here")
+    assert (await next_push(alice1.conn, Deliver)).body == b"still here"
+    # Its own identity logs in (and, as before, replaces the older connection).
+    same = await relay.connect()
+    await same.handshake(
+        "alice", relay.tokens["alice"], sign_key=alice1.identity.sign_key, versions=(1,)
+    )
+    await asyncio.wait_for(alice1.conn.wait_closed(), WAIT)
+    assert alice1.conn.closed_reason.code == ErrorCode.SESSION_REPLACED
+
+
 async def test_unlinking_revokes_the_credential_and_the_mailbox(relay):
     alice1, v1 = await first_device(relay, "alice")
     alice2, v2 = await link(relay, alice1, v1)

@@ -8,6 +8,7 @@ import pytest
 
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.relay.store import QuotaLimits, Store
+from tests.relay.test_store import one_relay_only
 from tests.relay.test_store_devices import _signed_lists
 
 
@@ -16,6 +17,7 @@ async def _counts(store: Store) -> tuple[int, int, int]:
     return s["queued"], s["payloads"], s["payload_bytes"]
 
 
+@one_relay_only
 async def test_rows_acked_before_the_commit_are_not_counted_as_references(store_target):
     async with await Store.open(store_target) as store:
         for name in ("alice", "bob", "carol", "dave"):

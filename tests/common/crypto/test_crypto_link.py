@@ -72,6 +72,21 @@ def test_the_code_text_round_trips_and_forgives_case_and_spacing(group):
             LinkCode.parse(bad)
 
 
+def test_the_code_carries_the_relay_certificate_pin(group):
+    pin = bytes(range(32))
+    code = LinkOffer(group, now=T0, ttl=TTL, pin=pin).code
+    parsed = LinkCode.parse(code.text())
+    assert parsed == code and parsed.pin == pin
+    assert parsed.fingerprint() == ":".join(f"{b:02X}" for b in pin)
+    # A code without a pin (an older client's) still reads, and says it has none.
+    bare = LinkCode.parse(LinkCode(code.channel, code.secret).text())
+    assert (bare.pin, bare.fingerprint()) == (None, None)
+    # Anything between the two lengths, or a pin cut short, is a typo.
+    for cut in (4, 8, 20):
+        with pytest.raises(LinkError):
+            LinkCode.parse(code.text()[:-cut])
+
+
 def test_the_channel_commits_to_the_ephemeral_key(group):
     offer = LinkOffer(group, now=T0, ttl=TTL)
     assert offer.code.channel == channel_of(group, offer.ephemeral)

@@ -1,0 +1,234 @@
+"""The bus between relays over Redis pub/sub (redis-py's asyncio client).
+
+Every relay publishes on one channel and subscribes to it. A message is a msgpack map:
+`o` the sending relay's random id, `n` its number (1, 2, ... per sending relay), `k` the
+kind, then the kind's fields. Each relay applies its own messages locally first
+(`LocalBus`), then publishes them; it ignores its own when they come back.
+
+Pub/sub delivers at most once: a relay disconnected from Redis misses what was said
+meanwhile. So the database stays the truth and the bus only wakes: after every
+(re)subscription, and whenever another relay's numbers skip one (a message it could not
+publish, or one this relay missed), every connected device re-reads its mailbox.
+Publishing never blocks a request: messages queue and one task sends them; while Redis
+is down they are dropped (and counted), which the receivers see as a gap once it is back.
+
+Shared rate limits: failed logins per (user, address prefix) count in a Redis key
+(INCR, EXPIRE) that every relay reads before checking a token, so guesses spread over
+the relays get one budget. Logins claim their device with INCR on a per-device key: the
+highest claim wins, on whichever relay, and the other relay closes its session with
+`session_replaced`.
+Presence: each relay announces accounts coming and going, plus the whole list every
+HEARTBEAT seconds; a relay not heard for PRESENCE_TTL counts as gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from hushwire.common.codec import decode_from_relay
+from hushwire.common.errors import ErrorCode, HushwireError
+from hushwire.common.messages import Push
+from hushwire.relay.bus import LocalBus, RelayEvents
+
+log = logging.getLogger("hushwire.relay.bus")
+
+CHANNEL = "hushwire:bus"
+CLAIM_KEY = "hushwire:claim:"
+COUNTER_KEY = "hushwire:count:"  # shared rate-limit counters (INCR, EXPIRE)
+HEARTBEAT = 5.0
+RECONNECT_MIN = 0.1  # seconds before the first retry; doubles up to RECONNECT_MAX
+RECONNECT_MAX = 2.0
+PUBLISH_QUEUE = 100_000  # messages waiting while Redis is slow; beyond, dropped (a gap)
+_ERRORS = (RedisError, OSError)
+
+
+class RedisBus(LocalBus):
+    """`LocalBus` that also tells the other relays, through Redis."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.origin = secrets.token_hex(8)
+        self._redis = redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._sent = 0  # numbers this relay's messages
+        self._seen: dict[str, int] = {}  # origin -> newest number received
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(PUBLISH_QUEUE)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed = asyncio.Event()
+        self.dropped = 0  # messages that could not be published
+        self.resyncs = 0  # times every connected device re-read its mailbox
+
+    async def start(self, events: RelayEvents) -> None:
+        """Subscribe (waiting up to a few seconds for Redis), then serve in the
+        background: a relay whose Redis is down at start still starts, and catches up
+        once it is back."""
+        await super().start(events)
+        for coro in (self._listen(), self._publish(), self._heartbeat()):
+            self._tasks.append(asyncio.create_task(coro, name="hushwire-bus"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), 5.0)
+        if not self._subscribed.is_set():
+            log.warning("the bus at %s is unreachable; retrying in the background", self.url)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._redis.aclose()
+        await super().close()
+
+    # --- what the relay says ----------------------------------------------------------
+
+    def envelopes(self, principals: Sequence[str]) -> None:
+        super().envelopes(principals)
+        self._say("w", p=list(principals))
+
+    def push(
+        self, message: Push, *, principals: Sequence[str] = (), accounts: Sequence[str] = ()
+    ) -> None:
+        super().push(message, principals=principals, accounts=accounts)
+        self._say("m", m=message.to_wire(), p=list(principals), a=list(accounts))
+
+    def kick(self, principals: Sequence[str], code: ErrorCode, reason: str) -> None:
+        super().kick(principals, code, reason)
+        self._say("x", p=list(principals), c=code.value, r=reason)
+
+    async def claim(self, principal: str) -> bool:
+        try:
+            claim = int(await self._redis.incr(CLAIM_KEY + principal))
+        except _ERRORS as exc:
+            # Without Redis, a login elsewhere cannot be told: this one goes ahead.
+            log.warning("login claim not recorded (the bus is down): %s", exc)
+            return True
+        self._say("c", p=principal, n=claim)
+        return self._events.mine(principal, claim)
+
+    def presence(self, account: str, *, online: bool) -> None:
+        self._say("o", a=[account], on=online)
+
+    async def spend(self, key: str, window: float) -> None:
+        key = COUNTER_KEY + key
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, max(1, math.ceil(window)), nx=True)
+                await pipe.execute()
+        except _ERRORS as exc:
+            log.warning("a shared counter was not updated (the bus is down): %s", exc)
+
+    async def spent(self, key: str) -> tuple[int, float]:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(COUNTER_KEY + key)
+                pipe.pttl(COUNTER_KEY + key)
+                count, ttl = await pipe.execute()
+        except _ERRORS as exc:
+            # Redis down: each relay's own limiter still holds (the budget is per relay).
+            log.warning("a shared counter could not be read (the bus is down): %s", exc)
+            return 0, 0.0
+        return int(count or 0), max(0.0, int(ttl) / 1000)
+
+    def _say(self, kind: str, **fields: Any) -> None:
+        self._sent += 1
+        data = msgpack.packb({"o": self.origin, "n": self._sent, "k": kind, **fields})
+        try:
+            self._queue.put_nowait(data)
+        except asyncio.QueueFull:
+            self.dropped += 1  # the others see a gap in our numbers and re-read
+
+    async def _publish(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while not self._queue.empty() and len(batch) < 512:
+                batch.append(self._queue.get_nowait())
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for data in batch:
+                        pipe.publish(CHANNEL, data)
+                    await pipe.execute()
+            except _ERRORS as exc:
+                self.dropped += len(batch)
+                log.warning("the bus dropped %d message(s): %s", len(batch), exc)
+
+    # --- what the others say ----------------------------------------------------------
+
+    async def _listen(self) -> None:
+        delay = RECONNECT_MIN
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANNEL)
+                first = not self._subscribed.is_set()
+                self._subscribed.set()
+                delay = RECONNECT_MIN
+                if not first:
+                    log.info("the bus is back; re-reading every connected device's mailbox")
+                    self._seen.clear()
+                    self._resync()
+                async for raw in pubsub.listen():
+                    if raw.get("type") == "message":
+                        self._received(raw["data"])
+            except _ERRORS as exc:
+                log.warning("the bus at %s failed (%s); reconnecting", self.url, exc)
+            finally:
+                with contextlib.suppress(*_ERRORS):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    def _resync(self) -> None:
+        self.resyncs += 1
+        self._events.resync()
+
+    def _received(self, data: bytes) -> None:
+        try:
+            msg = msgpack.unpackb(data)
+            origin, number, kind = msg["o"], msg["n"], msg["k"]
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            log.warning("ignoring a malformed bus message")
+            return
+        if origin == self.origin:
+            return
+        last = self._seen.get(origin)
+        self._seen[origin] = number
+        if last is not None and number != last + 1:
+            log.info("bus messages from %s were lost; re-reading mailboxes", origin)
+            self._resync()
+        try:
+            self._apply(origin, kind, msg)
+        except (HushwireError, KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring a bus message of kind %r: %s", kind, exc)
+
+    def _apply(self, origin: str, kind: str, msg: dict[str, Any]) -> None:
+        events = self._events
+        if kind == "w":
+            events.woken(msg["p"])
+        elif kind == "m":
+            message = decode_from_relay(msg["m"], {})
+            if isinstance(message, Push):
+                events.pushed(message, msg["p"], msg["a"])
+        elif kind == "x":
+            events.kicked(msg["p"], ErrorCode(msg["c"]), str(msg["r"]))
+        elif kind == "c":
+            events.claimed(str(msg["p"]), int(msg["n"]))
+        elif kind == "o":
+            events.presence(origin, msg["a"], online=msg["on"])
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            self._say("o", a=self._events.local_accounts(), on=None)
+            self._events.expire()
