@@ -111,9 +111,14 @@ class Inbox:
         outcome = await finish_before_cancel(self._apply(push))
         if not isinstance(push, wire.Deliver) or outcome is None:
             return
-        # Stored (or deliberately dropped) first, acked second (protocol.md "ack").
+        # Stored (or deliberately dropped) first, acked second (protocol.md "ack"); from
+        # version 2 without waiting for a reply (a failed ack closes the connection, and
+        # the relay pushes the envelope again after the next login).
         with contextlib.suppress(ConnectionClosed, RequestError):
-            await conn.request(wire.Ack, mids=(push.mid,))
+            if conn.hello is not None and conn.hello.version >= 2:
+                conn.notify(wire.Ack(id=None, mids=(push.mid,)))
+            else:
+                await conn.request(wire.Ack, mids=(push.mid,))
         if (
             isinstance(outcome, Received | SessionReset | SentCopy | GroupContent)
             and outcome.used_one_time_prekey
