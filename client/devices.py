@@ -13,7 +13,7 @@ signed by the identity pinned for bob, and refused otherwise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hushwire.client.connection import RelayConnection
@@ -127,6 +127,16 @@ class DeviceLists:
             self._notify(f"{account} linked a new device: {d.id} ({d.name})")
         for d in changes.removed if had else ():
             self._notify(f"{account} unlinked device {d.id} ({d.name})")
+
+    async def on_mismatch(self, lists: Iterable[SignedDeviceList]) -> None:
+        """The lists of a `mismatched_devices` answer, each checked like any list (the
+        relay cannot use the answer to slip in a device)."""
+        for signed in lists:
+            try:
+                account = DeviceList.decode(signed.body).account
+            except CryptoError:
+                continue  # not even a list: nothing to check it against
+            await self.on_changed(account, signed)
 
     async def refresh(
         self, conn: RelayConnection
