@@ -50,6 +50,7 @@ from hushwire.common.chat_groups import (
 from hushwire.common.chat_transcript import MAX_TEXT_BYTES, compose, new_transcript
 from hushwire.common.crypto.group_payload import seal_group_payload
 from hushwire.common.errors import CryptoError, RequestError
+from hushwire.common.messages import FEATURE_GROUP_PAYLOAD
 from hushwire.common.names import check_username
 
 HISTORY_DEFAULT: Final = 200
@@ -280,6 +281,11 @@ class Groups:
         if size > MAX_TEXT_BYTES:
             raise MessageTooLong(size, MAX_TEXT_BYTES)
         conn = self._conn_of()
+        if not conn.supports(FEATURE_GROUP_PAYLOAD):
+            raise GroupCommandError(
+                "this relay cannot carry group messages (it predates them): "
+                "ask its operator to upgrade hushwire-relay"
+            )
         fetch = fetcher(conn)
         for member in log.current.members:
             await pin_member(self._sessions, member, fetch)

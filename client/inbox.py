@@ -115,7 +115,7 @@ class Inbox:
         # version 2 without waiting for a reply (a failed ack closes the connection, and
         # the relay pushes the envelope again after the next login).
         with contextlib.suppress(ConnectionClosed, RequestError):
-            if conn.hello is not None and conn.hello.version >= 2:
+            if conn.supports(wire.FEATURE_ACK_NO_REPLY):
                 conn.notify(wire.Ack(id=None, mids=(push.mid,)))
             else:
                 await conn.request(wire.Ack, mids=(push.mid,))

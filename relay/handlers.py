@@ -26,6 +26,7 @@ from hushwire.common.keys import (
     SignedPrekey,
 )
 from hushwire.common.messages import (
+    RELAY_FEATURES,
     SUPPORTED_VERSIONS,
     Ack,
     AckOk,
@@ -221,6 +222,7 @@ class Relay:
             group_params=self.group.params_pem,
             max_frame=self.config.max_frame,
             idle_timeout=self.config.idle_timeout,
+            features=RELAY_FEATURES if peer.version >= 2 else (),
         )
 
     def check_login_rate(self, peer: Peer, user: str, now: float) -> tuple[str, str]:
