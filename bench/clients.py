@@ -165,9 +165,11 @@ def body_for(seq: int, size: int) -> bytes:
 class HushwireClient(Client):
     """hello + login, then pre-built `send` frames; acks every delivery (one ack per read).
 
-    With `devices`, every message is a `send_devices` with one envelope for the
-    recipient's device 1, naming both accounts' list versions (0: none published), as
-    real clients send (docs/protocol.md, "Devices")."""
+    With `devices`, it speaks as real clients do (protocol version 2, docs/protocol.md
+    "Devices"): every message is a `send_devices` with one envelope for the recipient's
+    device 1, naming both accounts' list versions (0: none published), and acks carry a
+    nil `id` (no reply) unless `quiet_acks` is False (what clients did before that, and
+    all a relay from before it understands)."""
 
     def __init__(
         self,
@@ -178,12 +180,14 @@ class HushwireClient(Client):
         names: list[str],
         *,
         devices: bool = False,
+        quiet_acks: bool | None = None,
     ) -> None:
         super().__init__(stats, index)
         self.user = user
         self.token = token
         self.names = names
         self.devices = devices
+        self.quiet_acks = devices if quiet_acks is None else quiet_acks
         self.ack_ids = ACK_ID_BASE
 
     @staticmethod
@@ -192,7 +196,8 @@ class HushwireClient(Client):
         return U32.pack(len(payload)) + payload
 
     def start(self) -> None:
-        self.write(self.frame({"t": "hello", "id": 1, "versions": [1], "client": "bench"}))
+        versions = [2] if self.devices else [1]
+        self.write(self.frame({"t": "hello", "id": 1, "versions": versions, "client": "bench"}))
 
     def send_msg(self, dest: int, seq: int, size: int) -> None:
         to, body = self.names[dest], body_for(seq, size)
@@ -247,8 +252,11 @@ class HushwireClient(Client):
                     st.errors += 1
         self.buf = buf[pos:]
         if mids:
-            self.ack_ids += 1
-            self.write(self.frame({"t": "ack", "id": self.ack_ids, "mids": mids}))
+            if self.quiet_acks:  # as real clients ack since protocol version 2: no reply
+                self.write(self.frame({"t": "ack", "id": None, "mids": mids}))
+            else:
+                self.ack_ids += 1
+                self.write(self.frame({"t": "ack", "id": self.ack_ids, "mids": mids}))
 
 
 # --- MQTT 3.1.1 ------------------------------------------------------------------------

@@ -11,6 +11,8 @@ versions compare in seconds, with far less noise than bench/run.py.
     .venv/bin/python bench/hotpath.py                 # 200 users, 100k messages
     .venv/bin/python bench/hotpath.py --profile       # and where the time goes
     .venv/bin/python bench/hotpath.py --devices       # send_devices, as real clients send
+    PYTHONPATH=<links to an older checkout> .venv/bin/python bench/hotpath.py --devices \
+        --acks-with-ids                               # the same against a relay from before
     .venv/bin/python bench/hotpath.py --store postgresql://...   # an empty database
 
 With --store the Store runs on PostgreSQL: the figure then includes asyncpg's work in
@@ -93,7 +95,12 @@ class ClientClock:
 
 
 async def run(
-    users: int, messages: int, profile: bool, store_url: str | None, devices: bool
+    users: int,
+    messages: int,
+    profile: bool,
+    store_url: str | None,
+    devices: bool,
+    quiet_acks: bool,
 ) -> None:
     work = Path(tempfile.mkdtemp(prefix="hushwire-hotpath-"))
     token = await make_db(store_url or work / "relay.db", users)
@@ -107,7 +114,9 @@ async def run(
     clients: list[HushwireClient] = []
     flushes = FlushQueue(asyncio.get_running_loop())
     for i in range(users):
-        client = HushwireClient(stats, i, names[i], token, names, devices=devices)
+        client = HushwireClient(
+            stats, i, names[i], token, names, devices=devices, quiet_acks=devices and quiet_acks
+        )
         conn = Connection(relay, flushes=flushes, admit=lambda c: True, on_finished=lambda c: None)
         client._flush = clock.wrap(client._flush)  # type: ignore[method-assign]
         conn.connection_made(Pipe(clock.wrap(client.data_received)))
@@ -171,10 +180,24 @@ def main() -> None:
     p.add_argument(
         "--devices", action="store_true", help="send with send_devices, as real clients do"
     )
+    p.add_argument(
+        "--acks-with-ids",
+        action="store_true",
+        help="with --devices: ack with ids, each answered (a relay from before quiet acks)",
+    )
     args = p.parse_args()
     import uvloop
 
-    uvloop.run(run(args.users, args.messages, args.profile, args.store, args.devices))
+    uvloop.run(
+        run(
+            args.users,
+            args.messages,
+            args.profile,
+            args.store,
+            args.devices,
+            not args.acks_with_ids,
+        )
+    )
 
 
 if __name__ == "__main__":

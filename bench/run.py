@@ -430,6 +430,12 @@ async def main_async(args: argparse.Namespace) -> None:
     def hushwire_devices(stats: Stats, index: int, **kw: Any) -> Client:
         return HushwireClient(stats, index, names[index], token, names, devices=True)
 
+    def baseline_devices(stats: Stats, index: int, **kw: Any) -> Client:
+        # A relay from before acks without a reply: the client then waited for each one.
+        return HushwireClient(
+            stats, index, names[index], token, names, devices=True, quiet_acks=False
+        )
+
     def mqtt(qos: int) -> Callable[..., Client]:
         return lambda stats, index, **kw: MqttClient(stats, index, qos, **kw)
 
@@ -452,7 +458,7 @@ async def main_async(args: argparse.Namespace) -> None:
         base = servers.hushwire(work, SERVER_CORE, tuple(args.relay_flag), args.baseline)
         started.append(base.start())
         systems.append(System("hushwire-baseline", base, 2, hushwire_client))
-        systems.append(System("hushwire-baseline-devices", base, 2, hushwire_devices))
+        systems.append(System("hushwire-baseline-devices", base, 2, baseline_devices))
     systems += [
         System("mosquitto-qos1", mq, 2, mqtt(1)),
         System("mosquitto-qos0", mq, 1, mqtt(0), stores=False),

@@ -315,13 +315,23 @@ def tls_material(workdir: Path) -> tuple[Path, Path, str]:
 def hushwire(
     workdir: Path, core: int, extra: tuple[str, ...] = (), checkout: Path | None = None
 ) -> Server:
-    """This checkout's relay, or with `checkout` another one's (`python -m` runs it from
-    its cwd) on its own copy of the db, to compare two versions interleaved."""
+    """This checkout's relay, or with `checkout` another one's on its own copy of the db,
+    to compare two versions interleaved. The installed `hushwire` package is this
+    checkout (editable), so the other one is put first on PYTHONPATH as a `hushwire`
+    directory of links to its top-level folders."""
+    env = None
     if checkout is None:
         name, db, cwd = "hushwire", workdir / "relay.db", ROOT
     else:
         name, db, cwd = "hushwire-baseline", workdir / "baseline.db", checkout
         shutil.copyfile(workdir / "relay.db", db)
+        package = workdir / "baseline-path" / "hushwire"
+        package.mkdir(parents=True, exist_ok=True)
+        for part in ("relay", "client", "common", "migrations"):
+            link = package / part
+            if not link.exists():
+                link.symlink_to(Path(checkout).resolve() / part)
+        env = {**os.environ, "PYTHONPATH": str(package.parent)}
     argv = [
         sys.executable,
         "-m",
@@ -333,7 +343,7 @@ def hushwire(
         *RELAY_FLAGS,
         *extra,
     ]
-    return Server(name, argv, workdir / f"{name}.log", core, cwd=cwd)
+    return Server(name, argv, workdir / f"{name}.log", core, cwd=cwd, env=env)
 
 
 def floor(workdir: Path, core: int, *, acks: bool = False) -> Server:

@@ -31,6 +31,9 @@ from hushwire.client.errors import (
 )
 from hushwire.client.service import (
     ConnectionState,
+    GroupLineItem,
+    GroupMessageReceived,
+    GroupNotice,
     HistoryItem,
     HushwireClient,
     KeyChanged,
@@ -371,6 +374,12 @@ async def cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
     client = await _open_started(args)
     try:
         args.progress = SENDING
+        if args.name.startswith("#"):
+            await client.sync()  # changes queued for us first: send under the current state
+            await client.groups.send(args.name, text)
+            args.progress = SENT
+            _drain_warnings(client, err)
+            return EXIT_OK
         result = await client.send(args.name, text, queue_if_offline=False)
         args.progress = SENT if not result.queued else QUEUED
         _drain_warnings(client, err)
@@ -388,17 +397,28 @@ SENT = "interrupted after the relay confirmed the message: it was sent"
 QUEUED = "interrupted: the message is kept and sent by a later hushwire command"
 
 
+# What `recv` prints on stdout (everything else is a warning on stderr).
+SHOWN = (MessageReceived, GroupMessageReceived, GroupNotice)
+GroupItem = GroupLineItem | GroupMessageReceived | GroupNotice
+
+
 async def cmd_recv(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     client = await _open_started(args)
     shown: set[str] = set()
 
-    async def show(item: HistoryItem | MessageReceived) -> None:
+    from hushwire.client.cli_groups import format_group_item  # it imports this module
+
+    async def show(item: HistoryItem | MessageReceived | GroupItem) -> None:
         if item.uid in shown:
             return
         shown.add(item.uid)
-        print(_format_message(item, args.json), file=out, flush=True)
         # Marked read only after it was printed: a crash before that shows it again.
-        await client.mark_read(uids=(item.uid,))
+        if isinstance(item, HistoryItem | MessageReceived):
+            print(_format_message(item, args.json), file=out, flush=True)
+            await client.mark_read(uids=(item.uid,))
+        else:
+            print(format_group_item(item, args.json), file=out, flush=True)
+            await client.groups.mark_read(uids=(item.uid,))
 
     async def consume(until: Callable[[], bool], deadline: float | None) -> None:
         while not until():
@@ -409,7 +429,7 @@ async def cmd_recv(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
                 event = await asyncio.wait_for(client.events.get(), timeout)
             except TimeoutError:
                 return
-            if isinstance(event, MessageReceived):
+            if isinstance(event, SHOWN):
                 await show(event)
             else:
                 _report_event(event, err)
@@ -418,13 +438,15 @@ async def cmd_recv(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
     try:
         for item in await client.unread():
             await show(item)
+        for line in await client.groups.unread():
+            await show(line)
         syncing = asyncio.create_task(client.sync())
         while not syncing.done():
             waiter = asyncio.create_task(client.events.get())
             done, _ = await asyncio.wait({syncing, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if waiter in done:
                 event = waiter.result()
-                if isinstance(event, MessageReceived):
+                if isinstance(event, SHOWN):
                     await show(event)
                 else:
                     _report_event(event, err)
@@ -695,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
         "send one message",
         "Encrypt and send one message; returns once the relay has stored it. The message "
         "is the remaining arguments joined by spaces, or stdin when none are given. "
+        "NAME '#GROUP' sends to every member of a group (see `hushwire group`). "
         "Exit status 3 if the contact's identity key changed (the message is held).",
     )
     p.add_argument("name", metavar="NAME")
@@ -707,7 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Print every queued message, wait up to --wait seconds for more, then exit. One "
         "line per message: sender, time (UTC), text (control characters neutralised, "
         "newlines shown as \\n). With --json, one JSON object per line with sender, id "
-        "(hex envelope id), sent_at (ISO 8601 UTC) and text. Messages are acknowledged "
+        "(hex envelope id), sent_at (ISO 8601 UTC) and text. Group messages start with "
+        "#GROUP (JSON: group, gid, sender, device, id, sent_at, text); group notices "
+        "(membership changes, missed messages, forks) are lines `#GROUP * TEXT` (JSON: "
+        "group, gid, notice, sent_at). Messages are acknowledged "
         "to the relay only after they are stored in the profile. Warnings (changed keys, "
         "rejected messages) go to stderr.",
     )
@@ -781,6 +807,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("device", type=int, metavar="ID", help="the device id (hushwire devices)")
     p.set_defaults(func=cmd_unlink)
+
+    from hushwire.client.cli_groups import add_group_parser  # it imports this module
+
+    add_group_parser(add, common)
 
     p = add(
         "chat",

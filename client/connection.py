@@ -203,6 +203,11 @@ class RelayConnection:
         self.state = advance(self.state, req)
         return reply
 
+    def notify(self, req: Request) -> None:
+        """Send a request that wants no reply (an `ack` with a nil `id`, protocol v2)."""
+        check(self.state, req, remote=False)
+        self._send(req)
+
     async def send_devices(
         self,
         envelopes: Sequence[DeviceEnvelope],

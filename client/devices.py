@@ -13,7 +13,7 @@ signed by the identity pinned for bob, and refused otherwise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from hushwire.client.connection import RelayConnection
@@ -133,18 +133,18 @@ class DeviceLists:
     async def first_contact(
         self, conn: RelayConnection, sessions: SessionManager, account: str
     ) -> Callable[..., Awaitable[PrekeyBundle]]:
-        """The bundle fetcher for talking to `account`. A contact never seen whose account
-        has a signed list is pinned from it first (`SessionManager.pin_listed`), and the
-        fetcher then answers the bundle that pinned it without fetching it again; a list
-        that does not verify under that bundle's identity is shown and refused (BadBundle:
-        nothing pinned, nothing sent). An account without a list is left unpinned here:
-        `prepare_send` pins its device 1's bundle, as before devices."""
+        """The bundle fetcher for talking to `account`, pinning a contact never seen first
+        (trust on first use): from its signed list (`SessionManager.pin_listed`), or from
+        its device 1's bundle if it has none (`SessionManager.pin`). The fetcher then
+        answers the bundle that pinned it without fetching it again. A list that does not
+        verify under that bundle's identity is shown and refused (BadBundle: nothing
+        pinned, nothing sent)."""
         fetch = fetcher(conn)
         if account == self._user or await self._store.get_contact(account) is not None:
             return fetch
         reply = await conn.request(wire.FetchDevices, user=account)
         if reply.device_list is None:
-            return fetch
+            return fetcher(conn, (account, 1, await sessions.pin(account, fetch)))
         try:
             device, bundle = await sessions.pin_listed(account, reply.device_list, fetch)
         except CryptoError as exc:
@@ -156,6 +156,16 @@ class DeviceLists:
                 f"served for {account} ({exc.message}); nothing was sent"
             ) from None
         return fetcher(conn, (account, device, bundle))
+
+    async def on_mismatch(self, lists: Iterable[SignedDeviceList]) -> None:
+        """The lists of a `mismatched_devices` answer, each checked like any list (the
+        relay cannot use the answer to slip in a device)."""
+        for signed in lists:
+            try:
+                account = DeviceList.decode(signed.body).account
+            except CryptoError:
+                continue  # not even a list: nothing to check it against
+            await self.on_changed(account, signed)
 
     async def refresh(
         self, conn: RelayConnection

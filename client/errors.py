@@ -132,3 +132,16 @@ class BadBundle(ClientError):
 
     code = ErrorCode.CRYPTO
     kind = "bad_bundle"
+
+
+class UnknownGroup(ClientError):
+    """No group of that name here (or several: then the id tells them apart)."""
+
+    kind = "unknown_group"
+
+
+class GroupCommandError(ClientError):
+    """A group command this profile cannot carry out (not an admin, too many members,
+    a bad name, not a member any more); nothing was changed or sent."""
+
+    kind = "group_command"

@@ -111,6 +111,34 @@ class Notice:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class GroupMessageReceived:
+    """A group message that passed every check and is stored (client/groups.py). `own`:
+    another device of our account sent it. Display `text`, `group` via safe_for_terminal."""
+
+    group: str  # the group's current name (names may repeat: `gid` identifies it)
+    gid: str  # hex group id
+    sender: str
+    device: int
+    sent_at: datetime  # the sender's clock, UTC
+    text: str
+    uid: str  # the group history row
+    own: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupNotice:
+    """Something that happened in a group, stored in its history as an event line:
+    a membership change ("alice added carol", "you were removed"), "you may have missed
+    N messages from X", a fork, a change or message that was refused."""
+
+    group: str
+    gid: str
+    text: str  # made of names and group names from peers: display via safe_for_terminal
+    uid: str  # the group history row
+    sent_at: datetime  # when what it reports was sent (the sender's clock), UTC
+
+
 ClientEvent = (
     MessageReceived
     | SentElsewhere
@@ -123,6 +151,8 @@ ClientEvent = (
     | MessagesReleased
     | MessageSent
     | Notice
+    | GroupMessageReceived
+    | GroupNotice
 )
 
 
@@ -155,6 +185,35 @@ class HistoryItem:
     sent_at: datetime
     status: str  # in: received/read; out: queued/held/pending/sent/failed
     envelope_id: str  # hex ("" for an outgoing message not yet encrypted)
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A group as this device holds it (`hushwire group info`)."""
+
+    name: str
+    gid: str  # hex
+    epoch: int
+    members: tuple[str, ...]
+    admins: tuple[str, ...]
+    devices: dict[str, tuple[int, ...]]  # per member, the devices a message goes to
+    active: bool  # False once we left or were removed (the history stays readable)
+    unread: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLineItem:
+    """One line of a group conversation (`kind` in / out / event), oldest first."""
+
+    group: str
+    gid: str
+    kind: str
+    sender: str  # "" for an event line
+    device: int
+    text: str  # raw: display via safe_for_terminal
+    sent_at: datetime
+    status: str  # in/event: received/read; out: pending/sent/failed
     uid: str
 
 

@@ -3,12 +3,12 @@
 All relays of one deployment present one certificate or certificates of one CA, so the
 same TLS settings hold for each. What fails over is what says nothing about who is at
 the other end: a refused or timed-out connect, a TLS handshake that breaks, a connection
-closed before login completes, and a relay that answers it cannot serve now (`internal`,
-e.g. its database link is down, or `shutting_down`). A certificate that is not the
-pinned one (or that the CA does not validate) is CertificateMismatch and stops the
-search: it may be an attacker, and trying the next address would hide that. A relay's
-refusal (wrong token, disabled account, rate limit) is the deployment's answer and
-stops it too.
+closed before login completes, and a relay that answers it cannot serve now
+(`unavailable` or `internal`: its database is unreachable; `shutting_down`). A
+certificate that is not the pinned one (or that the CA does not validate) is
+CertificateMismatch and stops the search: it may be an attacker, and trying the next
+address would hide that. A relay's refusal (wrong token, disabled account, rate limit)
+is the deployment's answer and stops it too.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from hushwire.common.errors import ErrorCode, RequestError
 log = logging.getLogger("hushwire.client")
 
 T = TypeVar("T")
-# Refusals that are about that relay, not about us: another relay may serve.
-UNAVAILABLE = frozenset({ErrorCode.INTERNAL, ErrorCode.SHUTTING_DOWN})
+# Refusals that are about that relay, not about us: another relay may serve. By wire
+# code: `unavailable` (its database is unreachable) is newer than some clients' enum.
+UNAVAILABLE = frozenset({ErrorCode.INTERNAL.value, ErrorCode.SHUTTING_DOWN.value, "unavailable"})
 
 
 async def first_reachable(
@@ -51,7 +52,7 @@ async def first_reachable(
                 raise
             failures.append(exc.message)
         except RequestError as exc:
-            if count == 1 or exc.code not in UNAVAILABLE:
+            if count == 1 or exc.code.value not in UNAVAILABLE:
                 raise
             failures.append(f"{name} answered {exc.code.value}: {exc.message}")
         log.info("relay %s: %s; trying the next", name, failures[-1])

@@ -24,8 +24,16 @@ from hushwire.client.events import (
     SessionRestarted,
     utc_from_ms,
 )
+from hushwire.client.group_inbox import GroupInbox
 from hushwire.client.keys import KeyUpkeep
-from hushwire.client.outcomes import Outcome, Received, Rejected, SentCopy, SessionReset
+from hushwire.client.outcomes import (
+    GroupContent,
+    Outcome,
+    Received,
+    Rejected,
+    SentCopy,
+    SessionReset,
+)
 from hushwire.client.session import SessionManager
 from hushwire.client.text import safe_line
 from hushwire.common import messages as wire
@@ -48,8 +56,10 @@ class Inbox:
         online: dict[str, bool],
         restart: Callable[[str, int], Awaitable[None]],
         devices: DeviceLists,
+        groups: GroupInbox,
     ) -> None:
         self._sessions = sessions
+        self._groups = groups
         self._keys = keys
         self._restart = restart
         self._devices = devices
@@ -100,10 +110,18 @@ class Inbox:
         outcome = await finish_before_cancel(self._apply(push))
         if not isinstance(push, wire.Deliver) or outcome is None:
             return
-        # Stored (or deliberately dropped) first, acked second (protocol.md "ack").
+        # Stored (or deliberately dropped) first, acked second (protocol.md "ack"); from
+        # version 2 without waiting for a reply (a failed ack closes the connection, and
+        # the relay pushes the envelope again after the next login).
         with contextlib.suppress(ConnectionClosed, RequestError):
-            await conn.request(wire.Ack, mids=(push.mid,))
-        if isinstance(outcome, Received | SessionReset | SentCopy) and outcome.used_one_time_prekey:
+            if conn.hello is not None and conn.hello.version >= 2:
+                conn.notify(wire.Ack(id=None, mids=(push.mid,)))
+            else:
+                await conn.request(wire.Ack, mids=(push.mid,))
+        if (
+            isinstance(outcome, Received | SessionReset | SentCopy | GroupContent)
+            and outcome.used_one_time_prekey
+        ):
             with contextlib.suppress(ConnectionClosed, RequestError):
                 await self._keys.maintain(conn)
         if isinstance(outcome, Rejected) and outcome.dead_session:
@@ -122,7 +140,6 @@ class Inbox:
         if await s.lists.listed_key(sender, device) is not None:
             return
         if sender != s.user and await s.store.get_contact(sender) is None:
-            # Pinned from its signed list; an account without one has only device 1.
             await self._devices.first_contact(conn, s, sender)
         reply = await conn.request(wire.FetchDevices, user=sender)
         if reply.device_list is not None:
@@ -150,12 +167,19 @@ class Inbox:
             return None
         if not isinstance(push, wire.Deliver):
             return None
+        group_events: list[ClientEvent] = []
         try:
-            outcome = await self._sessions.receive(push)
+            # One transaction: the ratchet step and what group input changes commit together.
+            async with self._sessions.store.transaction():
+                outcome = await self._sessions.receive(push)
+                if isinstance(outcome, GroupContent):
+                    group_events = await self._groups.on_content(outcome, push.payload)
         except ProfileCorrupt as exc:
             # Not acked: the envelope stays at the relay until the profile is repaired.
             self._emit(Notice(f"cannot store a message: {exc.message}"))
             return None
+        for event in group_events:
+            self._emit(event)
         if isinstance(outcome, Received) and outcome.key_changed:
             self._emit(KeyChanged(outcome.contact))
             self._emit(MessageQuarantined(outcome.contact))

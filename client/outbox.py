@@ -39,7 +39,6 @@ from hushwire.client.outcomes import Outgoing
 from hushwire.client.restart import restart, views
 from hushwire.client.session import Fetch, SessionManager
 from hushwire.common import messages as wire
-from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.errors import CryptoError, ErrorCode, RequestError
 from hushwire.common.names import check_username
 
@@ -166,12 +165,7 @@ class Outbox:
     async def _adopt(self, exc: RequestError) -> None:
         """Check and hold the lists of a `mismatched_devices` answer (refused ones are
         shown and leave the view as it was)."""
-        for signed in exc.device_lists:
-            try:
-                account = DeviceList.decode(signed.body).account
-            except CryptoError:
-                continue  # not even a list: nothing to check it against
-            await self._devices.on_changed(account, signed)
+        await self._devices.on_mismatch(exc.device_lists)
 
     async def _transmit(
         self,

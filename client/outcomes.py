@@ -7,7 +7,9 @@ dead session); `describe` turns a crypto error into a reason safe to show and lo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
+from hushwire.common.chat_groups import ContentType
 from hushwire.common.errors import (
     CryptoError,
     DecryptionError,
@@ -76,7 +78,29 @@ class SentCopy:
     used_one_time_prekey: bool
 
 
-Outcome = Received | Duplicate | Rejected | SessionReset | SentCopy
+@dataclass(frozen=True, slots=True)
+class GroupContent:
+    """An authenticated envelope carrying group input (a key note, a change or a
+    welcome): the ratchet step is stored, the content is for client/group_inbox.py,
+    within the same transaction. `contact`/`device` are what the session authenticated."""
+
+    contact: str
+    device: int
+    kind: int  # ContentType.GROUP_MESSAGE, GROUP_CHANGE or GROUP_WELCOME
+    data: bytes  # what follows the content type byte
+    envelope_id: bytes
+    sent_at_ms: int
+    key_changed: bool  # sealed under an identity the user has not accepted (quarantine)
+    used_one_time_prekey: bool
+
+
+# The content types group input starts with (docs/protocol.md, "Plaintext content types").
+GROUP_CONTENT: Final = frozenset(
+    bytes([kind])
+    for kind in (ContentType.GROUP_MESSAGE, ContentType.GROUP_CHANGE, ContentType.GROUP_WELCOME)
+)
+
+Outcome = Received | Duplicate | Rejected | SessionReset | SentCopy | GroupContent
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,10 @@ from hushwire.client.events import (
     ClientEvent,
     ConnectionState,
     ContactInfo,
+    GroupInfo,
+    GroupLineItem,
+    GroupMessageReceived,
+    GroupNotice,
     HistoryItem,
     KeyChanged,
     MessageQuarantined,
@@ -56,6 +60,8 @@ from hushwire.client.events import (
 )
 from hushwire.client.failover import first_reachable
 from hushwire.client.fanout import HeldLists
+from hushwire.client.group_inbox import GroupInbox
+from hushwire.client.groups import Groups
 from hushwire.client.inbox import Inbox
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.outbox import Outbox
@@ -84,6 +90,10 @@ __all__ = [
     "ClientEvent",
     "ConnectionState",
     "ContactInfo",
+    "GroupInfo",
+    "GroupLineItem",
+    "GroupMessageReceived",
+    "GroupNotice",
     "HistoryItem",
     "HushwireClient",
     "KeyChanged",
@@ -177,8 +187,16 @@ class HushwireClient:
             settings.relays,
             self._devices,
         )
+        self.groups = Groups(sessions, self._devices, emit, self._require_conn)
+        self._group_inbox = GroupInbox(sessions, self.groups.store)
         self._inbox = Inbox(
-            sessions, self._keys, emit, self._online, self._outbox.restart, self._devices
+            sessions,
+            self._keys,
+            emit,
+            self._online,
+            self._outbox.restart,
+            self._devices,
+            self._group_inbox,
         )
 
     @property
@@ -737,7 +755,12 @@ class HushwireClient:
 
         Offline, held messages become queued and go out after the next login.
         """
-        return await self._outbox.release(contact)
+        released = await self._outbox.release(contact)
+        async with self.store.transaction():
+            events = await self._group_inbox.release_quarantined(contact)
+        for event in events:
+            self.events.put_nowait(event)
+        return released
 
 
 class _FirstLogin(NamedTuple):

@@ -35,7 +35,9 @@ from typing import Final
 from hushwire.client.errors import BadBundle, MessageHeld, ProfileCorrupt, UnknownContact
 from hushwire.client.fanout import HeldLists
 from hushwire.client.outcomes import (
+    GROUP_CONTENT,
     Duplicate,
+    GroupContent,
     Outcome,
     Outgoing,
     Received,
@@ -255,6 +257,18 @@ class SessionManager:
                 await self.store.delete_kem_prekey(used.one_time_kem)
             if message.plaintext == encode_reset():
                 return SessionReset(sender, key_changed, used_one_time)
+            if message.plaintext[:1] in GROUP_CONTENT:
+                # Group input: client/group_inbox.py checks and stores it in this transaction.
+                return GroupContent(
+                    sender,
+                    device,
+                    message.plaintext[0],
+                    message.plaintext[1:],
+                    message.envelope_id,
+                    message.sent_at_ms,
+                    key_changed,
+                    used_one_time,
+                )
             try:
                 copy = decode_sent_copy(message.plaintext)
                 if copy is None and own:
@@ -347,6 +361,15 @@ class SessionManager:
                 f"the relay served keys for {name} that do not verify ({exc.message}); "
                 "nothing was sent"
             ) from None
+        return bundle
+
+    async def pin(self, name: str, fetch: Fetch) -> PrekeyBundle:
+        """Pin `name`'s identity (trust on first use) from their device 1's verified
+        bundle: an account without a signed device list. Returns the bundle."""
+        bundle = await self.fetch_verified(name, fetch)
+        async with self.store.transaction():
+            if await self.store.get_contact(name) is None:
+                await self.store.add_contact(name, bundle.identity, self.now_ms())
         return bundle
 
     async def pin_listed(

@@ -81,11 +81,10 @@ def _fast_send(obj: Mapping[str, Any]) -> Send | None:
 
 
 def _fast_ack(obj: Mapping[str, Any]) -> Ack | None:
-    """A well-formed `ack` (see `_fast_send`)."""
-    rid, mids = obj.get("id"), obj.get("mids")
+    """A well-formed `ack` (see `_fast_send`); its `id` may be nil, not absent."""
+    rid, mids = obj.get("id", False), obj.get("mids")
     if (
-        type(rid) is int
-        and 0 <= rid <= _MAX_INT
+        (rid is None or (type(rid) is int and 0 <= rid <= _MAX_INT))
         and type(mids) is list
         and all(type(m) is int and 0 <= m <= _MAX_INT for m in mids)
     ):

@@ -328,9 +328,11 @@ class Send(Request):
 
 @dataclass(frozen=True, slots=True)
 class Ack(Request):
+    """`id` nil (protocol version 2): no reply; a failure closes the connection instead."""
+
     TYPE = "ack"
     REPLY = AckOk
-    id: int
+    id: int | None  # type: ignore[assignment]
     mids: tuple[int, ...]
 
 

@@ -39,6 +39,7 @@ from hushwire.common.codec import decode_from_relay
 from hushwire.common.errors import ErrorCode, HushwireError
 from hushwire.common.messages import Push
 from hushwire.relay.bus import LocalBus, RelayEvents
+from hushwire.relay.store.urls import redact
 
 log = logging.getLogger("hushwire.relay.bus")
 
@@ -57,7 +58,7 @@ class RedisBus(LocalBus):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.url = url
+        self.url = redact(url)  # for messages: never the password
         self.origin = secrets.token_hex(8)
         self._redis = redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self._sent = 0  # numbers this relay's messages

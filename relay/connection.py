@@ -237,7 +237,12 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         self._counters.errors[code] += 1
-        self._queue(Error(id=None, code=code, message=message))
+        self._close_with(Error(id=None, code=code, message=message))
+
+    def _close_with(self, error: Error) -> None:
+        if self._closing:
+            return
+        self._queue(error)
         self._shut()
         self._end()
 
@@ -417,6 +422,7 @@ class Connection(asyncio.Protocol):
                 log.info("%s: too many requests before login", self.peer_address)
                 self.kick(ErrorCode.RATE_LIMITED, "too many requests before login")
                 return
+        request = None
         try:
             request = decode_request(raw)
             check(self.state, request, remote=True)
@@ -425,7 +431,11 @@ class Connection(asyncio.Protocol):
         except HushwireError as exc:
             self._counters.errors[exc.code] += 1
             message = exc.message[:MAX_ERROR_MESSAGE]
-            self._queue(Error(id=request_id(raw), code=exc.code, message=message))
+            error = Error(id=request_id(raw), code=exc.code, message=message)
+            if request is None:
+                self._queue(error)
+            else:
+                self._reply(request, error)
             return
         if self.state is not ConnState.READY:
             self._handshaking = True
@@ -435,7 +445,11 @@ class Connection(asyncio.Protocol):
         answer = partial(self._answer, request)
         self._owed += 1
         try:
-            if kind is Send and not self._sends_starting:
+            # The hot path: sends and acks answered by callbacks, no task (see the module
+            # docstring). A send never overtakes one handed to a task (`_sends_starting`).
+            if kind is SendDevices and not self._sends_starting:
+                taken = self.relay.sends.send_devices_nowait(self, request, time.time(), answer)  # type: ignore[arg-type]
+            elif kind is Send and not self._sends_starting:
                 taken = self.relay.send_nowait(self, request, time.time(), answer)  # type: ignore[arg-type]
             elif kind is Ack:
                 request = self._store_ids(request)  # type: ignore[arg-type]
@@ -445,7 +459,7 @@ class Connection(asyncio.Protocol):
                 taken = False
         except Exception as exc:
             self._owed -= 1
-            self._queue(self._error_reply(request, exc))
+            self._reply(request, self._error_reply(request, exc))
             return
         if not taken:  # not send/ack, or the store needs a lookup: take a task
             self._owed -= 1
@@ -468,8 +482,19 @@ class Connection(asyncio.Protocol):
         connection's turn (its ack settled our send), so it only queues: frames held
         back are taken by the next flush, never from here."""
         self._owed -= 1
-        self._queue(reply if isinstance(reply, Message) else self._error_reply(request, reply))
+        self._reply(
+            request, reply if isinstance(reply, Message) else self._error_reply(request, reply)
+        )
         self._request_done()
+
+    def _reply(self, request: Request, reply: Message) -> None:
+        """Queue a request's reply. An `ack` with a nil `id` (protocol v2) wants none, which
+        spares a frame per message: it succeeds silently, and its failure closes the
+        connection (its envelopes are then pushed again after the next login)."""
+        if request.id is not None:
+            self._queue(reply)
+        elif isinstance(reply, Error):
+            self._close_with(reply)
 
     def _request_done(self) -> None:
         if self._ending:
@@ -513,7 +538,7 @@ class Connection(asyncio.Protocol):
                 self._backlog = True  # just logged in: deliver what waited
         except Exception as exc:
             reply = self._error_reply(request, exc)
-        self._queue(reply)
+        self._reply(request, reply)
 
     # --- writing -------------------------------------------------------------------
 

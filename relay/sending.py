@@ -11,14 +11,14 @@ one sender reach each device in the order its requests arrived (docs/protocol.md
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.keys import PQ_BUNDLE_VERSION
 from hushwire.common.messages import Deliver, Reply, Request, Send, SendDevices, SendOk
 from hushwire.common.names import check_username
-from hushwire.relay.devices import mismatched, principal, send_accounts
+from hushwire.relay.devices import AccountDevices, mismatched, principal, send_accounts
 from hushwire.relay.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -205,6 +205,20 @@ class SendHandlers:
         out = _Outgoing(
             self.relay.delivery, peer, recipients, int(now), (req.body,) * len(recipients)
         )
+        self._enqueue_nowait(out, user, req.body, SendOk(id=req.id, mids=(), ts=out.ts), reply)
+        return True
+
+    def _enqueue_nowait(
+        self,
+        out: _Outgoing,
+        user: str,
+        body: bytes | Sequence[bytes],
+        ok: SendOk,
+        reply: Answer,
+        payload: bytes | None = None,
+    ) -> None:
+        """Reserve the ids now (pushing early to caught-up recipients); `reply(ok)` once
+        the envelopes are committed or all acked, `reply(error)` if the commit fails."""
         counters = self.counters
 
         def done(mids: list[int] | None, exc: BaseException | None) -> None:
@@ -215,12 +229,17 @@ class SendHandlers:
                 counters.sends += 1
                 counters.envelopes += len(mids)
                 out.offer_committed(mids)
-                reply(SendOk(id=req.id, mids=(), ts=out.ts))
+                reply(ok)
 
         self.store.enqueue_nowait(
-            user, recipients, req.body, now=out.ts, on_done=done, on_reserved=out.push_early
+            user,
+            out.recipients,
+            body,
+            now=out.ts,
+            on_done=done,
+            on_reserved=out.push_early,
+            payload=payload,
         )
-        return True
 
     async def _send(self, peer: Peer, req: Send, now: float) -> SendOk:
         before, mine = self.order.take(peer)
@@ -305,14 +324,33 @@ class SendHandlers:
         finally:
             self.order.release(peer, mine)
 
-    async def _fan_out(
-        self,
-        peer: Peer,
-        req: SendDevices,
-        now: float,
-        before: asyncio.Future[None] | None,
-        mine: asyncio.Future[None],
-    ) -> SendOk:
+    def send_devices_nowait(self, peer: Peer, req: SendDevices, now: float, reply: Answer) -> bool:
+        """`send_devices` without a task or coroutine: every real client's send, when no
+        earlier send of the connection waits for its turn and the store has every named
+        account's devices and every target mailbox cached. Raises RequestError at once for
+        a refused send; otherwise `reply` is called once, later (see `send_nowait`). False
+        means "not now": await `handle()` instead (nothing was consumed)."""
+        if self.order.busy(peer):
+            return False
+        account, device, user, claimed = self._fan_out_checks(peer, req)
+        cur = self.store.cached_devices(claimed)
+        if cur is None:
+            return False
+        recipients, bodies, keep = _targets(account, device, req, claimed, cur)
+        if recipients and not self.store.cached(recipients):
+            return False
+        self._limit(user, now, max(len(keep), 1))
+        out = _Outgoing(self.relay.delivery, peer, recipients, int(now), bodies, req.payload)
+        # Never the internal mailbox ids (see protocol.md, send): 1 queued, 0 dropped.
+        ok = SendOk(id=req.id, mids=tuple(int(k) for k in keep), ts=out.ts)
+        if recipients:
+            self._enqueue_nowait(out, user, bodies, ok, reply, req.payload)
+        else:
+            reply(ok)  # every envelope was for a removed device: nothing to queue
+        return True
+
+    def _fan_out_checks(self, peer: Peer, req: SendDevices) -> tuple[str, int, str, dict[str, int]]:
+        """(account, device, principal, the accounts named with their claimed versions)."""
         account, device = self.relay.account_of(peer)
         user = self.relay.user_of(peer)
         claimed = send_accounts(account, req.envelopes, req.lists)
@@ -321,21 +359,21 @@ class SendHandlers:
         if not all(env.body for env in req.envelopes):
             raise RequestError(ErrorCode.BAD_REQUEST, "empty envelope")
         self._check_payload(peer, req)
-        cur = await self.relay.devices.current(list(claimed))
-        wrong = mismatched(account, device, req.envelopes, claimed, cur, partial=req.partial)
-        if wrong:
-            raise RequestError(
-                ErrorCode.MISMATCHED_DEVICES,
-                "the device lists of " + ", ".join(a.account for a in wrong) + " changed",
-                device_lists=tuple(a.signed for a in wrong if a.signed is not None),
-            )
-        # Devices the operator removed but the signed list still names: dropped (mid 0).
-        keep = [env.device in cur[env.user].live_ids for env in req.envelopes]
-        live = [env for env, kept in zip(req.envelopes, keep, strict=True) if kept]
+        return account, device, user, claimed
+
+    async def _fan_out(
+        self,
+        peer: Peer,
+        req: SendDevices,
+        now: float,
+        before: asyncio.Future[None] | None,
+        mine: asyncio.Future[None],
+    ) -> SendOk:
+        account, device, user, claimed = self._fan_out_checks(peer, req)
+        cur = self.store.cached_devices(claimed) or await self.relay.devices.current(list(claimed))
+        recipients, bodies, keep = _targets(account, device, req, claimed, cur)
         await _wait_turn(before)
         self._limit(user, now, max(len(keep), 1))
-        recipients = [principal(env.user, env.device) for env in live]
-        bodies = [env.body for env in live]
         out = _Outgoing(self.relay.delivery, peer, recipients, int(now), bodies, req.payload)
         if recipients:
             pending = self.store.enqueue_each(
@@ -352,3 +390,25 @@ class SendHandlers:
             self.counters.envelopes += len(mids)
         # Never the internal mailbox ids (see protocol.md, send): 1 queued, 0 dropped.
         return SendOk(id=req.id, mids=tuple(int(k) for k in keep), ts=out.ts)
+
+
+def _targets(
+    account: str,
+    device: int,
+    req: SendDevices,
+    claimed: dict[str, int],
+    cur: Mapping[str, AccountDevices],
+) -> tuple[list[str], list[bytes], list[bool]]:
+    """(recipient principals, their bodies, which of the request's envelopes are kept),
+    or MISMATCHED_DEVICES with the current lists if the sender's view is stale."""
+    wrong = mismatched(account, device, req.envelopes, claimed, cur, partial=req.partial)
+    if wrong:
+        raise RequestError(
+            ErrorCode.MISMATCHED_DEVICES,
+            "the device lists of " + ", ".join(a.account for a in wrong) + " changed",
+            device_lists=tuple(a.signed for a in wrong if a.signed is not None),
+        )
+    # Devices the operator removed but the signed list still names: dropped (mid 0).
+    keep = [env.device in cur[env.user].live_ids for env in req.envelopes]
+    live = [env for env, kept in zip(req.envelopes, keep, strict=True) if kept]
+    return [principal(env.user, env.device) for env in live], [env.body for env in live], keep

@@ -22,6 +22,7 @@ from hushwire.common.keys import (
     SignedPrekey,
 )
 from hushwire.common.names import check_username
+from hushwire.relay.devices import AccountDevices
 from hushwire.relay.store.batching import Login
 from hushwire.relay.store.devices import DeviceStore
 from hushwire.relay.store.keys import check_kem_publish, check_publish
@@ -53,6 +54,8 @@ class Store(DeviceStore):
     ) -> None:
         super().__init__(backend, limits, disk, highest_mid)
         self._multi: set[str] = set()  # filled by open() (store/devices.py)
+        self._lists: dict[str, AccountDevices] = {}  # filled on demand (store/devices.py)
+        self._lists_epoch = 0
         self._events_seen = events_seen  # newest user_events seq whose cache effects are applied
 
     # ------------------------------------------------------------------ lifecycle

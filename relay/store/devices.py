@@ -1,16 +1,23 @@
 """`Store`'s accounts-with-devices part: what the device handlers and the admin CLI call,
-and the in-memory state it keeps (which accounts have several devices, so a one-body
-`send` is refused without a query). `Store` builds on it; the SQL is the backend's
-(sqlite_devices.py). A device is a principal with its own mailbox: removing one drops
-its name from the mailbox's id cache.
+and the in-memory state it keeps: which accounts have several devices (so a one-body
+`send` is refused without a query), and each account's devices as last read (so a
+`send_devices`, what every client sends, is checked without a query). `Store` builds on
+it; the SQL is the backend's (sqlite_devices.py). A device is a principal with its own
+mailbox: removing one drops its name from the mailbox's id cache.
+
+The devices cache is exact for changes made through this store (every one ends in
+`_note`) and follows the admin CLI's through the user-events poll (`_forget`), like the
+mailbox's id cache. A read that raced a change is not cached (`_lists_epoch`). A store
+several relays share (`shared`: PostgreSQL with the bus) keeps no such cache: another
+relay's change would not reach it, so every `send_devices` reads the lists there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from hushwire.common.keys import IdentityPublic, SignedDeviceList
-from hushwire.relay.devices import AccountDevices, principal
+from hushwire.relay.devices import AccountDevices, principal, split_principal
 from hushwire.relay.store.mailbox import Mailbox
 from hushwire.relay.store.records import UserRecord
 
@@ -19,6 +26,8 @@ class DeviceStore(Mailbox):
     """Devices and their lists (see the module docstring)."""
 
     _multi: set[str]  # accounts with more than one device, loaded at open
+    _lists: dict[str, AccountDevices]  # account -> its devices, as last read
+    _lists_epoch: int  # bumped by every change: a read that spans one is not cached
 
     async def _load_multi(self) -> None:
         self._multi = await self._backend.multi_device_accounts()
@@ -28,13 +37,32 @@ class DeviceStore(Mailbox):
         multi = self._multi
         return not multi or not any(a in multi for a in accounts)
 
+    def cached_devices(self, accounts: Iterable[str]) -> dict[str, AccountDevices] | None:
+        """Every account's devices if all are cached, else None (ask `account_devices`)."""
+        if self.shared:
+            return None
+        lists = self._lists
+        try:
+            return {name: lists[name] for name in accounts}
+        except KeyError:
+            return None
+
     def _note(self, account: str, count: int, gone: Sequence[str] = ()) -> None:
         for name in gone:
             self._forget(name)
+        self._drop_devices(account)
         if count > 1:
             self._multi.add(account)
         else:
             self._multi.discard(account)
+
+    def _forget(self, name: str) -> None:
+        super()._forget(name)
+        self._drop_devices(split_principal(name)[0])
+
+    def _drop_devices(self, account: str) -> None:
+        self._lists.pop(account, None)
+        self._lists_epoch += 1
 
     async def list_principals(self) -> list[UserRecord]:
         """Every credential: accounts and their linked devices."""
@@ -42,7 +70,11 @@ class DeviceStore(Mailbox):
 
     async def account_devices(self, accounts: Sequence[str]) -> dict[str, AccountDevices]:
         """Each existing account's devices and stored list (unknown names are left out)."""
-        return await self._backend.account_devices(accounts)
+        epoch = self._lists_epoch
+        found = await self._backend.account_devices(accounts)
+        if epoch == self._lists_epoch and not self.shared:  # no change landed meanwhile
+            self._lists.update(found)
+        return found
 
     async def account_identity(self, account: str) -> IdentityPublic | None:
         """The identity record of one of the account's devices (they share the account's

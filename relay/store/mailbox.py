@@ -132,11 +132,7 @@ class Mailbox:
         """`enqueue` with one body per recipient (a per-device fan-out): still one
         operation, so the group commit writes all of its rows or none. A group send's
         `payload` is written once with them; each row counts it against its mailbox."""
-        if len(bodies) != len(recipients) or not all(isinstance(b, bytes) for b in bodies):
-            raise RequestError(ErrorCode.BAD_REQUEST, "one envelope body per recipient")
-        if payload is not None and not isinstance(payload, bytes):
-            raise RequestError(ErrorCode.BAD_REQUEST, "the payload must be bytes")
-        self._check_recipients(recipients, b"")
+        self._check_each(recipients, bodies, payload)
         if self.cached(recipients):
             rids = [self._ids[n] for n in recipients]
         else:
@@ -156,23 +152,37 @@ class Mailbox:
         self,
         sender: str,
         recipients: Sequence[str],
-        body: bytes,
+        body: bytes | Sequence[bytes],
         *,
         now: int,
         on_done: Callable[[list[int] | None, BaseException | None], None],
         on_reserved: Callable[[list[int]], None] | None = None,
+        payload: bytes | None = None,
     ) -> None:
-        """`enqueue` without a coroutine, for callers that found `cached(recipients)` true
-        in this same step (so it still is).
+        """`enqueue` (one `body` for all) or `enqueue_each` (a sequence of bodies, one per
+        recipient, maybe a `payload`) without a coroutine, for callers that found
+        `cached(recipients)` true in this same step (so it still is).
 
         Raises at once for a refused send. Otherwise `on_done(mids, None)` or
         `on_done(None, error)` is called once, when `enqueue` would return or raise, from
         whatever settles it (the recipient's ack, or the commit).
         """
-        self._check_recipients(recipients, body)
+        if isinstance(body, bytes):
+            self._check_recipients(recipients, body)
+        else:
+            self._check_each(recipients, body, payload)
         ids = self._ids
         rids = [ids[n] for n in recipients]
-        self._reserve(sender, recipients, rids, body, now, on_reserved, Waiter(on_done))
+        self._reserve(sender, recipients, rids, body, now, on_reserved, Waiter(on_done), payload)
+
+    def _check_each(
+        self, recipients: Sequence[str], bodies: Sequence[bytes], payload: bytes | None
+    ) -> None:
+        if len(bodies) != len(recipients) or not all(isinstance(b, bytes) for b in bodies):
+            raise RequestError(ErrorCode.BAD_REQUEST, "one envelope body per recipient")
+        if payload is not None and not isinstance(payload, bytes):
+            raise RequestError(ErrorCode.BAD_REQUEST, "the payload must be bytes")
+        self._check_recipients(recipients, b"")
 
     def _check_recipients(self, recipients: Sequence[str], body: bytes) -> None:
         self._check_open()

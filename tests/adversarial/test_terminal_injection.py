@@ -54,10 +54,13 @@ async def test_relay_error_messages_reach_stderr_neutralised(relay, profiles, fi
         raise RequestError(ErrorCode.BAD_REQUEST, HOSTILE + "A" * 40_000)
 
     handlers._dispatch[SendDevices] = refuse
+    # A send to cached device lists takes the task-free path; make it take `_dispatch`.
+    handlers.sends.send_devices_nowait = lambda peer, req, now, answer: False
     code, _, err = await asyncio.to_thread(
         run, "--profile", str(profiles["alice"]), "send", "bob", "hi"
     )
     handlers._dispatch[SendDevices] = real
+    del handlers.sends.send_devices_nowait
     assert code == 1 and "evil" in err
     assert terminal_safe(err) and "owned" not in err and "ZXZpbA" not in err
     assert len(err) < 1_000  # an echoed 40,000-character message is cut

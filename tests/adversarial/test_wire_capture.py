@@ -70,7 +70,7 @@ async def test_no_plaintext_token_or_private_key_on_the_wire_or_at_the_relay(
         relay_view.append(msgpack.packb(request.to_wire()))
         return await real_handle(peer, request, now)
 
-    # Sends and acks usually take these task-free paths instead of `handle`.
+    # Sends (send_devices too, below) and acks usually take task-free paths, not `handle`.
     def recording_send(peer, request, now, answer):
         relay_view.append(msgpack.packb(request.to_wire()))
         return real_send(peer, request, now, answer)
@@ -80,6 +80,13 @@ async def test_no_plaintext_token_or_private_key_on_the_wire_or_at_the_relay(
         return real_ack(peer, request, answer)
 
     hub.handle, hub.send_nowait, hub.ack_nowait = recording_handle, recording_send, recording_ack
+    real_fan_out = hub.sends.send_devices_nowait
+
+    def recording_fan_out(peer, request, now, answer):
+        relay_view.append(msgpack.packb(request.to_wire()))
+        return real_fan_out(peer, request, now, answer)
+
+    hub.sends.send_devices_nowait = recording_fan_out
     clients = {}
     for user in ("alice", "bob"):
         settings = RelaySettings(

@@ -175,3 +175,31 @@ async def test_secrets_and_history_are_not_in_the_file(store, tmp_path):
     raw = b"".join(p.read_bytes() for p in (tmp_path / "p").iterdir())
     for needle in (b"hw_SECRET_TOKEN_VALUE", b"a very private sentence", b"ENVELOPE-ID-1234"):
         assert needle not in raw
+
+
+async def test_upgrading_from_each_schema_version_equals_a_fresh_profile(tmp_path):
+    from hushwire.client.store import schema_files
+
+    def layout(path) -> list[tuple]:
+        db = sqlite3.connect(path)
+        try:
+            return sorted(db.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
+        finally:
+            db.close()
+
+    fresh = await ProfileStore.open(tmp_path / "fresh", "pw", create=True, kdf=FAST)
+    await fresh.close()
+    expected = layout(tmp_path / "fresh" / DB_NAME)
+    for version in range(1, latest_version()):
+        old = tmp_path / f"v{version}"
+        old.mkdir()
+        db = sqlite3.connect(old / DB_NAME)
+        for _, sql in schema_files()[:version]:
+            db.executescript(sql)
+        db.execute(f"PRAGMA user_version = {version}")
+        db.commit()
+        db.close()
+        upgraded = await ProfileStore.open(old, "pw", create=True, kdf=FAST)
+        assert await upgraded.schema_version() == latest_version()
+        await upgraded.close()
+        assert layout(old / DB_NAME) == expected, version

@@ -142,6 +142,8 @@ async def test_a_device_the_relay_adds_to_a_list_is_refused(relay, login, tmp_pa
     forged = DeviceList(added.account, added.group, held.version + 1, added.devices)
     signed = forged.sign(mallory)  # the relay cannot sign with bob's identity
     _forge_list(relay.config.db, "bob", signed.body, signed.sig, forged.version)
+    # The relay caches device lists it read: let this one read the forged row again.
+    relay.server.relay.store._drop_devices("bob")
     with pytest.raises(RequestError) as exc:
         await alice.send("bob", "not for the relay's device")
     assert exc.value.code == ErrorCode.MISMATCHED_DEVICES

@@ -23,7 +23,19 @@ import pytest
 
 from hushwire.client.connection import ConnectionClosed, RelayConnection, TlsSettings
 from hushwire.common.errors import ErrorCode, RequestError
-from hushwire.common.messages import Ack, Deliver, Ping, Send
+from hushwire.common.messages import (
+    Ack,
+    Deliver,
+    DeviceEnvelope,
+    ListVersion,
+    Ping,
+    PresenceChanged,
+    Send,
+    Who,
+)
+from hushwire.relay.store import Store
+from hushwire.relay.tokens import hash_token, new_salt, new_token
+from tests.relay.test_store_devices import _signed_lists
 from tests.services import PostgresServer, RedisServer
 from tests.support import WAIT, Daemon, add_users
 
@@ -345,3 +357,70 @@ async def test_failed_logins_spread_over_relays_share_one_budget(cluster: Cluste
     assert codes == [ErrorCode.AUTH_FAILED] * 5
     assert await guess(1) is ErrorCode.RATE_LIMITED  # its own limiter: 2 of 5 used
     assert await guess(0) is ErrorCode.RATE_LIMITED
+
+
+async def test_linked_devices_on_different_relays_get_every_fan_out(cluster: Cluster) -> None:
+    """alice's two devices on relays 1 and 2, bob on relay 0: bob's send_devices reaches
+    both of alice's devices, alice's reply reaches bob and (sync of sent messages) her
+    other device; each in order, once."""
+    await cluster.start(3, ("alice", "bob"))
+    (_, first), (_, second) = _signed_lists(2)  # signed lists of account "alice"
+    token, salt = new_token(), new_salt()
+    async with await Store.open(cluster.pg_url) as store:
+        await store.store_device_list("alice", 1, first, removed=frozenset(), now=1)
+        await store.add_device(
+            "alice", 2, 2, second, token_hash=hash_token(token, salt), salt=salt, now=1
+        )
+    alice1 = Inbox(await cluster.login(1, "alice"))
+    second_relay = cluster.relays[2]
+    conn = await RelayConnection.connect(
+        "127.0.0.1", second_relay.port, TlsSettings(pin=second_relay.fingerprint)
+    )
+    await conn.handshake("alice", token, 2)
+    alice2 = Inbox(conn)
+    bob = Inbox(await cluster.login(0, "bob"))
+    n = 20
+    for i in range(n):
+        body = b"bob:%d" % i
+        await bob.conn.send_devices(
+            [DeviceEnvelope("alice", 1, body), DeviceEnvelope("alice", 2, body)],
+            [ListVersion("bob", 0), ListVersion("alice", 2)],
+        )
+    for i in range(n):
+        body = b"alice:%d" % i
+        await alice1.conn.send_devices(
+            [DeviceEnvelope("bob", 1, body), DeviceEnvelope("alice", 2, body)],
+            [ListVersion("alice", 2), ListVersion("bob", 0)],
+        )
+    await alice1.wait_for(n)
+    await alice2.wait_for(2 * n)
+    await bob.wait_for(n)
+    assert per_sender(alice1.bodies, b"bob") == per_sender(alice2.bodies, b"bob") == list(range(n))
+    assert per_sender(bob.bodies, b"alice") == per_sender(alice2.bodies, b"alice") == list(range(n))
+    assert (len(alice1.bodies), len(alice2.bodies), len(bob.bodies)) == (n, 2 * n, n)
+    for inbox in (alice1, alice2, bob):
+        await inbox.close()
+
+
+async def test_presence_crosses_relays_between_contacts_only(cluster: Cluster) -> None:
+    """alice (relay 0) sees her contact bob come and go on relay 1, and bob's `who`
+    shows her online; carol, no contact of bob's, hears nothing of him."""
+    await cluster.start(2, ("alice", "bob", "carol"))
+    async with await Store.open(cluster.pg_url) as store:
+        await store.watch("alice", "bob")  # alice fetched bob's keys: contacts
+    alice, carol = await cluster.login(0, "alice"), await cluster.login(0, "carol")
+    for conn in (alice, carol):
+        await conn.request(Who)  # asks for presence pushes
+    bob = await cluster.login(1, "bob")
+    seen = await asyncio.wait_for(alice.pushes.get(), WAIT)
+    assert seen == PresenceChanged(user="bob", online=True)
+    page = await bob.request(Who)
+    assert {p.user: p.online for p in page.users} == {"alice": True, "bob": True, "carol": False}
+    await bob.close()
+    gone = await asyncio.wait_for(alice.pushes.get(), WAIT)
+    assert gone == PresenceChanged(user="bob", online=False)
+    await alice.request(Ping)  # after both pushes: carol's queue is as full as it gets
+    await carol.request(Ping)
+    assert carol.pushes.empty()
+    await alice.close()
+    await carol.close()

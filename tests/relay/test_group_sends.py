@@ -5,11 +5,13 @@ with its last mailbox row; limits, quotas, order and version refusals."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from hushwire.client.connection import RelayConnection
 from hushwire.common.errors import ErrorCode
+from hushwire.common.frames import encode_frame
 from hushwire.common.messages import (
     Ack,
     Deliver,
@@ -17,6 +19,7 @@ from hushwire.common.messages import (
     ListVersion,
     PublishDevices,
     Send,
+    SendDevices,
 )
 from hushwire.relay.sending import MAX_PAYLOAD, MAX_SEND_BYTES
 from tests.relay.test_server_devices import expect_error, first_device, link
@@ -270,3 +273,21 @@ async def test_unlinking_or_removing_a_device_drops_its_reference(relay):
     await ack(bob1.conn, note)
     s = await stats(relay)
     assert (s["queued"], s["payloads"], s["payload_bytes"]) == (0, 0, 0)
+
+
+async def test_the_largest_send_the_frame_takes_is_delivered_whole_even_on_version_1(relay):
+    """protocol.md, send_devices: a deliver is never larger than its request, so a send
+    that fills max_frame exactly still reaches its device, payload and all; a version-1
+    recipient gets the key too (and ignores it)."""
+    alice = await relay.login("alice", version=2)
+    bob = await relay.login("bob", version=1)
+    envelopes, lists = group_send("alice", ("bob",))
+    frame = SendDevices(id=2**63 - 1, envelopes=tuple(envelopes), lists=tuple(lists))
+    # (a payload of 256 B to 64 KiB has the same 3-byte msgpack `bin` header)
+    overhead = len(encode_frame({**frame.to_wire(), "payload": bytes(1000)})) - 4 - 1000
+    payload = bytes(relay.config.max_frame - overhead)
+    full = dataclasses.replace(frame, payload=payload)
+    assert len(encode_frame(full.to_wire())) - 4 == relay.config.max_frame
+    await alice.send_devices(envelopes, lists, payload=payload)
+    (note,) = await delivered(bob, 1)
+    assert note.payload == payload and note.body == b"note for bob"

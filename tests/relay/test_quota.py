@@ -78,3 +78,16 @@ def test_disk_guard_checks_at_most_once_a_second(tmp_path: Path) -> None:
     assert exc.value.code == ErrorCode.STORAGE_FULL
     DiskGuard(tmp_path / "relay.db", 0, free=measure).check(0.0)  # 0: never checked
     assert len(calls) == 2
+
+
+async def test_a_fan_out_counts_each_device_envelope_by_its_own_bytes(store: Store) -> None:
+    """send_devices queues one body per device: each counts its own size, and an ack gives
+    back exactly that (it once counted the number of bodies, so bytes were never limited)."""
+    await store.enqueue_each("mallory", ["dave", "alice"], [b"m" * 300, b"m" * 10], now=NOW)
+    await store.enqueue_each("mallory", ["dave"], [b"m" * 100], now=NOW)  # 400 of 400
+    err = await _full(store.enqueue_each("mallory", ["dave", "alice"], [b"m", b"m"], now=NOW))
+    assert "your share of the mailbox of dave" in err.message
+    first = (await store.pending("dave"))[0]
+    assert len(first.body) == 300 and await store.ack("dave", [first.mid]) == 1
+    await store.enqueue_each("mallory", ["dave"], [b"m" * 300], now=NOW)  # exactly 300 back
+    await _full(store.enqueue_each("mallory", ["dave"], [b"m"], now=NOW))

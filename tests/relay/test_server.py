@@ -29,6 +29,7 @@ from hushwire.common.messages import (
     Who,
 )
 from hushwire.relay.store import Store
+from tests.support import RawClient
 
 WAIT = 10.0  # generous: these wait on events, the timeout only bounds a failure
 
@@ -264,6 +265,58 @@ async def test_offline_envelopes_arrive_in_order_on_login_and_ack_deletes(relay)
     await bob2.request(Ping)
     await asyncio.sleep(0)  # give a (wrong) redelivery its chance to show up
     assert not _drain(bob2)
+
+
+async def _raw_bob(relay) -> RawClient:
+    bob = await RawClient.connect(relay.port)
+    assert (await bob.request({"t": "hello", "id": 1, "versions": [2], "client": "raw"}))[
+        "t"
+    ] == "ok"
+    login = {"t": "login", "id": 2, "user": "bob", "token": relay.tokens["bob"], "device": None}
+    assert (await bob.request(login))["t"] == "ok"
+    return bob
+
+
+async def _deliveries(raw: RawClient, n: int) -> list[dict]:
+    got = []
+    while len(got) < n:
+        frame = await raw.recv()
+        assert frame is not None
+        if frame["t"] == "deliver":
+            got.append(frame)
+    return got
+
+
+async def test_an_ack_without_an_id_deletes_and_gets_no_reply(relay):
+    """Protocol v2: `ack` with a nil id spares the reply frame; it still deletes."""
+    alice = await relay.login("alice")
+    for body in (b"one", b"two"):
+        await alice.request(Send, to=("bob",), body=body)
+    bob = await _raw_bob(relay)
+    got = await _deliveries(bob, 2)
+    bob.send({"t": "ack", "id": None, "mids": [d["mid"] for d in got]})
+    bob.send({"t": "ping", "id": 3})
+    # The next frame is the pong: nothing answered the ack (and nothing was refused).
+    assert await bob.recv() == {"t": "ok", "id": 3}
+    bob.close()
+    again = await relay.login("bob")
+    await again.request(Ping)
+    await asyncio.sleep(0)  # give a (wrong) redelivery its chance to show up
+    assert not _drain(again)
+
+
+async def test_a_failed_ack_without_an_id_closes_and_loses_nothing(relay):
+    """It has no id to answer with, so the error is fatal; what it did not ack comes back."""
+    alice = await relay.login("alice")
+    await alice.request(Send, to=("bob",), body=b"kept")
+    bob = await _raw_bob(relay)
+    (got,) = await _deliveries(bob, 1)
+    bob.send({"t": "ack", "id": None, "mids": [got["mid"]] * 1025})  # over MAX_ACK_IDS
+    error = await bob.recv()
+    assert (error["t"], error["id"], error["code"]) == ("error", None, "bad_request")
+    assert await bob.recv() is None  # closed
+    again = await relay.login("bob")
+    assert (await next_push(again)).body == b"kept"
 
 
 async def test_unacked_envelopes_are_redelivered_after_reconnect(relay):

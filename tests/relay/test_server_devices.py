@@ -173,6 +173,55 @@ async def test_a_stale_view_is_refused_whole_with_the_current_lists(relay):
     assert (await next_push(alice1.conn, Deliver)).body == b"retry"
 
 
+async def test_a_view_the_relay_has_cached_is_dropped_by_every_device_change(relay):
+    """send_devices is checked against the store's cache of each account's devices (no
+    query per send): a link or an unlink must never leave the old view accepted."""
+    alice1, v1 = await first_device(relay, "alice")
+    bob = await relay.login("bob")
+    one = (DeviceEnvelope("alice", 1, b"a"),)
+    views = (ListVersion("alice", 1), ListVersion("bob", 0))
+    for _ in range(2):  # the first send reads the lists into the cache, the next uses it
+        await bob.request(SendDevices, envelopes=one, lists=views)
+    store = relay.server.relay.store
+    assert store.cached_devices(["alice", "bob"]) is not None
+    alice2, v2 = await link(relay, alice1, v1)
+    await expect_error(
+        ErrorCode.MISMATCHED_DEVICES, bob.request(SendDevices, envelopes=one, lists=views)
+    )
+    two = (DeviceEnvelope("alice", 1, b"a"), DeviceEnvelope("alice", 2, b"b"))
+    views = (ListVersion("alice", 2), ListVersion("bob", 0))
+    for _ in range(2):
+        await bob.request(SendDevices, envelopes=two, lists=views)
+    assert (await next_push(alice2.conn, Deliver)).body == b"b"
+    v3 = v2.without_device(2)
+    await alice1.conn.request(PublishDevices, device_list=v3.sign(alice1.identity))
+    await expect_error(
+        ErrorCode.MISMATCHED_DEVICES, bob.request(SendDevices, envelopes=two, lists=views)
+    )
+
+
+async def test_a_fan_out_waiting_for_a_list_read_is_not_overtaken(relay):
+    """bob's first send_devices to alice needs her lists read (a task); his next ones, to
+    carol whose lists are cached, must still reach his own device 2 after it."""
+    bob1, vb1 = await first_device(relay, "bob")
+    bob2, _ = await link(relay, bob1, vb1)
+    await first_device(relay, "alice")
+    await first_device(relay, "carol")
+
+    def to(user: str, copy: bytes) -> SendDevices:
+        return bob1.conn.request(
+            SendDevices,
+            envelopes=(DeviceEnvelope(user, 1, b"x"), DeviceEnvelope("bob", 2, copy)),
+            lists=(ListVersion(user, 1), ListVersion("bob", 2)),
+        )
+
+    await to("carol", b"warm")  # carol's lists are cached from now on
+    assert (await next_push(bob2.conn, Deliver)).body == b"warm"
+    copies = [b"alice", *(b"carol %d" % i for i in range(20))]
+    await asyncio.gather(to("alice", copies[0]), *(to("carol", c) for c in copies[1:]))
+    assert [(await next_push(bob2.conn, Deliver)).body for _ in copies] == copies
+
+
 async def test_a_one_body_send_never_reaches_only_some_devices(relay):
     """A v1 `send` can reach device 1 only: refused once an account has more."""
     alice1, v1 = await first_device(relay, "alice")

@@ -123,3 +123,39 @@ async def test_devices_on_every_backend(store_target):
         assert await store.list_devices("alice") == [(1, 5, None)]
         assert await store.reset_devices("alice", keep=1) == frozenset()
         assert (await store.account_devices(["alice"]))["alice"].signed is None
+
+
+async def test_the_devices_cache_follows_every_change(store_target):
+    """send_devices is checked against `cached_devices` without a query: every change
+    must drop the account from it, and a shared store (several relays) keeps none."""
+    (_, s1), (_, s2), (_, s3) = _signed_lists(3)
+    async with await Store.open(store_target) as store:
+        for name in ("alice", "bob"):
+            await store.add_user(name, b"h" * 32, b"s" * 16, now=5)
+        await store.store_device_list("alice", 1, s1, removed=frozenset(), now=6)
+        assert store.cached_devices(["alice", "bob"]) is None  # nothing read yet
+        await store.account_devices(["alice", "bob"])
+        if store.shared:  # another relay's change would never reach this cache
+            assert store.cached_devices(["alice"]) is None
+            return
+        assert store.cached_devices(["alice", "bob"])["alice"].version == 1
+        assert store.cached_devices(["alice", "ghost"]) is None
+        changes = [
+            lambda: store.add_device(
+                "alice", 2, 2, s2, token_hash=b"t" * 32, salt=b"u" * 16, now=7
+            ),
+            lambda: store.store_device_list("alice", 3, s3, removed=frozenset(), now=8),
+            lambda: store.remove_device("alice", 2),
+            lambda: store.reset_devices("alice", keep=1),
+        ]
+        for change in changes:
+            await store.account_devices(["alice"])
+            assert store.cached_devices(["alice"]) is not None
+            await change()
+            assert store.cached_devices(["alice"]) is None
+        # The admin CLI changes the db from another process: the relay's user-events
+        # poll drops the names it reports (`_forget`), the account's devices with them.
+        await store.account_devices(["alice"])
+        store._forget("alice/2")
+        assert store.cached_devices(["alice"]) is None
+        assert store.cached_devices(["bob"]) is not None
