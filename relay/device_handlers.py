@@ -3,9 +3,9 @@
 
 Kept apart from relay/handlers.py (which owns login, acks and presence; keys are
 relay/key_handlers.py's) because it is one concern with its own state, the open link
-channels. A connection's
-`user` is its principal (relay/devices.py: `alice` for device 1, `alice/2` for others);
-`account` and `device` name the account and which of its devices it is.
+channels. A connection's `user` is its principal (relay/devices.py: `alice` for device
+1, `alice/2` for others); `account` and `device` name the account and which of its
+devices it is.
 """
 
 from __future__ import annotations
