@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from hushwire.client.errors import BadBundle, MessageHeld
+from hushwire.client.errors import BadBundle, MessageHeld, UnknownContact
 from hushwire.client.service import (
     ConnectionState,
     HushwireClient,
@@ -280,5 +280,83 @@ async def test_an_account_whose_list_leaves_out_device_1_gets_exactly_its_device
         await offline.sync()
         await phone.sync()
         assert ("in", "written offline") in await texts(phone, "alice")
+    finally:
+        await phone.close()
+
+
+async def test_a_first_contact_whose_device_1_is_gone_reaches_its_listed_devices(
+    relay, login, tmp_path
+):
+    alice = await login(relay, "alice")
+    laptop = await link(relay, alice, tmp_path / "alice-laptop", "laptop")
+    tablet = await link(relay, alice, tmp_path / "alice-tablet", "tablet")
+    try:
+        await laptop.unlink(1)  # alice retires her first machine
+        await alice.close()
+        carol = await login(relay, "carol")  # has never talked to alice
+        result = await carol.send("alice", "hello alice, from carol")
+        assert not result.queued
+        # carol pinned alice's identity from a listed device's bundle and holds the list
+        # that verified under it: exactly devices 2 and 3.
+        held = (await carol._devices.held("alice"))[1]
+        assert [d.id for d in held.devices] == [2, 3]
+        pinned = (await carol.sessions.contact("alice")).identity
+        assert pinned.sign_key == alice.sessions.identity.public().sign_key
+        assert pinned.dh_key == held.device(2).dh_key  # the lowest listed device's record
+        for device in (laptop, tablet):
+            await device.sync()
+            assert await texts(device, "carol") == [("in", "hello alice, from carol")]
+        await tablet.send("carol", "hi carol, from the tablet")
+        await carol.sync()
+        assert ("in", "hi carol, from the tablet") in await texts(carol, "alice")
+        assert (await carol.contact_state("alice")).key_changed is False
+        assert await carol.safety_number("alice") == await laptop.safety_number("carol")
+    finally:
+        await laptop.close()
+        await tablet.close()
+
+
+async def test_a_first_message_from_an_account_whose_device_1_is_gone_is_shown(
+    relay, login, tmp_path
+):
+    alice = await login(relay, "alice")
+    laptop = await link(relay, alice, tmp_path / "alice-laptop", "laptop")
+    try:
+        await laptop.unlink(1)
+        await alice.close()
+        carol = await login(relay, "carol")
+        await laptop.send("carol", "first words, from alice's laptop")
+        await carol.sync()
+        assert await texts(carol, "alice") == [("in", "first words, from alice's laptop")]
+        await carol.send("alice", "answer")
+        await laptop.sync()
+        assert ("in", "answer") in await texts(laptop, "carol")
+    finally:
+        await laptop.close()
+
+
+async def test_a_list_signed_by_another_key_at_first_contact_is_refused(relay, login, tmp_path):
+    bob = await login(relay, "bob")
+    phone = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    try:
+        await phone.unlink(1)
+        await bob.close()
+        held = (await phone._devices.held("bob"))[1]
+        mallory = IdentityKeyPair.generate(X25519)
+        added, _ = held.with_device("relay's own", mallory.dh.public, 1)
+        forged = DeviceList(added.account, added.group, held.version + 1, added.devices)
+        signed = forged.sign(mallory)  # bob's identity did not sign this
+        _forge_list(relay.config.db, "bob", signed.body, signed.sig, forged.version)
+        carol = await login(relay, "carol")
+        with pytest.raises(BadBundle, match="does not verify"):
+            await carol.send("bob", "not for the relay's device")
+        await next_event(carol, Notice, lambda e: "device list for bob that is refused" in e.text)
+        # Nothing pinned, nothing held, nothing stored or sent.
+        assert await carol._devices.held("bob") is None
+        with pytest.raises(UnknownContact):
+            await carol.contact_state("bob")
+        assert await carol.history("bob", 5) == []
+        await phone.sync()
+        assert await texts(phone, "carol") == []
     finally:
         await phone.close()
