@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from hushwire.common.errors import ErrorCode
 from hushwire.common.messages import PresenceChanged, Push
 from hushwire.relay.config import ConfigError
+from hushwire.relay.links import SharedLink, link_failed
 
 if TYPE_CHECKING:
     from hushwire.relay.handlers import Peer, Relay
@@ -67,6 +68,25 @@ class Bus(Protocol):
         """(count of the shared counter `key`, seconds until it resets)."""
         ...
 
+    async def link_open(self, link: SharedLink, ttl: float) -> None:
+        """A link channel opened here: other relays may find it for `ttl` seconds."""
+        ...
+
+    def link_closed(self, channel: bytes) -> None:
+        """A link channel opened here is gone (used, replaced, expired)."""
+        ...
+
+    async def link_find(self, channel: bytes) -> SharedLink | None:
+        """The link channel open on another relay, or None."""
+        ...
+
+    async def link_join(
+        self, link: SharedLink, ephemeral: bytes, sealed: bytes
+    ) -> tuple[int, str, bytes]:
+        """Join `link` on its relay; (device, token, sealed grant) once its old device
+        accepts, else link_failed (refused there). The caller bounds the wait."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -108,6 +128,20 @@ class LocalBus:
     async def spent(self, key: str) -> tuple[int, float]:
         return 0, 0.0
 
+    async def link_open(self, link: SharedLink, ttl: float) -> None:
+        """Nothing to tell: every link channel is on this relay."""
+
+    def link_closed(self, channel: bytes) -> None:
+        """Nothing to tell: every link channel is on this relay."""
+
+    async def link_find(self, channel: bytes) -> SharedLink | None:
+        return None  # one relay: a channel not open here is open nowhere
+
+    async def link_join(
+        self, link: SharedLink, ephemeral: bytes, sealed: bytes
+    ) -> tuple[int, str, bytes]:
+        raise link_failed()  # never reached: link_find found nothing to join
+
     async def close(self) -> None:
         self.events = None
 
@@ -115,9 +149,16 @@ class LocalBus:
 class RelayEvents:
     """What a bus message does on this relay."""
 
-    def __init__(self, relay: Relay, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.relay = relay
         self._clock = clock
+        self._wall = wall  # the clock of requests (link expiry)
         self._mine: dict[str, int] = {}  # principal -> claim of its session here
         self._newest: dict[str, int] = {}  # principal -> newest claim seen anywhere
         # Accounts online on other relays: origin -> (accounts, when last heard).
@@ -155,6 +196,12 @@ class RelayEvents:
         """Bus messages may have been lost: every connected device reads its mailbox."""
         for peer in list(self.relay.online.values()):
             peer.wake()
+
+    async def link_joined(
+        self, channel: bytes, ephemeral: bytes, sealed: bytes
+    ) -> tuple[int, str, bytes]:
+        """A new device on another relay joins a link channel open here."""
+        return await self.relay.devices.joined(channel, ephemeral, sealed, now=self._wall())
 
     # --- one session per device across relays ---------------------------------------
 

@@ -17,6 +17,13 @@ Shared rate limits: failed logins per (user, address prefix) count in a Redis ke
 the relays get one budget. Logins claim their device with INCR on a per-device key: the
 highest claim wins, on whichever relay, and the other relay closes its session with
 `session_replaced`.
+Linking across relays: `link_start` stores the channel under a Redis key (its relay,
+account and public ephemeral key, expiring with the channel; deleted once the channel
+closes), so `link_fetch` on any relay answers from it. A `link_join` for a channel held
+elsewhere goes to that relay alone, on its own channel (`hushwire:bus:<origin>`), which
+joins it as if locally and sends the grant (device, token, sealed) back the same way to
+the joining relay alone. These direct messages are not numbered: one lost means a
+`link_failed` at the channel's expiry, never a wrong link.
 Presence: each relay announces accounts coming and going, plus the whole list every
 HEARTBEAT seconds; a relay not heard for PRESENCE_TTL counts as gone.
 """
@@ -36,9 +43,10 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from hushwire.common.codec import decode_from_relay
-from hushwire.common.errors import ErrorCode, HushwireError
+from hushwire.common.errors import ErrorCode, HushwireError, RequestError
 from hushwire.common.messages import Push
 from hushwire.relay.bus import LocalBus, RelayEvents
+from hushwire.relay.links import SharedLink, link_failed
 from hushwire.relay.store.urls import redact
 
 log = logging.getLogger("hushwire.relay.bus")
@@ -46,6 +54,8 @@ log = logging.getLogger("hushwire.relay.bus")
 CHANNEL = "hushwire:bus"
 CLAIM_KEY = "hushwire:claim:"
 COUNTER_KEY = "hushwire:count:"  # shared rate-limit counters (INCR, EXPIRE)
+LINK_KEY = "hushwire:link:"  # + channel id (hex): where a link channel is open
+DIRECT = "hushwire:bus:"  # + a relay's origin: link joins and grants for it alone
 HEARTBEAT = 5.0
 RECONNECT_MIN = 0.1  # seconds before the first retry; doubles up to RECONNECT_MAX
 RECONNECT_MAX = 2.0
@@ -66,6 +76,9 @@ class RedisBus(LocalBus):
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(PUBLISH_QUEUE)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
+        self._direct = (DIRECT + self.origin).encode()
+        self._joins: dict[str, asyncio.Future[tuple[int, str, bytes]]] = {}  # by ticket
+        self._link_tasks: set[asyncio.Task[None]] = set()
         self.dropped = 0  # messages that could not be published
         self.resyncs = 0  # times every connected device re-read its mailbox
 
@@ -82,9 +95,9 @@ class RedisBus(LocalBus):
             log.warning("the bus at %s is unreachable; retrying in the background", self.url)
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in (*self._tasks, *self._link_tasks):
             task.cancel()
-        for task in self._tasks:
+        for task in (*self._tasks, *self._link_tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._redis.aclose()
@@ -141,6 +154,107 @@ class RedisBus(LocalBus):
             return 0, 0.0
         return int(count or 0), max(0.0, int(ttl) / 1000)
 
+    # --- link channels across relays ---------------------------------------------------
+
+    async def link_open(self, link: SharedLink, ttl: float) -> None:
+        value = msgpack.packb(
+            {"o": self.origin, "a": link.account, "e": link.ephemeral, "x": link.expires_at}
+        )
+        try:
+            await self._redis.set(LINK_KEY + link.channel.hex(), value, px=max(1, int(ttl * 1000)))
+        except _ERRORS as exc:
+            log.warning("a link channel was not shared (the bus is down): %s", exc)
+
+    def link_closed(self, channel: bytes) -> None:
+        self._background(self._forget_link(channel))
+
+    async def _forget_link(self, channel: bytes) -> None:
+        try:
+            await self._redis.delete(LINK_KEY + channel.hex())
+        except _ERRORS as exc:
+            log.warning("a closed link channel stays shared until it expires: %s", exc)
+
+    async def link_find(self, channel: bytes) -> SharedLink | None:
+        try:
+            value = await self._redis.get(LINK_KEY + channel.hex())
+        except _ERRORS as exc:
+            log.warning("link channels of other relays are unreachable: %s", exc)
+            return None
+        if value is None:
+            return None
+        try:
+            found = msgpack.unpackb(value)
+            shared = SharedLink(
+                channel, str(found["o"]), str(found["a"]), bytes(found["e"]), float(found["x"])
+            )
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            log.warning("ignoring a malformed shared link channel")
+            return None
+        # Ours but not open here any more: closed, its key not yet deleted.
+        return None if shared.origin == self.origin else shared
+
+    async def link_join(
+        self, link: SharedLink, ephemeral: bytes, sealed: bytes
+    ) -> tuple[int, str, bytes]:
+        ticket = secrets.token_hex(8)
+        answer: asyncio.Future[tuple[int, str, bytes]] = asyncio.get_running_loop().create_future()
+        self._joins[ticket] = answer
+        try:
+            await self._tell(
+                link.origin, k="lj", c=link.channel, e=ephemeral, s=sealed, r=self.origin, t=ticket
+            )
+            return await answer
+        except _ERRORS:
+            raise link_failed() from None
+        finally:
+            self._joins.pop(ticket, None)
+
+    async def _tell(self, origin: str, **fields: Any) -> None:
+        """A message for one relay only, sent now (not numbered, not queued)."""
+        await self._redis.publish(DIRECT + origin, msgpack.packb(fields))
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro, name="hushwire-bus-link")
+        self._link_tasks.add(task)
+        task.add_done_callback(self._link_tasks.discard)
+
+    def _received_direct(self, data: bytes) -> None:
+        try:
+            msg = msgpack.unpackb(data)
+            kind = msg["k"]
+            if kind == "lj":
+                self._background(
+                    self._answer_join(bytes(msg["c"]), msg["e"], msg["s"], msg["r"], msg["t"])
+                )
+            elif kind == "lr":
+                self._granted(msg)
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            log.warning("ignoring a malformed direct bus message")
+
+    async def _answer_join(
+        self, channel: bytes, ephemeral: bytes, sealed: bytes, origin: str, ticket: str
+    ) -> None:
+        """Join a channel open here for a new device on relay `origin`; tell it the grant
+        (or the refusal: no fields but the ticket)."""
+        try:
+            device, token, grant = await self._events.link_joined(channel, ephemeral, sealed)
+            fields: dict[str, Any] = {"d": device, "tk": token, "g": grant}
+        except RequestError:
+            fields = {}
+        try:
+            await self._tell(str(origin), k="lr", t=ticket, **fields)
+        except _ERRORS as exc:
+            log.warning("a link answer was not sent (the bus is down): %s", exc)
+
+    def _granted(self, msg: dict[str, Any]) -> None:
+        answer = self._joins.get(str(msg["t"]))
+        if answer is None or answer.done():
+            return  # the joining device gave up (expiry) or left
+        if "d" in msg:
+            answer.set_result((int(msg["d"]), str(msg["tk"]), bytes(msg["g"])))
+        else:
+            answer.set_exception(link_failed())
+
     def _say(self, kind: str, **fields: Any) -> None:
         self._sent += 1
         data = msgpack.packb({"o": self.origin, "n": self._sent, "k": kind, **fields})
@@ -171,7 +285,7 @@ class RedisBus(LocalBus):
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(CHANNEL, self._direct)
                 first = not self._subscribed.is_set()
                 self._subscribed.set()
                 delay = RECONNECT_MIN
@@ -180,7 +294,11 @@ class RedisBus(LocalBus):
                     self._seen.clear()
                     self._resync()
                 async for raw in pubsub.listen():
-                    if raw.get("type") == "message":
+                    if raw.get("type") != "message":
+                        continue
+                    if raw.get("channel") == self._direct:
+                        self._received_direct(raw["data"])
+                    else:
                         self._received(raw["data"])
             except _ERRORS as exc:
                 log.warning("the bus at %s failed (%s); reconnecting", self.url, exc)

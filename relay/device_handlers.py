@@ -46,7 +46,7 @@ from hushwire.relay.devices import (
     principal,
     removed_by,
 )
-from hushwire.relay.links import LinkChannels, link_failed
+from hushwire.relay.links import Channel, LinkChannels, SharedLink, link_failed
 from hushwire.relay.tokens import hash_token, new_salt, new_token
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class DeviceHandlers:
         self.relay = relay
         self.store = relay.store
         self.config = relay.config
-        self.links = LinkChannels()
+        self.links = LinkChannels(closed=relay.bus.link_closed)
         self.dispatch: dict[type[Request], Callable[[Peer, Request, float], Awaitable[Reply]]] = {
             FetchDevices: self._fetch,  # type: ignore[dict-item]
             PublishDevices: self._publish,  # type: ignore[dict-item]
@@ -155,44 +155,89 @@ class DeviceHandlers:
         channel = self.links.start(
             account, peer.device, req.channel, req.ephemeral, now=now, ttl=self.config.link_ttl
         )
+        shared = SharedLink(req.channel, "", account, req.ephemeral, channel.expires_at)
+        await self.relay.bus.link_open(shared, self.config.link_ttl)
         return LinkStartOk(id=req.id, expires_at=int(channel.expires_at))
 
     def _before_login(self, peer: Peer, now: float) -> None:
         """Link attempts count like failed logins per address: guessing channels is slow."""
         self.relay.check_login_rate(peer, "", now)
 
+    async def _elsewhere(self, peer: Peer, channel: bytes, now: float) -> SharedLink:
+        """The channel open on another relay (after it was not found here), else the
+        refusal, counted as a failed login."""
+        shared = await self.relay.bus.link_find(channel)
+        if shared is None or now >= shared.expires_at:
+            await self.relay.failed_login(peer, "", now)
+            raise link_failed()
+        return shared
+
     async def _link_fetch(self, peer: Peer, req: LinkFetch, now: float) -> LinkFetchOk:
         self._before_login(peer, now)
+        found: Channel | SharedLink
         try:
-            channel = self.links.find(req.channel, now=now)
+            found = self.links.find(req.channel, now=now)
         except RequestError:
-            await self.relay.failed_login(peer, "", now)
-            raise
-        return LinkFetchOk(id=req.id, user=channel.account, ephemeral=channel.ephemeral)
+            found = await self._elsewhere(peer, req.channel, now)
+        return LinkFetchOk(id=req.id, user=found.account, ephemeral=found.ephemeral)
 
     async def _link_join(self, peer: Peer, req: LinkJoin, now: float) -> LinkJoinOk:
         self._before_login(peer, now)
         try:
             channel = self.links.join(req.channel, now=now)
         except RequestError:
+            return await self._join_elsewhere(peer, req, now)
+        device, token, sealed = await self._granted(channel, req.ephemeral, req.sealed, now, peer)
+        return LinkJoinOk(
+            id=req.id, user=channel.account, device=device, token=token, sealed=sealed
+        )
+
+    async def _join_elsewhere(self, peer: Peer, req: LinkJoin, now: float) -> LinkJoinOk:
+        """Forward the join to the relay holding the channel (bus.py) and wait there for
+        its old device's answer; any refusal counts as a failed login."""
+        shared = await self._elsewhere(peer, req.channel, now)
+        left = shared.expires_at - now
+        peer.hold_handshake(left)
+        try:
+            async with asyncio.timeout(left):
+                device, token, sealed = await self.relay.bus.link_join(
+                    shared, req.ephemeral, req.sealed
+                )
+        except (TimeoutError, RequestError):
             await self.relay.failed_login(peer, "", now)
-            raise
+            raise link_failed() from None
+        return LinkJoinOk(id=req.id, user=shared.account, device=device, token=token, sealed=sealed)
+
+    async def joined(
+        self, channel: bytes, ephemeral: bytes, sealed: bytes, *, now: float
+    ) -> tuple[int, str, bytes]:
+        """A new device on another relay joins a channel open here: the same rules as a
+        join on this relay (one join, expiry, the old device online)."""
+        return await self._granted(self.links.join(channel, now=now), ephemeral, sealed, now)
+
+    async def _granted(
+        self,
+        channel: Channel,
+        ephemeral: bytes,
+        sealed: bytes,
+        now: float,
+        joiner: Peer | None = None,
+    ) -> tuple[int, str, bytes]:
+        """Ask the old device, wait for its `link_accept`: (device, token, sealed grant)."""
         old = self.relay.online.get(principal(channel.account, channel.device))
         if old is None or channel.granted is None:
             self.links.close(channel)
             raise link_failed()
-        old.push(LinkRequestPush(channel=req.channel, ephemeral=req.ephemeral, sealed=req.sealed))
+        old.push(LinkRequestPush(channel=channel.channel, ephemeral=ephemeral, sealed=sealed))
         left = channel.expires_at - now
-        peer.hold_handshake(left)
+        if joiner is not None:
+            joiner.hold_handshake(left)
         try:
             async with asyncio.timeout(left):
-                device, token, sealed = await asyncio.shield(channel.granted)
+                return await asyncio.shield(channel.granted)
         except TimeoutError:
             self.links.close(channel)
             raise link_failed() from None
-        return LinkJoinOk(
-            id=req.id, user=channel.account, device=device, token=token, sealed=sealed
-        )
 
     async def _link_accept(self, peer: Peer, req: LinkAccept, now: float) -> LinkAcceptOk:
         account, _ = self.relay.account_of(peer)

@@ -9,6 +9,7 @@ with one message, so probing channels tells nothing about which exist. Time is p
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hushwire.common.crypto.link import CHANNEL_LEN
@@ -35,12 +36,26 @@ class Channel:
     granted: asyncio.Future[tuple[int, str, bytes]] | None = field(default=None)
 
 
-class LinkChannels:
-    """The relay's open channels, by channel id and by account."""
+@dataclass(frozen=True, slots=True)
+class SharedLink:
+    """A channel open on another relay, as the bus tells it (bus.py): which relay holds
+    it (`origin`, where a join is forwarded) and what `link_fetch` answers."""
 
-    def __init__(self) -> None:
+    channel: bytes
+    origin: str
+    account: str
+    ephemeral: bytes
+    expires_at: float
+
+
+class LinkChannels:
+    """The relay's open channels, by channel id and by account. `closed` hears of every
+    channel forgotten (so other relays stop forwarding joins to it)."""
+
+    def __init__(self, closed: Callable[[bytes], None] | None = None) -> None:
         self._by_channel: dict[bytes, Channel] = {}
         self._by_account: dict[str, Channel] = {}
+        self._closed = closed
 
     def start(
         self, account: str, device: int, channel: bytes, ephemeral: bytes, *, now: float, ttl: float
@@ -95,6 +110,8 @@ class LinkChannels:
         """Forget a channel; a new device still waiting on it gets link_failed."""
         if self._by_channel.get(channel.channel) is channel:
             del self._by_channel[channel.channel]
+            if self._closed is not None:
+                self._closed(channel.channel)
         if self._by_account.get(channel.account) is channel:
             del self._by_account[channel.account]
         if channel.granted is not None and not channel.granted.done():

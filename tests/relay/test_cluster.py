@@ -54,13 +54,14 @@ class Cluster:
         self.relays: list[Daemon] = []
         self.tokens: dict[str, str] = {}
 
-    async def start(self, n: int, users: tuple[str, ...]) -> Cluster:
+    async def start(self, n: int, users: tuple[str, ...], *extra: str) -> Cluster:
+        """`n` relays; `extra`: more command-line options for each."""
         self.tokens = await add_users(self.pg_url, users)
         for _ in range(n):
-            await self.add()
+            await self.add(*extra)
         return self
 
-    async def add(self) -> Daemon:
+    async def add(self, *extra: str) -> Daemon:
         home = self.tmp_path / f"relay{len(self.relays)}"
         home.mkdir()
         relay = await self.daemons(
@@ -74,6 +75,7 @@ class Cluster:
             "--key",
             str(self.tmp_path / "key.pem"),
             *FAST,
+            *extra,
         )
         self.relays.append(relay)
         return relay
