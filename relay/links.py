@@ -1,9 +1,11 @@
 """Open link channels: which account's device is waiting for a new device to join.
 
-A channel lives in memory only (a relay restart cancels open links; the user runs
-`hushwire link` again). Each account has at most one open channel; a channel serves one
-join and dies at its expiry. Every refusal a new device can see is the same `link_failed`
-with one message, so probing channels tells nothing about which exist. Time is passed in.
+A channel lives in memory only, on the relay of the device that opened it (a relay
+restart cancels open links; the user runs `hushwire link` again); with several relays
+the bus tells the others where it is (`SharedLink`, bus_redis.py). Each account has at
+most one open channel; a channel serves one join and dies at its expiry. Every refusal
+a new device can see is the same `link_failed` with one message, so probing channels
+tells nothing about which exist. Time is passed in.
 """
 
 from __future__ import annotations
