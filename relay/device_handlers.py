@@ -159,9 +159,11 @@ class DeviceHandlers:
         await self.relay.bus.link_open(shared, self.config.link_ttl)
         return LinkStartOk(id=req.id, expires_at=int(channel.expires_at))
 
-    def _before_login(self, peer: Peer, now: float) -> None:
-        """Link attempts count like failed logins per address: guessing channels is slow."""
+    async def _before_login(self, peer: Peer, now: float) -> None:
+        """Link attempts count like failed logins per address, on the relays of the
+        deployment together: guessing channels is slow, however spread."""
         self.relay.check_login_rate(peer, "", now)
+        await self.relay.check_shared_login_rate(peer, "")
 
     async def _elsewhere(self, peer: Peer, channel: bytes, now: float) -> SharedLink:
         """The channel open on another relay (after it was not found here), else the
@@ -173,7 +175,7 @@ class DeviceHandlers:
         return shared
 
     async def _link_fetch(self, peer: Peer, req: LinkFetch, now: float) -> LinkFetchOk:
-        self._before_login(peer, now)
+        await self._before_login(peer, now)
         found: Channel | SharedLink
         try:
             found = self.links.find(req.channel, now=now)
@@ -182,7 +184,7 @@ class DeviceHandlers:
         return LinkFetchOk(id=req.id, user=found.account, ephemeral=found.ephemeral)
 
     async def _link_join(self, peer: Peer, req: LinkJoin, now: float) -> LinkJoinOk:
-        self._before_login(peer, now)
+        await self._before_login(peer, now)
         try:
             channel = self.links.join(req.channel, now=now)
         except RequestError:

@@ -6,7 +6,8 @@ What is attacked: the link completes across relays and the new device then logs 
 third relay and gets fan-out; a second join from a third relay on the same channel is
 refused with `link_failed` while the first waits, and so is any use of it once linked;
 a channel that expires while a device on another relay waits fails that device, and
-fetching it afterwards from a third relay fails too.
+fetching it afterwards from a third relay fails too; channel guesses spread over relays
+share one failed-login budget.
 """
 
 from __future__ import annotations
@@ -148,4 +149,23 @@ async def test_an_expired_channel_fails_across_relays(cluster: Cluster) -> None:
     unknown = await expect_error(ErrorCode.LINK_FAILED, late.request(LinkFetch, channel=b"?" * 16))
     assert failed.message == unknown.message  # an expired code looks like no code
     for conn in (new, late, old.conn):
+        await conn.close()
+
+
+async def test_link_guesses_spread_over_relays_share_one_budget(cluster: Cluster) -> None:
+    """2 failed link attempts per network allowed: one unknown channel fetched on relay
+    0 and one joined on relay 1 use it up; the next attempt is refused `rate_limited` on
+    relay 2, which saw none (on one relay each, the budget would be 2 per relay)."""
+    await cluster.start(3, (), "--login-failures", "2")
+    first, second, third = [await newcomer(relay) for relay in cluster.relays]
+    await expect_error(ErrorCode.LINK_FAILED, first.request(LinkFetch, channel=b"?" * 16))
+    await expect_error(
+        ErrorCode.LINK_FAILED,
+        second.request(LinkJoin, channel=b"?" * 16, ephemeral=b"n" * 32, sealed=b"s"),
+    )
+    limited = await expect_error(
+        ErrorCode.RATE_LIMITED, third.request(LinkFetch, channel=b"?" * 16)
+    )
+    assert limited.retry_after and limited.retry_after > 0
+    for conn in (first, second, third):
         await conn.close()
