@@ -4,7 +4,8 @@ relay processes, a real PostgreSQL and a real redis-server.
 
 What is attacked: the link completes across relays and the new device then logs in on a
 third relay and gets fan-out; a second join from a third relay on the same channel is
-refused with `link_failed` while the first waits, and so is any use of it once linked;
+refused with `link_failed` while the first waits, and so is any use of it once linked
+(the token, which crossed Redis, is in no relay's log);
 a channel that expires while a device on another relay waits fails that device, and
 fetching it afterwards from a third relay fails too; channel guesses spread over relays
 share one failed-login budget.
@@ -100,6 +101,8 @@ async def test_a_device_links_across_relays_then_gets_fan_out_on_a_third(
     got = joiner.open_grant(joined.sealed)  # the grant sealed by the old device
     assert got.identity.public().sign_key == old.identity.public().sign_key
     await new.close()
+    await cluster.relays[0].wait_log("alice linked device")
+    assert not any(joined.token in line for r in cluster.relays for line in r.log)
 
     # Used: the code is dead on every relay.
     for relay in cluster.relays:
