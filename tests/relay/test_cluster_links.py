@@ -23,7 +23,6 @@ from hushwire.common.crypto.link import LinkCode, LinkJoiner, LinkOffer
 from hushwire.common.errors import ErrorCode
 from hushwire.common.messages import (
     DeviceEnvelope,
-    LinkAccept,
     LinkFetch,
     LinkJoin,
     LinkRequestPush,
@@ -32,7 +31,7 @@ from hushwire.common.messages import (
     PublishDevices,
 )
 from tests.relay.test_cluster import Cluster, Inbox, cluster, per_sender
-from tests.relay.test_server_devices import Device, expect_error, next_push, publish
+from tests.relay.test_server_devices import Device, accept, expect_error, next_push, publish
 from tests.support import WAIT, Daemon
 
 __all__ = ["cluster"]  # the fixture, shared with test_cluster.py
@@ -89,13 +88,7 @@ async def test_a_device_links_across_relays_then_gets_fan_out_on_a_third(
         intruder.request(LinkJoin, channel=offer.code.channel, ephemeral=n_pub, sealed=b"s"),
     )
 
-    request = offer.open_request(push.ephemeral, push.sealed, now=1)
-    new_list, device = dlist.with_device(request.name, request.dh_key, 2)
-    signed = new_list.sign(old.identity)
-    grant = offer.seal_grant(old.identity, device.id, signed)
-    accepted = await old.conn.request(
-        LinkAccept, channel=offer.code.channel, device_list=signed, sealed=grant
-    )
+    new_list, accepted = await accept(old, offer, dlist, push, now=1)
     joined = await asyncio.wait_for(joining, WAIT)
     assert (joined.user, joined.device) == ("alice", accepted.device)
     got = joiner.open_grant(joined.sealed)  # the grant sealed by the old device

@@ -76,6 +76,20 @@ async def first_device(relay, user: str) -> tuple[Device, object]:
     return Device(conn, identity, 1), dlist
 
 
+async def accept(old: Device, offer: LinkOffer, dlist, push: LinkRequestPush, *, now: float):
+    """The old device's answer to a `link_request`: the next list, signed, and the grant;
+    returns the new list and the relay's reply (with the new device's id)."""
+    request = offer.open_request(push.ephemeral, push.sealed, now=now)
+    new_list, device = dlist.with_device(request.name, request.dh_key, 2)
+    signed = new_list.sign(old.identity)
+    grant = offer.seal_grant(old.identity, device.id, signed)
+    accepted = await old.conn.request(
+        LinkAccept, channel=offer.code.channel, device_list=signed, sealed=grant
+    )
+    assert accepted.device == device.id
+    return new_list, accepted
+
+
 async def link(relay, old: Device, dlist, *, name: str = "second", now: float = 100.0):
     """The whole link exchange through the relay; returns the new device and list."""
     offer = LinkOffer(X25519, now=now, ttl=300)
@@ -89,15 +103,9 @@ async def link(relay, old: Device, dlist, *, name: str = "second", now: float = 
         new_conn.request(LinkJoin, channel=offer.code.channel, ephemeral=n_pub, sealed=sealed)
     )
     push = await next_push(old.conn, LinkRequestPush)
-    request = offer.open_request(push.ephemeral, push.sealed, now=now + 1)
-    new_list, device = dlist.with_device(request.name, request.dh_key, 2)
-    signed = new_list.sign(old.identity)
-    grant = offer.seal_grant(old.identity, device.id, signed)
-    accepted = await old.conn.request(
-        LinkAccept, channel=offer.code.channel, device_list=signed, sealed=grant
-    )
+    new_list, accepted = await accept(old, offer, dlist, push, now=now + 1)
     joined = await asyncio.wait_for(joining, WAIT)
-    assert accepted.device == joined.device == device.id
+    assert accepted.device == joined.device
     got = joiner.open_grant(joined.sealed)
     await new_conn.request(
         Login,
