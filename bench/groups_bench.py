@@ -223,7 +223,13 @@ async def client_send_run(members: int, messages: int) -> dict[str, tuple[float,
         work = Path(tmp)
         token = await make_db(work / "relay.db", members)
         _, _, pin = tls_material(work)
-        relay = hushwire(work, core=0).start()
+        # Both limits stop a real client's first sends to a 50-member group on a default
+        # relay: one user may fetch 20 bundles at once, then one per 3 s (the create
+        # fetches one per member, then one per device), and until members answer every
+        # note carries its session's first-message header (~1.5 kB each: the create of
+        # 50 is a 173 kB frame, over the default 64 KiB).
+        extra = ("--fetch-burst", "1000000000", "--max-frame", str(1 << 20))
+        relay = hushwire(work, core=0, extra=extra).start()
         try:
             kdf = KdfParams(n=2**10)
             for i in range(1, members):
