@@ -33,7 +33,6 @@ from hushwire.client.events import (
     GroupNotice,
     utc_from_ms,
 )
-from hushwire.client.fanout import fetcher
 from hushwire.client.group_fanout import pin_member, send_to_devices
 from hushwire.client.group_inbox import describe_change
 from hushwire.client.group_store import GroupLine, GroupStore, StoredGroup
@@ -173,7 +172,7 @@ class Groups:
         if any(g.log.active and g.log.current.name == name for g in await self.store.all()):
             raise GroupCommandError(f"you are already in a group named {name!r}")
         conn = self._conn_of()
-        keys = {m: await pin_member(self._sessions, m, fetcher(conn)) for m in others}
+        keys = {m: await pin_member(self._sessions, self._devices, conn, m) for m in others}
         now = self._sessions.now_ms()
         log, change = create_group(self._sessions.identity, self._me, name, keys, now)
 
@@ -231,10 +230,9 @@ class Groups:
             if strangers := [u for u in whom if not state.is_member(u)]:
                 raise GroupCommandError(f"not in {shown}: {', '.join(strangers)}")
         conn = self._conn_of()
-        fetch = fetcher(conn)
-        keys = {u: await pin_member(self._sessions, u, fetch) for u in whom}
+        keys = {u: await pin_member(self._sessions, self._devices, conn, u) for u in whom}
         for member in state.members:
-            await pin_member(self._sessions, member, fetch)
+            await pin_member(self._sessions, self._devices, conn, member)
         now = self._sessions.now_ms()
         try:
             updated, change = propose(
@@ -286,9 +284,8 @@ class Groups:
                 "this relay cannot carry group messages (it predates them): "
                 "ask its operator to upgrade hushwire-relay"
             )
-        fetch = fetcher(conn)
         for member in log.current.members:
-            await pin_member(self._sessions, member, fetch)
+            await pin_member(self._sessions, self._devices, conn, member)
         line: list[GroupLine] = []
 
         async def prepare() -> tuple[bytes, bytes | None]:
