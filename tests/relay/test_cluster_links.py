@@ -8,14 +8,17 @@ refused with `link_failed` while the first waits, and so is any use of it once l
 (the token, which crossed Redis, is in no relay's log);
 a channel that expires while a device on another relay waits fails that device, and
 fetching it afterwards from a third relay fails too; channel guesses spread over relays
-share one failed-login budget.
+share one failed-login budget; `hushwire login --link` (the real client) through another
+relay than the old device's.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from hushwire.client.connection import RelayConnection, TlsSettings
+from hushwire.client.service import HushwireClient, RelaySettings
 from hushwire.common.crypto.devices import first_device_list
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
@@ -30,6 +33,7 @@ from hushwire.common.messages import (
     ListVersion,
     PublishDevices,
 )
+from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE
 from tests.relay.test_cluster import Cluster, Inbox, cluster, per_sender
 from tests.relay.test_server_devices import Device, accept, expect_error, next_push, publish
 from tests.support import WAIT, Daemon
@@ -165,3 +169,39 @@ async def test_link_guesses_spread_over_relays_share_one_budget(cluster: Cluster
     assert limited.retry_after and limited.retry_after > 0
     for conn in (first, second, third):
         await conn.close()
+
+
+async def test_login_link_through_another_relay_than_the_old_device(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The real clients: alice's first device on relay 0 shows a code, `login --link`
+    reaches relay 1 (HAProxy's leastconn); the new profile is a device of alice's and
+    both devices list it."""
+    await cluster.start(2, ("alice",))
+    first, second = cluster.relays
+    settings = RelaySettings(
+        host="127.0.0.1", port=first.port, user="alice", token=cluster.tokens["alice"]
+    )
+    old = await HushwireClient.login(
+        tmp_path / "old", PASSPHRASE, settings, fingerprint=first.fingerprint, kdf=FAST_KDF
+    )
+    offer, _ = await old.offer_link()
+    joining = asyncio.create_task(
+        HushwireClient.login_link(
+            tmp_path / "new",
+            PASSPHRASE,
+            host="127.0.0.1",
+            port=second.port,
+            code=offer.code.text(),
+            name="laptop",
+            kdf=FAST_KDF,
+            backoff=FAST_BACKOFF,
+        )
+    )
+    await old.accept_link(offer)
+    new = await asyncio.wait_for(joining, WAIT)
+    mine = [(d.id, d.name, d.this) for d in await new.devices()]
+    assert (2, "laptop", True) in mine and len(mine) == 2
+    assert [d.id for d in await old.devices()] == [1, 2]
+    for client in (new, old):
+        await client.close()
