@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from hushwire.common.errors import ErrorCode
 from hushwire.common.messages import PresenceChanged, Push
 from hushwire.relay.config import ConfigError
+from hushwire.relay.shared_limits import Spending, SpendLog
 
 if TYPE_CHECKING:
     from hushwire.relay.handlers import Peer, Relay
@@ -36,6 +37,10 @@ REPLACED = "logged in from another connection"
 
 class Bus(Protocol):
     """What the relay tells every relay, itself included."""
+
+    # Where the relay notes what its users spent of the limits shared across relays
+    # (shared_limits.py); None when there is no other relay to tell.
+    spending: SpendLog | None
 
     async def start(self, events: RelayEvents) -> None: ...
     def envelopes(self, principals: Sequence[str]) -> None:
@@ -75,6 +80,7 @@ class LocalBus:
 
     def __init__(self) -> None:
         self.events: RelayEvents | None = None
+        self.spending: SpendLog | None = None  # the relay's own limits are the whole budget
 
     @property
     def _events(self) -> RelayEvents:
@@ -115,9 +121,16 @@ class LocalBus:
 class RelayEvents:
     """What a bus message does on this relay."""
 
-    def __init__(self, relay: Relay, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.relay = relay
         self._clock = clock
+        self._now = now  # the wall clock the relay's rate limits run on
         self._mine: dict[str, int] = {}  # principal -> claim of its session here
         self._newest: dict[str, int] = {}  # principal -> newest claim seen anywhere
         # Accounts online on other relays: origin -> (accounts, when last heard).
@@ -150,6 +163,10 @@ class RelayEvents:
                 log.info("disconnecting %s: %s", name, reason, extra={"event": "kicked"})
                 peer.kick(code, reason)
                 self.relay.disconnected(peer)
+
+    def charged(self, spent: Spending) -> None:
+        """Another relay's users spent this of the shared limits: charge it here too."""
+        self.relay.charge(spent, self._now())
 
     def resync(self) -> None:
         """Bus messages may have been lost: every connected device reads its mailbox."""

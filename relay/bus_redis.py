@@ -17,6 +17,9 @@ Shared rate limits: failed logins per (user, address prefix) count in a Redis ke
 the relays get one budget. Logins claim their device with INCR on a per-device key: the
 highest claim wins, on whichever relay, and the other relay closes its session with
 `session_replaced`.
+Shared per-user limits (shared_limits.py): each relay reports what its users spent
+(kind `r`) at most every REPORT_EVERY seconds, and charges the others' reports to its
+own token buckets; no request waits on Redis.
 Presence: each relay announces accounts coming and going, plus the whole list every
 HEARTBEAT seconds; a relay not heard for PRESENCE_TTL counts as gone.
 """
@@ -39,6 +42,7 @@ from hushwire.common.codec import decode_from_relay
 from hushwire.common.errors import ErrorCode, HushwireError
 from hushwire.common.messages import Push
 from hushwire.relay.bus import LocalBus, RelayEvents
+from hushwire.relay.shared_limits import REPORT_EVERY, SpendLog
 from hushwire.relay.store.urls import redact
 
 log = logging.getLogger("hushwire.relay.bus")
@@ -66,6 +70,7 @@ class RedisBus(LocalBus):
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(PUBLISH_QUEUE)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
+        self.spending = SpendLog()
         self.dropped = 0  # messages that could not be published
         self.resyncs = 0  # times every connected device re-read its mailbox
 
@@ -74,7 +79,8 @@ class RedisBus(LocalBus):
         background: a relay whose Redis is down at start still starts, and catches up
         once it is back."""
         await super().start(events)
-        for coro in (self._listen(), self._publish(), self._heartbeat()):
+        tasks = (self._listen(), self._publish(), self._heartbeat(), self._report_spending())
+        for coro in tasks:
             self._tasks.append(asyncio.create_task(coro, name="hushwire-bus"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), 5.0)
@@ -164,6 +170,15 @@ class RedisBus(LocalBus):
                 self.dropped += len(batch)
                 log.warning("the bus dropped %d message(s): %s", len(batch), exc)
 
+    async def _report_spending(self) -> None:
+        """What this relay's users spent, every REPORT_EVERY seconds while they spend."""
+        spending = self.spending
+        while True:
+            await spending.waiting.wait()
+            await asyncio.sleep(REPORT_EVERY)
+            for part in spending.take():
+                self._say("r", s=part)
+
     # --- what the others say ----------------------------------------------------------
 
     async def _listen(self) -> None:
@@ -227,6 +242,8 @@ class RedisBus(LocalBus):
             events.claimed(str(msg["p"]), int(msg["n"]))
         elif kind == "o":
             events.presence(origin, msg["a"], online=msg["on"])
+        elif kind == "r":
+            events.charged(msg["s"])
 
     async def _heartbeat(self) -> None:
         while True:
