@@ -490,9 +490,11 @@ class Relay:
 
     def charge(self, spent: Spending, now: float) -> None:
         """Spending another relay reported: its users' costs taken from the same limits
-        here, so the relays together hold each user to about one budget."""
+        here, so the relays together hold each user to about one budget. A malformed
+        report raises TypeError or ValueError and charges nothing."""
         if not isinstance(spent, dict):
             raise TypeError("a spending report is a map")
+        charges = []
         for kind, costs in spent.items():
             limiter = self._shared.get(kind)
             if limiter is None:
@@ -502,7 +504,9 @@ class Relay:
             for user, cost in costs.items():
                 if not isinstance(user, str) or not math.isfinite(cost) or cost <= 0:
                     raise ValueError(f"a bad {kind} spending report")
-                limiter.charge(user, now, cost)
+                charges.append((limiter, user, cost))
+        for limiter, user, cost in charges:
+            limiter.charge(user, now, cost)
 
     def limit(
         self,
