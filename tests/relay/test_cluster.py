@@ -7,7 +7,7 @@ on two relays (the newest wins); a relay SIGKILLed under load (its clients move 
 another relay; no acknowledged envelope is lost, shown twice or reordered per sender);
 Redis restarted mid-run (delivery resumes, nothing lost); PostgreSQL restarted mid-run
 (sends refused with the retryable `unavailable` code meanwhile, nothing acknowledged
-lost).
+lost); failed logins, and a sender moving between relays, held to one budget.
 """
 
 from __future__ import annotations
