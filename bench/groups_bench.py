@@ -15,7 +15,17 @@ sealed note has) and the payload is sized like a 200-byte text with its `seen` l
 Shapes: a group of N members (the sender included: 50 is the most one send may name)
 with 1 device each, and the same group where a fifth of the others have 2 devices.
 
+Client send (`--client`): the real `HushwireClient.groups.send` of u0 to a group of N
+real accounts (logged in once, so their keys are published, then offline: only the
+sender's work is in this process), through a relay process on core 0. Sessions with
+every member device are set up by the group's create and a first message; then the
+sending process's CPU per group send (seal the payload once and a key note per device,
+the profile transaction, one `send_devices`, TLS) and the frame bytes it writes per send
+(before TLS): first while no member has answered (each note still carries its session's
+first-message header), then again once every member has sent the sender one message.
+
     .venv/bin/python bench/groups_bench.py [--messages 300] [--rounds 200] [--members 10 50]
+    .venv/bin/python bench/groups_bench.py --client [--messages 100] [--members 10 50]
 """
 
 from __future__ import annotations
@@ -31,7 +41,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.servers import hushwire, make_db, tls_material, user_name
 from hushwire.client.connection import RelayConnection, TlsSettings
+from hushwire.client.service import HushwireClient, RelaySettings
+from hushwire.client.store import KdfParams
 from hushwire.common.crypto.devices import first_device_list
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
@@ -171,12 +184,93 @@ async def run(members: int, two_devices: int, messages: int, rounds: int) -> dic
     }
 
 
+class _CountingWriter:
+    """A connection's stream writer that counts the frame bytes it is given."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self._writer.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._writer, name)
+
+
+async def _timed_sends(sender: HushwireClient, name: str, messages: int) -> tuple[float, ...]:
+    """(CPU us, frame bytes written, wall ms) per `groups.send` of `sender` to `name`."""
+    counter = _CountingWriter(sender._conn._writer)
+    sender._conn._writer = counter
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        for i in range(messages):
+            await sender.groups.send(name, f"message {i}")
+        cpu = time.process_time() - cpu
+        wall = time.perf_counter() - wall
+    finally:
+        sender._conn._writer = counter._writer
+    return cpu / messages * 1e6, counter.written / messages, wall / messages * 1e3
+
+
+async def client_send_run(members: int, messages: int) -> dict[str, tuple[float, ...]]:
+    """Per `groups.send` of u0 to a group of `members` accounts (u0 included), the others
+    offline: (CPU us, frame bytes written, wall ms) while no member has answered yet
+    (every note still carries the session's first-message header) and once each has
+    sent u0 one 1:1 message (the sessions are confirmed, as in a running group)."""
+    with tempfile.TemporaryDirectory(prefix="hushwire-groups-client-") as tmp:
+        work = Path(tmp)
+        token = await make_db(work / "relay.db", members)
+        _, _, pin = tls_material(work)
+        # Both limits stop a real client's first sends to a 50-member group on a default
+        # relay: one user may fetch 20 bundles at once, then one per 3 s (the create
+        # fetches one per member, then one per device), and until members answer every
+        # note carries its session's first-message header (~1.5 kB each: the create of
+        # 50 is a 173 kB frame, over the default 64 KiB).
+        extra = ("--fetch-burst", "1000000000", "--max-frame", str(1 << 20))
+        relay = hushwire(work, core=0, extra=extra).start()
+        try:
+            kdf = KdfParams(n=2**10)
+            for i in range(1, members):
+                settings = RelaySettings("127.0.0.1", relay.port, user_name(i), token, pin=pin)
+                member = await HushwireClient.login(work / user_name(i), "bench", settings, kdf=kdf)
+                await member.close()
+            settings = RelaySettings("127.0.0.1", relay.port, user_name(0), token, pin=pin)
+            sender = await HushwireClient.login(work / user_name(0), "bench", settings, kdf=kdf)
+            name = f"bench{members}"
+            await sender.groups.create(name, [user_name(i) for i in range(1, members)])
+            await sender.groups.send(name, "warm-up: sessions with every device")
+            results = {"unanswered": await _timed_sends(sender, name, messages)}
+            for i in range(1, members):
+                member = await HushwireClient.open(work / user_name(i), "bench")
+                await member.start()
+                await member.sync(120.0)
+                await member.send(sender.user, "a first answer: the session is confirmed")
+                await member.close()
+            await sender.sync(120.0)
+            results["answered"] = await _timed_sends(sender, name, messages)
+            await sender.close()
+        finally:
+            relay.stop()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--members", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--client", action="store_true", help="the client send table")
     args = parser.parse_args()
+    if args.client:
+        print("members  sessions    client CPU us/send  bytes written/send  wall ms/send")
+        for members in args.members:
+            for phase, (cpu, written, wall) in asyncio.run(
+                client_send_run(members, args.messages)
+            ).items():
+                print(f"{members:>7}  {phase:<10}  {cpu:>18,.0f}  {written:>18,.0f}  {wall:>12.1f}")
+        return
     print("members  devices  payload B  sends/s  deliveries/s  last-device p50 ms  p99 ms")
     for members in args.members:
         for two in (0, members // 5):

@@ -20,6 +20,7 @@ from hushwire.client.service import (
 from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
+from hushwire.common.crypto.safety import safety_number
 from hushwire.common.errors import ErrorCode, RequestError
 from tests.e2e.helpers import FAST_BACKOFF, PASSPHRASE, link, next_event, sync, texts
 
@@ -41,6 +42,25 @@ async def accounts(relay, login, tmp_path):
     yield alice, alice2, bob, bob2, linked
     for c in linked:
         await c.close()
+
+
+async def test_every_device_of_both_accounts_shows_one_safety_number(accounts):
+    """Verifying a person is done once: the four devices (each with its own identity DH
+    key) show the same 60 digits, and they are the account keys' number."""
+    alice, alice2, bob, bob2, _ = accounts
+    await alice.send("bob", "hi")
+    await bob2.send("alice", "hi from the phone")
+    await sync(alice, alice2, bob, bob2)
+    views = {
+        (d.user, d.settings.device): await d.safety_number("bob" if d.user == "alice" else "alice")
+        for d in (alice, alice2, bob, bob2)
+    }
+    assert len(set(views.values())) == 1, views
+    dh_keys = {d.sessions.identity.public().dh_key for d in (alice, alice2)}
+    assert len(dh_keys) == 2  # the devices do have different identity DH keys
+    expected = safety_number("alice", alice.sessions.identity.public(), "bob",
+                             bob.sessions.identity.public())  # fmt: skip
+    assert views[("alice", 1)] == " ".join(expected.groups())
 
 
 async def test_two_devices_each_see_the_whole_conversation_once(relay, reopen, tmp_path, accounts):
