@@ -30,6 +30,7 @@ from hushwire.client.devices import DeviceLists
 from hushwire.client.errors import (
     ConnectionClosed,
     GroupCommandError,
+    MessageHeld,
     MessageTooLong,
     UnknownGroup,
 )
@@ -38,6 +39,7 @@ from hushwire.client.events import (
     GroupInfo,
     GroupLineItem,
     GroupNotice,
+    Notice,
     utc_from_ms,
 )
 from hushwire.client.fanout import fetcher
@@ -91,9 +93,14 @@ class Groups:
         self.outbox = GroupOutbox(sessions, devices, self.store, emit)
 
     async def flush(self, conn: RelayConnection) -> int:
-        """Send the changes and messages still waiting for the relay (after a login)."""
+        """Send the changes and messages still waiting for the relay (after a login); one
+        blocked by a member's changed key waits for `trust` and is shown."""
         async with self.outbox.lock:
-            return await self.outbox.flush(conn)
+            try:
+                return await self.outbox.flush(conn)
+            except MessageHeld as exc:
+                self._emit(Notice(f"a group send waits: {exc.message}"))
+                return 0
 
     async def _commit(self, conn: RelayConnection, commit: Commit, what: str) -> None:
         """Send what waits, then run `commit` in one transaction (it applies a change or
