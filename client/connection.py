@@ -179,6 +179,10 @@ class RelayConnection:
         await self.say_hello(versions)
         return await self.request(Login, user=user, token=token, device=device, sign_key=sign_key)
 
+    def supports(self, feature: str) -> bool:
+        """Whether the relay named `feature` in its hello (messages.RELAY_FEATURES)."""
+        return self.hello is not None and feature in self.hello.features
+
     async def say_hello(self, versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> HelloOk:
         """hello alone: what a new device does before it links (it has no login yet)."""
         hello = await self.request(Hello, versions=versions, client=CLIENT_NAME)

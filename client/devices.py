@@ -13,11 +13,13 @@ signed by the identity pinned for bob, and refused otherwise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from hushwire.client.connection import RelayConnection
-from hushwire.client.fanout import HeldLists
+from hushwire.client.errors import BadBundle
+from hushwire.client.fanout import HeldLists, fetcher
+from hushwire.client.session import SessionManager
 from hushwire.client.store import ProfileStore
 from hushwire.common import messages as wire
 from hushwire.common.crypto.devices import (
@@ -33,7 +35,7 @@ from hushwire.common.crypto.identity import IdentityKeyPair
 from hushwire.common.crypto.link import LinkOffer
 from hushwire.common.errors import CryptoError, DeviceListError, LinkExpired
 from hushwire.common.fingerprint import fingerprint_digest
-from hushwire.common.keys import IdentityPublic, SignedDeviceList
+from hushwire.common.keys import IdentityPublic, PrekeyBundle, SignedDeviceList
 
 FIRST_DEVICE_NAME = "first device"
 
@@ -127,6 +129,33 @@ class DeviceLists:
             self._notify(f"{account} linked a new device: {d.id} ({d.name})")
         for d in changes.removed if had else ():
             self._notify(f"{account} unlinked device {d.id} ({d.name})")
+
+    async def first_contact(
+        self, conn: RelayConnection, sessions: SessionManager, account: str
+    ) -> Callable[..., Awaitable[PrekeyBundle]]:
+        """The bundle fetcher for talking to `account`, pinning a contact never seen first
+        (trust on first use): from its signed list (`SessionManager.pin_listed`), or from
+        its device 1's bundle if it has none (`SessionManager.pin`). The fetcher then
+        answers the bundle that pinned it without fetching it again. A list that does not
+        verify under that bundle's identity is shown and refused (BadBundle: nothing
+        pinned, nothing sent)."""
+        fetch = fetcher(conn)
+        if account == self._user or await self._store.get_contact(account) is not None:
+            return fetch
+        reply = await conn.request(wire.FetchDevices, user=account)
+        if reply.device_list is None:
+            return fetcher(conn, (account, 1, await sessions.pin(account, fetch)))
+        try:
+            device, bundle = await sessions.pin_listed(account, reply.device_list, fetch)
+        except CryptoError as exc:
+            self._notify(
+                f"the relay served a device list for {account} that is refused: {exc.message}"
+            )
+            raise BadBundle(
+                f"{account}'s signed device list does not verify under the keys the relay "
+                f"served for {account} ({exc.message}); nothing was sent"
+            ) from None
+        return fetcher(conn, (account, device, bundle))
 
     async def on_mismatch(self, lists: Iterable[SignedDeviceList]) -> None:
         """The lists of a `mismatched_devices` answer, each checked like any list (the

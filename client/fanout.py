@@ -163,10 +163,17 @@ def decode_record(
     return envelopes, lists
 
 
-def fetcher(conn: RelayConnection) -> Callable[..., Awaitable[PrekeyBundle]]:
-    """Bundles of one account's devices from the relay (verified by the caller)."""
+def fetcher(
+    conn: RelayConnection, primed: tuple[str, int, PrekeyBundle] | None = None
+) -> Callable[..., Awaitable[PrekeyBundle]]:
+    """Bundles of one account's devices from the relay (verified by the caller).
+    `primed` (account, device, bundle): a bundle already fetched (at first contact),
+    answered once instead of fetching again (which would use up another prekey)."""
+    held = [primed] if primed is not None else []
 
     async def fetch(name: str, device: int = 1) -> PrekeyBundle:
+        if held and held[0][:2] == (name, device):
+            return held.pop()[2]
         one = None if device == 1 else device
         reply = await conn.request(wire.FetchBundle, user=name, device=one)
         return reply.bundle

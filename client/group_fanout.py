@@ -63,15 +63,17 @@ async def device_plan(
     return DevicePlan(tuple(targets), tuple(lists))
 
 
-async def pin_member(sessions: SessionManager, name: str, fetch: Fetch) -> bytes:
-    """The identity key pinned for `name` (pinned now from their verified bundle if we
-    never talked: trust on first use, as for a first message). MessageHeld while their
+async def pin_member(
+    sessions: SessionManager, devices: DeviceLists, conn: RelayConnection, name: str
+) -> bytes:
+    """The identity key pinned for `name` (pinned now if we never talked: trust on first
+    use, as for a first message, `DeviceLists.first_contact`). MessageHeld while their
     key changed and the user has not accepted it."""
     if name == sessions.user:
         return sessions.identity.sign_key
     contact = await sessions.store.get_contact(name)
     if contact is None:
-        await sessions.pin(name, fetch)
+        await devices.first_contact(conn, sessions, name)
         contact = await sessions.contact(name)
     if contact.pending is not None:
         raise MessageHeld(name)

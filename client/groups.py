@@ -42,7 +42,6 @@ from hushwire.client.events import (
     Notice,
     utc_from_ms,
 )
-from hushwire.client.fanout import fetcher
 from hushwire.client.group_fanout import pin_member
 from hushwire.client.group_inbox import describe_change
 from hushwire.client.group_outbox import GroupOutbox
@@ -60,6 +59,7 @@ from hushwire.common.chat_groups import (
 from hushwire.common.chat_transcript import MAX_TEXT_BYTES, compose, new_transcript
 from hushwire.common.crypto.group_payload import seal_group_payload
 from hushwire.common.errors import CryptoError, RequestError
+from hushwire.common.messages import FEATURE_GROUP_PAYLOAD
 from hushwire.common.names import check_username
 
 HISTORY_DEFAULT: Final = 200
@@ -213,7 +213,7 @@ class Groups:
         if any(g.log.active and g.log.current.name == name for g in await self.store.all()):
             raise GroupCommandError(f"you are already in a group named {name!r}")
         conn = self._conn_of()
-        keys = {m: await pin_member(self._sessions, m, fetcher(conn)) for m in others}
+        keys = {m: await pin_member(self._sessions, self._devices, conn, m) for m in others}
         now = self._sessions.now_ms()
         log, change = create_group(self._sessions.identity, self._me, name, keys, now)
 
@@ -271,10 +271,9 @@ class Groups:
             if strangers := [u for u in whom if not state.is_member(u)]:
                 raise GroupCommandError(f"not in {shown}: {', '.join(strangers)}")
         conn = self._conn_of()
-        fetch = fetcher(conn)
-        keys = {u: await pin_member(self._sessions, u, fetch) for u in whom}
+        keys = {u: await pin_member(self._sessions, self._devices, conn, u) for u in whom}
         for member in state.members:
-            await pin_member(self._sessions, member, fetch)
+            await pin_member(self._sessions, self._devices, conn, member)
         now = self._sessions.now_ms()
         try:
             updated, change = propose(
@@ -318,9 +317,13 @@ class Groups:
         if size > MAX_TEXT_BYTES:
             raise MessageTooLong(size, MAX_TEXT_BYTES)
         conn = self._conn_of()
-        fetch = fetcher(conn)
+        if not conn.supports(FEATURE_GROUP_PAYLOAD):
+            raise GroupCommandError(
+                "this relay cannot carry group messages (it predates them): "
+                "ask its operator to upgrade hushwire-relay"
+            )
         for member in log.current.members:
-            await pin_member(self._sessions, member, fetch)
+            await pin_member(self._sessions, self._devices, conn, member)
         line: list[GroupLine] = []
 
         async def commit() -> list[GroupSend]:

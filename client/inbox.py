@@ -24,7 +24,6 @@ from hushwire.client.events import (
     SessionRestarted,
     utc_from_ms,
 )
-from hushwire.client.fanout import fetcher
 from hushwire.client.group_inbox import GroupInbox
 from hushwire.client.keys import KeyUpkeep
 from hushwire.client.outcomes import (
@@ -115,7 +114,7 @@ class Inbox:
         # version 2 without waiting for a reply (a failed ack closes the connection, and
         # the relay pushes the envelope again after the next login).
         with contextlib.suppress(ConnectionClosed, RequestError):
-            if conn.hello is not None and conn.hello.version >= 2:
+            if conn.supports(wire.FEATURE_ACK_NO_REPLY):
                 conn.notify(wire.Ack(id=None, mids=(push.mid,)))
             else:
                 await conn.request(wire.Ack, mids=(push.mid,))
@@ -131,7 +130,8 @@ class Inbox:
     async def _know_sender(self, conn: RelayConnection, push: wire.Deliver) -> None:
         """Before opening an envelope from a device other than a contact's device 1 (or
         from our own account's), hold a verified list that names it: fetch the account's
-        list (and, for a contact never seen, pin their identity from device 1's bundle).
+        list (and, for a contact never seen, pin their identity from it: see
+        `DeviceLists.first_contact`).
         `receive` then refuses the envelope unless the list gives its key."""
         sender, device = push.sender, push.sender_device
         s = self._sessions
@@ -140,7 +140,7 @@ class Inbox:
         if await s.lists.listed_key(sender, device) is not None:
             return
         if sender != s.user and await s.store.get_contact(sender) is None:
-            await s.pin(sender, fetcher(conn))
+            await self._devices.first_contact(conn, s, sender)
         reply = await conn.request(wire.FetchDevices, user=sender)
         if reply.device_list is not None:
             await self._devices.on_changed(sender, reply.device_list)

@@ -37,7 +37,7 @@ from hushwire.client.fanout import decode_record, fetcher, plan
 from hushwire.client.limits import max_text_bytes
 from hushwire.client.outcomes import Outgoing
 from hushwire.client.restart import restart, views
-from hushwire.client.session import SessionManager
+from hushwire.client.session import Fetch, SessionManager
 from hushwire.common import messages as wire
 from hushwire.common.errors import CryptoError, ErrorCode, RequestError
 from hushwire.common.names import check_username
@@ -118,7 +118,8 @@ class Outbox:
                 queued=any(m.uid == uid for m in await self._sessions.waiting()),
             )
         try:
-            out = await self._sessions.prepare_send(name, text, fetcher(conn))
+            fetch = await self._devices.first_contact(conn, self._sessions, name)
+            out = await self._sessions.prepare_send(name, text, fetch)
         except MessageHeld:
             self._emit(KeyChanged(name))
             raise
@@ -137,18 +138,21 @@ class Outbox:
                 )
             )
             return await self._queued(name, text)
-        return await self._transmit(conn, out, text, keep=queue_if_offline)
+        return await self._transmit(conn, out, text, keep=queue_if_offline, fetch=fetch)
 
-    async def _fan_out(self, conn: RelayConnection, out: Outgoing, text: str) -> None:
+    async def _fan_out(
+        self, conn: RelayConnection, out: Outgoing, text: str, fetch: Fetch | None
+    ) -> None:
         """Seal `out` for every verified device and send it in one `send_devices`."""
         s = self._sessions
+        fetch = fetch or fetcher(conn)
         for attempt in range(1, MAX_FANOUT_ATTEMPTS + 1):
             targets = await plan(
                 s.lists, s.user, s.device, out.contact, first_sealed=bool(out.envelope)
             )
             if not targets.primary:  # the contact's list leaves device 1 out
                 out = dataclasses.replace(out, envelope=b"")
-            out = await seal_copies(s, out, text, targets, fetcher(conn))
+            out = await seal_copies(s, out, text, targets, fetch)
             try:
                 await conn.send_devices(out.envelopes(), out.lists)
             except RequestError as exc:
@@ -164,10 +168,16 @@ class Outbox:
         await self._devices.on_mismatch(exc.device_lists)
 
     async def _transmit(
-        self, conn: RelayConnection, out: Outgoing, text: str, *, keep: bool
+        self,
+        conn: RelayConnection,
+        out: Outgoing,
+        text: str,
+        *,
+        keep: bool,
+        fetch: Fetch | None = None,
     ) -> SendResult:
         try:
-            await self._fan_out(conn, out, text)
+            await self._fan_out(conn, out, text, fetch)
         except ConnectionClosed:
             if not keep:
                 await self._sessions.mark_failed(out.uid)
@@ -208,7 +218,8 @@ class Outbox:
             sent += await self._flush_one(conn, out, m.text)
         for m in await self._sessions.queued():
             try:
-                out = await self._sessions.prepare_send(m.contact, m.text, fetcher(conn), uid=m.uid)
+                fetch = await self._devices.first_contact(conn, self._sessions, m.contact)
+                out = await self._sessions.prepare_send(m.contact, m.text, fetch, uid=m.uid)
             except MessageHeld:
                 self._emit(KeyChanged(m.contact))
                 continue
@@ -220,12 +231,14 @@ class Outbox:
                 await self._sessions.mark_failed(m.uid)
                 self._emit(Notice(f"could not send a queued message to {m.contact}: {exc.message}"))
                 continue
-            sent += await self._flush_one(conn, out, m.text)
+            sent += await self._flush_one(conn, out, m.text, fetch)
         return sent
 
-    async def _flush_one(self, conn: RelayConnection, out: Outgoing, text: str) -> int:
+    async def _flush_one(
+        self, conn: RelayConnection, out: Outgoing, text: str, fetch: Fetch | None = None
+    ) -> int:
         try:
-            await self._transmit(conn, out, text, keep=True)
+            await self._transmit(conn, out, text, keep=True, fetch=fetch)
         except (RequestError, ClientError, CryptoError) as exc:
             self._emit(Notice(f"the relay refused a message to {out.contact}: {exc.message}"))
             return 0

@@ -54,6 +54,7 @@ from hushwire.client.text import (
     encode_reset,
     encode_text,
 )
+from hushwire.common.crypto.devices import DeviceList, check_device_identity, verify_device_list
 from hushwire.common.crypto.dh import DHGroup
 from hushwire.common.crypto.envelope import Envelope, EnvelopeType, Session
 from hushwire.common.crypto.identity import (
@@ -74,6 +75,7 @@ from hushwire.common.keys import (
     PQ_BUNDLE_VERSION,
     IdentityPublic,
     PrekeyBundle,
+    SignedDeviceList,
 )
 from hushwire.common.messages import Deliver
 from hushwire.common.names import is_valid_username
@@ -361,13 +363,37 @@ class SessionManager:
             ) from None
         return bundle
 
-    async def pin(self, name: str, fetch: Fetch) -> None:
+    async def pin(self, name: str, fetch: Fetch) -> PrekeyBundle:
         """Pin `name`'s identity (trust on first use) from their device 1's verified
-        bundle, when a first message comes from another of their devices."""
+        bundle: an account without a signed device list. Returns the bundle."""
         bundle = await self.fetch_verified(name, fetch)
         async with self.store.transaction():
             if await self.store.get_contact(name) is None:
                 await self.store.add_contact(name, bundle.identity, self.now_ms())
+        return bundle
+
+    async def pin_listed(
+        self, name: str, signed: SignedDeviceList, fetch: Fetch
+    ) -> tuple[int, PrekeyBundle]:
+        """Trust on first use from `name`'s signed device list (its device 1 may be gone):
+        pin the identity of its lowest listed device's verified bundle, under which the
+        list must verify and which must carry the DH key the list gives that device; the
+        contact and the list are committed together. Returns that device and its bundle.
+
+        The body is read before its signature can be checked only to choose the device
+        (the identity comes from that device's bundle); nothing in it is used until the
+        list verifies. CryptoError (InvalidSignature, DeviceListError, UnknownDevice) if
+        it does not; a contact pinned meanwhile is left as it is.
+        """
+        device = DeviceList.decode(signed.body).devices[0].id
+        bundle = await self.fetch_verified(name, fetch, device)
+        dlist = verify_device_list(signed, account=name, identity=bundle.identity, group=self.group)
+        check_device_identity(dlist, device, bundle.identity, bundle.identity)
+        async with self.store.transaction():
+            if await self.store.get_contact(name) is None:
+                await self.store.add_contact(name, bundle.identity, self.now_ms())
+                await self.lists.hold(name, signed)
+        return device, bundle
 
     async def queue(self, name: str, text: str) -> str:
         """Store a message to encrypt and send once connected; returns its uid."""

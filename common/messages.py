@@ -37,6 +37,13 @@ from hushwire.common.keys import (
 # Fields it added have defaults, so a version-1 peer may leave them out.
 PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)  # what this code can serve; a relay may switch 1 off
+
+# What a version-2 relay does beyond the version it agreed (hello's `features`): a relay
+# of the same version built before a feature drops or refuses its fields, so a client
+# uses one only when named (docs/protocol.md "hello").
+FEATURE_ACK_NO_REPLY = "ack_no_reply"  # `ack` with a nil id gets no reply
+FEATURE_GROUP_PAYLOAD = "group_payload"  # `send_devices` carries a group payload
+RELAY_FEATURES = (FEATURE_ACK_NO_REPLY, FEATURE_GROUP_PAYLOAD)
 _SCALARS = frozenset({int, str, bytes, float, bool, type(None)})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
@@ -95,6 +102,7 @@ class HelloOk(Reply):
     group_params: str | None  # PEM DH parameters for a custom finite-field group
     max_frame: int
     idle_timeout: float
+    features: tuple[str, ...] = ()  # v2: RELAY_FEATURES of this relay; absent: none
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,11 @@
 """The relay's device requests: device lists and linking (the per-device fan-out,
 `send_devices`, is relay/sending.py's).
 
-Kept apart from relay/handlers.py (which owns login, keys, acks and presence)
-because it is one concern with its own state, the open link channels. A connection's
-`user` is its principal (relay/devices.py: `alice` for device 1, `alice/2` for others);
-`account` and `device` name the account and which of its devices it is.
+Kept apart from relay/handlers.py (which owns login, acks and presence; keys are
+relay/key_handlers.py's) because it is one concern with its own state, the open link
+channels. A connection's `user` is its principal (relay/devices.py: `alice` for device
+1, `alice/2` for others); `account` and `device` name the account and which of its
+devices it is.
 """
 
 from __future__ import annotations

@@ -8,29 +8,18 @@ relay can push to them. Tests can drive this with any `Peer`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from hushwire.common.crypto.devices import DeviceList
-from hushwire.common.crypto.primitives import ct_equal
-from hushwire.common.errors import ErrorCode, RequestError, echo
-from hushwire.common.keys import (
-    KEM_PUBLIC_LEN,
-    PQ_BUNDLE_VERSION,
-    IdentityPublic,
-    OneTimePrekey,
-    SignedPrekey,
-)
+from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.messages import (
+    RELAY_FEATURES,
     SUPPORTED_VERSIONS,
     Ack,
     AckOk,
-    BundleOk,
-    CountOk,
     Deliver,
     FetchBundle,
     Hello,
@@ -41,11 +30,9 @@ from hushwire.common.messages import (
     Message,
     Ping,
     Pong,
-    PrekeyCount,
     Presence,
     PresenceChanged,
     PublishKeys,
-    PublishOk,
     Reply,
     Request,
     Send,
@@ -53,13 +40,14 @@ from hushwire.common.messages import (
     Who,
     WhoOk,
 )
-from hushwire.common.names import check_username, is_valid_username
+from hushwire.common.names import is_valid_username
 from hushwire.relay.addresses import address_prefix
 from hushwire.relay.bus import REPLACED, Bus, LocalBus, RelayEvents
 from hushwire.relay.config import RelayConfig
 from hushwire.relay.device_handlers import DeviceHandlers
 from hushwire.relay.devices import principal, split_principal
 from hushwire.relay.errors import StoreError
+from hushwire.relay.key_handlers import KeyHandlers
 from hushwire.relay.metrics import RelayCounters
 from hushwire.relay.ratelimit import RateLimiter
 from hushwire.relay.sending import SendHandlers
@@ -69,7 +57,6 @@ from hushwire.relay.tokens import DUMMY, verify_token
 log = logging.getLogger("hushwire.relay")
 
 RELAY_NAME = "hushwire-relay/0.1"
-MAX_PREKEYS_PER_UPLOAD = 200
 # `who` pages: a presence entry is at most 48 bytes of msgpack (a 32-character name), so
 # a page sized from max_frame always fits one frame, however many users there are.
 PRESENCE_WIRE_MAX = 48
@@ -78,8 +65,6 @@ WHO_PAGE_MAX = 1000
 # Ids per `ack`: a client has at most delivery_window envelopes unacked per connection;
 # 7,000 ids in one frame (x 256 pipelined) was a way to hold the db writer.
 MAX_ACK_IDS = 1024
-ED25519_KEY = 32
-ED25519_SIG = 64
 
 
 # How a request taken without a task is answered: its reply, or the error to send.
@@ -137,12 +122,8 @@ class Relay:
         self.counters = RelayCounters()
         # Failed logins per (user, address prefix): see _login.
         self._login_failures = RateLimiter(config.login_limit)
-        self._fetches = RateLimiter(config.fetch_limit)
-        # One-time prekeys handed out per target, by all fetchers together (X3DH 4.7).
-        self._one_time_of = RateLimiter(config.target_fetch_limit)
         # Who each online user may see come and go (see _announce).
         self._contacts: dict[str, set[str]] = {}
-        self._publishes = RateLimiter(config.publish_limit)
         # Every request type after login has a per-user limit: send, fetch_bundle and
         # publish_keys their own (in their handlers), the rest in check_rate.
         self._acks = RateLimiter(config.ack_limit)
@@ -153,13 +134,12 @@ class Relay:
         self._dispatch: dict[type[Request], Callable[[Peer, Request, float], Awaitable[Reply]]] = {
             Hello: self._hello,  # type: ignore[dict-item]
             Login: self._login,  # type: ignore[dict-item]
-            PublishKeys: self._publish,  # type: ignore[dict-item]
-            FetchBundle: self._fetch,  # type: ignore[dict-item]
-            PrekeyCount: self._count,  # type: ignore[dict-item]
             Ack: self._ack,  # type: ignore[dict-item]
             Who: self._who,  # type: ignore[dict-item]
             Ping: self._ping,  # type: ignore[dict-item]
         }
+        self.keys = KeyHandlers(self)
+        self._dispatch.update(self.keys.dispatch)
         self.devices = DeviceHandlers(self)
         self._dispatch.update(self.devices.dispatch)
         self.sends = SendHandlers(self)
@@ -221,6 +201,7 @@ class Relay:
             group_params=self.group.params_pem,
             max_frame=self.config.max_frame,
             idle_timeout=self.config.idle_timeout,
+            features=RELAY_FEATURES if peer.version >= 2 else (),
         )
 
     def check_login_rate(self, peer: Peer, user: str, now: float) -> tuple[str, str]:
@@ -314,7 +295,7 @@ class Relay:
                 ErrorCode.AUTH_FAILED, f"the client certificate is not for user {req.user}"
             )
         if req.sign_key is not None:
-            await self._check_login_identity(req.user, req.sign_key)
+            await self.keys.check_login_identity(req.user, req.sign_key)
         contacts = await self.store.contacts(req.user)
         if not await self.bus.claim(name):
             raise RequestError(ErrorCode.SESSION_REPLACED, REPLACED)
@@ -354,152 +335,6 @@ class Relay:
             kem_prekeys_left=kem_left,
             key_version=key_version,
         )
-
-    # --- key directory -----------------------------------------------------------
-
-    def _check_identity(self, identity: IdentityPublic) -> None:
-        if identity.group != self.group.name:
-            raise RequestError(
-                ErrorCode.BAD_KEYS,
-                f"keys are for group {echo(identity.group)}; this relay uses {self.group.name!r}",
-            )
-        if len(identity.sign_key) != ED25519_KEY or len(identity.dh_sig) != ED25519_SIG:
-            raise RequestError(ErrorCode.BAD_KEYS, "malformed identity signing key or signature")
-        self._check_public(identity.dh_key, "identity key")
-
-    def _check_public(self, key: bytes, what: str) -> None:
-        if len(key) != self.group.public_size:
-            raise RequestError(
-                ErrorCode.BAD_KEYS,
-                f"{what} must be {self.group.public_size} bytes for {self.group.name}",
-            )
-
-    async def _check_login_identity(self, account: str, sign_key: bytes) -> None:
-        """A login that names an identity other than the account's: refused before it
-        replaces the device's live session (a copied token with a new profile)."""
-        stored = await self.store.account_identity(account)
-        if stored is not None and not ct_equal(stored.sign_key, sign_key):
-            self.counters.logins["account_has_devices"] += 1
-            raise self._has_devices(account)
-
-    @staticmethod
-    def _has_devices(account: str) -> RequestError:
-        return RequestError(
-            ErrorCode.ACCOUNT_HAS_DEVICES,
-            f"{account} already has keys on another device; to use this machine "
-            f"too, run `hushwire link` on a device of {account} and "
-            "`hushwire login --link CODE` here (or `--replace-identity` to start "
-            "over with a new identity, which unlinks every other device)",
-        )
-
-    async def _check_account_identity(
-        self, peer: Peer, identity: IdentityPublic, replace: bool
-    ) -> None:
-        """A device publishes the account's identity with its own DH key: a different
-        account key is refused unless it is an explicit reset, and once the account has a
-        device list the DH key must be the one the list gives this device."""
-        account, device = self.account_of(peer)
-        stored = await self.store.account_identity(account)
-        if stored is not None and stored.sign_key != identity.sign_key:
-            if not replace:
-                raise self._has_devices(account)
-            removed = await self.store.reset_devices(account, keep=device)
-            log.info("%s replaced its identity; %d other device(s) unlinked", account, len(removed))
-            self.devices.unlinked(account, removed)
-            return
-        cur = (await self.devices.current([account]))[account]
-        if cur.signed is not None:
-            listed = DeviceList.decode(cur.signed.body).device(device)
-            if listed is None or listed.dh_key != identity.dh_key:
-                raise RequestError(
-                    ErrorCode.BAD_KEYS, f"device {device}'s key is not the one in the device list"
-                )
-
-    async def _publish(self, peer: Peer, req: PublishKeys, now: float) -> PublishOk:
-        user = self.user_of(peer)
-        account, _ = self.account_of(peer)
-        if req.identity is not None:
-            self._check_identity(req.identity)
-            await self._check_account_identity(peer, req.identity, req.replace_identity)
-        spk: SignedPrekey | None = req.signed_prekey
-        if spk is not None:
-            self._check_public(spk.key, "signed prekey")
-            if len(spk.sig) != ED25519_SIG:
-                raise RequestError(ErrorCode.BAD_KEYS, "malformed signed prekey signature")
-        one_time: tuple[OneTimePrekey, ...] = req.one_time_prekeys
-        if len(one_time) > MAX_PREKEYS_PER_UPLOAD:
-            raise RequestError(
-                ErrorCode.BAD_KEYS, f"at most {MAX_PREKEYS_PER_UPLOAD} one-time prekeys per upload"
-            )
-        for otpk in one_time:
-            self._check_public(otpk.key, "one-time prekey")
-        self._check_kem(peer, req)
-        self.limit(self._publishes, "publish", user, now, "key uploads")
-        result = await self.store.publish_keys(
-            user,
-            identity=req.identity,
-            signed_prekey=spk,
-            one_time=one_time,
-            now=int(now),
-            kem_last_resort=req.kem_last_resort,
-            kem_one_time=req.one_time_kem_prekeys,
-            version=peer.version,
-        )
-        if result.identity_changed and req.identity is not None:
-            log.info(
-                "identity key of %s changed; notifying %d watcher(s)", user, len(result.watchers)
-            )
-            self.bus.push(
-                KeyChanged(user=account, identity=req.identity), principals=result.watchers
-            )
-        return PublishOk(
-            id=req.id, prekeys_left=result.prekeys_left, kem_prekeys_left=result.kem_prekeys_left
-        )
-
-    def _check_kem(self, peer: Peer, req: PublishKeys) -> None:
-        kem = (*req.one_time_kem_prekeys, *filter(None, [req.kem_last_resort]))
-        if kem and peer.version < PQ_BUNDLE_VERSION:
-            raise RequestError(ErrorCode.BAD_REQUEST, "KEM prekeys need protocol version 2")
-        if len(req.one_time_kem_prekeys) > MAX_PREKEYS_PER_UPLOAD:
-            raise RequestError(
-                ErrorCode.BAD_KEYS,
-                f"at most {MAX_PREKEYS_PER_UPLOAD} one-time KEM prekeys per upload",
-            )
-        for key in kem:
-            if len(key.key) != KEM_PUBLIC_LEN or len(key.sig) != ED25519_SIG:
-                raise RequestError(
-                    ErrorCode.BAD_KEYS,
-                    f"a KEM prekey must be {KEM_PUBLIC_LEN} bytes (ML-KEM-768) with a"
-                    f" {ED25519_SIG}-byte signature",
-                )
-
-    async def _fetch(self, peer: Peer, req: FetchBundle, now: float) -> BundleOk:
-        user = self.user_of(peer)
-        target = check_username(req.user)
-        device = 1 if req.device is None else req.device
-        # X3DH 4.7: a client could drain a victim's one-time prekeys; bound the rate.
-        self.limit(self._fetches, "fetch", user, now, "prekey bundle fetches")
-        name = principal(target, device)
-        if device < 1 or not await self.store.user_exists(name):
-            if device != 1 and await self.store.user_exists(target):
-                raise RequestError(ErrorCode.UNKNOWN_DEVICE, f"{target} has no device {device}")
-            raise RequestError(ErrorCode.UNKNOWN_USER, f"no user {target}")
-        # Several accounts together must not drain an offline victim either: past the
-        # target's own budget, fetches get the last-resort bundle (the signed prekey
-        # alone, X3DH without DH4), so sessions still start and no prekey is consumed.
-        one_time = self._one_time_of.consume(name, now) == 0
-        bundle = await self.store.fetch_bundle(user, name, peer.version, one_time=one_time)
-        if bundle is None:
-            raise RequestError(ErrorCode.NO_KEYS, f"{target} has not published keys yet")
-        account = peer.account or user
-        if account != target:
-            self._met(account, target)
-        return BundleOk(id=req.id, bundle=dataclasses.replace(bundle, user=target))
-
-    async def _count(self, peer: Peer, req: PrekeyCount, now: float) -> CountOk:
-        user = self.user_of(peer)
-        _, kem_left = await self.store.kem_status(user)
-        return CountOk(id=req.id, count=await self.store.prekey_count(user), kem_count=kem_left)
 
     # --- mailbox -----------------------------------------------------------------
 
@@ -598,7 +433,7 @@ class Relay:
     def sessions_of(self, account: str) -> Iterable[Peer]:
         return tuple(self._sessions.get(account, ()))
 
-    def _met(self, user: str, target: str) -> None:
+    def met(self, user: str, target: str) -> None:
         """`user` fetched `target`'s bundle: from now on each sees the other's presence."""
         for me, other in ((user, target), (target, user)):
             contacts = self._contacts.get(me)

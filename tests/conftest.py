@@ -7,7 +7,7 @@ import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -141,15 +141,23 @@ async def reopen(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Hushwi
         await c.close()
 
 
+T = TypeVar("T")
+
+
+def _installed(found: T | None, what: str, package: str, tests: str) -> T:
+    """`found`, or fail under CI (which must run these tests) and skip, loudly, elsewhere."""
+    if found is None:
+        reason = f"{what} not installed (apt-get install {package}): NOT TESTED"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the {tests} tests (.ci/run installs it)")
+        pytest.skip(reason)
+    return found
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One real PostgreSQL server for the session (skipped, loudly, only if not installed)."""
-    bindir = postgres_bindir()
-    if bindir is None:
-        reason = "PostgreSQL server not installed (apt-get install postgresql): NOT TESTED"
-        if os.environ.get("CI"):
-            pytest.fail(reason + "; CI must run the PostgreSQL tests (.ci/run installs it)")
-        pytest.skip(reason)
+    bindir = _installed(postgres_bindir(), "PostgreSQL server", "postgresql", "PostgreSQL")
     server = PostgresServer(bindir).start()
     yield server
     server.stop()
@@ -158,12 +166,7 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A real redis-server for one test (tests restart it), stopped at the end."""
-    binary = redis_binary()
-    if binary is None:
-        reason = "redis-server not installed (apt-get install redis-server): NOT TESTED"
-        if os.environ.get("CI"):
-            pytest.fail(reason + "; CI must run the cluster tests (.ci/run installs it)")
-        pytest.skip(reason)
+    binary = _installed(redis_binary(), "redis-server", "redis-server", "cluster")
     server = RedisServer(binary).start()
     yield server
     server.stop()

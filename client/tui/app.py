@@ -40,6 +40,7 @@ from hushwire.client.tui.commands import ChatCompleter
 from hushwire.client.tui.controller import ChatController, error_text
 from hushwire.client.tui.model import MAX_LINES, ChatModel
 from hushwire.client.tui.view import STYLE, MessagePane
+from hushwire.common.chat_transcript import MAX_TEXT_BYTES
 from hushwire.common.errors import HushwireError
 
 log = logging.getLogger("hushwire.tui")
@@ -85,7 +86,7 @@ class ChatApp:
             prompt="> ",
             multiline=False,
             wrap_lines=True,
-            completer=ChatCompleter(self.model.names),
+            completer=ChatCompleter(self.model.names, self.model.groups, self.model.members),
             complete_while_typing=True,
             history=InMemoryHistory(),
             accept_handler=self._accept,
@@ -153,10 +154,13 @@ class ChatApp:
         text = buffer.text
         name = self.model.current
         if name and not text.lstrip().startswith("/") and text.strip() != "exit":
-            size, limit = len(text.encode("utf-8")), self.client.max_text_bytes(name)
+            group = bool(self.model.conversation(name).gid)
+            limit = MAX_TEXT_BYTES if group else self.client.max_text_bytes(name)
+            size = len(text.encode("utf-8"))
             if size > limit:
+                where = "a group message holds" if group else "this relay allows"
                 self.model.info(
-                    f"too long: {size} bytes of UTF-8, this relay allows {limit} "
+                    f"too long: {size} bytes of UTF-8, {where} {limit} "
                     "per message; shorten it (it is still in the input line)",
                     "error",
                 )
@@ -180,6 +184,8 @@ class ChatApp:
             rows.append((style, f" {dot} {e.name}"))
             if e.key_changed:
                 rows.append(("class:list.keychanged", " !"))
+            if e.left:
+                rows.append(("class:list.left", " (left)"))
             if e.unread:
                 rows.append(("class:list.unread", f" ({e.unread})"))
             rows.append(("", "\n"))

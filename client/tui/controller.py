@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final, Literal
 
-from hushwire.client.errors import ConnectionClosed, MessageHeld, MessageTooLong, UnknownContact
+from hushwire.client.errors import (
+    ConnectionClosed,
+    MessageHeld,
+    MessageTooLong,
+    UnknownContact,
+    UnknownGroup,
+)
+from hushwire.client.events import GroupInfo, GroupLineItem
 from hushwire.client.service import (
     ClientEvent,
     ConnectionState,
+    GroupMessageReceived,
+    GroupNotice,
     HistoryItem,
     HushwireClient,
     KeyChanged,
@@ -29,8 +39,16 @@ from hushwire.client.service import (
     restart_text,
 )
 from hushwire.client.text import safe_for_terminal
-from hushwire.client.tui.commands import COMMANDS, HELP_KEYS, Command, CommandError, parse_input
-from hushwire.client.tui.model import HISTORY_ON_OPEN, ChatModel, Line, LineKind
+from hushwire.client.tui.commands import (
+    COMMANDS,
+    GROUP_COMMANDS,
+    GROUP_HELP,
+    HELP_KEYS,
+    Command,
+    CommandError,
+    parse_input,
+)
+from hushwire.client.tui.model import HISTORY_ON_OPEN, ChatModel, Conversation, Line, LineKind
 from hushwire.common.crypto.link import LinkOffer
 from hushwire.common.errors import ErrorCode, HushwireError, RequestError
 
@@ -58,6 +76,25 @@ def _held_text(name: str) -> str:
     )
 
 
+# Group notices that need the user's attention (shown as warnings, and pointed to from
+# the conversation on screen): missed messages, forks, refused changes or messages, a
+# vouched key that is not the pinned one, our removal. The rest are membership changes.
+_ALERTS = ("missed", "forked", "refused", "identity key", "you were removed")
+
+
+def _notice_kind(text: str) -> LineKind:
+    return "warning" if any(a in text for a in _ALERTS) else "system"
+
+
+def _group_line(item: GroupLineItem) -> Line:
+    if item.kind == "event":
+        return Line.info(item.text, _notice_kind(item.text), item.sent_at, item.uid)
+    note = "failed" if item.status == "failed" else ""
+    if item.kind == "out":
+        return Line.message("out", "you", item.text, item.sent_at, item.uid, note)
+    return Line.message("in", item.sender, item.text, item.sent_at, item.uid)
+
+
 class ChatController:
     """Commands and client events applied to the model; the UI stays a thin shell.
 
@@ -80,6 +117,7 @@ class ChatController:
         # the other), so both happen under this lock. Sending does not take it.
         self._view_lock = asyncio.Lock()
         self._shown_unread: list[str] = []  # uids shown in the open conversation, not yet marked
+        self._shown_group_unread: list[str] = []  # the same, of group lines
 
     async def load(self) -> None:
         """Conversations and unread counts from the profile, before connecting."""
@@ -87,10 +125,14 @@ class ChatController:
             conv = self.model.conversation(c.name)
             conv.unread = c.unread
             conv.key_changed = c.key_changed
+        # Unread counts messages, as for contacts (notices are not counted).
+        unread = Counter(i.gid for i in await self.client.groups.unread() if i.kind == "in")
+        for info in await self.client.groups.list():
+            self._group_info(info).unread = unread[info.gid]
         # To the console by name: the user may already have typed `/to NAME`.
         self.model.info(
             f"hushwire: {self.model.user}@{self.model.relay}. /to NAME starts a "
-            "conversation, /who lists users, /help lists commands.",
+            "conversation, /to #GROUP opens a group, /who lists users, /help lists commands.",
             name="",
         )
         waiting = [e.name for e in self.model.listing() if e.unread]
@@ -117,6 +159,9 @@ class ChatController:
             self.model.info(
                 f"no contact named {parsed.target} yet: exchange a message first", "error"
             )
+        except UnknownGroup as exc:
+            # The client's text names the CLI's command; here it is /group.
+            self.model.info(exc.message.replace("`hushwire group list`", "/group"), "error")
         except HushwireError as exc:
             self.model.info(error_text(exc), "error")
 
@@ -126,6 +171,9 @@ class ChatController:
         elif cmd.name == "help":
             for spec in COMMANDS.values():
                 self.model.info(f"  {spec.usage:<22} {spec.summary}")
+            for usage, _ in GROUP_COMMANDS.values():
+                self.model.info(f"    {usage}")
+            self.model.info(GROUP_HELP)
             self.model.info(HELP_KEYS)
         elif cmd.name == "to":
             await self.open(cmd.target)
@@ -135,6 +183,8 @@ class ChatController:
             await self.verify(cmd.target, mark=cmd.mark)
         elif cmd.name == "trust":
             await self.trust(cmd.target)
+        elif cmd.name == "group":
+            await self.group(cmd)
         elif cmd.name == "link":
             await self.link()
         elif cmd.name == "history":
@@ -144,6 +194,9 @@ class ChatController:
             await self.load_history(self.model.current, cmd.count)
 
     async def open(self, name: str) -> None:
+        if name.startswith("#"):
+            await self.open_group(name)
+            return
         if name == self.model.user:
             self.model.info("that is you: pick someone else (see /who)", "error")
             return
@@ -158,6 +211,9 @@ class ChatController:
             self.model.info(_held_text(name), "warning", name)
 
     async def load_history(self, name: str, count: int) -> None:
+        if self.model.conversation(name).gid:
+            await self.load_group_history(name, count)
+            return
         async with self._view_lock:
             items = await self.client.history(name, count)
             if self.model.current == name:
@@ -181,6 +237,10 @@ class ChatController:
         if name is None:
             self.model.info("no conversation: /to NAME first, then type your message", "error")
             return
+        conv = self.model.conversation(name)
+        if conv.gid:
+            await self.send_group(conv, text)
+            return
         try:
             result = await self.client.send(name, text)
         except MessageHeld:
@@ -202,6 +262,97 @@ class ChatController:
         self.model.add(name, Line.message("out", "you", text, result.sent_at, result.uid, note))
         if result.queued and self.client.state != "connected":
             self.model.info("not connected: the message goes out when the relay is back", name=name)
+
+    # --- groups ------------------------------------------------------------------
+
+    def _group_info(self, info: GroupInfo) -> Conversation:
+        """The group's conversation, with what the model keeps of `info`."""
+        conv = self.model.group(info.gid, info.name)
+        conv.members, conv.active = info.members, info.active
+        return conv
+
+    async def _resolve(self, name: str) -> GroupInfo:
+        """A group by the name it is listed under (else by its name or id): UnknownGroup."""
+        conv = self.model.find_group(name)
+        return await self.client.groups.info(conv.gid if conv else name)
+
+    async def open_group(self, name: str) -> None:
+        conv = self._group_info(await self._resolve(name))
+        self.model.select(conv.name)
+        await self.load_group_history(conv.name, HISTORY_ON_OPEN)
+        if not conv.active:
+            self.model.info(f"you are no longer a member of {conv.name}", "warning")
+
+    async def load_group_history(self, name: str, count: int) -> None:
+        conv = self.model.conversation(name)
+        async with self._view_lock:
+            items = await self.client.groups.history(conv.gid, count)
+            if self.model.current == name:
+                await self.client.groups.mark_read(conv.gid)
+            head = Line.info(
+                f"{len(items)} earlier line(s) from your profile; members: "
+                + ", ".join(conv.members)
+            )
+            self.model.set_lines(name, [head, *(_group_line(i) for i in items)])
+
+    async def send_group(self, conv: Conversation, text: str) -> None:
+        try:
+            item = await self.client.groups.send(conv.gid, text)
+        except MessageHeld as exc:
+            self.model.info(
+                f"not sent: {exc.contact}'s identity key has changed (nothing goes to the "
+                f"group until you /verify {exc.contact}, then /trust {exc.contact})",
+                "error",
+                conv.name,
+            )
+            return
+        except HushwireError as exc:
+            self.model.info(f"not sent: {error_text(exc)}", "error", conv.name)
+            return
+        self.model.add(conv.name, _group_line(item))
+
+    async def group(self, cmd: Command) -> None:
+        """`/group`: list, create, add, remove, leave, info; a change shows in its
+        conversation (as the line the client stores for it)."""
+        groups = self.client.groups
+        if not cmd.sub:
+            infos = await groups.list()
+            self.model.info(f"{len(infos)} group(s):" if infos else "no groups yet: /group create")
+            for info in infos:
+                conv = self._group_info(info)
+                state = "" if info.active else ", left"
+                self.model.info(f"  {conv.name}  {len(info.members)} members{state}")
+            return
+        if cmd.sub == "info":
+            current = self.model.current or ""
+            if not cmd.target and not self.model.find_group(current):
+                self.model.info("usage: /group info #GROUP (or open the group first)", "error")
+                return
+            info = await self._resolve(cmd.target or current)
+            self._show_group(info)
+            return
+        if cmd.sub == "create":
+            info = await groups.create(cmd.target, cmd.members)
+        else:
+            gid = (await self._resolve(cmd.target)).gid
+            if cmd.sub == "add":
+                info = await groups.add(gid, cmd.members)
+            elif cmd.sub == "remove":
+                info = await groups.remove(gid, cmd.members)
+            else:
+                info = await groups.leave(gid)
+        conv = self._group_info(info)
+        if cmd.sub == "create":
+            self.model.info(f"created {conv.name}: /to {conv.name} to talk there")
+
+    def _show_group(self, info: GroupInfo) -> None:
+        conv = self._group_info(info)
+        state = "" if info.active else " (you are no longer a member)"
+        self.model.info(f"{conv.name}{state}: id {info.gid}, epoch {info.epoch}")
+        self.model.info(f"  admins   {', '.join(info.admins)}")
+        for member in info.members:
+            devices = ", ".join(str(d) for d in info.devices.get(member, ()))
+            self.model.info(f"  member   {member} (devices {devices})")
 
     async def who(self) -> None:
         if self.client.state != "connected":
@@ -293,11 +444,27 @@ class ChatController:
 
     # --- events ------------------------------------------------------------------
 
+    async def _group_notice(self, event: GroupNotice) -> None:
+        """A change or an alert, inline in the group's conversation; an alert about a
+        group not on screen is pointed to from the one that is."""
+        model = self.model
+        with contextlib.suppress(UnknownGroup):
+            self._group_info(await self.client.groups.info(event.gid))  # members, name
+        conv = model.group(event.gid, event.group)
+        line = Line.info(event.text, _notice_kind(event.text), event.sent_at, event.uid)
+        if model.add(conv.name, line) and model.current == conv.name:
+            self._shown_group_unread.append(event.uid)
+        if line.kind == "warning" and model.current != conv.name:
+            model.info(f"{conv.name}: {event.text} (/to {conv.name})", "warning")
+
     async def mark_shown_read(self) -> None:
         """Mark read, in one transaction, the messages handle_event showed since last time."""
         if self._shown_unread:
             uids, self._shown_unread = tuple(self._shown_unread), []
             await self.client.mark_read(uids=uids)
+        if self._shown_group_unread:
+            uids, self._shown_group_unread = tuple(self._shown_group_unread), []
+            await self.client.groups.mark_read(uids=uids)
 
     async def handle_event(self, event: ClientEvent) -> None:
         """Apply one client event to the model; messages shown in the open conversation
@@ -308,6 +475,17 @@ class ChatController:
                 line = Line.message("in", event.contact, event.text, event.sent_at, event.uid)
                 if model.add(event.contact, line) and model.current == event.contact:
                     self._shown_unread.append(event.uid)
+        elif isinstance(event, GroupMessageReceived):
+            async with self._view_lock:
+                conv = model.group(event.gid, event.group)
+                kind: Literal["in", "out"] = "out" if event.own else "in"
+                sender = "you" if event.own else event.sender
+                note = "other device" if event.own else ""
+                line = Line.message(kind, sender, event.text, event.sent_at, event.uid, note)
+                if model.add(conv.name, line) and model.current == conv.name:
+                    self._shown_group_unread.append(event.uid)
+        elif isinstance(event, GroupNotice):
+            await self._group_notice(event)
         elif isinstance(event, SentElsewhere):
             line = Line.message("out", "you", event.text, event.sent_at, event.uid, "other device")
             model.add(event.contact, line)

@@ -1,5 +1,6 @@
-"""The chat state the screen shows: conversations as bounded line buffers, unread
-counts, the current contact, connection and presence. No I/O; text a peer controls is
+"""The chat state the screen shows: conversations (with contacts, and with groups under
+`#name`) as bounded line buffers, unread counts, the current one, connection, presence
+and group members. No I/O; text a peer controls is
 neutralised where it enters (`Line.message`, `Line.info`)."""
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ class Line:
         return cls(kind, _clean(text), _clean(sender), at, uid, note)
 
     @classmethod
-    def info(cls, text: str, kind: LineKind = "system") -> Line:
-        return cls(kind, _clean(text))
+    def info(
+        cls, text: str, kind: LineKind = "system", at: datetime | None = None, uid: str = ""
+    ) -> Line:
+        return cls(kind, _clean(text), at=at, uid=uid)
 
 
 def _clean(text: str) -> str:
@@ -58,13 +61,17 @@ def _clean(text: str) -> str:
 
 
 class Conversation:
-    """The bounded line buffer of one contact (or of the console)."""
+    """The bounded line buffer of one contact, of one group (`gid` set), or of the
+    console."""
 
     def __init__(self, name: str, max_lines: int = MAX_LINES) -> None:
         self.name = name
         self.lines: deque[Line] = deque(maxlen=max_lines)
         self.unread = 0
         self.key_changed = False
+        self.gid = ""  # hex group id: a group conversation
+        self.members: tuple[str, ...] = ()
+        self.active = True  # False once we left or were removed
         self._uids: set[str] = set()
 
     def add(self, line: Line) -> bool:
@@ -94,6 +101,7 @@ class ListEntry:
     online: bool | None
     key_changed: bool
     current: bool
+    left: bool  # a group we left or were removed from
 
 
 class ChatModel:
@@ -123,6 +131,30 @@ class ChatModel:
         if conv is None:
             conv = self.conversations[name] = Conversation(name, self.max_lines)
         return conv
+
+    def group(self, gid: str, name: str) -> Conversation:
+        """The conversation of group `gid`, now called `name`: listed as `#name` (a
+        rename moves it; a name another group holds gets the id's start appended)."""
+        key = "#" + name
+        conv = next((c for c in self.conversations.values() if c.gid == gid), None)
+        taken = self.conversations.get(key)
+        if taken is not None and taken is not conv:
+            key = f"#{name}~{gid[:8]}"
+        if conv is None:
+            conv = self.conversation(key)
+            conv.gid = gid
+        elif conv.name != key:
+            del self.conversations[conv.name]
+            if self.current == conv.name:
+                self.current = key
+            conv.name = key
+            self.conversations[key] = conv
+        return conv
+
+    def find_group(self, name: str) -> Conversation | None:
+        """The group conversation listed as `#name` (with or without the `#`)."""
+        conv = self.conversations.get("#" + name.removeprefix("#"))
+        return conv if conv is not None and conv.gid else None
 
     def select(self, name: str) -> Conversation:
         """Make `name` current; its messages count as read from now on."""
@@ -179,13 +211,24 @@ class ChatModel:
                 self.online.get(name),
                 conv.key_changed,
                 name == self.current,
+                not conv.active,
             )
             for name, conv in sorted(self.conversations.items())
         ]
 
     def names(self) -> list[str]:
         """Contacts and relay users, for completion."""
-        return sorted((set(self.conversations) | set(self.online)) - {self.user})
+        people = {n for n, c in self.conversations.items() if not c.gid} | set(self.online)
+        return sorted(people - {self.user})
+
+    def groups(self) -> list[str]:
+        """`#name` of the groups we are in, for completion."""
+        return sorted(n for n, c in self.conversations.items() if c.gid and c.active)
+
+    def members(self, group: str) -> tuple[str, ...]:
+        """The members of the group listed as `group`, for completion (without us)."""
+        conv = self.find_group(group)
+        return tuple(m for m in conv.members if m != self.user) if conv else ()
 
     def _switched(self, conv: Conversation) -> None:
         if self.on_switch is not None:

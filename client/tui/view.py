@@ -165,6 +165,7 @@ STYLE: Final = Style.from_dict(
         "list.current": "reverse",
         "list.unread": "bold #ffaf00",
         "list.keychanged": "bold #ff5f5f",
+        "list.left": "#8a8a8a",
         "line.in": "",
         "line.out": "#87afd7",
         "line.system": "#8a8a8a",

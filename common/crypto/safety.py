@@ -9,9 +9,12 @@ Scannable:  libsignal's CombinedFingerprints protobuf: version, then the first 3
             of the local and of the remote hash; a scan matches when the other side's
             local is our remote and vice versa (compared in constant time).
 
-hushwire's `key` is Encode(IK) from identity.py (group, Ed25519 key, identity DH key) and
-`id` is the UTF-8 username, so a new identity key or a different user changes the number.
-Without comparing these, X3DH gives no guarantee about who the peer is (X3DH 4.1).
+hushwire's `key` is the account's Ed25519 identity key (32 bytes) and `id` the UTF-8
+username, so a new identity key or a different user changes the number. Not the device's
+identity DH key: every device of an account has its own, bound to the Ed25519 key by the
+signed device list and its signed identity record, so one comparison verifies a person
+on all their devices (libsignal likewise covers the identity key alone). Without
+comparing these, X3DH gives no guarantee about who the peer is (X3DH 4.1).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from typing import Final
 
 from Crypto.Hash import SHA512
 
-from hushwire.common.crypto.identity import encode_identity
 from hushwire.common.crypto.primitives import ct_equal
 from hushwire.common.errors import CryptoError
 from hushwire.common.keys import IdentityPublic
@@ -120,10 +122,8 @@ def safety_number(
     peer_username: str,
     peer_identity: IdentityPublic,
 ) -> SafetyNumber:
-    """The safety number for a conversation; identical digits on both sides."""
+    """The safety number for a conversation: identical digits on both sides, and on
+    every device of either account."""
     return pair_safety_number(
-        my_username.encode(),
-        encode_identity(my_identity),
-        peer_username.encode(),
-        encode_identity(peer_identity),
+        my_username.encode(), my_identity.sign_key, peer_username.encode(), peer_identity.sign_key
     )

@@ -11,7 +11,8 @@ Layout: records.py (record types, limits), batching.py (group commit), mailbox.p
 (reservation, limits, acks, id cache), keys.py (checks on uploads), devices.py
 (accounts with devices), core.py (`Store`), sqlite.py (the embedded default backend)
 with sqlite_devices.py, postgres.py (asyncpg, imported only for a postgresql:// URL)
-with postgres_devices.py, urls.py (telling a path from a URL).
+with postgres_devices.py and postgres_batch.py (its group commit), urls.py (telling a path
+from a URL).
 """
 
 from __future__ import annotations

@@ -10,15 +10,16 @@ import dataclasses
 
 import pytest
 
+from hushwire.client.errors import BadBundle
 from hushwire.client.service import (
     MessageQuarantined,
     MessageReceived,
     MessageRejected,
     Notice,
 )
+from hushwire.common.crypto.devices import first_device_list
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair, KemPrekeyPair, SignedPrekeyPair
-from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.keys import PrekeyBundle
 from hushwire.common.messages import Deliver
 from tests.e2e.helpers import next_event
@@ -118,10 +119,12 @@ async def test_reordered_and_dropped_envelopes(relay, login, reopen, figures):
 async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, login, figures):
     """X3DH 4.1: before a first contact is verified, only safety numbers can tell.
 
-    The relay answers alice's first bundle fetch for bob with keys it made itself
-    (validly self-signed). Alice's message to 'bob' then goes nowhere: bob's real device
-    list (which the fan-out needs) does not verify under the forged identity she pinned,
-    so she is shown the refusal and the send fails; the safety numbers differ.
+    First contact pins the identity of a bundle under which the account's signed device
+    list must verify. A relay that forges bob's bundle alone is refused outright (the
+    real list does not verify under it). One that forges both, its own bundle and a list
+    its own key signed, is believed (trust on first use): alice's message goes to bob's
+    device sealed for keys bob does not hold, so he cannot read it; his own message to
+    her is held as a key change; the safety numbers they compare differ.
     """
     bob = await login(relay, "bob")
     alice = await login(relay, "alice")
@@ -129,7 +132,7 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     spk = SignedPrekeyPair.generate(forged, X25519, 1)
     kem = KemPrekeyPair.generate(forged, 2, last_resort=True)
     store = relay.server.relay.store
-    real_fetch = store.fetch_bundle
+    real_fetch, real_devices = store.fetch_bundle, store.account_devices
 
     async def evil_fetch(fetcher, target, *args, **kwargs):
         bundle = await real_fetch(fetcher, target, *args, **kwargs)
@@ -138,14 +141,29 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
         return PrekeyBundle("bob", forged.public(), spk.public(), None, 2, kem.public())
 
     store.fetch_bundle = evil_fetch
-    with pytest.raises(RequestError) as refused:
+    with pytest.raises(BadBundle, match="does not verify"):
         await alice.send("bob", "for the real bob")
-    assert refused.value.code == ErrorCode.MISMATCHED_DEVICES
     await next_event(alice, Notice, lambda e: "device list for bob that is refused" in e.text)
-    store.fetch_bundle = real_fetch
-    # Bob has no session with alice, so he starts one from alice's real keys. Alice
-    # pinned the forged identity for "bob": the real one is a key change, so his message
-    # is held until she accepts it, and never shown as from the bob she pinned.
+    assert await alice.history("bob", 5) == []
+    # Now the list too: same version and devices as bob's, signed by the relay's key.
+    own = first_device_list("bob", X25519.name, "first device", forged.dh.public, 1)
+    own_signed = own.sign(forged)
+
+    async def evil_devices(accounts):
+        found = await real_devices(accounts)
+        if "bob" in found:
+            found["bob"] = dataclasses.replace(found["bob"], signed=own_signed)
+        return found
+
+    store.account_devices = evil_devices
+    try:
+        await alice.send("bob", "for the real bob")
+        rejected = await next_event(bob, MessageRejected)
+        assert rejected.contact == "alice"
+    finally:
+        store.fetch_bundle, store.account_devices = real_fetch, real_devices
+    # Alice pinned the forged identity for "bob": the real one is a key change, so his
+    # message is held until she accepts it, and never shown as from the bob she pinned.
     await bob.send("alice", "hello alice")
     held = await next_event(alice, MessageQuarantined)
     assert held.contact == "bob"
@@ -155,7 +173,8 @@ async def test_key_substitution_at_first_contact_shows_in_safety_numbers(relay, 
     assert alice_view != bob_view
     figures.add(
         "relay substitutes bob's bundle at alice's first contact",
-        "bob's signed device list does not verify under the forged identity: alice is told "
-        "and nothing is sent; the real bob's reply is held as a key change; the safety "
+        "the bundle alone: bob's signed device list does not verify under it, alice is "
+        "told and nothing is pinned or sent; bundle and a list signed by the relay: bob "
+        "cannot read alice's message, his reply is held as a key change, and the safety "
         "numbers alice and bob compare differ",
     )

@@ -25,9 +25,9 @@ from hushwire.client.service import (
 from hushwire.client.store import ProfileStore
 from hushwire.common.errors import ErrorCode, RequestError
 from hushwire.common.messages import Login
-from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, WAIT, next_event
+from tests.e2e.helpers import FAST_BACKOFF, FAST_KDF, PASSPHRASE, WAIT, drain, next_event
 from tests.services import free_port
-from tests.support import Cutter, Dropper
+from tests.support import Cutter, Dropper, add_users
 
 LOCAL = "127.0.0.1"
 
@@ -228,3 +228,41 @@ async def test_a_relay_that_cannot_serve_now_is_passed_over_a_refusal_is_not(
     with pytest.raises(RequestError) as refused:
         await login_with(tmp_path / "bob", settings("bob", "hw_wrong", relay.port, sick.port))
     assert refused.value.code is ErrorCode.AUTH_FAILED
+
+
+async def test_a_client_fails_over_between_relays_on_one_postgresql(
+    daemons, pg_url, redis_server, tmp_path
+):
+    """Two relay processes on one PostgreSQL with the Redis bus, one certificate: bob's
+    relay is SIGKILLed and bob carries on through the other; nothing lost or doubled."""
+    tokens = await add_users(pg_url, ("alice", "bob"))
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    relays = []
+    for i in range(2):
+        home = tmp_path / f"relay{i}"
+        home.mkdir()
+        relays.append(
+            await daemons(
+                home / "relay.db",
+                *("--store", pg_url, "--bus", redis_server.url()),
+                *("--cert", str(cert), "--key", str(key)),
+            )
+        )
+    assert relays[0].fingerprint == relays[1].fingerprint
+    first, second = relays[0].port, relays[1].port
+    bob = await login_with(tmp_path / "bob", settings("bob", tokens["bob"], first, second))
+    alice = await login_with(tmp_path / "alice", settings("alice", tokens["alice"], second))
+    try:
+        await alice.send("bob", "across relays")
+        assert (await next_event(bob, MessageReceived)).text == "across relays"
+        relays[0].proc.kill()  # SIGKILL: bob's relay is gone mid-session
+        await alice.send("bob", "after the kill")
+        got = await next_event(bob, MessageReceived)
+        assert got.text == "after the kill" and bob.relay == f"{LOCAL}:{second}"
+        await bob.send("alice", "still here")
+        assert (await next_event(alice, MessageReceived)).text == "still here"
+        await asyncio.wait_for(bob.sync(), WAIT)
+        assert not any(isinstance(e, MessageReceived) for e in drain(bob))  # no duplicate
+    finally:
+        await bob.close()
+        await alice.close()

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from hushwire.client.errors import BadBundle, MessageHeld
+from hushwire.client.errors import BadBundle, MessageHeld, UnknownContact
 from hushwire.client.service import (
     ConnectionState,
     HushwireClient,
@@ -20,6 +20,7 @@ from hushwire.client.service import (
 from hushwire.common.crypto.devices import DeviceList
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
+from hushwire.common.crypto.safety import safety_number
 from hushwire.common.errors import ErrorCode, RequestError
 from tests.e2e.helpers import FAST_BACKOFF, PASSPHRASE, link, next_event, sync, texts
 
@@ -41,6 +42,25 @@ async def accounts(relay, login, tmp_path):
     yield alice, alice2, bob, bob2, linked
     for c in linked:
         await c.close()
+
+
+async def test_every_device_of_both_accounts_shows_one_safety_number(accounts):
+    """Verifying a person is done once: the four devices (each with its own identity DH
+    key) show the same 60 digits, and they are the account keys' number."""
+    alice, alice2, bob, bob2, _ = accounts
+    await alice.send("bob", "hi")
+    await bob2.send("alice", "hi from the phone")
+    await sync(alice, alice2, bob, bob2)
+    views = {
+        (d.user, d.settings.device): await d.safety_number("bob" if d.user == "alice" else "alice")
+        for d in (alice, alice2, bob, bob2)
+    }
+    assert len(set(views.values())) == 1, views
+    dh_keys = {d.sessions.identity.public().dh_key for d in (alice, alice2)}
+    assert len(dh_keys) == 2  # the devices do have different identity DH keys
+    expected = safety_number("alice", alice.sessions.identity.public(), "bob",
+                             bob.sessions.identity.public())  # fmt: skip
+    assert views[("alice", 1)] == " ".join(expected.groups())
 
 
 async def test_two_devices_each_see_the_whole_conversation_once(relay, reopen, tmp_path, accounts):
@@ -280,5 +300,83 @@ async def test_an_account_whose_list_leaves_out_device_1_gets_exactly_its_device
         await offline.sync()
         await phone.sync()
         assert ("in", "written offline") in await texts(phone, "alice")
+    finally:
+        await phone.close()
+
+
+async def test_a_first_contact_whose_device_1_is_gone_reaches_its_listed_devices(
+    relay, login, tmp_path
+):
+    alice = await login(relay, "alice")
+    laptop = await link(relay, alice, tmp_path / "alice-laptop", "laptop")
+    tablet = await link(relay, alice, tmp_path / "alice-tablet", "tablet")
+    try:
+        await laptop.unlink(1)  # alice retires her first machine
+        await alice.close()
+        carol = await login(relay, "carol")  # has never talked to alice
+        result = await carol.send("alice", "hello alice, from carol")
+        assert not result.queued
+        # carol pinned alice's identity from a listed device's bundle and holds the list
+        # that verified under it: exactly devices 2 and 3.
+        held = (await carol._devices.held("alice"))[1]
+        assert [d.id for d in held.devices] == [2, 3]
+        pinned = (await carol.sessions.contact("alice")).identity
+        assert pinned.sign_key == alice.sessions.identity.public().sign_key
+        assert pinned.dh_key == held.device(2).dh_key  # the lowest listed device's record
+        for device in (laptop, tablet):
+            await device.sync()
+            assert await texts(device, "carol") == [("in", "hello alice, from carol")]
+        await tablet.send("carol", "hi carol, from the tablet")
+        await carol.sync()
+        assert ("in", "hi carol, from the tablet") in await texts(carol, "alice")
+        assert (await carol.contact_state("alice")).key_changed is False
+        assert await carol.safety_number("alice") == await laptop.safety_number("carol")
+    finally:
+        await laptop.close()
+        await tablet.close()
+
+
+async def test_a_first_message_from_an_account_whose_device_1_is_gone_is_shown(
+    relay, login, tmp_path
+):
+    alice = await login(relay, "alice")
+    laptop = await link(relay, alice, tmp_path / "alice-laptop", "laptop")
+    try:
+        await laptop.unlink(1)
+        await alice.close()
+        carol = await login(relay, "carol")
+        await laptop.send("carol", "first words, from alice's laptop")
+        await carol.sync()
+        assert await texts(carol, "alice") == [("in", "first words, from alice's laptop")]
+        await carol.send("alice", "answer")
+        await laptop.sync()
+        assert ("in", "answer") in await texts(laptop, "carol")
+    finally:
+        await laptop.close()
+
+
+async def test_a_list_signed_by_another_key_at_first_contact_is_refused(relay, login, tmp_path):
+    bob = await login(relay, "bob")
+    phone = await link(relay, bob, tmp_path / "bob-phone", "phone")
+    try:
+        await phone.unlink(1)
+        await bob.close()
+        held = (await phone._devices.held("bob"))[1]
+        mallory = IdentityKeyPair.generate(X25519)
+        added, _ = held.with_device("relay's own", mallory.dh.public, 1)
+        forged = DeviceList(added.account, added.group, held.version + 1, added.devices)
+        signed = forged.sign(mallory)  # bob's identity did not sign this
+        _forge_list(relay.config.db, "bob", signed.body, signed.sig, forged.version)
+        carol = await login(relay, "carol")
+        with pytest.raises(BadBundle, match="does not verify"):
+            await carol.send("bob", "not for the relay's device")
+        await next_event(carol, Notice, lambda e: "device list for bob that is refused" in e.text)
+        # Nothing pinned, nothing held, nothing stored or sent.
+        assert await carol._devices.held("bob") is None
+        with pytest.raises(UnknownContact):
+            await carol.contact_state("bob")
+        assert await carol.history("bob", 5) == []
+        await phone.sync()
+        assert await texts(phone, "carol") == []
     finally:
         await phone.close()

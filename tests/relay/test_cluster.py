@@ -1,7 +1,8 @@
 """Several `hushwire-relay` processes on one PostgreSQL with a Redis bus between them:
 real processes, a real PostgreSQL and a real redis-server, clients on real sockets.
 
-What is attacked: a conversation across relays in both directions; one device logged in
+What is attacked: a conversation across relays in both directions (1:1, linked-device
+fan-out and group sends with their payload); one device logged in
 on two relays (the newest wins); a relay SIGKILLed under load (its clients move to
 another relay; no acknowledged envelope is lost, shown twice or reordered per sender);
 Redis restarted mid-run (delivery resumes, nothing lost); PostgreSQL restarted mid-run
@@ -87,6 +88,7 @@ class Inbox:
     def __init__(self, conn: RelayConnection) -> None:
         self.conn = conn
         self.bodies: list[bytes] = []
+        self.payloads: dict[bytes, bytes | None] = {}  # body -> the payload it came with
         self._grew = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
@@ -96,6 +98,7 @@ class Inbox:
                 push = await self.conn.pushes.get()
                 if isinstance(push, Deliver):
                     self.bodies.append(push.body)
+                    self.payloads[push.body] = push.payload
                     self._grew.set()
                     # An ack refused (`unavailable`) leaves the envelope queued: it comes
                     # again on a later connection, and is dropped as a duplicate then.
@@ -399,6 +402,40 @@ async def test_linked_devices_on_different_relays_get_every_fan_out(cluster: Clu
     assert per_sender(bob.bodies, b"alice") == per_sender(alice2.bodies, b"alice") == list(range(n))
     assert (len(alice1.bodies), len(alice2.bodies), len(bob.bodies)) == (n, 2 * n, n)
     for inbox in (alice1, alice2, bob):
+        await inbox.close()
+
+
+async def test_group_sends_reach_members_on_every_relay_with_their_payload(
+    cluster: Cluster,
+) -> None:
+    """Two members send group messages (a payload once, a note per member) at the same
+    time from relays 0 and 2 to members on all three relays: every member gets every
+    note once, with its own payload, in order per sender."""
+    names = ("alice", "bob", "carol", "dave")
+    await cluster.start(3, names)
+    relay_of = {"alice": 0, "bob": 1, "carol": 2, "dave": 0}
+    inboxes = {name: Inbox(await cluster.login(relay_of[name], name)) for name in names}
+    n = 20
+
+    async def post(sender: str) -> None:
+        others = [m for m in names if m != sender]
+        for i in range(n):
+            body = b"%s:%d" % (sender.encode(), i)
+            await inboxes[sender].conn.send_devices(
+                [DeviceEnvelope(m, 1, body) for m in others],
+                [ListVersion(m, 0) for m in names],
+                payload=b"payload of " + body,
+            )
+
+    await asyncio.gather(post("alice"), post("carol"))
+    for name, inbox in inboxes.items():
+        senders = [s for s in (b"alice", b"carol") if s != name.encode()]
+        got = await inbox.wait_for(n * len(senders))
+        assert len(got) == n * len(senders)  # nothing twice
+        for sender in senders:
+            assert per_sender(got, sender) == list(range(n))
+        assert all(inbox.payloads[b] == b"payload of " + b for b in got)
+    for inbox in inboxes.values():
         await inbox.close()
 
 

@@ -25,8 +25,10 @@ async def publish_v2(conn, *, one_time_kem=3):
 
 
 async def test_hello_picks_the_newest_common_version(relay):
-    assert (await (await relay.connect()).request(Hello, versions=(1, 2), client="t")).version == 2
-    assert (await (await relay.connect()).request(Hello, versions=(1,), client="t")).version == 1
+    v2 = await (await relay.connect()).request(Hello, versions=(1, 2), client="t")
+    assert v2.version == 2 and v2.features == ("ack_no_reply", "group_payload")
+    v1 = await (await relay.connect()).request(Hello, versions=(1,), client="t")
+    assert v1.version == 1 and v1.features == ()  # both features are version-2 fields
     err = await expect_error(
         ErrorCode.UNSUPPORTED_VERSION,
         (await relay.connect()).request(Hello, versions=(3,), client="t"),

@@ -27,7 +27,6 @@ from hushwire.common.crypto.identity import (
     KemPrekeyPair,
     OneTimePrekeyPair,
     SignedPrekeyPair,
-    encode_identity,
     identity_dh_message,
     kem_prekey_message,
     signed_prekey_message,
@@ -253,8 +252,8 @@ def build(version: int) -> dict[str, Any]:
         },
         "messages": [rec1, rec2, rec3],
         "safety_number": {
-            "alice_key": _hex(encode_identity(alice.public())),
-            "bob_key": _hex(encode_identity(bob.public())),
+            "alice_key": _hex(alice.public().sign_key),
+            "bob_key": _hex(bob.public().sign_key),
             "digits": numbers.digits,
             "alice_scannable": _hex(numbers.scannable),
         },
