@@ -147,6 +147,11 @@ async def _seal_all(
     return sealed
 
 
+# Run in each sealing transaction with every envelope sealed so far: stores them beside
+# the ratchets they advanced (client/group_outbox.py keeps them for a re-send).
+Keep = Callable[[dict[Device, DeviceEnvelope]], Awaitable[None]]
+
+
 async def send_to_devices(
     conn: RelayConnection,
     sessions: SessionManager,
@@ -155,18 +160,21 @@ async def send_to_devices(
     prepare: Prepare,
     *,
     own_devices: bool = True,
+    sealed: Mapping[Device, DeviceEnvelope] | None = None,
+    keep: Keep | None = None,
 ) -> int:
     """Seal what `prepare` gives for every device of `accounts` (and our other devices
     with `own_devices`) and send it in one `send_devices`, with the payload beside the
     envelopes when there is one. `prepare` runs once, in the transaction of the first
-    sealing. Returns the number of envelopes sent.
+    sealing, and `keep` in every sealing transaction; envelopes in `sealed` (a re-send)
+    go out as they are. Returns the number of envelopes sent.
 
     Raises RequestError (the relay's refusal, `mismatched_devices` after MAX_ATTEMPTS),
     MessageHeld (a member's key changed), BadBundle, ConnectionClosed, and whatever
     `prepare` raises (then nothing was stored or sent).
     """
     accounts = tuple(accounts)
-    have: dict[Device, DeviceEnvelope] = {}
+    have: dict[Device, DeviceEnvelope] = dict(sealed or {})
     fetch = fetcher(conn)
     content: tuple[bytes, bytes | None] | None = None
     attempt = 1
@@ -177,6 +185,8 @@ async def send_to_devices(
             if content is None:
                 content = await prepare()
             have = await _seal_all(sessions, plan, content[0], have, bundles)
+            if keep is not None:
+                await keep(have)
         envelopes = tuple(have[device] for device, _ in plan.targets)
         try:
             await conn.send_devices(envelopes, plan.lists, payload=content[1])

@@ -6,7 +6,7 @@ associated data names the table, the column and the row). Schema: client/schema/
 0004_groups.sql. A group is stored as its membership log and its transcript (both
 `to_bytes` of common/chat_group_log.py and common/chat_transcript.py); its conversation
 is `group_messages`; input that must wait (a missing change, a key not yet accepted) is
-`group_held`.
+`group_held`; sends not yet committed by the relay are `group_outbox` (0005).
 """
 
 from __future__ import annotations
@@ -21,9 +21,16 @@ from hushwire.common.chat_group_log import GroupLog
 from hushwire.common.chat_transcript import Transcript
 from hushwire.common.crypto.encoding import expect_bytes, expect_int, expect_list, expect_str, pack
 from hushwire.common.errors import CryptoError
+from hushwire.common.messages import DeviceEnvelope
 
 GROUP_KINDS: Final = ("in", "out", "event")
 MAX_HELD: Final = 1000  # held group input per profile; past it the oldest goes
+
+
+def _items(value: object) -> list:
+    if not isinstance(value, list):
+        raise ValueError("expected a list")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,28 @@ class GroupLine:
     device: int
     sent_at_ms: int
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSend:
+    """A change or message committed locally, kept until the relay's `ok`: `content` is
+    sealed for every device of `accounts` (and our other devices with `own_devices`),
+    `payload` goes beside it; `sealed` holds the envelopes sealed so far."""
+
+    uid: str
+    accounts: tuple[str, ...]
+    own_devices: bool
+    content: bytes
+    payload: bytes | None
+    line: str  # the uid of its conversation line, "" for a change
+    sealed: dict[tuple[str, int], DeviceEnvelope]
+
+    @classmethod
+    def new(
+        cls, accounts: tuple[str, ...], content: bytes, payload: bytes | None = None, *,
+        line: str = "", own_devices: bool = True,
+    ) -> GroupSend:  # fmt: skip
+        return cls(secrets.token_hex(16), accounts, own_devices, content, payload, line, {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +212,52 @@ class GroupStore:
                     "WHERE status = 'received' AND uid = ?",
                     (uid,),
                 )
+
+    # --- the outbox -----------------------------------------------------------------
+
+    async def keep_send(self, send: GroupSend, now_ms: int) -> None:
+        """Store `send` (a new row goes after every other) or update its envelopes."""
+        sealed = [[e.user, e.device, e.body] for e in send.sealed.values()]
+        body = self.store.vault.seal(
+            "group_outbox.body",
+            send.uid,
+            pack([list(send.accounts), send.own_devices, send.content, send.payload or b"",
+                  send.line, sealed]),
+        )  # fmt: skip
+        await self.store._write(
+            "INSERT INTO group_outbox (uid, stored_at, body) VALUES (?, ?, ?) "
+            "ON CONFLICT (uid) DO UPDATE SET body = excluded.body",
+            (send.uid, now_ms, body),
+        )
+
+    async def sends(self) -> list[GroupSend]:
+        """The sends waiting for the relay, oldest first."""
+        rows = await self.store._all("SELECT uid, body FROM group_outbox ORDER BY id")
+        sends = []
+        for uid, body in rows:
+            try:
+                accounts, own, content, payload, line, sealed = expect_list(
+                    _unpack(self.store.vault.open("group_outbox.body", uid, bytes(body))), 6
+                )
+                envelopes = [expect_list(e, 3) for e in _items(sealed)]
+                sends.append(
+                    GroupSend(
+                        uid, tuple(expect_str(a) for a in _items(accounts)), own is True,
+                        expect_bytes(content), expect_bytes(payload) or None, expect_str(line),
+                        {
+                            (expect_str(u), expect_int(d, 1, 2**32)): DeviceEnvelope(
+                                expect_str(u), expect_int(d, 1, 2**32), expect_bytes(b)
+                            )
+                            for u, d, b in envelopes
+                        },
+                    )
+                )  # fmt: skip
+            except ValueError as exc:
+                raise ProfileCorrupt(f"stored group send {uid} is malformed: {exc}") from None
+        return sends
+
+    async def drop_send(self, uid: str) -> None:
+        await self.store._write("DELETE FROM group_outbox WHERE uid = ?", (uid,))
 
     # --- held input -----------------------------------------------------------------
 

@@ -15,27 +15,37 @@ on the transcript, encrypted once (`seal_group_payload`), and its key note (0x02
 for every device of every member and our other devices, the payload once beside them
 (docs/protocol.md, "Groups"). Receiving is client/group_inbox.py.
 
-Changes and messages need a connection (ConnectionClosed otherwise): nothing is queued.
+A change or message needs a connection to start (a new member's key is fetched, a send
+first waits behind older ones). Once applied locally it is kept in the profile until the
+relay commits it, and sent again after a lost connection (client/group_outbox.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 from hushwire.client.connection import RelayConnection
 from hushwire.client.devices import DeviceLists
-from hushwire.client.errors import ClientError, GroupCommandError, MessageTooLong, UnknownGroup
+from hushwire.client.errors import (
+    ConnectionClosed,
+    GroupCommandError,
+    MessageHeld,
+    MessageTooLong,
+    UnknownGroup,
+)
 from hushwire.client.events import (
     ClientEvent,
     GroupInfo,
     GroupLineItem,
     GroupNotice,
+    Notice,
     utc_from_ms,
 )
-from hushwire.client.group_fanout import pin_member, send_to_devices
+from hushwire.client.group_fanout import pin_member
 from hushwire.client.group_inbox import describe_change
-from hushwire.client.group_store import GroupLine, GroupStore, StoredGroup
+from hushwire.client.group_outbox import GroupOutbox
+from hushwire.client.group_store import GroupLine, GroupSend, GroupStore, StoredGroup
 from hushwire.client.session import SessionManager
 from hushwire.common.chat_group_log import GroupLog, create_group, make_welcome, propose
 from hushwire.common.chat_groups import (
@@ -53,6 +63,8 @@ from hushwire.common.messages import FEATURE_GROUP_PAYLOAD
 from hushwire.common.names import check_username
 
 HISTORY_DEFAULT: Final = 200
+# Applies a change or message in the caller's transaction; returns the sends carrying it.
+Commit = Callable[[], Awaitable[list[GroupSend]]]
 
 
 def _username(name: str) -> str:
@@ -78,6 +90,35 @@ class Groups:
         self._emit = emit
         self._conn_of = conn_of
         self.store = GroupStore(sessions.store)
+        self.outbox = GroupOutbox(sessions, devices, self.store, emit)
+
+    async def flush(self, conn: RelayConnection) -> int:
+        """Send the changes and messages still waiting for the relay (after a login); one
+        blocked by a member's changed key waits for `trust` and is shown."""
+        async with self.outbox.lock:
+            try:
+                return await self.outbox.flush(conn)
+            except MessageHeld as exc:
+                self._emit(Notice(f"a group send waits: {exc.message}"))
+                return 0
+
+    async def _commit(self, conn: RelayConnection, commit: Commit, what: str) -> None:
+        """Send what waits, then run `commit` in one transaction (it applies a change or
+        a message locally and returns the sends that carry it) and send those. Their
+        refusal is raised; a lost connection keeps them for the next login."""
+        async with self.outbox.lock:
+            await self.outbox.flush(conn)
+            now = self._sessions.now_ms()
+            async with self._sessions.store.transaction():
+                sends = await commit()
+                for send in sends:
+                    await self.store.keep_send(send, now)
+            try:
+                await self.outbox.flush(conn, frozenset(s.uid for s in sends))
+            except ConnectionClosed as exc:
+                raise ConnectionClosed(
+                    f"{exc.message}; the {what} is kept and goes out after the next login"
+                ) from None
 
     @property
     def _me(self) -> str:
@@ -176,13 +217,13 @@ class Groups:
         now = self._sessions.now_ms()
         log, change = create_group(self._sessions.identity, self._me, name, keys, now)
 
-        async def prepare() -> tuple[bytes, bytes | None]:
+        async def commit() -> list[GroupSend]:
             await self.store.save(log, new_transcript(log, self._sessions.device), now)
             text = describe_change(SignedChange.from_bytes(change).change, self._me)
             await self._line(log, text, now)
-            return encode_content(ContentType.GROUP_CHANGE, change), None
+            return [GroupSend.new(tuple(others), encode_content(ContentType.GROUP_CHANGE, change))]
 
-        await send_to_devices(conn, self._sessions, self._devices, others, prepare)
+        await self._commit(conn, commit, "change")
         return await self.info(log.group_id.hex())
 
     async def add(self, name: str, members: Iterable[str]) -> GroupInfo:
@@ -241,26 +282,22 @@ class Groups:
         except CryptoError as exc:
             raise GroupCommandError(f"{shown}: {exc.message}") from None
 
-        async def prepare() -> tuple[bytes, bytes | None]:
+        recipients = tuple(sorted({*state.members, *whom} - {self._me}))
+
+        async def commit() -> list[GroupSend]:
             current = await self.store.get(log.group_id)
             if current is None or current.log.current.hash != state.hash:
                 raise GroupCommandError(f"{shown} changed meanwhile; nothing was sent: try again")
             await self.store.save(updated, current.transcript, now)
             text = describe_change(SignedChange.from_bytes(change).change, self._me)
             await self._line(updated, text, now)
-            return encode_content(ContentType.GROUP_CHANGE, change), None
+            sends = [GroupSend.new(recipients, encode_content(ContentType.GROUP_CHANGE, change))]
+            if op is ChangeOp.ADD:  # the welcome follows the change
+                welcome = encode_content(ContentType.GROUP_WELCOME, make_welcome(updated))
+                sends.append(GroupSend.new(tuple(whom), welcome, own_devices=False))
+            return sends
 
-        recipients = sorted({*state.members, *whom} - {self._me})
-        await send_to_devices(conn, self._sessions, self._devices, recipients, prepare)
-        if op is ChangeOp.ADD:
-            welcome = encode_content(ContentType.GROUP_WELCOME, make_welcome(updated))
-
-            async def static() -> tuple[bytes, bytes | None]:
-                return welcome, None
-
-            await send_to_devices(
-                conn, self._sessions, self._devices, whom, static, own_devices=False
-            )
+        await self._commit(conn, commit, "change")
         return await self.info(log.group_id.hex())
 
     # --- messages -------------------------------------------------------------------
@@ -268,7 +305,8 @@ class Groups:
     async def send(self, name: str, text: str) -> GroupLineItem:
         """Send one message to every member's devices; returns its history line once
         the relay committed it. Raises GroupCommandError, MessageTooLong, MessageHeld (a
-        member's key changed), RequestError, ConnectionClosed (then the line is failed)."""
+        member's key changed: kept until `trust`), RequestError (then the line is failed),
+        ConnectionClosed (once applied: kept, sent after the next login)."""
         group = await self._find(name)
         log = group.log
         if not log.active:
@@ -288,7 +326,7 @@ class Groups:
             await pin_member(self._sessions, self._devices, conn, member)
         line: list[GroupLine] = []
 
-        async def prepare() -> tuple[bytes, bytes | None]:
+        async def commit() -> list[GroupSend]:
             current = await self.store.get(log.group_id)
             if current is None or not current.log.active:
                 raise GroupCommandError(f"you are no longer a member of #{log.current.name}")
@@ -304,14 +342,9 @@ class Groups:
                 GroupLine(0, uid, group.gid, "out", "sent", self._me, self._sessions.device,
                           now, text)
             )  # fmt: skip
-            return encode_content(ContentType.GROUP_MESSAGE, note), payload
+            content = encode_content(ContentType.GROUP_MESSAGE, note)
+            recipients = tuple(m for m in current.log.current.members if m != self._me)
+            return [GroupSend.new(recipients, content, payload, line=uid)]
 
-        recipients = [m for m in log.current.members if m != self._me]
-        try:
-            await send_to_devices(conn, self._sessions, self._devices, recipients, prepare)
-        except (ClientError, RequestError, CryptoError):
-            if line:
-                await self.store.set_status(line[0].uid, "failed")
-            raise
-        await self.store.set_status(line[0].uid, "sent")
+        await self._commit(conn, commit, "message")
         return self._item(log, line[0])

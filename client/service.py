@@ -543,6 +543,7 @@ class HushwireClient:
             await self._devices.refresh(conn)
             await self.who()
             await self.flush_outbox()
+            await self.groups.flush(conn)
         except ConnectionClosed:
             pass  # the run loop notices and reconnects
         except RequestError as exc:

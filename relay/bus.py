@@ -23,6 +23,7 @@ from hushwire.common.errors import ErrorCode
 from hushwire.common.messages import PresenceChanged, Push
 from hushwire.relay.config import ConfigError
 from hushwire.relay.links import SharedLink, link_failed
+from hushwire.relay.shared_limits import Spending, SpendLog
 
 if TYPE_CHECKING:
     from hushwire.relay.handlers import Peer, Relay
@@ -37,6 +38,10 @@ REPLACED = "logged in from another connection"
 
 class Bus(Protocol):
     """What the relay tells every relay, itself included."""
+
+    # Where the relay notes what its users spent of the limits shared across relays
+    # (shared_limits.py); None when there is no other relay to tell.
+    spending: SpendLog | None
 
     async def start(self, events: RelayEvents) -> None: ...
     def envelopes(self, principals: Sequence[str]) -> None:
@@ -95,6 +100,7 @@ class LocalBus:
 
     def __init__(self) -> None:
         self.events: RelayEvents | None = None
+        self.spending: SpendLog | None = None  # the relay's own limits are the whole budget
 
     @property
     def _events(self) -> RelayEvents:
@@ -154,11 +160,11 @@ class RelayEvents:
         relay: Relay,
         *,
         clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.relay = relay
         self._clock = clock
-        self._wall = wall  # the clock of requests (link expiry)
+        self._now = now  # the wall clock the relay's rate limits run on
         self._mine: dict[str, int] = {}  # principal -> claim of its session here
         self._newest: dict[str, int] = {}  # principal -> newest claim seen anywhere
         # Accounts online on other relays: origin -> (accounts, when last heard).
@@ -192,6 +198,10 @@ class RelayEvents:
                 peer.kick(code, reason)
                 self.relay.disconnected(peer)
 
+    def charged(self, spent: Spending) -> None:
+        """Another relay's users spent this of the shared limits: charge it here too."""
+        self.relay.charge(spent, self._now())
+
     def resync(self) -> None:
         """Bus messages may have been lost: every connected device reads its mailbox."""
         for peer in list(self.relay.online.values()):
@@ -201,7 +211,7 @@ class RelayEvents:
         self, channel: bytes, ephemeral: bytes, sealed: bytes
     ) -> tuple[int, str, bytes]:
         """A new device on another relay joins a link channel open here."""
-        return await self.relay.devices.joined(channel, ephemeral, sealed, now=self._wall())
+        return await self.relay.devices.joined(channel, ephemeral, sealed, now=self._now())
 
     # --- one session per device across relays ---------------------------------------
 

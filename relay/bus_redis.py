@@ -17,6 +17,9 @@ Shared rate limits: failed logins per (user, address prefix) count in a Redis ke
 the relays get one budget. Logins claim their device with INCR on a per-device key: the
 highest claim wins, on whichever relay, and the other relay closes its session with
 `session_replaced`.
+Shared per-user limits (shared_limits.py): each relay reports what its users spent
+(kind `r`) at most every REPORT_EVERY seconds, and charges the others' reports to its
+own token buckets; no request waits on Redis.
 Linking across relays: `link_start` stores the channel under a Redis key (its relay,
 account and public ephemeral key, expiring with the channel; deleted once the channel
 closes), so `link_fetch` on any relay answers from it. A `link_join` for a channel held
@@ -47,6 +50,7 @@ from hushwire.common.errors import ErrorCode, HushwireError, RequestError
 from hushwire.common.messages import Push
 from hushwire.relay.bus import LocalBus, RelayEvents
 from hushwire.relay.links import SharedLink, link_failed
+from hushwire.relay.shared_limits import REPORT_EVERY, SpendLog
 from hushwire.relay.store.urls import redact
 
 log = logging.getLogger("hushwire.relay.bus")
@@ -79,6 +83,7 @@ class RedisBus(LocalBus):
         self._direct = (DIRECT + self.origin).encode()
         self._joins: dict[str, asyncio.Future[tuple[int, str, bytes]]] = {}  # by ticket
         self._link_tasks: set[asyncio.Task[None]] = set()
+        self.spending = SpendLog()
         self.dropped = 0  # messages that could not be published
         self.resyncs = 0  # times every connected device re-read its mailbox
 
@@ -87,7 +92,8 @@ class RedisBus(LocalBus):
         background: a relay whose Redis is down at start still starts, and catches up
         once it is back."""
         await super().start(events)
-        for coro in (self._listen(), self._publish(), self._heartbeat()):
+        tasks = (self._listen(), self._publish(), self._heartbeat(), self._report_spending())
+        for coro in tasks:
             self._tasks.append(asyncio.create_task(coro, name="hushwire-bus"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), 5.0)
@@ -278,6 +284,15 @@ class RedisBus(LocalBus):
                 self.dropped += len(batch)
                 log.warning("the bus dropped %d message(s): %s", len(batch), exc)
 
+    async def _report_spending(self) -> None:
+        """What this relay's users spent, every REPORT_EVERY seconds while they spend."""
+        spending = self.spending
+        while True:
+            await spending.waiting.wait()
+            await asyncio.sleep(REPORT_EVERY)
+            for part in spending.take():
+                self._say("r", s=part)
+
     # --- what the others say ----------------------------------------------------------
 
     async def _listen(self) -> None:
@@ -345,6 +360,8 @@ class RedisBus(LocalBus):
             events.claimed(str(msg["p"]), int(msg["n"]))
         elif kind == "o":
             events.presence(origin, msg["a"], online=msg["on"])
+        elif kind == "r":
+            events.charged(msg["s"])
 
     async def _heartbeat(self) -> None:
         while True:

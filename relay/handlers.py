@@ -51,6 +51,7 @@ from hushwire.relay.key_handlers import KeyHandlers
 from hushwire.relay.metrics import RelayCounters
 from hushwire.relay.ratelimit import RateLimiter
 from hushwire.relay.sending import SendHandlers
+from hushwire.relay.shared_limits import Spending
 from hushwire.relay.store import Store
 from hushwire.relay.tokens import DUMMY, verify_token
 
@@ -144,6 +145,8 @@ class Relay:
         self._dispatch.update(self.devices.dispatch)
         self.sends = SendHandlers(self)
         self._dispatch.update(self.sends.dispatch)
+        # The per-user limits other relays report spending against (shared_limits.py).
+        self._shared = {"send": self.sends.limiter, "fetch": self.keys.fetches}
 
     async def handle(self, peer: Peer, request: Request, now: float) -> Reply:
         """Answer one request (the connection has already checked the state table)."""
@@ -484,6 +487,26 @@ class Relay:
         if peer.account is None:
             raise RequestError(ErrorCode.OUT_OF_ORDER, "log in first")
         return peer.account, peer.device
+
+    def charge(self, spent: Spending, now: float) -> None:
+        """Spending another relay reported: its users' costs taken from the same limits
+        here, so the relays together hold each user to about one budget. A malformed
+        report raises TypeError or ValueError and charges nothing."""
+        if not isinstance(spent, dict):
+            raise TypeError("a spending report is a map")
+        charges = []
+        for kind, costs in spent.items():
+            limiter = self._shared.get(kind)
+            if limiter is None:
+                continue  # a limit a newer relay shares and this one does not
+            if not isinstance(costs, dict):
+                raise TypeError(f"a bad {kind} spending report")
+            for user, cost in costs.items():
+                if not isinstance(user, str) or not math.isfinite(cost) or cost <= 0:
+                    raise ValueError(f"a bad {kind} spending report")
+                charges.append((limiter, user, cost))
+        for limiter, user, cost in charges:
+            limiter.charge(user, now, cost)
 
     def limit(
         self,

@@ -56,7 +56,8 @@ class KeyHandlers:
         self.store = relay.store
         self.group = relay.group
         config = relay.config
-        self._fetches = RateLimiter(config.fetch_limit)
+        self.fetches = RateLimiter(config.fetch_limit)  # shared across relays (Relay.charge)
+        self.spending = relay.bus.spending
         # One-time prekeys handed out per target, by all fetchers together (X3DH 4.7).
         self._one_time_of = RateLimiter(config.target_fetch_limit)
         self._publishes = RateLimiter(config.publish_limit)
@@ -187,7 +188,9 @@ class KeyHandlers:
         target = check_username(req.user)
         device = 1 if req.device is None else req.device
         # X3DH 4.7: a client could drain a victim's one-time prekeys; bound the rate.
-        self.relay.limit(self._fetches, "fetch", user, now, "prekey bundle fetches")
+        self.relay.limit(self.fetches, "fetch", user, now, "prekey bundle fetches")
+        if self.spending is not None:
+            self.spending.spent("fetch", user, 1)
         name = principal(target, device)
         if device < 1 or not await self.store.user_exists(name):
             if device != 1 and await self.store.user_exists(target):

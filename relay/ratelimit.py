@@ -90,6 +90,11 @@ class RateLimiter:
             return 0.0
         return (cost - bucket.level) / self.rate.per_second
 
+    def charge(self, key: object, now: float, cost: float) -> None:
+        """Take `cost` whether or not it is there: spending seen on another relay. The
+        level may go below zero; the key then waits until it has refilled past it."""
+        self._level(key, now).level -= cost
+
     def forget(self, key: object) -> None:
         """Reset a key (e.g. its failures after a correct login)."""
         self._buckets.pop(key, None)

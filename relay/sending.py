@@ -158,6 +158,7 @@ class SendHandlers:
         self.store = relay.store
         self.counters = relay.counters
         self.limiter = RateLimiter(relay.config.send_limit)
+        self.spending = relay.bus.spending  # None: one relay, nobody to tell
         self.order = SendOrder()
         self.dispatch: dict[type[Request], Callable[[Peer, Request, float], Awaitable[Reply]]] = {
             Send: self._send,  # type: ignore[dict-item]
@@ -166,6 +167,8 @@ class SendHandlers:
 
     def _limit(self, user: str, now: float, envelopes: int) -> None:
         self.relay.limit(self.limiter, "send", user, now, "envelopes", cost=envelopes)
+        if self.spending is not None:
+            self.spending.spent("send", user, envelopes)
 
     # --- send: one body ---------------------------------------------------------------
 

@@ -10,9 +10,9 @@ returning means the rows are durable. Records and limits are in records.py.
 Layout: records.py (record types, limits), batching.py (group commit), mailbox.py
 (reservation, limits, acks, id cache), keys.py (checks on uploads), devices.py
 (accounts with devices), core.py (`Store`), sqlite.py (the embedded default backend)
-with sqlite_devices.py, postgres.py (asyncpg, imported only for a postgresql:// URL)
-with postgres_devices.py and postgres_batch.py (its group commit), urls.py (telling a path
-from a URL).
+with sqlite_devices.py and sqlite_batch.py (its group commit), postgres.py (asyncpg,
+imported only for a postgresql:// URL) with postgres_devices.py and postgres_batch.py (its
+group commit), urls.py (telling a path from a URL).
 """
 
 from __future__ import annotations

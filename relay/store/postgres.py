@@ -581,7 +581,7 @@ class PostgresBackend(PostgresDevices):
         """Nothing to do: PostgreSQL checkpoints on its own schedule."""
 
     async def write_batch(self, batch: list[Op], top: int) -> list[object]:
-        """One transaction for the whole batch, as sqlite.py's `_write_batch`: if a
+        """One transaction for the whole batch, as sqlite_batch.py's `write_batch`: if a
         recipient vanished (foreign key), redo it with a savepoint per op so only the
         offending send fails."""
         async with self._conn() as conn:

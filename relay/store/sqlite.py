@@ -2,8 +2,9 @@
 
 Each public method runs as ONE function on aiosqlite's worker thread (see `_run`), so a
 method is one transaction that no other coroutine's statements can interleave with, and
-costs one thread hop (~120 us) instead of one per statement. Every SQL statement the
-relay runs on SQLite lives here; migrations live in `relay/migrate.py`.
+costs one thread hop (~120 us) instead of one per statement. The relay's SQL on SQLite
+lives here, but for the group-commit write path (sqlite_batch.py) and devices
+(sqlite_devices.py); migrations live in `relay/migrate.py`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from hushwire.common.keys import (
 )
 from hushwire.relay import migrate as migrations
 from hushwire.relay.errors import SchemaOutdated, StoreError, UnknownUser, UserExists
-from hushwire.relay.store.batching import Ack, Failed, Login, Op, enqueued_rows
+from hushwire.relay.store.batching import Op
 from hushwire.relay.store.keys import check_bundle_version
 from hushwire.relay.store.quota import Usage
 from hushwire.relay.store.records import (
@@ -41,6 +42,7 @@ from hushwire.relay.store.records import (
     UserEventKind,
     UserRecord,
 )
+from hushwire.relay.store.sqlite_batch import rollback, write_batch
 from hushwire.relay.store.sqlite_devices import SqliteDevices
 
 T = TypeVar("T")
@@ -56,11 +58,6 @@ def _user_id(conn: sqlite3.Connection, name: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
-
-
 def _in_transaction(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
     """`fn` wrapped in BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
 
@@ -70,7 +67,7 @@ def _in_transaction(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.
             result = fn(conn)
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         return result
 
@@ -585,7 +582,7 @@ class SqliteBackend(SqliteDevices):
         await self._run(run)
 
     async def write_batch(self, batch: list[Op], top: int) -> list[object]:
-        return await self._run(lambda conn: _write_batch(conn, batch, top))
+        return await self._run(lambda conn: write_batch(conn, batch, top))
 
 
 def user_record(row: Sequence[Any]) -> UserRecord:
@@ -640,86 +637,3 @@ def _prekey_count(conn: sqlite3.Connection, uid: int) -> int:
 _USER_COLUMNS = "SELECT name, token_hash, token_salt, disabled, created_at, last_login_at"
 _LIST_ACCOUNTS = _USER_COLUMNS + " FROM users WHERE account_id IS NULL ORDER BY name"
 _LIST_PRINCIPALS = _USER_COLUMNS + " FROM users ORDER BY name"
-_INSERT_ENVELOPE = (
-    "INSERT INTO mailbox (id, recipient_id, sender, created_at, body, payload_id,"
-    " payload_bytes) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_PAYLOAD = "INSERT INTO payloads (id, refs, body) VALUES (?, ?, ?)"
-# The trigger of migration 0006 releases the row's payload with it.
-_DELETE_ENVELOPE = (
-    "DELETE FROM mailbox WHERE id = ? AND recipient_id = ?"
-    " RETURNING sender, length(body) + payload_bytes"
-)
-_STAMP_LOGIN = "UPDATE users SET last_login_at = ? WHERE name = ?"
-_SEQ_RAISE = "UPDATE sqlite_sequence SET seq = ? WHERE name = 'mailbox' AND seq < ?"
-_SEQ_CREATE = (
-    "INSERT INTO sqlite_sequence (name, seq) SELECT 'mailbox', ?"
-    " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'mailbox')"
-)
-
-
-def _write_batch(conn: sqlite3.Connection, batch: list[Op], top: int) -> list[object]:
-    """Write a whole batch in one transaction (runs on the db thread).
-
-    Fast path: all inserts in one executemany. If a constraint fails (a recipient was
-    removed by the admin CLI a moment ago), redo the batch with one savepoint per
-    operation so only the offending send fails and the rest still commit. `top`, if
-    not 0, is the highest id of a row acked before it was written: it stays used.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        try:
-            outcomes = _apply_fast(conn, batch)
-        except sqlite3.IntegrityError:
-            conn.execute("ROLLBACK")
-            conn.execute("BEGIN IMMEDIATE")
-            outcomes = _apply_each(conn, batch)
-        if top:
-            conn.execute(_SEQ_RAISE, (top, top))
-            conn.execute(_SEQ_CREATE, (top,))
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-    return outcomes
-
-
-def _apply_fast(conn: sqlite3.Connection, batch: list[Op]) -> list[object]:
-    rows, payloads = enqueued_rows(batch)
-    if payloads:
-        conn.executemany(_INSERT_PAYLOAD, payloads)
-    if rows:
-        conn.executemany(_INSERT_ENVELOPE, rows)
-    logins = [(op.now, op.name) for op in batch if isinstance(op, Login)]
-    if logins:
-        conn.executemany(_STAMP_LOGIN, logins)
-    outcomes: list[object] = []
-    for op in batch:
-        if isinstance(op, Ack):
-            deleted = []
-            for mid in op.mids:
-                row = conn.execute(_DELETE_ENVELOPE, (mid, op.rid)).fetchone()
-                if row is not None:
-                    deleted.append((row[0], int(row[1])))
-            outcomes.append(deleted)
-        else:
-            outcomes.append(None)
-    return outcomes
-
-
-def _apply_each(conn: sqlite3.Connection, batch: list[Op]) -> list[object]:
-    outcomes: list[object] = []
-    for op in batch:
-        conn.execute("SAVEPOINT op")
-        try:
-            outcomes.append(_apply_fast(conn, [op])[0])
-        except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK TO op")
-            if "FOREIGN KEY" in str(exc):
-                outcomes.append(
-                    Failed(RequestError(ErrorCode.UNKNOWN_USER, "a recipient no longer exists"))
-                )
-            else:
-                outcomes.append(Failed(StoreError(f"envelope not stored: {exc}")))
-        conn.execute("RELEASE op")
-    return outcomes

@@ -36,14 +36,14 @@ async def test_a_profile_from_before_fan_out_upgrades_and_sends_what_waited(
     assert out.copies == ()
     await old.close()
     db = sqlite3.connect(tmp_path / "profile-alice" / DB_NAME)
-    for table in ("device_sessions", "groups", "group_messages", "group_held"):
+    for table in ("device_sessions", "groups", "group_messages", "group_held", "group_outbox"):
         db.execute(f"DROP TABLE {table}")  # what schema 3 and later added
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
 
     upgraded = await reopen("alice")
-    assert await upgraded.sessions.store.schema_version() == latest_version() == 4
+    assert await upgraded.sessions.store.schema_version() == latest_version() == 5
     await upgraded.start()
     await upgraded.flush_outbox()
     await bob.sync()

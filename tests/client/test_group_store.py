@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 
 import pytest
 
 from hushwire.client.errors import ProfileCorrupt
-from hushwire.client.group_store import MAX_HELD, GroupStore
+from hushwire.client.group_store import MAX_HELD, GroupSend, GroupStore
 from hushwire.client.store import DB_NAME, KdfParams, ProfileStore
 from hushwire.common.chat_group_log import create_group
 from hushwire.common.chat_transcript import compose, new_transcript
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
+from hushwire.common.messages import DeviceEnvelope
 
 PASS = "pw"
 
@@ -87,3 +89,49 @@ async def test_held_input_is_bounded_and_kept_in_order(store):
     assert (q.kind, q.sender, q.device, q.data) == (2, "carol", 2, b"q")
     await groups.drop_held(q.uid)
     assert await groups.held("quarantine") == []
+
+
+async def test_kept_sends_come_back_in_order_with_their_envelopes_and_sealed_at_rest(
+    store, tmp_path
+):
+    groups = GroupStore(store)
+    first = GroupSend.new(("bob", "carol"), b"secret change", line="")
+    second = GroupSend.new(("bob",), b"a welcome", own_devices=False)
+    third = GroupSend.new(("bob",), b"secret note", b"secret payload", line="l1")
+    for send in (first, second, third):
+        await groups.keep_send(send, 1)
+    sealed = {("bob", 2): DeviceEnvelope("bob", 2, b"secret envelope")}
+    await groups.keep_send(dataclasses.replace(first, sealed=sealed), 2)  # updated in place
+    got = await groups.sends()
+    assert [s.uid for s in got] == [first.uid, second.uid, third.uid]
+    assert got[0] == dataclasses.replace(first, sealed=sealed)
+    assert (got[1].own_devices, got[1].payload) == (False, None)
+    assert got[2] == third
+    await groups.drop_send(first.uid)
+    assert [s.uid for s in await groups.sends()] == [second.uid, third.uid]
+    await store.close()
+    raw = (tmp_path / "p" / DB_NAME).read_bytes()
+    for secret in (b"secret change", b"secret note", b"secret payload", b"secret envelope"):
+        assert secret not in raw
+
+
+async def test_a_kept_send_moved_to_another_row_does_not_open(store, tmp_path):
+    groups = GroupStore(store)
+    one, two = GroupSend.new(("bob",), b"one"), GroupSend.new(("bob",), b"two")
+    await groups.keep_send(one, 1)
+    await groups.keep_send(two, 1)
+    await store.close()
+    db = sqlite3.connect(tmp_path / "p" / DB_NAME)
+    db.execute(
+        "UPDATE group_outbox SET body = (SELECT body FROM group_outbox WHERE uid = ?) "
+        "WHERE uid = ?",
+        (one.uid, two.uid),
+    )
+    db.commit()
+    db.close()
+    reopened = await ProfileStore.open(tmp_path / "p", PASS, kdf=KdfParams(n=2**10))
+    try:
+        with pytest.raises(ProfileCorrupt):
+            await GroupStore(reopened).sends()
+    finally:
+        await reopened.close()

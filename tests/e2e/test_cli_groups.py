@@ -84,3 +84,18 @@ async def test_send_to_a_group_and_recv_it_as_json_lines(cli):
     code, out, err = await as_user(cli, "carol", "recv")
     assert code == 0, err
     assert "#team alice " in out and out.rstrip().endswith("hello team") and "\x1b" not in out
+
+
+async def test_send_to_a_group_while_the_relay_is_down_fails_as_to_a_contact(cli):
+    assert (await as_user(cli, "alice", "group", "create", "team", "bob"))[0] == 0
+    await cli.relay.server.close()
+    to_contact = await as_user(cli, "alice", "send", "bob", "hi")
+    to_group = await as_user(cli, "alice", "send", "#team", "hi")
+    assert to_contact[0] == to_group[0] == 1
+    assert "relay unreachable" in to_contact[2] and "relay unreachable" in to_group[2]
+    await cli.relay.restart()
+    assert (await as_user(cli, "alice", "send", "#team", "after"))[0] == 0
+    code, out, err = await as_user(cli, "bob", "recv", "--json")
+    assert code == 0, err
+    # Nothing was applied or kept while down: only the later message arrives.
+    assert [m["text"] for m in map(json.loads, out.splitlines()) if "text" in m] == ["after"]

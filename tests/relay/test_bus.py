@@ -15,6 +15,7 @@ from hushwire.common.errors import ErrorCode
 from hushwire.common.messages import Message, PresenceChanged
 from hushwire.relay.bus import PRESENCE_TTL, LocalBus, RelayEvents, open_bus
 from hushwire.relay.bus_redis import RedisBus
+from hushwire.relay.shared_limits import Spending
 from tests.services import RedisServer, free_port
 
 WAIT = 20.0
@@ -47,6 +48,12 @@ class StandIn:
 
     def __init__(self, *conns: Conn) -> None:
         self.online = {c.user: c for c in conns}
+        self.charged: list[tuple[Spending, float]] = []  # spending reports, and when
+        self.changed = asyncio.Event()
+
+    def charge(self, spent: Spending, now: float) -> None:
+        self.charged.append((spent, now))
+        self.changed.set()
 
     def disconnected(self, peer: Conn) -> None:
         self.online.pop(peer.user, None)
@@ -145,3 +152,37 @@ async def test_a_relay_silent_past_the_ttl_counts_as_gone() -> None:
     events.expire()
     assert not events.remote_online("bob")
     assert alice.pushed[-1] == PresenceChanged(user="bob", online=False)
+
+
+async def test_spending_reaches_the_other_relays_summed_per_user_in_one_report(
+    redis_server: RedisServer,
+) -> None:
+    """What one relay's users spend of the shared limits reaches the other relays as
+    one report per interval, summed per user (not a message per request), charged at
+    the receiver's clock; the reporting relay does not charge itself twice."""
+    here, there = StandIn(), StandIn()
+    one, two = RedisBus(redis_server.url()), RedisBus(redis_server.url())
+    await one.start(RelayEvents(here))  # type: ignore[arg-type]
+    await two.start(RelayEvents(there, now=lambda: 42.0))  # type: ignore[arg-type]
+    assert LocalBus().spending is None  # one relay: nothing is noted on the hot path
+    try:
+        spending = one.spending
+        for _ in range(3):
+            spending.spent("send", "alice", 2)
+        spending.spent("send", "bob", 1)
+        spending.spent("fetch", "alice", 1)
+
+        async def reports() -> None:
+            while len(there.charged) < 2:
+                there.changed.clear()
+                await there.changed.wait()
+
+        await asyncio.wait_for(reports(), WAIT)
+        assert sorted(there.charged, key=str) == [
+            ({"fetch": {"alice": 1.0}}, 42.0),
+            ({"send": {"alice": 6.0, "bob": 1.0}}, 42.0),
+        ]
+        assert one._sent == 2 and here.charged == []
+    finally:
+        await one.close()
+        await two.close()

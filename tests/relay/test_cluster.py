@@ -7,7 +7,7 @@ on two relays (the newest wins); a relay SIGKILLed under load (its clients move 
 another relay; no acknowledged envelope is lost, shown twice or reordered per sender);
 Redis restarted mid-run (delivery resumes, nothing lost); PostgreSQL restarted mid-run
 (sends refused with the retryable `unavailable` code meanwhile, nothing acknowledged
-lost).
+lost); failed logins, and a sender moving between relays, held to one budget.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from hushwire.common.messages import (
     Ack,
     Deliver,
     DeviceEnvelope,
+    FetchBundle,
     ListVersion,
     Ping,
     PresenceChanged,
+    Request,
     Send,
     Who,
 )
@@ -54,14 +56,13 @@ class Cluster:
         self.relays: list[Daemon] = []
         self.tokens: dict[str, str] = {}
 
-    async def start(self, n: int, users: tuple[str, ...], *extra: str) -> Cluster:
-        """`n` relays; `extra`: more command-line options for each."""
+    async def start(self, n: int, users: tuple[str, ...], *flags: str) -> Cluster:
         self.tokens = await add_users(self.pg_url, users)
         for _ in range(n):
-            await self.add(*extra)
+            await self.add(*flags)
         return self
 
-    async def add(self, *extra: str) -> Daemon:
+    async def add(self, *flags: str) -> Daemon:
         home = self.tmp_path / f"relay{len(self.relays)}"
         home.mkdir()
         relay = await self.daemons(
@@ -75,7 +76,7 @@ class Cluster:
             "--key",
             str(self.tmp_path / "key.pem"),
             *FAST,
-            *extra,
+            *flags,
         )
         self.relays.append(relay)
         return relay
@@ -362,6 +363,61 @@ async def test_failed_logins_spread_over_relays_share_one_budget(cluster: Cluste
     assert codes == [ErrorCode.AUTH_FAILED] * 5
     assert await guess(1) is ErrorCode.RATE_LIMITED  # its own limiter: 2 of 5 used
     assert await guess(0) is ErrorCode.RATE_LIMITED
+
+
+# Shared per-user limits (relay/shared_limits.py): a budget of B at once refilled at R
+# per second, spent for SPEND seconds, moving to the next relay every HOP seconds.
+B, R, SPEND, HOP = 10, 10.0, 4.0, 0.5
+ONE_BUDGET = B + R * SPEND
+# docs/security.md, "Several relays": over t seconds N relays accept at most
+# B + R*t + (N-1)*(B + R*(F + d)), F the report interval (0.2 s), d the bus's delay
+# (taken as 0.3 s here: a loaded 2-core machine).
+SLACK = B + R * (0.2 + 0.3)
+
+
+async def spend_moving(
+    cluster: Cluster, user: str, relays: tuple[int, ...], kind: type[Request]
+) -> int:
+    """`user`'s device spends as fast as its limit lets it for SPEND seconds, logging in
+    on the next of `relays` every HOP seconds (each login replaces the one before):
+    the number of requests not refused `rate_limited`."""
+    loop = asyncio.get_running_loop()
+    fields = {"to": ("bob",), "body": b"x"} if kind is Send else {"user": "bob"}
+    accepted, turn, deadline = 0, 0, loop.time() + SPEND
+    while loop.time() < deadline:
+        conn = await cluster.login(relays[turn % len(relays)], user)
+        turn += 1
+        hop = min(deadline, loop.time() + HOP)
+        while (left := hop - loop.time()) > 0:
+            try:
+                await conn.request(kind, **fields)
+            except RequestError as exc:
+                if exc.code is not ErrorCode.RATE_LIMITED:
+                    accepted += 1  # past the limit: bob has no prekeys to fetch
+                    continue
+                # What a client does: wait as long as the relay says.
+                await asyncio.sleep(min(exc.retry_after or 0.0, left))
+            else:
+                accepted += 1
+        await conn.close()
+    return accepted
+
+
+@pytest.mark.parametrize("kind", [Send, FetchBundle], ids=["send", "fetch_bundle"])
+async def test_a_user_moving_between_relays_is_held_to_one_budget(
+    cluster: Cluster, kind: type[Request]
+) -> None:
+    """Each relay charges what the others report of alice's spending: moving between
+    two relays every 0.5 s gets her one budget plus the documented slack (each relay
+    alone would give her a full bucket back at every move: about 2x), while one relay
+    alone still gives her the whole budget."""
+    limits = ("--send-burst", str(B), "--send-rate", str(R))
+    limits += ("--fetch-burst", str(B), "--fetch-period", str(1 / R))
+    await cluster.start(2, ("alice", "bob", "carol"), *limits)
+    alone = await spend_moving(cluster, "carol", (0,), kind)
+    moving = await spend_moving(cluster, "alice", (0, 1), kind)
+    assert alone >= 0.8 * ONE_BUDGET, alone
+    assert moving <= ONE_BUDGET + SLACK, (alone, moving)
 
 
 async def test_linked_devices_on_different_relays_get_every_fan_out(cluster: Cluster) -> None:

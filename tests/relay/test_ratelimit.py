@@ -97,3 +97,14 @@ def test_address_prefixes():
     assert address_prefix("2001:db8:0:1::1") != address_prefix("2001:db8::1")
     assert address_prefix("::ffff:203.0.113.7") == "203.0.113.0/24"
     assert address_prefix("unknown") == "unknown"
+
+
+def test_a_charge_elsewhere_is_taken_even_past_empty():
+    """Spending reported by another relay is taken whatever is left: the key then waits
+    until it has refilled past the debt, and a key never seen starts from its burst."""
+    limiter = RateLimiter(Rate(burst=4, per_second=2.0))
+    limiter.charge("alice", 0.0, 6)  # 4 - 6: two below empty
+    assert limiter.consume("alice", 0.0) == pytest.approx(1.5)  # (1 - -2) / 2
+    assert limiter.consume("alice", 1.5) == 0.0
+    limiter.charge("bob", 0.0, 3)
+    assert limiter.consume("bob", 0.0) == 0.0 and limiter.consume("bob", 0.0) > 0

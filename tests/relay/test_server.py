@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import struct
+import time
 
 import msgpack
 import pytest
@@ -417,6 +418,32 @@ async def test_send_rate_limit(relay_factory):
         await alice.request(Send, to=("bob",), body=b"x")
     err = await expect_error(ErrorCode.RATE_LIMITED, alice.request(Send, to=("bob",), body=b"x"))
     assert err.retry_after > 0
+
+
+async def test_spending_reported_by_another_relay_is_charged_and_bad_reports_are_not(
+    relay_factory,
+):
+    """Another relay's report of alice's sends (relay/shared_limits.py) empties her
+    bucket here; a malformed report is refused whole and charges nothing."""
+    relay = await relay_factory(send_burst=5, send_rate=0.01, fetch_burst=5)
+    alice = await relay.login("alice")
+    here = relay.server.relay
+    now = time.time()
+    bad_reports = (
+        {"send": {"alice": 4, "bob": float("nan")}},
+        {"send": {"alice": 4, "bob": -4}},
+        {"send": {"alice": 4}, "fetch": [1]},
+        [1],
+    )
+    for bad in bad_reports:
+        with pytest.raises((TypeError, ValueError)):
+            here.charge(bad, now)  # type: ignore[arg-type]
+    here.charge({"send": {"alice": 4}, "newer_limit": {"alice": 9}}, now)
+    await alice.request(Send, to=("bob",), body=b"x")  # 5 - 4: one left
+    err = await expect_error(ErrorCode.RATE_LIMITED, alice.request(Send, to=("bob",), body=b"x"))
+    assert err.retry_after > 0
+    here.charge({"fetch": {"alice": 5}}, now)
+    await expect_error(ErrorCode.RATE_LIMITED, alice.request(FetchBundle, user="bob"))
 
 
 async def test_who_and_presence_only_between_contacts(relay):
