@@ -58,6 +58,23 @@ def spy(relay, user: str) -> list[Deliver]:
     return captured
 
 
+def drop_first(relay, user: str, sender: str) -> list[Deliver]:
+    """The relay drops the next deliver from `sender` to `user` (returned in the list) and
+    delivers everything else."""
+    dropped: list[Deliver] = []
+    conn = connection_of(relay, user)
+    real = conn._deliver
+
+    def deliver(d: Deliver) -> None:
+        if d.sender == sender and not dropped:
+            dropped.append(d)
+            return
+        real(d)
+
+    conn._deliver = deliver
+    return dropped
+
+
 async def insider_send(client, to: list[str], kind: ContentType, data: bytes, payload=None):
     """A member's real client seals whatever it likes to other members (as an attacker
     who controls its own client can)."""
@@ -181,19 +198,10 @@ async def test_a_member_cannot_pass_off_another_members_message_as_theirs(team):
 
 async def test_a_message_the_relay_drops_for_one_member_is_shown_as_missed(team):
     relay, alice, bob, carol, _ = team
-    conn = connection_of(relay, "carol")
-    real = conn._deliver
-    dropped: list[Deliver] = []
-
-    def drop_first_group_send(d: Deliver) -> None:
-        if d.sender == "alice" and not dropped:
-            dropped.append(d)
-            return
-        real(d)
-
-    conn._deliver = drop_first_group_send
+    dropped = drop_first(relay, "carol", "alice")
     await alice.groups.send("team", "one")
     await alice.groups.send("team", "two")
+    assert len(dropped) == 1
     await carol.sync()
     seen = drain(carol)
     assert [e.text for e in seen if isinstance(e, GroupMessageReceived)] == ["two"]

@@ -20,9 +20,7 @@ from hushwire.client.tui import (
     parse_input,
 )
 from hushwire.common.chat_transcript import MAX_TEXT_BYTES
-from hushwire.common.messages import Deliver
-from tests.adversarial.test_group_attacks import withhold
-from tests.adversarial.test_malicious_relay import connection_of
+from tests.adversarial.test_group_attacks import drop_first, withhold
 from tests.client import test_tui
 from tests.client.test_tui import ENTER, KILL_LINE, TAB, Screen, paste
 from tests.e2e.helpers import FAST_BACKOFF, PASSPHRASE, link, next_event
@@ -254,17 +252,7 @@ async def test_a_missed_message_and_a_removal_elsewhere_are_shown(relay4, chat, 
     await bob.groups.create("team", ["alice", "carol"])
     await screen.until(listed(screen, "#team"), "#team listed")
     await screen.run("/to #team", "members: alice, bob, carol")
-    conn = connection_of(relay4, "alice")
-    real = conn._deliver
-    dropped: list[Deliver] = []
-
-    def drop_first(d: Deliver) -> None:
-        if d.sender == "bob" and not dropped:
-            dropped.append(d)
-            return
-        real(d)
-
-    conn._deliver = drop_first
+    drop_first(relay4, "alice", "bob")
     await bob.groups.send("team", "one")
     await bob.groups.send("team", "two")
     await screen.shows("bob: two")
