@@ -24,9 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.servers import hushwire, make_db, tls_material, user_name  # noqa: E402
-from hushwire.client.service import HushwireClient, MessageReceived, RelaySettings  # noqa: E402
-from hushwire.client.store import KdfParams  # noqa: E402
+from bench.servers import hushwire, login_client, make_db, tls_material  # noqa: E402
+from hushwire.client.service import HushwireClient, MessageReceived  # noqa: E402
 
 
 async def measure(group: str, messages: int, size: int) -> dict[str, float]:
@@ -36,14 +35,12 @@ async def measure(group: str, messages: int, size: int) -> dict[str, float]:
         _, _, pin = tls_material(work)
         relay = hushwire(work, core=0, extra=("--dh-group", group)).start()
         try:
-            clients = []
-            for i in range(2):
-                settings = RelaySettings("127.0.0.1", relay.port, user_name(i), token, pin=pin)
-                clients.append(
-                    await HushwireClient.login(
-                        work / f"profile{i}", "bench", settings, kdf=KdfParams(n=2**14)
-                    )
+            clients = [
+                await login_client(
+                    work, relay.port, i, token, pin, profile=f"profile{i}", kdf_n=2**14
                 )
+                for i in range(2)
+            ]
             send_ms, shown_ms = [], []
             text = "x" * size
             for n in range(messages + 1):

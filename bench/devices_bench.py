@@ -30,9 +30,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import hushwire, make_db, tls_material, user_name
+from bench.servers import hushwire, login_client, make_db, tls_material
 from hushwire.client.connection import RelayConnection, TlsSettings
-from hushwire.client.service import HushwireClient, RelaySettings
+from hushwire.client.service import HushwireClient
 from hushwire.client.store import KdfParams
 from hushwire.common.crypto.devices import first_device_list
 from hushwire.common.crypto.dh import X25519
@@ -179,15 +179,7 @@ async def client_send_run(devices: int, messages: int) -> tuple[float, float, fl
         _, _, pin = tls_material(work)
         relay = hushwire(work, core=0).start()
         try:
-            login = []
-            for i in range(2):
-                settings = RelaySettings("127.0.0.1", relay.port, user_name(i), token, pin=pin)
-                login.append(
-                    await HushwireClient.login(
-                        work / user_name(i), "bench", settings, kdf=KdfParams(n=2**10)
-                    )
-                )
-            alice, bob = login
+            alice, bob = [await login_client(work, relay.port, i, token, pin) for i in range(2)]
             others = [await _linked(alice, work, "alice-2", relay.port)]
             for d in range(2, devices + 1):
                 others.append(await _linked(bob, work, f"bob-{d}", relay.port))

@@ -41,10 +41,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import hushwire, make_db, tls_material, user_name
+from bench.servers import hushwire, login_client, make_db, tls_material, user_name
 from hushwire.client.connection import RelayConnection, TlsSettings
-from hushwire.client.service import HushwireClient, RelaySettings
-from hushwire.client.store import KdfParams
+from hushwire.client.service import HushwireClient
 from hushwire.common.crypto.devices import first_device_list
 from hushwire.common.crypto.dh import X25519
 from hushwire.common.crypto.identity import IdentityKeyPair
@@ -231,13 +230,9 @@ async def client_send_run(members: int, messages: int) -> dict[str, tuple[float,
         extra = ("--fetch-burst", "1000000000", "--max-frame", str(1 << 20))
         relay = hushwire(work, core=0, extra=extra).start()
         try:
-            kdf = KdfParams(n=2**10)
             for i in range(1, members):
-                settings = RelaySettings("127.0.0.1", relay.port, user_name(i), token, pin=pin)
-                member = await HushwireClient.login(work / user_name(i), "bench", settings, kdf=kdf)
-                await member.close()
-            settings = RelaySettings("127.0.0.1", relay.port, user_name(0), token, pin=pin)
-            sender = await HushwireClient.login(work / user_name(0), "bench", settings, kdf=kdf)
+                await (await login_client(work, relay.port, i, token, pin)).close()
+            sender = await login_client(work, relay.port, 0, token, pin)
             name = f"bench{members}"
             await sender.groups.create(name, [user_name(i) for i in range(1, members)])
             await sender.groups.send(name, "warm-up: sessions with every device")

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hushwire.client.service import HushwireClient, RelaySettings
+from hushwire.client.store import KdfParams
 from hushwire.relay.store import Store
 from hushwire.relay.tls import ensure_server_cert, fingerprint
 from hushwire.relay.tokens import hash_token, new_salt, new_token
@@ -64,6 +66,17 @@ RELAY_FLAGS = (
 
 def user_name(i: int) -> str:
     return f"u{i}"
+
+
+async def login_client(
+    work: Path, port: int, i: int, token: str, pin: str, *, profile: str = "", kdf_n: int = 2**10
+) -> HushwireClient:
+    """Bench user i's real client, logged in with a fresh profile (work/profile, default
+    its user name) to the relay on `port`; a cheap profile KDF unless told otherwise."""
+    settings = RelaySettings("127.0.0.1", port, user_name(i), token, pin=pin)
+    return await HushwireClient.login(
+        work / (profile or user_name(i)), "bench", settings, kdf=KdfParams(n=kdf_n)
+    )
 
 
 async def make_db(db: Path | str, n: int, token: str | None = None) -> str:
