@@ -262,11 +262,6 @@ class RelayServer:
         self._exporter = MetricsExporter(self.snapshot)
         self._exporter.start(*host_port(listen))
 
-    @property
-    def metrics_port(self) -> int:
-        """The port metrics are served on (0 without `metrics_listen`)."""
-        return self._exporter.port if self._exporter is not None else 0
-
     async def snapshot(self) -> Snapshot:
         """Counters and gauges at this moment, for metrics and `hushwire-admin stats`."""
         relay = self.relay
